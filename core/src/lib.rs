@@ -1,0 +1,12 @@
+//! Pure coderclaw types shared by the host, the CLI, the policy engine and
+//! the registry: capability grants, resource limits, HTTP host patterns and
+//! the units they are written in. Nothing here depends on wasmtime.
+
+pub mod digest;
+pub mod grant;
+pub mod pattern;
+pub mod units;
+
+pub use digest::Digest;
+pub use grant::{Access, DirGrant, Grant, GrantBuilder, GrantError, Limits};
+pub use pattern::{HostPattern, PatternError};

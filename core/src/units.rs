@@ -1,0 +1,96 @@
+//! Human-written sizes and durations: `64MiB`, `512KiB`, `30s`, `1500ms`.
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// A size or duration string that could not be parsed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum UnitError {
+    /// Not a size: names the input and the accepted forms.
+    #[error("{0:?} is not a size: write a whole number with an optional unit B, KiB, MiB or GiB (e.g. 64MiB)")]
+    BadSize(String),
+    /// Not a duration: names the input and the accepted forms.
+    #[error("{0:?} is not a duration: write a whole number with a unit ms, s, m or h (e.g. 30s, 1500ms)")]
+    BadDuration(String),
+}
+
+fn split_number(s: &str) -> Option<(u64, &str)> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits == 0 {
+        return None;
+    }
+    let n = s[..digits].parse().ok()?;
+    Some((n, s[digits..].trim()))
+}
+
+/// Parses a byte size. Binary units only (KiB = 1024 B), so a limit means
+/// exactly what wasm pages can hold; a bare number is bytes.
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
+    let bad = || UnitError::BadSize(s.to_owned());
+    let (n, unit) = split_number(s).ok_or_else(bad)?;
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Parses a duration with a mandatory unit (`ms`, `s`, `m`, `h`).
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
+    let bad = || UnitError::BadDuration(s.to_owned());
+    let (n, unit) = split_number(s).ok_or_else(bad)?;
+    let secs_mult = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs_mult).map(Duration::from_secs).ok_or_else(bad)
+}
+
+/// Formats a byte count in the largest binary unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, mult) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= mult && bytes % mult == 0 {
+            return format!("{}{unit}", bytes / mult);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(1000), "1000B");
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected_with_the_input_named() {
+        for s in ["", "MiB", "64MB", "-1", "1.5GiB", "99999999999999999999GiB"] {
+            let err = parse_size(s).unwrap_err();
+            assert!(err.to_string().contains(&format!("{s:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! `shell.exec`: the dangerous capability.
+//!
+//! Checked before anything runs: the program is on the grant's allowlist by
+//! exact name, and the working directory lies inside a granted directory
+//! (after canonicalisation, so symlinks cannot point it elsewhere). The
+//! child is started directly (no shell, arguments verbatim), in its own
+//! process group, with no stdin, only `PATH` and the grant's environment,
+//! stdout/stderr capped, and is killed with its whole group at the timeout.
+
+use crate::bindings::coderclaw::skill::shell::{Command, Host, Output, ShellError};
+use crate::caps::fs::ResolvedDir;
+use crate::state::{RunContext, RunState};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+impl Host for RunState {
+    async fn exec(&mut self, cmd: Command) -> Result<Output, ShellError> {
+        let ctx = self.ctx.clone();
+        let target = std::iter::once(cmd.program.as_str())
+            .chain(cmd.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (program, cwd) = match authorize(&ctx, &cmd) {
+            Ok(ok) => ok,
+            Err(reason) => {
+                ctx.capability("shell", target, false, reason.clone());
+                return Err(ShellError::Denied(reason));
+            }
+        };
+        let timeout = shell_timeout(&ctx, cmd.timeout_ms);
+        let result = run(&ctx, &program, &cmd.args, &cwd, timeout).await;
+        let detail = match &result {
+            Ok(o) => format!("exit code {:?}", o.exit_code),
+            Err(ShellError::TimedOut(m) | ShellError::Failed(m) | ShellError::Denied(m)) => m.clone(),
+        };
+        ctx.capability("shell", target, true, detail);
+        result
+    }
+}
+
+/// The grant's decision: the program's path and the working directory, or
+/// why not. Runs nothing.
+fn authorize(ctx: &RunContext, cmd: &Command) -> Result<(PathBuf, PathBuf), String> {
+    if !ctx.grant.allows_program(&cmd.program) {
+        let allowed: Vec<&str> = ctx.grant.shell().iter().map(String::as_str).collect();
+        return Err(if allowed.is_empty() {
+            format!("program `{}` is not allowed: this skill has no shell grant", cmd.program)
+        } else {
+            format!("program `{}` is not in this skill's shell grant ({})", cmd.program, allowed.join(", "))
+        });
+    }
+    let cwd = working_dir(&ctx.dirs, cmd.cwd.as_deref())?;
+    let program = find_program(&cmd.program)
+        .ok_or_else(|| format!("program `{}` is allowed but was not found on the host's PATH", cmd.program))?;
+    Ok((program, cwd))
+}
+
+/// Maps a guest working directory onto the host, refusing anything outside
+/// the granted directories.
+fn working_dir(dirs: &[ResolvedDir], guest: Option<&str>) -> Result<PathBuf, String> {
+    let Some(first) = dirs.first() else {
+        return Err("no directory is granted, so there is no allowed working directory".into());
+    };
+    let Some(guest) = guest else {
+        return Ok(first.host.clone());
+    };
+    let outside = || format!("working directory `{guest}` is not inside a granted directory");
+    let (dir, rel) = dirs.iter().find_map(|d| relative_to(&d.guest, guest).map(|rel| (d, rel))).ok_or_else(outside)?;
+    if Path::new(rel).components().any(|c| c == Component::ParentDir) {
+        return Err(format!("working directory `{guest}` climbs out with `..`"));
+    }
+    let host = std::fs::canonicalize(dir.host.join(rel)).map_err(|e| format!("working directory `{guest}`: {e}"))?;
+    if !host.starts_with(&dir.host) {
+        return Err(outside());
+    }
+    Ok(host)
+}
+
+/// The part of `path` below guest directory `base`, if it is below it. A
+/// base of `.` holds every relative path.
+fn relative_to<'a>(base: &str, path: &'a str) -> Option<&'a str> {
+    let base = base.trim_end_matches('/');
+    if base == "." {
+        return (!path.starts_with('/')).then(|| path.trim_start_matches("./"));
+    }
+    if path == base {
+        return Some("");
+    }
+    path.strip_prefix(base)?.strip_prefix('/')
+}
+
+fn find_program(program: &str) -> Option<PathBuf> {
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if Path::new(program).is_absolute() {
+        return executable(Path::new(program)).then(|| PathBuf::from(program));
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+fn shell_timeout(ctx: &RunContext, asked_ms: Option<u64>) -> Duration {
+    let mut t = ctx.grant.limits().shell_timeout;
+    if let Some(ms) = asked_ms {
+        t = t.min(Duration::from_millis(ms));
+    }
+    t.min(ctx.deadline.saturating_duration_since(Instant::now()))
+}
+
+async fn run(
+    ctx: &RunContext,
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    timeout: Duration,
+) -> Result<Output, ShellError> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|p| (std::ffi::OsString::from("PATH"), p)))
+        .envs(ctx.grant.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|e| ShellError::Failed(format!("cannot start {}: {e}", program.display())))?;
+    let pid = child.id();
+    let cap = ctx.grant.limits().shell_output_bytes;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let finished = tokio::time::timeout(timeout, async {
+        tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap), child.wait())
+    })
+    .await;
+    match finished {
+        Ok(((stdout, out_cut), (stderr, err_cut), status)) => {
+            let status = status.map_err(|e| ShellError::Failed(format!("waiting for the program failed: {e}")))?;
+            Ok(Output { exit_code: status.code(), stdout, stderr, truncated: out_cut || err_cut })
+        }
+        Err(_) => {
+            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+                // The child leads its own group: this also ends its children.
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.kill().await;
+            Err(ShellError::TimedOut(format!("killed after {timeout:?}")))
+        }
+    }
+}
+
+/// Reads a pipe to its end, keeping at most `cap` bytes (the rest is drained
+/// so the child never blocks on a full pipe). Returns the bytes and whether
+/// anything was cut.
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, cap: u64) -> (Vec<u8>, bool) {
+    let Some(mut pipe) = pipe else { return (Vec::new(), false) };
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+    (kept, cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_map_only_below_their_base() {
+        assert_eq!(relative_to(".", "src"), Some("src"));
+        assert_eq!(relative_to(".", "./src"), Some("src"));
+        assert_eq!(relative_to(".", "/etc"), None);
+        assert_eq!(relative_to("/workspace", "/workspace/a"), Some("a"));
+        assert_eq!(relative_to("/workspace", "/workspace"), Some(""));
+        assert_eq!(relative_to("/workspace", "/workspacex"), None);
+        assert_eq!(relative_to("/workspace/", "/workspace/a"), Some("a"));
+    }
+
+    #[test]
+    fn working_dir_refuses_escapes() {
+        let tmp = std::env::temp_dir().canonicalize().unwrap();
+        let dirs = [ResolvedDir { guest: ".".into(), host: tmp.clone() }];
+        assert_eq!(working_dir(&dirs, None).unwrap(), tmp);
+        assert!(working_dir(&dirs, Some("..")).unwrap_err().contains(".."));
+        assert!(working_dir(&dirs, Some("/")).unwrap_err().contains("not inside"));
+        assert!(working_dir(&[], Some(".")).unwrap_err().contains("no directory"));
+    }
+}

@@ -1,0 +1,49 @@
+//! `skills.invoke` for agents: the nested run is authorised on its own (the
+//! agent's grant must list the skill id, the host must know the skill) and
+//! runs under the skill's registered grant narrowed to the agent's, with
+//! at most the agent's remaining time.
+
+use crate::bindings::coderclaw::skill::skills::Host;
+use crate::bindings::coderclaw::skill::types::SkillError as WitSkillError;
+use crate::state::RunState;
+use crate::{Error, SkillError};
+use std::time::Instant;
+
+/// Deepest chain of agent → skill → ... invocations.
+pub(crate) const MAX_DEPTH: u32 = 4;
+
+impl Host for RunState {
+    async fn invoke(&mut self, id: String, input: String) -> Result<String, WitSkillError> {
+        let ctx = self.ctx.clone();
+        let deny = |reason: String| {
+            ctx.capability("skills", id.clone(), false, reason.clone());
+            Err(WitSkillError::Denied(reason))
+        };
+        if !ctx.grant.allows_skill(&id) {
+            return deny(format!("skill `{id}` is not in this agent's skills grant"));
+        }
+        if ctx.depth + 1 > MAX_DEPTH {
+            return deny(format!("invoking `{id}` would nest skills deeper than {MAX_DEPTH} levels"));
+        }
+        let Some((skill, registered)) = ctx.host.registered(&id) else {
+            return deny(format!("skill `{id}` is not registered on this host"));
+        };
+        let registered = match crate::caps::fs::resolve_grant(&registered) {
+            Ok(g) => g,
+            Err(e) => return deny(e.to_string()),
+        };
+        let grant = registered.narrowed_to(&ctx.grant);
+        ctx.capability("skills", id.clone(), true, format!("running with:\n{grant}"));
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let run = ctx.host.clone().run_nested(skill, input, grant, ctx.sink.clone(), ctx.depth + 1, remaining);
+        match Box::pin(run).await {
+            Ok(out) => Ok(out),
+            Err(Error::Skill { error, .. }) => Err(match error {
+                SkillError::InvalidInput(m) => WitSkillError::InvalidInput(m),
+                SkillError::Denied(m) => WitSkillError::Denied(m),
+                SkillError::Failed(m) => WitSkillError::Failed(m),
+            }),
+            Err(other) => Err(WitSkillError::Failed(other.to_string())),
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! [`Host`] and [`HostBuilder`]: load components, run them under a grant.
+
+use crate::bindings::{Agent, AgentPre};
+use crate::caps::fs::{resolve_grant, wasi_ctx};
+use crate::caps::http::HttpGate;
+use crate::compiled_cache::CompiledCache;
+use crate::engine::{EngineOptions, EpochTicker, build_engine};
+use crate::events::{DiscardEvents, EventSink};
+use crate::state::{RunContext, RunLimiter, RunState};
+use crate::{Digest, Error, SkillError};
+use coderclaw_core::Grant;
+use coderclaw_core::units::format_size;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+/// Configures a [`Host`]. Every setting has a safe default:
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`max_instances`](Self::max_instances) | 64 runs alive at once (pool size) |
+/// | [`max_memory`](Self::max_memory) | 1 GiB: no grant may ask for more |
+/// | [`max_wasm_stack`](Self::max_wasm_stack) | 1 MiB of wasm stack per run |
+/// | [`epoch_tick`](Self::epoch_tick) | 10 ms timeout resolution |
+/// | [`hostcall_fuel`](Self::hostcall_fuel) | 16 MiB copied from guest to host per call |
+/// | [`max_resources`](Self::max_resources) | 10 000 live WASI handles per run |
+/// | [`compiled_cache`](Self::compiled_cache) | none: compile in memory each process |
+/// | [`event_sink`](Self::event_sink) | discard events |
+#[derive(Clone)]
+pub struct HostBuilder {
+    engine: EngineOptions,
+    hostcall_fuel: usize,
+    max_resources: usize,
+    cache_dir: Option<PathBuf>,
+    sink: Arc<dyn EventSink>,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        Self {
+            engine: EngineOptions::default(),
+            hostcall_fuel: 16 << 20,
+            max_resources: 10_000,
+            cache_dir: None,
+            sink: Arc::new(DiscardEvents),
+        }
+    }
+}
+
+impl HostBuilder {
+    /// How many runs (including agents' nested runs) may be alive at once.
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.engine.max_instances = n.max(1);
+        self
+    }
+
+    /// The most memory any grant may ask for; larger grants are refused.
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.engine.max_memory_bytes = bytes;
+        self
+    }
+
+    /// Wasm stack per run; deeper recursion traps as a stack overflow.
+    pub fn max_wasm_stack(mut self, bytes: usize) -> Self {
+        self.engine.max_wasm_stack = bytes;
+        self
+    }
+
+    /// How often timeouts are checked.
+    pub fn epoch_tick(mut self, tick: Duration) -> Self {
+        self.engine.epoch_tick = tick;
+        self
+    }
+
+    /// Most bytes a guest may hand the host in one call (strings, lists).
+    pub fn hostcall_fuel(mut self, bytes: usize) -> Self {
+        self.hostcall_fuel = bytes;
+        self
+    }
+
+    /// Most WASI resources (files, streams, requests) a run may hold at once.
+    pub fn max_resources(mut self, n: usize) -> Self {
+        self.max_resources = n;
+        self
+    }
+
+    /// Keep compiled code in `dir` so the next process need not recompile.
+    pub fn compiled_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Where `log`, `progress` and capability events go by default.
+    pub fn event_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// Builds the engine, the linker and the epoch ticker.
+    pub fn build(self) -> Result<Host, Error> {
+        let engine = build_engine(&self.engine)?;
+        let mut linker: Linker<RunState> = Linker::new(&engine);
+        let setup = |e: wasmtime::Error| Error::Setup(format!("cannot link host interfaces: {e}"));
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(setup)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(setup)?;
+        Agent::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |s| s).map_err(setup)?;
+        let cache = match &self.cache_dir {
+            Some(dir) => Some(CompiledCache::open(dir, &engine).map_err(|e| {
+                Error::Setup(format!("cannot create the compiled-code cache at {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(engine.clone(), self.engine.epoch_tick)?;
+        Ok(Host {
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                cache,
+                opts: self,
+                loaded: Mutex::new(HashMap::new()),
+                registry: RwLock::new(HashMap::new()),
+                stats: Stats::default(),
+                _ticker: ticker,
+            }),
+        })
+    }
+}
+
+/// The embeddable skill host. Cheap to clone; share one per process.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), coderclaw_host::Error> {
+/// use coderclaw_host::{Access, Grant, Host};
+/// let host = Host::builder().compiled_cache("/tmp/coderclaw-cache").build()?;
+/// let skill = host.load_file("word_count.wasm")?;
+/// let grant = Grant::builder().dir(".", ".", Access::Read).build().unwrap();
+/// let output = host.run(&skill, r#"{"path": "."}"#, &grant).await?;
+/// println!("{output}");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+pub(crate) struct HostInner {
+    engine: Engine,
+    linker: Linker<RunState>,
+    cache: Option<CompiledCache>,
+    opts: HostBuilder,
+    /// Compiled and linked components by digest: compile once per process.
+    loaded: Mutex<HashMap<Digest, Skill>>,
+    /// Skills agents may invoke, by id, with the grant each runs under.
+    registry: RwLock<HashMap<String, (Skill, Grant)>>,
+    stats: Stats,
+    _ticker: EpochTicker,
+}
+
+#[derive(Default)]
+struct Stats {
+    compiled: AtomicU64,
+    disk_cache_hits: AtomicU64,
+    memory_cache_hits: AtomicU64,
+}
+
+/// Counters of how components were obtained; lets tests and users see that
+/// the compiled-code cache works without timing anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HostStats {
+    /// Components compiled from wasm by this host.
+    pub compiled: u64,
+    /// Components loaded from the on-disk compiled-code cache.
+    pub disk_cache_hits: u64,
+    /// Loads answered by the in-process cache.
+    pub memory_cache_hits: u64,
+}
+
+/// Where a loaded component's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadSource {
+    /// Compiled now.
+    Compiled,
+    /// Read from the on-disk compiled-code cache.
+    DiskCache,
+    /// Already loaded in this process.
+    Memory,
+}
+
+/// A loaded, linked component, ready to instantiate. Cheap to clone.
+#[derive(Clone)]
+pub struct Skill {
+    name: Arc<str>,
+    digest: Digest,
+    source: LoadSource,
+    pre: AgentPre<RunState>,
+}
+
+impl Skill {
+    /// The name it was loaded under (file name or the name given).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SHA-256 of the component bytes.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// Where this handle's machine code came from.
+    pub fn source(&self) -> LoadSource {
+        self.source
+    }
+}
+
+impl std::fmt::Debug for Skill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Skill").field("name", &self.name).field("digest", &self.digest).finish()
+    }
+}
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+/// Bytes 4..8 of a core module (version 1); components use another layer.
+const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+
+impl Host {
+    /// A builder with the defaults listed on [`HostBuilder`].
+    pub fn builder() -> HostBuilder {
+        HostBuilder::default()
+    }
+
+    /// Loads a component file (see [`Host::load_bytes`]).
+    pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Skill, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        self.load_bytes(&name, &bytes)
+    }
+
+    /// Loads a component: from this process's cache, else from the on-disk
+    /// compiled-code cache (keyed by the SHA-256 of `bytes`), else by
+    /// compiling it (and filling the disk cache). Checks that it fits the
+    /// coderclaw contract before returning.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Skill, Error> {
+        let digest = Digest::of(bytes);
+        let span = tracing::info_span!("load", skill = name, digest = %digest);
+        let _enter = span.enter();
+        let inner = &self.inner;
+        if let Some(skill) = inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+            inner.stats.memory_cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Skill { name: name.into(), source: LoadSource::Memory, ..skill.clone() });
+        }
+        check_header(name, bytes)?;
+        let cached = inner.cache.as_ref().and_then(|c| c.load(&inner.engine, &digest));
+        let (component, source) = match cached {
+            Some(c) => {
+                inner.stats.disk_cache_hits.fetch_add(1, Ordering::Relaxed);
+                (c, LoadSource::DiskCache)
+            }
+            None => {
+                let c = Component::new(&inner.engine, bytes)
+                    .map_err(|e| Error::Compile { name: name.to_owned(), message: format!("{e:#}") })?;
+                inner.stats.compiled.fetch_add(1, Ordering::Relaxed);
+                if let Some(cache) = &inner.cache
+                    && let Err(e) = cache.store(&digest, &c)
+                {
+                    tracing::warn!(error = %e, "compiled code not cached");
+                }
+                (c, LoadSource::Compiled)
+            }
+        };
+        let contract = |e: wasmtime::Error| Error::Contract { name: name.to_owned(), message: format!("{e:#}") };
+        let pre = inner.linker.instantiate_pre(&component).map_err(contract)?;
+        let pre = AgentPre::new(pre).map_err(contract)?;
+        let skill = Skill { name: name.into(), digest, source, pre };
+        inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, skill.clone());
+        tracing::debug!(?source, "loaded");
+        Ok(skill)
+    }
+
+    /// Makes `skill` invocable by agents as `id`, running under `grant`
+    /// narrowed to the calling agent's grant. Replaces an earlier entry.
+    pub fn register(&self, id: impl Into<String>, skill: Skill, grant: Grant) {
+        self.inner.registry.write().unwrap_or_else(|p| p.into_inner()).insert(id.into(), (skill, grant));
+    }
+
+    /// Runs `skill` on JSON `input` under `grant`, sending events to the
+    /// builder's sink. Returns the skill's JSON output.
+    pub async fn run(&self, skill: &Skill, input: &str, grant: &Grant) -> Result<String, Error> {
+        let sink = self.inner.opts.sink.clone();
+        self.run_with_events(skill, input, grant, sink).await
+    }
+
+    /// Like [`Host::run`], sending this run's events to `sink`.
+    pub async fn run_with_events(
+        &self,
+        skill: &Skill,
+        input: &str,
+        grant: &Grant,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<String, Error> {
+        let grant = resolve_grant(grant)?;
+        let timeout = grant.limits().timeout;
+        self.inner.clone().run_nested(skill.clone(), input.to_owned(), grant, sink, 0, timeout).await
+    }
+
+    /// How components were obtained so far.
+    pub fn stats(&self) -> HostStats {
+        let s = &self.inner.stats;
+        HostStats {
+            compiled: s.compiled.load(Ordering::Relaxed),
+            disk_cache_hits: s.disk_cache_hits.load(Ordering::Relaxed),
+            memory_cache_hits: s.memory_cache_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The wasmtime engine, for embedders that need it (e.g. to precompile).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+}
+
+fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
+    if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+        return Err(Error::NotWasm { name: name.to_owned() });
+    }
+    if bytes[4..8] == CORE_MODULE_VERSION {
+        return Err(Error::NotAComponent { name: name.to_owned() });
+    }
+    Ok(())
+}
+
+impl HostInner {
+    pub(crate) fn registered(&self, id: &str) -> Option<(Skill, Grant)> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Runs one invocation. `grant` has canonical directories; `timeout`
+    /// bounds this run on top of the grant's (an agent's remaining time).
+    pub(crate) async fn run_nested(
+        self: Arc<Self>,
+        skill: Skill,
+        input: String,
+        grant: Grant,
+        sink: Arc<dyn EventSink>,
+        depth: u32,
+        timeout: Duration,
+    ) -> Result<String, Error> {
+        let span = tracing::info_span!("run", skill = %skill.name, depth);
+        async move {
+            let limits = *grant.limits();
+            if limits.memory_bytes > self.opts.engine.max_memory_bytes {
+                return Err(Error::AboveHostMaximum {
+                    what: "memory",
+                    asked: format_size(limits.memory_bytes),
+                    max: format_size(self.opts.engine.max_memory_bytes),
+                });
+            }
+            let timeout = limits.timeout.min(timeout);
+            let (wasi, dirs) = wasi_ctx(&grant)?;
+            let ctx = Arc::new(RunContext {
+                name: skill.name.clone(),
+                depth,
+                grant,
+                dirs,
+                sink,
+                host: self.clone(),
+                deadline: Instant::now() + timeout,
+            });
+            let mut table = ResourceTable::new();
+            table.set_max_capacity(self.opts.max_resources);
+            let state = RunState {
+                wasi,
+                http: WasiHttpCtx::new(),
+                http_gate: HttpGate { ctx: ctx.clone() },
+                table,
+                limiter: RunLimiter {
+                    memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                    memory_refused: false,
+                },
+                ctx,
+            };
+            let mut store = Store::new(&self.engine, state);
+            store.limiter(|s| &mut s.limiter);
+            store.set_hostcall_fuel(self.opts.hostcall_fuel);
+            let tick = self.opts.engine.epoch_tick.as_nanos().max(1);
+            store.set_epoch_deadline(u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1));
+            store.epoch_deadline_trap();
+
+            // The epoch deadline stops guest code that never yields; this
+            // timer stops a guest that waits in a host call (HTTP, shell).
+            let call = async {
+                let instance = skill.pre.instantiate_async(&mut store).instrument(tracing::debug_span!("instantiate")).await?;
+                instance.call_run(&mut store, &input).instrument(tracing::debug_span!("call")).await
+            };
+            let outcome = tokio::time::timeout(timeout, call).await;
+            let name = skill.name.to_string();
+            match outcome {
+                Err(_) => Err(Error::Timeout { name, timeout }),
+                Ok(Err(e)) => Err(classify_trap(e, &name, timeout, store.data().limiter.memory_refused, limits.memory_bytes)),
+                Ok(Ok(Err(e))) => Err(Error::Skill { name, error: SkillError::from(e) }),
+                Ok(Ok(Ok(output))) => Ok(output),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn classify_trap(e: wasmtime::Error, name: &str, timeout: Duration, memory_refused: bool, limit: u64) -> Error {
+    let name = name.to_owned();
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return Error::Busy;
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Error::Timeout { name, timeout },
+        Some(Trap::StackOverflow) => Error::StackOverflow { name },
+        _ if memory_refused => Error::MemoryLimit { name, limit },
+        _ => Error::Trap { name, message: format!("{e:?}") },
+    }
+}
+
+impl From<crate::bindings::coderclaw::skill::types::SkillError> for SkillError {
+    fn from(e: crate::bindings::coderclaw::skill::types::SkillError) -> Self {
+        use crate::bindings::coderclaw::skill::types::SkillError as W;
+        match e {
+            W::InvalidInput(m) => SkillError::InvalidInput(m),
+            W::Denied(m) => SkillError::Denied(m),
+            W::Failed(m) => SkillError::Failed(m),
+        }
+    }
+}

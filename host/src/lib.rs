@@ -1,0 +1,35 @@
+//! `coderclaw-host`: the embeddable coderclaw skill host.
+//!
+//! Loads WebAssembly skill components (WASI preview 2, the `coderclaw:skill`
+//! WIT contract in `wit/`), compiles each once (with an optional on-disk
+//! compiled-code cache keyed by SHA-256), and runs them under a
+//! [`Grant`]: the WASI context and the coderclaw host imports are built
+//! from the grant and nothing else, with hard memory and time limits.
+//!
+//! ```no_run
+//! use coderclaw_host::{Access, Grant, Host};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let host = Host::builder().build()?;
+//! let scanner = host.load_file("security_scanner.wasm")?;
+//! let grant = Grant::builder().dir("./repo", ".", Access::Read).build()?;
+//! let report = host.run(&scanner, r#"{"path": "."}"#, &grant).await?;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+//!
+//! Runs need a tokio runtime (the multi-threaded one).
+
+mod bindings;
+mod caps;
+mod compiled_cache;
+mod engine;
+mod error;
+pub mod events;
+mod host;
+mod state;
+
+pub use coderclaw_core::{Access, Digest, Grant, GrantBuilder, GrantError, HostPattern, Limits};
+pub use error::{Error, SkillError};
+pub use events::{CollectEvents, DiscardEvents, EventKind, EventSink, LogLevel, RunEvent};
+pub use host::{Host, HostBuilder, HostStats, LoadSource, Skill};
