@@ -1,1 +1,74 @@
-fn main() {}
+//! `coderclaw`: build, run and manage sandboxed WebAssembly skills.
+
+mod build;
+mod grant_args;
+mod home;
+mod new;
+mod output;
+mod quickstart;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Run WebAssembly skills in a sandbox, with exactly the capabilities you grant.
+///
+/// Skills are WebAssembly components (wasm32-wasip2) built against coderclaw-sdk.
+/// By default a skill can touch nothing: no files, no network, no environment,
+/// no programs. Every capability is granted explicitly with an --allow-* flag.
+///
+/// State (compiled-code cache) lives in $CODERCLAW_HOME (default ~/.coderclaw).
+/// Set CODERCLAW_LOG (e.g. CODERCLAW_LOG=debug) for diagnostic logs on stderr.
+#[derive(Parser)]
+#[command(name = "coderclaw", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, run and scaffold skills.
+    #[command(subcommand)]
+    Skill(SkillCommand),
+    /// Build the example skills and run them end to end on a sample workspace.
+    ///
+    /// Needs the coderclaw source tree (run it from a checkout) and the
+    /// wasm32-wasip2 Rust target. Shows deny-by-default in action: the same
+    /// skill refused without a grant and allowed with one.
+    Quickstart(quickstart::Args),
+}
+
+#[derive(Subcommand)]
+enum SkillCommand {
+    /// Run a skill component under an explicit capability grant.
+    Run(run::Args),
+    /// Build a skill crate into a WebAssembly component; prints its path and SHA-256.
+    Build(build::Args),
+    /// Create a new skill crate that builds with `coderclaw skill build` out of the box.
+    New(new::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CODERCLAW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Skill(SkillCommand::Run(args)) => run::main(args),
+        Command::Skill(SkillCommand::Build(args)) => build::main(args),
+        Command::Skill(SkillCommand::New(args)) => new::main(args),
+        Command::Quickstart(args) => quickstart::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -24,6 +24,28 @@ impl SkillError {
         Self::InvalidInput(message.into())
     }
 
+    /// An error for a filesystem operation on `path`. Names the path and,
+    /// since a skill only sees the directories its grant preopens, says so
+    /// when the path does not exist or is refused.
+    ///
+    /// ```no_run
+    /// use coderclaw_sdk::SkillError;
+    /// let text = std::fs::read_to_string("notes.md").map_err(|e| SkillError::io("notes.md", e))?;
+    /// # Ok::<(), SkillError>(())
+    /// ```
+    pub fn io(path: impl AsRef<std::path::Path>, e: std::io::Error) -> Self {
+        let path = path.as_ref().display();
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                Self::Denied(format!("{path}: {e} (the host grant does not allow this access)"))
+            }
+            std::io::ErrorKind::NotFound => Self::Failed(format!(
+                "{path}: not found inside the sandbox (a skill sees only the directories granted to it)"
+            )),
+            _ => Self::Failed(format!("{path}: {e}")),
+        }
+    }
+
     pub(crate) fn into_wit(self) -> WitSkillError {
         match self {
             Self::InvalidInput(m) => WitSkillError::InvalidInput(m),

@@ -1,1 +1,88 @@
-//! placeholder
+//! Shared helpers for coderclaw's end-to-end tests: the paths of the guest
+//! components built from source by `build.rs`, and a real HTTP server on
+//! loopback.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Path of a guest component by crate name (e.g. `"word-count"`).
+pub fn guest(name: &str) -> PathBuf {
+    let path = match name {
+        "echo" => env!("CODERCLAW_GUEST_ECHO"),
+        "word-count" => env!("CODERCLAW_GUEST_WORD_COUNT"),
+        "shell-exec" => env!("CODERCLAW_GUEST_SHELL_EXEC"),
+        "http-fetch" => env!("CODERCLAW_GUEST_HTTP_FETCH"),
+        "security-scanner" => env!("CODERCLAW_GUEST_SECURITY_SCANNER"),
+        "code-reviewer" => env!("CODERCLAW_GUEST_CODE_REVIEWER"),
+        "infinite-loop" => env!("CODERCLAW_GUEST_INFINITE_LOOP"),
+        "memory-bomb" => env!("CODERCLAW_GUEST_MEMORY_BOMB"),
+        "deep-recursion" => env!("CODERCLAW_GUEST_DEEP_RECURSION"),
+        "fs-escape" => env!("CODERCLAW_GUEST_FS_ESCAPE"),
+        "shell-without-grant" => env!("CODERCLAW_GUEST_SHELL_WITHOUT_GRANT"),
+        other => panic!("no guest component named {other}"),
+    };
+    PathBuf::from(path)
+}
+
+/// A hyper HTTP/1 server on 127.0.0.1 answering every request with a fixed
+/// body, counting the requests it served. Stops when dropped.
+pub struct LoopbackServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopbackServer {
+    /// Starts the server on an ephemeral port.
+    pub async fn start(body: &'static str) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .header("content-type", "text/plain")
+                                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                    .expect("static response"),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Ok(Self { addr, hits, task })
+    }
+
+    /// Requests served so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -77,11 +77,11 @@ fn run(input: Input) -> Result<Report, SkillError> {
         if i % 64 == 0 {
             progress(i as f32 / n as f32, &format!("scanned {i} of {n} files"));
         }
-        if fs::metadata(file)?.len() > input.max_file_bytes {
+        if fs::metadata(file).map_err(|e| SkillError::io(file, e))?.len() > input.max_file_bytes {
             report.files_skipped += 1;
             continue;
         }
-        let bytes = fs::read(file)?;
+        let bytes = fs::read(file).map_err(|e| SkillError::io(file, e))?;
         let Ok(text) = std::str::from_utf8(&bytes) else {
             report.files_skipped += 1;
             continue;
@@ -115,11 +115,13 @@ fn redact(secret: &str) -> String {
 
 /// Regular files under `path`, symlinks not followed, `.git` and `target` skipped.
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), SkillError> {
-    let meta = fs::symlink_metadata(path)?;
+    let meta = fs::symlink_metadata(path).map_err(|e| SkillError::io(path, e))?;
     if meta.is_file() {
         out.push(path.to_path_buf());
     } else if meta.is_dir() {
-        let mut entries: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        let mut entries: Vec<_> = fs::read_dir(path)
+        .and_then(|d| d.collect::<Result<_, _>>())
+        .map_err(|e| SkillError::io(path, e))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             if entry.file_name() != ".git" && entry.file_name() != "target" {

@@ -61,7 +61,7 @@ fn run(input: Input) -> Result<Output, SkillError> {
     let mut out = Output { files: 0, skipped_binary: 0, truncated, total: Counts::default(), per_file: Vec::new() };
     let n = files.len().max(1);
     for (i, file) in files.iter().enumerate() {
-        let bytes = fs::read(file)?;
+        let bytes = fs::read(file).map_err(|e| SkillError::io(file, e))?;
         let Ok(text) = std::str::from_utf8(&bytes) else {
             out.skipped_binary += 1;
             continue;
@@ -87,7 +87,7 @@ fn run(input: Input) -> Result<Output, SkillError> {
 /// Depth-first walk collecting regular files; symlinks are not followed.
 /// Returns true when `max` cut the walk short.
 fn collect(path: &Path, exts: &[String], max: usize, out: &mut Vec<PathBuf>) -> Result<bool, SkillError> {
-    let meta = fs::symlink_metadata(path)?;
+    let meta = fs::symlink_metadata(path).map_err(|e| SkillError::io(path, e))?;
     if meta.is_file() {
         if wanted(path, exts) {
             out.push(path.to_path_buf());
@@ -97,7 +97,9 @@ fn collect(path: &Path, exts: &[String], max: usize, out: &mut Vec<PathBuf>) -> 
     if !meta.is_dir() {
         return Ok(false);
     }
-    let mut entries: Vec<_> = fs::read_dir(path)?.collect::<Result<_, _>>()?;
+    let mut entries: Vec<_> = fs::read_dir(path)
+        .and_then(|d| d.collect::<Result<_, _>>())
+        .map_err(|e| SkillError::io(path, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         if entry.file_name() == ".git" || entry.file_name() == "target" {

@@ -1,0 +1,169 @@
+//! `coderclaw quickstart`: build the example skills from this source tree and
+//! run them end to end, in-process, on a small sample workspace.
+
+use crate::build::{Artifact, build};
+use crate::home;
+use anyhow::{Context, Result, bail};
+use coderclaw_host::{Access, CollectEvents, EventKind, Grant, Host, Skill};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The coderclaw source tree (default: found from the current directory,
+    /// else the tree this binary was built from).
+    #[arg(long, value_name = "DIR")]
+    pub source: Option<PathBuf>,
+    /// Print the results as one JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One step of the tour: what was run, under which grant, and what came out.
+struct Step {
+    title: &'static str,
+    outcome: Result<Value, String>,
+    /// The outcome the tour expects; a mismatch fails the command.
+    expect_ok: bool,
+    denials: Vec<String>,
+}
+
+fn source_tree(given: Option<&Path>) -> Result<PathBuf> {
+    let is_tree = |d: &Path| d.join("skills/Cargo.toml").is_file() && d.join("wit/skill.wit").is_file();
+    if let Some(d) = given {
+        return if is_tree(d) { Ok(d.to_path_buf()) } else { bail!("{} is not a coderclaw source tree", d.display()) };
+    }
+    let cwd = std::env::current_dir()?;
+    if let Some(d) = cwd.ancestors().find(|d| is_tree(d)) {
+        return Ok(d.to_path_buf());
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if is_tree(&built_from) {
+        return Ok(built_from);
+    }
+    bail!("cannot find the coderclaw source tree (skills/ and wit/): run quickstart from a checkout or pass --source")
+}
+
+/// A few files to work on, one with a planted (AWS's documented example) key.
+fn sample_workspace() -> Result<PathBuf> {
+    let dir = home::state_dir()?.join("quickstart").join("workspace");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot reset {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::write(dir.join("README.md"), "# sample\n\nA tiny project for the coderclaw quickstart.\n")?;
+    std::fs::write(dir.join("src/main.rs"), "fn main() {\n    println!(\"hello\");\n}\n")?;
+    std::fs::write(
+        dir.join("deploy.env"),
+        "REGION=eu-west-1\nAWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n",
+    )?;
+    Ok(dir)
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    let tree = source_tree(args.source.as_deref())?;
+    eprintln!("building the example skills in {} (the first build takes a minute)…", tree.join("skills").display());
+    let artifacts = build(&tree.join("skills"), true, args.json)?;
+    let find = |name: &str| -> Result<&Artifact> {
+        artifacts.iter().find(|a| a.name == name).with_context(|| format!("the build produced no {name}.wasm"))
+    };
+    let host = Host::builder().compiled_cache(home::compiled_cache_dir()?).build()?;
+    let load = |name: &str| -> Result<Skill> { Ok(host.load_file(&find(name)?.path)?) };
+    let workspace = sample_workspace()?;
+    let read = Grant::builder().dir(&workspace, ".", Access::Read);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+
+    let run = |skill: &Skill, input: Value, grant: &Grant| -> (Result<Value, String>, Vec<String>) {
+        let events = Arc::new(CollectEvents::default());
+        let result = runtime.block_on(host.run_with_events(skill, &input.to_string(), grant, events.clone()));
+        let denials = events
+            .events()
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Capability { allowed: false, capability, detail, .. } => Some(format!("{capability}: {detail}")),
+                _ => None,
+            })
+            .collect();
+        (result.map(|o| serde_json::from_str(&o).unwrap_or(Value::String(o))).map_err(|e| e.to_string()), denials)
+    };
+
+    let mut steps = Vec::new();
+    let mut step = |title, expect_ok, (outcome, denials)| steps.push(Step { title, outcome, expect_ok, denials });
+
+    let echo = load("echo")?;
+    step("echo: the smallest skill, no capabilities", true, run(&echo, json!({"hello": "world"}), &Grant::deny_all()));
+
+    let wc = load("word_count")?;
+    step("word-count without a filesystem grant (denied by default)", false, run(&wc, json!({"path": "."}), &Grant::deny_all()));
+    step("word-count with --allow-read on the sample workspace", true, run(&wc, json!({"path": "."}), &read.clone().build()?));
+
+    let scanner = load("security_scanner")?;
+    step("security-scanner finds the planted key", true, run(&scanner, json!({"path": "."}), &read.clone().build()?));
+
+    let reviewer = load("code_reviewer")?;
+    host.register("team/security-scanner", scanner.clone(), read.clone().build()?);
+    host.register("team/word-count", wc.clone(), read.clone().build()?);
+    let agent_grant = read.clone().skill("team/security-scanner").skill("team/word-count").build()?;
+    step("code-reviewer agent invokes both skills", true, run(&reviewer, json!({"path": "."}), &agent_grant));
+
+    let shell = load("shell_exec")?;
+    let ls = json!({"program": "ls", "args": ["-1"]});
+    step("shell-exec `ls` without a shell grant (denied, nothing runs)", false, run(&shell, ls.clone(), &read.clone().build()?));
+    step("shell-exec `ls` with --allow-shell ls", true, run(&shell, ls, &read.clone().shell("ls").build()?));
+
+    let mut surprises = 0;
+    if args.json {
+        let list: Vec<Value> = steps
+            .iter()
+            .map(|s| match &s.outcome {
+                Ok(v) => json!({"step": s.title, "ok": true, "output": v, "denials": s.denials}),
+                Err(e) => json!({"step": s.title, "ok": false, "error": e, "denials": s.denials}),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    }
+    for s in &steps {
+        let as_expected = s.outcome.is_ok() == s.expect_ok;
+        surprises += usize::from(!as_expected);
+        if args.json {
+            continue;
+        }
+        println!("\n{} {}", if as_expected { "✓" } else { "✗ UNEXPECTED:" }, s.title);
+        match &s.outcome {
+            Ok(v) => println!("{}", summarise(v)),
+            Err(e) => println!("  refused: {e}"),
+        }
+        for d in &s.denials {
+            println!("  host denied {d}");
+        }
+    }
+    let stats = host.stats();
+    if !args.json {
+        println!(
+            "\n{} steps, {} as expected. Components compiled: {}, loaded from the compiled-code cache: {} (run again to see the cache).",
+            steps.len(),
+            steps.len() - surprises,
+            stats.compiled,
+            stats.disk_cache_hits
+        );
+        println!("sample workspace: {}", workspace.display());
+    }
+    Ok(if surprises == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Pretty JSON, with long arrays cut so the tour stays readable.
+fn summarise(v: &Value) -> String {
+    let mut v = v.clone();
+    if let Some(obj) = v.as_object_mut() {
+        for (_, field) in obj.iter_mut() {
+            if let Some(items) = field.as_array_mut().filter(|a| a.len() > 3) {
+                let more = items.len() - 3;
+                items.truncate(3);
+                items.push(Value::String(format!("… {more} more")));
+            }
+        }
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default().lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,84 @@
+//! The compiled-code cache: a second start of the same component loads
+//! machine code from disk instead of compiling (asserted by counters, not
+//! by timing), and a damaged or unsafe cache entry is never trusted.
+
+use coderclaw_e2e::guest;
+use coderclaw_host::{Grant, Host, LoadSource};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+fn cached_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir).unwrap() {
+        let sub = sub.unwrap().path();
+        if sub.is_dir() {
+            out.extend(std::fs::read_dir(&sub).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")));
+        }
+    }
+    out
+}
+
+fn fresh_host(cache: &Path) -> Host {
+    Host::builder().compiled_cache(cache).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_start_loads_from_the_disk_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let first = fresh_host(cache.path());
+    let skill = first.load_file(guest("echo")).unwrap();
+    assert_eq!(skill.source(), LoadSource::Compiled);
+    assert_eq!((first.stats().compiled, first.stats().disk_cache_hits), (1, 0));
+    let again = first.load_file(guest("echo")).unwrap();
+    assert_eq!(again.source(), LoadSource::Memory);
+    assert_eq!(first.stats().memory_cache_hits, 1);
+
+    let files = cached_files(cache.path());
+    assert_eq!(files.len(), 1);
+    assert!(files[0].file_name().unwrap().to_string_lossy().starts_with(&skill.digest().to_hex()), "keyed by digest");
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // A new host (as a new process would be) compiles nothing.
+    let second = fresh_host(cache.path());
+    let skill = second.load_file(guest("echo")).unwrap();
+    assert_eq!(skill.source(), LoadSource::DiskCache);
+    assert_eq!((second.stats().compiled, second.stats().disk_cache_hits), (0, 1));
+    assert_eq!(second.run(&skill, "7", &Grant::deny_all()).await.unwrap(), r#"{"echo":7}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_cache_entry_is_discarded_and_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    fresh_host(cache.path()).load_file(guest("echo")).unwrap();
+    let file = cached_files(cache.path()).remove(0);
+    std::fs::write(&file, b"garbage that is not compiled code").unwrap();
+
+    let host = fresh_host(cache.path());
+    let skill = host.load_file(guest("echo")).unwrap();
+    assert_eq!(skill.source(), LoadSource::Compiled);
+    assert_eq!(host.stats().disk_cache_hits, 0);
+    assert_eq!(host.run(&skill, "1", &Grant::deny_all()).await.unwrap(), r#"{"echo":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_entry_others_could_write_is_not_trusted() {
+    let cache = tempfile::tempdir().unwrap();
+    fresh_host(cache.path()).load_file(guest("echo")).unwrap();
+    let file = cached_files(cache.path()).remove(0);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let host = fresh_host(cache.path());
+    assert_eq!(host.load_file(guest("echo")).unwrap().source(), LoadSource::Compiled);
+    assert_eq!(host.stats().disk_cache_hits, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_different_component_never_matches_another_digest() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = fresh_host(cache.path());
+    let echo = host.load_file(guest("echo")).unwrap();
+    let wc = host.load_file(guest("word-count")).unwrap();
+    assert_ne!(echo.digest(), wc.digest());
+    assert_eq!(host.stats().compiled, 2);
+    assert_eq!(cached_files(cache.path()).len(), 2);
+}
