@@ -31,21 +31,14 @@ enum Command {
     /// Build, run and scaffold skills.
     #[command(subcommand)]
     Skill(SkillCommand),
-    /// Build the example skills and run them end to end on a sample workspace.
-    ///
-    /// Needs the coderclaw source tree (run it from a checkout) and the
-    /// wasm32-wasip2 Rust target. Shows deny-by-default in action: the same
-    /// skill refused without a grant and allowed with one.
     Quickstart(quickstart::Args),
 }
 
 #[derive(Subcommand)]
 enum SkillCommand {
-    /// Run a skill component under an explicit capability grant.
+    // Each command's help is the doc comment of its Args struct.
     Run(run::Args),
-    /// Build a skill crate into a WebAssembly component; prints its path and SHA-256.
     Build(build::Args),
-    /// Create a new skill crate that builds with `coderclaw skill build` out of the box.
     New(new::Args),
 }
 

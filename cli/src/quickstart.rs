@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// Build the example skills and run them end to end on a sample workspace.
+///
+/// Needs the coderclaw source tree (run it from a checkout) and the
+/// wasm32-wasip2 Rust target. Shows deny-by-default in action: the same
+/// skill refused without a grant and allowed with one.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The coderclaw source tree (default: found from the current directory,

@@ -16,9 +16,10 @@ use std::time::Instant;
 /// Everything is denied unless granted with an --allow-* flag. Logs, progress
 /// and capability decisions go to stderr; the output JSON goes to stdout.
 ///
-/// Exit codes: 0 success; 1 the component could not be loaded or the command
-/// is wrong; 3 the skill returned an error (invalid input, denied, failed);
-/// 4 the run was stopped (timeout, memory limit, stack overflow, crash).
+/// Exit codes: 0 success; 1 the component could not be loaded or a value is
+/// invalid; 2 the command line could not be parsed; 3 the skill returned an
+/// error (invalid input, denied, failed); 4 the run was stopped (timeout,
+/// memory limit, stack overflow, crash).
 ///
 /// Example:
 ///   coderclaw skill run word_count.wasm --input '{"path": "."}' --allow-read .
