@@ -1,1 +1,1 @@
-//! placeholder
+//! Embedding examples for `coderclaw-host`; see `embed.rs`.

@@ -1,0 +1,242 @@
+//! Invocation benchmark for the `echo` skill: prints figures, asserts nothing.
+//!
+//! `cargo bench -p coderclaw-e2e --bench invoke [-- ITERATIONS]`
+//!
+//! Measures, for coderclaw's host and for bare wasmtime configured the same
+//! way (the floor): cold compile, load from the compiled-code cache,
+//! instantiate + call + drop per invocation (p50/p99, one thread and two),
+//! and a warm call on a live instance (bare wasmtime only: the host gives
+//! every run a fresh instance by design, so it has no warm call).
+
+use coderclaw_e2e::guest;
+use coderclaw_host::{Grant, Host};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod floor {
+    wasmtime::component::bindgen!({
+        world: "agent",
+        path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+const INPUT: &str = r#"{"hello":"world"}"#;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{label:<58} p50 {:>9.2?}  p99 {:>9.2?}  (n={})",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples.len()
+    );
+}
+
+struct FloorState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for FloorState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl floor::coderclaw::skill::types::Host for FloorState {}
+impl floor::coderclaw::skill::host::Host for FloorState {
+    async fn log(&mut self, _: floor::coderclaw::skill::host::LogLevel, _: String) {}
+    async fn progress(&mut self, _: f32, _: String) {}
+}
+impl floor::coderclaw::skill::shell::Host for FloorState {
+    async fn exec(
+        &mut self,
+        _: floor::coderclaw::skill::shell::Command,
+    ) -> Result<floor::coderclaw::skill::shell::Output, floor::coderclaw::skill::shell::ShellError> {
+        Err(floor::coderclaw::skill::shell::ShellError::Denied("floor".into()))
+    }
+}
+impl floor::coderclaw::skill::skills::Host for FloorState {
+    async fn invoke(&mut self, _: String, _: String) -> Result<String, floor::coderclaw::skill::types::SkillError> {
+        Err(floor::coderclaw::skill::types::SkillError::Denied("floor".into()))
+    }
+}
+
+/// The tuned bare-wasmtime configuration: pooling allocator with
+/// pagemap_scan and a small keep-resident, concurrency support off.
+fn floor_engine() -> Engine {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(64)
+        .total_core_instances(64 * 16)
+        .total_memories(128)
+        .total_tables(256)
+        .total_stacks(64)
+        .max_memory_size(1 << 30)
+        .linear_memory_keep_resident(128 << 10)
+        .table_keep_resident(128 << 10)
+        .pagemap_scan(Enabled::Auto);
+    let mut config = Config::new();
+    config.concurrency_support(false).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).expect("floor engine")
+}
+
+fn time_n(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect()
+}
+
+fn main() {
+    let iterations: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let wasm = std::fs::read(guest("echo")).expect("echo component");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!("echo component: {} bytes, {iterations} invocations per figure\n", wasm.len());
+
+    // --- coderclaw host ---
+    let compile = time_n(5, || {
+        let host = Host::builder().build().unwrap();
+        host.load_bytes("echo", &wasm).unwrap();
+    });
+    report("coderclaw: cold compile (host build + compile)", compile);
+
+    let cache = tempfile::tempdir().unwrap();
+    Host::builder().compiled_cache(cache.path()).build().unwrap().load_bytes("echo", &wasm).unwrap();
+    let hosts: Vec<Host> = (0..20).map(|_| Host::builder().compiled_cache(cache.path()).build().unwrap()).collect();
+    let mut hosts = hosts.into_iter();
+    let cached = time_n(20, || {
+        let host = hosts.next().unwrap();
+        let skill = host.load_bytes("echo", &wasm).unwrap();
+        assert_eq!(skill.source(), coderclaw_host::LoadSource::DiskCache);
+    });
+    report("coderclaw: load from compiled-code cache", cached);
+
+    let host = Host::builder().build().unwrap();
+    let skill = host.load_bytes("echo", &wasm).unwrap();
+    let grant = Grant::deny_all();
+    let one = rt.block_on(async {
+        for _ in 0..1000 {
+            host.run(&skill, INPUT, &grant).await.unwrap();
+        }
+        let mut v = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            host.run(&skill, INPUT, &grant).await.unwrap();
+            v.push(t.elapsed());
+        }
+        v
+    });
+    report("coderclaw: instantiate+call+drop, 1 thread", one);
+
+    let two = two_threads(iterations, {
+        let host = host.clone();
+        let skill = skill.clone();
+        move || {
+            let (host, skill) = (host.clone(), skill.clone());
+            Box::new(move |rt: &tokio::runtime::Runtime| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    host.run(&skill, INPUT, &Grant::deny_all()).await.unwrap();
+                    t.elapsed()
+                })
+            })
+        }
+    });
+    report("coderclaw: instantiate+call+drop, 2 threads (per call)", two);
+
+    // --- bare wasmtime, same tuning ---
+    let engine = floor_engine();
+    let t = Instant::now();
+    let component = Component::new(&engine, &wasm).unwrap();
+    println!("{:<58} {:>13.2?}", "bare wasmtime: cold compile", t.elapsed());
+    let mut linker: Linker<FloorState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    floor::Agent::add_to_linker::<FloorState, HasSelf<FloorState>>(&mut linker, |s| s).unwrap();
+    let pre = Arc::new(floor::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap());
+    let new_store = |engine: &Engine| Store::new(engine, FloorState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+
+    let floor_one = rt.block_on(async {
+        let mut v = Vec::with_capacity(iterations);
+        for i in 0..iterations + 1000 {
+            let t = Instant::now();
+            let mut store = new_store(&engine);
+            let inst = pre.instantiate_async(&mut store).await.unwrap();
+            inst.call_run(&mut store, INPUT).await.unwrap().unwrap();
+            drop(store);
+            if i >= 1000 {
+                v.push(t.elapsed());
+            }
+        }
+        v
+    });
+    report("bare wasmtime: instantiate+call+drop, 1 thread", floor_one);
+
+    let floor_two = two_threads(iterations, {
+        let pre = pre.clone();
+        let engine = engine.clone();
+        move || {
+            let (pre, engine) = (pre.clone(), engine.clone());
+            Box::new(move |rt: &tokio::runtime::Runtime| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    let mut store = new_store(&engine);
+                    let inst = pre.instantiate_async(&mut store).await.unwrap();
+                    inst.call_run(&mut store, INPUT).await.unwrap().unwrap();
+                    drop(store);
+                    t.elapsed()
+                })
+            })
+        }
+    });
+    report("bare wasmtime: instantiate+call+drop, 2 threads (per call)", floor_two);
+
+    let warm = rt.block_on(async {
+        let mut store = new_store(&engine);
+        let inst = pre.instantiate_async(&mut store).await.unwrap();
+        let mut v = Vec::with_capacity(iterations);
+        for i in 0..iterations + 1000 {
+            let t = Instant::now();
+            // The generated binding runs post-return, so the same instance
+            // can be called again.
+            inst.call_run(&mut store, INPUT).await.unwrap().unwrap();
+            if i >= 1000 {
+                v.push(t.elapsed());
+            }
+        }
+        v
+    });
+    report("bare wasmtime: warm call on a live instance", warm);
+}
+
+type Call = Box<dyn FnMut(&tokio::runtime::Runtime) -> Duration + Send>;
+
+/// Runs `iterations` calls on each of two threads at once (each with its own
+/// current-thread runtime) and returns every call's latency.
+fn two_threads(iterations: usize, make: impl Fn() -> Call) -> Vec<Duration> {
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let mut call = make();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                for _ in 0..1000 {
+                    call(&rt);
+                }
+                (0..iterations).map(|_| call(&rt)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+}
