@@ -55,7 +55,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
 pub fn build(dir: &Path, release: bool, quiet: bool) -> Result<Vec<Artifact>> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
-        bail!("{} has no Cargo.toml: point `skill build` at a skill crate (create one with `coderclaw skill new`)", dir.display());
+        bail!(
+            "{} has no Cargo.toml: point `skill build` at a skill crate (create one with `coderclaw skill new`)",
+            dir.display()
+        );
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -50,7 +50,9 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 impl GrantArgs {
     pub fn builder(&self) -> Result<GrantBuilder> {
         let mut b = Grant::builder().timeout(self.timeout).memory(self.memory).shell_timeout(self.shell_timeout);
-        for (spec, access) in self.read.iter().map(|s| (s, Access::Read)).chain(self.write.iter().map(|s| (s, Access::ReadWrite))) {
+        for (spec, access) in
+            self.read.iter().map(|s| (s, Access::Read)).chain(self.write.iter().map(|s| (s, Access::ReadWrite)))
+        {
             let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
             if !std::path::Path::new(host).is_dir() {
                 bail!("cannot grant {host:?}: it is not an existing directory");
@@ -61,8 +63,9 @@ impl GrantArgs {
             b = b.http(pattern)?;
         }
         for name in &self.env {
-            let value = std::env::var(name)
-                .with_context(|| format!("cannot grant environment variable {name}: it is not set (or not UTF-8) here"))?;
+            let value = std::env::var(name).with_context(|| {
+                format!("cannot grant environment variable {name}: it is not set (or not UTF-8) here")
+            })?;
             b = b.env(name, value);
         }
         for program in &self.shell {

@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: boxing the big variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Build, run and scaffold skills.
@@ -34,6 +36,7 @@ enum Command {
     Quickstart(quickstart::Args),
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum SkillCommand {
     // Each command's help is the doc comment of its Args struct.

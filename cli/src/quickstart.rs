@@ -60,10 +60,7 @@ fn sample_workspace() -> Result<PathBuf> {
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("README.md"), "# sample\n\nA tiny project for the coderclaw quickstart.\n")?;
     std::fs::write(dir.join("src/main.rs"), "fn main() {\n    println!(\"hello\");\n}\n")?;
-    std::fs::write(
-        dir.join("deploy.env"),
-        "REGION=eu-west-1\nAWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n",
-    )?;
+    std::fs::write(dir.join("deploy.env"), "REGION=eu-west-1\nAWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\n")?;
     Ok(dir)
 }
 
@@ -87,7 +84,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
             .events()
             .into_iter()
             .filter_map(|e| match e.kind {
-                EventKind::Capability { allowed: false, capability, detail, .. } => Some(format!("{capability}: {detail}")),
+                EventKind::Capability { allowed: false, capability, detail, .. } => {
+                    Some(format!("{capability}: {detail}"))
+                }
                 _ => None,
             })
             .collect();
@@ -101,8 +100,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
     step("echo: the smallest skill, no capabilities", true, run(&echo, json!({"hello": "world"}), &Grant::deny_all()));
 
     let wc = load("word_count")?;
-    step("word-count without a filesystem grant (denied by default)", false, run(&wc, json!({"path": "."}), &Grant::deny_all()));
-    step("word-count with --allow-read on the sample workspace", true, run(&wc, json!({"path": "."}), &read.clone().build()?));
+    step(
+        "word-count without a filesystem grant (denied by default)",
+        false,
+        run(&wc, json!({"path": "."}), &Grant::deny_all()),
+    );
+    step(
+        "word-count with --allow-read on the sample workspace",
+        true,
+        run(&wc, json!({"path": "."}), &read.clone().build()?),
+    );
 
     let scanner = load("security_scanner")?;
     step("security-scanner finds the planted key", true, run(&scanner, json!({"path": "."}), &read.clone().build()?));
@@ -115,7 +122,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
 
     let shell = load("shell_exec")?;
     let ls = json!({"program": "ls", "args": ["-1"]});
-    step("shell-exec `ls` without a shell grant (denied, nothing runs)", false, run(&shell, ls.clone(), &read.clone().build()?));
+    step(
+        "shell-exec `ls` without a shell grant (denied, nothing runs)",
+        false,
+        run(&shell, ls.clone(), &read.clone().build()?),
+    );
     step("shell-exec `ls` with --allow-shell ls", true, run(&shell, ls, &read.clone().shell("ls").build()?));
 
     let mut surprises = 0;
@@ -170,5 +181,10 @@ fn summarise(v: &Value) -> String {
             }
         }
     }
-    serde_json::to_string_pretty(&v).unwrap_or_default().lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    serde_json::to_string_pretty(&v)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -77,11 +77,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let collected = Arc::new(CollectEvents::default());
-    let sink: Arc<dyn EventSink> = if args.json {
-        collected.clone()
-    } else {
-        Arc::new(|e: RunEvent| eprintln!("{}", event_line(&e)))
-    };
+    let sink: Arc<dyn EventSink> =
+        if args.json { collected.clone() } else { Arc::new(|e: RunEvent| eprintln!("{}", event_line(&e))) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let run_started = Instant::now();
     let result = runtime.block_on(host.run_with_events(&skill, &input, &grant, sink));
@@ -113,7 +110,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
 fn read_input(args: &Args) -> Result<String> {
     let text = match (&args.input, &args.input_file) {
         (Some(s), _) => s.clone(),
-        (None, Some(p)) if p.as_os_str() == "-" => std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?,
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+        }
         (None, Some(p)) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
         (None, None) => "{}".to_owned(),
     };

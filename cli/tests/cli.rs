@@ -130,7 +130,8 @@ fn env_is_passed_only_when_granted() {
     let cli = Cli::new();
     let input = r#"{"env": ["CODERCLAW_TEST_TOKEN"]}"#;
     let run = |extra: &[&str]| {
-        let mut args: Vec<String> = vec!["skill".into(), "run".into(), p(&guest("fs-escape")).into(), "--input".into(), input.into()];
+        let mut args: Vec<String> =
+            vec!["skill".into(), "run".into(), p(&guest("fs-escape")).into(), "--input".into(), input.into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let out = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
             .args(&args)
@@ -155,7 +156,8 @@ fn agent_runs_with_skills_supplied_on_the_command_line() {
     let read = format!("{}::.", p(ws.path()));
     let scanner = format!("team/security-scanner={}", p(&guest("security-scanner")));
     let counter = format!("team/word-count={}", p(&guest("word-count")));
-    let (code, report) = cli.run_json("code-reviewer", &["--allow-read", &read, "--with-skill", &scanner, "--with-skill", &counter]);
+    let (code, report) =
+        cli.run_json("code-reviewer", &["--allow-read", &read, "--with-skill", &scanner, "--with-skill", &counter]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["output"]["verdict"], "fail");
     assert_eq!(report["output"]["secrets_found"], 1);

@@ -10,7 +10,9 @@ use thiserror::Error;
 
 /// A pattern that could not be parsed; names the input and the problem.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("{input:?} is not an HTTP host pattern: {problem} (expected e.g. https://api.github.com or http://127.0.0.1:8080)")]
+#[error(
+    "{input:?} is not an HTTP host pattern: {problem} (expected e.g. https://api.github.com or http://127.0.0.1:8080)"
+)]
 pub struct PatternError {
     input: String,
     problem: &'static str,

@@ -56,7 +56,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
 /// Formats a byte count in the largest binary unit that divides it.
 pub fn format_size(bytes: u64) -> String {
     for (unit, mult) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= mult && bytes % mult == 0 {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{unit}", bytes / mult);
         }
     }

@@ -51,7 +51,9 @@ pub(crate) fn build_engine(opts: &EngineOptions) -> Result<Engine, Error> {
         .total_stacks(n)
         .max_memories_per_component(MEMORIES_PER_COMPONENT)
         .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
-        .max_memory_size(usize::try_from(opts.max_memory_bytes).map_err(|_| Error::Setup("memory maximum too large".into()))?)
+        .max_memory_size(
+            usize::try_from(opts.max_memory_bytes).map_err(|_| Error::Setup("memory maximum too large".into()))?,
+        )
         .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
         .table_keep_resident(KEEP_RESIDENT_BYTES)
         .pagemap_scan(Enabled::Auto);

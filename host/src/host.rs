@@ -239,7 +239,8 @@ impl Host {
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Skill, Error> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        let name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
         self.load_bytes(&name, &bytes)
     }
 
@@ -396,14 +397,17 @@ impl HostInner {
             // The epoch deadline stops guest code that never yields; this
             // timer stops a guest that waits in a host call (HTTP, shell).
             let call = async {
-                let instance = skill.pre.instantiate_async(&mut store).instrument(tracing::debug_span!("instantiate")).await?;
+                let instance =
+                    skill.pre.instantiate_async(&mut store).instrument(tracing::debug_span!("instantiate")).await?;
                 instance.call_run(&mut store, &input).instrument(tracing::debug_span!("call")).await
             };
             let outcome = tokio::time::timeout(timeout, call).await;
             let name = skill.name.to_string();
             match outcome {
                 Err(_) => Err(Error::Timeout { name, timeout }),
-                Ok(Err(e)) => Err(classify_trap(e, &name, timeout, store.data().limiter.memory_refused, limits.memory_bytes)),
+                Ok(Err(e)) => {
+                    Err(classify_trap(e, &name, timeout, store.data().limiter.memory_refused, limits.memory_bytes))
+                }
                 Ok(Ok(Err(e))) => Err(Error::Skill { name, error: SkillError::from(e) }),
                 Ok(Ok(Ok(output))) => Ok(output),
             }

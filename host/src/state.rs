@@ -8,8 +8,8 @@ use crate::host::HostInner;
 use coderclaw_core::Grant;
 use std::sync::Arc;
 use std::time::Instant;
-use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 

@@ -130,12 +130,7 @@ impl Command {
             timeout_ms: self.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         };
         match wit::exec(&cmd) {
-            Ok(o) => Ok(Output {
-                exit_code: o.exit_code,
-                stdout: o.stdout,
-                stderr: o.stderr,
-                truncated: o.truncated,
-            }),
+            Ok(o) => Ok(Output { exit_code: o.exit_code, stdout: o.stdout, stderr: o.stderr, truncated: o.truncated }),
             Err(wit::ShellError::Denied(m)) => Err(ShellError::Denied(m)),
             Err(wit::ShellError::TimedOut(m)) => Err(ShellError::TimedOut(m)),
             Err(wit::ShellError::Failed(m)) => Err(ShellError::Failed(m)),

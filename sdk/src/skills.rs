@@ -9,8 +9,8 @@
 //! # Ok::<(), coderclaw_sdk::SkillError>(())
 //! ```
 
-use crate::SkillError;
 use crate::__private::bindings::coderclaw::skill::skills as wit;
+use crate::SkillError;
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Invoke skill `id` with `input` serialised to JSON; parse its output as `O`.

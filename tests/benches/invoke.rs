@@ -166,7 +166,9 @@ fn main() {
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     floor::Agent::add_to_linker::<FloorState, HasSelf<FloorState>>(&mut linker, |s| s).unwrap();
     let pre = Arc::new(floor::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap());
-    let new_store = |engine: &Engine| Store::new(engine, FloorState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() });
+    let new_store = |engine: &Engine| {
+        Store::new(engine, FloorState { wasi: WasiCtx::builder().build(), table: ResourceTable::new() })
+    };
 
     let floor_one = rt.block_on(async {
         let mut v = Vec::with_capacity(iterations);

@@ -12,7 +12,12 @@ fn cached_files(dir: &Path) -> Vec<PathBuf> {
     for sub in std::fs::read_dir(dir).unwrap() {
         let sub = sub.unwrap().path();
         if sub.is_dir() {
-            out.extend(std::fs::read_dir(&sub).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")));
+            out.extend(
+                std::fs::read_dir(&sub)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "cwasm")),
+            );
         }
     }
     out

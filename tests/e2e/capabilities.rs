@@ -16,9 +16,14 @@ async fn no_read_grant_means_no_files() {
     let ws = workspace();
     let host = host();
     // Even run from inside the workspace, nothing is visible without a grant.
-    let out = run_json(&host, &load(&host, "fs-escape"), json!({"read": ["README.md", "/etc/passwd"], "list": [".", "/"]}), &Grant::deny_all())
-        .await
-        .unwrap();
+    let out = run_json(
+        &host,
+        &load(&host, "fs-escape"),
+        json!({"read": ["README.md", "/etc/passwd"], "list": [".", "/"]}),
+        &Grant::deny_all(),
+    )
+    .await
+    .unwrap();
     for (op, path) in [("read", "README.md"), ("read", "/etc/passwd"), ("list", "."), ("list", "/")] {
         assert!(outcome(&out, op, path).starts_with("err:"), "{op} {path}: {out}");
     }
@@ -41,8 +46,16 @@ async fn paths_cannot_escape_the_preopen() {
 
     let host = host();
     let grant = Grant::builder().dir(&ws, ".", Access::Read).build().unwrap();
-    let escapes = ["../outside.txt", "../../etc/passwd", "/etc/passwd", "root-link/etc/passwd", "outside-link", "./../ws/../outside.txt"];
-    let input = json!({"read": escapes.iter().chain(["inside.txt"].iter()).collect::<Vec<_>>(), "list": ["root-link", ".."]});
+    let escapes = [
+        "../outside.txt",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "root-link/etc/passwd",
+        "outside-link",
+        "./../ws/../outside.txt",
+    ];
+    let input =
+        json!({"read": escapes.iter().chain(["inside.txt"].iter()).collect::<Vec<_>>(), "list": ["root-link", ".."]});
     let out = run_json(&host, &load(&host, "fs-escape"), input, &grant).await.unwrap();
     for path in escapes {
         assert!(outcome(&out, "read", path).starts_with("err:"), "escape via {path} succeeded: {out}");
@@ -77,9 +90,10 @@ async fn only_granted_env_vars_are_visible() {
     // HOME, PATH and USER are set in this test process; the guest must not see them.
     let host = host();
     let grant = Grant::builder().env("GRANTED_VAR", "visible").build().unwrap();
-    let out = run_json(&host, &load(&host, "fs-escape"), json!({"env": ["GRANTED_VAR", "HOME", "PATH", "USER"]}), &grant)
-        .await
-        .unwrap();
+    let out =
+        run_json(&host, &load(&host, "fs-escape"), json!({"env": ["GRANTED_VAR", "HOME", "PATH", "USER"]}), &grant)
+            .await
+            .unwrap();
     assert_eq!(out["env"]["GRANTED_VAR"], "visible");
     for name in ["HOME", "PATH", "USER"] {
         assert_eq!(out["env"][name], Value::Null, "{name} leaked into the guest");
@@ -107,7 +121,10 @@ async fn http_outside_the_allowlist_is_denied_before_connecting() {
             matches!(&err, Error::Skill { error: SkillError::Denied(m), .. } if m.contains("not in this skill's http grant")),
             "{err}"
         );
-        let denied = events.events().iter().any(|e| matches!(&e.kind, EventKind::Capability { capability: "http", allowed: false, .. }));
+        let denied = events
+            .events()
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Capability { capability: "http", allowed: false, .. }));
         assert!(denied, "the denial is reported as an event");
     }
     assert_eq!(server.hits(), 0, "no request reached the server");
@@ -126,10 +143,22 @@ async fn shell_without_grant_runs_nothing() {
         (read.clone().build().unwrap(), touch.clone(), "no shell grant"),
         (read.clone().shell("echo").build().unwrap(), touch.clone(), "not in this skill's shell grant (echo)"),
         // `touch` is allowed but only by name: a path to it is another program.
-        (read.clone().shell("touch").build().unwrap(), json!({"program": "/usr/bin/touch", "args": [marker]}), "not in this skill's shell grant"),
+        (
+            read.clone().shell("touch").build().unwrap(),
+            json!({"program": "/usr/bin/touch", "args": [marker]}),
+            "not in this skill's shell grant",
+        ),
         // Allowed program, working directory outside the grant.
-        (read.clone().shell("touch").build().unwrap(), json!({"program": "touch", "args": [marker], "cwd": "/tmp"}), "not inside a granted directory"),
-        (read.clone().shell("touch").build().unwrap(), json!({"program": "touch", "args": [marker], "cwd": ".."}), "climbs out"),
+        (
+            read.clone().shell("touch").build().unwrap(),
+            json!({"program": "touch", "args": [marker], "cwd": "/tmp"}),
+            "not inside a granted directory",
+        ),
+        (
+            read.clone().shell("touch").build().unwrap(),
+            json!({"program": "touch", "args": [marker], "cwd": ".."}),
+            "climbs out",
+        ),
         // A shell grant without any directory has no place to run.
         (Grant::builder().shell("touch").build().unwrap(), touch.clone(), "no directory is granted"),
     ];
@@ -159,7 +188,9 @@ async fn shell_output_is_capped_and_long_commands_are_killed() {
         .shell_timeout(std::time::Duration::from_millis(300))
         .build()
         .unwrap();
-    let out = run_json(&host, &skill, json!({"program": "head", "args": ["-c", "100000", "/dev/zero"]}), &grant).await.unwrap();
+    let out = run_json(&host, &skill, json!({"program": "head", "args": ["-c", "100000", "/dev/zero"]}), &grant)
+        .await
+        .unwrap();
     assert_eq!(out["stdout"].as_str().unwrap().len(), 1000);
     assert_eq!(out["truncated"], true);
 
@@ -176,9 +207,14 @@ async fn agents_invoke_only_granted_registered_skills_never_wider() {
     std::fs::write(other.path().join("hidden.env"), "AKIAIOSFODNN7EXAMPLE\n").unwrap();
     let host = host();
     // The scanner is registered with access to both directories...
-    let wide = Grant::builder().dir(ws.path(), ".", Access::Read).dir(other.path(), "/other", Access::Read).build().unwrap();
+    let wide =
+        Grant::builder().dir(ws.path(), ".", Access::Read).dir(other.path(), "/other", Access::Read).build().unwrap();
     host.register("team/security-scanner", load(&host, "security-scanner"), wide);
-    host.register("team/word-count", load(&host, "word-count"), Grant::builder().dir(ws.path(), ".", Access::Read).build().unwrap());
+    host.register(
+        "team/word-count",
+        load(&host, "word-count"),
+        Grant::builder().dir(ws.path(), ".", Access::Read).build().unwrap(),
+    );
     let reviewer = load(&host, "code-reviewer");
 
     // ...but an agent without `team/security-scanner` in its grant cannot call it.
@@ -187,13 +223,23 @@ async fn agents_invoke_only_granted_registered_skills_never_wider() {
     assert!(err.to_string().contains("`team/security-scanner` is not in this agent's skills grant"), "{err}");
 
     // A granted but unregistered id is refused too.
-    let unregistered = Grant::builder().dir(ws.path(), ".", Access::Read).skill("team/security-scanner").skill("team/nope").build().unwrap();
+    let unregistered = Grant::builder()
+        .dir(ws.path(), ".", Access::Read)
+        .skill("team/security-scanner")
+        .skill("team/nope")
+        .build()
+        .unwrap();
     let err = host.run(&reviewer, r#"{"counter": "team/nope"}"#, &unregistered).await.unwrap_err();
     assert!(err.to_string().contains("`team/nope` is not registered on this host"), "{err}");
 
     // Narrowing: the agent only has the workspace, so the nested scanner
     // cannot read /other even though its registered grant includes it.
-    let agent = Grant::builder().dir(ws.path(), ".", Access::Read).skill("team/security-scanner").skill("team/word-count").build().unwrap();
+    let agent = Grant::builder()
+        .dir(ws.path(), ".", Access::Read)
+        .skill("team/security-scanner")
+        .skill("team/word-count")
+        .build()
+        .unwrap();
     let out = run_json(&host, &reviewer, json!({"path": "."}), &agent).await.unwrap();
     assert_eq!(out["secrets_found"], 1, "only the workspace's key: {out}");
     let err = host.run(&reviewer, r#"{"path": "/other"}"#, &agent).await.unwrap_err();

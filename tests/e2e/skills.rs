@@ -21,7 +21,8 @@ async fn word_count_counts_the_granted_workspace() {
     assert_eq!(out["files"], 3);
     // README: 2 lines, 5 words, 29 bytes; lib.rs: 1, 4, 14; deploy.env: 1, 1, 25.
     assert_eq!(out["total"], json!({"lines": 4, "words": 10, "bytes": 29 + 14 + 25}));
-    let only_md = run_json(&host, &load(&host, "word-count"), json!({"path": ".", "extensions": ["md"]}), &grant).await.unwrap();
+    let only_md =
+        run_json(&host, &load(&host, "word-count"), json!({"path": ".", "extensions": ["md"]}), &grant).await.unwrap();
     assert_eq!(only_md["files"], 1);
     assert_eq!(only_md["per_file"][0]["path"], "./README.md");
 }

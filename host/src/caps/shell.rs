@@ -99,11 +99,7 @@ fn find_program(program: &str) -> Option<PathBuf> {
     if Path::new(program).is_absolute() {
         return executable(Path::new(program)).then(|| PathBuf::from(program));
     }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
+    std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|dir| dir.join(program)).find(|p| executable(p))
 }
 
 fn shell_timeout(ctx: &RunContext, asked_ms: Option<u64>) -> Duration {
@@ -133,7 +129,8 @@ async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|e| ShellError::Failed(format!("cannot start {}: {e}", program.display())))?;
+    let mut child =
+        command.spawn().map_err(|e| ShellError::Failed(format!("cannot start {}: {e}", program.display())))?;
     let pid = child.id();
     let cap = ctx.grant.limits().shell_output_bytes;
     let stdout = child.stdout.take();

@@ -28,9 +28,7 @@ pub fn agent(attr: TokenStream, item: TokenStream) -> TokenStream {
 fn expand(kind: &str, attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
         let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), format!("#[{kind}] takes no arguments"))
-            .to_compile_error()
-            .into();
+        return syn::Error::new(attr.span(), format!("#[{kind}] takes no arguments")).to_compile_error().into();
     }
     let func = parse_macro_input!(item as ItemFn);
     if let Err(e) = check_signature(kind, &func) {

@@ -66,7 +66,8 @@ fn run(input: Input) -> Result<Review, SkillError> {
 
     let mut notes = Vec::new();
     if !findings.is_empty() {
-        notes.push(format!("{} possible secret(s) committed: rotate them and remove them from history", findings.len()));
+        notes
+            .push(format!("{} possible secret(s) committed: rotate them and remove them from history", findings.len()));
     }
     if !oversized_files.is_empty() {
         notes.push(format!(

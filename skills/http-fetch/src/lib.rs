@@ -54,11 +54,7 @@ fn run(input: Input) -> Result<Output, SkillError> {
         .map_err(http_error)?;
 
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .first()
-        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let content_type = response.headers().get("content-type").first().map(|v| String::from_utf8_lossy(v).into_owned());
     let incoming = response.consume().map_err(|()| SkillError::failed("response body already taken"))?;
     let stream = incoming.stream().map_err(|()| SkillError::failed("response stream already taken"))?;
     let mut body = Vec::new();
@@ -86,9 +82,9 @@ fn run(input: Input) -> Result<Output, SkillError> {
 }
 
 fn split_url(url: &str) -> Result<(Scheme, &str, &str), SkillError> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| SkillError::invalid_input(format!("url {url:?} has no scheme (expected http:// or https://)")))?;
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        SkillError::invalid_input(format!("url {url:?} has no scheme (expected http:// or https://)"))
+    })?;
     let scheme = match scheme {
         "http" => Scheme::Http,
         "https" => Scheme::Https,
@@ -106,9 +102,9 @@ fn split_url(url: &str) -> Result<(Scheme, &str, &str), SkillError> {
 
 fn http_error(e: ErrorCode) -> SkillError {
     match e {
-        ErrorCode::HttpRequestDenied => {
-            SkillError::Denied("the host denied this HTTP request: the destination is not in this skill's http grant".into())
-        }
+        ErrorCode::HttpRequestDenied => SkillError::Denied(
+            "the host denied this HTTP request: the destination is not in this skill's http grant".into(),
+        ),
         other => SkillError::failed(format!("HTTP request failed: {other:?}")),
     }
 }

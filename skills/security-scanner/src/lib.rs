@@ -119,9 +119,8 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), SkillError> {
     if meta.is_file() {
         out.push(path.to_path_buf());
     } else if meta.is_dir() {
-        let mut entries: Vec<_> = fs::read_dir(path)
-        .and_then(|d| d.collect::<Result<_, _>>())
-        .map_err(|e| SkillError::io(path, e))?;
+        let mut entries: Vec<_> =
+            fs::read_dir(path).and_then(|d| d.collect::<Result<_, _>>()).map_err(|e| SkillError::io(path, e))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             if entry.file_name() != ".git" && entry.file_name() != "target" {

@@ -97,9 +97,8 @@ fn collect(path: &Path, exts: &[String], max: usize, out: &mut Vec<PathBuf>) -> 
     if !meta.is_dir() {
         return Ok(false);
     }
-    let mut entries: Vec<_> = fs::read_dir(path)
-        .and_then(|d| d.collect::<Result<_, _>>())
-        .map_err(|e| SkillError::io(path, e))?;
+    let mut entries: Vec<_> =
+        fs::read_dir(path).and_then(|d| d.collect::<Result<_, _>>()).map_err(|e| SkillError::io(path, e))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         if entry.file_name() == ".git" || entry.file_name() == "target" {
@@ -113,6 +112,5 @@ fn collect(path: &Path, exts: &[String], max: usize, out: &mut Vec<PathBuf>) -> 
 }
 
 fn wanted(path: &Path, exts: &[String]) -> bool {
-    exts.is_empty()
-        || path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| x == e))
+    exts.is_empty() || path.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.iter().any(|x| x == e))
 }

@@ -46,5 +46,7 @@ fn run(input: Input) -> Result<Value, SkillError> {
     for name in &input.env {
         env.insert(name.clone(), std::env::var(name).map(Value::String).unwrap_or(Value::Null));
     }
-    Ok(json!({ "read": read, "write": write, "list": list, "env": env, "all_env_names": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>() }))
+    Ok(
+        json!({ "read": read, "write": write, "list": list, "env": env, "all_env_names": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>() }),
+    )
 }
