@@ -26,13 +26,18 @@ pub fn agent(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn expand(kind: &str, attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), format!("#[{kind}] takes no arguments")).to_compile_error().into();
-    }
     let func = parse_macro_input!(item as ItemFn);
-    if let Err(e) = check_signature(kind, &func) {
-        return e.to_compile_error().into();
+    let checked = if attr.is_empty() {
+        check_signature(kind, &func)
+    } else {
+        let attr = proc_macro2::TokenStream::from(attr);
+        Err(syn::Error::new(attr.span(), format!("#[{kind}] takes no arguments")))
+    };
+    if let Err(e) = checked {
+        // Keep the function so the user sees this error alone, not knock-on
+        // errors about unused imports or a missing `run`.
+        let e = e.to_compile_error();
+        return quote! { #e #func }.into();
     }
     let name = &func.sig.ident;
     quote! {

@@ -1,0 +1,8 @@
+use coderclaw_sdk::{SkillError, skill};
+
+#[skill]
+async fn run(input: u32) -> Result<u32, SkillError> {
+    Ok(input)
+}
+
+fn main() {}
