@@ -8,7 +8,10 @@ use std::process::Command;
 
 const WORKSPACES: &[(&str, &[&str])] = &[
     ("skills", &["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"]),
-    ("tests/components", &["infinite-loop", "memory-bomb", "deep-recursion", "fs-escape", "shell-without-grant"]),
+    (
+        "tests/components",
+        &["infinite-loop", "memory-bomb", "deep-recursion", "fs-escape", "shell-without-grant", "panicker"],
+    ),
 ];
 
 fn main() {

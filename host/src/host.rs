@@ -1,11 +1,11 @@
 //! [`Host`] and [`HostBuilder`]: load components, run them under a grant.
 
 use crate::bindings::{Agent, AgentPre};
-use crate::caps::fs::{resolve_grant, wasi_ctx};
 use crate::caps::http::HttpGate;
+use crate::caps::wasi::{resolve_grant, wasi_ctx};
 use crate::compiled_cache::CompiledCache;
 use crate::engine::{EngineOptions, EpochTicker, build_engine};
-use crate::events::{DiscardEvents, EventSink};
+use crate::events::{DiscardEvents, EventKind, EventSink, LogLevel, MAX_MESSAGE_BYTES, truncate};
 use crate::state::{RunContext, RunLimiter, RunState};
 use crate::{Digest, Error, SkillError};
 use coderclaw_core::Grant;
@@ -364,20 +364,21 @@ impl HostInner {
                 });
             }
             let timeout = limits.timeout.min(timeout);
-            let (wasi, dirs) = wasi_ctx(&grant)?;
+            let wasi = wasi_ctx(&grant)?;
             let ctx = Arc::new(RunContext {
                 name: skill.name.clone(),
                 depth,
                 grant,
-                dirs,
+                dirs: wasi.dirs,
                 sink,
                 host: self.clone(),
                 deadline: Instant::now() + timeout,
             });
             let mut table = ResourceTable::new();
             table.set_max_capacity(self.opts.max_resources);
+            let events = ctx.clone();
             let state = RunState {
-                wasi,
+                wasi: wasi.ctx,
                 http: WasiHttpCtx::new(),
                 http_gate: HttpGate { ctx: ctx.clone() },
                 table,
@@ -403,10 +404,14 @@ impl HostInner {
             };
             let outcome = tokio::time::timeout(timeout, call).await;
             let name = skill.name.to_string();
+            forward_output(&events, &wasi.stdout.contents(), LogLevel::Info);
+            let stderr = wasi.stderr.contents();
+            forward_output(&events, &stderr, LogLevel::Warn);
             match outcome {
                 Err(_) => Err(Error::Timeout { name, timeout }),
                 Ok(Err(e)) => {
-                    Err(classify_trap(e, &name, timeout, store.data().limiter.memory_refused, limits.memory_bytes))
+                    let refused = store.data().limiter.memory_refused;
+                    Err(classify_trap(e, &name, timeout, refused, limits.memory_bytes, &stderr))
                 }
                 Ok(Ok(Err(e))) => Err(Error::Skill { name, error: SkillError::from(e) }),
                 Ok(Ok(Ok(output))) => Ok(output),
@@ -417,7 +422,27 @@ impl HostInner {
     }
 }
 
-fn classify_trap(e: wasmtime::Error, name: &str, timeout: Duration, memory_refused: bool, limit: u64) -> Error {
+/// Guest stdout/stderr become log events, one per line (at most
+/// [`MAX_OUTPUT_LINES`]), so `println!` debugging and panic messages show up.
+fn forward_output(ctx: &RunContext, bytes: &[u8], level: LogLevel) {
+    let text = String::from_utf8_lossy(bytes);
+    for line in text.lines().filter(|l| !l.trim().is_empty()).take(MAX_OUTPUT_LINES) {
+        ctx.emit(EventKind::Log { level, message: truncate(line.to_owned(), MAX_MESSAGE_BYTES) });
+    }
+}
+
+const MAX_OUTPUT_LINES: usize = 200;
+/// How much of the guest's stderr a crash error quotes.
+const STDERR_TAIL_BYTES: usize = 2048;
+
+fn classify_trap(
+    e: wasmtime::Error,
+    name: &str,
+    timeout: Duration,
+    memory_refused: bool,
+    limit: u64,
+    stderr: &[u8],
+) -> Error {
     let name = name.to_owned();
     if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
         return Error::Busy;
@@ -426,7 +451,13 @@ fn classify_trap(e: wasmtime::Error, name: &str, timeout: Duration, memory_refus
         Some(Trap::Interrupt) => Error::Timeout { name, timeout },
         Some(Trap::StackOverflow) => Error::StackOverflow { name },
         _ if memory_refused => Error::MemoryLimit { name, limit },
-        _ => Error::Trap { name, message: format!("{e:?}") },
+        _ => {
+            // The guest's own last words (e.g. a panic message) come first.
+            let trap = format!("{e:?}");
+            let tail = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_TAIL_BYTES)..]);
+            let message = if tail.trim().is_empty() { trap } else { format!("{}\n{trap}", tail.trim_end()) };
+            Error::Trap { name, message }
+        }
     }
 }
 

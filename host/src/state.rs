@@ -1,8 +1,8 @@
 //! What a `Store` holds for one run: the WASI context built from the grant,
 //! the resource limiter, and the run's context for the coderclaw imports.
 
-use crate::caps::fs::ResolvedDir;
 use crate::caps::http::HttpGate;
+use crate::caps::wasi::ResolvedDir;
 use crate::events::{EventKind, EventSink, RunEvent};
 use crate::host::HostInner;
 use coderclaw_core::Grant;

@@ -90,3 +90,31 @@ async fn invalid_input_is_reported_as_such() {
     assert_eq!(err.code(), "invalid-input", "{err}");
     assert!(err.to_string().contains("unknown field `paths`"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_skill_reports_its_panic_message() {
+    let host = host();
+    let events = std::sync::Arc::new(coderclaw_host::CollectEvents::default());
+    let err = host
+        .run_with_events(
+            &load(&host, "panicker"),
+            r#"{"message": "boom: config missing"}"#,
+            &Grant::deny_all(),
+            events.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "trap");
+    assert!(err.to_string().contains("boom: config missing"), "the panic message is in the error: {err}");
+    let lines: Vec<String> = events
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            coderclaw_host::EventKind::Log { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert!(lines.iter().any(|l| l == "about to panic"), "guest stdout became a log event: {lines:?}");
+    assert!(lines.iter().any(|l| l.contains("boom: config missing")), "guest stderr became a log event: {lines:?}");
+    echo_still_works(&host).await;
+}

@@ -27,6 +27,7 @@ pub fn guest(name: &str) -> PathBuf {
         "deep-recursion" => env!("CODERCLAW_GUEST_DEEP_RECURSION"),
         "fs-escape" => env!("CODERCLAW_GUEST_FS_ESCAPE"),
         "shell-without-grant" => env!("CODERCLAW_GUEST_SHELL_WITHOUT_GRANT"),
+        "panicker" => env!("CODERCLAW_GUEST_PANICKER"),
         other => panic!("no guest component named {other}"),
     };
     PathBuf::from(path)

@@ -2,8 +2,8 @@
 //! grant (or checks each call against it) and has tests of its denied path
 //! in `tests/e2e`.
 
-pub(crate) mod fs;
 pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod shell;
 pub(crate) mod skills;
+pub(crate) mod wasi;

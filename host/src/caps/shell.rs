@@ -8,7 +8,7 @@
 //! stdout/stderr capped, and is killed with its whole group at the timeout.
 
 use crate::bindings::coderclaw::skill::shell::{Command, Host, Output, ShellError};
-use crate::caps::fs::ResolvedDir;
+use crate::caps::wasi::ResolvedDir;
 use crate::state::{RunContext, RunState};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;

@@ -28,7 +28,7 @@ impl Host for RunState {
         let Some((skill, registered)) = ctx.host.registered(&id) else {
             return deny(format!("skill `{id}` is not registered on this host"));
         };
-        let registered = match crate::caps::fs::resolve_grant(&registered) {
+        let registered = match crate::caps::wasi::resolve_grant(&registered) {
             Ok(g) => g,
             Err(e) => return deny(e.to_string()),
         };
