@@ -141,20 +141,18 @@ fn main() {
     });
     report("coderclaw: instantiate+call+drop, 1 thread", one);
 
-    let two = two_threads(iterations, {
-        let host = host.clone();
-        let skill = skill.clone();
-        move || {
-            let (host, skill) = (host.clone(), skill.clone());
-            Box::new(move |rt: &tokio::runtime::Runtime| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    host.run(&skill, INPUT, &Grant::deny_all()).await.unwrap();
-                    t.elapsed()
-                })
+    let make_host_call = || {
+        let (host, skill) = (host.clone(), skill.clone());
+        Box::new(move |rt: &tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let t = Instant::now();
+                host.run(&skill, INPUT, &Grant::deny_all()).await.unwrap();
+                t.elapsed()
             })
-        }
-    });
+        }) as Call
+    };
+    on_threads(1, iterations, "coderclaw: throughput", make_host_call);
+    let two = on_threads(2, iterations, "coderclaw: throughput", make_host_call);
     report("coderclaw: instantiate+call+drop, 2 threads (per call)", two);
 
     // --- bare wasmtime, same tuning ---
@@ -186,23 +184,21 @@ fn main() {
     });
     report("bare wasmtime: instantiate+call+drop, 1 thread", floor_one);
 
-    let floor_two = two_threads(iterations, {
-        let pre = pre.clone();
-        let engine = engine.clone();
-        move || {
-            let (pre, engine) = (pre.clone(), engine.clone());
-            Box::new(move |rt: &tokio::runtime::Runtime| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    let mut store = new_store(&engine);
-                    let inst = pre.instantiate_async(&mut store).await.unwrap();
-                    inst.call_run(&mut store, INPUT).await.unwrap().unwrap();
-                    drop(store);
-                    t.elapsed()
-                })
+    let make_floor_call = || {
+        let (pre, engine) = (pre.clone(), engine.clone());
+        Box::new(move |rt: &tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let t = Instant::now();
+                let mut store = new_store(&engine);
+                let inst = pre.instantiate_async(&mut store).await.unwrap();
+                inst.call_run(&mut store, INPUT).await.unwrap().unwrap();
+                drop(store);
+                t.elapsed()
             })
-        }
-    });
+        }) as Call
+    };
+    on_threads(1, iterations, "bare wasmtime: throughput", make_floor_call);
+    let floor_two = on_threads(2, iterations, "bare wasmtime: throughput", make_floor_call);
     report("bare wasmtime: instantiate+call+drop, 2 threads (per call)", floor_two);
 
     let warm = rt.block_on(async {
@@ -225,20 +221,29 @@ fn main() {
 
 type Call = Box<dyn FnMut(&tokio::runtime::Runtime) -> Duration + Send>;
 
-/// Runs `iterations` calls on each of two threads at once (each with its own
-/// current-thread runtime) and returns every call's latency.
-fn two_threads(iterations: usize, make: impl Fn() -> Call) -> Vec<Duration> {
-    let handles: Vec<_> = (0..2)
+/// Runs `iterations` calls on each of `threads` threads at once (each with
+/// its own current-thread runtime), prints the aggregate throughput and
+/// returns every call's latency.
+fn on_threads(threads: usize, iterations: usize, label: &str, make: impl Fn() -> Call) -> Vec<Duration> {
+    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
         .map(|_| {
             let mut call = make();
+            let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 for _ in 0..1000 {
                     call(&rt);
                 }
+                barrier.wait();
                 (0..iterations).map(|_| call(&rt)).collect::<Vec<_>>()
             })
         })
         .collect();
-    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    barrier.wait();
+    let started = Instant::now();
+    let samples: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let rate = samples.len() as f64 / started.elapsed().as_secs_f64();
+    println!("{label:<58} {rate:>10.0} calls/s on {threads} thread(s)");
+    samples
 }
