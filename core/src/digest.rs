@@ -13,6 +13,11 @@ impl Digest {
         Self(Sha256::digest(bytes).into())
     }
 
+    /// Wraps 32 raw digest bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// The raw 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -4,6 +4,9 @@
 
 pub mod digest;
 pub mod grant;
+pub mod keys;
+pub mod manifest;
+pub mod package;
 pub mod pattern;
 pub mod units;
 

@@ -19,7 +19,7 @@ pub struct PatternError {
 }
 
 /// One allowed HTTP destination: scheme, host (exact or `*.` suffix) and port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HostPattern {
     scheme: String,

@@ -1,0 +1,357 @@
+//! The skill manifest (`skill.toml`): identity, version, kind, input schema
+//! and the capabilities and limits a skill *requests*. Requests are only
+//! requests: the grant a run gets is decided by policy, never by asking.
+//!
+//! ```toml
+//! id = "team/security-scanner"
+//! version = "1.2.0"
+//! kind = "skill"                      # or "agent"
+//! description = "Scans the workspace for committed secrets"
+//! dangerous = false
+//!
+//! [input-schema]                      # JSON Schema of the input, as TOML
+//! type = "object"
+//! properties.path = { type = "string" }
+//!
+//! [capabilities]
+//! fs = [{ path = "workspace", access = "read" }]
+//! http = ["https://api.github.com"]
+//! env = ["GITHUB_TOKEN"]
+//! shell = ["git"]
+//! skills = ["team/linter"]
+//!
+//! [limits]
+//! memory = "64MiB"
+//! timeout = "30s"
+//! ```
+//!
+//! Parsing is strict: unknown keys, a bad id, version, host pattern, size or
+//! duration are errors that name the key and its line.
+
+use crate::grant::{Access, is_skill_id};
+use crate::pattern::HostPattern;
+use crate::units::{parse_duration, parse_size};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+use thiserror::Error;
+
+/// A manifest that could not be read; the message names key and line.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    /// TOML syntax, an unknown key or an invalid value.
+    #[error("{file}: {message}")]
+    Invalid {
+        /// The file (or "manifest" when parsed from memory).
+        file: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The canonical JSON form inside a package is not a valid manifest.
+    #[error("the package's manifest is not valid: {0}")]
+    Canonical(String),
+}
+
+/// `namespace/name`, e.g. `team/security-scanner`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SkillId(String);
+
+impl SkillId {
+    /// Parses `namespace/name` (lowercase letters, digits, `-`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if is_skill_id(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!(
+                "{s:?} is not a skill id: write namespace/name in lowercase letters, digits and `-` (e.g. team/security-scanner)"
+            ))
+        }
+    }
+
+    /// The namespace (team) part.
+    pub fn namespace(&self) -> &str {
+        self.0.split_once('/').map(|(ns, _)| ns).unwrap_or_default()
+    }
+
+    /// The name part.
+    pub fn name(&self) -> &str {
+        self.0.split_once('/').map(|(_, n)| n).unwrap_or_default()
+    }
+
+    /// The whole id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SkillId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SkillId> for String {
+    fn from(id: SkillId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SkillId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Skill or agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A skill: JSON in, JSON out.
+    Skill,
+    /// An agent: a skill that may invoke other skills.
+    Agent,
+}
+
+/// A requested directory. `path` is a logical name the policy maps to a real
+/// directory (e.g. `workspace`), not a host path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsRequest {
+    /// Logical directory name, e.g. `workspace`.
+    pub path: String,
+    /// Read-only or read-write.
+    pub access: Access,
+}
+
+/// Capabilities the skill asks for. Each list is deduplicated and sorted in
+/// the canonical form, so the signature covers one spelling only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Directories.
+    #[serde(default)]
+    pub fs: BTreeSet<FsRequest>,
+    /// Outgoing HTTP destinations.
+    #[serde(default)]
+    pub http: BTreeSet<HostPattern>,
+    /// Environment variable names.
+    #[serde(default)]
+    pub env: BTreeSet<String>,
+    /// Shell programs.
+    #[serde(default)]
+    pub shell: BTreeSet<String>,
+    /// Skills an agent invokes.
+    #[serde(default)]
+    pub skills: BTreeSet<SkillId>,
+}
+
+/// A byte size written like `64MiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Size(pub u64);
+
+impl TryFrom<String> for Size {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        parse_size(&s).map(Size).map_err(|e| e.to_string())
+    }
+}
+
+impl From<Size> for String {
+    fn from(s: Size) -> String {
+        crate::units::format_size(s.0)
+    }
+}
+
+/// A duration written like `30s`, kept in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Millis(pub u64);
+
+impl TryFrom<String> for Millis {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let d = parse_duration(&s).map_err(|e| e.to_string())?;
+        u64::try_from(d.as_millis()).map(Millis).map_err(|_| format!("{s:?} is too long"))
+    }
+}
+
+impl From<Millis> for String {
+    fn from(m: Millis) -> String {
+        format!("{}ms", m.0)
+    }
+}
+
+/// Requested limits; policy may lower them, never raise them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedLimits {
+    /// Memory the skill needs.
+    pub memory: Option<Size>,
+    /// Time a run needs at most.
+    pub timeout: Option<Millis>,
+}
+
+/// A parsed, validated manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Manifest {
+    /// `namespace/name`.
+    pub id: SkillId,
+    /// Semantic version.
+    pub version: semver::Version,
+    /// Skill or agent.
+    pub kind: Kind,
+    /// One line for listings.
+    pub description: String,
+    /// Whether the skill is dangerous (e.g. runs programs).
+    #[serde(default)]
+    pub dangerous: bool,
+    /// JSON Schema of the input.
+    #[serde(default = "any_object")]
+    pub input_schema: serde_json::Value,
+    /// What it asks for.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// Limits it asks for.
+    #[serde(default)]
+    pub limits: RequestedLimits,
+}
+
+fn any_object() -> serde_json::Value {
+    serde_json::json!({ "type": "object" })
+}
+
+impl Manifest {
+    /// Parses `skill.toml` text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Self, ManifestError> {
+        let m: Manifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Invalid { file: file.to_owned(), message: e.to_string() })?;
+        m.check().map_err(|message| ManifestError::Invalid { file: file.to_owned(), message })?;
+        Ok(m)
+    }
+
+    /// Checks what serde cannot: non-empty description, sane names.
+    fn check(&self) -> Result<(), String> {
+        if self.description.trim().is_empty() {
+            return Err("key `description`: must not be empty".into());
+        }
+        if !self.input_schema.is_object() {
+            return Err("key `input-schema`: must be a table (a JSON Schema object)".into());
+        }
+        for name in &self.capabilities.env {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(format!("key `capabilities.env`: {name:?} is not an environment variable name"));
+            }
+        }
+        for p in &self.capabilities.shell {
+            if p.is_empty() || p.contains('\0') || (p.contains('/') && !p.starts_with('/')) {
+                return Err(format!("key `capabilities.shell`: {p:?} is not a program name or absolute path"));
+            }
+        }
+        for d in &self.capabilities.fs {
+            if d.path.is_empty() || d.path.contains("..") {
+                return Err(format!("key `capabilities.fs`: {:?} is not a logical directory name", d.path));
+            }
+        }
+        if self.kind == Kind::Skill && !self.capabilities.skills.is_empty() {
+            return Err("key `capabilities.skills`: only agents (kind = \"agent\") may invoke skills".into());
+        }
+        Ok(())
+    }
+
+    /// The canonical form that packages carry and signatures cover: compact
+    /// JSON, fields in declaration order, every set sorted.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serialises")
+    }
+
+    /// Parses the canonical form back (from a package).
+    pub fn from_canonical_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Canonical(e.to_string()))?;
+        m.check().map_err(ManifestError::Canonical)?;
+        if m.canonical_json() != bytes {
+            return Err(ManifestError::Canonical("it is not in canonical form".into()));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = "team/security-scanner"
+version = "1.2.0"
+kind = "skill"
+description = "Scans for secrets"
+
+[input-schema]
+type = "object"
+properties.path = { type = "string" }
+
+[capabilities]
+fs = [{ path = "workspace", access = "read" }]
+http = ["https://api.github.com"]
+env = ["GITHUB_TOKEN"]
+
+[limits]
+memory = "64MiB"
+timeout = "30s"
+"#;
+
+    #[test]
+    fn a_good_manifest_round_trips_through_canonical_json() {
+        let m = Manifest::from_toml(GOOD, "skill.toml").unwrap();
+        assert_eq!(m.id.namespace(), "team");
+        assert_eq!(m.version, semver::Version::new(1, 2, 0));
+        assert_eq!(m.limits.memory, Some(Size(64 << 20)));
+        assert_eq!(m.limits.timeout, Some(Millis(30_000)));
+        let json = m.canonical_json();
+        assert_eq!(Manifest::from_canonical_json(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let cases = [
+            (GOOD.replace("team/security-scanner", "Team Scanner"), "line 2", "not a skill id"),
+            (GOOD.replace("1.2.0", "1.2"), "line 3", "version"),
+            (GOOD.replace("https://api.github.com", "ftp://x"), "line 13", "scheme"),
+            (GOOD.replace("64MiB", "64MB"), "line 17", "not a size"),
+            (GOOD.replace("30s", "soon"), "line 18", "not a duration"),
+            (GOOD.replace("kind = \"skill\"", "kind = \"robot\""), "line 4", "unknown variant"),
+            (format!("{GOOD}\nsurprise = 1\n"), "line 20", "unknown field `surprise`"),
+            (GOOD.replace("access = \"read\"", "access = \"all\""), "line 12", "unknown variant"),
+        ];
+        for (text, line, what) in cases {
+            let e = Manifest::from_toml(&text, "skill.toml").unwrap_err().to_string();
+            assert!(e.contains(line) && e.contains(what) && e.starts_with("skill.toml"), "want {line} / {what}: {e}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let e =
+            Manifest::from_toml(&GOOD.replace("env = [\"GITHUB_TOKEN\"]", "skills = [\"team/x\"]"), "m").unwrap_err();
+        assert!(e.to_string().contains("only agents"), "{e}");
+        let e = Manifest::from_toml(&GOOD.replace("Scans for secrets", " "), "m").unwrap_err();
+        assert!(e.to_string().contains("`description`"), "{e}");
+    }
+
+    #[test]
+    fn non_canonical_json_is_refused() {
+        let m = Manifest::from_toml(GOOD, "m").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.canonical_json()).unwrap();
+        // Same content, other spellings: pretty-printed, keys re-sorted.
+        for other in [serde_json::to_vec_pretty(&v).unwrap(), serde_json::to_vec(&v).unwrap()] {
+            let e = Manifest::from_canonical_json(&other).unwrap_err();
+            assert!(e.to_string().contains("not in canonical form"), "{e}");
+        }
+        let mut changed = m.clone();
+        changed.dangerous = true;
+        assert!(Manifest::from_canonical_json(&changed.canonical_json()).unwrap().dangerous);
+    }
+}
