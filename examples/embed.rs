@@ -17,6 +17,9 @@ async fn main() -> anyhow::Result<()> {
     // One host per process: shared engine, compiled-code cache, event sink.
     let host = Host::builder()
         .compiled_cache(std::env::temp_dir().join("coderclaw-embed-cache"))
+        // The example runs a raw component built from source; real embedders
+        // load signed packages with `host.load_verified(...)` instead.
+        .dangerous_allow_unsigned()
         .event_sink(Arc::new(|e: RunEvent| eprintln!("event: {}", serde_json::to_string(&e).unwrap_or_default())))
         .build()?;
     let skill = host.load_file(&component)?;

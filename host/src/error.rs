@@ -17,6 +17,14 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// An unsigned component was offered to a host that only runs signed packages.
+    #[error(
+        "{name} is not a signed package: sign and install it (`coderclaw skill sign`, `coderclaw skill install`), or allow unsigned code explicitly (HostBuilder::dangerous_allow_unsigned, CLI --dangerous-allow-unsigned)"
+    )]
+    UnsignedRefused {
+        /// Name of the skill or file.
+        name: String,
+    },
     /// The bytes are not WebAssembly at all.
     #[error("{name} is not a WebAssembly file (no \\0asm header): build the skill with `coderclaw skill build`")]
     NotWasm {
@@ -132,6 +140,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Read { .. } => "read",
+            Error::UnsignedRefused { .. } => "unsigned-refused",
             Error::NotWasm { .. } => "not-wasm",
             Error::NotAComponent { .. } => "not-a-component",
             Error::Compile { .. } => "compile",

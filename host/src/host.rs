@@ -7,7 +7,7 @@ use crate::compiled_cache::CompiledCache;
 use crate::engine::{EngineOptions, EpochTicker, build_engine};
 use crate::events::{DiscardEvents, EventKind, EventSink, LogLevel, MAX_MESSAGE_BYTES, truncate};
 use crate::state::{RunContext, RunLimiter, RunState};
-use crate::{Digest, Error, SkillError};
+use crate::{Digest, Error, SkillError, VerifiedPackage};
 use coderclaw_core::Grant;
 use coderclaw_core::units::format_size;
 use std::collections::HashMap;
@@ -32,6 +32,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 /// | [`max_resources`](Self::max_resources) | 10 000 live WASI handles per run |
 /// | [`compiled_cache`](Self::compiled_cache) | none: compile in memory each process |
 /// | [`event_sink`](Self::event_sink) | discard events |
+/// | [`dangerous_allow_unsigned`](Self::dangerous_allow_unsigned) | off: only [`Host::load_verified`] loads code |
 #[derive(Clone)]
 pub struct HostBuilder {
     engine: EngineOptions,
@@ -39,6 +40,7 @@ pub struct HostBuilder {
     max_resources: usize,
     cache_dir: Option<PathBuf>,
     sink: Arc<dyn EventSink>,
+    allow_unsigned: bool,
 }
 
 impl Default for HostBuilder {
@@ -49,6 +51,7 @@ impl Default for HostBuilder {
             max_resources: 10_000,
             cache_dir: None,
             sink: Arc::new(DiscardEvents),
+            allow_unsigned: false,
         }
     }
 }
@@ -99,6 +102,15 @@ impl HostBuilder {
     /// Where `log`, `progress` and capability events go by default.
     pub fn event_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
         self.sink = sink;
+        self
+    }
+
+    /// **Dangerous.** Lets [`Host::load_file`] and [`Host::load_bytes`] load
+    /// components that carry no signature, skipping the check of who wrote
+    /// them. For skill development and tests only; every such load is
+    /// logged at warn level.
+    pub fn dangerous_allow_unsigned(mut self) -> Self {
+        self.allow_unsigned = true;
         self
     }
 
@@ -235,7 +247,16 @@ impl Host {
         HostBuilder::default()
     }
 
-    /// Loads a component file (see [`Host::load_bytes`]).
+    /// Loads a package that [`coderclaw_core::package::Package::verify`]
+    /// accepted: the signature was checked against the trust store before
+    /// this point, and the compiled-code cache is keyed by the verified
+    /// component digest. The skill is named by its manifest id.
+    pub fn load_verified(&self, package: &VerifiedPackage) -> Result<Skill, Error> {
+        self.load_checked(package.manifest().id.as_str(), package.component(), package.component_digest())
+    }
+
+    /// Loads an unsigned component file. Refused unless the builder called
+    /// [`HostBuilder::dangerous_allow_unsigned`] (see [`Host::load_bytes`]).
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Skill, Error> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
@@ -244,12 +265,23 @@ impl Host {
         self.load_bytes(&name, &bytes)
     }
 
-    /// Loads a component: from this process's cache, else from the on-disk
-    /// compiled-code cache (keyed by the SHA-256 of `bytes`), else by
-    /// compiling it (and filling the disk cache). Checks that it fits the
-    /// coderclaw contract before returning.
+    /// Loads unsigned component bytes. Refused with
+    /// [`Error::UnsignedRefused`] unless the builder called
+    /// [`HostBuilder::dangerous_allow_unsigned`]; otherwise as
+    /// [`Host::load_verified`].
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Skill, Error> {
-        let digest = Digest::of(bytes);
+        if !self.inner.opts.allow_unsigned {
+            return Err(Error::UnsignedRefused { name: name.to_owned() });
+        }
+        tracing::warn!(skill = name, "loading an UNSIGNED component (dangerous_allow_unsigned)");
+        self.load_checked(name, bytes, Digest::of(bytes))
+    }
+
+    /// Loads a component whose `digest` the caller computed: from this
+    /// process's cache, else from the on-disk compiled-code cache (keyed by
+    /// that digest), else by compiling it (and filling the disk cache).
+    /// Checks that it fits the coderclaw contract before returning.
+    fn load_checked(&self, name: &str, bytes: &[u8], digest: Digest) -> Result<Skill, Error> {
         let span = tracing::info_span!("load", skill = name, digest = %digest);
         let _enter = span.enter();
         let inner = &self.inner;

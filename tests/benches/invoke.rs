@@ -108,14 +108,22 @@ fn main() {
 
     // --- coderclaw host ---
     let compile = time_n(5, || {
-        let host = Host::builder().build().unwrap();
+        let host = Host::builder().dangerous_allow_unsigned().build().unwrap();
         host.load_bytes("echo", &wasm).unwrap();
     });
     report("coderclaw: cold compile (host build + compile)", compile);
 
     let cache = tempfile::tempdir().unwrap();
-    Host::builder().compiled_cache(cache.path()).build().unwrap().load_bytes("echo", &wasm).unwrap();
-    let hosts: Vec<Host> = (0..20).map(|_| Host::builder().compiled_cache(cache.path()).build().unwrap()).collect();
+    Host::builder()
+        .compiled_cache(cache.path())
+        .dangerous_allow_unsigned()
+        .build()
+        .unwrap()
+        .load_bytes("echo", &wasm)
+        .unwrap();
+    let hosts: Vec<Host> = (0..20)
+        .map(|_| Host::builder().compiled_cache(cache.path()).dangerous_allow_unsigned().build().unwrap())
+        .collect();
     let mut hosts = hosts.into_iter();
     let cached = time_n(20, || {
         let host = hosts.next().unwrap();
@@ -124,7 +132,7 @@ fn main() {
     });
     report("coderclaw: load from compiled-code cache", cached);
 
-    let host = Host::builder().build().unwrap();
+    let host = Host::builder().dangerous_allow_unsigned().build().unwrap();
     let skill = host.load_bytes("echo", &wasm).unwrap();
     let grant = Grant::deny_all();
     let one = rt.block_on(async {

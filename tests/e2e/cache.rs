@@ -24,7 +24,7 @@ fn cached_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn fresh_host(cache: &Path) -> Host {
-    Host::builder().compiled_cache(cache).build().unwrap()
+    Host::builder().compiled_cache(cache).dangerous_allow_unsigned().build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -49,7 +49,7 @@ async fn deep_recursion_traps_without_killing_the_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grants_above_the_host_maximum_are_refused() {
-    let host = Host::builder().max_memory(128 << 20).build().unwrap();
+    let host = Host::builder().max_memory(128 << 20).dangerous_allow_unsigned().build().unwrap();
     let grant = Grant::builder().memory(256 << 20).build().unwrap();
     let err = host.run(&load(&host, "echo"), "{}", &grant).await.unwrap_err();
     assert!(matches!(err, Error::AboveHostMaximum { what: "memory", .. }), "{err}");

@@ -5,6 +5,7 @@
 mod cache;
 mod capabilities;
 mod limits;
+mod signed;
 mod skills;
 
 use coderclaw_e2e::guest;
@@ -20,9 +21,11 @@ fn shared_cache() -> PathBuf {
     DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_path_buf()
 }
 
-/// A host sharing this binary's compiled-code cache.
+/// A host sharing this binary's compiled-code cache. These tests run the
+/// raw components built from source, so they open the unsigned door
+/// explicitly; signed loading is tested in `signed.rs`.
 pub fn host() -> Host {
-    Host::builder().compiled_cache(shared_cache()).build().expect("host builds")
+    Host::builder().compiled_cache(shared_cache()).dangerous_allow_unsigned().build().expect("host builds")
 }
 
 /// Loads a guest component by crate name.

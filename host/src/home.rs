@@ -1,0 +1,398 @@
+//! The state directory (`CODERCLAW_HOME`, default `~/.coderclaw`): signing
+//! keys, the trust store, installed packages and the compiled-code cache.
+//!
+//! ```text
+//! keys/<name>.key          secret keys, 0600, never printed
+//! packages/<digest>.ccpkg  installed packages, content-addressed
+//! cache/compiled/          compiled machine code by component digest
+//! state.db                 SQLite (WAL): trusted keys, installed skills
+//! ```
+//!
+//! Installed packages are verified again every time they are loaded, so a
+//! key revoked after installation stops its packages from running.
+
+use coderclaw_core::Digest;
+use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
+use coderclaw_core::manifest::{Manifest, SkillId};
+use coderclaw_core::package::{KeyLookup, Package, PackageError, TrustedKey, VerifiedPackage};
+use rusqlite::{Connection, params};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// What can go wrong with the state directory.
+#[derive(Debug, Error)]
+pub enum HomeError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The SQLite database failed.
+    #[error("state database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The error.
+        source: rusqlite::Error,
+    },
+    /// A key problem (permissions, corrupt file, bad public key...).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A package failed verification; nothing was installed.
+    #[error("{0}")]
+    Package(#[from] PackageError),
+    /// No key with this name in `keys/`.
+    #[error("no signing key named {0:?}: create it with `coderclaw key generate --name {0}`")]
+    NoSuchKey(String),
+    /// A key with this name exists already.
+    #[error("a signing key named {0:?} already exists: choose another name")]
+    KeyExists(String),
+    /// Key names are file names: keep them simple.
+    #[error("{0:?} is not a key name: use letters, digits, `-` and `_`")]
+    BadKeyName(String),
+    /// The key id is not in the trust store.
+    #[error("key {0} is not in the trust store (see `coderclaw trust list`)")]
+    UnknownKey(String),
+    /// The namespace is not a valid namespace.
+    #[error("{0:?} is not a namespace: use lowercase letters, digits and `-`")]
+    BadNamespace(String),
+    /// No installed skill with this id.
+    #[error("skill {0} is not installed (see `coderclaw skill list`)")]
+    NotInstalled(String),
+}
+
+/// One trusted key as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustEntry {
+    /// The key id.
+    pub key_id: String,
+    /// The public key (one-line form).
+    pub public_key: String,
+    /// Namespaces it may sign for.
+    pub namespaces: Vec<String>,
+    /// When it was added (Unix seconds).
+    pub added_at: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+/// One installed skill as recorded in the index.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InstalledSkill {
+    /// `namespace/name`.
+    pub id: String,
+    /// Semantic version.
+    pub version: String,
+    /// The package digest the signature covers.
+    pub digest: String,
+    /// SHA-256 of the component.
+    pub component_digest: String,
+    /// Key id of the signer.
+    pub signer: String,
+    /// When it was installed (Unix seconds).
+    pub installed_at: u64,
+    /// The manifest as signed.
+    pub manifest: Manifest,
+}
+
+/// The opened state directory.
+pub struct Home {
+    root: PathBuf,
+    db_path: PathBuf,
+    db: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS trusted_keys (
+    key_id      TEXT PRIMARY KEY,
+    public_key  TEXT NOT NULL,
+    added_at    INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE IF NOT EXISTS key_namespaces (
+    key_id      TEXT NOT NULL REFERENCES trusted_keys(key_id),
+    namespace   TEXT NOT NULL,
+    PRIMARY KEY (key_id, namespace)
+);
+CREATE TABLE IF NOT EXISTS installed_skills (
+    id               TEXT PRIMARY KEY,
+    version          TEXT NOT NULL,
+    digest           TEXT NOT NULL,
+    component_digest TEXT NOT NULL,
+    signer           TEXT NOT NULL,
+    installed_at     INTEGER NOT NULL,
+    manifest         TEXT NOT NULL
+);
+";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Home {
+    /// Opens (creating if needed, 0700) the state directory at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Home, HomeError> {
+        let root = root.into();
+        for dir in [root.clone(), root.join("keys"), root.join("packages"), root.join("cache")] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| HomeError::Io { path: dir.clone(), source })?;
+        }
+        let db_path = root.join("state.db");
+        let db_err = |source| HomeError::Db { path: db_path.clone(), source };
+        let db = Connection::open(&db_path).map_err(db_err)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
+        db.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
+        db.execute_batch(SCHEMA).map_err(db_err)?;
+        Ok(Home { root, db_path, db: Mutex::new(db) })
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where compiled machine code is cached.
+    pub fn compiled_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("compiled")
+    }
+
+    fn with_db<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, HomeError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut db).map_err(|source| HomeError::Db { path: self.db_path.clone(), source })
+    }
+
+    // --- signing keys ---
+
+    fn key_path(&self, name: &str) -> Result<PathBuf, HomeError> {
+        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(HomeError::BadKeyName(name.to_owned()));
+        }
+        Ok(self.root.join("keys").join(format!("{name}.key")))
+    }
+
+    /// Creates a new signing key; returns its public key.
+    pub fn generate_key(&self, name: &str) -> Result<PublicKey, HomeError> {
+        let path = self.key_path(name)?;
+        if path.exists() {
+            return Err(HomeError::KeyExists(name.to_owned()));
+        }
+        let key = SecretKey::generate()?;
+        key.write_new(&path)?;
+        Ok(key.public())
+    }
+
+    /// Reads a signing key by name (checks its permissions).
+    pub fn secret_key(&self, name: &str) -> Result<SecretKey, HomeError> {
+        let path = self.key_path(name)?;
+        if !path.exists() {
+            return Err(HomeError::NoSuchKey(name.to_owned()));
+        }
+        Ok(SecretKey::read(&path)?)
+    }
+
+    /// Every signing key: (name, public key or the error reading it).
+    pub fn keys(&self) -> Result<Vec<(String, Result<PublicKey, KeyError>)>, HomeError> {
+        let dir = self.root.join("keys");
+        let entries = fs::read_dir(&dir).map_err(|source| HomeError::Io { path: dir.clone(), source })?;
+        let mut out: Vec<_> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".key").map(str::to_owned))
+            .map(|name| {
+                let key = SecretKey::read(&dir.join(format!("{name}.key"))).map(|k| k.public());
+                (name, key)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    // --- trust store ---
+
+    /// Trusts `key` to sign packages of `namespace` (adds the key if new).
+    pub fn trust_add(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
+        if SkillId::parse(&format!("{namespace}/x")).is_err() {
+            return Err(HomeError::BadNamespace(namespace.to_owned()));
+        }
+        let id = key.id();
+        self.with_db(|db| {
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO trusted_keys (key_id, public_key, added_at) VALUES (?1, ?2, ?3) ON CONFLICT(key_id) DO NOTHING",
+                params![id.as_str(), key.to_string(), now() as i64],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO key_namespaces (key_id, namespace) VALUES (?1, ?2)",
+                params![id.as_str(), namespace],
+            )?;
+            tx.commit()
+        })?;
+        self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(id.to_string()))
+    }
+
+    /// Marks a key revoked: its signatures are refused from now on,
+    /// including for packages already installed.
+    pub fn trust_revoke(&self, key_id: &str) -> Result<TrustEntry, HomeError> {
+        let id = KeyId::parse(key_id)?;
+        let changed = self.with_db(|db| {
+            db.execute(
+                "UPDATE trusted_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE key_id = ?1",
+                params![id.as_str(), now() as i64],
+            )
+        })?;
+        if changed == 0 {
+            return Err(HomeError::UnknownKey(key_id.to_owned()));
+        }
+        self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(key_id.to_owned()))
+    }
+
+    fn trust_entry(&self, id: &KeyId) -> Result<Option<TrustEntry>, HomeError> {
+        Ok(self.trust_list()?.into_iter().find(|e| e.key_id == id.as_str()))
+    }
+
+    /// Every trusted (or revoked) key.
+    pub fn trust_list(&self) -> Result<Vec<TrustEntry>, HomeError> {
+        self.with_db(|db| {
+            let mut stmt = db.prepare(
+                "SELECT k.key_id, k.public_key, k.added_at, k.revoked_at, group_concat(n.namespace, ' ')
+                 FROM trusted_keys k LEFT JOIN key_namespaces n ON n.key_id = k.key_id
+                 GROUP BY k.key_id ORDER BY k.added_at, k.key_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let namespaces: Option<String> = r.get(4)?;
+                let mut namespaces: Vec<String> =
+                    namespaces.unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+                namespaces.sort();
+                Ok(TrustEntry {
+                    key_id: r.get(0)?,
+                    public_key: r.get(1)?,
+                    added_at: r.get::<_, i64>(2)? as u64,
+                    revoked_at: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                    namespaces,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    // --- packages ---
+
+    /// Verifies `bytes` against the trust store, stores the package by its
+    /// digest and records it as the installed version of its id. Nothing is
+    /// written unless verification passes.
+    pub fn install(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let verified = Package::parse(bytes)?.verify(self)?;
+        let path = self.package_path(&verified.digest());
+        if !path.exists() {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let io = |source| HomeError::Io { path: path.clone(), source };
+            fs::write(&tmp, bytes).map_err(io)?;
+            fs::rename(&tmp, &path).map_err(io)?;
+        }
+        let m = verified.manifest();
+        let record = InstalledSkill {
+            id: m.id.to_string(),
+            version: m.version.to_string(),
+            digest: verified.digest().to_hex(),
+            component_digest: verified.component_digest().to_hex(),
+            signer: verified.signer().to_string(),
+            installed_at: now(),
+            manifest: m.clone(),
+        };
+        let manifest_json = serde_json::to_string(&record.manifest).expect("manifests serialise");
+        self.with_db(|db| {
+            db.execute(
+                "INSERT INTO installed_skills (id, version, digest, component_digest, signer, installed_at, manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET version = ?2, digest = ?3, component_digest = ?4, signer = ?5,
+                     installed_at = ?6, manifest = ?7",
+                params![
+                    record.id,
+                    record.version,
+                    record.digest,
+                    record.component_digest,
+                    record.signer,
+                    record.installed_at as i64,
+                    manifest_json
+                ],
+            )
+        })?;
+        Ok(record)
+    }
+
+    fn package_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("packages").join(format!("{}.ccpkg", digest.to_hex()))
+    }
+
+    /// Every installed skill, by id.
+    pub fn installed(&self) -> Result<Vec<InstalledSkill>, HomeError> {
+        self.with_db(|db| {
+            let mut stmt = db.prepare(
+                "SELECT id, version, digest, component_digest, signer, installed_at, manifest
+                 FROM installed_skills ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let manifest: String = r.get(6)?;
+                Ok(InstalledSkill {
+                    id: r.get(0)?,
+                    version: r.get(1)?,
+                    digest: r.get(2)?,
+                    component_digest: r.get(3)?,
+                    signer: r.get(4)?,
+                    installed_at: r.get::<_, i64>(5)? as u64,
+                    manifest: serde_json::from_str(&manifest).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The installed skill `id`.
+    pub fn info(&self, id: &str) -> Result<InstalledSkill, HomeError> {
+        self.installed()?.into_iter().find(|s| s.id == id).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))
+    }
+
+    /// Uninstalls `id` (its package file stays if another id shares it).
+    pub fn remove(&self, id: &str) -> Result<InstalledSkill, HomeError> {
+        let skill = self.info(id)?;
+        self.with_db(|db| db.execute("DELETE FROM installed_skills WHERE id = ?1", params![id]))?;
+        let still_used = self.installed()?.iter().any(|s| s.digest == skill.digest);
+        if !still_used && let Some(d) = Digest::from_hex(&skill.digest) {
+            let _ = fs::remove_file(self.package_path(&d));
+        }
+        Ok(skill)
+    }
+
+    /// Reads the installed package of `id` and verifies it again against
+    /// the trust store as it is now (so revocation takes effect).
+    pub fn load_installed(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
+        let skill = self.info(id)?;
+        let digest = Digest::from_hex(&skill.digest).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))?;
+        let path = self.package_path(&digest);
+        let bytes = fs::read(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
+        Ok(Package::parse(&bytes)?.verify(self)?)
+    }
+}
+
+impl KeyLookup for Home {
+    fn lookup(&self, id: &KeyId) -> Option<TrustedKey> {
+        let entry = self.trust_entry(id).ok().flatten()?;
+        Some(TrustedKey {
+            key: PublicKey::parse(&entry.public_key).ok()?,
+            namespaces: entry.namespaces,
+            revoked: entry.revoked_at.is_some(),
+        })
+    }
+}

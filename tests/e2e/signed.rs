@@ -1,0 +1,158 @@
+//! Signed packages end to end: sign every example skill with a committed
+//! test key, install it into a real state directory (SQLite index,
+//! content-addressed files), load it verified and run it. Tampered and
+//! untrusted packages are refused with nothing installed; revoking a key
+//! stops packages that are already installed.
+
+use crate::workspace;
+use coderclaw_core::keys::SecretKey;
+use coderclaw_core::manifest::Manifest;
+use coderclaw_core::package::{Package, PackageError};
+use coderclaw_e2e::{LoopbackServer, guest};
+use coderclaw_host::home::{Home, HomeError};
+use coderclaw_host::{Access, Error, Grant, Host, SkillError};
+use serde_json::{Value, json};
+use std::path::Path;
+
+/// Test-only signing keys (fixed seeds, so they are part of the source).
+fn team_key() -> SecretKey {
+    SecretKey::from_seed(*b"coderclaw test key: team--------")
+}
+fn stranger_key() -> SecretKey {
+    SecretKey::from_seed(*b"coderclaw test key: stranger----")
+}
+
+fn manifest(skill: &str) -> Manifest {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../skills").join(skill).join("skill.toml");
+    Manifest::from_toml(&std::fs::read_to_string(&path).unwrap(), &path.display().to_string()).unwrap()
+}
+
+fn package(skill: &str, key: &SecretKey) -> Vec<u8> {
+    Package::sign(&manifest(skill), std::fs::read(guest(skill)).unwrap(), key, 1_763_000_000).to_bytes()
+}
+
+fn trusted_home() -> (tempfile::TempDir, Home) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    home.trust_add("team", &team_key().public()).unwrap();
+    (dir, home)
+}
+
+fn signed_host(home: &Home) -> Host {
+    Host::builder().compiled_cache(home.compiled_cache_dir()).build().unwrap()
+}
+
+async fn run(host: &Host, home: &Home, id: &str, input: Value, grant: &Grant) -> Result<Value, Error> {
+    let skill = host.load_verified(&home.load_installed(id).unwrap())?;
+    assert_eq!(skill.name(), id);
+    Ok(serde_json::from_str(&host.run(&skill, &input.to_string(), grant).await?).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_skill_signs_installs_and_runs() {
+    let (_dir, home) = trusted_home();
+    let host = signed_host(&home);
+    for skill in ["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"] {
+        let installed = home.install(&package(skill, &team_key())).unwrap();
+        assert_eq!(installed.id, format!("team/{skill}"));
+        assert_eq!(installed.signer, team_key().public().id().to_string());
+        assert_eq!(installed.manifest, manifest(skill), "the index keeps the manifest as signed");
+    }
+    assert_eq!(home.installed().unwrap().len(), 6);
+
+    let ws = workspace();
+    let read = Grant::builder().dir(ws.path(), ".", Access::Read);
+    let out = run(&host, &home, "team/echo", json!(5), &Grant::deny_all()).await.unwrap();
+    assert_eq!(out, json!({"echo": 5}));
+    let out = run(&host, &home, "team/word-count", json!({}), &read.clone().build().unwrap()).await.unwrap();
+    assert_eq!(out["files"], 3);
+    let out = run(&host, &home, "team/security-scanner", json!({}), &read.clone().build().unwrap()).await.unwrap();
+    assert_eq!(out["findings"][0]["rule"], "aws-access-key-id");
+    let out =
+        run(&host, &home, "team/shell-exec", json!({"program": "ls"}), &read.clone().shell("ls").build().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(out["stdout"], "README.md\ndeploy.env\nsrc\n");
+    let server = LoopbackServer::start("signed fetch").await.unwrap();
+    let http = Grant::builder().http(&server.url()).unwrap().build().unwrap();
+    let out = run(&host, &home, "team/http-fetch", json!({"url": server.url()}), &http).await.unwrap();
+    assert_eq!(out["body"], "signed fetch");
+
+    for id in ["team/security-scanner", "team/word-count"] {
+        let skill = host.load_verified(&home.load_installed(id).unwrap()).unwrap();
+        host.register(id, skill, read.clone().build().unwrap());
+    }
+    let agent = read.skill("team/security-scanner").skill("team/word-count").build().unwrap();
+    let out = run(&host, &home, "team/code-reviewer", json!({}), &agent).await.unwrap();
+    assert_eq!(out["verdict"], "fail");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requested_capabilities_are_not_granted_by_asking() {
+    let (_dir, home) = trusted_home();
+    home.install(&package("http-fetch", &team_key())).unwrap();
+    let info = home.info("team/http-fetch").unwrap();
+    let asked: Vec<String> = info.manifest.capabilities.http.iter().map(ToString::to_string).collect();
+    assert_eq!(asked, ["https://api.github.com:443"], "exactly the requested set is recorded");
+
+    // The manifest asks for api.github.com; the grant (policy) gives nothing.
+    let host = signed_host(&home);
+    let err = run(&host, &home, "team/http-fetch", json!({"url": "https://api.github.com/zen"}), &Grant::deny_all())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Skill { error: SkillError::Denied(_), .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsigned_code_is_refused_unless_explicitly_allowed() {
+    let host = Host::builder().build().unwrap();
+    let err = host.load_file(guest("echo")).unwrap_err();
+    assert_eq!(err.code(), "unsigned-refused");
+    assert!(err.to_string().contains("dangerous_allow_unsigned"), "{err}");
+    assert_eq!(host.stats().compiled, 0, "nothing was compiled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_packages_install_nothing() {
+    let (dir, home) = trusted_home();
+    let good = package("echo", &team_key());
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    let other_ns = Package::sign(
+        &Manifest { id: coderclaw_core::manifest::SkillId::parse("other/echo").unwrap(), ..manifest("echo") },
+        std::fs::read(guest("echo")).unwrap(),
+        &team_key(),
+        1,
+    )
+    .to_bytes();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (flipped, "does not match the package's contents"),
+        (good[..good.len() - 10].to_vec(), "truncated"),
+        (package("echo", &stranger_key()), "no signature is by a trusted key"),
+        (other_ns, "not for namespace `other`"),
+        (b"\0asm\x0d\0\x01\0".to_vec(), "not a coderclaw package"),
+    ];
+    for (bytes, reason) in cases {
+        let err = home.install(&bytes).unwrap_err();
+        assert!(err.to_string().contains(reason), "want {reason:?}: {err}");
+    }
+    assert!(home.installed().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("packages")).unwrap().count(), 0, "no package file was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_key_stops_installed_packages_and_their_cached_code() {
+    let (_dir, home) = trusted_home();
+    home.install(&package("echo", &team_key())).unwrap();
+    let host = signed_host(&home);
+    run(&host, &home, "team/echo", json!(1), &Grant::deny_all()).await.unwrap();
+
+    home.trust_revoke(&team_key().public().id().to_string()).unwrap();
+    let err = home.load_installed("team/echo").unwrap_err();
+    assert!(matches!(err, HomeError::Package(PackageError::Revoked { .. })), "{err}");
+    // A new install of the same package is refused too.
+    assert!(home.install(&package("echo", &team_key())).unwrap_err().to_string().contains("revoked"));
+    // The compiled code is still on disk, but the only way to it is a
+    // `VerifiedPackage`, which the revoked key can no longer produce.
+}
