@@ -1,9 +1,10 @@
 //! The state directory: `$CODERCLAW_HOME`, else `~/.coderclaw`.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use coderclaw_host::home::Home;
 use std::path::PathBuf;
 
-/// Every environment variable the CLI reads, in one place.
+/// Every environment variable the CLI reads about its state, in one place.
 pub const ENV_HOME: &str = "CODERCLAW_HOME";
 
 pub fn state_dir() -> Result<PathBuf> {
@@ -16,9 +17,7 @@ pub fn state_dir() -> Result<PathBuf> {
     }
 }
 
-/// Where compiled machine code is cached, keyed by component digest.
-pub fn compiled_cache_dir() -> Result<PathBuf> {
-    let dir = state_dir()?.join("cache").join("compiled");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// Opens the state directory (keys, trust store, installed skills, caches).
+pub fn open() -> Result<Home> {
+    Ok(Home::open(state_dir()?)?)
 }

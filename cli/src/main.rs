@@ -3,10 +3,13 @@
 mod build;
 mod grant_args;
 mod home;
+mod keys;
 mod new;
 mod output;
+mod package;
 mod quickstart;
 mod run;
+mod trust;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,7 +20,11 @@ use std::process::ExitCode;
 /// By default a skill can touch nothing: no files, no network, no environment,
 /// no programs. Every capability is granted explicitly with an --allow-* flag.
 ///
-/// State (compiled-code cache) lives in $CODERCLAW_HOME (default ~/.coderclaw).
+/// Skills are signed packages: a skill runs only when its Ed25519 signature is
+/// by a key your trust store trusts for the skill's namespace (`coderclaw trust`).
+///
+/// State (keys, trust store, installed skills, compiled-code cache) lives in
+/// $CODERCLAW_HOME (default ~/.coderclaw).
 /// Set CODERCLAW_LOG (e.g. CODERCLAW_LOG=debug) for diagnostic logs on stderr.
 #[derive(Parser)]
 #[command(name = "coderclaw", version, propagate_version = true)]
@@ -30,9 +37,13 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Build, run and scaffold skills.
+    /// Build, sign, install, run and scaffold skills.
     #[command(subcommand)]
     Skill(SkillCommand),
+    #[command(subcommand)]
+    Key(keys::Command),
+    #[command(subcommand)]
+    Trust(trust::Command),
     Quickstart(quickstart::Args),
 }
 
@@ -43,6 +54,12 @@ enum SkillCommand {
     Run(run::Args),
     Build(build::Args),
     New(new::Args),
+    Sign(package::SignArgs),
+    Verify(package::VerifyArgs),
+    Install(package::InstallArgs),
+    List(package::ListArgs),
+    Info(package::InfoArgs),
+    Remove(package::RemoveArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +75,14 @@ fn main() -> ExitCode {
         Command::Skill(SkillCommand::Run(args)) => run::main(args),
         Command::Skill(SkillCommand::Build(args)) => build::main(args),
         Command::Skill(SkillCommand::New(args)) => new::main(args),
+        Command::Skill(SkillCommand::Sign(args)) => package::sign(args),
+        Command::Skill(SkillCommand::Verify(args)) => package::verify(args),
+        Command::Skill(SkillCommand::Install(args)) => package::install(args),
+        Command::Skill(SkillCommand::List(args)) => package::list(args),
+        Command::Skill(SkillCommand::Info(args)) => package::info(args),
+        Command::Skill(SkillCommand::Remove(args)) => package::remove(args),
+        Command::Key(cmd) => keys::main(cmd),
+        Command::Trust(cmd) => trust::main(cmd),
         Command::Quickstart(args) => quickstart::main(args),
     };
     match result {

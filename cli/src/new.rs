@@ -1,14 +1,16 @@
 //! `coderclaw skill new`: scaffold a skill crate against the SDK.
 
 use anyhow::{Context, Result, bail};
+use coderclaw_core::manifest::SkillId;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Create a new skill crate that builds with `coderclaw skill build`.
 ///
-/// Writes NAME/Cargo.toml (a cdylib depending on coderclaw-sdk) and
-/// NAME/src/lib.rs (a working skill to edit). The SDK dependency points at
-/// this coderclaw checkout's sdk/ unless --sdk-path says otherwise.
+/// Writes NAME/Cargo.toml (a cdylib depending on coderclaw-sdk),
+/// NAME/skill.toml (its manifest, id NAMESPACE/NAME) and NAME/src/lib.rs (a
+/// working skill to edit). The SDK dependency points at this coderclaw
+/// checkout's sdk/ unless --sdk-path says otherwise.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Crate name: lowercase letters, digits and `-`, e.g. `lint-checker`.
@@ -16,6 +18,9 @@ pub struct Args {
     /// Parent directory to create the crate in.
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// Namespace of the skill id (your team), e.g. `team` for `team/NAME`.
+    #[arg(long, default_value = "local")]
+    pub namespace: String,
     /// Path to the coderclaw-sdk crate to depend on.
     #[arg(long, value_name = "PATH")]
     pub sdk_path: Option<PathBuf>,
@@ -34,6 +39,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     if !valid {
         bail!("{name:?} is not a valid skill name: use lowercase letters, digits and `-`, starting with a letter");
     }
+    let id = SkillId::parse(&format!("{}/{name}", args.namespace)).map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
     let sdk = args.sdk_path.clone().unwrap_or_else(default_sdk_path);
     let sdk = std::fs::canonicalize(&sdk)
         .with_context(|| format!("cannot find coderclaw-sdk at {}: pass --sdk-path", sdk.display()))?;
@@ -47,9 +53,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
     std::fs::create_dir_all(root.join("src")).with_context(|| format!("cannot create {}", root.display()))?;
     std::fs::write(root.join("Cargo.toml"), cargo_toml(name, &sdk))?;
     std::fs::write(root.join("src/lib.rs"), LIB_RS)?;
+    std::fs::write(root.join("skill.toml"), skill_toml(&id))?;
     std::fs::write(root.join(".gitignore"), "/target\n")?;
     println!("created {}", root.display());
     println!("next:   coderclaw skill build {}", root.display());
+    println!("then:   coderclaw skill sign {} --key <your key>   (see `coderclaw key generate`)", root.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -79,6 +87,31 @@ panic = "abort"
 [workspace]
 "#,
         sdk = sdk.display().to_string()
+    )
+}
+
+fn skill_toml(id: &SkillId) -> String {
+    format!(
+        r#"# The manifest: signed together with the component. Capabilities listed
+# here are requests; what a run gets is decided by policy and --allow-* flags.
+id = "{id}"
+version = "0.1.0"
+kind = "skill"
+description = "Greets someone"
+
+[input-schema]
+type = "object"
+required = ["name"]
+properties.name = {{ type = "string" }}
+
+[capabilities]
+# fs = [{{ path = "workspace", access = "read" }}]
+# http = ["https://api.github.com"]
+
+[limits]
+memory = "32MiB"
+timeout = "10s"
+"#
     )
 }
 

@@ -4,17 +4,25 @@
 use crate::build::{Artifact, build};
 use crate::home;
 use anyhow::{Context, Result, bail};
+use coderclaw_core::manifest::Manifest;
+use coderclaw_core::package::Package;
+use coderclaw_host::home::Home;
 use coderclaw_host::{Access, CollectEvents, EventKind, Grant, Host, Skill};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Build the example skills and run them end to end on a sample workspace.
+/// Build the example skills, sign and install them, and run them end to end
+/// on a sample workspace.
 ///
 /// Needs the coderclaw source tree (run it from a checkout) and the
-/// wasm32-wasip2 Rust target. Shows deny-by-default in action: the same
-/// skill refused without a grant and allowed with one.
+/// wasm32-wasip2 Rust target. Uses its own state directory
+/// ($CODERCLAW_HOME/quickstart), with its own signing key and trust store,
+/// so your real trust store is never touched. Shows deny-by-default in
+/// action: unsigned code refused, and the same skill refused without a grant
+/// and allowed with one.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The coderclaw source tree (default: found from the current directory,
@@ -71,8 +79,27 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let find = |name: &str| -> Result<&Artifact> {
         artifacts.iter().find(|a| a.name == name).with_context(|| format!("the build produced no {name}.wasm"))
     };
-    let host = Host::builder().compiled_cache(home::compiled_cache_dir()?).build()?;
-    let load = |name: &str| -> Result<Skill> { Ok(host.load_file(&find(name)?.path)?) };
+    // A private state directory: its own key, trust store and installs.
+    let state = Home::open(home::state_dir()?.join("quickstart").join("home"))?;
+    let key = match state.secret_key("quickstart") {
+        Ok(k) => k,
+        Err(_) => {
+            state.generate_key("quickstart")?;
+            state.secret_key("quickstart")?
+        }
+    };
+    state.trust_add("team", &key.public())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for crate_name in ["echo", "word-count", "shell-exec", "security-scanner", "code-reviewer"] {
+        let manifest_path = tree.join("skills").join(crate_name).join("skill.toml");
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+        let manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
+        let component = std::fs::read(&find(&crate_name.replace('-', "_"))?.path)?;
+        state.install(&Package::sign(&manifest, component, &key, now).to_bytes())?;
+    }
+    let host = Host::builder().compiled_cache(state.compiled_cache_dir()).build()?;
+    let load = |id: &str| -> Result<Skill> { Ok(host.load_verified(&state.load_installed(id)?)?) };
     let workspace = sample_workspace()?;
     let read = Grant::builder().dir(&workspace, ".", Access::Read);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -96,10 +123,17 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let mut steps = Vec::new();
     let mut step = |title, expect_ok, (outcome, denials)| steps.push(Step { title, outcome, expect_ok, denials });
 
-    let echo = load("echo")?;
-    step("echo: the smallest skill, no capabilities", true, run(&echo, json!({"hello": "world"}), &Grant::deny_all()));
+    let unsigned = host.load_file(&find("echo")?.path).map(|_| Value::Null).map_err(|e| e.to_string());
+    step("an unsigned component is refused before it is compiled", false, (unsigned, Vec::new()));
 
-    let wc = load("word_count")?;
+    let echo = load("team/echo")?;
+    step(
+        "team/echo, signed and installed: the smallest skill, no capabilities",
+        true,
+        run(&echo, json!({"hello": "world"}), &Grant::deny_all()),
+    );
+
+    let wc = load("team/word-count")?;
     step(
         "word-count without a filesystem grant (denied by default)",
         false,
@@ -111,16 +145,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
         run(&wc, json!({"path": "."}), &read.clone().build()?),
     );
 
-    let scanner = load("security_scanner")?;
+    let scanner = load("team/security-scanner")?;
     step("security-scanner finds the planted key", true, run(&scanner, json!({"path": "."}), &read.clone().build()?));
 
-    let reviewer = load("code_reviewer")?;
+    let reviewer = load("team/code-reviewer")?;
     host.register("team/security-scanner", scanner.clone(), read.clone().build()?);
     host.register("team/word-count", wc.clone(), read.clone().build()?);
     let agent_grant = read.clone().skill("team/security-scanner").skill("team/word-count").build()?;
     step("code-reviewer agent invokes both skills", true, run(&reviewer, json!({"path": "."}), &agent_grant));
 
-    let shell = load("shell_exec")?;
+    let shell = load("team/shell-exec")?;
     let ls = json!({"program": "ls", "args": ["-1"]});
     step(
         "shell-exec `ls` without a shell grant (denied, nothing runs)",
@@ -165,6 +199,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             stats.disk_cache_hits
         );
         println!("sample workspace: {}", workspace.display());
+        println!("quickstart state (key, trust store, installed skills): {}", state.root().display());
     }
     Ok(if surprises == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -4,6 +4,8 @@ use crate::grant_args::GrantArgs;
 use crate::home;
 use crate::output::event_line;
 use anyhow::{Context, Result, bail};
+use coderclaw_core::manifest::SkillId;
+use coderclaw_host::home::Home;
 use coderclaw_host::{CollectEvents, Error, EventSink, Host, RunEvent, Skill};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -11,7 +13,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Run a skill component and print its JSON output.
+/// Run a skill and print its JSON output.
+///
+/// SKILL is an installed skill id (`team/word-count`): its package is
+/// verified against the trust store again before anything is compiled. A raw
+/// .wasm file runs only with --dangerous-allow-unsigned.
 ///
 /// Everything is denied unless granted with an --allow-* flag. Logs, progress
 /// and capability decisions go to stderr; the output JSON goes to stdout.
@@ -22,11 +28,11 @@ use std::time::Instant;
 /// memory limit, stack overflow, crash).
 ///
 /// Example:
-///   coderclaw skill run word_count.wasm --input '{"path": "."}' --allow-read .
+///   coderclaw skill run team/word-count --input '{"path": "."}' --allow-read .
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The component (.wasm built for wasm32-wasip2).
-    pub component: PathBuf,
+    /// An installed skill id, or a .wasm file (with --dangerous-allow-unsigned).
+    pub skill: String,
     /// Input JSON (default `{}`).
     #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
     pub input: Option<String>,
@@ -35,10 +41,15 @@ pub struct Args {
     pub input_file: Option<PathBuf>,
     #[command(flatten)]
     pub grant: GrantArgs,
-    /// For agents: make another component invocable as ID (namespace/name)
-    /// through skills.invoke. It runs under this run's grant, never wider.
-    #[arg(long = "with-skill", value_name = "ID=PATH")]
+    /// For agents: make skill ID invocable through skills.invoke: an
+    /// installed id, or ID=PATH for a .wasm file (with
+    /// --dangerous-allow-unsigned). It runs under this run's grant, never wider.
+    #[arg(long = "with-skill", value_name = "ID[=PATH]")]
     pub with_skill: Vec<String>,
+    /// DANGEROUS: allow running unsigned .wasm files, skipping the check of
+    /// who wrote them. For developing skills; logged as a warning.
+    #[arg(long)]
+    pub dangerous_allow_unsigned: bool,
     /// Print one JSON object (output, events, timing, errors) instead of
     /// the bare output; errors are then on stdout too.
     #[arg(long)]
@@ -50,22 +61,29 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     let input = read_input(&args)?;
+    let home = home::open()?;
     let mut builder = Host::builder();
     if !args.no_cache {
-        builder = builder.compiled_cache(home::compiled_cache_dir()?);
+        builder = builder.compiled_cache(home.compiled_cache_dir());
+    }
+    if args.dangerous_allow_unsigned {
+        tracing::warn!("--dangerous-allow-unsigned: unsigned components may run");
+        builder = builder.dangerous_allow_unsigned();
     }
     let host = builder.build()?;
     let started = Instant::now();
-    let skill = match host.load_file(&args.component) {
+    let skill = match load(&host, &home, &args.skill, None) {
         Ok(s) => s,
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
     };
     let mut grant = args.grant.builder()?;
     for spec in &args.with_skill {
-        let (id, path) = spec
-            .split_once('=')
-            .with_context(|| format!("--with-skill {spec:?}: write ID=PATH, e.g. team/word-count=word_count.wasm"))?;
-        let nested = match host.load_file(path) {
+        let (id, path) = match spec.split_once('=') {
+            Some((id, path)) => (id, Some(path)),
+            None => (spec.as_str(), None),
+        };
+        SkillId::parse(id).map_err(|e| anyhow::anyhow!("--with-skill: {e}"))?;
+        let nested = match load(&host, &home, id, path) {
             Ok(s) => s,
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
@@ -105,6 +123,22 @@ pub fn main(args: Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&parsed)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads `skill` as an installed id (verified now) or, when it names a file
+/// (or `path` is given), as an unsigned component the host may refuse.
+fn load(host: &Host, home: &Home, skill: &str, path: Option<&str>) -> Result<Skill, Error> {
+    let file = path.map(PathBuf::from).or_else(|| {
+        let p = PathBuf::from(skill);
+        (p.exists() || skill.ends_with(".wasm")).then_some(p)
+    });
+    match file {
+        Some(p) => host.load_file(p),
+        None => match home.load_installed(skill) {
+            Ok(package) => host.load_verified(&package),
+            Err(e) => Err(Error::Package { name: skill.to_owned(), message: e.to_string() }),
+        },
+    }
 }
 
 fn read_input(args: &Args) -> Result<String> {

@@ -24,10 +24,11 @@ impl Cli {
             .expect("coderclaw runs")
     }
 
-    /// Runs `skill run <component> ... --json` and returns (exit code, report).
+    /// Runs `skill run <raw component> --dangerous-allow-unsigned ... --json`
+    /// and returns (exit code, report).
     fn run_json(&self, component: &str, extra: &[&str]) -> (i32, Value) {
         let path = guest(component);
-        let mut args = vec!["skill", "run", path.to_str().unwrap(), "--json"];
+        let mut args = vec!["skill", "run", path.to_str().unwrap(), "--dangerous-allow-unsigned", "--json"];
         args.extend_from_slice(extra);
         let out = self.run(&args);
         let report = serde_json::from_slice(&out.stdout)
@@ -54,7 +55,7 @@ fn p(path: &Path) -> &str {
 #[test]
 fn echo_prints_its_output_and_exits_zero() {
     let cli = Cli::new();
-    let out = cli.run(&["skill", "run", p(&guest("echo")), "--input", r#"{"hi": 1}"#]);
+    let out = cli.run(&["skill", "run", p(&guest("echo")), "--dangerous-allow-unsigned", "--input", r#"{"hi": 1}"#]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, json!({"echo": {"hi": 1}}));
@@ -93,7 +94,16 @@ fn shell_exec_is_denied_without_a_grant_and_runs_with_one() {
     let read = format!("{}::.", p(ws.path()));
     let input = r#"{"program": "ls"}"#;
 
-    let denied = cli.run(&["skill", "run", p(&guest("shell-exec")), "--input", input, "--allow-read", &read]);
+    let denied = cli.run(&[
+        "skill",
+        "run",
+        p(&guest("shell-exec")),
+        "--dangerous-allow-unsigned",
+        "--input",
+        input,
+        "--allow-read",
+        &read,
+    ]);
     assert_eq!(denied.status.code(), Some(3), "skill error exit code");
     let stderr = text(&denied.stderr);
     assert!(stderr.contains("shell DENIED: ls"), "the denial is shown: {stderr}");
@@ -132,6 +142,7 @@ fn env_is_passed_only_when_granted() {
     let run = |extra: &[&str]| {
         let mut args: Vec<String> =
             vec!["skill".into(), "run".into(), p(&guest("fs-escape")).into(), "--input".into(), input.into()];
+        args.push("--dangerous-allow-unsigned".into());
         args.extend(extra.iter().map(|s| s.to_string()));
         let out = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
             .args(&args)
@@ -144,7 +155,14 @@ fn env_is_passed_only_when_granted() {
     assert_eq!(run(&[])["env"]["CODERCLAW_TEST_TOKEN"], Value::Null);
     assert_eq!(run(&["--allow-env", "CODERCLAW_TEST_TOKEN"])["env"]["CODERCLAW_TEST_TOKEN"], "s3cret");
 
-    let out = cli.run(&["skill", "run", p(&guest("echo")), "--allow-env", "CODERCLAW_SURELY_UNSET_VAR"]);
+    let out = cli.run(&[
+        "skill",
+        "run",
+        p(&guest("echo")),
+        "--dangerous-allow-unsigned",
+        "--allow-env",
+        "CODERCLAW_SURELY_UNSET_VAR",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("CODERCLAW_SURELY_UNSET_VAR: it is not set"), "{}", text(&out.stderr));
 }
@@ -179,7 +197,7 @@ fn runaway_and_broken_components_fail_cleanly() {
 
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), b"not wasm").unwrap();
-    let out = cli.run(&["skill", "run", p(junk.path())]);
+    let out = cli.run(&["skill", "run", p(junk.path()), "--dangerous-allow-unsigned"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("is not a WebAssembly file"), "{stderr}");
@@ -196,10 +214,10 @@ fn bad_arguments_are_explained() {
         (&["--timeout", "30"], "is not a duration"),
         (&["--allow-http", "ftp://x"], "scheme must be http or https"),
         (&["--allow-read", "/definitely/not/here"], "not an existing directory"),
-        (&["--with-skill", "oops"], "write ID=PATH"),
+        (&["--with-skill", "oops"], "\"oops\" is not a skill id"),
     ];
     for (extra, message) in cases {
-        let mut args = vec!["skill", "run", p(&echo)];
+        let mut args = vec!["skill", "run", p(&echo), "--dangerous-allow-unsigned"];
         args.extend_from_slice(extra);
         let out = cli.run(&args);
         assert_ne!(out.status.code(), Some(0), "{extra:?}");
@@ -214,6 +232,10 @@ fn every_command_explains_itself() {
         (vec!["--help"], "can touch nothing"),
         (vec!["skill", "--help"], "run"),
         (vec!["skill", "run", "--help"], "--allow-shell"),
+        (vec!["skill", "sign", "--help"], "Ed25519"),
+        (vec!["skill", "verify", "--help"], "trust store"),
+        (vec!["key", "--help"], "never printed"),
+        (vec!["trust", "--help"], "revoked key"),
         (vec!["skill", "build", "--help"], "wasm32-wasip2"),
         (vec!["skill", "new", "--help"], "coderclaw-sdk"),
         (vec!["quickstart", "--help"], "sample workspace"),
@@ -242,10 +264,20 @@ fn new_skill_builds_and_runs_out_of_the_box() {
     let bytes = std::fs::read(wasm).unwrap();
     assert_eq!(built[0]["sha256"], sha256sum(&bytes));
 
-    let out = cli.run(&["skill", "run", wasm, "--input", r#"{"name": "coderclaw"}"#]);
+    let out = cli.run(&["skill", "run", wasm, "--dangerous-allow-unsigned", "--input", r#"{"name": "coderclaw"}"#]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed, json!({"greeting": "hello, coderclaw!"}));
+
+    // The scaffold's manifest signs as is: sign the crate directory, install, run by id.
+    trusted_key(&cli, "me", "local");
+    let pkg = parent.path().join("hello.ccpkg");
+    let out = cli.run(&["skill", "sign", p(&crate_dir), "--key", "me", "--out", p(&pkg)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(cli.run(&["skill", "install", p(&pkg)]).status.code(), Some(0));
+    let out = cli.run(&["skill", "run", "local/hello-skill", "--input", r#"{"name": "team"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"greeting": "hello, team!"}));
 }
 
 /// SHA-256 computed independently of the CLI, through `sha256sum`.
@@ -254,4 +286,250 @@ fn sha256sum(bytes: &[u8]) -> String {
     std::fs::write(f.path(), bytes).unwrap();
     let out = Command::new("sha256sum").arg(f.path()).output().unwrap();
     text(&out.stdout).split_whitespace().next().unwrap().to_owned()
+}
+
+// --- signed packages ---
+
+fn manifest_path(skill: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../skills").join(skill).join("skill.toml")
+}
+
+/// Generates key `name`, trusts it for `namespace`; returns the key id.
+fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
+    let out = cli.run(&["key", "generate", "--name", name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("coderclaw-secret-key"), "the secret is never printed");
+    let public = cli.run(&["key", "export-public", name]);
+    let public = text(&public.stdout).trim().to_owned();
+    assert!(public.starts_with("ed25519:"), "{public}");
+    let out = cli.run(&["trust", "add", namespace, &public]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&cli.run(&["key", "list", "--json"]).stdout).unwrap();
+    let entry = list.as_array().unwrap().iter().find(|k| k["name"] == name).unwrap().clone();
+    assert_eq!(entry["public_key"], public);
+    entry["key_id"].as_str().unwrap().to_owned()
+}
+
+/// Signs a guest component with its example manifest; returns the package path.
+fn sign(cli: &Cli, skill: &str, key: &str, dir: &Path) -> std::path::PathBuf {
+    let out_path = dir.join(format!("{skill}.ccpkg"));
+    let out = cli.run(&[
+        "skill",
+        "sign",
+        p(&guest(skill)),
+        "--key",
+        key,
+        "--manifest",
+        p(&manifest_path(skill)),
+        "--out",
+        p(&out_path),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("sha256:"));
+    out_path
+}
+
+#[test]
+fn every_example_skill_signs_verifies_installs_and_runs() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    trusted_key(&cli, "team-key", "team");
+    for skill in ["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"] {
+        let pkg = sign(&cli, skill, "team-key", pkgs.path());
+        let verified = cli.run(&["skill", "verify", p(&pkg)]);
+        assert_eq!(verified.status.code(), Some(0), "{}", text(&verified.stderr));
+        assert!(text(&verified.stdout).contains(&format!("team/{skill}")));
+        let installed = cli.run(&["skill", "install", p(&pkg)]);
+        assert_eq!(installed.status.code(), Some(0), "{}", text(&installed.stderr));
+    }
+    let list: Value = serde_json::from_slice(&cli.run(&["skill", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 6);
+
+    let ws = workspace();
+    let read = format!("{}::.", p(ws.path()));
+    let run = |args: &[&str]| -> Value {
+        let out = cli.run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(run(&["skill", "run", "team/echo", "--input", "3"]), json!({"echo": 3}));
+    assert_eq!(run(&["skill", "run", "team/word-count", "--allow-read", &read])["files"], 2);
+    assert_eq!(
+        run(&["skill", "run", "team/security-scanner", "--allow-read", &read])["findings"][0]["rule"],
+        "github-token"
+    );
+    let ls = run(&[
+        "skill",
+        "run",
+        "team/shell-exec",
+        "--input",
+        r#"{"program": "ls"}"#,
+        "--allow-read",
+        &read,
+        "--allow-shell",
+        "ls",
+    ]);
+    assert_eq!(ls["stdout"], "a.txt\ncreds.env\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(LoopbackServer::start("signed pong")).unwrap();
+    let input = json!({"url": server.url()}).to_string();
+    assert_eq!(
+        run(&["skill", "run", "team/http-fetch", "--input", &input, "--allow-http", &server.url()])["body"],
+        "signed pong"
+    );
+    let review = run(&[
+        "skill",
+        "run",
+        "team/code-reviewer",
+        "--allow-read",
+        &read,
+        "--with-skill",
+        "team/security-scanner",
+        "--with-skill",
+        "team/word-count",
+    ]);
+    assert_eq!(review["verdict"], "fail");
+
+    let removed = cli.run(&["skill", "remove", "team/echo"]);
+    assert_eq!(removed.status.code(), Some(0));
+    let gone = cli.run(&["skill", "run", "team/echo"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(text(&gone.stderr).contains("team/echo is not installed"), "{}", text(&gone.stderr));
+}
+
+#[test]
+fn verify_and_info_print_exactly_the_requested_capabilities() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    let key_id = trusted_key(&cli, "k", "team");
+    let pkg = sign(&cli, "shell-exec", "k", pkgs.path());
+    let verified: Value = serde_json::from_slice(&cli.run(&["skill", "verify", p(&pkg), "--json"]).stdout).unwrap();
+    assert_eq!(verified["ok"], true);
+    let expected = json!({
+        "fs": [{"path": "workspace", "access": "read"}], "http": [], "env": [], "shell": ["git", "ls"], "skills": []
+    });
+    assert_eq!(verified["package"]["capabilities"], expected);
+    assert_eq!(verified["package"]["signer"], key_id);
+    assert_eq!(verified["package"]["namespace"], "team");
+    assert_eq!(verified["package"]["dangerous"], true);
+    cli.run(&["skill", "install", p(&pkg)]);
+    let info: Value = serde_json::from_slice(&cli.run(&["skill", "info", "team/shell-exec", "--json"]).stdout).unwrap();
+    assert_eq!(info, verified["package"], "install records exactly what was verified");
+
+    // Asking is not getting: without --allow-shell the run is denied.
+    let out = cli.run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("no shell grant"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn tampered_or_untrusted_packages_are_refused_and_nothing_is_installed() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    trusted_key(&cli, "team-key", "team");
+    let good = std::fs::read(sign(&cli, "echo", "team-key", pkgs.path())).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = pkgs.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let mut component = good.clone();
+    let i = good.len() - 200; // inside the component, before the signature block
+    component[i] ^= 0x40;
+    let mut signature = good.clone();
+    let last = signature.len() - 1;
+    signature[last] ^= 0x01;
+
+    // A valid signature by a key nobody trusts; a key trusted only for `other`.
+    let out = cli.run(&["key", "generate", "--name", "stranger"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stranger = sign(&cli, "echo", "stranger", &pkgs.path().join("..").canonicalize().unwrap());
+    trusted_key(&cli, "other-key", "other");
+    let other = std::fs::read(sign(&cli, "echo", "other-key", pkgs.path())).unwrap();
+
+    let cases = [
+        (write("component.ccpkg", &component), "does not match the package's contents"),
+        (write("signature.ccpkg", &signature), "does not match the package's contents"),
+        (write("truncated.ccpkg", &good[..good.len() / 3]), "truncated"),
+        (stranger, "no signature is by a trusted key"),
+        (write("other.ccpkg", &other), "not for namespace `team`"),
+    ];
+    for (path, reason) in &cases {
+        let v = cli.run(&["skill", "verify", p(path)]);
+        assert_eq!(v.status.code(), Some(1), "{}", p(path));
+        assert!(text(&v.stderr).contains(reason), "verify {}: want {reason:?}: {}", p(path), text(&v.stderr));
+        let i = cli.run(&["skill", "install", p(path)]);
+        assert_eq!(i.status.code(), Some(1));
+        assert!(text(&i.stderr).contains(reason), "install: {}", text(&i.stderr));
+    }
+    let list: Value = serde_json::from_slice(&cli.run(&["skill", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list, json!([]), "nothing was installed");
+
+    // Revocation also stops what is already installed.
+    let good_path = write("good.ccpkg", &good);
+    assert_eq!(cli.run(&["skill", "install", p(&good_path)]).status.code(), Some(0));
+    assert_eq!(cli.run(&["skill", "run", "team/echo"]).status.code(), Some(0));
+    let trust: Value = serde_json::from_slice(&cli.run(&["trust", "list", "--json"]).stdout).unwrap();
+    let team_id =
+        trust.as_array().unwrap().iter().find(|e| e["namespaces"] == json!(["team"])).unwrap()["key_id"].clone();
+    assert_eq!(cli.run(&["trust", "revoke", team_id.as_str().unwrap()]).status.code(), Some(0));
+    let revoked = cli.run(&["skill", "run", "team/echo"]);
+    assert_eq!(revoked.status.code(), Some(1));
+    assert!(text(&revoked.stderr).contains("was revoked"), "{}", text(&revoked.stderr));
+    assert!(text(&cli.run(&["skill", "verify", p(&good_path)]).stderr).contains("was revoked"));
+}
+
+#[test]
+fn unsafe_or_corrupt_key_files_are_reported() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    trusted_key(&cli, "k", "team");
+    let key_file = cli.home.path().join("keys/k.key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let sign_echo = || {
+        let out_path = pkgs.path().join("x.ccpkg");
+        cli.run(&[
+            "skill",
+            "sign",
+            p(&guest("echo")),
+            "--key",
+            "k",
+            "--manifest",
+            p(&manifest_path("echo")),
+            "--out",
+            p(&out_path),
+        ])
+    };
+    let out = sign_echo();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("readable by other users") && text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&key_file, "coderclaw-secret-key v1\nshort\n").unwrap();
+    let out = sign_echo();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("corrupt"), "{}", text(&out.stderr));
+    let out = cli.run(&["skill", "sign", p(&guest("echo")), "--key", "nope", "--manifest", p(&manifest_path("echo"))]);
+    assert!(text(&out.stderr).contains("no signing key named \"nope\""), "{}", text(&out.stderr));
+}
+
+#[test]
+fn unsigned_files_need_the_dangerous_flag() {
+    let cli = Cli::new();
+    let out = cli.run(&["skill", "run", p(&guest("echo"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a signed package") && text(&out.stderr).contains("--dangerous-allow-unsigned")
+    );
+    assert!(
+        !cli.home.path().join("cache/compiled").exists()
+            || std::fs::read_dir(cli.home.path().join("cache/compiled"))
+                .unwrap()
+                .all(|d| { std::fs::read_dir(d.unwrap().path()).map(|mut f| f.next().is_none()).unwrap_or(true) }),
+        "nothing was compiled"
+    );
 }

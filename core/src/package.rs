@@ -267,6 +267,11 @@ impl Package {
             .map_err(|e: ManifestError| PackageError::Manifest(e.to_string()))
     }
 
+    /// The digest the signatures cover (hashes the component once).
+    pub fn digest(&self) -> Digest {
+        package_digest(&self.manifest_bytes, &Digest::of(&self.component))
+    }
+
     /// The signature records, unverified.
     pub fn signatures(&self) -> &[SignatureRecord] {
         &self.signatures

@@ -25,6 +25,15 @@ pub enum Error {
         /// Name of the skill or file.
         name: String,
     },
+    /// An installed package is missing or failed verification (bad
+    /// signature, untrusted or revoked signer).
+    #[error("{name}: {message}")]
+    Package {
+        /// The skill id.
+        name: String,
+        /// Why it cannot be loaded.
+        message: String,
+    },
     /// The bytes are not WebAssembly at all.
     #[error("{name} is not a WebAssembly file (no \\0asm header): build the skill with `coderclaw skill build`")]
     NotWasm {
@@ -141,6 +150,7 @@ impl Error {
         match self {
             Error::Read { .. } => "read",
             Error::UnsignedRefused { .. } => "unsigned-refused",
+            Error::Package { .. } => "package",
             Error::NotWasm { .. } => "not-wasm",
             Error::NotAComponent { .. } => "not-a-component",
             Error::Compile { .. } => "compile",

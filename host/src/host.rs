@@ -359,6 +359,15 @@ impl Host {
     }
 }
 
+impl Host {
+    /// Cheap check that `bytes` look like a WebAssembly component (not a
+    /// core module, not another file), without compiling anything. Used
+    /// before signing so nobody signs the wrong file.
+    pub fn check_component(name: &str, bytes: &[u8]) -> Result<(), Error> {
+        check_header(name, bytes)
+    }
+}
+
 fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
     if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
         return Err(Error::NotWasm { name: name.to_owned() });

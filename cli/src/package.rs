@@ -1,0 +1,284 @@
+//! `coderclaw skill sign | verify | install | list | info | remove`.
+
+use crate::build::build;
+use crate::home;
+use anyhow::{Context, Result, bail};
+use coderclaw_core::manifest::Manifest;
+use coderclaw_core::package::{Package, VerifiedPackage};
+use coderclaw_core::units::format_size;
+use coderclaw_host::Host;
+use coderclaw_host::home::InstalledSkill;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Sign a skill into a package file (`<name>-<version>.ccpkg`).
+///
+/// Given a skill crate directory, builds it (release, wasm32-wasip2) and
+/// reads its skill.toml. Given a .wasm file, reads --manifest (default: a
+/// skill.toml beside it). The signature (Ed25519) covers the component and
+/// the manifest together, so the capabilities asked for are signed with the code.
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// A skill crate directory or a built .wasm component.
+    pub source: PathBuf,
+    /// Name of the signing key (see `coderclaw key list`).
+    #[arg(long)]
+    pub key: String,
+    /// The manifest (skill.toml) when signing a .wasm file.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+    /// Where to write the package (default: `<name>-<version>.ccpkg` here).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Check a package: signature, signer, namespace; print what it asks for.
+///
+/// Exits 0 only when the package is signed by a key the trust store trusts
+/// for the package's namespace and that key is not revoked; otherwise exits
+/// 1 and says why. Nothing is installed.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The package file (.ccpkg).
+    pub package: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Verify a package and install it (replacing any installed version of its id).
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// The package file (.ccpkg).
+    pub package: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// List installed skills.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Show an installed skill: version, digest, signer, requested capabilities.
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// The skill id, e.g. team/security-scanner.
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Uninstall a skill.
+#[derive(clap::Args, Debug)]
+pub struct RemoveArgs {
+    /// The skill id.
+    pub id: String,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn read_manifest(path: &Path) -> Result<Manifest> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read the manifest {}: every signed skill needs a skill.toml", path.display())
+    })?;
+    Ok(Manifest::from_toml(&text, &path.display().to_string())?)
+}
+
+pub fn sign(args: SignArgs) -> Result<ExitCode> {
+    let home = home::open()?;
+    let key = home.secret_key(&args.key)?;
+    let (manifest_path, component_path) = if args.source.is_dir() {
+        let built = build(&args.source, true, args.json)?;
+        let [one] = built.as_slice() else {
+            bail!("{} builds {} components: sign one skill crate at a time", args.source.display(), built.len());
+        };
+        (args.manifest.clone().unwrap_or_else(|| args.source.join("skill.toml")), one.path.clone())
+    } else {
+        let beside = args.source.parent().unwrap_or(Path::new(".")).join("skill.toml");
+        (args.manifest.clone().unwrap_or(beside), args.source.clone())
+    };
+    let manifest = read_manifest(&manifest_path)?;
+    let component = read(&component_path)?;
+    Host::check_component(&component_path.display().to_string(), &component)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let bytes = Package::sign(&manifest, component, &key, now).to_bytes();
+    let out = args.out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.ccpkg", manifest.id.name(), manifest.version)));
+    std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    // Report what the file holds, parsed back from its bytes.
+    let package = Package::parse(&bytes)?;
+    let digest = package.digest();
+    if args.json {
+        let report = json!({"package": out, "id": manifest.id.as_str(), "version": manifest.version.to_string(),
+            "digest": digest.to_hex(), "signer": package.signatures()[0].key_id.to_string(), "bytes": bytes.len()});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}  sha256:{digest}", out.display());
+        println!("signed {} {} with key {} ({})", manifest.id, manifest.version, args.key, key.public().id());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The facts `verify` and `info` print: the same fields, from the same manifest.
+fn describe(m: &Manifest, digest: &str, signer: &str) -> Value {
+    let c = &m.capabilities;
+    json!({
+        "id": m.id.as_str(),
+        "namespace": m.id.namespace(),
+        "version": m.version.to_string(),
+        "kind": m.kind,
+        "description": m.description,
+        "dangerous": m.dangerous,
+        "digest": digest,
+        "signer": signer,
+        "capabilities": {
+            "fs": c.fs.iter().map(|d| json!({"path": d.path, "access": d.access})).collect::<Vec<_>>(),
+            "http": c.http.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "env": c.env,
+            "shell": c.shell,
+            "skills": c.skills,
+        },
+        "limits": {
+            "memory": m.limits.memory.map(|s| format_size(s.0)),
+            "timeout_ms": m.limits.timeout.map(|t| t.0),
+        },
+    })
+}
+
+fn print_description(v: &Value) {
+    let list = |v: &Value| {
+        let items: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => format!(
+                    "{} ({})",
+                    other["path"].as_str().unwrap_or_default(),
+                    other["access"].as_str().unwrap_or_default()
+                ),
+            })
+            .collect();
+        if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    };
+    println!(
+        "{} {} ({})",
+        v["id"].as_str().unwrap_or_default(),
+        v["version"].as_str().unwrap_or_default(),
+        v["kind"].as_str().unwrap_or_default()
+    );
+    println!("  {}", v["description"].as_str().unwrap_or_default());
+    println!("  namespace: {}", v["namespace"].as_str().unwrap_or_default());
+    println!("  digest:    sha256:{}", v["digest"].as_str().unwrap_or_default());
+    println!("  signer:    {}", v["signer"].as_str().unwrap_or_default());
+    println!("  dangerous: {}", v["dangerous"]);
+    println!("  requests (granted only if policy allows):");
+    for cap in ["fs", "http", "env", "shell", "skills"] {
+        println!("    {cap:<7} {}", list(&v["capabilities"][cap]));
+    }
+    let limits = &v["limits"];
+    println!(
+        "    limits  memory {}, timeout {}",
+        limits["memory"].as_str().unwrap_or("default"),
+        limits["timeout_ms"].as_u64().map(|t| format!("{t}ms")).unwrap_or_else(|| "default".into())
+    );
+}
+
+fn describe_verified(p: &VerifiedPackage) -> Value {
+    describe(p.manifest(), &p.digest().to_hex(), p.signer().as_str())
+}
+
+pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let home = home::open()?;
+    let bytes = read(&args.package)?;
+    let outcome = Package::parse(&bytes).and_then(|p| p.verify(&home));
+    match outcome {
+        Ok(p) => {
+            let v = describe_verified(&p);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&json!({"ok": true, "package": v}))?);
+            } else {
+                println!("OK: signature valid, signer trusted for `{}`", p.manifest().id.namespace());
+                print_description(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "error": e.to_string()}))?);
+            } else {
+                eprintln!("error: {} failed verification: {e}", args.package.display());
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn install(args: InstallArgs) -> Result<ExitCode> {
+    let home = home::open()?;
+    let bytes = read(&args.package)?;
+    let installed = home.install(&bytes).with_context(|| format!("{} was not installed", args.package.display()))?;
+    let v = describe_installed(&installed);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("installed {} {} (signed by {})", installed.id, installed.version, installed.signer);
+        println!("run it:    coderclaw skill run {} --input '{{}}'", installed.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe_installed(s: &InstalledSkill) -> Value {
+    describe(&s.manifest, &s.digest, &s.signer)
+}
+
+pub fn list(args: ListArgs) -> Result<ExitCode> {
+    let installed = home::open()?.installed()?;
+    if args.json {
+        let list: Vec<Value> = installed.iter().map(describe_installed).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if installed.is_empty() {
+        println!("no skills installed: install a package with `coderclaw skill install <file.ccpkg>`");
+    } else {
+        for s in installed {
+            println!(
+                "{:<32} {:<10} {:<6} {}",
+                s.id,
+                s.version,
+                format!("{:?}", s.manifest.kind).to_lowercase(),
+                s.manifest.description
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn info(args: InfoArgs) -> Result<ExitCode> {
+    let s = home::open()?.info(&args.id)?;
+    let v = describe_installed(&s);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_description(&v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn remove(args: RemoveArgs) -> Result<ExitCode> {
+    let s = home::open()?.remove(&args.id)?;
+    println!("removed {} {}", s.id, s.version);
+    Ok(ExitCode::SUCCESS)
+}
