@@ -298,7 +298,7 @@ impl Package {
                 Err(PackageError::Revoked { key_id: s.key_id.to_string() })
             } else if trusted.key.verifying_key().verify_strict(&message, &sig).is_err() {
                 Err(PackageError::BadSignature { key_id: s.key_id.to_string() })
-            } else if !trusted.namespaces.iter().any(|n| *n == namespace) {
+            } else if !trusted.namespaces.contains(&namespace) {
                 Err(PackageError::WrongNamespace { key_id: s.key_id.to_string(), namespace: namespace.clone() })
             } else {
                 Ok((s.key_id.clone(), s.timestamp))

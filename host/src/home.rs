@@ -68,6 +68,10 @@ pub enum HomeError {
     NotInstalled(String),
 }
 
+/// A signing key in `keys/`: its name and its public key, or why the file is
+/// unusable (bad permissions, corrupt).
+pub type NamedKey = (String, Result<PublicKey, KeyError>);
+
 /// One trusted key as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TrustEntry {
@@ -201,8 +205,8 @@ impl Home {
         Ok(SecretKey::read(&path)?)
     }
 
-    /// Every signing key: (name, public key or the error reading it).
-    pub fn keys(&self) -> Result<Vec<(String, Result<PublicKey, KeyError>)>, HomeError> {
+    /// Every signing key, by name, with its public key or why it is unusable.
+    pub fn keys(&self) -> Result<Vec<NamedKey>, HomeError> {
         let dir = self.root.join("keys");
         let entries = fs::read_dir(&dir).map_err(|source| HomeError::Io { path: dir.clone(), source })?;
         let mut out: Vec<_> = entries
