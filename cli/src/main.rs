@@ -1,5 +1,6 @@
 //! `coderclaw`: build, run and manage sandboxed WebAssembly skills.
 
+mod audit;
 mod build;
 mod grant_args;
 mod home;
@@ -44,6 +45,8 @@ enum Command {
     Key(keys::Command),
     #[command(subcommand)]
     Trust(trust::Command),
+    #[command(subcommand)]
+    Audit(audit::Command),
     Quickstart(quickstart::Args),
 }
 
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Skill(SkillCommand::Remove(args)) => package::remove(args),
         Command::Key(cmd) => keys::main(cmd),
         Command::Trust(cmd) => trust::main(cmd),
+        Command::Audit(cmd) => audit::main(cmd),
         Command::Quickstart(args) => quickstart::main(args),
     };
     match result {

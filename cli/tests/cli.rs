@@ -236,6 +236,7 @@ fn every_command_explains_itself() {
         (vec!["skill", "verify", "--help"], "trust store"),
         (vec!["key", "--help"], "never printed"),
         (vec!["trust", "--help"], "revoked key"),
+        (vec!["audit", "--help"], "hash-chained"),
         (vec!["skill", "build", "--help"], "wasm32-wasip2"),
         (vec!["skill", "new", "--help"], "coderclaw-sdk"),
         (vec!["quickstart", "--help"], "sample workspace"),
@@ -532,4 +533,47 @@ fn unsigned_files_need_the_dangerous_flag() {
                 .all(|d| { std::fs::read_dir(d.unwrap().path()).map(|mut f| f.next().is_none()).unwrap_or(true) }),
         "nothing was compiled"
     );
+}
+
+// --- audit log ---
+
+#[test]
+fn audit_query_shows_decisions_and_verify_names_a_tampered_record() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    let pkg = {
+        let out = cli.run(&["key", "generate", "--name", "k"]);
+        assert_eq!(out.status.code(), Some(0));
+        sign(&cli, "echo", "k", pkgs.path())
+    };
+    assert_eq!(cli.run(&["skill", "install", p(&pkg)]).status.code(), Some(1), "not trusted yet");
+    trusted_key(&cli, "k2", "team");
+    let public = text(&cli.run(&["key", "export-public", "k"]).stdout).trim().to_owned();
+    assert_eq!(cli.run(&["trust", "add", "team", &public]).status.code(), Some(0));
+    assert_eq!(cli.run(&["skill", "install", p(&pkg)]).status.code(), Some(0));
+    assert_eq!(cli.run(&["skill", "run", "team/echo"]).status.code(), Some(0));
+
+    let installs: Value =
+        serde_json::from_slice(&cli.run(&["audit", "query", "--action", "skill.install", "--json"]).stdout).unwrap();
+    let results: Vec<&str> = installs.as_array().unwrap().iter().map(|r| r["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["denied", "allowed"]);
+    assert!(installs[0]["reason"].as_str().unwrap().contains("no signature is by a trusted key"));
+    let denied: Value =
+        serde_json::from_slice(&cli.run(&["audit", "query", "--result", "denied", "--json"]).stdout).unwrap();
+    assert_eq!(denied.as_array().unwrap().len(), 1);
+    let recent: Value =
+        serde_json::from_slice(&cli.run(&["audit", "query", "--since", "1h", "--json"]).stdout).unwrap();
+    assert!(recent.as_array().unwrap().iter().any(|r| r["action"] == "skill.verify"), "runs verify and are audited");
+
+    let ok = cli.run(&["audit", "verify"]);
+    assert_eq!(ok.status.code(), Some(0));
+    assert!(text(&ok.stdout).contains("hash chain intact"));
+
+    let db = cli.home.path().join("audit.db");
+    let edit =
+        Command::new("sqlite3").arg(&db).arg("UPDATE audit SET result = 'allowed' WHERE seq = 2").output().unwrap();
+    assert!(edit.status.success(), "{}", text(&edit.stderr));
+    let bad = cli.run(&["audit", "verify"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("audit record 2 has been tampered with"), "{}", text(&bad.stderr));
 }

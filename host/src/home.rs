@@ -6,11 +6,17 @@
 //! packages/<digest>.ccpkg  installed packages, content-addressed
 //! cache/compiled/          compiled machine code by component digest
 //! state.db                 SQLite (WAL): trusted keys, installed skills
+//! audit.db                 SQLite (WAL): the hash-chained audit log
 //! ```
+//!
+//! Every change here (key created, key trusted or revoked, package installed
+//! or refused, installed package verified or refused on load) is recorded in
+//! the audit log, attributed to the local OS user.
 //!
 //! Installed packages are verified again every time they are loaded, so a
 //! key revoked after installation stops its packages from running.
 
+use crate::audit::{AuditEvent, AuditLog, AuditResult};
 use coderclaw_core::Digest;
 use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
 use coderclaw_core::manifest::{Manifest, SkillId};
@@ -63,6 +69,9 @@ pub enum HomeError {
     /// The namespace is not a valid namespace.
     #[error("{0:?} is not a namespace: use lowercase letters, digits and `-`")]
     BadNamespace(String),
+    /// The audit log could not record an action; the action was not done.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     /// No installed skill with this id.
     #[error("skill {0} is not installed (see `coderclaw skill list`)")]
     NotInstalled(String),
@@ -111,6 +120,8 @@ pub struct Home {
     root: PathBuf,
     db_path: PathBuf,
     db: Mutex<Connection>,
+    audit: AuditLog,
+    actor: String,
 }
 
 const SCHEMA: &str = "
@@ -157,7 +168,40 @@ impl Home {
         db.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
         db.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
         db.execute_batch(SCHEMA).map_err(db_err)?;
-        Ok(Home { root, db_path, db: Mutex::new(db) })
+        let audit = AuditLog::open(root.join("audit.db"))?;
+        Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user() })
+    }
+
+    /// The audit log of this state directory.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Records `outcome` of `action` on a resource, with the error as the
+    /// reason when it failed, and passes the outcome through. An audit
+    /// failure fails the action: nothing unrecorded is reported as done.
+    fn audited<T>(
+        &self,
+        action: &str,
+        resource: (&str, &str),
+        outcome: Result<T, HomeError>,
+        describe: impl FnOnce(&T) -> (String, serde_json::Value),
+    ) -> Result<T, HomeError> {
+        let event = match &outcome {
+            Ok(v) => {
+                let (reason, metadata) = describe(v);
+                AuditEvent::new(action, AuditResult::Allowed, resource.0, resource.1).reason(reason).metadata(metadata)
+            }
+            Err(e) => {
+                let result = match e {
+                    HomeError::Package(_) | HomeError::Key(KeyError::Permissions { .. }) => AuditResult::Denied,
+                    _ => AuditResult::Error,
+                };
+                AuditEvent::new(action, result, resource.0, resource.1).reason(e.to_string())
+            }
+        };
+        self.audit.append(event.user(&self.actor))?;
+        outcome
     }
 
     /// The directory itself.
@@ -187,6 +231,13 @@ impl Home {
 
     /// Creates a new signing key; returns its public key.
     pub fn generate_key(&self, name: &str) -> Result<PublicKey, HomeError> {
+        let outcome = self.generate_key_unaudited(name);
+        self.audited("key.generate", ("key", name), outcome, |k| {
+            (format!("key id {}", k.id()), serde_json::Value::Null)
+        })
+    }
+
+    fn generate_key_unaudited(&self, name: &str) -> Result<PublicKey, HomeError> {
         let path = self.key_path(name)?;
         if path.exists() {
             return Err(HomeError::KeyExists(name.to_owned()));
@@ -225,6 +276,13 @@ impl Home {
 
     /// Trusts `key` to sign packages of `namespace` (adds the key if new).
     pub fn trust_add(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
+        let outcome = self.trust_add_unaudited(namespace, key);
+        self.audited("trust.add", ("key", key.id().as_str()), outcome, |e| {
+            (format!("may sign for {}", e.namespaces.join(", ")), serde_json::json!({ "namespace": namespace }))
+        })
+    }
+
+    fn trust_add_unaudited(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
         if SkillId::parse(&format!("{namespace}/x")).is_err() {
             return Err(HomeError::BadNamespace(namespace.to_owned()));
         }
@@ -247,6 +305,11 @@ impl Home {
     /// Marks a key revoked: its signatures are refused from now on,
     /// including for packages already installed.
     pub fn trust_revoke(&self, key_id: &str) -> Result<TrustEntry, HomeError> {
+        let outcome = self.trust_revoke_unaudited(key_id);
+        self.audited("trust.revoke", ("key", key_id), outcome, |_| ("revoked".into(), serde_json::Value::Null))
+    }
+
+    fn trust_revoke_unaudited(&self, key_id: &str) -> Result<TrustEntry, HomeError> {
         let id = KeyId::parse(key_id)?;
         let changed = self.with_db(|db| {
             db.execute(
@@ -295,6 +358,18 @@ impl Home {
     /// digest and records it as the installed version of its id. Nothing is
     /// written unless verification passes.
     pub fn install(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let claimed = Package::parse(bytes).ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
+        let outcome = self.install_unaudited(bytes);
+        let resource = claimed.as_deref().unwrap_or("(unreadable package)");
+        self.audited("skill.install", ("skill", resource), outcome, |s| {
+            (
+                format!("version {} signed by {}", s.version, s.signer),
+                serde_json::json!({ "digest": s.digest, "signer": s.signer, "version": s.version }),
+            )
+        })
+    }
+
+    fn install_unaudited(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
         let verified = Package::parse(bytes)?.verify(self)?;
         let path = self.package_path(&verified.digest());
         if !path.exists() {
@@ -370,6 +445,13 @@ impl Home {
 
     /// Uninstalls `id` (its package file stays if another id shares it).
     pub fn remove(&self, id: &str) -> Result<InstalledSkill, HomeError> {
+        let outcome = self.remove_unaudited(id);
+        self.audited("skill.remove", ("skill", id), outcome, |s| {
+            (format!("version {}", s.version), serde_json::Value::Null)
+        })
+    }
+
+    fn remove_unaudited(&self, id: &str) -> Result<InstalledSkill, HomeError> {
         let skill = self.info(id)?;
         self.with_db(|db| db.execute("DELETE FROM installed_skills WHERE id = ?1", params![id]))?;
         let still_used = self.installed()?.iter().any(|s| s.digest == skill.digest);
@@ -382,12 +464,30 @@ impl Home {
     /// Reads the installed package of `id` and verifies it again against
     /// the trust store as it is now (so revocation takes effect).
     pub fn load_installed(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
+        let outcome = self.load_installed_unaudited(id);
+        self.audited("skill.verify", ("skill", id), outcome, |p| {
+            (
+                format!("signature valid, signer {} trusted", p.signer()),
+                serde_json::json!({ "digest": p.digest().to_hex() }),
+            )
+        })
+    }
+
+    fn load_installed_unaudited(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
         let skill = self.info(id)?;
         let digest = Digest::from_hex(&skill.digest).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))?;
         let path = self.package_path(&digest);
         let bytes = fs::read(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
         Ok(Package::parse(&bytes)?.verify(self)?)
     }
+}
+
+/// The local OS user, for attributing local actions until sessions exist.
+fn local_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid:{}", nix::unistd::geteuid().as_raw()))
 }
 
 impl KeyLookup for Home {

@@ -24,6 +24,7 @@
 //!
 //! Runs need a tokio runtime (the multi-threaded one).
 
+pub mod audit;
 mod bindings;
 mod caps;
 mod compiled_cache;

@@ -2,6 +2,7 @@
 //! source: the example skills, every capability from its denied side, the
 //! resource limits and the compiled-code cache.
 
+mod audit;
 mod cache;
 mod capabilities;
 mod limits;

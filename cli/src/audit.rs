@@ -1,0 +1,139 @@
+//! `coderclaw audit`: read and check the tamper-evident audit log.
+
+use crate::home;
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use coderclaw_core::units::parse_duration;
+use coderclaw_host::audit::{AuditError, AuditFilter, AuditResult};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Read and check the audit log: every key, trust, install and verification
+/// decision, hash-chained so that any edited or deleted record is detected.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List records, oldest first.
+    Query {
+        /// Only records of this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this action (e.g. skill.install, trust.revoke, skill.verify).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only records since: a duration ago (24h, 30m), a date (2026-11-01) or Unix seconds.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only this result: allowed, denied or error.
+        #[arg(long)]
+        result: Option<String>,
+        /// At most this many (the newest).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chain; exits 1 naming the first tampered record.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn parse_since(s: &str) -> Result<i64> {
+    if let Ok(d) = parse_duration(s) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        return Ok(now - d.as_millis() as i64);
+    }
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs * 1000);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    if let [y, m, d] = parts.as_slice()
+        && let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i64>(), m.parse::<i64>(), d.parse::<i64>())
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&d)
+    {
+        return Ok(days_from_civil(y, m, d) * 86_400_000);
+    }
+    bail!("--since {s:?}: write a duration (24h, 30m), a date (2026-11-01) or Unix seconds")
+}
+
+pub fn main(cmd: Command) -> Result<ExitCode> {
+    let home = home::open()?;
+    match cmd {
+        Command::Query { user, action, since, result, limit, json } => {
+            let result = match result.as_deref() {
+                None => None,
+                Some(r) => Some(
+                    AuditResult::parse(r)
+                        .ok_or_else(|| anyhow::anyhow!("--result {r:?}: write allowed, denied or error"))?,
+                ),
+            };
+            let since_ms = since.as_deref().map(parse_since).transpose()?;
+            let records = home.audit().query(&AuditFilter { user, action, since_ms, result, limit })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                for r in records {
+                    println!(
+                        "{:>6}  {}  {:<8} {:<14} {}:{}  user={}  {}",
+                        r.seq,
+                        r.timestamp_ms,
+                        r.result,
+                        r.action,
+                        r.resource_type,
+                        r.resource_id,
+                        r.user.as_deref().unwrap_or("-"),
+                        r.reason
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { json } => match home.audit().verify() {
+            Ok(n) => {
+                if json {
+                    println!("{}", serde_json::json!({"ok": true, "records": n}));
+                } else {
+                    println!("OK: {n} records, hash chain intact");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(AuditError::Broken { seq, problem }) => {
+                if json {
+                    println!("{}", serde_json::json!({"ok": false, "record": seq, "problem": problem}));
+                } else {
+                    eprintln!("error: audit record {seq} has been tampered with: {problem}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_convert_to_epoch_milliseconds() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(parse_since("2026-11-23").unwrap(), days_from_civil(2026, 11, 23) * 86_400_000);
+        assert_eq!(parse_since("1700000000").unwrap(), 1_700_000_000_000);
+        assert!(parse_since("yesterday").is_err());
+    }
+}

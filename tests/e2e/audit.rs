@@ -1,0 +1,148 @@
+//! The hash-chained audit log: any edit or deletion made directly in the
+//! database is found and named; concurrent appends keep one valid chain;
+//! the state directory records its security-relevant actions.
+
+use coderclaw_core::keys::SecretKey;
+use coderclaw_core::manifest::Manifest;
+use coderclaw_core::package::Package;
+use coderclaw_host::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditResult};
+use coderclaw_host::home::Home;
+use rusqlite::Connection;
+use serde_json::json;
+
+fn ten_records(dir: &std::path::Path) -> AuditLog {
+    let log = AuditLog::open(dir.join("audit.db")).unwrap();
+    for i in 0..10 {
+        log.append(
+            AuditEvent::new("skill.run", AuditResult::Allowed, "skill", &format!("team/s{i}"))
+                .user("alice")
+                .reason("granted")
+                .metadata(json!({ "i": i })),
+        )
+        .unwrap();
+    }
+    log
+}
+
+fn broken_at(log: &AuditLog) -> i64 {
+    match log.verify() {
+        Err(AuditError::Broken { seq, .. }) => seq,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+#[test]
+fn editing_any_field_of_a_stored_record_is_detected_at_that_record() {
+    for edit in [
+        "UPDATE audit SET action = 'skill.install' WHERE seq = 5",
+        "UPDATE audit SET result = 'denied' WHERE seq = 5",
+        "UPDATE audit SET reason = 'forged' WHERE seq = 5",
+        "UPDATE audit SET user = 'mallory' WHERE seq = 5",
+        "UPDATE audit SET user = NULL WHERE seq = 5",
+        "UPDATE audit SET metadata = '{\"i\":99}' WHERE seq = 5",
+        "UPDATE audit SET timestamp_ms = timestamp_ms - 1000 WHERE seq = 5",
+        "UPDATE audit SET resource_id = 'team/other' WHERE seq = 5",
+        "UPDATE audit SET prev_hash = (SELECT hash FROM audit WHERE seq = 3) WHERE seq = 5",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ten_records(dir.path());
+        assert_eq!(log.verify().unwrap(), 10);
+        Connection::open(dir.path().join("audit.db")).unwrap().execute(edit, []).unwrap();
+        assert_eq!(broken_at(&log), 5, "{edit}");
+    }
+}
+
+#[test]
+fn rewriting_a_record_with_a_fresh_hash_breaks_the_next_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ten_records(dir.path());
+    let db = Connection::open(dir.path().join("audit.db")).unwrap();
+    db.execute("UPDATE audit SET reason = 'forged', hash = 'ab' || substr(hash, 3) WHERE seq = 5", []).unwrap();
+    assert_eq!(broken_at(&log), 5);
+    // Even a "consistent" rewrite of record 5's hash is caught by record 6's link.
+    let dir = tempfile::tempdir().unwrap();
+    let log = ten_records(dir.path());
+    let db = Connection::open(dir.path().join("audit.db")).unwrap();
+    let h6: String = db.query_row("SELECT prev_hash FROM audit WHERE seq = 6", [], |r| r.get(0)).unwrap();
+    db.execute("UPDATE audit SET prev_hash = 'ff' || substr(?1, 3) WHERE seq = 6", [h6]).unwrap();
+    assert_eq!(broken_at(&log), 6);
+}
+
+#[test]
+fn deleting_or_reordering_records_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ten_records(dir.path());
+    Connection::open(dir.path().join("audit.db")).unwrap().execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+    assert!(matches!(log.verify(), Err(AuditError::Broken { seq: 4, ref problem }) if problem.contains("missing")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = ten_records(dir.path());
+    let db = Connection::open(dir.path().join("audit.db")).unwrap();
+    db.execute_batch(
+        "UPDATE audit SET seq = 100 WHERE seq = 7; UPDATE audit SET seq = 7 WHERE seq = 8; UPDATE audit SET seq = 8 WHERE seq = 100;",
+    )
+    .unwrap();
+    assert_eq!(broken_at(&log), 7);
+}
+
+#[test]
+fn ten_thousand_concurrent_appends_form_one_valid_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    AuditLog::open(&path).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Each thread its own handle (its own SQLite connection), as
+                // separate processes would have.
+                let log = AuditLog::open(&path).unwrap();
+                for i in 0..1250 {
+                    log.append(AuditEvent::new("task.state", AuditResult::Allowed, "task", &format!("{t}-{i}")))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = AuditLog::open(&path).unwrap();
+    assert_eq!(log.verify().unwrap(), 10_000);
+    assert_eq!(log.query(&AuditFilter::default()).unwrap().len(), 10_000);
+}
+
+#[test]
+fn the_state_directory_audits_its_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let key = SecretKey::from_seed([3; 32]);
+    let manifest =
+        Manifest::from_toml("id = \"team/a\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"a\"\n", "m")
+            .unwrap();
+    let pkg = Package::sign(&manifest, b"\0asm\x0d\0\x01\0".to_vec(), &key, 1).to_bytes();
+
+    assert!(home.install(&pkg).is_err(), "untrusted at first");
+    home.trust_add("team", &key.public()).unwrap();
+    home.install(&pkg).unwrap();
+    home.load_installed("team/a").unwrap();
+    home.trust_revoke(&key.public().id().to_string()).unwrap();
+    assert!(home.load_installed("team/a").is_err());
+
+    let log = home.audit();
+    let seen: Vec<(String, String)> =
+        log.query(&AuditFilter::default()).unwrap().into_iter().map(|r| (r.action, r.result)).collect();
+    let expect = [
+        ("skill.install", "denied"),
+        ("trust.add", "allowed"),
+        ("skill.install", "allowed"),
+        ("skill.verify", "allowed"),
+        ("trust.revoke", "allowed"),
+        ("skill.verify", "denied"),
+    ];
+    assert_eq!(seen, expect.map(|(a, r)| (a.to_owned(), r.to_owned())));
+    let denied = log.query(&AuditFilter { result: Some(AuditResult::Denied), ..Default::default() }).unwrap();
+    assert!(denied[0].reason.contains("no signature is by a trusted key"), "{}", denied[0].reason);
+    assert!(denied[1].reason.contains("revoked"), "{}", denied[1].reason);
+    assert_eq!(log.verify().unwrap(), 6);
+}
