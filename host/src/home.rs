@@ -358,8 +358,9 @@ impl Home {
     /// digest and records it as the installed version of its id. Nothing is
     /// written unless verification passes.
     pub fn install(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
-        let claimed = Package::parse(bytes).ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
-        let outcome = self.install_unaudited(bytes);
+        let parsed = Package::parse(bytes);
+        let claimed = parsed.as_ref().ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
+        let outcome = parsed.map_err(HomeError::from).and_then(|p| self.install_parsed(p, bytes));
         let resource = claimed.as_deref().unwrap_or("(unreadable package)");
         self.audited("skill.install", ("skill", resource), outcome, |s| {
             (
@@ -369,8 +370,8 @@ impl Home {
         })
     }
 
-    fn install_unaudited(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
-        let verified = Package::parse(bytes)?.verify(self)?;
+    fn install_parsed(&self, package: Package, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let verified = package.verify(self)?;
         let path = self.package_path(&verified.digest());
         if !path.exists() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
