@@ -1,6 +1,8 @@
 //! Pure coderclaw types shared by the host, the CLI, the policy engine and
 //! the registry: capability grants, resource limits, HTTP host patterns and
-//! the units they are written in. Nothing here depends on wasmtime.
+//! the units they are written in; the skill manifest, the signed package
+//! format and signing keys; roles and permissions. Nothing here depends on
+//! wasmtime.
 
 pub mod digest;
 pub mod grant;
@@ -8,6 +10,7 @@ pub mod keys;
 pub mod manifest;
 pub mod package;
 pub mod pattern;
+pub mod rbac;
 pub mod units;
 
 pub use digest::Digest;
