@@ -1,5 +1,8 @@
 //! `coderclaw`: build, run and manage sandboxed WebAssembly skills.
 
+// Doc comments here are clap help text, read in a terminal: URLs stay bare.
+#![allow(rustdoc::bare_urls)]
+
 mod audit;
 mod build;
 mod grant_args;
