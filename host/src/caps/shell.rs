@@ -1,7 +1,8 @@
 //! `shell.exec`: the dangerous capability.
 //!
 //! Checked before anything runs: the program is on the grant's allowlist by
-//! exact name, and the working directory lies inside a granted directory
+//! exact name (a bare name is looked up only in absolute `PATH` directories
+//! the skill cannot write), and the working directory lies inside a granted directory
 //! (after canonicalisation, so symlinks cannot point it elsewhere). The
 //! child is started directly (no shell, arguments verbatim), in its own
 //! process group, with no stdin, only `PATH` and the grant's environment,
@@ -10,6 +11,7 @@
 use crate::bindings::coderclaw::skill::shell::{Command, Host, Output, ShellError};
 use crate::caps::wasi::ResolvedDir;
 use crate::state::{RunContext, RunState};
+use coderclaw_core::Access;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::fs::PermissionsExt;
@@ -55,8 +57,15 @@ fn authorize(ctx: &RunContext, cmd: &Command) -> Result<(PathBuf, PathBuf), Stri
         });
     }
     let cwd = working_dir(&ctx.dirs, cmd.cwd.as_deref())?;
-    let program = find_program(&cmd.program)
-        .ok_or_else(|| format!("program `{}` is allowed but was not found on the host's PATH", cmd.program))?;
+    let writable: Vec<&Path> =
+        ctx.grant.dirs().iter().filter(|d| d.access == Access::ReadWrite).map(|d| d.host.as_path()).collect();
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let program = find_program(&cmd.program, &path_var, &writable).ok_or_else(|| {
+        format!(
+            "program `{}` is allowed but was not found on the host's PATH (directories the skill can write are not searched)",
+            cmd.program
+        )
+    })?;
     Ok((program, cwd))
 }
 
@@ -94,12 +103,22 @@ fn relative_to<'a>(base: &str, path: &'a str) -> Option<&'a str> {
     path.strip_prefix(base)?.strip_prefix('/')
 }
 
-fn find_program(program: &str) -> Option<PathBuf> {
+/// Finds `program` on `path_var`. Only absolute PATH entries are searched,
+/// and none inside a directory the skill may write (`writable`, canonical):
+/// otherwise a skill could plant its own `git` and have the host run it.
+fn find_program(program: &str, path_var: &std::ffi::OsStr, writable: &[&Path]) -> Option<PathBuf> {
     let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if Path::new(program).is_absolute() {
         return executable(Path::new(program)).then(|| PathBuf::from(program));
     }
-    std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|dir| dir.join(program)).find(|p| executable(p))
+    std::env::split_paths(path_var)
+        .filter(|dir| dir.is_absolute())
+        .filter(|dir| {
+            let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            !writable.iter().any(|w| real.starts_with(w))
+        })
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
 }
 
 fn shell_timeout(ctx: &RunContext, asked_ms: Option<u64>) -> Duration {
@@ -190,6 +209,28 @@ mod tests {
         assert_eq!(relative_to("/workspace", "/workspace"), Some(""));
         assert_eq!(relative_to("/workspace", "/workspacex"), None);
         assert_eq!(relative_to("/workspace/", "/workspace/a"), Some("a"));
+    }
+
+    #[test]
+    fn programs_are_never_found_in_writable_or_relative_path_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (bin, planted) = (root.join("bin"), root.join("ws/node_modules/.bin"));
+        for dir in [&bin, &planted] {
+            std::fs::create_dir_all(dir).unwrap();
+            let tool = dir.join("tool");
+            std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = std::env::join_paths([&planted, &bin]).unwrap();
+        // Writable workspace: the planted copy is skipped, the real one found.
+        let ws = root.join("ws");
+        assert_eq!(find_program("tool", &path, &[ws.as_path()]), Some(bin.join("tool")));
+        // Without a writable grant the first PATH entry wins, as usual.
+        assert_eq!(find_program("tool", &path, &[]), Some(planted.join("tool")));
+        // Relative entries are never searched.
+        assert_eq!(find_program("tool", std::ffi::OsStr::new("."), &[]), None);
+        assert_eq!(find_program("missing", &path, &[]), None);
     }
 
     #[test]
