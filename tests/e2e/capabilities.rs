@@ -245,3 +245,28 @@ async fn agents_invoke_only_granted_registered_skills_never_wider() {
     let err = host.run(&reviewer, r#"{"path": "/other"}"#, &agent).await.unwrap_err();
     assert!(err.to_string().contains("not found inside the sandbox"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_are_never_granted() {
+    // A real listener on loopback: the guest's connect must fail and the
+    // listener must never see a connection, even under the widest grant
+    // this host can give (every directory, env, http and shell capability).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let ws = workspace();
+    let host = host();
+    let wide = Grant::builder()
+        .dir(ws.path(), ".", Access::ReadWrite)
+        .env("A", "1")
+        .http(&format!("http://{addr}"))
+        .unwrap()
+        .shell("ls")
+        .build()
+        .unwrap();
+    for grant in [Grant::deny_all(), wide] {
+        let out = run_json(&host, &load(&host, "fs-escape"), json!({"connect": [addr]}), &grant).await.unwrap();
+        assert!(outcome(&out, "connect", &addr).starts_with("err:"), "a raw socket connected: {out}");
+    }
+    let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "the listener saw a connection from the guest");
+}

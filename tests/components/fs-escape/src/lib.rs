@@ -1,9 +1,11 @@
-//! Probes the sandbox: tries to read, write and list paths and to read
-//! environment variables, and reports what happened to each attempt without
-//! failing. The tests feed it escape attempts (`../`, absolute paths, planted
-//! symlinks) and assert every one was refused.
+//! Probes the sandbox: tries to read, write and list paths, to read
+//! environment variables and to open TCP connections, and reports what
+//! happened to each attempt without failing. The tests feed it escape
+//! attempts (`../`, absolute paths, planted symlinks, loopback sockets) and
+//! assert every one was refused.
 //!
-//! Input: `{"read": [paths], "write": [paths], "list": [paths], "env": [names]}`.
+//! Input: `{"read": [paths], "write": [paths], "list": [paths], "env": [names],
+//! "connect": ["127.0.0.1:port"]}`.
 //! Output: `{"read": {path: outcome}, ...}` where an outcome is
 //! `"ok:<detail>"` or `"err:<io error kind>"`.
 
@@ -19,6 +21,7 @@ struct Input {
     write: Vec<String>,
     list: Vec<String>,
     env: Vec<String>,
+    connect: Vec<String>,
 }
 
 fn outcome<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> Value {
@@ -46,7 +49,12 @@ fn run(input: Input) -> Result<Value, SkillError> {
     for name in &input.env {
         env.insert(name.clone(), std::env::var(name).map(Value::String).unwrap_or(Value::Null));
     }
+    let mut connect = Map::new();
+    for addr in &input.connect {
+        connect.insert(addr.clone(), outcome(std::net::TcpStream::connect(addr.as_str()), |_| "connected".into()));
+    }
+    let all_env_names: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
     Ok(
-        json!({ "read": read, "write": write, "list": list, "env": env, "all_env_names": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>() }),
+        json!({ "read": read, "write": write, "list": list, "env": env, "connect": connect, "all_env_names": all_env_names }),
     )
 }
