@@ -323,19 +323,27 @@ impl Home {
         self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(key_id.to_owned()))
     }
 
+    /// One key's entry: a keyed query, since verification calls it on
+    /// every run of an installed skill.
     fn trust_entry(&self, id: &KeyId) -> Result<Option<TrustEntry>, HomeError> {
-        Ok(self.trust_list()?.into_iter().find(|e| e.key_id == id.as_str()))
+        Ok(self.query_trust(Some(id.as_str()))?.pop())
     }
 
     /// Every trusted (or revoked) key.
     pub fn trust_list(&self) -> Result<Vec<TrustEntry>, HomeError> {
+        self.query_trust(None)
+    }
+
+    /// Trust entries, all of them or the one with `key_id`.
+    fn query_trust(&self, key_id: Option<&str>) -> Result<Vec<TrustEntry>, HomeError> {
         self.with_db(|db| {
             let mut stmt = db.prepare(
                 "SELECT k.key_id, k.public_key, k.added_at, k.revoked_at, group_concat(n.namespace, ' ')
                  FROM trusted_keys k LEFT JOIN key_namespaces n ON n.key_id = k.key_id
+                 WHERE ?1 IS NULL OR k.key_id = ?1
                  GROUP BY k.key_id ORDER BY k.added_at, k.key_id",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map([key_id], |r| {
                 let namespaces: Option<String> = r.get(4)?;
                 let mut namespaces: Vec<String> =
                     namespaces.unwrap_or_default().split_whitespace().map(str::to_owned).collect();
@@ -416,12 +424,17 @@ impl Home {
 
     /// Every installed skill, by id.
     pub fn installed(&self) -> Result<Vec<InstalledSkill>, HomeError> {
+        self.query_installed(None)
+    }
+
+    /// Installed skills, all of them or the one with `id`.
+    fn query_installed(&self, id: Option<&str>) -> Result<Vec<InstalledSkill>, HomeError> {
         self.with_db(|db| {
             let mut stmt = db.prepare(
                 "SELECT id, version, digest, component_digest, signer, installed_at, manifest
-                 FROM installed_skills ORDER BY id",
+                 FROM installed_skills WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let rows = stmt.query_map([id], |r| {
                 let manifest: String = r.get(6)?;
                 Ok(InstalledSkill {
                     id: r.get(0)?,
@@ -441,10 +454,11 @@ impl Home {
 
     /// The installed skill `id`.
     pub fn info(&self, id: &str) -> Result<InstalledSkill, HomeError> {
-        self.installed()?.into_iter().find(|s| s.id == id).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))
+        self.query_installed(Some(id))?.pop().ok_or_else(|| HomeError::NotInstalled(id.to_owned()))
     }
 
-    /// Uninstalls `id` (its package file stays if another id shares it).
+    /// Uninstalls `id` and deletes its stored package. No other id can share
+    /// the file: the package digest covers the manifest, which names the id.
     pub fn remove(&self, id: &str) -> Result<InstalledSkill, HomeError> {
         let outcome = self.remove_unaudited(id);
         self.audited("skill.remove", ("skill", id), outcome, |s| {
@@ -455,8 +469,7 @@ impl Home {
     fn remove_unaudited(&self, id: &str) -> Result<InstalledSkill, HomeError> {
         let skill = self.info(id)?;
         self.with_db(|db| db.execute("DELETE FROM installed_skills WHERE id = ?1", params![id]))?;
-        let still_used = self.installed()?.iter().any(|s| s.digest == skill.digest);
-        if !still_used && let Some(d) = Digest::from_hex(&skill.digest) {
+        if let Some(d) = Digest::from_hex(&skill.digest) {
             let _ = fs::remove_file(self.package_path(&d));
         }
         Ok(skill)

@@ -85,6 +85,15 @@ async fn every_example_skill_signs_installs_and_runs() {
     let agent = read.skill("team/security-scanner").skill("team/word-count").build().unwrap();
     let out = run(&host, &home, "team/code-reviewer", json!({}), &agent).await.unwrap();
     assert_eq!(out["verdict"], "fail");
+
+    // Removing a skill deletes its stored package and nothing else.
+    let packages = || std::fs::read_dir(home.root().join("packages")).unwrap().count();
+    assert_eq!(packages(), 6);
+    let echo = home.remove("team/echo").unwrap();
+    assert_eq!(packages(), 5);
+    assert!(!home.root().join("packages").join(format!("{}.ccpkg", echo.digest)).exists());
+    assert!(matches!(home.info("team/echo"), Err(HomeError::NotInstalled(_))));
+    assert_eq!(home.installed().unwrap().len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]
