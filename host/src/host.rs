@@ -259,10 +259,12 @@ impl Host {
     /// [`HostBuilder::dangerous_allow_unsigned`] (see [`Host::load_bytes`]).
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Skill, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
         let name =
             path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
-        self.load_bytes(&name, &bytes)
+        // Refuse before reading: an unsigned file is never even opened.
+        self.unsigned_door(&name)?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        self.load_checked(&name, &bytes, Digest::of(&bytes))
     }
 
     /// Loads unsigned component bytes. Refused with
@@ -270,11 +272,18 @@ impl Host {
     /// [`HostBuilder::dangerous_allow_unsigned`]; otherwise as
     /// [`Host::load_verified`].
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Skill, Error> {
+        self.unsigned_door(name)?;
+        self.load_checked(name, bytes, Digest::of(bytes))
+    }
+
+    /// The one check in front of every unsigned load; each load it lets
+    /// through is logged at warn level.
+    fn unsigned_door(&self, name: &str) -> Result<(), Error> {
         if !self.inner.opts.allow_unsigned {
             return Err(Error::UnsignedRefused { name: name.to_owned() });
         }
         tracing::warn!(skill = name, "loading an UNSIGNED component (dangerous_allow_unsigned)");
-        self.load_checked(name, bytes, Digest::of(bytes))
+        Ok(())
     }
 
     /// Loads a component whose `digest` the caller computed: from this

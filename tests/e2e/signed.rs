@@ -119,6 +119,9 @@ async fn unsigned_code_is_refused_unless_explicitly_allowed() {
     assert_eq!(err.code(), "unsigned-refused");
     assert!(err.to_string().contains("dangerous_allow_unsigned"), "{err}");
     assert_eq!(host.stats().compiled, 0, "nothing was compiled");
+    // Refused before the file is read: a missing file gets the same answer.
+    let err = host.load_file("/definitely/not/here.wasm").unwrap_err();
+    assert_eq!(err.code(), "unsigned-refused", "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
