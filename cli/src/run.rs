@@ -76,7 +76,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
         Ok(s) => s,
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
     };
-    let mut grant = args.grant.builder()?;
+    let base = args.grant.builder()?;
+    // Nested skills run under the agent's own grant; the host narrows it again.
+    let nested_grant = base.clone().build()?;
+    let mut grant = base;
     for spec in &args.with_skill {
         let (id, path) = match spec.split_once('=') {
             Some((id, path)) => (id, Some(path)),
@@ -88,8 +91,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
         grant = grant.skill(id);
-        // The nested grant is the agent's own; the host narrows it again.
-        host.register(id, nested, args.grant.builder()?.build()?);
+        host.register(id, nested, nested_grant.clone());
     }
     let grant = grant.build()?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
