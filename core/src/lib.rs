@@ -4,15 +4,19 @@
 //! format and signing keys; roles and permissions. Nothing here depends on
 //! wasmtime.
 
+pub mod decision;
 pub mod digest;
 pub mod grant;
 pub mod keys;
 pub mod manifest;
 pub mod package;
 pub mod pattern;
+pub mod policy;
 pub mod rbac;
+pub mod trust;
 pub mod units;
 
 pub use digest::Digest;
 pub use grant::{Access, DirGrant, Grant, GrantBuilder, GrantError, Limits};
 pub use pattern::{HostPattern, PatternError};
+pub use trust::TrustLevel;

@@ -1,0 +1,590 @@
+//! The policy files, as written in YAML:
+//!
+//! - the repository policy `.coderClaw/security.yaml` ([`RepoPolicy`]),
+//! - the organisation policy (`organizationPolicy:`, [`OrgPolicy`]),
+//! - the host's security configuration (`config.yaml` in the state
+//!   directory, [`SecurityConfig`]).
+//!
+//! Parsing is strict: unknown keys and bad values are errors that name the
+//! file, the line and the key. After parsing, [`SecurityConfig::validate`]
+//! and [`RepoPolicy::validate`] check the meaning (role names exist,
+//! permission lists are real) and name the offending key path.
+//!
+//! Skill and agent ids in policies match either a full id (`team/shell-exec`
+//! matches only that skill) or a bare name (`shell-exec` matches that name
+//! in any namespace).
+
+use crate::manifest::Millis;
+use crate::rbac::{Permission, RbacError, RoleDef, Roles};
+use crate::trust::TrustLevel;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// A policy or configuration file that cannot be used. The message names
+/// the file, and the line and key where they are known.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// The YAML does not parse or does not fit the schema.
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file (as given by the caller).
+        file: String,
+        /// 1-based line, 0 when unknown.
+        line: u64,
+        /// 1-based column, 0 when unknown.
+        column: u64,
+        /// What is wrong, including the key.
+        message: String,
+    },
+    /// The file parses but a value makes no sense (e.g. an unknown role).
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Key path, e.g. `skillPolicies[0].allowedRoles`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// Parses one YAML document into `T`, mapping errors to [`PolicyError`].
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, PolicyError> {
+    // An empty file is an empty mapping: every key takes its default.
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_saphyr::from_str::<T>(text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        // The library's message may carry a source snippet; keep the first line.
+        let first = e.to_string().lines().next().unwrap_or("invalid YAML").trim().to_owned();
+        let message = strip_position(&first).to_owned();
+        PolicyError::Syntax { file: file.to_owned(), line, column, message }
+    })
+}
+
+/// `error: line 2 column 1: unknown field` → `unknown field`: the position
+/// is already in front.
+fn strip_position(message: &str) -> &str {
+    let m = message.strip_prefix("error: ").unwrap_or(message);
+    match m.strip_prefix("line ").and_then(|rest| rest.split_once(": ")) {
+        Some((position, rest)) if position.contains(" column ") => rest,
+        _ => m,
+    }
+}
+
+/// `.coderClaw/security.yaml`: what a repository allows. Absent keys add no
+/// restriction of their own; the host configuration's defaults still apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RepoPolicy {
+    /// Enforce device trust for every run in this repository. `false` cannot
+    /// switch off enforcement that the host or organisation turned on.
+    #[serde(default)]
+    pub enforce_trust: Option<bool>,
+    /// Minimum device trust when trust is enforced.
+    #[serde(default)]
+    pub minimum_trust_level: Option<TrustLevel>,
+    /// Only sessions holding one of these roles may run anything here.
+    #[serde(default)]
+    pub allowed_roles: Option<Vec<String>>,
+    /// Only these users may run anything here.
+    #[serde(default)]
+    pub allowed_users: Option<Vec<String>>,
+    /// These users may run nothing here, whatever their roles (even admin).
+    #[serde(default)]
+    pub denied_users: Vec<String>,
+    /// Per-agent rules.
+    #[serde(default)]
+    pub agent_policies: Vec<AgentPolicy>,
+    /// Per-skill rules.
+    #[serde(default)]
+    pub skill_policies: Vec<SkillPolicy>,
+}
+
+/// Rules for one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentPolicy {
+    /// `name` or `namespace/name`.
+    pub agent_id: String,
+    /// Only these roles may invoke it.
+    #[serde(default)]
+    pub allowed_roles: Option<Vec<String>>,
+    /// These roles may not invoke it (beats `allowedRoles`).
+    #[serde(default)]
+    pub denied_roles: Vec<String>,
+    /// The device must be at least this trusted, whether or not trust is
+    /// enforced globally.
+    #[serde(default)]
+    pub require_device_trust: Option<TrustLevel>,
+}
+
+/// Rules for one skill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SkillPolicy {
+    /// `name` or `namespace/name`.
+    pub skill_id: String,
+    /// Treat the skill as dangerous: the device must meet the host's
+    /// `deviceTrust.minimumLevel` even when trust is not enforced. `false`
+    /// cannot make a skill whose manifest says dangerous safe.
+    #[serde(default)]
+    pub dangerous: Option<bool>,
+    /// The session must hold every one of these permissions.
+    #[serde(default)]
+    pub required_permissions: Vec<Permission>,
+    /// Only these roles may run it.
+    #[serde(default)]
+    pub allowed_roles: Option<Vec<String>>,
+    /// The device must be at least this trusted.
+    #[serde(default)]
+    pub trust_level: Option<TrustLevel>,
+}
+
+/// The organisation policy file: one `organizationPolicy:` key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OrgPolicyFile {
+    /// The policy.
+    #[serde(default)]
+    pub organization_policy: OrgPolicy,
+}
+
+/// What an organisation requires of every host and repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OrgPolicy {
+    /// Enforce device trust everywhere (repositories cannot switch it off).
+    #[serde(default)]
+    pub enforce_trust: Option<bool>,
+    /// Minimum device trust when enforced; repositories can only raise it.
+    #[serde(default)]
+    pub minimum_trust_level: Option<TrustLevel>,
+    /// Skills every host must have installed: they cannot be removed, and
+    /// `coderclaw policy check` reports the missing ones.
+    #[serde(default)]
+    pub required_skills: Vec<String>,
+    /// Skills that may never run, for anyone.
+    #[serde(default)]
+    pub denied_skills: Vec<String>,
+}
+
+/// The host's security configuration: the security parts of section 7 of
+/// the product text, in one file.
+///
+/// ```yaml
+/// security:
+///   enforceTrust: true
+///   requireAuth: true
+///   defaultRoles: [developer]
+/// identity:
+///   providers: [local, oidc]
+///   oidc:
+///     - name: corp
+///       issuer: https://login.example.com
+///       audience: coderclaw
+/// deviceTrust:
+///   minimumLevel: verified
+///   autoTrustLocal: true
+/// roles:
+///   custom-developer:
+///     inherits: developer
+///     additionalPermissions: [config:write]
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecurityConfig {
+    /// `security:`.
+    #[serde(default)]
+    pub security: SecuritySection,
+    /// `identity:`.
+    #[serde(default)]
+    pub identity: IdentitySection,
+    /// `deviceTrust:`.
+    #[serde(default)]
+    pub device_trust: DeviceTrustSection,
+    /// Custom roles.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleDef>,
+}
+
+/// `security:` in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecuritySection {
+    /// Enforce `deviceTrust.minimumLevel` for every run (default false).
+    #[serde(default)]
+    pub enforce_trust: bool,
+    /// Require a session token for every command that runs or inspects
+    /// something (default false: the local OS user acts with `defaultRoles`).
+    #[serde(default)]
+    pub require_auth: bool,
+    /// Roles of a local user without a session, and of new users and OIDC
+    /// identities that are not given roles (default `[developer]`).
+    #[serde(default = "default_roles")]
+    pub default_roles: Vec<String>,
+    /// What happens to a dangerous skill that no `skillPolicies` entry
+    /// names (default `deny`).
+    #[serde(default)]
+    pub dangerous_skills_without_policy: DangerousDefault,
+}
+
+fn default_roles() -> Vec<String> {
+    vec!["developer".to_owned()]
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            enforce_trust: false,
+            require_auth: false,
+            default_roles: default_roles(),
+            dangerous_skills_without_policy: DangerousDefault::Deny,
+        }
+    }
+}
+
+/// The default for dangerous skills without a policy entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DangerousDefault {
+    /// Refuse them.
+    #[default]
+    Deny,
+    /// Let them run under the other checks.
+    Allow,
+}
+
+/// `identity:` in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentitySection {
+    /// Providers that may authenticate users (default `[local]`).
+    #[serde(default = "default_providers")]
+    pub providers: Vec<Provider>,
+    /// OIDC issuers whose ID tokens are accepted.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuer>,
+    /// How long a new session lives (default 12h).
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: Millis,
+}
+
+fn default_providers() -> Vec<Provider> {
+    vec![Provider::Local]
+}
+
+fn default_session_ttl() -> Millis {
+    Millis(12 * 3600 * 1000)
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self { providers: default_providers(), oidc: Vec::new(), session_ttl: default_session_ttl() }
+    }
+}
+
+/// An identity provider kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Users and tokens in the local state directory.
+    Local,
+    /// Any OIDC issuer listed under `identity.oidc`.
+    Oidc,
+    /// GitHub's OIDC issuer (Actions tokens).
+    Github,
+    /// Google's OIDC issuer.
+    Google,
+}
+
+impl Provider {
+    /// The written form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Oidc => "oidc",
+            Self::Github => "github",
+            Self::Google => "google",
+        }
+    }
+}
+
+/// An OIDC issuer whose ID tokens are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OidcIssuer {
+    /// Short name; user ids become `name:subject`.
+    pub name: String,
+    /// Which provider this is (default `oidc`); `github` and `google` fill
+    /// in their issuer URL when `issuer` is omitted.
+    #[serde(default = "default_provider_oidc")]
+    pub provider: Provider,
+    /// The `iss` claim tokens must carry.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The `aud` claim tokens must carry.
+    pub audience: String,
+    /// Where the signing keys are; default: from the issuer's discovery
+    /// document (`/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Roles of identities from this issuer (default: `security.defaultRoles`).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+fn default_provider_oidc() -> Provider {
+    Provider::Oidc
+}
+
+impl OidcIssuer {
+    /// The issuer URL, with the well-known ones filled in.
+    pub fn issuer_url(&self) -> Option<&str> {
+        self.issuer.as_deref().or(match self.provider {
+            Provider::Github => Some("https://token.actions.githubusercontent.com"),
+            Provider::Google => Some("https://accounts.google.com"),
+            Provider::Oidc | Provider::Local => None,
+        })
+    }
+}
+
+/// `deviceTrust:` in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviceTrustSection {
+    /// Minimum trust when enforced, and for dangerous skills (default `verified`).
+    #[serde(default = "default_minimum_level")]
+    pub minimum_level: TrustLevel,
+    /// Make this machine's own device `trusted` (default true).
+    #[serde(default = "yes")]
+    pub auto_trust_local: bool,
+}
+
+fn default_minimum_level() -> TrustLevel {
+    TrustLevel::Verified
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for DeviceTrustSection {
+    fn default() -> Self {
+        Self { minimum_level: default_minimum_level(), auto_trust_local: true }
+    }
+}
+
+impl SecurityConfig {
+    /// Parses and validates `text`; `file` names it in errors.
+    pub fn from_yaml(text: &str, file: &str) -> Result<(SecurityConfig, Roles), PolicyError> {
+        let config: SecurityConfig = parse_yaml(text, file)?;
+        let roles = config.validate(file)?;
+        Ok((config, roles))
+    }
+
+    /// Resolves the roles and checks every role name and issuer; returns
+    /// the resolved roles.
+    pub fn validate(&self, file: &str) -> Result<Roles, PolicyError> {
+        let invalid = |key: String, message: String| PolicyError::Invalid { file: file.to_owned(), key, message };
+        let roles = Roles::resolve(&self.roles).map_err(|e| {
+            let key = match &e {
+                RbacError::UnknownParent { role, .. } | RbacError::UnknownRole(role) => format!("roles.{role}"),
+                RbacError::BuiltinRedefined(role) => format!("roles.{role}"),
+                _ => "roles".to_owned(),
+            };
+            invalid(key, e.to_string())
+        })?;
+        check_roles(&roles, &self.security.default_roles, "security.defaultRoles", file)?;
+        for (i, issuer) in self.identity.oidc.iter().enumerate() {
+            let key = format!("identity.oidc[{i}]");
+            if issuer.issuer_url().is_none() {
+                return Err(invalid(key, "an `oidc` provider needs `issuer` (its URL)".into()));
+            }
+            let enabled = self.identity.providers.contains(&issuer.provider);
+            if !enabled {
+                return Err(invalid(
+                    key,
+                    format!("provider `{}` is not listed in identity.providers", issuer.provider.as_str()),
+                ));
+            }
+            if let Some(r) = &issuer.roles {
+                check_roles(&roles, r, &format!("identity.oidc[{i}].roles"), file)?;
+            }
+        }
+        if self.identity.session_ttl.0 == 0 {
+            return Err(invalid("identity.sessionTtl".into(), "must be greater than zero".into()));
+        }
+        Ok(roles)
+    }
+}
+
+impl RepoPolicy {
+    /// Parses and validates `text` against the host's roles.
+    pub fn from_yaml(text: &str, file: &str, roles: &Roles) -> Result<RepoPolicy, PolicyError> {
+        let policy: RepoPolicy = parse_yaml(text, file)?;
+        policy.validate(file, roles)?;
+        Ok(policy)
+    }
+
+    /// Checks that every role named exists.
+    pub fn validate(&self, file: &str, roles: &Roles) -> Result<(), PolicyError> {
+        if let Some(r) = &self.allowed_roles {
+            check_roles(roles, r, "allowedRoles", file)?;
+        }
+        for (i, a) in self.agent_policies.iter().enumerate() {
+            if let Some(r) = &a.allowed_roles {
+                check_roles(roles, r, &format!("agentPolicies[{i}].allowedRoles"), file)?;
+            }
+            check_roles(roles, &a.denied_roles, &format!("agentPolicies[{i}].deniedRoles"), file)?;
+        }
+        for (i, s) in self.skill_policies.iter().enumerate() {
+            if let Some(r) = &s.allowed_roles {
+                check_roles(roles, r, &format!("skillPolicies[{i}].allowedRoles"), file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OrgPolicy {
+    /// Parses an organisation policy file (`organizationPolicy:` at the top).
+    pub fn from_yaml(text: &str, file: &str) -> Result<OrgPolicy, PolicyError> {
+        Ok(parse_yaml::<OrgPolicyFile>(text, file)?.organization_policy)
+    }
+}
+
+fn check_roles(roles: &Roles, names: &[String], key: &str, file: &str) -> Result<(), PolicyError> {
+    match names.iter().find(|n| roles.permissions(n).is_err()) {
+        Some(unknown) => Err(PolicyError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message: format!(
+                "unknown role `{unknown}`: define it under `roles:` in the configuration or use one of {}",
+                roles.names().collect::<Vec<_>>().join(", ")
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether a policy id (`shell-exec` or `team/shell-exec`) names `id`
+/// (`team/shell-exec`).
+pub fn id_matches(policy_id: &str, id: &str) -> bool {
+    if policy_id.contains('/') { policy_id == id } else { id.rsplit('/').next() == Some(policy_id) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The repository policy of the product text, section 3.
+    pub const PRODUCT_REPO_POLICY: &str = "\
+enforceTrust: true
+minimumTrustLevel: verified
+allowedRoles:
+  - developer
+  - admin
+
+agentPolicies:
+  - agentId: code-modifier
+    allowedRoles: [developer, admin]
+    requireDeviceTrust: verified
+
+skillPolicies:
+  - skillId: shell-exec
+    dangerous: true
+    requiredPermissions: [skill:execute]
+    allowedRoles: [developer]
+";
+
+    fn roles() -> Roles {
+        Roles::resolve(&BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn product_text_policies_parse() {
+        let p = RepoPolicy::from_yaml(PRODUCT_REPO_POLICY, "security.yaml", &roles()).unwrap();
+        assert_eq!(p.enforce_trust, Some(true));
+        assert_eq!(p.minimum_trust_level, Some(TrustLevel::Verified));
+        assert_eq!(p.agent_policies[0].require_device_trust, Some(TrustLevel::Verified));
+        assert_eq!(p.skill_policies[0].required_permissions, vec![Permission::SkillExecute]);
+
+        let org = OrgPolicy::from_yaml(
+            "organizationPolicy:\n  enforceTrust: true\n  minimumTrustLevel: verified\n  requiredSkills: [security-scanner]\n  deniedSkills: [dangerous-exec]\n",
+            "org.yaml",
+        )
+        .unwrap();
+        assert_eq!(org.denied_skills, vec!["dangerous-exec"]);
+
+        let (config, roles) = SecurityConfig::from_yaml(
+            "security:\n  enforceTrust: true\n  requireAuth: true\n  defaultRoles: [developer]\nidentity:\n  providers: [oidc, github]\ndeviceTrust:\n  minimumLevel: verified\n  autoTrustLocal: true\nroles:\n  custom-developer:\n    inherits: developer\n    additionalPermissions:\n      - config:write\n",
+            "config.yaml",
+        )
+        .unwrap();
+        assert!(config.security.require_auth);
+        assert!(roles.allows(&["custom-developer".into()], Permission::ConfigWrite));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_line_and_key() {
+        let err = RepoPolicy::from_yaml(
+            "enforceTrust: true\nminimumTrust: verified\n",
+            "repo/.coderClaw/security.yaml",
+            &roles(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("repo/.coderClaw/security.yaml:2:"), "{text}");
+        assert!(text.contains("minimumTrust"), "{text}");
+
+        let err = RepoPolicy::from_yaml("minimumTrustLevel: sorta\n", "s.yaml", &roles()).unwrap_err().to_string();
+        assert!(err.starts_with("s.yaml:1:") && err.contains("sorta"), "{err}");
+
+        let err = RepoPolicy::from_yaml(
+            "skillPolicies:\n  - skillId: x\n    requiredPermissions: [skill:run]\n",
+            "s.yaml",
+            &roles(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.yaml:3:") && err.contains("skill:run"), "{err}");
+
+        let err =
+            RepoPolicy::from_yaml("skillPolicies:\n  - skillId: x\n    allowedRoles: [dev]\n", "s.yaml", &roles())
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("skillPolicies[0].allowedRoles") && err.contains("`dev`"), "{err}");
+
+        let err = SecurityConfig::from_yaml("security:\n  defaultRoles: [nobody]\n", "c.yaml").unwrap_err().to_string();
+        assert!(err.contains("security.defaultRoles"), "{err}");
+        let err = SecurityConfig::from_yaml("roles:\n  a:\n    inherits: b\n  b:\n    inherits: a\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cycle"), "{err}");
+        let err = SecurityConfig::from_yaml(
+            "identity:\n  oidc:\n    - name: x\n      issuer: http://i\n      audience: a\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("identity.oidc[0]") && err.contains("not listed"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_is_all_defaults() {
+        assert_eq!(RepoPolicy::from_yaml("", "s.yaml", &roles()).unwrap(), RepoPolicy::default());
+        let (c, _) = SecurityConfig::from_yaml("# nothing\n", "c.yaml").unwrap();
+        assert_eq!(c, SecurityConfig::default());
+        assert_eq!(c.security.default_roles, vec!["developer"]);
+        assert_eq!(c.device_trust.minimum_level, TrustLevel::Verified);
+    }
+
+    #[test]
+    fn ids_match_by_full_id_or_bare_name() {
+        assert!(id_matches("shell-exec", "team/shell-exec"));
+        assert!(id_matches("team/shell-exec", "team/shell-exec"));
+        assert!(!id_matches("other/shell-exec", "team/shell-exec"));
+        assert!(!id_matches("shell", "team/shell-exec"));
+    }
+}
