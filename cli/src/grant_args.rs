@@ -1,13 +1,18 @@
-//! The --allow-* flags shared by commands that run skills, and their
-//! translation into a `Grant`.
+//! The --allow-* flags of `skill run`: for an unsigned development build
+//! they are the request (a manifest and an offer of exactly them); for a
+//! signed skill only --allow-env (offering values) and the limit flags
+//! (lowering limits) apply, because its signed manifest is the request.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use coderclaw_core::decision::{Offer, OfferedDir};
+use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, Manifest, Millis, RequestedLimits, Size, SkillId};
 use coderclaw_core::units::{parse_duration, parse_size};
-use coderclaw_host::{Access, Grant, GrantBuilder};
+use coderclaw_host::{Access, HostPattern, Limits};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Capabilities granted to the run. Nothing is granted unless named here.
+/// Capabilities for an unsigned development run, and limits.
 #[derive(Args, Debug, Clone, Default)]
 pub struct GrantArgs {
     /// Let the skill read DIR. Written HOST or HOST::GUEST; the guest sees it
@@ -28,15 +33,16 @@ pub struct GrantArgs {
     /// (looked up on PATH) or absolute path; arguments are never shell-expanded.
     #[arg(long = "allow-shell", value_name = "PROGRAM")]
     pub shell: Vec<String>,
-    /// Wall-clock limit for the whole run.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
-    pub timeout: Duration,
-    /// Memory limit of the component.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size_arg)]
-    pub memory: u64,
-    /// Time limit of one shell.exec command.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration_arg)]
-    pub shell_timeout: Duration,
+    /// Lower the wall-clock limit of the whole run (it never rises above
+    /// what the skill's manifest requests).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<Duration>,
+    /// Lower the memory limit of the component.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub memory: Option<u64>,
+    /// Lower the time limit of one shell.exec command (default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub shell_timeout: Option<Duration>,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -47,30 +53,81 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+/// The most any run may get on this host, whatever a manifest requests.
+pub const HOST_MAX: Limits = Limits {
+    memory_bytes: 1 << 30,
+    timeout: Duration::from_secs(600),
+    shell_timeout: Duration::from_secs(600),
+    shell_output_bytes: Limits::DEFAULT_SHELL_OUTPUT_BYTES,
+};
+
 impl GrantArgs {
-    pub fn builder(&self) -> Result<GrantBuilder> {
-        let mut b = Grant::builder().timeout(self.timeout).memory(self.memory).shell_timeout(self.shell_timeout);
-        for (spec, access) in
-            self.read.iter().map(|s| (s, Access::Read)).chain(self.write.iter().map(|s| (s, Access::ReadWrite)))
-        {
+    /// The limit ceiling: the host maxima, lowered by the flags given.
+    pub fn ceiling(&self) -> Limits {
+        Limits {
+            memory_bytes: self.memory.unwrap_or(HOST_MAX.memory_bytes).min(HOST_MAX.memory_bytes),
+            timeout: self.timeout.unwrap_or(HOST_MAX.timeout).min(HOST_MAX.timeout),
+            shell_timeout: self.shell_timeout.unwrap_or(HOST_MAX.shell_timeout).min(HOST_MAX.shell_timeout),
+            shell_output_bytes: HOST_MAX.shell_output_bytes,
+        }
+    }
+
+    /// Whether any capability flag (not a limit) was given.
+    pub fn any_capability(&self) -> bool {
+        !(self.read.is_empty() && self.write.is_empty() && self.http.is_empty() && self.shell.is_empty())
+    }
+
+    /// The values of the --allow-env variables, read from this process.
+    pub fn env_values(&self) -> Result<BTreeMap<String, String>> {
+        self.env
+            .iter()
+            .map(|name| {
+                let value = std::env::var(name).with_context(|| {
+                    format!("cannot pass environment variable {name}: it is not set (or not UTF-8) here")
+                })?;
+                Ok((name.clone(), value))
+            })
+            .collect()
+    }
+
+    /// For an unsigned development run the flags are the request: a
+    /// manifest asking for exactly them, and an offer of exactly them.
+    pub fn as_request(&self, id: &str, kind: Kind, skills: &[String]) -> Result<(Manifest, Offer)> {
+        let mut caps = Capabilities::default();
+        let mut offer = Offer { env: self.env_values()?, ceiling: self.ceiling(), ..Offer::default() };
+        let dirs = self.read.iter().map(|s| (s, Access::Read)).chain(self.write.iter().map(|s| (s, Access::ReadWrite)));
+        for (i, (spec, access)) in dirs.enumerate() {
             let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
             if !std::path::Path::new(host).is_dir() {
                 bail!("cannot grant {host:?}: it is not an existing directory");
             }
-            b = b.dir(host, guest, access);
+            let name = format!("arg{i}");
+            caps.fs.insert(FsRequest { path: name.clone(), access });
+            offer.dirs.insert(name, OfferedDir { host: host.into(), guest: guest.to_owned(), access });
         }
         for pattern in &self.http {
-            b = b.http(pattern)?;
+            caps.http.insert(HostPattern::parse(pattern)?);
         }
-        for name in &self.env {
-            let value = std::env::var(name).with_context(|| {
-                format!("cannot grant environment variable {name}: it is not set (or not UTF-8) here")
-            })?;
-            b = b.env(name, value);
+        caps.env = self.env.iter().cloned().collect();
+        caps.shell = self.shell.iter().cloned().collect();
+        for s in skills {
+            caps.skills.insert(SkillId::parse(s).map_err(|e| anyhow::anyhow!("--with-skill: {e}"))?);
         }
-        for program in &self.shell {
-            b = b.shell(program);
-        }
-        Ok(b)
+        let limits = RequestedLimits {
+            memory: Some(Size(offer.ceiling.memory_bytes.min(self.memory.unwrap_or(Limits::DEFAULT_MEMORY_BYTES)))),
+            timeout: Some(Millis(self.timeout.unwrap_or(Limits::DEFAULT_TIMEOUT).as_millis() as u64)),
+        };
+        let manifest = Manifest {
+            id: SkillId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?,
+            version: semver::Version::new(0, 0, 0),
+            kind,
+            description: "unsigned development build".into(),
+            // Running programs on the host is what makes a skill dangerous.
+            dangerous: !caps.shell.is_empty(),
+            input_schema: serde_json::json!({ "type": "object" }),
+            capabilities: caps,
+            limits,
+        };
+        Ok((manifest, offer))
     }
 }

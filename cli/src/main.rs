@@ -7,10 +7,12 @@ mod audit;
 mod build;
 mod grant_args;
 mod home;
+mod identity;
 mod keys;
 mod new;
 mod output;
 mod package;
+mod policy;
 mod quickstart;
 mod run;
 mod trust;
@@ -22,7 +24,10 @@ use std::process::ExitCode;
 ///
 /// Skills are WebAssembly components (wasm32-wasip2) built against coderclaw-sdk.
 /// By default a skill can touch nothing: no files, no network, no environment,
-/// no programs. Every capability is granted explicitly with an --allow-* flag.
+/// no programs. A signed skill gets what its manifest requests and the
+/// security policy allows: roles (RBAC), this device's trust, the host
+/// configuration ($CODERCLAW_HOME/config.yaml), the organisation policy and
+/// the repository's .coderClaw/security.yaml (`coderclaw policy check`).
 ///
 /// Skills are signed packages: a skill runs only when its Ed25519 signature is
 /// by a key your trust store trusts for the skill's namespace (`coderclaw trust`).
@@ -50,6 +55,19 @@ enum Command {
     Trust(trust::Command),
     #[command(subcommand)]
     Audit(audit::Command),
+    #[command(subcommand)]
+    Policy(policy::Command),
+    Login(identity::LoginArgs),
+    Logout(identity::LogoutArgs),
+    /// List and revoke sessions.
+    #[command(subcommand)]
+    Session(identity::SessionCommand),
+    /// Manage local users and their API tokens.
+    #[command(subcommand)]
+    User(identity::UserCommand),
+    /// Devices and their trust levels.
+    #[command(subcommand)]
+    Device(identity::DeviceCommand),
     Quickstart(quickstart::Args),
 }
 
@@ -90,6 +108,12 @@ fn main() -> ExitCode {
         Command::Key(cmd) => keys::main(cmd),
         Command::Trust(cmd) => trust::main(cmd),
         Command::Audit(cmd) => audit::main(cmd),
+        Command::Policy(cmd) => policy::main(cmd),
+        Command::Login(args) => identity::login(args),
+        Command::Logout(args) => identity::logout(args),
+        Command::Session(cmd) => identity::session(cmd),
+        Command::User(cmd) => identity::user(cmd),
+        Command::Device(cmd) => identity::device(cmd),
         Command::Quickstart(args) => quickstart::main(args),
     };
     match result {

@@ -1,4 +1,4 @@
-//! How run events are shown to a person: one line each on stderr.
+//! Output helpers: run events as one line each on stderr, JSON on stdout.
 
 use coderclaw_host::{EventKind, LogLevel, RunEvent};
 
@@ -24,4 +24,10 @@ fn level_name(level: LogLevel) -> &'static str {
         LogLevel::Warn => "warn",
         LogLevel::Error => "error",
     }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }

@@ -278,7 +278,12 @@ pub fn info(args: InfoArgs) -> Result<ExitCode> {
 }
 
 pub fn remove(args: RemoveArgs) -> Result<ExitCode> {
-    let s = home::open()?.remove(&args.id)?;
+    let security = home::open_security(None)?;
+    let required = &security.policy().org.required_skills;
+    if let Some(r) = required.iter().find(|r| coderclaw_core::policy::id_matches(r, &args.id)) {
+        anyhow::bail!("{} is required by the organisation policy (requiredSkills: {r}) and cannot be removed", args.id);
+    }
+    let s = security.home().remove(&args.id)?;
     println!("removed {} {}", s.id, s.version);
     Ok(ExitCode::SUCCESS)
 }

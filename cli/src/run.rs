@@ -1,12 +1,14 @@
-//! `coderclaw skill run`: run one component under an explicit grant.
+//! `coderclaw skill run`: decide a run with the security model, then run
+//! the component under exactly the decided grant.
 
 use crate::grant_args::GrantArgs;
-use crate::home;
+use crate::home::{self, SessionArgs};
 use crate::output::event_line;
 use anyhow::{Context, Result, bail};
-use coderclaw_core::manifest::SkillId;
+use coderclaw_core::decision::{Action, Offer, OfferedDir, Reason, Target, grant_json};
+use coderclaw_core::manifest::{Kind, Manifest, SkillId};
 use coderclaw_host::home::Home;
-use coderclaw_host::{CollectEvents, Error, EventSink, Host, RunEvent, Skill};
+use coderclaw_host::{Access, CollectEvents, Error, EventSink, Host, RunEvent, Skill};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,16 +21,25 @@ use std::time::Instant;
 /// verified against the trust store again before anything is compiled. A raw
 /// .wasm file runs only with --dangerous-allow-unsigned.
 ///
-/// Everything is denied unless granted with an --allow-* flag. Logs, progress
-/// and capability decisions go to stderr; the output JSON goes to stdout.
+/// Every run is decided by the security model: the session's roles, this
+/// device's trust, the host configuration, the organisation policy and the
+/// workspace's `.coderClaw/security.yaml` (see `coderclaw policy check`).
+/// A signed skill gets what its manifest requests and policy allows: its
+/// logical directory `workspace` is --workspace (default: the current
+/// directory). An unsigned build gets exactly the --allow-* flags. Agents
+/// can invoke the installed skills their manifest lists; each invocation
+/// is decided again. Decisions are recorded in the audit log.
+///
+/// Logs, progress and capability decisions go to stderr; the output JSON
+/// goes to stdout.
 ///
 /// Exit codes: 0 success; 1 the component could not be loaded or a value is
 /// invalid; 2 the command line could not be parsed; 3 the skill returned an
-/// error (invalid input, denied, failed); 4 the run was stopped (timeout,
-/// memory limit, stack overflow, crash).
+/// error or policy refused the run; 4 the run was stopped (timeout, memory
+/// limit, stack overflow, crash).
 ///
 /// Example:
-///   coderclaw skill run team/word-count --input '{"path": "."}' --allow-read .
+///   coderclaw skill run team/word-count --input '{"path": "."}' --workspace ./repo
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// An installed skill id, or a .wasm file (with --dangerous-allow-unsigned).
@@ -39,11 +50,18 @@ pub struct Args {
     /// Read the input JSON from a file (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub input_file: Option<PathBuf>,
+    /// The directory the skill's `workspace` is (default: the current
+    /// directory); its .coderClaw/security.yaml applies to the run.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
     #[command(flatten)]
     pub grant: GrantArgs,
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// For agents: make skill ID invocable through skills.invoke: an
     /// installed id, or ID=PATH for a .wasm file (with
-    /// --dangerous-allow-unsigned). It runs under this run's grant, never wider.
+    /// --dangerous-allow-unsigned). Installed skills the agent's manifest
+    /// lists are available without this.
     #[arg(long = "with-skill", value_name = "ID[=PATH]")]
     pub with_skill: Vec<String>,
     /// DANGEROUS: allow running unsigned .wasm files, skipping the check of
@@ -59,12 +77,24 @@ pub struct Args {
     pub no_cache: bool,
 }
 
+/// A loaded component and the manifest its run is decided on.
+struct Loaded {
+    skill: Skill,
+    manifest: Manifest,
+    signed: bool,
+}
+
 pub fn main(args: Args) -> Result<ExitCode> {
     let input = read_input(&args)?;
-    let home = home::open()?;
+    let workspace = home::workspace(args.workspace.as_deref())?;
+    let security = home::open_security(Some(&workspace))?;
+    let subject = match security.subject(args.session.session.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return Ok(report_denied(&args, &e.to_string(), &[])),
+    };
     let mut builder = Host::builder();
     if !args.no_cache {
-        builder = builder.compiled_cache(home.compiled_cache_dir());
+        builder = builder.compiled_cache(security.home().compiled_cache_dir());
     }
     if args.dangerous_allow_unsigned {
         tracing::warn!("--dangerous-allow-unsigned: unsigned components may run");
@@ -72,28 +102,76 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
     let host = builder.build()?;
     let started = Instant::now();
-    let skill = match load(&host, &home, &args.skill, None) {
-        Ok(s) => s,
-        Err(e) => return Ok(report_error(&args, &e, None, &[])),
-    };
-    let base = args.grant.builder()?;
-    // Nested skills run under the agent's own grant; the host narrows it again.
-    let nested_grant = base.clone().build()?;
-    let mut grant = base;
-    for spec in &args.with_skill {
-        let (id, path) = match spec.split_once('=') {
+    let with_skill: Vec<(&str, Option<&str>)> = args
+        .with_skill
+        .iter()
+        .map(|spec| match spec.split_once('=') {
             Some((id, path)) => (id, Some(path)),
             None => (spec.as_str(), None),
-        };
-        SkillId::parse(id).map_err(|e| anyhow::anyhow!("--with-skill: {e}"))?;
-        let nested = match load(&host, &home, id, path) {
-            Ok(s) => s,
+        })
+        .collect();
+    let nested_ids: Vec<String> = with_skill.iter().map(|(id, _)| id.to_string()).collect();
+    let main = match load(&host, security.home(), &args.skill, None, &args.grant, &nested_ids) {
+        Ok(l) => l,
+        Err(e) => return Ok(report_error(&args, &e, None, &[])),
+    };
+    if main.signed && args.grant.any_capability() {
+        bail!(
+            "{} is a signed skill: it gets what its manifest requests and policy allows, not --allow-read/\
+             --allow-write/--allow-http/--allow-shell (see `coderclaw policy check --skill {}`); use \
+             --workspace for its directory",
+            args.skill,
+            args.skill
+        );
+    }
+    let offer = if main.signed {
+        let mut offer = Offer { env: args.grant.env_values()?, ceiling: args.grant.ceiling(), ..Offer::default() };
+        offer.dirs.insert(
+            "workspace".into(),
+            OfferedDir { host: workspace.clone(), guest: ".".into(), access: Access::ReadWrite },
+        );
+        offer
+    } else {
+        args.grant.as_request(main.manifest.id.as_str(), main.manifest.kind, &nested_ids)?.1
+    };
+    let decision =
+        security.decide(&subject, Target::from_manifest(&main.manifest), Action::Run, Some(&workspace), &offer)?;
+    if !decision.allowed {
+        return Ok(report_denied(&args, &format!("policy refuses {}", main.manifest.id), &decision.reasons));
+    }
+    for note in &decision.narrowed {
+        tracing::info!("not granted: {note}");
+    }
+
+    // Nested skills: those given with --with-skill, then the installed ones
+    // the agent's manifest lists. Each invocation is decided again.
+    let mut nested: Vec<(String, Option<&str>)> = with_skill.iter().map(|(id, path)| (id.to_string(), *path)).collect();
+    for id in &main.manifest.capabilities.skills {
+        if !nested.iter().any(|(n, _)| n == id.as_str()) && security.home().info(id.as_str()).is_ok() {
+            nested.push((id.to_string(), None));
+        }
+    }
+    for (id, path) in nested {
+        SkillId::parse(&id).map_err(|e| anyhow::anyhow!("--with-skill: {e}"))?;
+        let child = match load(&host, security.home(), &id, path, &args.grant, &[]) {
+            Ok(l) => l,
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
-        grant = grant.skill(id);
-        host.register(id, nested, nested_grant.clone());
+        let (security, subject, workspace, offer) =
+            (security.clone(), subject.clone(), workspace.clone(), offer.clone());
+        let manifest = child.manifest;
+        host.register_authorized(&id, child.skill, move |parent| {
+            let action = Action::Nested { parent: parent.to_owned() };
+            let target = Target::from_manifest(&manifest);
+            match security.decide(&subject, target, action, Some(&workspace), &offer) {
+                Ok(d) if d.allowed => Ok(d.grant),
+                Ok(d) => Err(d.reasons_text()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
     }
-    let grant = grant.build()?;
+    let grant = decision.grant;
+    let skill = main.skill;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let collected = Arc::new(CollectEvents::default());
@@ -117,6 +195,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
             "load": skill.source(),
             "load_ms": load_ms,
             "run_ms": run_ms,
+            "grant": grant_json(&grant),
+            "narrowed": decision.narrowed,
             "output": parsed,
             "events": events,
         });
@@ -128,19 +208,69 @@ pub fn main(args: Args) -> Result<ExitCode> {
 }
 
 /// Loads `skill` as an installed id (verified now) or, when it names a file
-/// (or `path` is given), as an unsigned component the host may refuse.
-fn load(host: &Host, home: &Home, skill: &str, path: Option<&str>) -> Result<Skill, Error> {
+/// (or `path` is given), as an unsigned component the host may refuse,
+/// described by a manifest built from the --allow-* flags.
+fn load(
+    host: &Host,
+    home: &Home,
+    skill: &str,
+    path: Option<&str>,
+    flags: &GrantArgs,
+    nested: &[String],
+) -> Result<Loaded, Error> {
     let file = path.map(PathBuf::from).or_else(|| {
         let p = PathBuf::from(skill);
         (p.exists() || skill.ends_with(".wasm")).then_some(p)
     });
     match file {
-        Some(p) => host.load_file(p),
+        Some(p) => {
+            // `--with-skill ID=PATH` names its id; a file run directly is `local/<file stem>`.
+            let id = if path.is_some() { skill.to_owned() } else { unsigned_id(&p) };
+            let skill = host.load_file(&p)?;
+            let kind = if nested.is_empty() { Kind::Skill } else { Kind::Agent };
+            let (manifest, _) = flags
+                .as_request(&id, kind, nested)
+                .map_err(|e| Error::Package { name: p.display().to_string(), message: format!("{e:#}") })?;
+            Ok(Loaded { skill, manifest, signed: false })
+        }
         None => match home.load_installed(skill) {
-            Ok(package) => host.load_verified(&package),
+            Ok(package) => {
+                let manifest = package.manifest().clone();
+                Ok(Loaded { skill: host.load_verified(&package)?, manifest, signed: true })
+            }
             Err(e) => Err(Error::Package { name: skill.to_owned(), message: e.to_string() }),
         },
     }
+}
+
+/// `local/<file stem>`, so policies can name development builds too
+/// (`skillId: shell-exec` matches `local/shell-exec`).
+fn unsigned_id(path: &std::path::Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| if c == '_' { '-' } else { c })
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let id = format!("local/{}", name.trim_matches('-'));
+    if SkillId::parse(&id).is_ok() { id } else { "local/unsigned".to_owned() }
+}
+
+fn report_denied(args: &Args, message: &str, reasons: &[Reason]) -> ExitCode {
+    if args.json {
+        let report = json!({
+            "ok": false,
+            "error": { "code": "denied", "message": message },
+            "reasons": reasons,
+        });
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        eprintln!("error: {message}");
+        for r in reasons {
+            eprintln!("  - [{}] {}", r.code, r.message);
+        }
+    }
+    ExitCode::from(3)
 }
 
 fn read_input(args: &Args) -> Result<String> {

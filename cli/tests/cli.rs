@@ -52,6 +52,17 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// A repository policy naming shell-exec, so the dangerous skill may run
+/// for developers (a dangerous skill no policy names is refused).
+fn allow_shell_exec(ws: &Path) {
+    std::fs::create_dir_all(ws.join(".coderClaw")).unwrap();
+    std::fs::write(
+        ws.join(".coderClaw/security.yaml"),
+        "skillPolicies:\n  - skillId: shell-exec\n    requiredPermissions: [skill:execute]\n    allowedRoles: [developer]\n",
+    )
+    .unwrap();
+}
+
 #[test]
 fn echo_prints_its_output_and_exits_zero() {
     let cli = Cli::new();
@@ -110,7 +121,14 @@ fn shell_exec_is_denied_without_a_grant_and_runs_with_one() {
     assert!(stderr.contains("error:") && stderr.contains("no shell grant"), "{stderr}");
     assert!(denied.stdout.is_empty());
 
-    let (code, report) = cli.run_json("shell-exec", &["--input", input, "--allow-read", &read, "--allow-shell", "ls"]);
+    // Granting a program makes the build dangerous: no policy names it, so it is refused.
+    let grant = ["--input", input, "--allow-read", &read, "--allow-shell", "ls", "--workspace", p(ws.path())];
+    let (code, report) = cli.run_json("shell-exec", &grant);
+    assert_eq!(code, 3, "{report}");
+    assert_eq!(report["reasons"][0]["code"], "dangerous-without-policy", "{report}");
+
+    allow_shell_exec(ws.path());
+    let (code, report) = cli.run_json("shell-exec", &grant);
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["output"]["stdout"], "a.txt\ncreds.env\n");
     let shell_event = report["events"].as_array().unwrap().iter().find(|e| e["type"] == "capability").unwrap();
@@ -313,18 +331,14 @@ fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
 
 /// Signs a guest component with its example manifest; returns the package path.
 fn sign(cli: &Cli, skill: &str, key: &str, dir: &Path) -> std::path::PathBuf {
+    sign_with(cli, skill, key, &manifest_path(skill), dir)
+}
+
+/// Signs a guest component with `manifest`; returns the package path.
+fn sign_with(cli: &Cli, skill: &str, key: &str, manifest: &Path, dir: &Path) -> std::path::PathBuf {
     let out_path = dir.join(format!("{skill}.ccpkg"));
-    let out = cli.run(&[
-        "skill",
-        "sign",
-        p(&guest(skill)),
-        "--key",
-        key,
-        "--manifest",
-        p(&manifest_path(skill)),
-        "--out",
-        p(&out_path),
-    ]);
+    let out =
+        cli.run(&["skill", "sign", p(&guest(skill)), "--key", key, "--manifest", p(manifest), "--out", p(&out_path)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("sha256:"));
     out_path
@@ -335,8 +349,19 @@ fn every_example_skill_signs_verifies_installs_and_runs() {
     let cli = Cli::new();
     let pkgs = tempfile::tempdir().unwrap();
     trusted_key(&cli, "team-key", "team");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(LoopbackServer::start("signed pong")).unwrap();
+    // http-fetch's manifest asks for api.github.com; this test's copy asks
+    // for the loopback server instead (there is no network here).
+    let fetch_manifest = pkgs.path().join("http-fetch.toml");
+    let original = std::fs::read_to_string(manifest_path("http-fetch")).unwrap();
+    std::fs::write(&fetch_manifest, original.replace("https://api.github.com", &server.url())).unwrap();
     for skill in ["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"] {
-        let pkg = sign(&cli, skill, "team-key", pkgs.path());
+        let pkg = if skill == "http-fetch" {
+            sign_with(&cli, skill, "team-key", &fetch_manifest, pkgs.path())
+        } else {
+            sign(&cli, skill, "team-key", pkgs.path())
+        };
         let verified = cli.run(&["skill", "verify", p(&pkg)]);
         assert_eq!(verified.status.code(), Some(0), "{}", text(&verified.stderr));
         assert!(text(&verified.stdout).contains(&format!("team/{skill}")));
@@ -347,49 +372,31 @@ fn every_example_skill_signs_verifies_installs_and_runs() {
     assert_eq!(list.as_array().unwrap().len(), 6);
 
     let ws = workspace();
-    let read = format!("{}::.", p(ws.path()));
+    allow_shell_exec(ws.path());
     let run = |args: &[&str]| -> Value {
-        let out = cli.run(args);
+        let mut args = args.to_vec();
+        args.extend(["--workspace", p(ws.path())]);
+        let out = cli.run(&args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
     };
     assert_eq!(run(&["skill", "run", "team/echo", "--input", "3"]), json!({"echo": 3}));
-    assert_eq!(run(&["skill", "run", "team/word-count", "--allow-read", &read])["files"], 2);
-    assert_eq!(
-        run(&["skill", "run", "team/security-scanner", "--allow-read", &read])["findings"][0]["rule"],
-        "github-token"
-    );
-    let ls = run(&[
-        "skill",
-        "run",
-        "team/shell-exec",
-        "--input",
-        r#"{"program": "ls"}"#,
-        "--allow-read",
-        &read,
-        "--allow-shell",
-        "ls",
-    ]);
+    // The manifest's logical `workspace` is --workspace: no --allow-* flag.
+    // a.txt, creds.env and .coderClaw/security.yaml.
+    assert_eq!(run(&["skill", "run", "team/word-count"])["files"], 3);
+    assert_eq!(run(&["skill", "run", "team/security-scanner"])["findings"][0]["rule"], "github-token");
+    let ls = run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#]);
     assert_eq!(ls["stdout"], "a.txt\ncreds.env\n");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(LoopbackServer::start("signed pong")).unwrap();
     let input = json!({"url": server.url()}).to_string();
-    assert_eq!(
-        run(&["skill", "run", "team/http-fetch", "--input", &input, "--allow-http", &server.url()])["body"],
-        "signed pong"
-    );
-    let review = run(&[
-        "skill",
-        "run",
-        "team/code-reviewer",
-        "--allow-read",
-        &read,
-        "--with-skill",
-        "team/security-scanner",
-        "--with-skill",
-        "team/word-count",
-    ]);
+    assert_eq!(run(&["skill", "run", "team/http-fetch", "--input", &input])["body"], "signed pong");
+    // The agent's manifest lists its skills; installed ones are invocable.
+    let review = run(&["skill", "run", "team/code-reviewer"]);
     assert_eq!(review["verdict"], "fail");
+
+    // --allow-* flags do not widen a signed skill.
+    let out = cli.run(&["skill", "run", "team/echo", "--allow-shell", "rm"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is a signed skill"), "{}", text(&out.stderr));
 
     let removed = cli.run(&["skill", "remove", "team/echo"]);
     assert_eq!(removed.status.code(), Some(0));
@@ -417,10 +424,12 @@ fn verify_and_info_print_exactly_the_requested_capabilities() {
     let info: Value = serde_json::from_slice(&cli.run(&["skill", "info", "team/shell-exec", "--json"]).stdout).unwrap();
     assert_eq!(info, verified["package"], "install records exactly what was verified");
 
-    // Asking is not getting: without --allow-shell the run is denied.
-    let out = cli.run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#]);
+    // Asking is not getting: a dangerous skill no policy names is refused.
+    let ws = workspace();
+    let out =
+        cli.run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#, "--workspace", p(ws.path())]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("no shell grant"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("dangerous-without-policy"), "{}", text(&out.stderr));
 }
 
 #[test]

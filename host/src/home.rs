@@ -497,7 +497,7 @@ impl Home {
 }
 
 /// The local OS user, for attributing local actions until sessions exist.
-fn local_user() -> String {
+pub(crate) fn local_user() -> String {
     std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())

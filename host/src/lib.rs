@@ -33,6 +33,9 @@ mod error;
 pub mod events;
 pub mod home;
 mod host;
+pub mod identity;
+pub mod oidc;
+pub mod security;
 mod state;
 
 pub use coderclaw_core::package::VerifiedPackage;

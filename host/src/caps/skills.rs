@@ -1,10 +1,12 @@
 //! `skills.invoke` for agents: the nested run is authorised on its own (the
-//! agent's grant must list the skill id, the host must know the skill) and
-//! runs under the skill's registered grant narrowed to the agent's, with
-//! at most the agent's remaining time.
+//! agent's grant must list the skill id, the host must know the skill, and
+//! a skill registered with an authoriser must be allowed by it now) and
+//! runs under the skill's grant narrowed to the agent's, with at most the
+//! agent's remaining time.
 
 use crate::bindings::coderclaw::skill::skills::Host;
 use crate::bindings::coderclaw::skill::types::SkillError as WitSkillError;
+use crate::host::NestedGrant;
 use crate::state::RunState;
 use crate::{Error, SkillError};
 use std::time::Instant;
@@ -27,6 +29,13 @@ impl Host for RunState {
         }
         let Some((skill, registered)) = ctx.host.registered(&id) else {
             return deny(format!("skill `{id}` is not registered on this host"));
+        };
+        let registered = match registered {
+            NestedGrant::Fixed(g) => g,
+            NestedGrant::Decide(authorize) => match authorize(&ctx.name) {
+                Ok(g) => g,
+                Err(reasons) => return deny(format!("policy refuses `{id}`: {reasons}")),
+            },
         };
         let registered = match crate::caps::wasi::resolve_grant(&registered) {
             Ok(g) => g,

@@ -1,0 +1,389 @@
+//! `coderclaw login | logout | session | user | device`: identities,
+//! sessions and device trust. Every change and every authentication
+//! attempt is recorded in the audit log.
+
+use crate::home::{self, SessionArgs};
+use crate::output::print_json;
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use coderclaw_core::TrustLevel;
+use coderclaw_core::units::parse_duration;
+use coderclaw_host::identity::Session;
+use coderclaw_host::security::{LocalSecret, Security};
+use serde_json::json;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn read_secret(what: &str) -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).with_context(|| format!("cannot read the {what} from stdin"))?;
+    let s = s.trim_end_matches(['\n', '\r']).to_owned();
+    if s.is_empty() {
+        bail!("the {what} on stdin is empty");
+    }
+    Ok(s)
+}
+
+/// Log in and print a session token (on stdout; details on stderr).
+///
+/// The session is bound to this machine's device and expires after
+/// identity.sessionTtl (default 12h) or --ttl. Pass the token to other
+/// commands with --session or CODERCLAW_SESSION. Credentials are read from
+/// stdin, never from the command line.
+///
+/// Examples:
+///   printf '%s' "$PASSWORD" | coderclaw login --user alice --password-stdin
+///   printf '%s' "$API_TOKEN" | coderclaw login --user ci-bot --token-stdin --role ci
+///   printf '%s' "$ID_TOKEN" | coderclaw login --oidc-stdin
+#[derive(clap::Args, Debug)]
+pub struct LoginArgs {
+    /// The local user (not needed with --oidc-stdin: the token names them).
+    #[arg(long, required_unless_present = "oidc_stdin")]
+    pub user: Option<String>,
+    /// Read the password from stdin.
+    #[arg(long, conflicts_with_all = ["token_stdin", "oidc_stdin"])]
+    pub password_stdin: bool,
+    /// Read a locally issued API token (`coderclaw user token create`) from stdin.
+    #[arg(long, conflicts_with = "oidc_stdin")]
+    pub token_stdin: bool,
+    /// Read an OIDC ID token from stdin (issuers: identity.oidc in config.yaml).
+    #[arg(long)]
+    pub oidc_stdin: bool,
+    /// Hold only these of the user's roles in the session (repeatable).
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+    /// Limit the session to this directory tree.
+    #[arg(long, value_name = "DIR")]
+    pub scope: Option<PathBuf>,
+    /// Session lifetime (e.g. 1h); never longer than an OIDC token's.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub ttl: Option<Duration>,
+    /// Print the session as JSON (with the token) instead of the bare token.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn login(args: LoginArgs) -> Result<ExitCode> {
+    if !(args.password_stdin || args.token_stdin || args.oidc_stdin) {
+        bail!("say how to authenticate: --password-stdin, --token-stdin or --oidc-stdin");
+    }
+    let security = home::open_security(None)?;
+    let scope = args.scope.as_deref().map(|s| home::workspace(Some(s))).transpose()?;
+    let roles = (!args.roles.is_empty()).then_some(args.roles.as_slice());
+    let secret = read_secret(if args.password_stdin { "password" } else { "token" })?;
+    let result = if args.oidc_stdin {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(security.login_oidc(&secret, roles, scope.as_deref(), args.ttl))
+    } else {
+        let user = args.user.as_deref().unwrap_or_default();
+        let secret = if args.password_stdin { LocalSecret::Password(&secret) } else { LocalSecret::Token(&secret) };
+        security.login_local(user, secret, roles, scope.as_deref(), args.ttl)
+    };
+    let (session, token) = result?;
+    if args.json {
+        print_json(&json!({ "token": token, "session": session }))?;
+    } else {
+        eprintln!(
+            "session {} for {} with roles [{}] on device {}, expires in {}",
+            session.id,
+            session.user,
+            session.roles.join(", "),
+            session.device,
+            human_ms(session.expires_at_ms.saturating_sub(session.created_at_ms))
+        );
+        println!("{token}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+}
+
+/// End the session given with --session / CODERCLAW_SESSION.
+#[derive(clap::Args, Debug)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+pub fn logout(args: LogoutArgs) -> Result<ExitCode> {
+    let Some(token) = args.session.session.as_deref() else {
+        bail!("no session to end: pass --session TOKEN or set CODERCLAW_SESSION");
+    };
+    let security = home::open_security(None)?;
+    let subject = security.subject(Some(token))?;
+    let id = subject.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+    security.revoke_session(&subject, &id)?;
+    eprintln!("session {id} ended");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// List and revoke sessions.
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// List sessions (admin): id, user, device, roles, expiry, state.
+    List {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a session by id (admin, or the session's own user): its
+    /// token is refused from now on, everywhere.
+    Revoke {
+        /// Session id (`ses_...`, from `session list`).
+        id: String,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+fn state(s: &Session, now: u64) -> &'static str {
+    if s.revoked_at_ms.is_some() {
+        "revoked"
+    } else if s.expires_at_ms <= now {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+pub fn session(cmd: SessionCommand) -> Result<ExitCode> {
+    let security = home::open_security(None)?;
+    match cmd {
+        SessionCommand::List { session, json } => {
+            let by = security.subject(session.session.as_deref())?;
+            security.require_admin(&by, "session.list", ("session", "*"))?;
+            let sessions = security.identity().sessions()?;
+            let now = coderclaw_host::identity::now_ms();
+            if json {
+                let rows: Vec<_> = sessions.iter().map(|s| json!({ "session": s, "state": state(s, now) })).collect();
+                print_json(&rows)?;
+            } else {
+                for s in &sessions {
+                    println!(
+                        "{}  {:<8} {:<16} [{}] {} {}",
+                        s.id,
+                        state(s, now),
+                        s.user,
+                        s.roles.join(","),
+                        &s.device[..s.device.len().min(12)],
+                        s.scope.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        SessionCommand::Revoke { id, session } => {
+            let by = security.subject(session.session.as_deref())?;
+            security.revoke_session(&by, &id)?;
+            eprintln!("session {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Manage local users and their API tokens (admin).
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user with roles; with --password-stdin they can log in with a password.
+    Add {
+        /// User name.
+        name: String,
+        /// A role (repeatable; default: security.defaultRoles).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Read the user's password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// List users and their roles.
+    List {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue an API token for a user (printed once; only its hash is kept).
+    Token {
+        /// User name.
+        name: String,
+        /// Token lifetime (e.g. 30d); default: no expiry.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        expires: Option<Duration>,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Revoke an API token by id (`cct_...`).
+    RevokeToken {
+        /// Token id.
+        id: String,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+pub fn user(cmd: UserCommand) -> Result<ExitCode> {
+    let security = home::open_security(None)?;
+    match cmd {
+        UserCommand::Add { name, roles, password_stdin, session } => {
+            let by = security.subject(session.session.as_deref())?;
+            security.require_admin(&by, "user.add", ("user", &name))?;
+            let roles = if roles.is_empty() { security.policy().config.security.default_roles.clone() } else { roles };
+            for r in &roles {
+                security.policy().roles.permissions(r).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let password = password_stdin.then(|| read_secret("password")).transpose()?;
+            let u = security.identity().add_user(&name, &roles, password.as_deref())?;
+            security.audit_admin(&by, "user.add", ("user", &name), &format!("roles [{}]", roles.join(", ")))?;
+            eprintln!("user {} added with roles [{}]", u.name, u.roles.join(", "));
+        }
+        UserCommand::List { session, json } => {
+            let by = security.subject(session.session.as_deref())?;
+            security.require_admin(&by, "user.list", ("user", "*"))?;
+            let users = security.identity().users()?;
+            if json {
+                print_json(&users)?;
+            } else {
+                for u in users {
+                    println!(
+                        "{:<20} [{}]{}",
+                        u.name,
+                        u.roles.join(", "),
+                        if u.has_password { "" } else { " (no password)" }
+                    );
+                }
+            }
+        }
+        UserCommand::Token { name, expires, session } => {
+            let by = security.subject(session.session.as_deref())?;
+            security.require_admin(&by, "user.token.create", ("user", &name))?;
+            let (record, token) = security.identity().create_token(&name, expires)?;
+            security.audit_admin(&by, "user.token.create", ("user", &name), &format!("token {}", record.id))?;
+            eprintln!("token {} for {name} (shown once; store it as a secret)", record.id);
+            println!("{token}");
+        }
+        UserCommand::RevokeToken { id, session } => {
+            let by = security.subject(session.session.as_deref())?;
+            security.require_admin(&by, "user.token.revoke", ("token", &id))?;
+            security.identity().revoke_token(&id)?;
+            security.audit_admin(&by, "user.token.revoke", ("token", &id), "revoked")?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Devices and their trust levels (trusted | verified | untrusted).
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// List known devices with their stored and effective trust.
+    List {
+        #[command(flatten)]
+        session: SessionArgs,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this machine's device (its id is what `device trust` takes).
+    Show {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register another device by its public key; it starts untrusted.
+    Register {
+        /// A name for people.
+        name: String,
+        /// Its Ed25519 public key (`coderclaw key export-public` form).
+        #[arg(long, value_name = "KEY")]
+        public_key: String,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Raise or lower a device's trust (admin). Example:
+    ///   coderclaw device trust 3f2a9c... verified
+    Trust {
+        /// Device id (`device list`).
+        id: String,
+        /// trusted, verified or untrusted.
+        level: TrustLevel,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+fn device_json(security: &Security, d: &coderclaw_host::identity::Device) -> serde_json::Value {
+    json!({
+        "id": d.id, "name": d.name, "public_key": d.public_key, "local": d.local,
+        "trust": d.trust, "effective_trust": security.effective_trust(d),
+    })
+}
+
+pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
+    let security = home::open_security(None)?;
+    match cmd {
+        DeviceCommand::List { session, json } => {
+            security.subject(session.session.as_deref())?;
+            let devices = security.identity().devices()?;
+            if json {
+                print_json(&devices.iter().map(|d| device_json(&security, d)).collect::<Vec<_>>())?;
+            } else {
+                for d in &devices {
+                    let effective = security.effective_trust(d);
+                    let note = if effective != d.trust {
+                        format!(" (effective {effective}: autoTrustLocal)")
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "{}  {:<10} {}{}{note}",
+                        d.id,
+                        d.trust,
+                        d.name,
+                        if d.local { " [this machine]" } else { "" }
+                    );
+                }
+            }
+        }
+        DeviceCommand::Show { json } => {
+            let d = security.local_device();
+            if json {
+                print_json(&device_json(&security, &security.identity().device(&d.id)?))?;
+            } else {
+                println!("{}", d.id);
+                eprintln!("{} ({}), effective trust {}", d.name, d.public_key, d.trust);
+            }
+        }
+        DeviceCommand::Register { name, public_key, session } => {
+            let by = security.subject(session.session.as_deref())?;
+            let key = coderclaw_core::keys::PublicKey::parse(&public_key)?;
+            let id = key.id().to_string();
+            security.require_admin(&by, "device.register", ("device", &id))?;
+            let d = security.identity().register_device(&id, &name, &key.to_string(), false)?;
+            security.audit_admin(&by, "device.register", ("device", &id), &format!("{name}, {}", d.trust))?;
+            eprintln!("device {name} registered as {id} ({})", d.trust);
+            println!("{id}");
+        }
+        DeviceCommand::Trust { id, level, session } => {
+            let by = security.subject(session.session.as_deref())?;
+            let d = security.set_device_trust(&by, &id, level)?;
+            eprintln!("device {} ({}) is now {}", d.id, d.name, d.trust);
+            if d.local && security.effective_trust(&d) != d.trust {
+                eprintln!("note: deviceTrust.autoTrustLocal is on, so this machine still counts as trusted");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

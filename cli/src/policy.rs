@@ -1,0 +1,142 @@
+//! `coderclaw policy check`: what the security model would decide for a
+//! skill, with the grant and every reason, without running anything.
+
+use crate::grant_args::HOST_MAX;
+use crate::home::{self, SessionArgs};
+use crate::output::print_json;
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use coderclaw_core::TrustLevel;
+use coderclaw_core::decision::{Action, DecisionInput, Offer, OfferedDir, Target, decide};
+use coderclaw_core::manifest::Manifest;
+use coderclaw_core::policy::id_matches;
+use coderclaw_host::Access;
+use coderclaw_host::identity::now_ms;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Inspect the security policy in force.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Check(CheckArgs),
+}
+
+/// Show what policy decides for running a skill: allowed or not, the grant
+/// it would run with, and every reason for a refusal. Nothing runs and
+/// nothing is recorded.
+///
+/// The subject is you (your session, or the local user with
+/// security.defaultRoles on this device); --user, --role and --device-trust
+/// ask "what if" for someone else. Also lists the policy files in force and
+/// the organisation's requiredSkills that are not installed.
+///
+/// Exit codes: 0 allowed, 3 denied, 1 error.
+///
+/// Example:
+///   coderclaw policy check --skill team/shell-exec --role developer --device-trust untrusted
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// An installed skill id, or a skill.toml to check before installing.
+    #[arg(long, value_name = "ID|FILE")]
+    pub skill: String,
+    /// Decide for this user instead of yourself.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Decide for these roles instead of yours (repeatable).
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+    /// Decide for a device at this trust level instead of this one.
+    #[arg(long, value_name = "LEVEL")]
+    pub device_trust: Option<TrustLevel>,
+    /// The workspace whose .coderClaw/security.yaml applies (default: current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(cmd: Command) -> Result<ExitCode> {
+    let Command::Check(args) = cmd;
+    let workspace = home::workspace(args.workspace.as_deref())?;
+    let security = home::open_security(Some(&workspace))?;
+    let mut subject = security.subject(args.session.session.as_deref())?;
+    if let Some(u) = &args.user {
+        subject.user = u.clone();
+    }
+    if !args.roles.is_empty() {
+        for r in &args.roles {
+            security.policy().roles.permissions(r).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+        }
+        subject.roles = args.roles.clone();
+    }
+    if let Some(t) = args.device_trust {
+        subject.device_trust = t;
+    }
+    let manifest = if args.skill.ends_with(".toml") {
+        let text = std::fs::read_to_string(&args.skill).with_context(|| format!("cannot read {}", args.skill))?;
+        Manifest::from_toml(&text, &args.skill)?
+    } else {
+        security.home().info(&args.skill)?.manifest
+    };
+    let mut offer = Offer { ceiling: HOST_MAX, ..Offer::default() };
+    offer.dirs.insert(
+        "workspace".into(),
+        OfferedDir { host: workspace.clone(), guest: ".".into(), access: Access::ReadWrite },
+    );
+    // Environment values are not read for a check: requested names are
+    // reported as passable with --allow-env.
+    for name in &manifest.capabilities.env {
+        offer.env.insert(name.clone(), String::new());
+    }
+    let policy = security.policy();
+    let d = decide(&DecisionInput {
+        subject: &subject,
+        target: Target::from_manifest(&manifest),
+        action: Action::Run,
+        workspace: Some(&workspace),
+        policies: policy.policies(),
+        offer: &offer,
+        now_ms: now_ms(),
+    });
+    let installed: Vec<String> = security.home().installed()?.into_iter().map(|s| s.id).collect();
+    let missing: Vec<&String> =
+        policy.org.required_skills.iter().filter(|r| !installed.iter().any(|i| id_matches(r, i))).collect();
+    if args.json {
+        let mut v = d.to_json();
+        v["skill"] = json!(manifest.id.as_str());
+        v["subject"] = json!(subject);
+        v["policy_files"] = json!(policy.sources);
+        v["missing_required_skills"] = json!(missing);
+        print_json(&v)?;
+    } else {
+        println!("{}: {}", manifest.id, if d.allowed { "ALLOWED" } else { "DENIED" });
+        println!(
+            "subject: user {} roles [{}] device {} ({})",
+            subject.user,
+            subject.roles.join(", "),
+            subject.device,
+            subject.device_trust
+        );
+        for r in &d.reasons {
+            println!("  - [{}] {}", r.code, r.message);
+        }
+        if d.allowed {
+            println!("grant:\n{}", d.grant);
+            for n in &d.narrowed {
+                println!("  not granted: {n}");
+            }
+        }
+        for s in &policy.sources {
+            let problem = s.problem.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
+            println!("policy {}: {}{problem}", s.file.display(), s.status);
+        }
+        for m in &missing {
+            println!("organisation requires skill {m}, which is not installed");
+        }
+    }
+    Ok(if d.allowed { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
