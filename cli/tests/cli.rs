@@ -1,67 +1,12 @@
 //! The `coderclaw` binary, run as a user would: real processes, real
 //! components built from source, a real HTTP server on loopback.
 
+mod common;
+
 use coderclaw_e2e::{LoopbackServer, guest};
+use common::*;
 use serde_json::{Value, json};
-use std::path::Path;
-use std::process::{Command, Output};
-
-struct Cli {
-    home: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Self {
-        Self { home: tempfile::tempdir().unwrap() }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_coderclaw"))
-            .args(args)
-            .env("CODERCLAW_HOME", self.home.path())
-            .env_remove("CODERCLAW_LOG")
-            .output()
-            .expect("coderclaw runs")
-    }
-
-    /// Runs `skill run <raw component> --dangerous-allow-unsigned ... --json`
-    /// and returns (exit code, report).
-    fn run_json(&self, component: &str, extra: &[&str]) -> (i32, Value) {
-        let path = guest(component);
-        let mut args = vec!["skill", "run", path.to_str().unwrap(), "--dangerous-allow-unsigned", "--json"];
-        args.extend_from_slice(extra);
-        let out = self.run(&args);
-        let report = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("--json output is JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
-        (out.status.code().unwrap(), report)
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn workspace() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.txt"), "one two three\nfour\n").unwrap();
-    std::fs::write(dir.path().join("creds.env"), "TOKEN=ghp_0123456789abcdefghijklmnopqrstuvwxyzAB\n").unwrap();
-    dir
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A repository policy naming shell-exec, so the dangerous skill may run
-/// for developers (a dangerous skill no policy names is refused).
-fn allow_shell_exec(ws: &Path) {
-    std::fs::create_dir_all(ws.join(".coderClaw")).unwrap();
-    std::fs::write(
-        ws.join(".coderClaw/security.yaml"),
-        "skillPolicies:\n  - skillId: shell-exec\n    requiredPermissions: [skill:execute]\n    allowedRoles: [developer]\n",
-    )
-    .unwrap();
-}
+use std::process::Command;
 
 #[test]
 fn echo_prints_its_output_and_exits_zero() {
@@ -308,41 +253,6 @@ fn sha256sum(bytes: &[u8]) -> String {
 }
 
 // --- signed packages ---
-
-fn manifest_path(skill: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../skills").join(skill).join("skill.toml")
-}
-
-/// Generates key `name`, trusts it for `namespace`; returns the key id.
-fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
-    let out = cli.run(&["key", "generate", "--name", name]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!text(&out.stdout).contains("coderclaw-secret-key"), "the secret is never printed");
-    let public = cli.run(&["key", "export-public", name]);
-    let public = text(&public.stdout).trim().to_owned();
-    assert!(public.starts_with("ed25519:"), "{public}");
-    let out = cli.run(&["trust", "add", namespace, &public]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let list: Value = serde_json::from_slice(&cli.run(&["key", "list", "--json"]).stdout).unwrap();
-    let entry = list.as_array().unwrap().iter().find(|k| k["name"] == name).unwrap().clone();
-    assert_eq!(entry["public_key"], public);
-    entry["key_id"].as_str().unwrap().to_owned()
-}
-
-/// Signs a guest component with its example manifest; returns the package path.
-fn sign(cli: &Cli, skill: &str, key: &str, dir: &Path) -> std::path::PathBuf {
-    sign_with(cli, skill, key, &manifest_path(skill), dir)
-}
-
-/// Signs a guest component with `manifest`; returns the package path.
-fn sign_with(cli: &Cli, skill: &str, key: &str, manifest: &Path, dir: &Path) -> std::path::PathBuf {
-    let out_path = dir.join(format!("{skill}.ccpkg"));
-    let out =
-        cli.run(&["skill", "sign", p(&guest(skill)), "--key", key, "--manifest", p(manifest), "--out", p(&out_path)]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("sha256:"));
-    out_path
-}
 
 #[test]
 fn every_example_skill_signs_verifies_installs_and_runs() {

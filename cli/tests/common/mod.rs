@@ -1,0 +1,116 @@
+//! Helpers shared by the CLI test binaries: the real `coderclaw` binary in
+//! a fresh state directory, sample workspaces, signing.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use coderclaw_e2e::guest;
+use serde_json::Value;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+pub struct Cli {
+    pub home: tempfile::TempDir,
+}
+
+impl Cli {
+    pub fn new() -> Self {
+        Self { home: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+            .args(args)
+            .env("CODERCLAW_HOME", self.home.path())
+            .env_remove("CODERCLAW_LOG")
+            .output()
+            .expect("coderclaw runs")
+    }
+
+    /// Runs with `stdin` as standard input.
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+            .args(args)
+            .env("CODERCLAW_HOME", self.home.path())
+            .env_remove("CODERCLAW_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("coderclaw runs");
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs `skill run <raw component> --dangerous-allow-unsigned ... --json`
+    /// and returns (exit code, report).
+    pub fn run_json(&self, component: &str, extra: &[&str]) -> (i32, Value) {
+        let path = guest(component);
+        let mut args = vec!["skill", "run", path.to_str().unwrap(), "--dangerous-allow-unsigned", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        let report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("--json output is JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code().unwrap(), report)
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "one two three\nfour\n").unwrap();
+    std::fs::write(dir.path().join("creds.env"), "TOKEN=ghp_0123456789abcdefghijklmnopqrstuvwxyzAB\n").unwrap();
+    dir
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A repository policy naming shell-exec, so the dangerous skill may run
+/// for developers (a dangerous skill no policy names is refused).
+pub fn allow_shell_exec(ws: &Path) {
+    std::fs::create_dir_all(ws.join(".coderClaw")).unwrap();
+    std::fs::write(
+        ws.join(".coderClaw/security.yaml"),
+        "skillPolicies:\n  - skillId: shell-exec\n    requiredPermissions: [skill:execute]\n    allowedRoles: [developer]\n",
+    )
+    .unwrap();
+}
+
+pub fn manifest_path(skill: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../skills").join(skill).join("skill.toml")
+}
+
+/// Generates key `name`, trusts it for `namespace`; returns the key id.
+pub fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
+    let out = cli.run(&["key", "generate", "--name", name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("coderclaw-secret-key"), "the secret is never printed");
+    let public = cli.run(&["key", "export-public", name]);
+    let public = text(&public.stdout).trim().to_owned();
+    assert!(public.starts_with("ed25519:"), "{public}");
+    let out = cli.run(&["trust", "add", namespace, &public]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&cli.run(&["key", "list", "--json"]).stdout).unwrap();
+    let entry = list.as_array().unwrap().iter().find(|k| k["name"] == name).unwrap().clone();
+    assert_eq!(entry["public_key"], public);
+    entry["key_id"].as_str().unwrap().to_owned()
+}
+
+/// Signs a guest component with its example manifest; returns the package path.
+pub fn sign(cli: &Cli, skill: &str, key: &str, dir: &Path) -> std::path::PathBuf {
+    sign_with(cli, skill, key, &manifest_path(skill), dir)
+}
+
+/// Signs a guest component with `manifest`; returns the package path.
+pub fn sign_with(cli: &Cli, skill: &str, key: &str, manifest: &Path, dir: &Path) -> std::path::PathBuf {
+    let out_path = dir.join(format!("{skill}.ccpkg"));
+    let out =
+        cli.run(&["skill", "sign", p(&guest(skill)), "--key", key, "--manifest", p(manifest), "--out", p(&out_path)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("sha256:"));
+    out_path
+}

@@ -1,0 +1,310 @@
+//! The security model through the real CLI: device trust, sessions,
+//! policy files and `policy check`, each decision visible in the audit log.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+/// The repository policy of the product text, section 3.
+const PRODUCT_REPO_POLICY: &str = "\
+enforceTrust: true
+minimumTrustLevel: verified
+allowedRoles:
+  - developer
+  - admin
+
+agentPolicies:
+  - agentId: code-modifier
+    allowedRoles: [developer, admin]
+    requireDeviceTrust: verified
+
+skillPolicies:
+  - skillId: shell-exec
+    dangerous: true
+    requiredPermissions: [skill:execute]
+    allowedRoles: [developer]
+";
+
+fn write_policy(ws: &Path, text: &str) {
+    std::fs::create_dir_all(ws.join(".coderClaw")).unwrap();
+    std::fs::write(ws.join(".coderClaw/security.yaml"), text).unwrap();
+}
+
+/// A CLI whose state directory does not auto-trust this machine, with
+/// shell-exec signed and installed.
+fn untrusted_machine_with_shell_exec() -> Cli {
+    let cli = Cli::new();
+    std::fs::write(cli.home.path().join("config.yaml"), "deviceTrust:\n  autoTrustLocal: false\n").unwrap();
+    let pkgs = tempfile::tempdir().unwrap();
+    trusted_key(&cli, "team-key", "team");
+    let pkg = sign(&cli, "shell-exec", "team-key", pkgs.path());
+    assert_eq!(cli.run(&["skill", "install", p(&pkg)]).status.code(), Some(0));
+    cli
+}
+
+fn audit(cli: &Cli, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["audit", "query", "--json"];
+    args.extend_from_slice(filter);
+    let out = cli.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap()
+}
+
+#[test]
+fn shell_exec_is_refused_on_an_untrusted_device_and_allowed_after_device_trust() {
+    let cli = untrusted_machine_with_shell_exec();
+    let ws = workspace();
+    write_policy(ws.path(), PRODUCT_REPO_POLICY);
+    let run = || {
+        cli.run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#, "--workspace", p(ws.path())])
+    };
+
+    let refused = run();
+    assert_eq!(code(&refused), 3, "{}", text(&refused.stderr));
+    let stderr = text(&refused.stderr);
+    assert!(stderr.contains("[device-trust]") && stderr.contains("is untrusted"), "{stderr}");
+    assert!(refused.stdout.is_empty());
+
+    let device = text(&cli.run(&["device", "show"]).stdout).trim().to_owned();
+    let listed = text(&cli.run(&["device", "list"]).stdout);
+    assert!(listed.contains(&device) && listed.contains("untrusted"), "{listed}");
+    let trusted = cli.run(&["device", "trust", &device, "verified"]);
+    assert_eq!(code(&trusted), 0, "{}", text(&trusted.stderr));
+
+    let allowed = run();
+    assert_eq!(code(&allowed), 0, "{}", text(&allowed.stderr));
+    let out: Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(out["stdout"], "a.txt\ncreds.env\n");
+
+    // Both decisions and the trust change are in the audit log, in order.
+    let decisions = audit(&cli, &["--action", "skill.execute"]);
+    let results: Vec<&str> = decisions.iter().map(|r| r["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["denied", "allowed"], "{decisions:#?}");
+    assert!(decisions[0]["reason"].as_str().unwrap().contains("untrusted"));
+    assert_eq!(decisions[0]["device"], device.as_str());
+    assert_eq!(decisions[1]["resource_id"], "team/shell-exec");
+    let denied = audit(&cli, &["--result", "denied"]);
+    assert!(denied.iter().any(|r| r["action"] == "skill.execute"));
+    let change = audit(&cli, &["--action", "device.trust"]);
+    assert_eq!(change[0]["reason"], "untrusted -> verified");
+    assert_eq!(code(&cli.run(&["audit", "verify"])), 0);
+
+    // Lowering trust again refuses again.
+    cli.run(&["device", "trust", &device, "untrusted"]);
+    assert_eq!(code(&run()), 3);
+}
+
+#[test]
+fn sessions_expired_revoked_forged_or_of_another_user_are_refused_and_audited() {
+    let cli = Cli::new();
+    std::fs::write(cli.home.path().join("config.yaml"), "security:\n  requireAuth: true\n").unwrap();
+    let ws = workspace();
+    let echo = guest_path("echo");
+    let run_as = |token: Option<&str>| {
+        let mut args =
+            vec!["skill", "run", &echo, "--dangerous-allow-unsigned", "--input", "1", "--workspace", p(ws.path())];
+        if let Some(t) = token {
+            args.extend(["--session", t]);
+        }
+        cli.run(&args)
+    };
+    // requireAuth: nothing runs without a session. Bootstrapping users needs
+    // an admin session too, so the first admin is added before requireAuth.
+    let out = run_as(None);
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("requireAuth"), "{}", text(&out.stderr));
+
+    std::fs::write(cli.home.path().join("config.yaml"), "").unwrap();
+    let added = cli.run_stdin(&["user", "add", "alice", "--role", "developer", "--password-stdin"], "s3cret pass\n");
+    assert_eq!(code(&added), 0, "{}", text(&added.stderr));
+    assert_eq!(code(&cli.run(&["user", "add", "bob", "--role", "ci"])), 0);
+    let bob_token = text(&cli.run(&["user", "token", "bob"]).stdout).trim().to_owned();
+    std::fs::write(cli.home.path().join("config.yaml"), "security:\n  requireAuth: true\n").unwrap();
+
+    let wrong = cli.run_stdin(&["login", "--user", "alice", "--password-stdin"], "wrong");
+    assert_eq!(code(&wrong), 1);
+    assert!(text(&wrong.stderr).contains("authentication failed"), "{}", text(&wrong.stderr));
+    // Bob's API token does not log Alice in.
+    let stolen = cli.run_stdin(&["login", "--user", "alice", "--token-stdin"], &bob_token);
+    assert_eq!(code(&stolen), 1);
+    let bob = cli.run_stdin(&["login", "--user", "bob", "--token-stdin"], &bob_token);
+    assert_eq!(code(&bob), 0, "{}", text(&bob.stderr));
+
+    let login = cli.run_stdin(&["login", "--user", "alice", "--password-stdin", "--json"], "s3cret pass");
+    assert_eq!(code(&login), 0, "{}", text(&login.stderr));
+    let session: Value = serde_json::from_slice(&login.stdout).unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    assert_eq!(session["session"]["roles"], serde_json::json!(["developer"]));
+    let ok = run_as(Some(&token));
+    assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
+
+    let forged = run_as(Some("ccs_0000000000000000000000000000000000000000000000000000000000000000"));
+    assert_eq!(code(&forged), 3, "{}", text(&forged.stderr));
+    assert!(text(&forged.stderr).contains("not valid"), "{}", text(&forged.stderr));
+
+    assert_eq!(code(&cli.run(&["logout", "--session", &token])), 0);
+    let revoked = run_as(Some(&token));
+    assert_eq!(code(&revoked), 3);
+    assert!(text(&revoked.stderr).contains("revoked"), "{}", text(&revoked.stderr));
+
+    let short = cli.run_stdin(&["login", "--user", "alice", "--password-stdin", "--ttl", "1ms"], "s3cret pass");
+    let short = text(&short.stdout).trim().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let expired = run_as(Some(&short));
+    assert_eq!(code(&expired), 3);
+    assert!(text(&expired.stderr).contains("expired"), "{}", text(&expired.stderr));
+
+    // Scope: a session limited to another directory cannot run here.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let scoped =
+        cli.run_stdin(&["login", "--user", "alice", "--password-stdin", "--scope", p(elsewhere.path())], "s3cret pass");
+    let scoped = text(&scoped.stdout).trim().to_owned();
+    let out = run_as(Some(&scoped));
+    assert_eq!(code(&out), 3);
+    assert!(text(&out.stderr).contains("out-of-scope"), "{}", text(&out.stderr));
+
+    // A developer session cannot administer; every refusal is audited.
+    let login = cli.run_stdin(&["login", "--user", "alice", "--password-stdin"], "s3cret pass");
+    let dev = text(&login.stdout).trim().to_owned();
+    let device = text(&cli.run(&["device", "show"]).stdout).trim().to_owned();
+    let out = cli.run(&["device", "trust", &device, "trusted", "--session", &dev]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("admin:all"), "{}", text(&out.stderr));
+
+    let logins = audit(&cli, &["--action", "auth.login"]);
+    let denied: Vec<_> = logins.iter().filter(|r| r["result"] == "denied").collect();
+    assert_eq!(denied.len(), 2, "wrong password and another user's token: {logins:#?}");
+    let sessions = audit(&cli, &["--action", "auth.session", "--result", "denied"]);
+    let reasons: Vec<&str> = sessions.iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("requireAuth")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("forged")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("revoked")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("expired")), "{reasons:?}");
+    let all = text(&cli.run(&["audit", "query", "--json"]).stdout);
+    assert!(!all.contains("s3cret") && !all.contains(&token) && !all.contains(&bob_token), "no secret in the log");
+}
+
+fn guest_path(name: &str) -> String {
+    coderclaw_e2e::guest(name).to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_bad_policy_file_names_file_line_and_key_and_the_last_good_one_is_kept() {
+    let cli = Cli::new();
+    let ws = workspace();
+    let echo = guest_path("echo");
+    let run =
+        || cli.run(&["skill", "run", &echo, "--dangerous-allow-unsigned", "--input", "1", "--workspace", p(ws.path())]);
+
+    // Broken with no earlier good version: nothing runs.
+    write_policy(ws.path(), "enforceTrust: true\nminimumTrust: verified\n");
+    let out = run();
+    assert_eq!(code(&out), 1);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(".coderClaw/security.yaml:2:") && stderr.contains("minimumTrust"), "{stderr}");
+    assert!(stderr.contains("nothing runs"), "{stderr}");
+
+    // A good version runs and is remembered; denying this user bites.
+    write_policy(ws.path(), "");
+    let echo_manifest = manifest_path("echo").display().to_string();
+    let whoami = cli.run(&["policy", "check", "--skill", &echo_manifest, "--workspace", p(ws.path()), "--json"]);
+    let whoami: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    let me = whoami["subject"]["user"].as_str().unwrap().to_owned();
+    write_policy(ws.path(), &format!("deniedUsers: [\"{me}\"]\n"));
+    let out = run();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("denied-user"));
+
+    // Broken again: the last good version (with the deny) stays in force.
+    write_policy(ws.path(), "deniedUsers: [\n");
+    let out = run();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    let check = cli.run(&["policy", "check", "--skill", &echo_manifest, "--workspace", p(ws.path()), "--json"]);
+    let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+    let repo = report["policy_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file"].as_str().unwrap().ends_with("security.yaml"))
+        .unwrap()
+        .clone();
+    assert_eq!(repo["status"], "kept-last-good", "{report:#}");
+    let loads = audit(&cli, &["--action", "policy.load"]);
+    assert!(
+        loads.iter().any(|r| r["result"] == "error" && r["reason"].as_str().unwrap().contains("keeping")),
+        "{loads:#?}"
+    );
+
+    // A bad configuration file stops every command that needs policy.
+    std::fs::write(cli.home.path().join("config.yaml"), "security:\n  defaultRoles: [wizard]\n").unwrap();
+    let out = run();
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out.stderr).contains("config.yaml: security.defaultRoles: unknown role `wizard`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn policy_check_prints_the_decision_grant_and_reasons() {
+    let cli = untrusted_machine_with_shell_exec();
+    let ws = workspace();
+    write_policy(ws.path(), PRODUCT_REPO_POLICY);
+    let check = |extra: &[&str]| {
+        let mut args = vec!["policy", "check", "--skill", "team/shell-exec", "--workspace", p(ws.path()), "--json"];
+        args.extend_from_slice(extra);
+        let out = cli.run(&args);
+        (code(&out), serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    let (c, r) = check(&["--device-trust", "verified"]);
+    assert_eq!(c, 0, "{r:#}");
+    assert_eq!(r["allowed"], true);
+    assert_eq!(r["grant"]["shell"], serde_json::json!(["git", "ls"]));
+    assert_eq!(r["grant"]["dirs"][0]["access"], "read");
+    let (c, r) = check(&["--device-trust", "untrusted"]);
+    assert_eq!(c, 3);
+    let codes: Vec<&str> = r["reasons"].as_array().unwrap().iter().map(|x| x["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["device-trust", "device-trust"], "enforceTrust and the dangerous skill: {r:#}");
+    let (c, r) = check(&["--device-trust", "trusted", "--role", "readonly", "--user", "rita"]);
+    assert_eq!(c, 3);
+    assert!(r["reasons"].as_array().unwrap().len() >= 3, "{r:#}");
+    assert_eq!(r["subject"]["user"], "rita");
+    let (c, _) = check(&["--device-trust", "trusted", "--role", "admin"]);
+    assert_eq!(c, 0, "admin:all passes allowedRoles [developer]");
+    // Nothing was recorded for a what-if.
+    assert!(audit(&cli, &["--action", "skill.execute"]).is_empty());
+
+    let human = cli.run(&["policy", "check", "--skill", "team/shell-exec", "--workspace", p(ws.path())]);
+    let out = text(&human.stdout);
+    assert!(out.contains("team/shell-exec: DENIED") && out.contains("[device-trust]"), "{out}");
+}
+
+#[test]
+fn organisation_policy_denies_skills_and_keeps_required_ones_installed() {
+    let cli = untrusted_machine_with_shell_exec();
+    std::fs::write(cli.home.path().join("config.yaml"), "").unwrap();
+    let ws = workspace();
+    write_policy(ws.path(), PRODUCT_REPO_POLICY);
+    std::fs::write(
+        cli.home.path().join("org-policy.yaml"),
+        "organizationPolicy:\n  requiredSkills: [shell-exec, security-scanner]\n  deniedSkills: [shell-exec]\n",
+    )
+    .unwrap();
+    let out =
+        cli.run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#, "--workspace", p(ws.path())]);
+    assert_eq!(code(&out), 3);
+    assert!(text(&out.stderr).contains("deniedSkills"), "{}", text(&out.stderr));
+    let out = cli.run(&["skill", "remove", "team/shell-exec"]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("requiredSkills"), "{}", text(&out.stderr));
+    let check = cli.run(&["policy", "check", "--skill", "team/shell-exec", "--workspace", p(ws.path()), "--json"]);
+    let r: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(r["missing_required_skills"], serde_json::json!(["security-scanner"]));
+}
