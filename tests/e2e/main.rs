@@ -6,6 +6,7 @@ mod audit;
 mod cache;
 mod capabilities;
 mod limits;
+mod oidc;
 mod signed;
 mod skills;
 

@@ -43,23 +43,38 @@ pub struct LoopbackServer {
 }
 
 impl LoopbackServer {
-    /// Starts the server on an ephemeral port.
+    /// Starts the server on an ephemeral port, answering every request
+    /// with `body`.
     pub async fn start(body: &'static str) -> std::io::Result<Self> {
+        Self::start_with(move |_path| Some(body.to_owned())).await
+    }
+
+    /// Starts the server on an ephemeral port; `route(path)` gives the body
+    /// of a 200 answer, or `None` for a 404.
+    pub async fn start_with(route: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let route = Arc::new(route);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (counter, route) = (counter.clone(), route.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
+                        let answer = route(req.uri().path());
                         async move {
+                            let (status, body) = match answer {
+                                Some(b) => (200, b),
+                                None => (404, "not found".to_owned()),
+                            };
+                            let json = body.starts_with(['{', '[']);
                             Ok::<_, std::convert::Infallible>(
                                 Response::builder()
-                                    .header("content-type", "text/plain")
-                                    .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                    .status(status)
+                                    .header("content-type", if json { "application/json" } else { "text/plain" })
+                                    .body(Full::new(Bytes::from(body)))
                                     .expect("static response"),
                             )
                         }
