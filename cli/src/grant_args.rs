@@ -15,21 +15,23 @@ use std::time::Duration;
 /// Capabilities for an unsigned development run, and limits.
 #[derive(Args, Debug, Clone, Default)]
 pub struct GrantArgs {
-    /// Let the skill read DIR. Written HOST or HOST::GUEST; the guest sees it
-    /// at GUEST (default: the same path as given, so `.` stays `.`).
+    /// Unsigned builds: let the skill read DIR. Written HOST or HOST::GUEST;
+    /// the guest sees it at GUEST (default: the same path as given).
     #[arg(long = "allow-read", value_name = "DIR[::GUEST]")]
     pub read: Vec<String>,
-    /// Let the skill read and write DIR (same form as --allow-read).
+    /// Unsigned builds: let the skill read and write DIR (as --allow-read).
     #[arg(long = "allow-write", value_name = "DIR[::GUEST]")]
     pub write: Vec<String>,
-    /// Allow outgoing HTTP to a destination: https://api.github.com,
+    /// Unsigned builds: allow outgoing HTTP to a destination: https://api.github.com,
     /// api.github.com (https), http://127.0.0.1:8080, https://*.example.com.
     #[arg(long = "allow-http", value_name = "HOST")]
     pub http: Vec<String>,
-    /// Pass environment variable NAME (with its current value) to the skill.
+    /// Pass environment variable NAME (with its current value) to the skill,
+    /// if it asks for it (signed skills: in its manifest).
     #[arg(long = "allow-env", value_name = "NAME")]
     pub env: Vec<String>,
-    /// Let the skill run PROGRAM through shell.exec (dangerous). Exact name
+    /// Unsigned builds: let the skill run PROGRAM through shell.exec (makes
+    /// the run dangerous: policy must name the skill). Exact name
     /// (looked up on PATH) or absolute path; arguments are never shell-expanded.
     #[arg(long = "allow-shell", value_name = "PROGRAM")]
     pub shell: Vec<String>,

@@ -114,7 +114,8 @@ pub struct OfferedDir {
 }
 
 /// What the host can give: nothing here is granted unless the manifest asks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The default offers no directory, no variable and the default limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Offer {
     /// Logical directory name (e.g. `workspace`) → directory.
     pub dirs: BTreeMap<String, OfferedDir>,
@@ -122,12 +123,6 @@ pub struct Offer {
     pub env: BTreeMap<String, String>,
     /// The highest limits the host allows.
     pub ceiling: Limits,
-}
-
-impl Default for Offer {
-    fn default() -> Self {
-        Offer { dirs: BTreeMap::new(), env: BTreeMap::new(), ceiling: Limits::default() }
-    }
 }
 
 /// Every policy in force.

@@ -96,19 +96,19 @@ struct Skill {
 }
 
 impl Skill {
-    fn skill(id: &str) -> Skill {
+    fn plain(id: &str) -> Skill {
         let mut caps = Capabilities::default();
         caps.fs.insert(FsRequest { path: "workspace".into(), access: Access::Read });
         Skill { id: id.into(), kind: Kind::Skill, dangerous: false, caps, limits: RequestedLimits::default() }
     }
     fn shell_exec() -> Skill {
-        let mut s = Skill::skill("team/shell-exec");
+        let mut s = Skill::plain("team/shell-exec");
         s.dangerous = true;
         s.caps.shell.insert("git".into());
         s
     }
     fn agent(id: &str) -> Skill {
-        Skill { kind: Kind::Agent, ..Skill::skill(id) }
+        Skill { kind: Kind::Agent, ..Skill::plain(id) }
     }
     fn target(&self) -> Target<'_> {
         Target {
@@ -256,7 +256,7 @@ fn outcome(config: &str, repo: &str, org: &str, s: &Subject, skill: &Skill) -> V
 fn every_repo_policy_field_changes_the_decision() {
     let dev = who("dana", &["developer"], Untrusted);
     let dev_verified = who("dana", &["developer"], Verified);
-    let echo = Skill::skill("team/echo");
+    let echo = Skill::plain("team/echo");
     let allowed: Vec<&str> = Vec::new();
 
     // enforceTrust / minimumTrustLevel
@@ -299,7 +299,7 @@ fn every_repo_policy_field_changes_the_decision() {
     // skillPolicies: skillId, dangerous, requiredPermissions, allowedRoles, trustLevel
     let sp = |body: &str| format!("skillPolicies:\n  - skillId: echo\n{body}");
     assert_eq!(outcome("", &sp("    allowedRoles: [admin]\n"), "", &dev, &echo), ["role-not-allowed"]);
-    assert_eq!(outcome("", &sp("    allowedRoles: [admin]\n"), "", &dev, &Skill::skill("team/other")), allowed);
+    assert_eq!(outcome("", &sp("    allowedRoles: [admin]\n"), "", &dev, &Skill::plain("team/other")), allowed);
     assert_eq!(outcome("", &sp("    requiredPermissions: [config:write]\n"), "", &dev, &echo), ["missing-permission"]);
     assert_eq!(outcome("", &sp("    requiredPermissions: [skill:execute]\n"), "", &dev, &echo), allowed);
     assert_eq!(outcome("", &sp("    trustLevel: trusted\n"), "", &dev_verified, &echo), ["device-trust"]);
@@ -311,7 +311,7 @@ fn every_repo_policy_field_changes_the_decision() {
 #[test]
 fn every_org_policy_field_changes_the_decision() {
     let dev = who("dana", &["developer"], Verified);
-    let echo = Skill::skill("team/echo");
+    let echo = Skill::plain("team/echo");
     let org = |body: &str| format!("organizationPolicy:\n{body}");
     assert_eq!(outcome("", "", &org("  deniedSkills: [echo]\n"), &dev, &echo), ["denied-skill"]);
     assert_eq!(outcome("", "", &org("  deniedSkills: [other/echo]\n"), &dev, &echo), Vec::<&str>::new());
@@ -342,7 +342,7 @@ fn every_org_policy_field_changes_the_decision() {
 #[test]
 fn every_configuration_field_changes_the_decision() {
     let dev = who("dana", &["developer"], Untrusted);
-    let echo = Skill::skill("team/echo");
+    let echo = Skill::plain("team/echo");
     let allowed: Vec<&str> = Vec::new();
     assert_eq!(outcome("security:\n  enforceTrust: true\n", "", "", &dev, &echo), ["device-trust"]);
     assert_eq!(
@@ -351,7 +351,7 @@ fn every_configuration_field_changes_the_decision() {
     );
     assert_eq!(outcome("security:\n  requireAuth: true\n", "", "", &dev, &echo), ["auth-required"]);
     // A dangerous skill no policy names: denied by default, allowed when configured.
-    let mut danger = Skill::skill("team/rm-rf");
+    let mut danger = Skill::plain("team/rm-rf");
     danger.dangerous = true;
     let trusted = who("dana", &["developer"], Trusted);
     assert_eq!(outcome("", "", "", &trusted, &danger), ["dangerous-without-policy"]);
@@ -372,16 +372,16 @@ fn ci_invokes_agents_but_not_skills_and_nested_skills_keep_their_rules() {
     let w = World::new("", "skillPolicies:\n  - skillId: word-count\n    allowedRoles: [developer]\n", "");
     let ci = who("bot", &["ci"], Verified);
     assert!(w.decide(&ci, &Skill::agent("team/code-reviewer")).allowed);
-    assert_eq!(codes(&w.decide(&ci, &Skill::skill("team/echo"))), ["missing-permission"]);
+    assert_eq!(codes(&w.decide(&ci, &Skill::plain("team/echo"))), ["missing-permission"]);
     let nested = Action::Nested { parent: "team/code-reviewer".into() };
-    assert!(w.decide_as(&ci, &Skill::skill("team/echo"), nested.clone()).allowed);
-    assert_eq!(codes(&w.decide_as(&ci, &Skill::skill("team/word-count"), nested)), ["role-not-allowed"]);
+    assert!(w.decide_as(&ci, &Skill::plain("team/echo"), nested.clone()).allowed);
+    assert_eq!(codes(&w.decide_as(&ci, &Skill::plain("team/word-count"), nested)), ["role-not-allowed"]);
 }
 
 #[test]
 fn sessions_expired_revoked_or_out_of_scope_are_refused() {
     let w = World::new("", "", "");
-    let echo = Skill::skill("team/echo");
+    let echo = Skill::plain("team/echo");
     let mut s = who("dana", &["developer"], Verified);
     let session = SessionFacts { id: "s1".into(), expires_at_ms: NOW + 1, revoked: false, scope: None };
     s.session = Some(session.clone());
@@ -402,7 +402,7 @@ fn the_grant_is_the_request_cut_to_the_offer() {
     let mut w = World::new("", "", "");
     w.offer.dirs.get_mut("workspace").unwrap().access = Access::Read;
     w.offer.ceiling = Limits { memory_bytes: 32 << 20, ..Limits::default() };
-    let mut s = Skill::skill("team/fetch");
+    let mut s = Skill::plain("team/fetch");
     s.caps.fs.insert(FsRequest { path: "workspace".into(), access: Access::ReadWrite });
     s.caps.fs.insert(FsRequest { path: "cache".into(), access: Access::Read });
     s.caps.env.insert("GITHUB_TOKEN".into());

@@ -406,13 +406,17 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Decides a nested skill's grant from the calling agent's id, or refuses
+/// with the reasons.
+pub(crate) type Authorize = dyn Fn(&str) -> Result<Grant, String> + Send + Sync;
+
 /// How a registered skill's grant is obtained when an agent invokes it.
 #[derive(Clone)]
 pub(crate) enum NestedGrant {
     /// Given at registration.
     Fixed(Grant),
     /// Decided per call from the calling agent's id.
-    Decide(Arc<dyn Fn(&str) -> Result<Grant, String> + Send + Sync>),
+    Decide(Arc<Authorize>),
 }
 
 impl HostInner {

@@ -117,7 +117,7 @@ impl Security {
         let actor = crate::home::local_user();
         let mut loader = Loader { home: &home, actor: &actor, sources: Vec::new() };
         let (config, roles) = loader
-            .load(&home.root().join("config.yaml"), |t, f| SecurityConfig::from_yaml(t, f))?
+            .load(&home.root().join("config.yaml"), SecurityConfig::from_yaml)?
             .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
         let org = loader.load(&home.root().join("org-policy.yaml"), OrgPolicy::from_yaml)?.unwrap_or_default();
         let repo = match workspace {

@@ -37,9 +37,8 @@ fn main() {
         .unwrap();
     }
     repo.push_str("agentPolicies:\n");
-    for i in 0..20 {
-        writeln!(repo, "  - agentId: agent-{i}\n    allowedRoles: [{}]\n    deniedRoles: [readonly]", role_names[i])
-            .unwrap();
+    for (i, role) in role_names.iter().enumerate() {
+        writeln!(repo, "  - agentId: agent-{i}\n    allowedRoles: [{role}]\n    deniedRoles: [readonly]").unwrap();
     }
     let repo = RepoPolicy::from_yaml(&repo, "security.yaml", &roles).unwrap();
     let org = OrgPolicy::default();
