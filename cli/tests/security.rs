@@ -281,6 +281,13 @@ fn policy_check_prints_the_decision_grant_and_reasons() {
     // Nothing was recorded for a what-if.
     assert!(audit(&cli, &["--action", "skill.execute"]).is_empty());
 
+    // security.defaultRoles is who a session-less local user is.
+    std::fs::write(cli.home.path().join("config.yaml"), "security:\n  defaultRoles: [readonly]\n").unwrap();
+    let (c, r) = check(&["--device-trust", "trusted"]);
+    assert_eq!(c, 3);
+    assert_eq!(r["subject"]["roles"], serde_json::json!(["readonly"]), "{r:#}");
+    std::fs::write(cli.home.path().join("config.yaml"), "deviceTrust:\n  autoTrustLocal: false\n").unwrap();
+
     let human = cli.run(&["policy", "check", "--skill", "team/shell-exec", "--workspace", p(ws.path())]);
     let out = text(&human.stdout);
     assert!(out.contains("team/shell-exec: DENIED") && out.contains("[device-trust]"), "{out}");
