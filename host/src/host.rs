@@ -486,9 +486,8 @@ impl HostInner {
             };
             let outcome = tokio::time::timeout(timeout, call).await;
             let name = skill.name.to_string();
-            forward_output(&events, &wasi.stdout.contents(), LogLevel::Info);
-            let stderr = wasi.stderr.contents();
-            forward_output(&events, &stderr, LogLevel::Warn);
+            forward_output(&events, "stdout", wasi.stdout.contents(), LogLevel::Info);
+            let stderr = forward_output(&events, "stderr", wasi.stderr.contents(), LogLevel::Warn);
             match outcome {
                 Err(_) => Err(Error::Timeout { name, timeout }),
                 Ok(Err(e)) => {
@@ -506,11 +505,18 @@ impl HostInner {
 
 /// Guest stdout/stderr become log events, one per line (at most
 /// [`MAX_OUTPUT_LINES`]), so `println!` debugging and panic messages show up.
-fn forward_output(ctx: &RunContext, bytes: &[u8], level: LogLevel) {
-    let text = String::from_utf8_lossy(bytes);
+/// Turns captured guest output into log events (and says how much was
+/// dropped over the cap); returns the kept bytes.
+fn forward_output(ctx: &RunContext, stream: &str, (bytes, dropped): (Vec<u8>, u64), level: LogLevel) -> Vec<u8> {
+    let text = String::from_utf8_lossy(&bytes);
     for line in text.lines().filter(|l| !l.trim().is_empty()).take(MAX_OUTPUT_LINES) {
         ctx.emit(EventKind::Log { level, message: truncate(line.to_owned(), MAX_MESSAGE_BYTES) });
     }
+    if dropped > 0 {
+        let message = format!("guest {stream} over {} bytes: {dropped} more bytes dropped", bytes.len());
+        ctx.emit(EventKind::Log { level: LogLevel::Warn, message });
+    }
+    bytes
 }
 
 const MAX_OUTPUT_LINES: usize = 200;

@@ -118,3 +118,24 @@ async fn a_panicking_skill_reports_its_panic_message() {
     assert!(lines.iter().any(|l| l.contains("boom: config missing")), "guest stderr became a log event: {lines:?}");
     echo_still_works(&host).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_over_the_cap_is_dropped_without_breaking_the_guest() {
+    let host = host();
+    let events = std::sync::Arc::new(coderclaw_host::CollectEvents::default());
+    let panicker = load(&host, "panicker");
+    let input = r#"{"noise_bytes": 300000}"#;
+    let out = host.run_with_events(&panicker, input, &Grant::deny_all(), events.clone()).await.unwrap();
+    assert_eq!(out, r#"{"printed":300000}"#, "printing past the cap does not fail the guest");
+    let dropped = events.events().into_iter().find_map(|e| match e.kind {
+        coderclaw_host::EventKind::Log { message, .. } if message.contains("bytes dropped") => Some(message),
+        _ => None,
+    });
+    let dropped = dropped.expect("the host says output was dropped");
+    assert!(dropped.contains("guest stdout over 65536 bytes"), "{dropped}");
+
+    // A panic after a flood of stdout is still reported with its message.
+    let input = r#"{"noise_bytes": 300000, "message": "late boom"}"#;
+    let err = host.run(&panicker, input, &Grant::deny_all()).await.unwrap_err();
+    assert!(err.to_string().contains("late boom"), "{err}");
+}
