@@ -16,8 +16,8 @@
 //! - `admin:all` passes every role and permission check (`allowedRoles`,
 //!   `allowedUsers`, `requiredPermissions`), but not a forbid and not device
 //!   trust: trust is about the device, not the person;
-//! - a dangerous skill (manifest `dangerous = true` or a policy entry with
-//!   `dangerous: true`) needs a device at `deviceTrust.minimumLevel`, and
+//! - a dangerous skill (manifest `dangerous = true`, any `shell` request —
+//!   whatever the manifest says — or a policy entry with `dangerous: true`) needs a device at `deviceTrust.minimumLevel`, and
 //!   without any `skillPolicies` entry it follows
 //!   `security.dangerousSkillsWithoutPolicy` (default `deny`);
 //! - a skill invoked by an agent (`skills.invoke`) needs no permission of
@@ -274,20 +274,13 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
                 ),
             });
         }
-        if let Some(allowed) = &entry.allowed_roles
-            && !admin
-            && !holds_any(subject, allowed)
-        {
-            reasons.push(Reason {
-                code: "role-not-allowed",
-                message: format!(
-                    "skillPolicies for `{}` allow roles [{}]; the session has [{}]",
-                    entry.skill_id,
-                    allowed.join(", "),
-                    subject.roles.join(", ")
-                ),
-            });
-        }
+        require_role(
+            subject,
+            admin,
+            &entry.allowed_roles,
+            &format!("skillPolicies for `{}`", entry.skill_id),
+            &mut reasons,
+        );
         if let Some(level) = entry.trust_level {
             require_trust(
                 subject,
@@ -298,7 +291,9 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         }
     }
 
-    let dangerous = target.dangerous || entries.iter().any(|e| e.dangerous == Some(true));
+    // Running host programs is dangerous whatever the manifest claims.
+    let dangerous =
+        target.dangerous || !target.capabilities.shell.is_empty() || entries.iter().any(|e| e.dangerous == Some(true));
     if dangerous {
         if entries.is_empty()
             && policies.config.security.dangerous_skills_without_policy == crate::policy::DangerousDefault::Deny
@@ -322,20 +317,8 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
 
     if target.kind == Kind::Agent {
         for entry in policies.repo.agent_policies.iter().filter(|p| id_matches(&p.agent_id, target.id)) {
-            if let Some(allowed) = &entry.allowed_roles
-                && !admin
-                && !holds_any(subject, allowed)
-            {
-                reasons.push(Reason {
-                    code: "role-not-allowed",
-                    message: format!(
-                        "agentPolicies for `{}` allow roles [{}]; the session has [{}]",
-                        entry.agent_id,
-                        allowed.join(", "),
-                        subject.roles.join(", ")
-                    ),
-                });
-            }
+            let source = format!("agentPolicies for `{}`", entry.agent_id);
+            require_role(subject, admin, &entry.allowed_roles, &source, &mut reasons);
             if let Some(denied) = entry.denied_roles.iter().find(|r| subject.roles.contains(r)) {
                 reasons.push(Reason {
                     code: "role-denied",
@@ -367,8 +350,26 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     }
 }
 
-fn holds_any(subject: &Subject, roles: &[String]) -> bool {
-    subject.roles.iter().any(|r| roles.contains(r))
+/// An `allowedRoles` list (`None`: any role) that `admin:all` passes.
+fn require_role(
+    subject: &Subject,
+    admin: bool,
+    allowed: &Option<Vec<String>>,
+    source: &str,
+    reasons: &mut Vec<Reason>,
+) {
+    let Some(allowed) = allowed else { return };
+    if admin || subject.roles.iter().any(|r| allowed.contains(r)) {
+        return;
+    }
+    reasons.push(Reason {
+        code: "role-not-allowed",
+        message: format!(
+            "{source} allows roles [{}]; the session has [{}]",
+            allowed.join(", "),
+            subject.roles.join(", ")
+        ),
+    });
 }
 
 fn missing_permission(subject: &Subject, p: Permission) -> Reason {
@@ -449,19 +450,7 @@ fn check_users_and_roles(subject: &Subject, policies: Policies<'_>, reasons: &mu
             message: format!("user `{}` is not in the repository policy's allowedUsers", subject.user),
         });
     }
-    if let Some(roles) = &repo.allowed_roles
-        && !admin
-        && !holds_any(subject, roles)
-    {
-        reasons.push(Reason {
-            code: "role-not-allowed",
-            message: format!(
-                "the repository policy allows roles [{}]; the session has [{}]",
-                roles.join(", "),
-                subject.roles.join(", ")
-            ),
-        });
-    }
+    require_role(subject, admin, &repo.allowed_roles, "the repository policy", reasons);
 }
 
 /// Device trust when enforced by the host, the repository or the
@@ -513,7 +502,7 @@ fn build_grant(target: &Target<'_>, offer: &Offer) -> Result<(Grant, Vec<String>
         }
     }
     for pattern in &caps.http {
-        b = b.http(&pattern.to_string()).map_err(|e| e.to_string())?;
+        b = b.http_pattern(pattern.clone());
     }
     for program in &caps.shell {
         b = b.shell(program);

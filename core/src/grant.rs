@@ -164,9 +164,14 @@ impl GrantBuilder {
     }
 
     /// Allow outgoing HTTP to a destination pattern (see [`HostPattern`]).
-    pub fn http(mut self, pattern: &str) -> Result<Self, crate::PatternError> {
-        self.grant.http.push(HostPattern::parse(pattern)?);
-        Ok(self)
+    pub fn http(self, pattern: &str) -> Result<Self, crate::PatternError> {
+        Ok(self.http_pattern(HostPattern::parse(pattern)?))
+    }
+
+    /// Allows outgoing HTTP to an already parsed destination.
+    pub fn http_pattern(mut self, pattern: HostPattern) -> Self {
+        self.grant.http.push(pattern);
+        self
     }
 
     /// Allow `shell.exec` of `program` (a bare name looked up on `PATH`, or an absolute path).

@@ -479,24 +479,7 @@ mod tests {
     use super::*;
 
     /// The repository policy of the product text, section 3.
-    pub const PRODUCT_REPO_POLICY: &str = "\
-enforceTrust: true
-minimumTrustLevel: verified
-allowedRoles:
-  - developer
-  - admin
-
-agentPolicies:
-  - agentId: code-modifier
-    allowedRoles: [developer, admin]
-    requireDeviceTrust: verified
-
-skillPolicies:
-  - skillId: shell-exec
-    dangerous: true
-    requiredPermissions: [skill:execute]
-    allowedRoles: [developer]
-";
+    const PRODUCT_REPO_POLICY: &str = include_str!("../tests/fixtures/product-repo-policy.yaml");
 
     fn roles() -> Roles {
         Roles::resolve(&BTreeMap::new()).unwrap()

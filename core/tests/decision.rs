@@ -14,24 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const PRODUCT_REPO_POLICY: &str = "\
-enforceTrust: true
-minimumTrustLevel: verified
-allowedRoles:
-  - developer
-  - admin
-
-agentPolicies:
-  - agentId: code-modifier
-    allowedRoles: [developer, admin]
-    requireDeviceTrust: verified
-
-skillPolicies:
-  - skillId: shell-exec
-    dangerous: true
-    requiredPermissions: [skill:execute]
-    allowedRoles: [developer]
-";
+const PRODUCT_REPO_POLICY: &str = include_str!("fixtures/product-repo-policy.yaml");
 
 const NOW: u64 = 1_800_000_000_000;
 
@@ -356,6 +339,12 @@ fn every_configuration_field_changes_the_decision() {
     let trusted = who("dana", &["developer"], Trusted);
     assert_eq!(outcome("", "", "", &trusted, &danger), ["dangerous-without-policy"]);
     assert_eq!(outcome("security:\n  dangerousSkillsWithoutPolicy: allow\n", "", "", &trusted, &danger), allowed);
+    // A skill asking for shell is dangerous even if its manifest says it is not.
+    let mut sneaky = Skill::plain("team/helper");
+    sneaky.caps.shell.insert("bash".into());
+    assert!(!sneaky.dangerous);
+    assert_eq!(outcome("", "", "", &trusted, &sneaky), ["dangerous-without-policy"]);
+    assert_eq!(outcome("security:\n  dangerousSkillsWithoutPolicy: allow\n", "", "", &dev, &sneaky), ["device-trust"]);
     // deviceTrust.minimumLevel also governs dangerous skills.
     assert_eq!(outcome("security:\n  dangerousSkillsWithoutPolicy: allow\n", "", "", &dev, &danger), ["device-trust"]);
     // Custom roles with inherits.
@@ -416,7 +405,7 @@ fn the_grant_is_the_request_cut_to_the_offer() {
     assert_eq!((g.dirs()[0].host.as_path(), g.dirs()[0].access), (Path::new("/repo"), Access::Read));
     assert_eq!(g.env().keys().collect::<Vec<_>>(), ["GITHUB_TOKEN"]);
     assert!(g.allows_http("https", "api.github.com", Some(443)));
-    assert!(!g.allows_program("git"));
+    assert_eq!(g.http().len(), 1, "only the requested destination");
     assert_eq!(g.limits().memory_bytes, 32 << 20, "lowered to the ceiling");
     assert_eq!(g.limits().timeout, Duration::from_secs(5), "the request is lower than the ceiling");
     assert_eq!(d.narrowed.len(), 2, "{:?}", d.narrowed);
