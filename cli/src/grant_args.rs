@@ -10,6 +10,7 @@ use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, Manifest, Millis, 
 use coderclaw_core::units::{parse_duration, parse_size};
 use coderclaw_host::{Access, HostPattern, Limits};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 /// Capabilities for an unsigned development run, and limits.
@@ -63,6 +64,19 @@ pub const HOST_MAX: Limits = Limits {
     shell_output_bytes: Limits::DEFAULT_SHELL_OUTPUT_BYTES,
 };
 
+/// What the host offers a signed skill: its logical `workspace` directory
+/// (seen by the guest as `.`), read-only unless `writable`, the environment
+/// values the operator passes, and the limit ceiling.
+///
+/// Read-only by default because the workspace holds
+/// `.coderClaw/security.yaml`: a skill that could write it could rewrite
+/// the policy that decides its next run.
+pub fn signed_offer(workspace: &Path, writable: bool, env: BTreeMap<String, String>, ceiling: Limits) -> Offer {
+    let access = if writable { Access::ReadWrite } else { Access::Read };
+    let workspace = OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access };
+    Offer { dirs: BTreeMap::from([("workspace".to_owned(), workspace)]), env, ceiling }
+}
+
 impl GrantArgs {
     /// The limit ceiling: the host maxima, lowered by the flags given.
     pub fn ceiling(&self) -> Limits {
@@ -100,7 +114,7 @@ impl GrantArgs {
         let dirs = self.read.iter().map(|s| (s, Access::Read)).chain(self.write.iter().map(|s| (s, Access::ReadWrite)));
         for (i, (spec, access)) in dirs.enumerate() {
             let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
-            if !std::path::Path::new(host).is_dir() {
+            if !Path::new(host).is_dir() {
                 bail!("cannot grant {host:?}: it is not an existing directory");
             }
             let name = format!("arg{i}");
@@ -124,8 +138,8 @@ impl GrantArgs {
             version: semver::Version::new(0, 0, 0),
             kind,
             description: "unsigned development build".into(),
-            // Running programs on the host is what makes a skill dangerous.
-            dangerous: !caps.shell.is_empty(),
+            // A shell request makes the run dangerous in the decision itself.
+            dangerous: false,
             input_schema: serde_json::json!({ "type": "object" }),
             capabilities: caps,
             limits,

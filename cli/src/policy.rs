@@ -1,18 +1,18 @@
 //! `coderclaw policy check`: what the security model would decide for a
 //! skill, with the grant and every reason, without running anything.
 
-use crate::grant_args::HOST_MAX;
+use crate::grant_args::{HOST_MAX, signed_offer};
 use crate::home::{self, SessionArgs};
 use crate::output::print_json;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use coderclaw_core::TrustLevel;
-use coderclaw_core::decision::{Action, DecisionInput, Offer, OfferedDir, Target, decide};
+use coderclaw_core::decision::{Action, DecisionInput, Target, decide};
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::policy::id_matches;
-use coderclaw_host::Access;
 use coderclaw_host::identity::now_ms;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -52,6 +52,11 @@ pub struct CheckArgs {
     /// The workspace whose .coderClaw/security.yaml applies (default: current directory).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Give a skill that asks for read-write access to the workspace that
+    /// access (default: read-only). Only for skills you trust with the
+    /// workspace's .coderClaw/security.yaml, which they could then rewrite.
+    #[arg(long)]
+    pub workspace_write: bool,
     #[command(flatten)]
     pub session: SessionArgs,
     /// JSON output.
@@ -82,16 +87,8 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
     } else {
         security.home().info(&args.skill)?.manifest
     };
-    let mut offer = Offer { ceiling: HOST_MAX, ..Offer::default() };
-    offer.dirs.insert(
-        "workspace".into(),
-        OfferedDir { host: workspace.clone(), guest: ".".into(), access: Access::ReadWrite },
-    );
-    // Environment values are not read for a check: requested names are
-    // reported as passable with --allow-env.
-    for name in &manifest.capabilities.env {
-        offer.env.insert(name.clone(), String::new());
-    }
+    // As `skill run` without --allow-env: requested variables show as not passed.
+    let offer = signed_offer(&workspace, args.workspace_write, BTreeMap::new(), HOST_MAX);
     let policy = security.policy();
     let d = decide(&DecisionInput {
         subject: &subject,

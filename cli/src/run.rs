@@ -1,14 +1,14 @@
 //! `coderclaw skill run`: decide a run with the security model, then run
 //! the component under exactly the decided grant.
 
-use crate::grant_args::GrantArgs;
+use crate::grant_args::{GrantArgs, signed_offer};
 use crate::home::{self, SessionArgs};
 use crate::output::event_line;
 use anyhow::{Context, Result, bail};
-use coderclaw_core::decision::{Action, Offer, OfferedDir, Reason, Target, grant_json};
+use coderclaw_core::decision::{Action, Offer, Reason, Target, grant_json};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
 use coderclaw_host::home::Home;
-use coderclaw_host::{Access, CollectEvents, Error, EventSink, Host, RunEvent, Skill};
+use coderclaw_host::{CollectEvents, Error, EventSink, Host, RunEvent, Skill};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +26,7 @@ use std::time::Instant;
 /// workspace's `.coderClaw/security.yaml` (see `coderclaw policy check`).
 /// A signed skill gets what its manifest requests and policy allows: its
 /// logical directory `workspace` is --workspace (default: the current
-/// directory). An unsigned build gets exactly the --allow-* flags. Agents
+/// directory), read-only unless --workspace-write. An unsigned build gets exactly the --allow-* flags. Agents
 /// can invoke the installed skills their manifest lists; each invocation
 /// is decided again. Decisions are recorded in the audit log.
 ///
@@ -54,6 +54,11 @@ pub struct Args {
     /// directory); its .coderClaw/security.yaml applies to the run.
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
+    /// Give a skill that asks for read-write access to the workspace that
+    /// access (default: read-only). Only for skills you trust with the
+    /// workspace's .coderClaw/security.yaml, which they could then rewrite.
+    #[arg(long)]
+    pub workspace_write: bool,
     #[command(flatten)]
     pub grant: GrantArgs,
     #[command(flatten)]
@@ -77,11 +82,12 @@ pub struct Args {
     pub no_cache: bool,
 }
 
-/// A loaded component and the manifest its run is decided on.
+/// A loaded component and the manifest its run is decided on. An unsigned
+/// build also carries its offer (exactly its --allow-* flags).
 struct Loaded {
     skill: Skill,
     manifest: Manifest,
-    signed: bool,
+    unsigned_offer: Option<Offer>,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -115,24 +121,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
         Ok(l) => l,
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
     };
-    if main.signed && args.grant.any_capability() {
-        bail!(
+    let offer = match &main.unsigned_offer {
+        Some(offer) => offer.clone(),
+        None if args.grant.any_capability() => bail!(
             "{} is a signed skill: it gets what its manifest requests and policy allows, not --allow-read/\
              --allow-write/--allow-http/--allow-shell (see `coderclaw policy check --skill {}`); use \
              --workspace for its directory",
             args.skill,
             args.skill
-        );
-    }
-    let offer = if main.signed {
-        let mut offer = Offer { env: args.grant.env_values()?, ceiling: args.grant.ceiling(), ..Offer::default() };
-        offer.dirs.insert(
-            "workspace".into(),
-            OfferedDir { host: workspace.clone(), guest: ".".into(), access: Access::ReadWrite },
-        );
-        offer
-    } else {
-        args.grant.as_request(main.manifest.id.as_str(), main.manifest.kind, &nested_ids)?.1
+        ),
+        None => signed_offer(&workspace, args.workspace_write, args.grant.env_values()?, args.grant.ceiling()),
     };
     let decision =
         security.decide(&subject, Target::from_manifest(&main.manifest), Action::Run, Some(&workspace), &offer)?;
@@ -228,15 +226,15 @@ fn load(
             let id = if path.is_some() { skill.to_owned() } else { unsigned_id(&p) };
             let skill = host.load_file(&p)?;
             let kind = if nested.is_empty() { Kind::Skill } else { Kind::Agent };
-            let (manifest, _) = flags
+            let (manifest, offer) = flags
                 .as_request(&id, kind, nested)
                 .map_err(|e| Error::Package { name: p.display().to_string(), message: format!("{e:#}") })?;
-            Ok(Loaded { skill, manifest, signed: false })
+            Ok(Loaded { skill, manifest, unsigned_offer: Some(offer) })
         }
         None => match home.load_installed(skill) {
             Ok(package) => {
                 let manifest = package.manifest().clone();
-                Ok(Loaded { skill: host.load_verified(&package)?, manifest, signed: true })
+                Ok(Loaded { skill: host.load_verified(&package)?, manifest, unsigned_offer: None })
             }
             Err(e) => Err(Error::Package { name: skill.to_owned(), message: e.to_string() }),
         },

@@ -8,24 +8,7 @@ use serde_json::Value;
 use std::path::Path;
 
 /// The repository policy of the product text, section 3.
-const PRODUCT_REPO_POLICY: &str = "\
-enforceTrust: true
-minimumTrustLevel: verified
-allowedRoles:
-  - developer
-  - admin
-
-agentPolicies:
-  - agentId: code-modifier
-    allowedRoles: [developer, admin]
-    requireDeviceTrust: verified
-
-skillPolicies:
-  - skillId: shell-exec
-    dangerous: true
-    requiredPermissions: [skill:execute]
-    allowedRoles: [developer]
-";
+const PRODUCT_REPO_POLICY: &str = include_str!("../../core/tests/fixtures/product-repo-policy.yaml");
 
 fn write_policy(ws: &Path, text: &str) {
     std::fs::create_dir_all(ws.join(".coderClaw")).unwrap();
@@ -188,6 +171,12 @@ fn sessions_expired_revoked_forged_or_of_another_user_are_refused_and_audited() 
     assert!(reasons.iter().any(|r| r.contains("expired")), "{reasons:?}");
     let all = text(&cli.run(&["audit", "query", "--json"]).stdout);
     assert!(!all.contains("s3cret") && !all.contains(&token) && !all.contains(&bob_token), "no secret in the log");
+
+    // With local authentication switched off, even the right password is refused.
+    std::fs::write(cli.home.path().join("config.yaml"), "identity:\n  providers: [oidc]\n").unwrap();
+    let off = cli.run_stdin(&["login", "--user", "alice", "--password-stdin"], "s3cret pass");
+    assert_eq!(code(&off), 1);
+    assert!(text(&off.stderr).contains("provider `local` is not enabled"), "{}", text(&off.stderr));
 }
 
 fn guest_path(name: &str) -> String {
@@ -280,6 +269,33 @@ fn policy_check_prints_the_decision_grant_and_reasons() {
     assert_eq!(c, 0, "admin:all passes allowedRoles [developer]");
     // Nothing was recorded for a what-if.
     assert!(audit(&cli, &["--action", "skill.execute"]).is_empty());
+
+    // The workspace is offered read-only unless --workspace-write: a skill
+    // asking to write it would otherwise be able to rewrite this policy.
+    let writer = ws.path().join("writer.toml");
+    std::fs::write(
+        &writer,
+        "id = \"team/writer\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"w\"\n\n[capabilities]\nfs = [{ path = \"workspace\", access = \"read-write\" }]\n",
+    )
+    .unwrap();
+    let access = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "check",
+            "--skill",
+            p(&writer),
+            "--workspace",
+            p(ws.path()),
+            "--device-trust",
+            "verified",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r: Value = serde_json::from_slice(&cli.run(&args).stdout).unwrap();
+        r["grant"]["dirs"][0]["access"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(access(&[]), "read");
+    assert_eq!(access(&["--workspace-write"]), "read-write");
 
     // security.defaultRoles is who a session-less local user is.
     std::fs::write(cli.home.path().join("config.yaml"), "security:\n  defaultRoles: [readonly]\n").unwrap();
