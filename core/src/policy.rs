@@ -398,6 +398,9 @@ impl SecurityConfig {
         check_roles(&roles, &self.security.default_roles, "security.defaultRoles", file)?;
         for (i, issuer) in self.identity.oidc.iter().enumerate() {
             let key = format!("identity.oidc[{i}]");
+            if issuer.provider == Provider::Local {
+                return Err(invalid(key, "`local` is not an OIDC provider: use oidc, github or google".into()));
+            }
             if issuer.issuer_url().is_none() {
                 return Err(invalid(key, "an `oidc` provider needs `issuer` (its URL)".into()));
             }
@@ -552,6 +555,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("identity.oidc[0]") && err.contains("not listed"), "{err}");
+        let err = SecurityConfig::from_yaml(
+            "identity:\n  providers: [local]\n  oidc:\n    - name: x\n      provider: local\n      issuer: https://i\n      audience: a\n",
+            "c.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not an OIDC provider"), "{err}");
     }
 
     #[test]

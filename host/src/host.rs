@@ -169,7 +169,7 @@ pub(crate) struct HostInner {
     /// Compiled and linked components by digest: compile once per process.
     loaded: Mutex<HashMap<Digest, Skill>>,
     /// Skills agents may invoke, by id, with the grant each runs under.
-    registry: RwLock<HashMap<String, (Skill, NestedGrant)>>,
+    registry: RwLock<HashMap<String, (Skill, Arc<Authorize>)>>,
     stats: Stats,
     _ticker: EpochTicker,
 }
@@ -329,25 +329,22 @@ impl Host {
     /// Makes `skill` invocable by agents as `id`, running under `grant`
     /// narrowed to the calling agent's grant. Replaces an earlier entry.
     pub fn register(&self, id: impl Into<String>, skill: Skill, grant: Grant) {
-        self.inner
-            .registry
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.into(), (skill, NestedGrant::Fixed(grant)));
+        self.register_authorized(id, skill, move |_caller| Ok(grant.clone()));
     }
 
     /// Makes `skill` invocable by agents as `id`, deciding its grant at
     /// every invocation: `authorize(calling agent)` returns the grant (then
     /// narrowed to the agent's) or the reasons for a refusal. This is how a
     /// policy-aware embedder (the CLI) puts nested calls through the
-    /// decision function.
+    /// decision function. It may block (e.g. to write an audit record): it
+    /// runs on tokio's blocking pool.
     pub fn register_authorized(
         &self,
         id: impl Into<String>,
         skill: Skill,
         authorize: impl Fn(&str) -> Result<Grant, String> + Send + Sync + 'static,
     ) {
-        let entry = (skill, NestedGrant::Decide(Arc::new(authorize)));
+        let entry = (skill, Arc::new(authorize) as Arc<Authorize>);
         self.inner.registry.write().unwrap_or_else(|p| p.into_inner()).insert(id.into(), entry);
     }
 
@@ -410,17 +407,8 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
 /// with the reasons.
 pub(crate) type Authorize = dyn Fn(&str) -> Result<Grant, String> + Send + Sync;
 
-/// How a registered skill's grant is obtained when an agent invokes it.
-#[derive(Clone)]
-pub(crate) enum NestedGrant {
-    /// Given at registration.
-    Fixed(Grant),
-    /// Decided per call from the calling agent's id.
-    Decide(Arc<Authorize>),
-}
-
 impl HostInner {
-    pub(crate) fn registered(&self, id: &str) -> Option<(Skill, NestedGrant)> {
+    pub(crate) fn registered(&self, id: &str) -> Option<(Skill, Arc<Authorize>)> {
         self.registry.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 

@@ -493,21 +493,23 @@ impl IdentityStore {
         })
     }
 
-    /// Revokes a session by id.
+    /// One session by id.
+    pub fn session(&self, id: &str) -> Result<Session, IdentityError> {
+        self.with_db(|db| {
+            db.query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), [id], session_row).optional()
+        })?
+        .ok_or_else(|| IdentityError::NoSuchSession(id.to_owned()))
+    }
+
+    /// Revokes a session by id (revoking it again keeps the first time).
     pub fn revoke_session(&self, id: &str) -> Result<Session, IdentityError> {
-        let n = self.with_db(|db| {
+        self.with_db(|db| {
             db.execute(
                 "UPDATE sessions SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
                 params![id, now_ms() as i64],
             )
         })?;
-        let s = self.with_db(|db| {
-            db.query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), [id], session_row).optional()
-        })?;
-        match (n, s) {
-            (_, None) => Err(IdentityError::NoSuchSession(id.to_owned())),
-            (_, Some(s)) => Ok(s),
-        }
+        self.session(id)
     }
 }
 

@@ -272,16 +272,19 @@ async fn fetch_jwks(issuer: &OidcIssuer) -> Result<Vec<Jwk>, OidcError> {
     Ok(jwks.keys)
 }
 
-/// GETs `url` (http or https, verified against the web PKI roots).
+/// GETs `url`: https verified against the web PKI roots, or http to loopback.
 async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
     let fail = |message: String| OidcError::Fetch { url: url.to_owned(), message };
     let uri: hyper::Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
+    let host = uri.host().ok_or_else(|| fail("the URL has no host".into()))?.to_owned();
+    // Keys fetched in clear text could be swapped by anyone on the path:
+    // plain http only to this machine (a local test or sidecar issuer).
     let https = match uri.scheme_str() {
         Some("https") => true,
-        Some("http") => false,
-        _ => return Err(fail("the URL must be http or https".into())),
+        Some("http") if is_loopback(&host) => false,
+        Some("http") => return Err(fail("signing keys are fetched over https only (http only on loopback)".into())),
+        _ => return Err(fail("the URL must be https".into())),
     };
-    let host = uri.host().ok_or_else(|| fail("the URL has no host".into()))?.to_owned();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
         .header(hyper::header::HOST, uri.authority().map_or(host.as_str(), |a| a.as_str()))
@@ -319,6 +322,11 @@ async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
         Ok(body.to_bytes().to_vec())
     };
     tokio::time::timeout(FETCH_TIMEOUT, work).await.map_err(|_| fail("timed out".into()))?
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn send<IO>(

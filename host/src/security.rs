@@ -108,6 +108,8 @@ pub struct Security {
     policy: PolicySet,
     local_device: Device,
     actor: String,
+    /// One verifier, so a long-lived host fetches each issuer's keys once.
+    oidc: OidcVerifier,
 }
 
 impl Security {
@@ -129,7 +131,9 @@ impl Security {
         let policy = PolicySet { config, roles, org, repo, sources: loader.sources };
         let identity = IdentityStore::open(home.root())?;
         let local_device = local_device(&home, &identity)?;
-        Ok(Security { home, identity, policy, local_device, actor })
+        let ident = &policy.config.identity;
+        let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
+        Ok(Security { home, identity, policy, local_device, actor, oidc })
     }
 
     /// The state directory.
@@ -327,20 +331,21 @@ impl Security {
         scope: Option<&Path>,
         ttl: Option<Duration>,
     ) -> Result<(Session, String), SecurityError> {
-        let (method, outcome) = match secret {
-            LocalSecret::Password(p) => ("password", self.identity.verify_password(user, p)),
-            LocalSecret::Token(t) => ("token", self.identity.verify_token(user, t)),
+        let method = match secret {
+            LocalSecret::Password(_) => "password",
+            LocalSecret::Token(_) => "token",
         };
-        let enabled = self.provider_enabled(Provider::Local);
-        let user_record = match (enabled, outcome) {
-            (Ok(()), Ok(u)) => u,
-            (Err(e), _) => {
+        let outcome = self.provider_enabled(Provider::Local).and_then(|()| {
+            Ok(match secret {
+                LocalSecret::Password(p) => self.identity.verify_password(user, p)?,
+                LocalSecret::Token(t) => self.identity.verify_token(user, t)?,
+            })
+        });
+        let user_record = match outcome {
+            Ok(u) => u,
+            Err(e) => {
                 self.audit_login(user, method, AuditResult::Denied, &e.to_string(), None)?;
                 return Err(e);
-            }
-            (_, Err(e)) => {
-                self.audit_login(user, method, AuditResult::Denied, &e.to_string(), None)?;
-                return Err(e.into());
             }
         };
         self.start_session(&user_record.name, &user_record.roles, roles, scope, ttl, method)
@@ -354,9 +359,7 @@ impl Security {
         scope: Option<&Path>,
         ttl: Option<Duration>,
     ) -> Result<(Session, String), SecurityError> {
-        let ident = &self.policy.config.identity;
-        let verifier = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
-        let (who, issuer) = match verifier.verify(id_token).await {
+        let (who, issuer) = match self.oidc.verify(id_token).await {
             Ok(v) => v,
             Err(e) => {
                 self.audit_login("-", "oidc", AuditResult::Denied, &e.to_string(), None)?;
@@ -422,8 +425,8 @@ impl Security {
 
     /// Revokes a session (admin, or the session's own user).
     pub fn revoke_session(&self, by: &Subject, id: &str) -> Result<Session, SecurityError> {
-        let target = self.identity.sessions()?.into_iter().find(|s| s.id == id);
-        let own = target.as_ref().is_some_and(|s| s.user == by.user && by.session.is_some());
+        let target = self.identity.session(id)?;
+        let own = by.session.is_some() && target.user == by.user;
         if !own {
             self.require_admin(by, "session.revoke", ("session", id))?;
         }

@@ -244,6 +244,18 @@ async fn agents_invoke_only_granted_registered_skills_never_wider() {
     assert_eq!(out["secrets_found"], 1, "only the workspace's key: {out}");
     let err = host.run(&reviewer, r#"{"path": "/other"}"#, &agent).await.unwrap_err();
     assert!(err.to_string().contains("not found inside the sandbox"), "{err}");
+
+    // An authoriser decides each call: it sees the calling agent, and its
+    // refusal reaches the agent as `denied` with the reasons.
+    let callers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = callers.clone();
+    host.register_authorized("team/word-count", load(&host, "word-count"), move |caller| {
+        seen.lock().unwrap().push(caller.to_owned());
+        Err("[device-trust] device d is untrusted".to_owned())
+    });
+    let err = host.run(&reviewer, "{}", &agent).await.unwrap_err();
+    assert!(err.to_string().contains("refused `team/word-count`: [device-trust]"), "{err}");
+    assert_eq!(*callers.lock().unwrap(), ["code_reviewer.wasm"], "decided once, for the calling agent");
 }
 
 #[tokio::test(flavor = "multi_thread")]

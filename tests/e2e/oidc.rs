@@ -155,6 +155,15 @@ async fn id_tokens_are_checked_against_the_issuers_published_keys() {
     assert!(matches!(refused(issuer.token("ES256", "es", &stranger_iss, false)).await, OidcError::UnknownIssuer(_)));
     assert!(matches!(refused("a.b".into()).await, OidcError::Malformed(_)));
 
+    // Keys over plain http are fetched only from loopback.
+    let mut remote = issuer.config();
+    remote.issuer = Some("http://issuer.example".into());
+    let mut remote_iss = claims.clone();
+    remote_iss["iss"] = json!("http://issuer.example");
+    let insecure = OidcVerifier::new(vec![remote], vec![Provider::Oidc]);
+    let err = insecure.verify(&issuer.token("ES256", "es", &remote_iss, false)).await.unwrap_err();
+    assert!(err.to_string().contains("https only"), "{err}");
+
     let disabled = OidcVerifier::new(vec![issuer.config()], vec![Provider::Local]);
     assert!(matches!(
         disabled.verify(&issuer.token("ES256", "es", &claims, false)).await.unwrap_err(),

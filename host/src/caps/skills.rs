@@ -6,7 +6,6 @@
 
 use crate::bindings::coderclaw::skill::skills::Host;
 use crate::bindings::coderclaw::skill::types::SkillError as WitSkillError;
-use crate::host::NestedGrant;
 use crate::state::RunState;
 use crate::{Error, SkillError};
 use std::time::Instant;
@@ -27,15 +26,14 @@ impl Host for RunState {
         if ctx.depth + 1 > MAX_DEPTH {
             return deny(format!("invoking `{id}` would nest skills deeper than {MAX_DEPTH} levels"));
         }
-        let Some((skill, registered)) = ctx.host.registered(&id) else {
+        let Some((skill, authorize)) = ctx.host.registered(&id) else {
             return deny(format!("skill `{id}` is not registered on this host"));
         };
-        let registered = match registered {
-            NestedGrant::Fixed(g) => g,
-            NestedGrant::Decide(authorize) => match authorize(&ctx.name) {
-                Ok(g) => g,
-                Err(reasons) => return deny(format!("policy refuses `{id}`: {reasons}")),
-            },
+        let caller = ctx.name.to_string();
+        let registered = match tokio::task::spawn_blocking(move || authorize(&caller)).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(reasons)) => return deny(format!("refused `{id}`: {reasons}")),
+            Err(e) => return deny(format!("deciding `{id}` failed: {e}")),
         };
         let registered = match crate::caps::wasi::resolve_grant(&registered) {
             Ok(g) => g,
