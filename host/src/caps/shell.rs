@@ -2,7 +2,7 @@
 //!
 //! Checked before anything runs: the program is on the grant's allowlist by
 //! exact name (a bare name is looked up only in absolute `PATH` directories
-//! the skill cannot write), and the working directory lies inside a granted directory
+//! outside every granted directory), and the working directory lies inside a granted directory
 //! (after canonicalisation, so symlinks cannot point it elsewhere). The
 //! child is started directly (no shell, arguments verbatim), in its own
 //! process group, with no stdin, only `PATH` and the grant's environment,
@@ -11,7 +11,6 @@
 use crate::bindings::coderclaw::skill::shell::{Command, Host, Output, ShellError};
 use crate::caps::wasi::ResolvedDir;
 use crate::state::{RunContext, RunState};
-use coderclaw_core::Access;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::fs::PermissionsExt;
@@ -57,12 +56,11 @@ fn authorize(ctx: &RunContext, cmd: &Command) -> Result<(PathBuf, PathBuf), Stri
         });
     }
     let cwd = working_dir(&ctx.dirs, cmd.cwd.as_deref())?;
-    let writable: Vec<&Path> =
-        ctx.grant.dirs().iter().filter(|d| d.access == Access::ReadWrite).map(|d| d.host.as_path()).collect();
+    let granted: Vec<&Path> = ctx.grant.dirs().iter().map(|d| d.host.as_path()).collect();
     let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let program = find_program(&cmd.program, &path_var, &writable).ok_or_else(|| {
+    let program = find_program(&cmd.program, &path_var, &granted).ok_or_else(|| {
         format!(
-            "program `{}` is allowed but was not found on the host's PATH (directories the skill can write are not searched)",
+            "program `{}` is allowed but was not found on the host's PATH (granted directories are not searched)",
             cmd.program
         )
     })?;
@@ -104,9 +102,10 @@ fn relative_to<'a>(base: &str, path: &'a str) -> Option<&'a str> {
 }
 
 /// Finds `program` on `path_var`. Only absolute PATH entries are searched,
-/// and none inside a directory the skill may write (`writable`, canonical):
-/// otherwise a skill could plant its own `git` and have the host run it.
-fn find_program(program: &str, path_var: &std::ffi::OsStr, writable: &[&Path]) -> Option<PathBuf> {
+/// and none inside a granted directory (`granted`, canonical), whatever its
+/// access: otherwise a skill, an agent calling it with write access, or an
+/// earlier run could plant its own `git` and have the host run it.
+fn find_program(program: &str, path_var: &std::ffi::OsStr, granted: &[&Path]) -> Option<PathBuf> {
     let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if Path::new(program).is_absolute() {
         return executable(Path::new(program)).then(|| PathBuf::from(program));
@@ -115,7 +114,7 @@ fn find_program(program: &str, path_var: &std::ffi::OsStr, writable: &[&Path]) -
         .filter(|dir| dir.is_absolute())
         .filter(|dir| {
             let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-            !writable.iter().any(|w| real.starts_with(w))
+            !granted.iter().any(|g| real.starts_with(g))
         })
         .map(|dir| dir.join(program))
         .find(|p| executable(p))
@@ -212,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn programs_are_never_found_in_writable_or_relative_path_entries() {
+    fn programs_are_never_found_in_granted_or_relative_path_entries() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         let (bin, planted) = (root.join("bin"), root.join("ws/node_modules/.bin"));
@@ -223,10 +222,11 @@ mod tests {
             std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let path = std::env::join_paths([&planted, &bin]).unwrap();
-        // Writable workspace: the planted copy is skipped, the real one found.
+        // A granted workspace (read-only or not): the planted copy is
+        // skipped, the real one found.
         let ws = root.join("ws");
         assert_eq!(find_program("tool", &path, &[ws.as_path()]), Some(bin.join("tool")));
-        // Without a writable grant the first PATH entry wins, as usual.
+        // Outside every granted directory the first PATH entry wins, as usual.
         assert_eq!(find_program("tool", &path, &[]), Some(planted.join("tool")));
         // Relative entries are never searched.
         assert_eq!(find_program("tool", std::ffi::OsStr::new("."), &[]), None);
