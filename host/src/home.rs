@@ -72,6 +72,14 @@ pub enum HomeError {
     /// The audit log could not record an action; the action was not done.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The stored package file is not the one that was installed.
+    #[error("the stored package of {id} was replaced (it now holds {found}): reinstall {id}")]
+    StoredPackageMismatch {
+        /// The installed id.
+        id: String,
+        /// What the file holds now.
+        found: String,
+    },
     /// No installed skill with this id.
     #[error("skill {0} is not installed (see `coderclaw skill list`)")]
     NotInstalled(String),
@@ -194,7 +202,9 @@ impl Home {
             }
             Err(e) => {
                 let result = match e {
-                    HomeError::Package(_) | HomeError::Key(KeyError::Permissions { .. }) => AuditResult::Denied,
+                    HomeError::Package(_)
+                    | HomeError::StoredPackageMismatch { .. }
+                    | HomeError::Key(KeyError::Permissions { .. }) => AuditResult::Denied,
                     _ => AuditResult::Error,
                 };
                 AuditEvent::new(action, result, resource.0, resource.1).reason(e.to_string())
@@ -492,7 +502,16 @@ impl Home {
         let digest = Digest::from_hex(&skill.digest).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))?;
         let path = self.package_path(&digest);
         let bytes = fs::read(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
-        Ok(Package::parse(&bytes)?.verify(self)?)
+        let verified = Package::parse(&bytes)?.verify(self)?;
+        // A validly signed but different package (another skill, an older
+        // version) swapped into the file is not what was installed.
+        if verified.digest() != digest || verified.manifest().id.as_str() != id {
+            return Err(HomeError::StoredPackageMismatch {
+                id: id.to_owned(),
+                found: format!("{} {}", verified.manifest().id, verified.manifest().version),
+            });
+        }
+        Ok(verified)
     }
 }
 

@@ -159,12 +159,30 @@ async fn revoking_a_key_stops_installed_packages_and_their_cached_code() {
     home.install(&package("echo", &team_key())).unwrap();
     let host = signed_host(&home);
     run(&host, &home, "team/echo", json!(1), &Grant::deny_all()).await.unwrap();
+    let cached = std::fs::read_dir(home.compiled_cache_dir()).unwrap().count();
+    assert!(cached > 0, "the first run left compiled code on disk");
 
     home.trust_revoke(&team_key().public().id().to_string()).unwrap();
     let err = home.load_installed("team/echo").unwrap_err();
     assert!(matches!(err, HomeError::Package(PackageError::Revoked { .. })), "{err}");
-    // A new install of the same package is refused too.
-    assert!(home.install(&package("echo", &team_key())).unwrap_err().to_string().contains("revoked"));
     // The compiled code is still on disk, but the only way to it is a
     // `VerifiedPackage`, which the revoked key can no longer produce.
+    assert_eq!(std::fs::read_dir(home.compiled_cache_dir()).unwrap().count(), cached);
+    // A new install of the same package is refused too.
+    assert!(home.install(&package("echo", &team_key())).unwrap_err().to_string().contains("revoked"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_package_swapped_into_the_store_is_refused() {
+    let (dir, home) = trusted_home();
+    let echo = home.install(&package("echo", &team_key())).unwrap();
+    let other = home.install(&package("word-count", &team_key())).unwrap();
+    // Both are validly signed by a trusted key; put word-count's bytes in echo's file.
+    let file = |digest: &str| dir.path().join("packages").join(format!("{digest}.ccpkg"));
+    std::fs::copy(file(&other.digest), file(&echo.digest)).unwrap();
+    let err = home.load_installed("team/echo").unwrap_err();
+    assert!(matches!(err, HomeError::StoredPackageMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("now holds team/word-count"), "{err}");
+    let refused = home.audit().query(&Default::default()).unwrap().into_iter().last().unwrap();
+    assert_eq!((refused.action.as_str(), refused.result.as_str()), ("skill.verify", "denied"));
 }
