@@ -4,7 +4,9 @@
 //!
 //! Each record stores the SHA-256 of the previous record's hash and of its
 //! own fields, so editing, deleting or reordering any stored record breaks
-//! the chain at that record, and [`AuditLog::verify`] names it.
+//! the chain at that record, and [`AuditLog::verify`] names it. Deleting
+//! the newest records leaves a shorter chain that still verifies: catching
+//! that needs the head (seq, hash) kept somewhere the attacker cannot write.
 //!
 //! Secrets never enter the log: metadata values under keys that look like
 //! credentials are replaced by `[redacted]`. Control characters in every
@@ -15,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 /// How an audited action ended.
@@ -289,12 +291,8 @@ impl AuditLog {
     pub fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_path_buf();
         let err = |source| AuditError::Db { path: path.clone(), source };
-        let db = Connection::open(&path).map_err(err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         // Durable: a record is on disk before `append` returns.
-        db.pragma_update(None, "synchronous", "FULL").map_err(err)?;
-        db.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        let db = crate::sqlite::open(&path, true, SCHEMA).map_err(err)?;
         Ok(AuditLog { path, db: Mutex::new(db) })
     }
 

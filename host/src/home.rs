@@ -172,10 +172,7 @@ impl Home {
         }
         let db_path = root.join("state.db");
         let db_err = |source| HomeError::Db { path: db_path.clone(), source };
-        let db = Connection::open(&db_path).map_err(db_err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(db_err)?;
-        db.pragma_update(None, "foreign_keys", "ON").map_err(db_err)?;
-        db.execute_batch(SCHEMA).map_err(db_err)?;
+        let db = crate::sqlite::open(&db_path, false, SCHEMA).map_err(db_err)?;
         let audit = AuditLog::open(root.join("audit.db"))?;
         Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user() })
     }

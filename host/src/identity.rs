@@ -15,11 +15,11 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use coderclaw_core::Digest;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::SessionFacts;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -214,7 +214,7 @@ fn random_hex(bytes: usize) -> Result<String, IdentityError> {
 }
 
 fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
+    Digest::of(s.as_bytes()).to_hex()
 }
 
 fn check_name(name: &str) -> Result<(), IdentityError> {
@@ -233,11 +233,7 @@ impl IdentityStore {
     pub fn open(dir: &Path) -> Result<IdentityStore, IdentityError> {
         let path = dir.join("identity.db");
         let err = |source| IdentityError::Db { path: path.clone(), source };
-        let db = Connection::open(&path).map_err(err)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        db.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
-        db.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        db.execute_batch(SCHEMA).map_err(err)?;
+        let db = crate::sqlite::open(&path, false, SCHEMA).map_err(err)?;
         Ok(IdentityStore { path, db: Mutex::new(db) })
     }
 
@@ -469,8 +465,10 @@ impl IdentityStore {
         Ok((session, token))
     }
 
-    /// The session a bearer token stands for, whatever its state: the
-    /// decision function refuses expired and revoked ones, with a reason.
+    /// The session a bearer token stands for, whatever its state (callers
+    /// check expiry and revocation: `Security::subject` refuses them, and
+    /// the decision function refuses them again for embedders that build a
+    /// `Subject` themselves).
     pub fn session_by_token(&self, token: &str) -> Result<Session, IdentityError> {
         self.with_db(|db| {
             db.query_row(

@@ -36,6 +36,7 @@ mod host;
 pub mod identity;
 pub mod oidc;
 pub mod security;
+mod sqlite;
 mod state;
 
 pub use coderclaw_core::package::VerifiedPackage;

@@ -22,6 +22,7 @@ use crate::audit::{AuditEvent, AuditResult};
 use crate::home::Home;
 use crate::identity::{Device, IdentityError, IdentityStore, Session, now_ms};
 use crate::oidc::{OidcError, OidcVerifier};
+use coderclaw_core::Digest;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{
     self, Action, Decision, DecisionInput, Offer, Policies, Subject, Target, check_permission,
@@ -30,7 +31,6 @@ use coderclaw_core::keys::{KeyError, SecretKey};
 use coderclaw_core::policy::{OrgPolicy, PolicyError, Provider, RepoPolicy, SecurityConfig};
 use coderclaw_core::rbac::{Permission, Roles};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -518,12 +518,12 @@ impl Loader<'_> {
             }
             Err(source) => return Err(SecurityError::Io { path: file.into(), source }),
         };
-        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        let digest = Digest::of(text.as_bytes()).to_hex();
         let dir = self.home.root().join("policy").join("last-good");
-        let keep = dir.join(format!("{}.yaml", &hex::encode(Sha256::digest(shown.as_bytes()))[..16]));
+        let keep = dir.join(format!("{}.yaml", &Digest::of(shown.as_bytes()).to_hex()[..16]));
         match parse(&text, &shown) {
             Ok(v) => {
-                let previous = std::fs::read(&keep).ok().map(|b| hex::encode(Sha256::digest(&b)));
+                let previous = std::fs::read(&keep).ok().map(|b| Digest::of(&b).to_hex());
                 if previous.as_deref() != Some(digest.as_str()) {
                     save_last_good(&dir, &keep, &text)?;
                     self.home.audit().append(

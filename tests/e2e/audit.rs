@@ -59,7 +59,7 @@ fn rewriting_a_record_with_a_fresh_hash_breaks_the_next_link() {
     let db = Connection::open(dir.path().join("audit.db")).unwrap();
     db.execute("UPDATE audit SET reason = 'forged', hash = 'ab' || substr(hash, 3) WHERE seq = 5", []).unwrap();
     assert_eq!(broken_at(&log), 5);
-    // Even a "consistent" rewrite of record 5's hash is caught by record 6's link.
+    // Editing record 6's link to the previous hash is caught at record 6.
     let dir = tempfile::tempdir().unwrap();
     let log = ten_records(dir.path());
     let db = Connection::open(dir.path().join("audit.db")).unwrap();
