@@ -229,16 +229,11 @@ impl GrantBuilder {
                 return Err(GrantError::DuplicateGuestPath(d.guest.clone()));
             }
         }
-        for name in g.env.keys() {
-            if name.is_empty() || name.contains(['=', '\0']) {
-                return Err(GrantError::BadEnvName(name.clone()));
-            }
+        if let Some(name) = g.env.keys().find(|n| !is_env_name(n)) {
+            return Err(GrantError::BadEnvName(name.clone()));
         }
-        for p in &g.shell {
-            let bare = !p.is_empty() && !p.contains('/') && p != "." && p != "..";
-            if !(bare || Path::new(p).is_absolute()) || p.contains('\0') {
-                return Err(GrantError::BadProgram(p.clone()));
-            }
+        if let Some(p) = g.shell.iter().find(|p| !is_program(p)) {
+            return Err(GrantError::BadProgram(p.clone()));
         }
         for id in &g.skills {
             if !is_skill_id(id) {
@@ -258,6 +253,18 @@ impl GrantBuilder {
         }
         Ok(g)
     }
+}
+
+/// A name WASI can carry as an environment variable: non-empty, no `=` or NUL.
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
+}
+
+/// A shell program a grant may name: a bare name (looked up on PATH, never
+/// `.` or `..`) or an absolute path; no NUL.
+pub fn is_program(p: &str) -> bool {
+    let bare = !p.is_empty() && !p.contains('/') && p != "." && p != "..";
+    (bare || Path::new(p).is_absolute()) && !p.contains('\0')
 }
 
 /// `namespace/name`, each part lowercase ASCII letters, digits and `-`.

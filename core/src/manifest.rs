@@ -241,15 +241,13 @@ impl Manifest {
         if !self.input_schema.is_object() {
             return Err("key `input-schema`: must be a table (a JSON Schema object)".into());
         }
-        for name in &self.capabilities.env {
-            if name.is_empty() || name.contains(['=', '\0']) {
-                return Err(format!("key `capabilities.env`: {name:?} is not an environment variable name"));
-            }
+        // The same rules a grant enforces, so a manifest that signs is one
+        // the host can grant.
+        if let Some(name) = self.capabilities.env.iter().find(|n| !crate::grant::is_env_name(n)) {
+            return Err(format!("key `capabilities.env`: {name:?} is not an environment variable name"));
         }
-        for p in &self.capabilities.shell {
-            if p.is_empty() || p.contains('\0') || (p.contains('/') && !p.starts_with('/')) {
-                return Err(format!("key `capabilities.shell`: {p:?} is not a program name or absolute path"));
-            }
+        if let Some(p) = self.capabilities.shell.iter().find(|p| !crate::grant::is_program(p)) {
+            return Err(format!("key `capabilities.shell`: {p:?} is not a program name or absolute path"));
         }
         for d in &self.capabilities.fs {
             if d.path.is_empty() || d.path.contains("..") {
@@ -339,6 +337,11 @@ timeout = "30s"
         assert!(e.to_string().contains("only agents"), "{e}");
         let e = Manifest::from_toml(&GOOD.replace("Scans for secrets", " "), "m").unwrap_err();
         assert!(e.to_string().contains("`description`"), "{e}");
+        // A program a grant could never hold does not sign either.
+        let with_shell = GOOD.replace("env = [\"GITHUB_TOKEN\"]", "shell = [\"..\"]");
+        let e = Manifest::from_toml(&with_shell, "m").unwrap_err();
+        assert!(e.to_string().contains("capabilities.shell"), "{e}");
+        assert!(Manifest::from_toml(&with_shell.replace("\"..\"", "\"git\""), "m").is_ok());
     }
 
     #[test]
