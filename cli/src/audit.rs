@@ -1,8 +1,10 @@
 //! `coderclaw audit`: read and check the tamper-evident audit log.
 
 use crate::home;
+use crate::output::print_json;
 use anyhow::{Result, bail};
 use clap::Subcommand;
+use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::parse_duration;
 use coderclaw_host::audit::{AuditError, AuditFilter, AuditResult};
 use std::process::ExitCode;
@@ -71,7 +73,8 @@ fn parse_since(s: &str) -> Result<i64> {
 }
 
 pub fn main(cmd: Command) -> Result<ExitCode> {
-    let home = home::open()?;
+    let security = home::open_checked(Permission::ConfigRead, "audit.read", ("audit", "*"))?;
+    let home = security.home();
     match cmd {
         Command::Query { user, action, since, result, limit, json } => {
             let result = match result.as_deref() {
@@ -84,7 +87,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             let since_ms = since.as_deref().map(parse_since).transpose()?;
             let records = home.audit().query(&AuditFilter { user, action, since_ms, result, limit })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
+                print_json(&records)?;
             } else {
                 for r in records {
                     println!(

@@ -1,6 +1,7 @@
 //! `coderclaw skill build`: cargo build for wasm32-wasip2, then report each
 //! component with its SHA-256.
 
+use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw_host::Digest;
 use serde_json::{Value, json};
@@ -42,7 +43,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             .iter()
             .map(|a| json!({ "name": a.name, "path": a.path, "sha256": a.digest.to_hex(), "bytes": a.bytes }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        print_json(&list)?;
     } else {
         for a in &artifacts {
             println!("{}  sha256:{}  ({} bytes)", a.path.display(), a.digest, a.bytes);

@@ -1,10 +1,11 @@
 //! The state directory: `$CODERCLAW_HOME`, else `~/.coderclaw`.
 
 use anyhow::{Context, Result, bail};
+use coderclaw_core::rbac::Permission;
 use coderclaw_host::home::Home;
 use coderclaw_host::security::Security;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Every environment variable the CLI reads about its state, in one place.
 pub const ENV_HOME: &str = "CODERCLAW_HOME";
@@ -24,13 +25,27 @@ pub fn open() -> Result<Home> {
     Ok(Home::open(state_dir()?)?)
 }
 
-/// The session to act in. Without one the local OS user acts with the
-/// configuration's `security.defaultRoles` (unless `requireAuth` is on).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct SessionArgs {
-    /// Session token from `coderclaw login` (or set CODERCLAW_SESSION).
-    #[arg(long, value_name = "TOKEN", env = "CODERCLAW_SESSION", hide_env_values = true)]
-    pub session: Option<String>,
+static SESSION: OnceLock<Option<String>> = OnceLock::new();
+
+/// Records the global --session / CODERCLAW_SESSION once, at start-up.
+pub fn set_session(token: Option<String>) {
+    let _ = SESSION.set(token.filter(|t| !t.is_empty()));
+}
+
+/// The session token to act in, if one was given. Without one the local
+/// OS user acts with `security.defaultRoles` (unless `requireAuth` is on).
+pub fn session() -> Option<&'static str> {
+    SESSION.get().and_then(|s| s.as_deref())
+}
+
+/// Opens the security model (no workspace policy) and checks that the
+/// caller may do `action`: a session holding `permission`, or the
+/// session-less owner of the state directory while `requireAuth` is off.
+pub fn open_checked(permission: Permission, action: &str, resource: (&str, &str)) -> Result<Arc<Security>> {
+    let security = open_security(None)?;
+    let subject = security.subject(session())?;
+    security.require_owner_or(&subject, permission, action, resource)?;
+    Ok(security)
 }
 
 /// Opens the state directory and the security model for `workspace`

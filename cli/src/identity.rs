@@ -2,13 +2,12 @@
 //! sessions and device trust. Every change and every authentication
 //! attempt is recorded in the audit log.
 
-use crate::home::{self, SessionArgs};
+use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::units::parse_duration;
-use coderclaw_host::identity::Session;
 use coderclaw_host::security::{LocalSecret, Security};
 use serde_json::json;
 use std::io::Read as _;
@@ -109,18 +108,15 @@ fn human_ms(ms: u64) -> String {
 
 /// End the session given with --session / CODERCLAW_SESSION.
 #[derive(clap::Args, Debug)]
-pub struct LogoutArgs {
-    #[command(flatten)]
-    pub session: SessionArgs,
-}
+pub struct LogoutArgs {}
 
-pub fn logout(args: LogoutArgs) -> Result<ExitCode> {
-    let Some(token) = args.session.session.as_deref() else {
+pub fn logout(_: LogoutArgs) -> Result<ExitCode> {
+    let Some(token) = home::session() else {
         bail!("no session to end: pass --session TOKEN or set CODERCLAW_SESSION");
     };
     let security = home::open_security(None)?;
     let subject = security.subject(Some(token))?;
-    let id = subject.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+    let id = security.identity().session_by_token(token)?.id;
     security.revoke_session(&subject, &id)?;
     eprintln!("session {id} ended");
     Ok(ExitCode::SUCCESS)
@@ -131,8 +127,6 @@ pub fn logout(args: LogoutArgs) -> Result<ExitCode> {
 pub enum SessionCommand {
     /// List sessions (admin): id, user, device, roles, expiry, state.
     List {
-        #[command(flatten)]
-        session: SessionArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -142,38 +136,26 @@ pub enum SessionCommand {
     Revoke {
         /// Session id (`ses_...`, from `session list`).
         id: String,
-        #[command(flatten)]
-        session: SessionArgs,
     },
-}
-
-fn state(s: &Session, now: u64) -> &'static str {
-    if s.revoked_at_ms.is_some() {
-        "revoked"
-    } else if s.expires_at_ms <= now {
-        "expired"
-    } else {
-        "active"
-    }
 }
 
 pub fn session(cmd: SessionCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
-        SessionCommand::List { session, json } => {
-            let by = security.subject(session.session.as_deref())?;
+        SessionCommand::List { json } => {
+            let by = security.subject(home::session())?;
             security.require_admin(&by, "session.list", ("session", "*"))?;
             let sessions = security.identity().sessions()?;
             let now = coderclaw_host::identity::now_ms();
             if json {
-                let rows: Vec<_> = sessions.iter().map(|s| json!({ "session": s, "state": state(s, now) })).collect();
+                let rows: Vec<_> = sessions.iter().map(|s| json!({ "session": s, "state": s.state(now) })).collect();
                 print_json(&rows)?;
             } else {
                 for s in &sessions {
                     println!(
                         "{}  {:<8} {:<16} [{}] {} {}",
                         s.id,
-                        state(s, now),
+                        s.state(now),
                         s.user,
                         s.roles.join(","),
                         &s.device[..s.device.len().min(12)],
@@ -182,8 +164,8 @@ pub fn session(cmd: SessionCommand) -> Result<ExitCode> {
                 }
             }
         }
-        SessionCommand::Revoke { id, session } => {
-            let by = security.subject(session.session.as_deref())?;
+        SessionCommand::Revoke { id } => {
+            let by = security.subject(home::session())?;
             security.revoke_session(&by, &id)?;
             eprintln!("session {id} revoked");
         }
@@ -204,13 +186,9 @@ pub enum UserCommand {
         /// Read the user's password from stdin.
         #[arg(long)]
         password_stdin: bool,
-        #[command(flatten)]
-        session: SessionArgs,
     },
     /// List users and their roles.
     List {
-        #[command(flatten)]
-        session: SessionArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -222,23 +200,19 @@ pub enum UserCommand {
         /// Token lifetime (e.g. 30d); default: no expiry.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
         expires: Option<Duration>,
-        #[command(flatten)]
-        session: SessionArgs,
     },
     /// Revoke an API token by id (`cct_...`).
     RevokeToken {
         /// Token id.
         id: String,
-        #[command(flatten)]
-        session: SessionArgs,
     },
 }
 
 pub fn user(cmd: UserCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
-        UserCommand::Add { name, roles, password_stdin, session } => {
-            let by = security.subject(session.session.as_deref())?;
+        UserCommand::Add { name, roles, password_stdin } => {
+            let by = security.subject(home::session())?;
             security.require_admin(&by, "user.add", ("user", &name))?;
             let roles = if roles.is_empty() { security.policy().config.security.default_roles.clone() } else { roles };
             for r in &roles {
@@ -249,8 +223,8 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
             security.audit_admin(&by, "user.add", ("user", &name), &format!("roles [{}]", roles.join(", ")))?;
             eprintln!("user {} added with roles [{}]", u.name, u.roles.join(", "));
         }
-        UserCommand::List { session, json } => {
-            let by = security.subject(session.session.as_deref())?;
+        UserCommand::List { json } => {
+            let by = security.subject(home::session())?;
             security.require_admin(&by, "user.list", ("user", "*"))?;
             let users = security.identity().users()?;
             if json {
@@ -266,16 +240,16 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
                 }
             }
         }
-        UserCommand::Token { name, expires, session } => {
-            let by = security.subject(session.session.as_deref())?;
+        UserCommand::Token { name, expires } => {
+            let by = security.subject(home::session())?;
             security.require_admin(&by, "user.token.create", ("user", &name))?;
             let (record, token) = security.identity().create_token(&name, expires)?;
             security.audit_admin(&by, "user.token.create", ("user", &name), &format!("token {}", record.id))?;
             eprintln!("token {} for {name} (shown once; store it as a secret)", record.id);
             println!("{token}");
         }
-        UserCommand::RevokeToken { id, session } => {
-            let by = security.subject(session.session.as_deref())?;
+        UserCommand::RevokeToken { id } => {
+            let by = security.subject(home::session())?;
             security.require_admin(&by, "user.token.revoke", ("token", &id))?;
             security.identity().revoke_token(&id)?;
             security.audit_admin(&by, "user.token.revoke", ("token", &id), "revoked")?;
@@ -290,8 +264,6 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
 pub enum DeviceCommand {
     /// List known devices with their stored and effective trust.
     List {
-        #[command(flatten)]
-        session: SessionArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -309,8 +281,6 @@ pub enum DeviceCommand {
         /// Its Ed25519 public key (`coderclaw key export-public` form).
         #[arg(long, value_name = "KEY")]
         public_key: String,
-        #[command(flatten)]
-        session: SessionArgs,
     },
     /// Raise or lower a device's trust (admin). Example:
     ///   coderclaw device trust 3f2a9c... verified
@@ -319,8 +289,6 @@ pub enum DeviceCommand {
         id: String,
         /// trusted, verified or untrusted.
         level: TrustLevel,
-        #[command(flatten)]
-        session: SessionArgs,
     },
 }
 
@@ -334,8 +302,8 @@ fn device_json(security: &Security, d: &coderclaw_host::identity::Device) -> ser
 pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
-        DeviceCommand::List { session, json } => {
-            security.subject(session.session.as_deref())?;
+        DeviceCommand::List { json } => {
+            security.subject(home::session())?;
             let devices = security.identity().devices()?;
             if json {
                 print_json(&devices.iter().map(|d| device_json(&security, d)).collect::<Vec<_>>())?;
@@ -366,8 +334,8 @@ pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
                 eprintln!("{} ({}), effective trust {}", d.name, d.public_key, d.trust);
             }
         }
-        DeviceCommand::Register { name, public_key, session } => {
-            let by = security.subject(session.session.as_deref())?;
+        DeviceCommand::Register { name, public_key } => {
+            let by = security.subject(home::session())?;
             let key = coderclaw_core::keys::PublicKey::parse(&public_key)?;
             let id = key.id().to_string();
             security.require_admin(&by, "device.register", ("device", &id))?;
@@ -376,8 +344,8 @@ pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
             eprintln!("device {name} registered as {id} ({})", d.trust);
             println!("{id}");
         }
-        DeviceCommand::Trust { id, level, session } => {
-            let by = security.subject(session.session.as_deref())?;
+        DeviceCommand::Trust { id, level } => {
+            let by = security.subject(home::session())?;
             let d = security.set_device_trust(&by, &id, level)?;
             eprintln!("device {} ({}) is now {}", d.id, d.name, d.trust);
             if d.local && security.effective_trust(&d) != d.trust {

@@ -1,8 +1,10 @@
 //! `coderclaw key`: signing keys for publishing skills.
 
 use crate::home;
+use crate::output::print_json;
 use anyhow::Result;
 use clap::Subcommand;
+use coderclaw_core::rbac::Permission;
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -33,7 +35,13 @@ pub enum Command {
 }
 
 pub fn main(cmd: Command) -> Result<ExitCode> {
-    let home = home::open()?;
+    let (permission, action, name) = match &cmd {
+        Command::Generate { name } => (Permission::ConfigWrite, "key.generate", name.as_str()),
+        Command::List { .. } => (Permission::ConfigRead, "key.list", "*"),
+        Command::ExportPublic { name } => (Permission::ConfigRead, "key.export", name.as_str()),
+    };
+    let security = home::open_checked(permission, action, ("key", name))?;
+    let home = security.home();
     match cmd {
         Command::Generate { name } => {
             let public = home.generate_key(&name)?;
@@ -51,7 +59,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
                         Err(e) => json!({"name": name, "error": e.to_string()}),
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                print_json(&list)?;
             } else if keys.is_empty() {
                 println!("no signing keys: create one with `coderclaw key generate --name NAME`");
             } else {

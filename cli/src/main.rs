@@ -38,6 +38,11 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "coderclaw", version, propagate_version = true)]
 struct Cli {
+    /// Act in this session (a token from `coderclaw login`). Without one you
+    /// act as the local OS user with security.defaultRoles, unless
+    /// security.requireAuth is on.
+    #[arg(long, global = true, value_name = "TOKEN", env = "CODERCLAW_SESSION", hide_env_values = true)]
+    session: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    home::set_session(cli.session);
     let result = match cli.command {
         Command::Skill(SkillCommand::Run(args)) => run::main(args),
         Command::Skill(SkillCommand::Build(args)) => build::main(args),

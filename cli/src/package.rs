@@ -2,9 +2,11 @@
 
 use crate::build::build;
 use crate::home;
+use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::{Package, VerifiedPackage};
+use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::format_size;
 use coderclaw_host::Host;
 use coderclaw_host::home::InstalledSkill;
@@ -98,7 +100,8 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
 }
 
 pub fn sign(args: SignArgs) -> Result<ExitCode> {
-    let home = home::open()?;
+    let security = home::open_checked(Permission::ConfigRead, "key.use", ("key", &args.key))?;
+    let home = security.home();
     let key = home.secret_key(&args.key)?;
     let (manifest_path, component_path) = if args.source.is_dir() {
         let built = build(&args.source, true, args.json)?;
@@ -114,16 +117,14 @@ pub fn sign(args: SignArgs) -> Result<ExitCode> {
     let component = read(&component_path)?;
     Host::check_component(&component_path.display().to_string(), &component)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let bytes = Package::sign(&manifest, component, &key, now).to_bytes();
+    let package = Package::sign(&manifest, component, &key, now);
+    let (digest, bytes) = (package.digest(), package.to_bytes());
     let out = args.out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.ccpkg", manifest.id.name(), manifest.version)));
     std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    // Report what the file holds, parsed back from its bytes.
-    let package = Package::parse(&bytes)?;
-    let digest = package.digest();
     if args.json {
         let report = json!({"package": out, "id": manifest.id.as_str(), "version": manifest.version.to_string(),
-            "digest": digest.to_hex(), "signer": package.signatures()[0].key_id.to_string(), "bytes": bytes.len()});
-        println!("{}", serde_json::to_string_pretty(&report)?);
+            "digest": digest.to_hex(), "signer": key.public().id().to_string(), "bytes": bytes.len()});
+        print_json(&report)?;
     } else {
         println!("{}  sha256:{digest}", out.display());
         println!("signed {} {} with key {} ({})", manifest.id, manifest.version, args.key, key.public().id());
@@ -202,14 +203,14 @@ fn describe_verified(p: &VerifiedPackage) -> Value {
 }
 
 pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
-    let home = home::open()?;
+    let security = home::open_checked(Permission::ConfigRead, "skill.verify", ("package", "-"))?;
     let bytes = read(&args.package)?;
-    let outcome = Package::parse(&bytes).and_then(|p| p.verify(&home));
+    let outcome = Package::parse(&bytes).and_then(|p| p.verify(security.home()));
     match outcome {
         Ok(p) => {
             let v = describe_verified(&p);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&json!({"ok": true, "package": v}))?);
+                print_json(&json!({"ok": true, "package": v}))?;
             } else {
                 println!("OK: signature valid, signer trusted for `{}`", p.manifest().id.namespace());
                 print_description(&v);
@@ -218,7 +219,7 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
         }
         Err(e) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&json!({"ok": false, "error": e.to_string()}))?);
+                print_json(&json!({"ok": false, "error": e.to_string()}))?;
             } else {
                 eprintln!("error: {} failed verification: {e}", args.package.display());
             }
@@ -228,12 +229,13 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
 }
 
 pub fn install(args: InstallArgs) -> Result<ExitCode> {
-    let home = home::open()?;
+    let security = home::open_checked(Permission::ConfigWrite, "skill.install", ("package", "-"))?;
+    let home = security.home();
     let bytes = read(&args.package)?;
     let installed = home.install(&bytes).with_context(|| format!("{} was not installed", args.package.display()))?;
     let v = describe_installed(&installed);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
     } else {
         println!("installed {} {} (signed by {})", installed.id, installed.version, installed.signer);
         println!("run it:    coderclaw skill run {} --input '{{}}'", installed.id);
@@ -246,10 +248,10 @@ fn describe_installed(s: &InstalledSkill) -> Value {
 }
 
 pub fn list(args: ListArgs) -> Result<ExitCode> {
-    let installed = home::open()?.installed()?;
+    let installed = home::open_checked(Permission::ConfigRead, "skill.list", ("skill", "*"))?.home().installed()?;
     if args.json {
         let list: Vec<Value> = installed.iter().map(describe_installed).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        print_json(&list)?;
     } else if installed.is_empty() {
         println!("no skills installed: install a package with `coderclaw skill install <file.ccpkg>`");
     } else {
@@ -267,10 +269,10 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
 }
 
 pub fn info(args: InfoArgs) -> Result<ExitCode> {
-    let s = home::open()?.info(&args.id)?;
+    let s = home::open_checked(Permission::ConfigRead, "skill.info", ("skill", &args.id))?.home().info(&args.id)?;
     let v = describe_installed(&s);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
     } else {
         print_description(&v);
     }
@@ -278,12 +280,8 @@ pub fn info(args: InfoArgs) -> Result<ExitCode> {
 }
 
 pub fn remove(args: RemoveArgs) -> Result<ExitCode> {
-    let security = home::open_security(None)?;
-    let required = &security.policy().org.required_skills;
-    if let Some(r) = required.iter().find(|r| coderclaw_core::policy::id_matches(r, &args.id)) {
-        anyhow::bail!("{} is required by the organisation policy (requiredSkills: {r}) and cannot be removed", args.id);
-    }
-    let s = security.home().remove(&args.id)?;
+    let security = home::open_checked(Permission::ConfigWrite, "skill.remove", ("skill", &args.id))?;
+    let s = security.remove_skill(&security.subject(home::session())?, &args.id)?;
     println!("removed {} {}", s.id, s.version);
     Ok(ExitCode::SUCCESS)
 }

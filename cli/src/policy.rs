@@ -2,7 +2,7 @@
 //! skill, with the grant and every reason, without running anything.
 
 use crate::grant_args::{HOST_MAX, signed_offer};
-use crate::home::{self, SessionArgs};
+use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -23,8 +23,8 @@ pub enum Command {
 }
 
 /// Show what policy decides for running a skill: allowed or not, the grant
-/// it would run with, and every reason for a refusal. Nothing runs and
-/// nothing is recorded.
+/// it would run with, and every reason for a refusal. Nothing runs, and the
+/// check itself is not recorded (loading a changed policy file is).
 ///
 /// The subject is you (your session, or the local user with
 /// security.defaultRoles on this device); --user, --role and --device-trust
@@ -57,8 +57,6 @@ pub struct CheckArgs {
     /// workspace's .coderClaw/security.yaml, which they could then rewrite.
     #[arg(long)]
     pub workspace_write: bool,
-    #[command(flatten)]
-    pub session: SessionArgs,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
@@ -68,7 +66,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
     let Command::Check(args) = cmd;
     let workspace = home::workspace(args.workspace.as_deref())?;
     let security = home::open_security(Some(&workspace))?;
-    let mut subject = security.subject(args.session.session.as_deref())?;
+    let mut subject = security.subject(home::session())?;
     if let Some(u) = &args.user {
         subject.user = u.clone();
     }

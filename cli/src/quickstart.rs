@@ -3,6 +3,7 @@
 
 use crate::build::{Artifact, build};
 use crate::home;
+use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::Package;
@@ -172,7 +173,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 Err(e) => json!({"step": s.title, "ok": false, "error": e, "denials": s.denials}),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        print_json(&list)?;
     }
     for s in &steps {
         let as_expected = s.outcome.is_ok() == s.expect_ok;

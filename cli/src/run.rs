@@ -2,8 +2,9 @@
 //! the component under exactly the decided grant.
 
 use crate::grant_args::{GrantArgs, signed_offer};
-use crate::home::{self, SessionArgs};
+use crate::home;
 use crate::output::event_line;
+use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw_core::decision::{Action, Offer, Reason, Target, grant_json};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
@@ -61,8 +62,6 @@ pub struct Args {
     pub workspace_write: bool,
     #[command(flatten)]
     pub grant: GrantArgs,
-    #[command(flatten)]
-    pub session: SessionArgs,
     /// For agents: make skill ID invocable through skills.invoke: an
     /// installed id, or ID=PATH for a .wasm file (with
     /// --dangerous-allow-unsigned). Installed skills the agent's manifest
@@ -85,16 +84,33 @@ pub struct Args {
 /// A loaded component and the manifest its run is decided on. An unsigned
 /// build also carries its offer (exactly its --allow-* flags).
 struct Loaded {
-    skill: Skill,
+    component: Component,
     manifest: Manifest,
     unsigned_offer: Option<Offer>,
+}
+
+/// A component ready to compile: an installed package (verified, compiled
+/// only once policy allows it) or an unsigned build (compiled on load, so
+/// the host's refusal of unsigned code comes first).
+enum Component {
+    Compiled(Skill),
+    Verified(Box<coderclaw_host::VerifiedPackage>),
+}
+
+impl Loaded {
+    fn compile(self, host: &Host) -> Result<Skill, Error> {
+        match self.component {
+            Component::Compiled(skill) => Ok(skill),
+            Component::Verified(package) => host.load_verified(&package),
+        }
+    }
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
     let input = read_input(&args)?;
     let workspace = home::workspace(args.workspace.as_deref())?;
     let security = home::open_security(Some(&workspace))?;
-    let subject = match security.subject(args.session.session.as_deref()) {
+    let subject = match security.subject(home::session()) {
         Ok(s) => s,
         Err(e) => return Ok(report_denied(&args, &e.to_string(), &[])),
     };
@@ -140,11 +156,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
     for note in &decision.narrowed {
         tracing::info!("not granted: {note}");
     }
+    let main_manifest = main.manifest.clone();
+    let skill = match main.compile(&host) {
+        Ok(s) => s,
+        Err(e) => return Ok(report_error(&args, &e, None, &[])),
+    };
 
     // Nested skills: those given with --with-skill, then the installed ones
     // the agent's manifest lists. Each invocation is decided again.
     let mut nested: Vec<(String, Option<&str>)> = with_skill.iter().map(|(id, path)| (id.to_string(), *path)).collect();
-    for id in &main.manifest.capabilities.skills {
+    for id in &main_manifest.capabilities.skills {
         if !nested.iter().any(|(n, _)| n == id.as_str()) && security.home().info(id.as_str()).is_ok() {
             nested.push((id.to_string(), None));
         }
@@ -157,8 +178,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
         };
         let (security, subject, workspace, offer) =
             (security.clone(), subject.clone(), workspace.clone(), offer.clone());
-        let manifest = child.manifest;
-        host.register_authorized(&id, child.skill, move |parent| {
+        let manifest = child.manifest.clone();
+        let compiled = match child.compile(&host) {
+            Ok(s) => s,
+            Err(e) => return Ok(report_error(&args, &e, None, &[])),
+        };
+        host.register_authorized(&id, compiled, move |parent| {
             let action = Action::Nested { parent: parent.to_owned() };
             let target = Target::from_manifest(&manifest);
             match security.decide(&subject, target, action, Some(&workspace), &offer) {
@@ -169,7 +194,6 @@ pub fn main(args: Args) -> Result<ExitCode> {
         });
     }
     let grant = decision.grant;
-    let skill = main.skill;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
 
     let collected = Arc::new(CollectEvents::default());
@@ -198,16 +222,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
             "output": parsed,
             "events": events,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print_json(&report)?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&parsed)?);
+        print_json(&parsed)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads `skill` as an installed id (verified now) or, when it names a file
-/// (or `path` is given), as an unsigned component the host may refuse,
-/// described by a manifest built from the --allow-* flags.
+/// Loads `skill` as an installed id (verified now, compiled later) or, when
+/// it names a file (or `path` is given), as an unsigned component the host
+/// may refuse, described by a manifest built from the --allow-* flags.
 fn load(
     host: &Host,
     home: &Home,
@@ -222,19 +246,24 @@ fn load(
     });
     match file {
         Some(p) => {
-            // `--with-skill ID=PATH` names its id; a file run directly is `local/<file stem>`.
-            let id = if path.is_some() { skill.to_owned() } else { unsigned_id(&p) };
+            // Unsigned code never takes a signed skill's id (and so its
+            // policy): `--with-skill team/x=PATH` is decided as `local/x`,
+            // a file run directly as `local/<file stem>`.
+            let id = match path {
+                Some(_) => format!("local/{}", skill.rsplit('/').next().unwrap_or_default()),
+                None => unsigned_id(&p),
+            };
             let skill = host.load_file(&p)?;
             let kind = if nested.is_empty() { Kind::Skill } else { Kind::Agent };
             let (manifest, offer) = flags
                 .as_request(&id, kind, nested)
                 .map_err(|e| Error::Package { name: p.display().to_string(), message: format!("{e:#}") })?;
-            Ok(Loaded { skill, manifest, unsigned_offer: Some(offer) })
+            Ok(Loaded { component: Component::Compiled(skill), manifest, unsigned_offer: Some(offer) })
         }
         None => match home.load_installed(skill) {
             Ok(package) => {
                 let manifest = package.manifest().clone();
-                Ok(Loaded { skill: host.load_verified(&package)?, manifest, unsigned_offer: None })
+                Ok(Loaded { component: Component::Verified(Box::new(package)), manifest, unsigned_offer: None })
             }
             Err(e) => Err(Error::Package { name: skill.to_owned(), message: e.to_string() }),
         },

@@ -1,9 +1,11 @@
 //! `coderclaw trust`: which keys may sign skills of which namespace.
 
 use crate::home;
+use crate::output::print_json;
 use anyhow::Result;
 use clap::Subcommand;
 use coderclaw_core::keys::PublicKey;
+use coderclaw_core::rbac::Permission;
 use std::process::ExitCode;
 
 /// Manage the trust store: which public keys may sign skills of which
@@ -32,7 +34,13 @@ pub enum Command {
 }
 
 pub fn main(cmd: Command) -> Result<ExitCode> {
-    let home = home::open()?;
+    let (permission, action, resource) = match &cmd {
+        Command::Add { namespace, .. } => (Permission::ConfigWrite, "trust.add", namespace.as_str()),
+        Command::List { .. } => (Permission::ConfigRead, "trust.list", "*"),
+        Command::Revoke { key_id } => (Permission::ConfigWrite, "trust.revoke", key_id.as_str()),
+    };
+    let security = home::open_checked(permission, action, ("key", resource))?;
+    let home = security.home();
     match cmd {
         Command::Add { namespace, public_key } => {
             let key = PublicKey::parse(&public_key)?;
@@ -45,7 +53,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
         Command::List { json } => {
             let entries = home.trust_list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
+                print_json(&entries)?;
             } else if entries.is_empty() {
                 println!(
                     "the trust store is empty: add a publisher with `coderclaw trust add <namespace> <public-key>`"

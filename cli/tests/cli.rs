@@ -145,6 +145,35 @@ fn agent_runs_with_skills_supplied_on_the_command_line() {
     assert_eq!(report["output"]["files_reviewed"], 2);
     let nested: Vec<&Value> = report["events"].as_array().unwrap().iter().filter(|e| e["depth"] == 1).collect();
     assert!(!nested.is_empty(), "nested skills' events are reported with depth 1");
+
+    // Unsigned builds never take a signed id's policy: each nested call was
+    // decided (and audited) as local/<name>.
+    let audit: Value =
+        serde_json::from_slice(&cli.run(&["audit", "query", "--action", "skill.invoke", "--json"]).stdout).unwrap();
+    let mut ids: Vec<&str> = audit.as_array().unwrap().iter().map(|r| r["resource_id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["local/security-scanner", "local/word-count"]);
+
+    // Policy decides each nested call when it is made: a rule against the
+    // counter refuses it inside the agent's run.
+    std::fs::create_dir_all(ws.path().join(".coderClaw")).unwrap();
+    std::fs::write(
+        ws.path().join(".coderClaw/security.yaml"),
+        "skillPolicies:\n  - skillId: word-count\n    allowedRoles: [admin]\n",
+    )
+    .unwrap();
+    let with_policy =
+        ["--allow-read", &read, "--with-skill", &scanner, "--with-skill", &counter, "--workspace", p(ws.path())];
+    let (code, report) = cli.run_json("code-reviewer", &with_policy);
+    assert_eq!(code, 3, "{report}");
+    let refused = report["events"].as_array().unwrap().iter().find(|e| e["allowed"] == false).expect("a refusal event");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refused `team/word-count`: skillPolicies for `word-count` allows roles [admin]"),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -88,7 +88,7 @@ fn sessions_expired_revoked_forged_or_of_another_user_are_refused_and_audited() 
     let cli = Cli::new();
     std::fs::write(cli.home.path().join("config.yaml"), "security:\n  requireAuth: true\n").unwrap();
     let ws = workspace();
-    let echo = guest_path("echo");
+    let echo = coderclaw_e2e::guest("echo").display().to_string();
     let run_as = |token: Option<&str>| {
         let mut args =
             vec!["skill", "run", &echo, "--dangerous-allow-unsigned", "--input", "1", "--workspace", p(ws.path())];
@@ -107,7 +107,7 @@ fn sessions_expired_revoked_forged_or_of_another_user_are_refused_and_audited() 
     let added = cli.run_stdin(&["user", "add", "alice", "--role", "developer", "--password-stdin"], "s3cret pass\n");
     assert_eq!(code(&added), 0, "{}", text(&added.stderr));
     assert_eq!(code(&cli.run(&["user", "add", "bob", "--role", "ci"])), 0);
-    let bob_token = text(&cli.run(&["user", "token", "bob"]).stdout).trim().to_owned();
+    let bob_token = text(&cli.run(&["user", "token", "bob", "--expires", "30d"]).stdout).trim().to_owned();
     std::fs::write(cli.home.path().join("config.yaml"), "security:\n  requireAuth: true\n").unwrap();
 
     let wrong = cli.run_stdin(&["login", "--user", "alice", "--password-stdin"], "wrong");
@@ -160,6 +160,8 @@ fn sessions_expired_revoked_forged_or_of_another_user_are_refused_and_audited() 
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("admin:all"), "{}", text(&out.stderr));
 
+    // Read the log as the state directory's owner (requireAuth off again).
+    std::fs::write(cli.home.path().join("config.yaml"), "").unwrap();
     let logins = audit(&cli, &["--action", "auth.login"]);
     let denied: Vec<_> = logins.iter().filter(|r| r["result"] == "denied").collect();
     assert_eq!(denied.len(), 2, "wrong password and another user's token: {logins:#?}");
@@ -179,15 +181,11 @@ fn sessions_expired_revoked_forged_or_of_another_user_are_refused_and_audited() 
     assert!(text(&off.stderr).contains("provider `local` is not enabled"), "{}", text(&off.stderr));
 }
 
-fn guest_path(name: &str) -> String {
-    coderclaw_e2e::guest(name).to_str().unwrap().to_owned()
-}
-
 #[test]
 fn a_bad_policy_file_names_file_line_and_key_and_the_last_good_one_is_kept() {
     let cli = Cli::new();
     let ws = workspace();
-    let echo = guest_path("echo");
+    let echo = coderclaw_e2e::guest("echo").display().to_string();
     let run =
         || cli.run(&["skill", "run", &echo, "--dangerous-allow-unsigned", "--input", "1", "--workspace", p(ws.path())]);
 
@@ -254,6 +252,9 @@ fn policy_check_prints_the_decision_grant_and_reasons() {
     };
     let (c, r) = check(&["--device-trust", "verified"]);
     assert_eq!(c, 0, "{r:#}");
+    // The first check loaded (and recorded) the new repository policy; the
+    // checks themselves record nothing.
+    let recorded = audit(&cli, &[]).len();
     assert_eq!(r["allowed"], true);
     assert_eq!(r["grant"]["shell"], serde_json::json!(["git", "ls"]));
     assert_eq!(r["grant"]["dirs"][0]["access"], "read");
@@ -267,8 +268,7 @@ fn policy_check_prints_the_decision_grant_and_reasons() {
     assert_eq!(r["subject"]["user"], "rita");
     let (c, _) = check(&["--device-trust", "trusted", "--role", "admin"]);
     assert_eq!(c, 0, "admin:all passes allowedRoles [developer]");
-    // Nothing was recorded for a what-if.
-    assert!(audit(&cli, &["--action", "skill.execute"]).is_empty());
+    assert_eq!(audit(&cli, &[]).len(), recorded, "a what-if is not recorded");
 
     // The workspace is offered read-only unless --workspace-write: a skill
     // asking to write it would otherwise be able to rewrite this policy.
@@ -330,4 +330,50 @@ fn organisation_policy_denies_skills_and_keeps_required_ones_installed() {
     let check = cli.run(&["policy", "check", "--skill", "team/shell-exec", "--workspace", p(ws.path()), "--json"]);
     let r: Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(r["missing_required_skills"], serde_json::json!(["security-scanner"]));
+}
+
+#[test]
+fn with_require_auth_the_trust_store_and_installs_need_a_permitted_session() {
+    let cli = Cli::new();
+    for (user, role, password) in [("ada", "admin", "pw-admin"), ("dana", "developer", "pw-dev")] {
+        let out = cli.run_stdin(&["user", "add", user, "--role", role, "--password-stdin"], password);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    }
+    assert_eq!(code(&cli.run(&["key", "generate", "--name", "team-key"])), 0);
+    let public = text(&cli.run(&["key", "export-public", "team-key"]).stdout).trim().to_owned();
+    std::fs::write(cli.home.path().join("config.yaml"), "security:\n  requireAuth: true\n").unwrap();
+    let login = |user: &str, password: &str| {
+        let out = cli.run_stdin(&["login", "--user", user, "--password-stdin"], password);
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_owned()
+    };
+    let (ada, dana) = (login("ada", "pw-admin"), login("dana", "pw-dev"));
+
+    // No session: nothing in the state directory can be read or changed.
+    for args in [&["trust", "add", "team", &public][..], &["skill", "list"], &["key", "list"], &["audit", "verify"]] {
+        let out = cli.run(args);
+        assert_eq!(code(&out), 1, "{args:?}");
+        assert!(text(&out.stderr).contains("requireAuth"), "{args:?}: {}", text(&out.stderr));
+    }
+    // A developer holds neither config:write nor config:read.
+    let out = cli.run(&["trust", "add", "team", &public, "--session", &dana]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("config:write"), "{}", text(&out.stderr));
+    assert_eq!(code(&cli.run(&["skill", "list", "--session", &dana])), 1);
+    // An admin may.
+    let out = cli.run(&["trust", "add", "team", &public, "--session", &ada]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(code(&cli.run(&["skill", "list", "--session", &ada])), 0);
+
+    let refused = audit_as(&cli, &ada, &["--action", "trust.add", "--result", "denied"]);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["user"], "dana");
+}
+
+fn audit_as(cli: &Cli, session: &str, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["audit", "query", "--json", "--session", session];
+    args.extend_from_slice(filter);
+    let out = cli.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
 }

@@ -39,7 +39,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
-/// Parses a duration with a mandatory unit (`ms`, `s`, `m`, `h`).
+/// Parses a duration with a mandatory unit (`ms`, `s`, `m`, `h`, `d`).
 pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let bad = || UnitError::BadDuration(s.to_owned());
     let (n, unit) = split_number(s).ok_or_else(bad)?;
@@ -48,6 +48,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
+        "d" => 86_400,
         _ => return Err(bad()),
     };
     n.checked_mul(secs_mult).map(Duration::from_secs).ok_or_else(bad)
@@ -90,6 +91,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("soon").is_err());
     }

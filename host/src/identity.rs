@@ -133,6 +133,17 @@ pub struct Session {
 }
 
 impl Session {
+    /// `active`, `expired` or `revoked` at `now_ms`.
+    pub fn state(&self, now_ms: u64) -> &'static str {
+        if self.revoked_at_ms.is_some() {
+            "revoked"
+        } else if self.expires_at_ms <= now_ms {
+            "expired"
+        } else {
+            "active"
+        }
+    }
+
     /// The facts the decision function needs.
     pub fn facts(&self) -> SessionFacts {
         SessionFacts {

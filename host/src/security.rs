@@ -58,6 +58,9 @@ pub enum SecurityError {
     /// The audit log could not record the action; it was not done.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The state directory.
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
     /// A file in the state directory.
     #[error("{path}: {source}")]
     Io {
@@ -209,12 +212,10 @@ impl Security {
                 return Err(e.into());
             }
         };
-        let problem = if session.revoked_at_ms.is_some() {
-            Some("the session was revoked")
-        } else if session.expires_at_ms <= now_ms() {
-            Some("the session has expired")
-        } else {
-            None
+        let problem = match session.state(now_ms()) {
+            "revoked" => Some("the session was revoked"),
+            "expired" => Some("the session has expired"),
+            _ => None,
         };
         if let Some(problem) = problem {
             self.audit(
@@ -288,15 +289,38 @@ impl Security {
         if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) }
     }
 
-    /// Administration (users, devices, sessions): needs `admin:all`, except
-    /// for the session-less owner of the state directory when
-    /// `requireAuth` is off — they can edit its files anyway, so refusing
-    /// them would protect nothing.
-    pub fn require_admin(&self, subject: &Subject, action: &str, resource: (&str, &str)) -> Result<(), SecurityError> {
+    /// Managing the state directory (trust store, installs, keys, users,
+    /// devices): needs `permission` in a session, except for the
+    /// session-less owner of the state directory while `requireAuth` is off
+    /// — they can edit its files directly, so refusing them would protect
+    /// nothing. With `requireAuth` on, everyone needs a session.
+    pub fn require_owner_or(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+    ) -> Result<(), SecurityError> {
         if subject.session.is_none() && !self.policy.config.security.require_auth {
             return Ok(());
         }
-        self.require(subject, Permission::AdminAll, action, resource)
+        self.require(subject, permission, action, resource)
+    }
+
+    /// [`Security::require_owner_or`] with `admin:all` (users, devices, sessions).
+    pub fn require_admin(&self, subject: &Subject, action: &str, resource: (&str, &str)) -> Result<(), SecurityError> {
+        self.require_owner_or(subject, Permission::AdminAll, action, resource)
+    }
+
+    /// Uninstalls a skill, refusing one the organisation policy requires.
+    pub fn remove_skill(&self, by: &Subject, id: &str) -> Result<crate::home::InstalledSkill, SecurityError> {
+        let required = &self.policy.org.required_skills;
+        if let Some(r) = required.iter().find(|r| coderclaw_core::policy::id_matches(r, id)) {
+            let reason = format!("{id} is required by the organisation policy (requiredSkills: {r})");
+            self.audit(self.event("skill.remove", AuditResult::Denied, by, "skill", id).reason(&reason))?;
+            return Err(SecurityError::Denied(format!("{reason} and cannot be removed")));
+        }
+        Ok(self.home.remove(id)?)
     }
 
     fn event(&self, action: &str, result: AuditResult, s: &Subject, kind: &str, id: &str) -> AuditEvent {

@@ -2,26 +2,10 @@
 //! machine code from disk instead of compiling (asserted by counters, not
 //! by timing), and a damaged or unsafe cache entry is never trusted.
 
-use coderclaw_e2e::guest;
+use coderclaw_e2e::{cached_files, guest};
 use coderclaw_host::{Grant, Host, LoadSource};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-
-fn cached_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for sub in std::fs::read_dir(dir).unwrap() {
-        let sub = sub.unwrap().path();
-        if sub.is_dir() {
-            out.extend(
-                std::fs::read_dir(&sub)
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "cwasm")),
-            );
-        }
-    }
-    out
-}
+use std::path::Path;
 
 fn fresh_host(cache: &Path) -> Host {
     Host::builder().compiled_cache(cache).dangerous_allow_unsigned().build().unwrap()

@@ -159,15 +159,15 @@ async fn revoking_a_key_stops_installed_packages_and_their_cached_code() {
     home.install(&package("echo", &team_key())).unwrap();
     let host = signed_host(&home);
     run(&host, &home, "team/echo", json!(1), &Grant::deny_all()).await.unwrap();
-    let cached = std::fs::read_dir(home.compiled_cache_dir()).unwrap().count();
-    assert!(cached > 0, "the first run left compiled code on disk");
+    let cached = coderclaw_e2e::cached_files(&home.compiled_cache_dir());
+    assert_eq!(cached.len(), 1, "the first run left compiled code on disk");
 
     home.trust_revoke(&team_key().public().id().to_string()).unwrap();
     let err = home.load_installed("team/echo").unwrap_err();
     assert!(matches!(err, HomeError::Package(PackageError::Revoked { .. })), "{err}");
     // The compiled code is still on disk, but the only way to it is a
     // `VerifiedPackage`, which the revoked key can no longer produce.
-    assert_eq!(std::fs::read_dir(home.compiled_cache_dir()).unwrap().count(), cached);
+    assert_eq!(coderclaw_e2e::cached_files(&home.compiled_cache_dir()), cached);
     // A new install of the same package is refused too.
     assert!(home.install(&package("echo", &team_key())).unwrap_err().to_string().contains("revoked"));
 }

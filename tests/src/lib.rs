@@ -1,6 +1,6 @@
 //! Shared helpers for coderclaw's end-to-end tests: the paths of the guest
-//! components built from source by `build.rs`, and a real HTTP server on
-//! loopback.
+//! components built from source by `build.rs`, the files of a compiled-code
+//! cache, and a real HTTP server on loopback.
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -12,6 +12,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The compiled-code files (`*.cwasm`) in a compiled-code cache directory
+/// (one level of engine-hash subdirectories).
+pub fn cached_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir).unwrap() {
+        let sub = sub.unwrap().path();
+        if sub.is_dir() {
+            out.extend(
+                std::fs::read_dir(&sub)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "cwasm")),
+            );
+        }
+    }
+    out
+}
 
 /// Path of a guest component by crate name (e.g. `"word-count"`).
 pub fn guest(name: &str) -> PathBuf {
