@@ -10,7 +10,7 @@ use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, Manifest, Millis, 
 use coderclaw_core::units::{parse_duration, parse_size};
 use coderclaw_host::{Access, HostPattern, Limits};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Capabilities for an unsigned development run, and limits.
@@ -48,7 +48,7 @@ pub struct GrantArgs {
     pub shell_timeout: Option<Duration>,
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
@@ -64,17 +64,39 @@ pub const HOST_MAX: Limits = Limits {
     shell_output_bytes: Limits::DEFAULT_SHELL_OUTPUT_BYTES,
 };
 
-/// What the host offers a signed skill: its logical `workspace` directory
-/// (seen by the guest as `.`), read-only unless `writable`, the environment
-/// values the operator passes, and the limit ceiling.
-///
-/// Read-only by default because the workspace holds
-/// `.coderClaw/security.yaml`: a skill that could write it could rewrite
-/// the policy that decides its next run.
-pub fn signed_offer(workspace: &Path, writable: bool, env: BTreeMap<String, String>, ceiling: Limits) -> Offer {
-    let access = if writable { Access::ReadWrite } else { Access::Read };
-    let workspace = OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access };
-    Offer { dirs: BTreeMap::from([("workspace".to_owned(), workspace)]), env, ceiling }
+/// Where a signed skill's logical `workspace` directory is, and how much
+/// of it the host offers.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WorkspaceArgs {
+    /// The directory a skill's `workspace` is (default: the current
+    /// directory); its .coderClaw/security.yaml applies.
+    #[arg(long = "workspace", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Give a skill that asks for read-write access to the workspace that
+    /// access (default: read-only). Only for skills you trust with the
+    /// workspace's .coderClaw/security.yaml, which they could then rewrite.
+    #[arg(long)]
+    pub workspace_write: bool,
+}
+
+impl WorkspaceArgs {
+    /// The workspace directory, canonical.
+    pub fn dir(&self) -> Result<PathBuf> {
+        crate::home::workspace(self.dir.as_deref())
+    }
+
+    /// What the host offers a signed skill: `workspace` (seen by the guest
+    /// as `.`), read-only unless --workspace-write, the environment values
+    /// the operator passes, and the limit ceiling.
+    ///
+    /// Read-only by default because the workspace holds
+    /// `.coderClaw/security.yaml`: a skill that could write it could
+    /// rewrite the policy that decides its next run.
+    pub fn offer(&self, workspace: &Path, env: BTreeMap<String, String>, ceiling: Limits) -> Offer {
+        let access = if self.workspace_write { Access::ReadWrite } else { Access::Read };
+        let workspace = OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access };
+        Offer { dirs: BTreeMap::from([("workspace".to_owned(), workspace)]), env, ceiling }
+    }
 }
 
 impl GrantArgs {

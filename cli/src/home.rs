@@ -55,6 +55,14 @@ pub fn open_security(workspace: Option<&Path>) -> Result<Arc<Security>> {
     Ok(Arc::new(Security::open(home, workspace)?))
 }
 
+/// Fails on the first role name the configuration does not define.
+pub fn check_roles(security: &Security, roles: &[String]) -> Result<()> {
+    for r in roles {
+        security.policy().roles.permissions(r).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
 /// The workspace directory: `dir`, or the current directory, canonical.
 pub fn workspace(dir: Option<&Path>) -> Result<PathBuf> {
     let dir = match dir {

@@ -2,22 +2,18 @@
 //! sessions and device trust. Every change and every authentication
 //! attempt is recorded in the audit log.
 
+use crate::grant_args::parse_duration_arg;
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use coderclaw_core::TrustLevel;
-use coderclaw_core::units::parse_duration;
 use coderclaw_host::security::{LocalSecret, Security};
 use serde_json::json;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
 
 fn read_secret(what: &str) -> Result<String> {
     let mut s = String::new();
@@ -215,9 +211,7 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
             let by = security.subject(home::session())?;
             security.require_admin(&by, "user.add", ("user", &name))?;
             let roles = if roles.is_empty() { security.policy().config.security.default_roles.clone() } else { roles };
-            for r in &roles {
-                security.policy().roles.permissions(r).map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
+            home::check_roles(&security, &roles)?;
             let password = password_stdin.then(|| read_secret("password")).transpose()?;
             let u = security.identity().add_user(&name, &roles, password.as_deref())?;
             security.audit_admin(&by, "user.add", ("user", &name), &format!("roles [{}]", roles.join(", ")))?;

@@ -1,7 +1,7 @@
 //! `coderclaw policy check`: what the security model would decide for a
 //! skill, with the grant and every reason, without running anything.
 
-use crate::grant_args::{HOST_MAX, signed_offer};
+use crate::grant_args::{HOST_MAX, WorkspaceArgs};
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result};
@@ -13,7 +13,6 @@ use coderclaw_core::policy::id_matches;
 use coderclaw_host::identity::now_ms;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Inspect the security policy in force.
@@ -49,14 +48,8 @@ pub struct CheckArgs {
     /// Decide for a device at this trust level instead of this one.
     #[arg(long, value_name = "LEVEL")]
     pub device_trust: Option<TrustLevel>,
-    /// The workspace whose .coderClaw/security.yaml applies (default: current directory).
-    #[arg(long, value_name = "DIR")]
-    pub workspace: Option<PathBuf>,
-    /// Give a skill that asks for read-write access to the workspace that
-    /// access (default: read-only). Only for skills you trust with the
-    /// workspace's .coderClaw/security.yaml, which they could then rewrite.
-    #[arg(long)]
-    pub workspace_write: bool,
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
@@ -64,16 +57,14 @@ pub struct CheckArgs {
 
 pub fn main(cmd: Command) -> Result<ExitCode> {
     let Command::Check(args) = cmd;
-    let workspace = home::workspace(args.workspace.as_deref())?;
+    let workspace = args.workspace.dir()?;
     let security = home::open_security(Some(&workspace))?;
     let mut subject = security.subject(home::session())?;
     if let Some(u) = &args.user {
         subject.user = u.clone();
     }
     if !args.roles.is_empty() {
-        for r in &args.roles {
-            security.policy().roles.permissions(r).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
-        }
+        home::check_roles(&security, &args.roles)?;
         subject.roles = args.roles.clone();
     }
     if let Some(t) = args.device_trust {
@@ -86,7 +77,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
         security.home().info(&args.skill)?.manifest
     };
     // As `skill run` without --allow-env: requested variables show as not passed.
-    let offer = signed_offer(&workspace, args.workspace_write, BTreeMap::new(), HOST_MAX);
+    let offer = args.workspace.offer(&workspace, BTreeMap::new(), HOST_MAX);
     let policy = security.policy();
     let d = decide(&DecisionInput {
         subject: &subject,

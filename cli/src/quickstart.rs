@@ -38,11 +38,26 @@ pub struct Args {
 /// One step of the tour: what was run, under which grant, and what came out.
 struct Step {
     title: &'static str,
-    outcome: Result<Value, String>,
-    /// The outcome the tour expects; a mismatch fails the command.
-    expect_ok: bool,
+    /// The output, or the error's code and message.
+    outcome: Result<Value, (&'static str, String)>,
+    /// The outcome the tour expects: success, or a refusal with one of
+    /// these error codes (a crash or timeout is never "as expected").
+    expect: Result<(), &'static [&'static str]>,
     denials: Vec<String>,
 }
+
+impl Step {
+    fn as_expected(&self) -> bool {
+        match (&self.outcome, self.expect) {
+            (Ok(_), Ok(())) => true,
+            (Err((code, _)), Err(codes)) => codes.contains(code),
+            _ => false,
+        }
+    }
+}
+
+/// A refusal: the skill was denied a capability or failed for lack of one.
+const REFUSED: Result<(), &[&str]> = Err(&["denied", "skill-failed"]);
 
 fn source_tree(given: Option<&Path>) -> Result<PathBuf> {
     let is_tree = |d: &Path| d.join("skills/Cargo.toml").is_file() && d.join("wit/skill.wit").is_file();
@@ -105,7 +120,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let read = Grant::builder().dir(&workspace, ".", Access::Read);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
 
-    let run = |skill: &Skill, input: Value, grant: &Grant| -> (Result<Value, String>, Vec<String>) {
+    type Outcome = (Result<Value, (&'static str, String)>, Vec<String>);
+    let run = |skill: &Skill, input: Value, grant: &Grant| -> Outcome {
         let events = Arc::new(CollectEvents::default());
         let result = runtime.block_on(host.run_with_events(skill, &input.to_string(), grant, events.clone()));
         let denials = events
@@ -118,51 +134,52 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 _ => None,
             })
             .collect();
-        (result.map(|o| serde_json::from_str(&o).unwrap_or(Value::String(o))).map_err(|e| e.to_string()), denials)
+        let outcome = result.map(|o| serde_json::from_str(&o).unwrap_or(Value::String(o)));
+        (outcome.map_err(|e| (e.code(), e.to_string())), denials)
     };
 
     let mut steps = Vec::new();
-    let mut step = |title, expect_ok, (outcome, denials)| steps.push(Step { title, outcome, expect_ok, denials });
+    let mut step = |title, expect, (outcome, denials)| steps.push(Step { title, outcome, expect, denials });
 
-    let unsigned = host.load_file(&find("echo")?.path).map(|_| Value::Null).map_err(|e| e.to_string());
-    step("an unsigned component is refused before it is compiled", false, (unsigned, Vec::new()));
+    let unsigned = host.load_file(&find("echo")?.path).map(|_| Value::Null).map_err(|e| (e.code(), e.to_string()));
+    step("an unsigned component is refused before it is compiled", Err(&["unsigned-refused"]), (unsigned, Vec::new()));
 
     let echo = load("team/echo")?;
     step(
         "team/echo, signed and installed: the smallest skill, no capabilities",
-        true,
+        Ok(()),
         run(&echo, json!({"hello": "world"}), &Grant::deny_all()),
     );
 
     let wc = load("team/word-count")?;
     step(
         "word-count without a filesystem grant (denied by default)",
-        false,
+        REFUSED,
         run(&wc, json!({"path": "."}), &Grant::deny_all()),
     );
     step(
         "word-count with --allow-read on the sample workspace",
-        true,
+        Ok(()),
         run(&wc, json!({"path": "."}), &read.clone().build()?),
     );
 
     let scanner = load("team/security-scanner")?;
-    step("security-scanner finds the planted key", true, run(&scanner, json!({"path": "."}), &read.clone().build()?));
+    step("security-scanner finds the planted key", Ok(()), run(&scanner, json!({"path": "."}), &read.clone().build()?));
 
     let reviewer = load("team/code-reviewer")?;
     host.register("team/security-scanner", scanner.clone(), read.clone().build()?);
     host.register("team/word-count", wc.clone(), read.clone().build()?);
     let agent_grant = read.clone().skill("team/security-scanner").skill("team/word-count").build()?;
-    step("code-reviewer agent invokes both skills", true, run(&reviewer, json!({"path": "."}), &agent_grant));
+    step("code-reviewer agent invokes both skills", Ok(()), run(&reviewer, json!({"path": "."}), &agent_grant));
 
     let shell = load("team/shell-exec")?;
     let ls = json!({"program": "ls", "args": ["-1"]});
     step(
         "shell-exec `ls` without a shell grant (denied, nothing runs)",
-        false,
+        REFUSED,
         run(&shell, ls.clone(), &read.clone().build()?),
     );
-    step("shell-exec `ls` with --allow-shell ls", true, run(&shell, ls, &read.clone().shell("ls").build()?));
+    step("shell-exec `ls` with --allow-shell ls", Ok(()), run(&shell, ls, &read.clone().shell("ls").build()?));
 
     let mut surprises = 0;
     if args.json {
@@ -170,13 +187,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
             .iter()
             .map(|s| match &s.outcome {
                 Ok(v) => json!({"step": s.title, "ok": true, "output": v, "denials": s.denials}),
-                Err(e) => json!({"step": s.title, "ok": false, "error": e, "denials": s.denials}),
+                Err((code, e)) => {
+                    json!({"step": s.title, "ok": false, "error": {"code": code, "message": e}, "denials": s.denials})
+                }
             })
             .collect();
         print_json(&list)?;
     }
     for s in &steps {
-        let as_expected = s.outcome.is_ok() == s.expect_ok;
+        let as_expected = s.as_expected();
         surprises += usize::from(!as_expected);
         if args.json {
             continue;
@@ -184,7 +203,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         println!("\n{} {}", if as_expected { "✓" } else { "✗ UNEXPECTED:" }, s.title);
         match &s.outcome {
             Ok(v) => println!("{}", summarise(v)),
-            Err(e) => println!("  refused: {e}"),
+            Err((_, e)) => println!("  refused: {e}"),
         }
         for d in &s.denials {
             println!("  host denied {d}");

@@ -1,7 +1,7 @@
 //! `coderclaw skill run`: decide a run with the security model, then run
 //! the component under exactly the decided grant.
 
-use crate::grant_args::{GrantArgs, signed_offer};
+use crate::grant_args::{GrantArgs, WorkspaceArgs};
 use crate::home;
 use crate::output::event_line;
 use crate::output::print_json;
@@ -51,15 +51,8 @@ pub struct Args {
     /// Read the input JSON from a file (`-` for stdin).
     #[arg(long, value_name = "FILE")]
     pub input_file: Option<PathBuf>,
-    /// The directory the skill's `workspace` is (default: the current
-    /// directory); its .coderClaw/security.yaml applies to the run.
-    #[arg(long, value_name = "DIR")]
-    pub workspace: Option<PathBuf>,
-    /// Give a skill that asks for read-write access to the workspace that
-    /// access (default: read-only). Only for skills you trust with the
-    /// workspace's .coderClaw/security.yaml, which they could then rewrite.
-    #[arg(long)]
-    pub workspace_write: bool,
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
     #[command(flatten)]
     pub grant: GrantArgs,
     /// For agents: make skill ID invocable through skills.invoke: an
@@ -108,7 +101,7 @@ impl Loaded {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     let input = read_input(&args)?;
-    let workspace = home::workspace(args.workspace.as_deref())?;
+    let workspace = args.workspace.dir()?;
     let security = home::open_security(Some(&workspace))?;
     let subject = match security.subject(home::session()) {
         Ok(s) => s,
@@ -146,7 +139,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             args.skill,
             args.skill
         ),
-        None => signed_offer(&workspace, args.workspace_write, args.grant.env_values()?, args.grant.ceiling()),
+        None => args.workspace.offer(&workspace, args.grant.env_values()?, args.grant.ceiling()),
     };
     let decision =
         security.decide(&subject, Target::from_manifest(&main.manifest), Action::Run, Some(&workspace), &offer)?;

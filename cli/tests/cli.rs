@@ -222,7 +222,7 @@ fn every_command_explains_itself() {
     let cli = Cli::new();
     for (args, needle) in [
         (vec!["--help"], "can touch nothing"),
-        (vec!["skill", "--help"], "run"),
+        (vec!["skill", "--help"], "Verify a package and install it"),
         (vec!["skill", "run", "--help"], "--allow-shell"),
         (vec!["skill", "sign", "--help"], "Ed25519"),
         (vec!["skill", "verify", "--help"], "trust store"),

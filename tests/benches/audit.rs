@@ -19,18 +19,22 @@ fn main() {
         let path = dir.path().join("audit.db");
         AuditLog::open(&path).unwrap();
         let per_writer = 2000 / writers;
-        let started = Instant::now();
+        // Writers open their handles first; only the appends are timed.
+        let ready = std::sync::Arc::new(std::sync::Barrier::new(writers + 1));
         let handles: Vec<_> = (0..writers)
             .map(|_| {
-                let path = path.clone();
+                let (path, ready) = (path.clone(), ready.clone());
                 std::thread::spawn(move || {
                     let log = AuditLog::open(&path).unwrap();
+                    ready.wait();
                     for i in 0..per_writer {
                         log.append(event(i)).unwrap();
                     }
                 })
             })
             .collect();
+        ready.wait();
+        let started = Instant::now();
         for h in handles {
             h.join().unwrap();
         }

@@ -48,7 +48,14 @@ fn main() {
     caps.fs.insert(FsRequest { path: "workspace".into(), access: Access::Read });
     caps.shell.insert("git".into());
     let limits = RequestedLimits::default();
-    let ids: Vec<String> = (0..120).map(|i| format!("team/skill-{i}")).collect();
+    // 110 skills (100 with policy entries) and 20 agents (every one with an entry).
+    let targets: Vec<(String, Kind)> = (0..130)
+        .map(|i| match i {
+            0..110 => (format!("team/skill-{i}"), Kind::Skill),
+            _ => (format!("team/agent-{}", i - 110), Kind::Agent),
+        })
+        .collect();
+    let workspace = std::path::Path::new("/repo");
     let mut offer = Offer::default();
     offer
         .dirs
@@ -68,18 +75,13 @@ fn main() {
         let mut allowed = 0usize;
         let started = Instant::now();
         for i in 0..n {
-            let target = Target {
-                id: &ids[i % ids.len()],
-                kind: if i % 11 == 0 { Kind::Agent } else { Kind::Skill },
-                dangerous: false,
-                capabilities: &caps,
-                limits: &limits,
-            };
+            let (id, kind) = &targets[i % targets.len()];
+            let target = Target { id, kind: *kind, dangerous: false, capabilities: &caps, limits: &limits };
             let d = decide(&DecisionInput {
                 subject: &subjects[i % subjects.len()],
                 target,
                 action: Action::Run,
-                workspace: None,
+                workspace: Some(workspace),
                 policies,
                 offer: &offer,
                 now_ms: 0,

@@ -2,8 +2,10 @@
 //!
 //! `cargo bench -p coderclaw-e2e --bench invoke [-- ITERATIONS]`
 //!
-//! Measures, for coderclaw's host and for bare wasmtime configured the same
-//! way (the floor): cold compile, load from the compiled-code cache,
+//! Measures, for coderclaw's host and for bare wasmtime with the same
+//! pooling allocator (the floor: no epoch interruption, resource limiter
+//! or stack settings, so the gap includes what those safety checks cost):
+//! cold compile, load from the compiled-code cache,
 //! instantiate + call + drop per invocation (p50/p99, one thread and two),
 //! and a warm call on a live instance (bare wasmtime only: the host gives
 //! every run a fresh instance by design, so it has no warm call).
