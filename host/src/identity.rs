@@ -440,7 +440,7 @@ impl IdentityStore {
         roles: &[String],
         scope: Option<&Path>,
         method: &str,
-        ttl: Duration,
+        expires_at_ms: u64,
     ) -> Result<(Session, String), IdentityError> {
         let id = format!("ses_{}", random_hex(8)?);
         let token = format!("ccs_{}", random_hex(32)?);
@@ -453,7 +453,7 @@ impl IdentityStore {
             scope: scope.map(Path::to_path_buf),
             method: method.to_owned(),
             created_at_ms: created,
-            expires_at_ms: created.saturating_add(ttl.as_millis() as u64),
+            expires_at_ms,
             revoked_at_ms: None,
         };
         self.with_db(|db| {
@@ -604,9 +604,8 @@ mod tests {
         assert_eq!(store.set_device_trust("dev1", TrustLevel::Verified).unwrap(), TrustLevel::Untrusted);
         assert_eq!(store.register_device("dev1", "other", "k", false).unwrap().trust, TrustLevel::Verified);
 
-        let (s, token) = store
-            .create_session("alice", "dev1", &["developer".into()], None, "password", Duration::from_secs(60))
-            .unwrap();
+        let (s, token) =
+            store.create_session("alice", "dev1", &["developer".into()], None, "password", now_ms() + 60_000).unwrap();
         assert_eq!(store.session_by_token(&token).unwrap(), s);
         assert!(matches!(store.session_by_token("ccs_forged"), Err(IdentityError::UnknownSession)));
         let revoked = store.revoke_session(&s.id).unwrap();

@@ -372,7 +372,7 @@ impl Security {
                 return Err(e);
             }
         };
-        self.start_session(&user_record.name, &user_record.roles, roles, scope, ttl, method)
+        self.start_session(&user_record.name, &user_record.roles, roles, scope, self.session_expiry(ttl), method)
     }
 
     /// Logs in with an OIDC ID token from a configured issuer.
@@ -392,9 +392,14 @@ impl Security {
         };
         let held = issuer.roles.clone().unwrap_or_else(|| self.policy.config.security.default_roles.clone());
         // A session never outlives the token it was made from.
-        let left = Duration::from_millis(who.expires_at_ms.saturating_sub(now_ms()));
-        let ttl = Some(ttl.unwrap_or(left).min(left));
-        self.start_session(&who.user, &held, roles, scope, ttl, &format!("oidc:{}", who.issuer))
+        let expires_at_ms = self.session_expiry(ttl).min(who.expires_at_ms);
+        self.start_session(&who.user, &held, roles, scope, expires_at_ms, &format!("oidc:{}", who.issuer))
+    }
+
+    /// When a session started now with `ttl` (or the configured TTL) ends.
+    fn session_expiry(&self, ttl: Option<Duration>) -> u64 {
+        let ttl = ttl.map_or(self.policy.config.identity.session_ttl.0, |t| t.as_millis() as u64);
+        now_ms().saturating_add(ttl)
     }
 
     fn start_session(
@@ -403,7 +408,7 @@ impl Security {
         held: &[String],
         wanted: Option<&[String]>,
         scope: Option<&Path>,
-        ttl: Option<Duration>,
+        expires_at_ms: u64,
         method: &str,
     ) -> Result<(Session, String), SecurityError> {
         let roles = match wanted {
@@ -417,8 +422,8 @@ impl Security {
                 w.to_vec()
             }
         };
-        let ttl = ttl.unwrap_or(Duration::from_millis(self.policy.config.identity.session_ttl.0));
-        let (session, token) = self.identity.create_session(user, &self.local_device.id, &roles, scope, method, ttl)?;
+        let (session, token) =
+            self.identity.create_session(user, &self.local_device.id, &roles, scope, method, expires_at_ms)?;
         self.audit_login(user, method, AuditResult::Allowed, "session created", Some(&session))?;
         Ok((session, token))
     }
