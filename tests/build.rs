@@ -10,7 +10,7 @@ const WORKSPACES: &[(&str, &[&str])] = &[
     ("skills", &["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"]),
     (
         "tests/components",
-        &["infinite-loop", "memory-bomb", "deep-recursion", "fs-escape", "shell-without-grant", "panicker"],
+        &["infinite-loop", "memory-bomb", "deep-recursion", "fs-escape", "shell-without-grant", "panicker", "asker"],
     ),
 ];
 

@@ -176,8 +176,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Ok(s) => s,
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
-        host.register_authorized(&id, compiled, move |parent| {
-            let action = Action::Nested { parent: parent.to_owned() };
+        host.register_authorized(&id, compiled, move |caller: &coderclaw_host::Caller<'_>| {
+            let action = Action::Nested { parent: caller.agent.to_owned() };
             let target = Target::from_manifest(&manifest);
             match security.decide(&subject, target, action, Some(&workspace), &offer) {
                 Ok(d) if d.allowed => Ok(d.grant),

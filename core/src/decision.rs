@@ -208,6 +208,7 @@ pub fn grant_json(g: &Grant) -> serde_json::Value {
         "http": g.http().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "shell": g.shell(),
         "skills": g.skills(),
+        "session_memory": g.session_memory(),
         "limits": {
             "memory_bytes": l.memory_bytes,
             "timeout_ms": l.timeout.as_millis() as u64,
@@ -509,6 +510,9 @@ fn build_grant(target: &Target<'_>, offer: &Offer) -> Result<(Grant, Vec<String>
     }
     for skill in &caps.skills {
         b = b.skill(skill.as_str());
+    }
+    if caps.session_memory {
+        b = b.session_memory();
     }
     let requested = Limits {
         memory_bytes: target.limits.memory.map_or(Limits::DEFAULT_MEMORY_BYTES, |s| s.0),

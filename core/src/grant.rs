@@ -88,6 +88,8 @@ pub struct Grant {
     http: Vec<HostPattern>,
     shell: BTreeSet<String>,
     skills: BTreeSet<String>,
+    #[serde(default)]
+    session_memory: bool,
     limits: Limits,
 }
 
@@ -124,6 +126,7 @@ pub enum GrantError {
 /// | sockets | never granted (not configurable here) |
 /// | shell | no program: every `shell.exec` is `denied` and runs nothing |
 /// | skills (agents) | none: every `skills.invoke` is `denied` |
+/// | session memory | off: every `memory` call is `denied` |
 /// | memory | 64 MiB ([`Limits::DEFAULT_MEMORY_BYTES`]) |
 /// | timeout | 30 s for the whole run ([`Limits::DEFAULT_TIMEOUT`]) |
 /// | shell timeout | 10 s per command ([`Limits::DEFAULT_SHELL_TIMEOUT`]) |
@@ -183,6 +186,12 @@ impl GrantBuilder {
     /// Allow an agent to invoke skill `id` (`namespace/name`).
     pub fn skill(mut self, id: impl Into<String>) -> Self {
         self.grant.skills.insert(id.into());
+        self
+    }
+
+    /// The per-session key-value store (`memory` interface).
+    pub fn session_memory(mut self) -> Self {
+        self.grant.session_memory = true;
         self
     }
 
@@ -309,6 +318,11 @@ impl Grant {
         &self.shell
     }
 
+    /// Whether the per-session key-value store is granted.
+    pub fn session_memory(&self) -> bool {
+        self.session_memory
+    }
+
     /// Skills an agent may invoke.
     pub fn skills(&self) -> &BTreeSet<String> {
         &self.skills
@@ -372,6 +386,7 @@ impl Grant {
             http: self.http.iter().filter(|p| parent.http.contains(p)).cloned().collect(),
             shell: self.shell.intersection(&parent.shell).cloned().collect(),
             skills: self.skills.intersection(&parent.skills).cloned().collect(),
+            session_memory: self.session_memory && parent.session_memory,
             limits: self.limits.min(&parent.limits),
         }
     }
@@ -386,6 +401,7 @@ impl fmt::Debug for Grant {
             .field("http", &self.http.iter().map(ToString::to_string).collect::<Vec<_>>())
             .field("shell", &self.shell)
             .field("skills", &self.skills)
+            .field("session_memory", &self.session_memory)
             .field("limits", &self.limits)
             .finish()
     }
@@ -409,6 +425,7 @@ impl fmt::Display for Grant {
         writeln!(f, "http:   {}", list(self.http.iter().map(ToString::to_string).collect()))?;
         writeln!(f, "shell:  {}", list(self.shell.iter().cloned().collect()))?;
         writeln!(f, "skills: {}", list(self.skills.iter().cloned().collect()))?;
+        writeln!(f, "memory: {}", if self.session_memory { "session key-value store" } else { "none" })?;
         write!(
             f,
             "limits: memory {}, timeout {:?}, shell timeout {:?}, shell output {}",

@@ -145,6 +145,10 @@ pub struct Capabilities {
     /// Skills an agent invokes.
     #[serde(default)]
     pub skills: BTreeSet<SkillId>,
+    /// The per-session key-value store (`memory` interface). Omitted from
+    /// the canonical form when false, so older signatures still verify.
+    #[serde(default, rename = "session-memory", skip_serializing_if = "std::ops::Not::not")]
+    pub session_memory: bool,
 }
 
 /// A byte size written like `64MiB`.
@@ -209,6 +213,11 @@ pub struct Manifest {
     /// Whether the skill is dangerous (e.g. runs programs).
     #[serde(default)]
     pub dangerous: bool,
+    /// Safe to re-run from the start when the host restarted mid-run (the
+    /// task engine re-runs it instead of failing it). Omitted from the
+    /// canonical form when false, so older signatures still verify.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumable: bool,
     /// JSON Schema of the input.
     #[serde(default = "any_object")]
     pub input_schema: serde_json::Value,

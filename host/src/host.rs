@@ -7,6 +7,7 @@ use crate::compiled_cache::CompiledCache;
 use crate::engine::{EngineOptions, EpochTicker, build_engine};
 use crate::events::{DiscardEvents, EventKind, EventSink, LogLevel, MAX_MESSAGE_BYTES, truncate};
 use crate::state::{RunContext, RunLimiter, RunState};
+use crate::task_link::{Caller, TaskLink};
 use crate::{Digest, Error, SkillError, VerifiedPackage};
 use coderclaw_core::Grant;
 use coderclaw_core::units::format_size;
@@ -329,11 +330,12 @@ impl Host {
     /// Makes `skill` invocable by agents as `id`, running under `grant`
     /// narrowed to the calling agent's grant. Replaces an earlier entry.
     pub fn register(&self, id: impl Into<String>, skill: Skill, grant: Grant) {
-        self.register_authorized(id, skill, move |_caller| Ok(grant.clone()));
+        self.register_authorized(id, skill, move |_caller: &Caller<'_>| Ok(grant.clone()));
     }
 
     /// Makes `skill` invocable by agents as `id`, deciding its grant at
-    /// every invocation: `authorize(calling agent)` returns the grant (then
+    /// every invocation: `authorize(caller)` (the calling agent, and its task
+    /// and session when it runs as a task) returns the grant (then
     /// narrowed to the agent's) or the reasons for a refusal. This is how a
     /// policy-aware embedder (the CLI) puts nested calls through the
     /// decision function. It may block (e.g. to write an audit record): it
@@ -342,7 +344,7 @@ impl Host {
         &self,
         id: impl Into<String>,
         skill: Skill,
-        authorize: impl Fn(&str) -> Result<Grant, String> + Send + Sync + 'static,
+        authorize: impl Fn(&Caller<'_>) -> Result<Grant, String> + Send + Sync + 'static,
     ) {
         let entry = (skill, Arc::new(authorize) as Arc<Authorize>);
         self.inner.registry.write().unwrap_or_else(|p| p.into_inner()).insert(id.into(), entry);
@@ -365,7 +367,24 @@ impl Host {
     ) -> Result<String, Error> {
         let grant = resolve_grant(grant)?;
         let timeout = grant.limits().timeout;
-        self.inner.clone().run_nested(skill.clone(), input.to_owned(), grant, sink, 0, timeout).await
+        let env = RunEnv { sink, task: None };
+        self.inner.clone().run_nested(skill.clone(), input.to_owned(), grant, env, 0, timeout).await
+    }
+
+    /// Like [`Host::run_with_events`], for a run that is a task: the guest
+    /// can ask for input and use the session's memory through `task`.
+    pub async fn run_for_task(
+        &self,
+        skill: &Skill,
+        input: &str,
+        grant: &Grant,
+        sink: Arc<dyn EventSink>,
+        task: TaskLink,
+    ) -> Result<String, Error> {
+        let grant = resolve_grant(grant)?;
+        let timeout = grant.limits().timeout;
+        let env = RunEnv { sink, task: Some(task) };
+        self.inner.clone().run_nested(skill.clone(), input.to_owned(), grant, env, 0, timeout).await
     }
 
     /// How components were obtained so far.
@@ -403,9 +422,16 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Decides a nested skill's grant from the calling agent's id, or refuses
-/// with the reasons.
-pub(crate) type Authorize = dyn Fn(&str) -> Result<Grant, String> + Send + Sync;
+/// Decides a nested skill's grant for its caller, or refuses with the
+/// reasons.
+pub(crate) type Authorize = dyn Fn(&Caller<'_>) -> Result<Grant, String> + Send + Sync;
+
+/// Where a run's events go and the task it belongs to, if any.
+#[derive(Clone)]
+pub(crate) struct RunEnv {
+    pub sink: Arc<dyn EventSink>,
+    pub task: Option<TaskLink>,
+}
 
 impl HostInner {
     pub(crate) fn registered(&self, id: &str) -> Option<(Skill, Arc<Authorize>)> {
@@ -419,7 +445,7 @@ impl HostInner {
         skill: Skill,
         input: String,
         grant: Grant,
-        sink: Arc<dyn EventSink>,
+        env: RunEnv,
         depth: u32,
         timeout: Duration,
     ) -> Result<String, Error> {
@@ -440,7 +466,8 @@ impl HostInner {
                 depth,
                 grant,
                 dirs: wasi.dirs,
-                sink,
+                sink: env.sink,
+                task: env.task,
                 host: self.clone(),
                 deadline: Instant::now() + timeout,
             });
@@ -461,9 +488,18 @@ impl HostInner {
             let mut store = Store::new(&self.engine, state);
             store.limiter(|s| &mut s.limiter);
             store.set_hostcall_fuel(self.opts.hostcall_fuel);
-            let tick = self.opts.engine.epoch_tick.as_nanos().max(1);
-            store.set_epoch_deadline(u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).max(1));
-            store.epoch_deadline_trap();
+            // Every epoch tick the guest yields to tokio: a guest in a tight
+            // loop can then be cancelled by dropping its future (the task
+            // engine's cancel), and past its deadline it traps.
+            let deadline = Instant::now() + timeout;
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| {
+                Ok(if Instant::now() >= deadline {
+                    wasmtime::UpdateDeadline::Interrupt
+                } else {
+                    wasmtime::UpdateDeadline::Yield(1)
+                })
+            });
 
             // The epoch deadline stops guest code that never yields; this
             // timer stops a guest that waits in a host call (HTTP, shell).

@@ -36,11 +36,14 @@ mod host;
 pub mod identity;
 pub mod oidc;
 pub mod security;
+pub mod tasks;
 mod sqlite;
 mod state;
+pub mod task_link;
 
 pub use coderclaw_core::package::VerifiedPackage;
 pub use coderclaw_core::{Access, Digest, Grant, GrantBuilder, GrantError, HostPattern, Limits};
 pub use error::{Error, SkillError};
 pub use events::{CollectEvents, DiscardEvents, EventKind, EventSink, LogLevel, RunEvent};
 pub use host::{Host, HostBuilder, HostStats, LoadSource, Skill};
+pub use task_link::{Caller, TaskLink};

@@ -212,6 +212,34 @@ impl Security {
                 return Err(e.into());
             }
         };
+        self.session_subject(session)
+    }
+
+    /// The session id tasks record for a subject: the session's id, or
+    /// `local:<user>` for the session-less local owner.
+    pub fn session_key(subject: &Subject) -> String {
+        subject.session.as_ref().map_or_else(|| format!("local:{}", subject.user), |s| s.id.clone())
+    }
+
+    /// Who acts for a stored task: the subject behind a [`Security::session_key`],
+    /// checked again now (a session revoked or expired since submission is
+    /// refused and audited; `local:` keys need `requireAuth` off).
+    pub fn subject_for_session(&self, key: &str) -> Result<Subject, SecurityError> {
+        if let Some(user) = key.strip_prefix("local:") {
+            let subject = self.subject(None)?;
+            if subject.user != user {
+                return Err(SecurityError::Denied(format!(
+                    "the task was submitted by local user {user}, not {}",
+                    subject.user
+                )));
+            }
+            return Ok(subject);
+        }
+        let session = self.identity.session(key)?;
+        self.session_subject(session)
+    }
+
+    fn session_subject(&self, session: Session) -> Result<Subject, SecurityError> {
         let problem = match session.state(now_ms()) {
             "revoked" => Some("the session was revoked"),
             "expired" => Some("the session has expired"),

@@ -21,6 +21,8 @@ pub(crate) struct RunContext {
     pub grant: Grant,
     pub dirs: Vec<ResolvedDir>,
     pub sink: Arc<dyn EventSink>,
+    /// The task this run belongs to (input requests, session memory).
+    pub task: Option<crate::task_link::TaskLink>,
     pub host: Arc<HostInner>,
     pub deadline: Instant,
 }

@@ -27,7 +27,8 @@
 //! serialises its output. Files, environment variables and outgoing HTTP use
 //! the ordinary `std`/WASI APIs; what they may touch is decided by the host's
 //! grant. Host-specific capabilities have typed helpers here: [`log`],
-//! [`progress`], [`shell`] and, for agents, [`skills`].
+//! [`progress`], [`request_input`], [`memory`], [`shell`] and, for agents,
+//! [`skills`].
 
 // Lets the generated bindings name this crate by its public path.
 extern crate self as coderclaw_sdk;
@@ -36,6 +37,7 @@ pub use coderclaw_sdk_macros::{agent, skill};
 
 mod error;
 pub mod log;
+pub mod memory;
 pub mod shell;
 pub mod skills;
 
@@ -94,4 +96,18 @@ pub mod __private {
 /// ```
 pub fn progress(fraction: f32, message: &str) {
     __private::bindings::coderclaw::skill::host::progress(fraction, message);
+}
+
+/// Ask whoever runs the task for input and wait for the answer: the task is
+/// WAITING until someone runs `coderclaw task respond <id> <answer>` (or
+/// posts to `/v1/tasks/{id}/input`). Use it for questions and for approvals
+/// before a dangerous step. The wait counts against the run's timeout.
+/// Outside a task there is no one to ask: the error says so.
+///
+/// ```no_run
+/// let answer = coderclaw_sdk::request_input("delete 3 stale branches? (yes/no)")?;
+/// # Ok::<(), String>(())
+/// ```
+pub fn request_input(prompt: &str) -> Result<String, String> {
+    __private::bindings::coderclaw::skill::host::request_input(prompt)
 }

@@ -9,6 +9,7 @@ mod limits;
 mod oidc;
 mod signed;
 mod skills;
+mod tasks;
 
 use coderclaw_e2e::guest;
 use coderclaw_host::{Error, Grant, Host, Skill};
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 
 /// One compiled-code cache for this test binary, so each component is
 /// compiled once rather than once per test.
-fn shared_cache() -> PathBuf {
+pub fn shared_cache() -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path().to_path_buf()
 }

@@ -46,6 +46,7 @@ pub fn guest(name: &str) -> PathBuf {
         "fs-escape" => env!("CODERCLAW_GUEST_FS_ESCAPE"),
         "shell-without-grant" => env!("CODERCLAW_GUEST_SHELL_WITHOUT_GRANT"),
         "panicker" => env!("CODERCLAW_GUEST_PANICKER"),
+        "asker" => env!("CODERCLAW_GUEST_ASKER"),
         other => panic!("no guest component named {other}"),
     };
     PathBuf::from(path)

@@ -1,4 +1,5 @@
-//! `host.log` and `host.progress`: always granted, they only report.
+//! The `host` interface: `log` and `progress` are always granted (they only
+//! report); `request-input` needs a task to ask through.
 
 use crate::bindings::coderclaw::skill::host::{Host, LogLevel as WitLevel};
 use crate::bindings::coderclaw::skill::types;
@@ -20,6 +21,15 @@ impl Host for RunState {
     async fn progress(&mut self, fraction: f32, message: String) {
         let fraction = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
         self.ctx.emit(EventKind::Progress { fraction, message: truncate(message, MAX_MESSAGE_BYTES) });
+    }
+
+    async fn request_input(&mut self, prompt: String) -> Result<String, String> {
+        let Some(task) = self.ctx.task.clone() else {
+            return Err("no one to ask: input can only be requested by a task (`coderclaw task submit`)".into());
+        };
+        let prompt = truncate(prompt, MAX_MESSAGE_BYTES);
+        tracing::info!(skill = %self.ctx.name, task = %task.task_id, "input requested");
+        task.services.request_input(prompt).await
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod http;
 pub(crate) mod log;
+pub(crate) mod memory;
 pub(crate) mod shell;
 pub(crate) mod skills;
 pub(crate) mod wasi;

@@ -150,6 +150,9 @@ async fn run(
     let mut child =
         command.spawn().map_err(|e| ShellError::Failed(format!("cannot start {}: {e}", program.display())))?;
     let pid = child.id();
+    // If the run is cancelled (its future dropped) while the program runs,
+    // the whole process group goes with it, not just the direct child.
+    let group = GroupKill(pid.and_then(|p| i32::try_from(p).ok()));
     let cap = ctx.grant.limits().shell_output_bytes;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -159,16 +162,35 @@ async fn run(
     .await;
     match finished {
         Ok(((stdout, out_cut), (stderr, err_cut), status)) => {
+            // Reaped: its pid may be reused now, so never signal it.
+            group.disarm();
             let status = status.map_err(|e| ShellError::Failed(format!("waiting for the program failed: {e}")))?;
             Ok(Output { exit_code: status.code(), stdout, stderr, truncated: out_cut || err_cut })
         }
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The child leads its own group: this also ends its children.
-                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            drop(group);
             let _ = child.kill().await;
             Err(ShellError::TimedOut(format!("killed after {timeout:?}")))
+        }
+    }
+}
+
+/// Kills the child's process group when dropped (timeout, or the run's
+/// future dropped by a cancel). The child leads its own group, so this also
+/// ends what it started. Disarmed once the child is reaped, because its pid
+/// may then belong to someone else.
+struct GroupKill(Option<i32>);
+
+impl GroupKill {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }

@@ -6,7 +6,9 @@
 
 use crate::bindings::coderclaw::skill::skills::Host;
 use crate::bindings::coderclaw::skill::types::SkillError as WitSkillError;
+use crate::host::RunEnv;
 use crate::state::RunState;
+use crate::task_link::Caller;
 use crate::{Error, SkillError};
 use std::time::Instant;
 
@@ -29,8 +31,14 @@ impl Host for RunState {
         let Some((skill, authorize)) = ctx.host.registered(&id) else {
             return deny(format!("skill `{id}` is not registered on this host"));
         };
-        let caller = ctx.name.to_string();
-        let registered = match tokio::task::spawn_blocking(move || authorize(&caller)).await {
+        let agent = ctx.name.to_string();
+        let task = ctx.task.as_ref().map(|t| (t.task_id.clone(), t.session_id.clone()));
+        let registered = match tokio::task::spawn_blocking(move || {
+            let (task_id, session_id) = task.as_ref().map(|(t, s)| (t.as_str(), s.as_str())).unzip();
+            authorize(&Caller { agent: &agent, task_id, session_id })
+        })
+        .await
+        {
             Ok(Ok(g)) => g,
             Ok(Err(reasons)) => return deny(format!("refused `{id}`: {reasons}")),
             Err(e) => return deny(format!("deciding `{id}` failed: {e}")),
@@ -42,7 +50,8 @@ impl Host for RunState {
         let grant = registered.narrowed_to(&ctx.grant);
         ctx.capability("skills", id.clone(), true, format!("running with:\n{grant}"));
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
-        let run = ctx.host.clone().run_nested(skill, input, grant, ctx.sink.clone(), ctx.depth + 1, remaining);
+        let env = RunEnv { sink: ctx.sink.clone(), task: ctx.task.clone() };
+        let run = ctx.host.clone().run_nested(skill, input, grant, env, ctx.depth + 1, remaining);
         match Box::pin(run).await {
             Ok(out) => Ok(out),
             Err(Error::Skill { error, .. }) => Err(match error {

@@ -1,0 +1,479 @@
+//! The task model shared by the task engine, its transports and their
+//! clients: the lifecycle state machine, what a submission carries, what a
+//! task looks like, the events it emits and the runtime's status.
+//!
+//! The state machine is the product's:
+//!
+//! ```text
+//! PENDING → PLANNING → RUNNING ⇄ WAITING
+//!                      RUNNING → COMPLETED
+//! any non-terminal → FAILED | CANCELLED
+//! ```
+//!
+//! COMPLETED, FAILED and CANCELLED are final: [`TaskStatus::transition`]
+//! refuses every move out of them, so a late result can never overwrite a
+//! cancellation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Where a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskStatus {
+    /// Accepted and durable, waiting in the queue.
+    Pending,
+    /// Being resolved and authorised (skill lookup, signature, policy).
+    Planning,
+    /// The skill or agent is executing.
+    Running,
+    /// Paused until someone answers the task's input request.
+    Waiting,
+    /// Finished with output. Final.
+    Completed,
+    /// Finished with an error. Final.
+    Failed,
+    /// Stopped by a user. Final.
+    Cancelled,
+}
+
+/// A move the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a task cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    /// The status the task has.
+    pub from: TaskStatus,
+    /// The status that was asked for.
+    pub to: TaskStatus,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Pending,
+        TaskStatus::Planning,
+        TaskStatus::Running,
+        TaskStatus::Waiting,
+        TaskStatus::Completed,
+        TaskStatus::Failed,
+        TaskStatus::Cancelled,
+    ];
+
+    /// COMPLETED, FAILED and CANCELLED never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled)
+    }
+
+    /// Whether the state machine allows `self → next`.
+    pub fn can_move_to(self, next: TaskStatus) -> bool {
+        use TaskStatus::*;
+        match (self, next) {
+            (from, _) if from.is_terminal() => false,
+            (_, Failed | Cancelled) => true,
+            (Pending, Planning) | (Planning, Running) | (Running, Waiting) | (Waiting, Running) => true,
+            (Running, Completed) => true,
+            _ => false,
+        }
+    }
+
+    /// `next` if the state machine allows it, else the error naming both.
+    pub fn transition(self, next: TaskStatus) -> Result<TaskStatus, IllegalTransition> {
+        if self.can_move_to(next) { Ok(next) } else { Err(IllegalTransition { from: self, to: next }) }
+    }
+
+    /// The wire name (`RUNNING`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Planning => "PLANNING",
+            TaskStatus::Running => "RUNNING",
+            TaskStatus::Waiting => "WAITING",
+            TaskStatus::Completed => "COMPLETED",
+            TaskStatus::Failed => "FAILED",
+            TaskStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// Parses a wire name, case-insensitively.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|t| t.as_str().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            format!("unknown task status `{s}`: expected one of {}", Self::ALL.map(TaskStatus::as_str).join(", "))
+        })
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What runs: an installed skill or an agent, by id (`team/name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TaskTarget {
+    /// A skill.
+    Skill(String),
+    /// An agent (a component that may invoke skills).
+    Agent(String),
+}
+
+impl TaskTarget {
+    /// The id.
+    pub fn id(&self) -> &str {
+        match self {
+            TaskTarget::Skill(id) | TaskTarget::Agent(id) => id,
+        }
+    }
+
+    /// `skill` or `agent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskTarget::Skill(_) => "skill",
+            TaskTarget::Agent(_) => "agent",
+        }
+    }
+}
+
+/// A request to run something, as a client sends it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskSubmitRequest {
+    /// What the task is for, for people reading lists and logs.
+    #[serde(default)]
+    pub description: String,
+    /// The JSON input handed to the skill or agent.
+    #[serde(default)]
+    pub input: Value,
+    /// Run this agent. Exactly one of `agentId` and `skillId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// Run this skill. Exactly one of `agentId` and `skillId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill_id: Option<String>,
+    /// The session to run under. Servers take it from the bearer token; a
+    /// different value here is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The task this one was started from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Free-form labels (e.g. `source: ci-pipeline`), kept with the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, Value>,
+    /// Queue the task paused: it does not start until resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// Longest `description` accepted.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+impl TaskSubmitRequest {
+    /// A request to run skill `id` on `input`.
+    pub fn skill(id: impl Into<String>, input: Value) -> Self {
+        Self { skill_id: Some(id.into()), input, ..Self::default() }
+    }
+
+    /// A request to run agent `id` on `input`.
+    pub fn agent(id: impl Into<String>, input: Value) -> Self {
+        Self { agent_id: Some(id.into()), input, ..Self::default() }
+    }
+
+    /// The target, or what is wrong with the request.
+    pub fn target(&self) -> Result<TaskTarget, String> {
+        let target = match (&self.skill_id, &self.agent_id) {
+            (Some(s), None) => TaskTarget::Skill(s.clone()),
+            (None, Some(a)) => TaskTarget::Agent(a.clone()),
+            (Some(_), Some(_)) => return Err("give either skillId or agentId, not both".into()),
+            (None, None) => return Err("say what to run: skillId or agentId".into()),
+        };
+        if !crate::grant::is_skill_id(target.id()) {
+            return Err(format!("`{}` is not a skill id: expected namespace/name", target.id()));
+        }
+        if self.description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(format!("description is longer than {MAX_DESCRIPTION_BYTES} bytes"));
+        }
+        Ok(target)
+    }
+}
+
+/// A task as stored and reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskState {
+    /// UUID (v4).
+    pub id: String,
+    /// What it is for.
+    pub description: String,
+    /// Where it is in its lifecycle.
+    pub status: TaskStatus,
+    /// What runs.
+    pub target: TaskTarget,
+    /// The JSON input.
+    pub input: Value,
+    /// The session it runs under.
+    pub session_id: String,
+    /// The user of that session.
+    pub user: String,
+    /// The task this one was started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task_id: Option<String>,
+    /// Labels from the submission.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Value>,
+    /// Held in the queue until resumed (PENDING only).
+    #[serde(default)]
+    pub paused: bool,
+    /// Last reported progress, 0.0..=1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f32>,
+    /// What the task is waiting for (WAITING only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The JSON output (COMPLETED only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// Why it failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it left the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
+    /// When it reached a final status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at_ms: Option<u64>,
+}
+
+/// What kind of thing a [`TaskUpdateEvent`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskEventKind {
+    /// The task was accepted.
+    Submitted,
+    /// The status changed (see `status`).
+    Status,
+    /// The skill reported progress.
+    Progress,
+    /// The skill logged a line, or the host noted a capability use.
+    Log,
+    /// The skill asked for input; `message` is the prompt.
+    InputRequested,
+    /// Someone answered the input request.
+    InputProvided,
+    /// A queued task was paused.
+    Paused,
+    /// A paused task was resumed.
+    Resumed,
+    /// The host restarted while the task was in flight.
+    Recovered,
+}
+
+impl TaskEventKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskEventKind::Submitted => "submitted",
+            TaskEventKind::Status => "status",
+            TaskEventKind::Progress => "progress",
+            TaskEventKind::Log => "log",
+            TaskEventKind::InputRequested => "input-requested",
+            TaskEventKind::InputProvided => "input-provided",
+            TaskEventKind::Paused => "paused",
+            TaskEventKind::Resumed => "resumed",
+            TaskEventKind::Recovered => "recovered",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        use TaskEventKind::*;
+        [Submitted, Status, Progress, Log, InputRequested, InputProvided, Paused, Resumed, Recovered]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One entry of a task's history, and one message of its stream. Events of
+/// a task are numbered 1, 2, 3, ... in the order they happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskUpdateEvent {
+    /// The task.
+    pub task_id: String,
+    /// Position in the task's history, from 1, without gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// What happened.
+    pub event: TaskEventKind,
+    /// The task's status after this event.
+    pub status: TaskStatus,
+    /// Progress after this event, if any was reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<f32>,
+    /// Human-readable detail (log line, prompt, error, ...).
+    #[serde(default)]
+    pub message: String,
+    /// Structured detail (the output on COMPLETED, the level of a log line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// Which tasks to list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskFilter {
+    /// Only tasks with this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this session (admins may name any session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A skill or agent the runtime can run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SkillInfo {
+    /// `namespace/name`.
+    pub id: String,
+    /// Semver version.
+    pub version: String,
+    /// `skill` or `agent`.
+    pub kind: String,
+    /// What it does.
+    pub description: String,
+    /// Needs an explicit policy entry and trusted device.
+    pub dangerous: bool,
+    /// May be re-run from the start after a host restart.
+    pub resumable: bool,
+    /// JSON Schema of the input.
+    pub input_schema: Value,
+}
+
+/// How a runtime accepts work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeMode {
+    /// Loopback only; remote sessions are refused.
+    #[default]
+    LocalOnly,
+    /// Accepts remote connections; every call needs a session.
+    RemoteEnabled,
+}
+
+impl RuntimeMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeMode::LocalOnly => "local-only",
+            RuntimeMode::RemoteEnabled => "remote-enabled",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "local-only" => Ok(RuntimeMode::LocalOnly),
+            "remote-enabled" => Ok(RuntimeMode::RemoteEnabled),
+            "distributed-cluster" => {
+                Err("mode `distributed-cluster` is not available: use local-only or remote-enabled".into())
+            }
+            other => Err(format!("unknown mode `{other}`: expected local-only or remote-enabled")),
+        }
+    }
+}
+
+/// Health and load of a runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeStatus {
+    /// coderclaw version.
+    pub version: String,
+    /// Seconds since the runtime started.
+    pub uptime_secs: u64,
+    /// Tasks in PLANNING, RUNNING or WAITING.
+    pub active_tasks: u64,
+    /// Tasks queued (PENDING).
+    pub queued_tasks: u64,
+    /// Tasks ever stored.
+    pub total_tasks: u64,
+    /// How many tasks run at once.
+    pub max_concurrent_tasks: u32,
+    /// local-only or remote-enabled.
+    pub mode: RuntimeMode,
+    /// The task store answers and the scheduler runs.
+    pub healthy: bool,
+    /// Organisation `requiredSkills` that are not installed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_required_skills: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskStatus::*;
+
+    #[test]
+    fn the_product_transitions_are_legal_and_nothing_else_is() {
+        let legal = [
+            (Pending, Planning),
+            (Planning, Running),
+            (Running, Waiting),
+            (Waiting, Running),
+            (Running, Completed),
+            (Pending, Failed),
+            (Planning, Failed),
+            (Running, Failed),
+            (Waiting, Failed),
+            (Pending, Cancelled),
+            (Planning, Cancelled),
+            (Running, Cancelled),
+            (Waiting, Cancelled),
+        ];
+        for from in TaskStatus::ALL {
+            for to in TaskStatus::ALL {
+                let ok = legal.contains(&(from, to));
+                assert_eq!(from.transition(to).is_ok(), ok, "{from} -> {to}");
+                if !ok {
+                    assert_eq!(
+                        from.transition(to).unwrap_err().to_string(),
+                        format!("a task cannot go from {from} to {to}")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_round_trip_their_wire_names() {
+        for s in TaskStatus::ALL {
+            assert_eq!(TaskStatus::parse(&s.as_str().to_lowercase()), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert!(TaskStatus::parse("DONE").unwrap_err().contains("PENDING, PLANNING"));
+    }
+
+    #[test]
+    fn a_request_names_exactly_one_valid_target() {
+        assert_eq!(
+            TaskSubmitRequest::skill("team/echo", Value::Null).target(),
+            Ok(TaskTarget::Skill("team/echo".into()))
+        );
+        let mut both = TaskSubmitRequest::skill("team/echo", Value::Null);
+        both.agent_id = Some("team/agent".into());
+        assert!(both.target().unwrap_err().contains("not both"));
+        assert!(TaskSubmitRequest::default().target().unwrap_err().contains("skillId or agentId"));
+        assert!(TaskSubmitRequest::skill("echo", Value::Null).target().unwrap_err().contains("namespace/name"));
+        let unknown = serde_json::from_str::<TaskSubmitRequest>(r#"{"skillId":"a/b","agent":"x"}"#);
+        assert!(unknown.unwrap_err().to_string().contains("unknown field `agent`"));
+    }
+}

@@ -1,0 +1,439 @@
+//! Tasks, their events and the session memory in `tasks.db` (SQLite, WAL).
+//!
+//! Writes go through one writer thread that commits them in batches: it
+//! takes every write queued while the previous batch was being synced, runs
+//! them in one transaction and syncs once (`synchronous=FULL`). A caller
+//! that needs durability (a submission before it is acknowledged, a memory
+//! write) waits for its batch's commit; everything else is queued in order
+//! behind it. One fsync per batch instead of one per task is what lets the
+//! engine acknowledge tens of thousands of durable submissions a second.
+//!
+//! Committed events are handed to `on_commit` in commit order, so streams
+//! only ever show what is on disk.
+
+use crate::sqlite;
+use coderclaw_core::task::{
+    TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
+};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// A task store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused a read or write.
+    #[error("task store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The writer thread is gone (the engine is shutting down).
+    #[error("the task store's writer has stopped")]
+    WriterStopped,
+    /// A stored row could not be read back.
+    #[error("task store: stored row is malformed: {0}")]
+    Corrupt(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY NOT NULL,
+    description TEXT NOT NULL,
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    input TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    parent_task_id TEXT,
+    metadata TEXT NOT NULL,
+    status TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    progress REAL,
+    prompt TEXT,
+    output TEXT,
+    error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER,
+    completed_at_ms INTEGER,
+    resumable INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks (session_id, created_at_ms);
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
+CREATE TABLE IF NOT EXISTS task_events (
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress REAL,
+    message TEXT NOT NULL,
+    data TEXT,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS session_memory (
+    session_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (session_id, key)
+) WITHOUT ROWID;
+";
+
+/// A task row as stored: the state plus engine bookkeeping.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredTask {
+    pub state: TaskState,
+    /// May be re-run from the start after a restart.
+    pub resumable: bool,
+    /// Seq of its last event.
+    pub last_seq: u64,
+}
+
+/// One queued write.
+pub(crate) enum Write {
+    /// Insert or update the task row, then append the event.
+    Task { task: Box<StoredTask>, event: Option<TaskUpdateEvent> },
+    /// Append an event without touching the row.
+    Event(TaskUpdateEvent),
+    /// Set (Some) or delete (None) a session memory key.
+    Memory { session: String, key: String, value: Option<String>, at_ms: u64 },
+}
+
+struct Queued {
+    write: Write,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Called by the writer with the events of each committed batch, in order.
+pub(crate) type OnCommit = dyn Fn(Vec<TaskUpdateEvent>) + Send + Sync;
+
+/// The task database.
+pub(crate) struct TaskStore {
+    path: String,
+    writes: Mutex<mpsc::Sender<Queued>>,
+    reader: Mutex<Connection>,
+}
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+impl TaskStore {
+    /// Opens (creating) `<dir>/tasks.db` and starts the writer thread.
+    pub fn open(dir: &Path, on_commit: Arc<OnCommit>) -> Result<Arc<TaskStore>, StoreError> {
+        let file = dir.join("tasks.db");
+        let path = file.display().to_string();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let writer = sqlite::open(&file, true, SCHEMA).map_err(err)?;
+        let reader = sqlite::open(&file, false, "").map_err(err)?;
+        let (tx, rx) = mpsc::channel::<Queued>();
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("coderclaw-task-writer".into())
+            .spawn(move || writer_loop(writer, rx, &thread_path, &*on_commit))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(TaskStore { path, writes: Mutex::new(tx), reader: Mutex::new(reader) }))
+    }
+
+    /// Queues `write` behind everything queued before it.
+    pub fn queue(&self, write: Write) -> Result<(), StoreError> {
+        self.send(Queued { write, ack: None })
+    }
+
+    /// Queues `write` and returns a receiver that resolves once it is
+    /// committed and synced.
+    pub fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Queued { write, ack: Some(tx) })?;
+        Ok(rx)
+    }
+
+    fn send(&self, q: Queued) -> Result<(), StoreError> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner()).send(q).map_err(|_| StoreError::WriterStopped)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let db = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&db).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
+    }
+
+    /// One task.
+    pub fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
+        let row = self.read(|db| {
+            db.query_row(&format!("SELECT {COLUMNS} FROM tasks t WHERE id = ?1"), [id], raw_task).optional()
+        })?;
+        row.map(parse_task).transpose()
+    }
+
+    /// Tasks matching `filter` (newest first), limited to `session` unless None.
+    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<StoredTask>, StoreError> {
+        let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+        let rows = self.read(|db| {
+            let mut stmt = db.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM tasks t
+                 WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR session_id = ?2)
+                 ORDER BY created_at_ms DESC, rowid DESC LIMIT ?3"
+            ))?;
+            let rows = stmt
+                .query_map(params![filter.status.map(TaskStatus::as_str), filter.session, limit], raw_task)?
+                .collect::<rusqlite::Result<Vec<_>>>();
+            rows
+        })?;
+        rows.into_iter().map(parse_task).collect()
+    }
+
+    /// Tasks not in a final status (for recovery), oldest first.
+    pub fn unfinished(&self) -> Result<Vec<StoredTask>, StoreError> {
+        let rows = self.read(|db| {
+            let mut stmt = db.prepare(&format!(
+                "SELECT {COLUMNS} FROM tasks t
+                 WHERE status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING') ORDER BY created_at_ms, rowid"
+            ))?;
+            let rows = stmt.query_map([], raw_task)?.collect::<rusqlite::Result<Vec<_>>>();
+            rows
+        })?;
+        rows.into_iter().map(parse_task).collect()
+    }
+
+    /// A task's events with seq > `after`, in order.
+    pub fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError> {
+        let rows = self.read(|db| {
+            let mut stmt = db.prepare_cached(
+                "SELECT task_id, seq, timestamp_ms, event, status, progress, message, data
+                 FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map(params![id, after as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<f64>>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>();
+            rows
+        })?;
+        rows.into_iter()
+            .map(|(task_id, seq, ts, event, status, progress, message, data)| {
+                Ok(TaskUpdateEvent {
+                    task_id,
+                    seq: seq as u64,
+                    timestamp_ms: ts as u64,
+                    event: TaskEventKind::parse(&event)
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind `{event}`")))?,
+                    status: TaskStatus::parse(&status).map_err(StoreError::Corrupt)?,
+                    progress: progress.map(|p| p as f32),
+                    message,
+                    data: data.map(|d| parse_json(&d)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts by status: (queued, active, total).
+    pub fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        self.read(|db| {
+            db.query_row(
+                "SELECT COALESCE(SUM(status = 'PENDING'), 0),
+                        COALESCE(SUM(status IN ('PLANNING', 'RUNNING', 'WAITING')), 0), COUNT(*) FROM tasks",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)),
+            )
+        })
+    }
+
+    /// A session memory value.
+    pub fn memory_get(&self, session: &str, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|db| {
+            db.query_row("SELECT value FROM session_memory WHERE session_id = ?1 AND key = ?2", [session, key], |r| {
+                r.get(0)
+            })
+            .optional()
+        })
+    }
+
+    /// How many keys a session holds.
+    pub fn memory_len(&self, session: &str) -> Result<u64, StoreError> {
+        self.read(|db| {
+            db.query_row("SELECT COUNT(*) FROM session_memory WHERE session_id = ?1", [session], |r| {
+                r.get::<_, i64>(0).map(|n| n as u64)
+            })
+        })
+    }
+}
+
+const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user, parent_task_id, metadata,
+    status, paused, progress, prompt, output, error, created_at_ms, started_at_ms, completed_at_ms, resumable,
+    (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id)";
+
+/// The columns of one row, before parsing.
+type RawTask = (Vec<Option<String>>, Vec<Option<i64>>, Option<f64>);
+
+fn raw_task(r: &Row<'_>) -> rusqlite::Result<RawTask> {
+    let texts = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14]
+        .into_iter()
+        .map(|i| r.get::<_, Option<String>>(i))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let ints = [10, 15, 16, 17, 18, 19]
+        .into_iter()
+        .map(|i| r.get::<_, Option<i64>>(i))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((texts, ints, r.get(11)?))
+}
+
+fn parse_json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
+}
+
+fn parse_task((t, i, progress): RawTask) -> Result<StoredTask, StoreError> {
+    let text = |k: usize| t[k].clone().unwrap_or_default();
+    let target = match text(2).as_str() {
+        "agent" => TaskTarget::Agent(text(3)),
+        _ => TaskTarget::Skill(text(3)),
+    };
+    let metadata = serde_json::from_str(&text(8)).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
+    let state = TaskState {
+        id: text(0),
+        description: text(1),
+        status: TaskStatus::parse(&text(9)).map_err(StoreError::Corrupt)?,
+        target,
+        input: parse_json(&text(4))?,
+        session_id: text(5),
+        user: text(6),
+        parent_task_id: t[7].clone(),
+        metadata,
+        paused: i[0] == Some(1),
+        progress: progress.map(|p| p as f32),
+        prompt: t[10].clone(),
+        output: t[11].as_deref().map(parse_json).transpose()?,
+        error: t[12].clone(),
+        created_at_ms: i[1].unwrap_or(0) as u64,
+        started_at_ms: i[2].map(|v| v as u64),
+        completed_at_ms: i[3].map(|v| v as u64),
+    };
+    Ok(StoredTask { state, resumable: i[4] == Some(1), last_seq: i[5].unwrap_or(0) as u64 })
+}
+
+fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_commit: &OnCommit) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut db, &batch);
+        if let Err(e) = &result {
+            tracing::error!(path, error = %e, writes = batch.len(), "task store commit failed");
+        }
+        let mut events = Vec::new();
+        for q in batch {
+            if let Some(ack) = q.ack {
+                let _ = ack.send(result.clone().map_err(|e| format!("task store {path}: {e}")));
+            }
+            if result.is_ok() {
+                match q.write {
+                    Write::Task { event: Some(e), .. } | Write::Event(e) => events.push(e),
+                    _ => {}
+                }
+            }
+        }
+        if !events.is_empty() {
+            on_commit(events);
+        }
+    }
+}
+
+fn commit(db: &mut Connection, batch: &[Queued]) -> Result<(), String> {
+    let tx = db.transaction().map_err(|e| e.to_string())?;
+    for q in batch {
+        apply(&tx, &q.write).map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
+    match write {
+        Write::Task { task, event } => {
+            let s = &task.state;
+            let json = |v: &Value| v.to_string();
+            db.prepare_cached(
+                "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user, parent_task_id,
+                    metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
+                    completed_at_ms, resumable)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
+                    progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
+                    error = excluded.error, started_at_ms = excluded.started_at_ms,
+                    completed_at_ms = excluded.completed_at_ms",
+            )?
+            .execute(params![
+                s.id,
+                s.description,
+                s.target.kind(),
+                s.target.id(),
+                json(&s.input),
+                s.session_id,
+                s.user,
+                s.parent_task_id,
+                serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()),
+                s.status.as_str(),
+                s.paused,
+                s.progress.map(f64::from),
+                s.prompt,
+                s.output.as_ref().map(json),
+                s.error,
+                s.created_at_ms as i64,
+                s.started_at_ms.map(|v| v as i64),
+                s.completed_at_ms.map(|v| v as i64),
+                task.resumable,
+            ])?;
+            if let Some(e) = event {
+                insert_event(db, e)?;
+            }
+        }
+        Write::Event(e) => insert_event(db, e)?,
+        Write::Memory { session, key, value: Some(v), at_ms } => {
+            db.prepare_cached(
+                "INSERT INTO session_memory (session_id, key, value, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![session, key, v, *at_ms as i64])?;
+        }
+        Write::Memory { session, key, value: None, .. } => {
+            db.prepare_cached("DELETE FROM session_memory WHERE session_id = ?1 AND key = ?2")?
+                .execute(params![session, key])?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_event(db: &Connection, e: &TaskUpdateEvent) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT INTO task_events (task_id, seq, timestamp_ms, event, status, progress, message, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        e.task_id,
+        e.seq as i64,
+        e.timestamp_ms as i64,
+        e.event.as_str(),
+        e.status.as_str(),
+        e.progress.map(f64::from),
+        e.message,
+        e.data.as_ref().map(Value::to_string),
+    ])?;
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! The task engine end to end: real signed packages in a real state
+//! directory, the security model deciding every run, tasks persisted in
+//! SQLite. The scenario bodies are written once against the `Transport`
+//! trait and run over the in-process transport and over HTTP (a real hyper
+//! server on loopback).
+
+use coderclaw_core::decision::{Offer, OfferedDir};
+use coderclaw_core::keys::SecretKey;
+use coderclaw_core::manifest::Manifest;
+use coderclaw_core::package::Package;
+use coderclaw_core::task::{TaskEventKind, TaskFilter, TaskStatus, TaskSubmitRequest};
+use coderclaw_core::{Access, Limits};
+use coderclaw_e2e::guest;
+use coderclaw_host::Host;
+use coderclaw_host::audit::AuditFilter;
+use coderclaw_host::home::Home;
+use coderclaw_host::security::{LocalSecret, Security};
+use coderclaw_host::tasks::http_server::{RunningServer, ServerConfig, serve};
+use coderclaw_host::tasks::{
+    CoderClawRuntime, EngineConfig, ErrorCode, HttpTransport, LocalTransport, SkillExecutor, TaskEngine, TaskService,
+    Transport,
+};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn team_key() -> SecretKey {
+    SecretKey::from_seed(*b"coderclaw test key: team--------")
+}
+
+/// Test packages: (id, component, manifest body after the id line).
+const PACKAGES: &[(&str, &str, &str)] = &[
+    ("team/echo", "echo", "kind = \"skill\"\ndescription = \"echo\"\n"),
+    ("team/spin", "infinite-loop", "kind = \"skill\"\ndescription = \"spins\"\n[limits]\ntimeout = \"60s\"\n"),
+    (
+        "team/asker",
+        "asker",
+        "kind = \"skill\"\ndescription = \"asks\"\n[capabilities]\nsession-memory = true\n[limits]\ntimeout = \"60s\"\n",
+    ),
+    ("team/forgetful", "asker", "kind = \"skill\"\ndescription = \"asks, no memory grant\"\n"),
+    (
+        "team/sleeper",
+        "shell-exec",
+        "kind = \"skill\"\ndescription = \"runs sleep\"\ndangerous = true\n[capabilities]\nfs = [{ path = \"workspace\", access = \"read\" }]\nshell = [\"sleep\"]\n[limits]\ntimeout = \"120s\"\n",
+    ),
+];
+
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    _workspace: tempfile::TempDir,
+    pub home: Arc<Home>,
+    pub service: Arc<TaskService>,
+    pub engine: TaskEngine,
+}
+
+fn install(home: &Home) {
+    for (id, component, rest) in PACKAGES {
+        let text = format!("id = \"{id}\"\nversion = \"1.0.0\"\n{rest}");
+        let manifest = Manifest::from_toml(&text, id).unwrap();
+        let bytes = std::fs::read(guest(component)).unwrap();
+        home.install(&Package::sign(&manifest, bytes, &team_key(), 1_763_000_000).to_bytes()).unwrap();
+    }
+}
+
+pub fn fixture(config: EngineConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = tempfile::tempdir().unwrap();
+    std::fs::create_dir(workspace.path().join(".coderClaw")).unwrap();
+    std::fs::write(
+        workspace.path().join(".coderClaw/security.yaml"),
+        "skillPolicies:\n  - skillId: team/sleeper\n    dangerous: true\n    allowedRoles: [developer]\n",
+    )
+    .unwrap();
+    let home = Arc::new(Home::open(dir.path()).unwrap());
+    home.trust_add("team", &team_key().public()).unwrap();
+    install(&home);
+    let security = Arc::new(Security::open(home.clone(), Some(workspace.path())).unwrap());
+    let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
+    let offer = Offer {
+        dirs: [(
+            "workspace".to_owned(),
+            OfferedDir { host: workspace.path().to_path_buf(), guest: ".".into(), access: Access::Read },
+        )]
+        .into(),
+        env: Default::default(),
+        ceiling: Limits { timeout: Duration::from_secs(600), ..Limits::default() },
+    };
+    let executor = SkillExecutor::new(security.clone(), host, workspace.path().to_path_buf(), offer);
+    let audit_home = home.clone();
+    let audit = Arc::new(move |e| {
+        let _ = audit_home.audit().append(e);
+    });
+    let engine = TaskEngine::open(dir.path(), executor, config, Some(audit)).unwrap();
+    let service = TaskService::new(engine.clone(), security);
+    Fixture { _dir: dir, _workspace: workspace, home, service, engine }
+}
+
+impl Fixture {
+    /// A user with `roles` and a session token for them.
+    pub fn login(&self, user: &str, roles: &[&str]) -> String {
+        let security = self.service.security();
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        security.identity().add_user(user, &roles, Some("correct horse battery")).unwrap();
+        security.login_local(user, LocalSecret::Password("correct horse battery"), None, None, None).unwrap().1
+    }
+
+    pub async fn http(&self) -> RunningServer {
+        let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
+        serve(self.service.clone(), config).await.unwrap()
+    }
+}
+
+/// Waits until the task reaches `status` (polling the transport).
+async fn wait_for<T: Transport>(rt: &CoderClawRuntime<T>, id: &str, status: TaskStatus) {
+    let start = Instant::now();
+    loop {
+        let t = rt.get_task_state(id).await.unwrap().unwrap();
+        if t.status == status {
+            return;
+        }
+        assert!(!t.status.is_terminal(), "task ended {} ({:?}) while waiting for {status}", t.status, t.error);
+        assert!(start.elapsed() < Duration::from_secs(30), "task stuck in {}", t.status);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- scenarios, one body for both transports ----
+
+async fn echo_completes_with_ordered_events<T: Transport>(rt: &CoderClawRuntime<T>) {
+    let mut req = TaskSubmitRequest::skill("team/echo", json!({ "hello": "world" }));
+    req.description = "say hello".into();
+    req.metadata.insert("source".into(), json!("ci-pipeline"));
+    let task = rt.submit_task(req).await.unwrap();
+    assert_eq!(task.status, TaskStatus::Pending);
+    assert_eq!(uuid_version(&task.id), Some('4'), "{}", task.id);
+    let mut seen = Vec::new();
+    let done = rt.wait(&task.id, |e| seen.push(e.clone())).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({ "echo": { "hello": "world" } })));
+    assert_eq!(done.metadata["source"], "ci-pipeline");
+    assert!(done.started_at_ms.is_some() && done.completed_at_ms >= done.started_at_ms);
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seen.len() as u64).collect::<Vec<_>>(), "the stream delivers every event in order");
+    let statuses: Vec<TaskStatus> =
+        seen.iter().filter(|e| e.event == TaskEventKind::Status).map(|e| e.status).collect();
+    assert_eq!(statuses, [TaskStatus::Planning, TaskStatus::Running, TaskStatus::Completed]);
+    assert_eq!(rt.get_task_events(&task.id).await.unwrap(), seen, "history equals the stream");
+}
+
+async fn cancel_stops_a_spinning_guest<T: Transport>(rt: &CoderClawRuntime<T>) {
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    wait_for(rt, &task.id, TaskStatus::Running).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    assert!(rt.cancel_task(&task.id).await.unwrap());
+    let done = rt.wait(&task.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    assert!(!rt.cancel_task(&task.id).await.unwrap(), "a finished task is not cancelled again");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rt.get_task_state(&task.id).await.unwrap().unwrap().status, TaskStatus::Cancelled);
+}
+
+async fn waiting_round_trip<T: Transport>(rt: &CoderClawRuntime<T>) {
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "deploy? (yes/no)" }))).await.unwrap();
+    wait_for(rt, &task.id, TaskStatus::Waiting).await;
+    let waiting = rt.get_task_state(&task.id).await.unwrap().unwrap();
+    assert_eq!(waiting.prompt.as_deref(), Some("deploy? (yes/no)"));
+    let resumed = rt.respond(&task.id, "yes").await.unwrap();
+    assert_eq!(resumed.status, TaskStatus::Running);
+    let done = rt.wait(&task.id, |_| {}).await.unwrap();
+    assert_eq!(done.output, Some(json!({ "answer": "yes" })));
+    let err = rt.respond(&task.id, "again").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    let events = rt.get_task_events(&task.id).await.unwrap();
+    assert!(events.iter().any(|e| e.event == TaskEventKind::InputRequested));
+    let provided = events.iter().find(|e| e.event == TaskEventKind::InputProvided).unwrap();
+    assert_eq!(provided.message, "input provided (3 bytes)", "the answer itself is not in the history");
+    assert_eq!(provided.status, TaskStatus::Running);
+}
+
+async fn bad_requests_are_refused<T: Transport>(rt: &CoderClawRuntime<T>) {
+    let err = rt.submit_task(TaskSubmitRequest::default()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest);
+    assert!(err.message.contains("skillId or agentId"), "{err}");
+    assert_eq!(rt.get_task_state("0b9ea3ee-86a1-4a8f-9d0b-7a3f3f3f3f3f").await.unwrap(), None);
+    // A skill that is not installed fails in PLANNING, with the reason.
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/nope", json!({}))).await.unwrap();
+    let done = rt.wait(&task.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert!(done.error.unwrap().contains("team/nope"));
+}
+
+fn uuid_version(id: &str) -> Option<char> {
+    (id.len() == 36).then(|| id.chars().nth(14)).flatten()
+}
+
+macro_rules! both_transports {
+    ($($name:ident),*) => {
+        mod local {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() {
+                let f = super::fixture(Default::default());
+                let rt = super::CoderClawRuntime::new(super::LocalTransport::new(f.service.clone(), None));
+                super::$name(&rt).await;
+            })*
+        }
+        mod http {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() {
+                let f = super::fixture(Default::default());
+                let server = f.http().await;
+                let rt = super::CoderClawRuntime::new(super::HttpTransport::new(&server.url(), None).unwrap());
+                super::$name(&rt).await;
+            })*
+        }
+    };
+}
+
+both_transports!(echo_completes_with_ordered_events, cancel_stops_a_spinning_guest, waiting_round_trip, bad_requests_are_refused);
+
+// ---- engine-specific ----
+
+/// Whether a `sleep ARG` process is alive (not a zombie).
+fn sleep_exists(arg: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let parts: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let alive = std::fs::read_to_string(p.path().join("stat")).is_ok_and(|s| !s.contains(") Z "));
+        alive && parts.len() >= 2 && parts[0].ends_with(b"sleep") && parts[1] == arg.as_bytes()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_kills_a_running_shell_child() {
+    let f = fixture(Default::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let marker = format!("60.{}", std::process::id());
+    let input = json!({ "program": "sleep", "args": [marker], "timeout_ms": 100_000 });
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/sleeper", input)).await.unwrap();
+    let start = Instant::now();
+    while !sleep_exists(&marker) {
+        let t = rt.get_task_state(&task.id).await.unwrap().unwrap();
+        assert!(!t.status.is_terminal(), "{:?}", t.error);
+        assert!(start.elapsed() < Duration::from_secs(30), "sleep never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancelled = Instant::now();
+    assert!(rt.cancel_task(&task.id).await.unwrap());
+    while sleep_exists(&marker) {
+        assert!(cancelled.elapsed() < Duration::from_secs(1), "the child outlived the cancel");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_memory_is_per_session_and_needs_the_grant() {
+    let f = fixture(Default::default());
+    let (alice, bob) = (f.login("alice", &["developer"]), f.login("bob", &["developer"]));
+    let as_alice = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(alice)));
+    let as_bob = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(bob)));
+    let count = |rt| async move {
+        let rt: &CoderClawRuntime<LocalTransport> = rt;
+        let t = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "count": "runs" }))).await.unwrap();
+        let done = rt.wait(&t.id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+        done.output.unwrap()["count"].clone()
+    };
+    assert_eq!(count(&as_alice).await, 1);
+    assert_eq!(count(&as_alice).await, 2);
+    assert_eq!(count(&as_bob).await, 1, "bob's session does not see alice's memory");
+
+    let t = as_alice.submit_task(TaskSubmitRequest::skill("team/forgetful", json!({ "count": "runs" }))).await.unwrap();
+    let done = as_alice.wait(&t.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert!(done.error.unwrap().contains("no session-memory grant"));
+
+    // Isolation of the tasks themselves: bob cannot see alice's task.
+    assert_eq!(as_bob.get_task_state(&t.id).await.unwrap(), None);
+    assert_eq!(as_bob.cancel_task(&t.id).await.unwrap_err().code, ErrorCode::NotFound);
+    let bobs = as_bob.list_tasks(TaskFilter::default()).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    let err = as_bob.list_tasks(TaskFilter { session: Some("someone-else".into()), ..Default::default() }).await;
+    assert_eq!(err.unwrap_err().code, ErrorCode::Forbidden);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_concurrency_limit_queues_and_paused_tasks_wait() {
+    let f = fixture(EngineConfig { max_concurrent_tasks: 1, ..Default::default() });
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let spin = rt.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    wait_for(&rt, &spin.id, TaskStatus::Running).await;
+    let echo = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
+    let mut paused_req = TaskSubmitRequest::skill("team/echo", json!(2));
+    paused_req.paused = true;
+    let paused = rt.submit_task(paused_req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rt.get_task_state(&echo.id).await.unwrap().unwrap().status, TaskStatus::Pending, "one slot, taken");
+    rt.cancel_task(&spin.id).await.unwrap();
+    assert_eq!(rt.wait(&echo.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rt.get_task_state(&paused.id).await.unwrap().unwrap().paused);
+    assert_eq!(rt.get_task_state(&paused.id).await.unwrap().unwrap().status, TaskStatus::Pending);
+    f.engine.resume(&paused.id).unwrap();
+    assert_eq!(rt.wait(&paused.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_refuses_what_it_should_with_stable_codes() {
+    let f = fixture(Default::default());
+    let developer = f.login("dev", &["developer"]);
+    let readonly = f.login("reader", &["readonly"]);
+    let server = f.http().await;
+    let url = server.url();
+    let client = |token: Option<&str>| HttpTransport::new(&url, token.map(str::to_owned)).unwrap();
+
+    let forged = CoderClawRuntime::new(client(Some("ccs_forged")));
+    assert_eq!(forged.get_status().await.unwrap_err().code, ErrorCode::Unauthenticated);
+    let reader = CoderClawRuntime::new(client(Some(&readonly)));
+    let err = reader.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+    let denials = f.home.audit().query(&AuditFilter { action: Some("task.submit".into()), ..Default::default() });
+    assert!(denials.unwrap().iter().any(|r| r.result == "denied" && r.user.as_deref() == Some("reader")));
+
+    // Raw requests for the body checks.
+    let raw = |body: Vec<u8>, token: String| {
+        let url = url.clone();
+        async move {
+            let addr = url.trim_start_matches("http://").to_owned();
+            let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            let req = hyper::Request::post("/v1/tasks")
+                .header("host", addr)
+                .header("authorization", format!("Bearer {token}"))
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let (status, body) = raw(vec![b' '; 2 << 20], developer.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")));
+    let (status, body) = raw(b"{\"skillId\": ".to_vec(), developer.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")));
+    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_concurrent_http_submissions_each_run_exactly_once() {
+    let f = fixture(EngineConfig { max_concurrent_tasks: 16, ..Default::default() });
+    let server = f.http().await;
+    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), None).unwrap()));
+    let mut handles = Vec::new();
+    for i in 0..1000 {
+        let rt = rt.clone();
+        handles.push(tokio::spawn(async move {
+            rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap().id
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.push(h.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 1000);
+    for id in &ids {
+        let done = rt.wait(id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+    }
+    let all = f.engine.list(&TaskFilter { limit: Some(1000), ..Default::default() }).unwrap();
+    assert_eq!(all.len(), 1000);
+    assert!(all.iter().all(|t| t.status == TaskStatus::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
+    let f = fixture(Default::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let waiting = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "?" }))).await.unwrap();
+    wait_for(&rt, &waiting.id, TaskStatus::Waiting).await;
+    let mut req = TaskSubmitRequest::skill("team/echo", json!(7));
+    req.paused = true;
+    let paused = rt.submit_task(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // A second engine on the same state directory, as after a crash of the
+    // first (the real kill -9 of `coderclaw serve` is in the CLI tests).
+    let reopened = fixture_on(&f);
+    let rt = CoderClawRuntime::new(LocalTransport::new(reopened.clone(), None));
+    let failed = rt.get_task_state(&waiting.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("host restarted"));
+    let still = rt.get_task_state(&paused.id).await.unwrap().unwrap();
+    assert_eq!((still.status, still.paused), (TaskStatus::Pending, true), "paused tasks stay paused");
+    reopened.engine().resume(&paused.id).unwrap();
+    assert_eq!(rt.wait(&paused.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+}
+
+/// A new engine and service over `f`'s state directory.
+fn fixture_on(f: &Fixture) -> Arc<TaskService> {
+    let security = Arc::new(Security::open(f.home.clone(), None).unwrap());
+    let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
+    let executor = SkillExecutor::new(security.clone(), host, f.home.root().to_path_buf(), Offer::default());
+    let engine = TaskEngine::open(f.home.root(), executor, Default::default(), None).unwrap();
+    TaskService::new(engine, security)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_fan_out_reaches_every_subscriber() {
+    let f = fixture(Default::default());
+    let server = f.http().await;
+    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), None).unwrap()));
+    let mut req = TaskSubmitRequest::skill("team/echo", json!("fan"));
+    req.paused = true;
+    let task = rt.submit_task(req).await.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        streams.push(rt.stream_task_updates(&task.id).await.unwrap());
+    }
+    f.engine.resume(&task.id).unwrap();
+    for mut s in streams {
+        let mut last = None;
+        while let Some(e) = s.next().await {
+            last = Some(e.unwrap());
+        }
+        assert_eq!(last.unwrap().status, TaskStatus::Completed);
+    }
+}
