@@ -162,6 +162,7 @@ impl GrantArgs {
             description: "unsigned development build".into(),
             // A shell request makes the run dangerous in the decision itself.
             dangerous: false,
+            resumable: false,
             input_schema: serde_json::json!({ "type": "object" }),
             capabilities: caps,
             limits,

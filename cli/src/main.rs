@@ -15,6 +15,7 @@ mod package;
 mod policy;
 mod quickstart;
 mod run;
+mod task;
 mod trust;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +75,11 @@ enum Command {
     #[command(subcommand)]
     Device(identity::DeviceCommand),
     Quickstart(quickstart::Args),
+    /// Submit, follow, cancel and answer tasks.
+    #[command(subcommand)]
+    Task(task::Command),
+    Serve(task::ServeArgs),
+    Status(task::StatusArgs),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -121,6 +127,9 @@ fn main() -> ExitCode {
         Command::User(cmd) => identity::user(cmd),
         Command::Device(cmd) => identity::device(cmd),
         Command::Quickstart(args) => quickstart::main(args),
+        Command::Task(cmd) => task::main(cmd),
+        Command::Serve(args) => task::serve_main(args),
+        Command::Status(args) => task::status(args),
     };
     match result {
         Ok(code) => code,

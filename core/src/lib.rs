@@ -13,6 +13,7 @@ pub mod package;
 pub mod pattern;
 pub mod policy;
 pub mod rbac;
+pub mod runtime_config;
 pub mod task;
 pub mod trust;
 pub mod units;

@@ -36,10 +36,10 @@ mod host;
 pub mod identity;
 pub mod oidc;
 pub mod security;
-pub mod tasks;
 mod sqlite;
 mod state;
 pub mod task_link;
+pub mod tasks;
 
 pub use coderclaw_core::package::VerifiedPackage;
 pub use coderclaw_core::{Access, Digest, Grant, GrantBuilder, GrantError, HostPattern, Limits};

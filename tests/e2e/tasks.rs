@@ -163,7 +163,8 @@ async fn cancel_stops_a_spinning_guest<T: Transport>(rt: &CoderClawRuntime<T>) {
 }
 
 async fn waiting_round_trip<T: Transport>(rt: &CoderClawRuntime<T>) {
-    let task = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "deploy? (yes/no)" }))).await.unwrap();
+    let task =
+        rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "deploy? (yes/no)" }))).await.unwrap();
     wait_for(rt, &task.id, TaskStatus::Waiting).await;
     let waiting = rt.get_task_state(&task.id).await.unwrap().unwrap();
     assert_eq!(waiting.prompt.as_deref(), Some("deploy? (yes/no)"));
@@ -218,7 +219,12 @@ macro_rules! both_transports {
     };
 }
 
-both_transports!(echo_completes_with_ordered_events, cancel_stops_a_spinning_guest, waiting_round_trip, bad_requests_are_refused);
+both_transports!(
+    echo_completes_with_ordered_events,
+    cancel_stops_a_spinning_guest,
+    waiting_round_trip,
+    bad_requests_are_refused
+);
 
 // ---- engine-specific ----
 
@@ -330,7 +336,8 @@ async fn http_refuses_what_it_should_with_stable_codes() {
         async move {
             let addr = url.trim_start_matches("http://").to_owned();
             let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
             tokio::spawn(conn);
             let req = hyper::Request::post("/v1/tasks")
                 .header("host", addr)

@@ -231,10 +231,8 @@ impl TaskEngine {
         let stored = StoredTask { state: state.clone(), resumable, last_seq: 1 };
         let ack = {
             let mut live = self.inner.lock_live();
-            let ack = self
-                .inner
-                .store
-                .queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
+            let ack =
+                self.inner.store.queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
             live.insert(id.clone(), Live { task: stored, abort: None, waiter: None });
             ack
         };
@@ -572,7 +570,8 @@ impl Inner {
             let mut live = self.lock_live();
             let Some(entry) = live.get_mut(&id) else { return };
             if entry.task.state.status == TaskStatus::Pending
-                && let Err(e) = self.change(entry, TaskStatus::Planning, TaskEventKind::Status, "planning", None, |_| {})
+                && let Err(e) =
+                    self.change(entry, TaskStatus::Planning, TaskEventKind::Status, "planning", None, |_| {})
             {
                 tracing::debug!(task = %id, error = %e, "not started");
                 return;
@@ -691,7 +690,12 @@ impl TaskRun {
                     let verdict = if allowed { "allowed" } else { "denied" };
                     let data = json!({ "skill": &*e.skill, "depth": e.depth, "capability": capability,
                                        "target": target, "allowed": allowed });
-                    inner.note(entry, TaskEventKind::Log, format!("{capability} {verdict}: {target}: {detail}"), Some(data));
+                    inner.note(
+                        entry,
+                        TaskEventKind::Log,
+                        format!("{capability} {verdict}: {target}: {detail}"),
+                        Some(data),
+                    );
                 }
             }
         })

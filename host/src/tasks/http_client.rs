@@ -95,7 +95,12 @@ impl HttpTransport {
         Ok(sender)
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(http::response::Parts, Incoming, SendRequest<Full<Bytes>>), RuntimeError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(http::response::Parts, Incoming, SendRequest<Full<Bytes>>), RuntimeError> {
         let c = &self.inner;
         let mut builder = Request::builder().method(method).uri(path).header(header::HOST, &c.authority);
         if let Some(t) = &c.token {
@@ -123,7 +128,12 @@ impl HttpTransport {
         Ok((parts, body, sender))
     }
 
-    async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<T, RuntimeError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, RuntimeError> {
         let (parts, body, sender) = self.send(method, path, body).await?;
         let bytes = Limited::new(body, MAX_REPLY_BYTES)
             .collect()
@@ -218,7 +228,13 @@ impl Transport for HttpTransport {
         if let Some(s) = &filter.session {
             let encoded: String = s
                 .bytes()
-                .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                        (b as char).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
                 .collect();
             query.push(format!("session={encoded}"));
         }

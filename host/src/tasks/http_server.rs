@@ -106,8 +106,9 @@ pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<Ru
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None => None,
     };
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|e| ServerError::Io(format!("cannot bind {}: {e}", config.listen)))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::Io(format!("cannot bind {}: {e}", config.listen)))?;
     let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
     let (stop, mut stopped) = watch::channel(false);
     let is_tls = tls.is_some();
@@ -198,7 +199,12 @@ fn err(code: ErrorCode, message: impl Into<String>) -> RuntimeError {
     RuntimeError::new(code, message)
 }
 
-async fn handle(service: &TaskService, config: &ServerConfig, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    service: &TaskService,
+    config: &ServerConfig,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let span = tracing::debug_span!("request", %method, %path, %peer);
@@ -332,7 +338,10 @@ fn parse_filter(query: &str) -> Result<TaskFilter, RuntimeError> {
                 })?)
             }
             other => {
-                return Err(err(ErrorCode::InvalidRequest, format!("unknown query parameter `{other}`: use status, session, limit")));
+                return Err(err(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown query parameter `{other}`: use status, session, limit"),
+                ));
             }
         }
     }

@@ -12,9 +12,7 @@
 //! only ever show what is on disk.
 
 use crate::sqlite;
-use coderclaw_core::task::{
-    TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
-};
+use coderclaw_core::task::{TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 use std::path::Path;

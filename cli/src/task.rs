@@ -1,0 +1,513 @@
+//! `coderclaw serve`, `coderclaw task …` and `coderclaw status`: the task
+//! engine in this process (the local transport) or on a server (--remote).
+
+use crate::grant_args::HOST_MAX;
+use crate::home;
+use crate::output::print_json;
+use anyhow::{Context, Result, bail};
+use coderclaw_core::Access;
+use coderclaw_core::decision::{Offer, OfferedDir};
+use coderclaw_core::runtime_config::{RuntimeConfig, RuntimeFile, RuntimeFlags};
+use coderclaw_core::task::{
+    RuntimeMode, TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent,
+};
+use coderclaw_host::Host;
+use coderclaw_host::security::Security;
+use coderclaw_host::tasks::http_server::{ServerConfig, serve};
+use coderclaw_host::tasks::{
+    CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, RuntimeError, SkillExecutor, TaskEngine, TaskService,
+};
+use std::fs::File;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the task commands send their calls.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// Talk to the `coderclaw serve` at URL instead of running the engine
+    /// in this process (env CODERCLAW_REMOTE, or transport.url in runtime.yaml).
+    #[arg(long, value_name = "URL")]
+    pub remote: Option<String>,
+    /// Session token for --remote (default: the global --session).
+    #[arg(long, value_name = "TOKEN", env = "CODERCLAW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https --remote.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The workspace local tasks run in (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Submit, follow, cancel and answer tasks.
+///
+/// Without --remote the task engine runs in this process on the state
+/// directory ($CODERCLAW_HOME/tasks.db): a local `task submit` runs the
+/// task to its end before returning. While `coderclaw serve` runs on the
+/// same state directory, use --remote (or CODERCLAW_REMOTE) instead.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    Submit(SubmitArgs),
+    /// Print a task's state.
+    Status {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stream a task's updates until it finishes; exit 0 only on COMPLETED.
+    Watch {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Cancel a task: the guest is interrupted, shell children killed.
+    Cancel {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List tasks (your session's; all with admin:all and --session).
+    List {
+        /// Only tasks with this status (PENDING, RUNNING, …).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this session's tasks (admin:all for other sessions).
+        #[arg(long = "of-session", value_name = "SESSION_ID")]
+        of_session: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a task's history.
+    Events {
+        /// Task id.
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Answer a WAITING task's input request.
+    Respond {
+        /// Task id.
+        id: String,
+        /// The answer (passed to the skill as is; not recorded in the task history).
+        answer: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Submit a task.
+///
+/// Exit codes with --wait (or a local run): 0 COMPLETED, 3 FAILED,
+/// 4 CANCELLED, 1 could not submit.
+///
+/// Example (CI):
+///   coderclaw task submit --skill team/security-scanner --input '{"path": "."}' --wait \
+///     --remote https://coderclaw.internal:7420 --token "$CODERCLAW_TOKEN"
+#[derive(clap::Args, Debug)]
+pub struct SubmitArgs {
+    /// Run this installed skill.
+    #[arg(long, conflicts_with = "agent", required_unless_present = "agent")]
+    pub skill: Option<String>,
+    /// Run this installed agent.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Input JSON (default `{}`).
+    #[arg(long, value_name = "JSON")]
+    pub input: Option<String>,
+    /// What the task is for.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// A label KEY=VALUE kept with the task (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub metadata: Vec<String>,
+    /// Follow the task to its end, with live progress; exit 0 only on COMPLETED.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Run the task engine and serve the HTTP API (REST + Server-Sent Events).
+///
+/// local-only (the default) binds loopback only and refuses remote peers;
+/// remote-enabled needs a session token on every call. Configuration
+/// layers: flags > env > .coderClaw/runtime.yaml > $CODERCLAW_HOME/runtime.yaml.
+/// The API is described at /v1/openapi.json.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:7420).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// local-only or remote-enabled.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Tasks running at once (default 10).
+    #[arg(long)]
+    pub max_concurrent_tasks: Option<u32>,
+    /// PEM certificate chain: serve https (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The workspace tasks run in (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Let tasks write the workspace (default read-only).
+    #[arg(long)]
+    pub workspace_write: bool,
+}
+
+/// Print the runtime's status: version, uptime, tasks, mode, health, and
+/// organisation-required skills that are missing.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn config(flags: &RuntimeFlags, workspace: &Path) -> Result<RuntimeConfig> {
+    let mut files = Vec::new();
+    for path in [workspace.join(".coderClaw/runtime.yaml"), home::state_dir()?.join("runtime.yaml")] {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let name = path.display().to_string();
+                files.push((name.clone(), RuntimeFile::from_yaml(&text, &name)?));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+    Ok(RuntimeConfig::resolve(flags, &|k| std::env::var(k).ok().filter(|v| !v.is_empty()), &files)?)
+}
+
+/// The security section of runtime.yaml must agree with config.yaml.
+fn check_security(c: &RuntimeConfig, security: &Security) -> Result<()> {
+    let enforced = &security.policy().config.security;
+    let s = &c.security;
+    let mismatch = |key: &str, here: String, there: String| {
+        anyhow::anyhow!(
+            "runtime.yaml security.{key} is {here} but config.yaml says {there}: security is configured in \
+             $CODERCLAW_HOME/config.yaml; make them agree or drop the key from runtime.yaml"
+        )
+    };
+    if let Some(v) = s.require_auth.filter(|v| *v != enforced.require_auth) {
+        return Err(mismatch("requireAuth", v.to_string(), enforced.require_auth.to_string()));
+    }
+    if let Some(v) = s.enforce_trust.filter(|v| *v != enforced.enforce_trust) {
+        return Err(mismatch("enforceTrust", v.to_string(), enforced.enforce_trust.to_string()));
+    }
+    if let Some(v) = s.default_roles.as_ref().filter(|v| **v != enforced.default_roles) {
+        return Err(mismatch("defaultRoles", format!("{v:?}"), format!("{:?}", enforced.default_roles)));
+    }
+    Ok(())
+}
+
+/// The engine of this state directory, owned by this process.
+struct LocalEngine {
+    service: Arc<TaskService>,
+    _lock: File,
+}
+
+fn open_engine(workspace: &Path, write: bool, c: &RuntimeConfig) -> Result<LocalEngine> {
+    let security = home::open_security(Some(workspace))?;
+    check_security(c, &security)?;
+    let lock_path = security.home().root().join("tasks.lock");
+    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another coderclaw process (e.g. `coderclaw serve`) runs the task engine of {}: talk to it with \
+             --remote URL (or CODERCLAW_REMOTE)",
+            security.home().root().display()
+        );
+    }
+    let host = Host::builder().compiled_cache(security.home().compiled_cache_dir()).build()?;
+    let access = if write { Access::ReadWrite } else { Access::Read };
+    let dir = OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access };
+    let offer = Offer { dirs: [("workspace".to_owned(), dir)].into(), env: Default::default(), ceiling: HOST_MAX };
+    let executor = SkillExecutor::new(security.clone(), host, workspace.to_path_buf(), offer);
+    let audit_home = security.clone();
+    let audit = Arc::new(move |e| {
+        if let Err(err) = audit_home.home().audit().append(e) {
+            tracing::error!(error = %err, "audit record lost");
+        }
+    });
+    let engine_config = EngineConfig {
+        max_concurrent_tasks: c.max_concurrent_tasks,
+        task_timeout: Duration::from_millis(c.task_timeout_ms),
+        mode: c.mode,
+    };
+    let engine = TaskEngine::open(security.home().root(), executor, engine_config, Some(audit))?;
+    Ok(LocalEngine { service: TaskService::new(engine, security), _lock: lock })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
+    let workspace = home::workspace(args.workspace.as_deref())?;
+    let flags = RuntimeFlags {
+        mode: args.mode.clone(),
+        listen: args.listen.clone(),
+        max_concurrent_tasks: args.max_concurrent_tasks,
+        ..Default::default()
+    };
+    let c = config(&flags, &workspace)?;
+    if !c.http_enabled {
+        bail!("transport.enabled is false in runtime.yaml: the HTTP server is switched off");
+    }
+    if c.mode == RuntimeMode::RemoteEnabled && !c.allow_remote_sessions {
+        bail!("mode remote-enabled with deployment.allowRemoteSessions: false contradicts itself: pick one");
+    }
+    let listen = c.listen.parse().with_context(|| format!("--listen {}: expected IP:PORT", c.listen))?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let local = open_engine(&workspace, args.workspace_write, &c)?;
+        let tls = args.tls_cert.clone().zip(args.tls_key.clone());
+        let server_config = ServerConfig { listen, mode: c.mode, tls, ..ServerConfig::default() };
+        let server = serve(local.service.clone(), server_config).await?;
+        eprintln!(
+            "coderclaw serving {} ({}, {} tasks at once, state {})",
+            server.url(),
+            c.mode.as_str(),
+            c.max_concurrent_tasks,
+            local.service.security().home().root().display()
+        );
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        eprintln!("shutting down");
+        server.shutdown();
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `f` against the runtime `target` names.
+fn with_runtime<T>(target: &Target, f: impl AsyncFnOnce(Runtime) -> Result<T>) -> Result<T> {
+    let workspace = home::workspace(target.workspace.as_deref())?;
+    let flags = RuntimeFlags { remote: target.remote.clone(), ..Default::default() };
+    let c = config(&flags, &workspace)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        match &c.remote_url {
+            Some(url) => {
+                let token = target.token.clone().or_else(|| home::session().map(str::to_owned));
+                let transport = HttpTransport::with_ca(url, token, target.ca.as_deref())?;
+                f(Runtime::Http(CoderClawRuntime::new(transport))).await
+            }
+            None => {
+                let local = open_engine(&workspace, false, &c)?;
+                let transport = LocalTransport::new(local.service.clone(), home::session().map(str::to_owned));
+                let result = f(Runtime::Local(CoderClawRuntime::new(transport))).await;
+                drop(local);
+                result
+            }
+        }
+    })
+}
+
+/// Either runtime, so one command body serves both.
+enum Runtime {
+    Local(CoderClawRuntime<LocalTransport>),
+    Http(CoderClawRuntime<HttpTransport>),
+}
+
+macro_rules! call {
+    ($rt:expr, $m:ident ( $($arg:expr),* )) => {
+        match $rt {
+            Runtime::Local(r) => r.$m($($arg),*).await,
+            Runtime::Http(r) => r.$m($($arg),*).await,
+        }
+    };
+}
+
+fn rt_err(e: RuntimeError) -> anyhow::Error {
+    anyhow::anyhow!("{} ({})", e.message, serde_json::to_value(e.code).unwrap_or_default().as_str().unwrap_or(""))
+}
+
+fn exit_for(state: &TaskState) -> ExitCode {
+    match state.status {
+        TaskStatus::Completed => ExitCode::SUCCESS,
+        TaskStatus::Cancelled => ExitCode::from(4),
+        _ => ExitCode::from(3),
+    }
+}
+
+fn progress_line(e: &TaskUpdateEvent) -> String {
+    let pct = e.progress.map(|p| format!(" {:>3.0}%", p * 100.0)).unwrap_or_default();
+    match e.event {
+        TaskEventKind::Status => format!("[{}]{pct} {}", e.status, e.message),
+        TaskEventKind::InputRequested => {
+            format!("[WAITING] {} (answer with `coderclaw task respond {} <answer>`)", e.message, e.task_id)
+        }
+        other => format!("[{}]{pct} {}: {}", e.status, other.as_str(), e.message),
+    }
+}
+
+async fn follow(rt: &Runtime, id: &str, json: bool) -> Result<TaskState> {
+    let tty = std::io::stderr().is_terminal();
+    let each = |e: &TaskUpdateEvent| {
+        if json {
+            return;
+        }
+        if tty {
+            eprintln!("\x1b[2m{}\x1b[0m", progress_line(e));
+        } else {
+            eprintln!("{}", progress_line(e));
+        }
+    };
+    let state = match rt {
+        Runtime::Local(r) => r.wait(id, each).await,
+        Runtime::Http(r) => r.wait(id, each).await,
+    };
+    state.map_err(rt_err)
+}
+
+fn print_state(state: &TaskState, json: bool) -> Result<()> {
+    if json {
+        return print_json(state);
+    }
+    println!("{}  {}  {} {}", state.id, state.status, state.target.kind(), state.target.id());
+    if let Some(p) = &state.prompt {
+        println!("  waiting for: {p}");
+    }
+    if let Some(e) = &state.error {
+        println!("  error: {e}");
+    }
+    if let Some(o) = &state.output {
+        println!("{}", serde_json::to_string_pretty(o)?);
+    }
+    Ok(())
+}
+
+pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
+    let input: serde_json::Value = match &args.input {
+        Some(text) => serde_json::from_str(text).with_context(|| {
+            format!("--input is not valid JSON: pass a JSON value, e.g. --input '{{\"path\": \".\"}}'")
+        })?,
+        None => serde_json::json!({}),
+    };
+    let mut req = match (&args.skill, &args.agent) {
+        (Some(s), _) => TaskSubmitRequest::skill(s, input),
+        (None, Some(a)) => TaskSubmitRequest::agent(a, input),
+        (None, None) => bail!("say what to run: --skill ID or --agent ID"),
+    };
+    req.description = args.description.clone();
+    for m in &args.metadata {
+        let (k, v) = m.split_once('=').with_context(|| format!("--meta {m}: expected KEY=VALUE"))?;
+        req.metadata.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
+    }
+    let remote = args.target.remote.is_some() || std::env::var_os("CODERCLAW_REMOTE").is_some();
+    with_runtime(&args.target, async |rt| {
+        let task = call!(&rt, submit_task(req)).map_err(rt_err)?;
+        // A local engine lives only as long as this command: it follows the
+        // task to its end even without --wait.
+        if !args.wait && remote {
+            print_state(&task, args.target.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !args.target.json {
+            eprintln!("task {} submitted", task.id);
+        }
+        let done = follow(&rt, &task.id, args.target.json).await?;
+        print_state(&done, args.target.json)?;
+        Ok(exit_for(&done))
+    })
+}
+
+pub fn main(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Submit(args) => submit(args),
+        Command::Status { id, target } => with_runtime(&target, async |rt| {
+            let state = call!(&rt, get_task_state(&id)).map_err(rt_err)?;
+            let state = state.with_context(|| format!("no task {id} (or not one of your session's)"))?;
+            print_state(&state, target.json)?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Watch { id, target } => with_runtime(&target, async |rt| {
+            let done = follow(&rt, &id, target.json).await?;
+            print_state(&done, target.json)?;
+            Ok(exit_for(&done))
+        }),
+        Command::Cancel { id, target } => with_runtime(&target, async |rt| {
+            let cancelled = call!(&rt, cancel_task(&id)).map_err(rt_err)?;
+            if target.json {
+                print_json(&serde_json::json!({ "id": id, "cancelled": cancelled }))?;
+            } else if cancelled {
+                println!("cancelled {id}");
+            } else {
+                println!("{id} had already finished");
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::List { status, of_session, limit, target } => {
+            let status = status.map(|s| TaskStatus::parse(&s)).transpose().map_err(anyhow::Error::msg)?;
+            let filter = TaskFilter { status, session: of_session, limit };
+            with_runtime(&target, async |rt| {
+                let tasks = call!(&rt, list_tasks(filter)).map_err(rt_err)?;
+                if target.json {
+                    print_json(&tasks)?;
+                } else {
+                    for t in &tasks {
+                        println!(
+                            "{}  {:<9}  {:<5} {}  {}",
+                            t.id,
+                            t.status,
+                            t.target.kind(),
+                            t.target.id(),
+                            t.description
+                        );
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Events { id, target } => with_runtime(&target, async |rt| {
+            let events = call!(&rt, get_task_events(&id)).map_err(rt_err)?;
+            if target.json {
+                print_json(&events)?;
+            } else {
+                for e in &events {
+                    println!("{:>4} {}  {}", e.seq, e.timestamp_ms, progress_line(e));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Respond { id, answer, target } => with_runtime(&target, async |rt| {
+            let state = call!(&rt, respond(&id, &answer)).map_err(rt_err)?;
+            print_state(&state, target.json)?;
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    with_runtime(&args.target, async |rt| {
+        let s = call!(&rt, get_status()).map_err(rt_err)?;
+        if args.target.json {
+            print_json(&s)?;
+        } else {
+            println!("coderclaw {} ({}), up {}s, healthy: {}", s.version, s.mode.as_str(), s.uptime_secs, s.healthy);
+            println!(
+                "tasks: {} active, {} queued, {} total; {} at once",
+                s.active_tasks, s.queued_tasks, s.total_tasks, s.max_concurrent_tasks
+            );
+            for missing in &s.missing_required_skills {
+                println!("missing required skill: {missing} (organizationPolicy.requiredSkills)");
+            }
+        }
+        Ok(if s.healthy && s.missing_required_skills.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    })
+}

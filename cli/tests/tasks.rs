@@ -1,0 +1,156 @@
+//! The task commands and `coderclaw serve` as real processes: a local
+//! submit that runs to its end, and a server killed with SIGKILL mid-task
+//! and restarted on the same state directory.
+
+mod common;
+
+use common::{Cli, p, sign, sign_with, text, trusted_key};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn install_signed(cli: &Cli, dir: &std::path::Path) {
+    trusted_key(cli, "team-key", "team");
+    let echo = sign(cli, "echo", "team-key", dir);
+    let manifest = dir.join("asker.toml");
+    std::fs::write(&manifest, "id = \"team/asker\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"asks\"\n[limits]\ntimeout = \"600s\"\n").unwrap();
+    let asker = sign_with(cli, "asker", "team-key", &manifest, dir);
+    for pkg in [echo, asker] {
+        let out = cli.run(&["skill", "install", p(&pkg)]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_local_submit_runs_to_the_end_and_its_exit_code_says_how_it_ended() {
+    let cli = Cli::new();
+    let tmp = tempfile::tempdir().unwrap();
+    install_signed(&cli, tmp.path());
+    let ws = p(tmp.path());
+    let out = cli.run(&[
+        "task",
+        "submit",
+        "--skill",
+        "team/echo",
+        "--input",
+        "{\"x\": 1}",
+        "--wait",
+        "--json",
+        "--workspace",
+        ws,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["status"], "COMPLETED");
+    assert_eq!(state["output"], serde_json::json!({ "echo": { "x": 1 } }));
+    let id = state["id"].as_str().unwrap();
+
+    let events: Value =
+        serde_json::from_slice(&cli.run(&["task", "events", id, "--json", "--workspace", ws]).stdout).unwrap();
+    let statuses: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses.first(), Some(&"PENDING"));
+    assert_eq!(statuses.last(), Some(&"COMPLETED"));
+
+    let out = cli.run(&["task", "submit", "--skill", "team/missing", "--wait", "--workspace", ws]);
+    assert_eq!(out.status.code(), Some(3), "a FAILED task exits 3");
+    assert!(text(&out.stdout).contains("team/missing"), "{}", text(&out.stdout));
+    let out = cli.run(&["task", "submit", "--skill", "team/echo", "--input", "{oops", "--workspace", ws]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not valid JSON"), "{}", text(&out.stderr));
+    let out = cli.run(&["status", "--json", "--workspace", ws]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((status["totalTasks"].as_u64(), status["healthy"].as_bool()), (Some(2), Some(true)));
+}
+
+struct Server(Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workspace", ws])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("serving http://127.0.0.1"), "{line}");
+    Server(child, format!("http://127.0.0.1:{port}"))
+}
+
+fn remote_json(cli: &Cli, url: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--remote", url, "--json"]);
+    let out = cli.run(&all);
+    assert_eq!(out.status.code(), Some(0), "{:?}: {}", args, text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verifies() {
+    let cli = Cli::new();
+    let tmp = tempfile::tempdir().unwrap();
+    install_signed(&cli, tmp.path());
+    let ws = p(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = start_server(&cli, ws, port);
+    let url = server.1.clone();
+
+    // A task that waits for input (in flight when the server dies), and
+    // acknowledged echo tasks.
+    let waiting =
+        remote_json(&cli, &url, &["task", "submit", "--skill", "team/asker", "--input", "{\"ask\": \"ok?\"}"]);
+    let waiting_id = waiting["id"].as_str().unwrap().to_owned();
+    let mut acknowledged = vec![waiting_id.clone()];
+    for i in 0..5 {
+        let t = remote_json(&cli, &url, &["task", "submit", "--skill", "team/echo", "--input", &i.to_string()]);
+        acknowledged.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let start = Instant::now();
+    while remote_json(&cli, &url, &["task", "status", &waiting_id])["status"] != "WAITING" {
+        assert!(start.elapsed() < Duration::from_secs(30), "never reached WAITING");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix_kill9(server.0.id());
+    let _ = server.0.wait();
+
+    let _server = start_server(&cli, ws, port);
+    let start = Instant::now();
+    let tasks = loop {
+        let tasks = remote_json(&cli, &url, &["task", "list"]);
+        let busy = tasks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| !["COMPLETED", "FAILED", "CANCELLED"].contains(&t["status"].as_str().unwrap()));
+        if !busy {
+            break tasks;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "tasks left hanging: {tasks}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ids: Vec<&str> = tasks.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    for id in &acknowledged {
+        assert!(ids.contains(&id.as_str()), "acknowledged task {id} is present");
+    }
+    let interrupted = remote_json(&cli, &url, &["task", "status", &waiting_id]);
+    assert_eq!(
+        (interrupted["status"].as_str(), interrupted["error"].as_str()),
+        (Some("FAILED"), Some("host restarted"))
+    );
+    let out = cli.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
+fn nix_kill9(pid: u32) {
+    let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}

@@ -1,0 +1,263 @@
+//! The runtime configuration (`runtime.yaml`, section 7 of the product
+//! text), resolved once from its layers: command-line flag > environment
+//! variable > project `.coderClaw/runtime.yaml` > user `<state dir>/runtime.yaml`
+//! > default. Unknown keys are errors naming file, line and key.
+//!
+//! ```yaml
+//! mode: remote-enabled
+//! transport: { type: http, enabled: true, listen: "0.0.0.0:7420" }
+//! security: { enforceTrust: true, requireAuth: true, defaultRoles: [developer] }
+//! deployment: { mode: remote-enabled, allowRemoteSessions: true, maxConcurrentTasks: 10, taskTimeout: 10m }
+//! ```
+//!
+//! `security` here must agree with the security configuration
+//! (`config.yaml`), which is what the host enforces: a runtime file cannot
+//! quietly weaken it, and a disagreement is reported instead of ignored.
+
+use crate::manifest::Millis;
+use crate::policy::{PolicyError, parse_yaml};
+use crate::task::RuntimeMode;
+use serde::Deserialize;
+
+/// Every environment variable the runtime configuration reads.
+pub const ENV_VARS: [(&str, &str); 4] = [
+    ("CODERCLAW_MODE", "mode (local-only | remote-enabled)"),
+    ("CODERCLAW_LISTEN", "transport.listen (address for `coderclaw serve`)"),
+    ("CODERCLAW_MAX_CONCURRENT_TASKS", "deployment.maxConcurrentTasks"),
+    ("CODERCLAW_REMOTE", "transport.url (server the task commands talk to)"),
+];
+
+/// One `runtime.yaml` file; every key optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuntimeFile {
+    /// local-only or remote-enabled.
+    pub mode: Option<String>,
+    /// How clients reach the runtime.
+    pub transport: Option<TransportSection>,
+    /// Must agree with `config.yaml`.
+    pub security: Option<SecuritySection>,
+    /// Capacity and deployment.
+    pub deployment: Option<DeploymentSection>,
+}
+
+/// `transport:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransportSection {
+    /// `local` (in-process) or `http`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Whether the HTTP server may be started.
+    pub enabled: Option<bool>,
+    /// Address `coderclaw serve` binds.
+    pub listen: Option<String>,
+    /// Server URL the task commands use.
+    pub url: Option<String>,
+}
+
+/// `security:` (checked against `config.yaml`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecuritySection {
+    /// See `config.yaml`.
+    pub enforce_trust: Option<bool>,
+    /// See `config.yaml`.
+    pub require_auth: Option<bool>,
+    /// See `config.yaml`.
+    pub default_roles: Option<Vec<String>>,
+}
+
+/// `deployment:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeploymentSection {
+    /// Same as the top-level `mode` (which wins when both are set).
+    pub mode: Option<String>,
+    /// false keeps a server to loopback peers even in remote-enabled mode.
+    pub allow_remote_sessions: Option<bool>,
+    /// Tasks running at once (1..=1024).
+    pub max_concurrent_tasks: Option<u32>,
+    /// A task running longer is FAILED.
+    pub task_timeout: Option<Millis>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// Default local-only.
+    pub mode: RuntimeMode,
+    /// Default 127.0.0.1:7420.
+    pub listen: String,
+    /// Default none: the task commands run in-process.
+    pub remote_url: Option<String>,
+    /// Default true; false refuses non-loopback peers.
+    pub allow_remote_sessions: bool,
+    /// Default 10.
+    pub max_concurrent_tasks: u32,
+    /// Default 10 minutes.
+    pub task_timeout_ms: u64,
+    /// Whether `coderclaw serve` may start (transport.enabled, default true).
+    pub http_enabled: bool,
+    /// The security section, to be checked against `config.yaml`.
+    pub security: SecuritySection,
+    /// Where each value came from, for `coderclaw status`.
+    pub sources: Vec<String>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            mode: RuntimeMode::LocalOnly,
+            listen: "127.0.0.1:7420".into(),
+            remote_url: None,
+            allow_remote_sessions: true,
+            max_concurrent_tasks: 10,
+            task_timeout_ms: 600_000,
+            http_enabled: true,
+            security: SecuritySection::default(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// Values given on the command line (highest layer).
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeFlags {
+    /// --mode.
+    pub mode: Option<String>,
+    /// --listen.
+    pub listen: Option<String>,
+    /// --remote.
+    pub remote: Option<String>,
+    /// --max-concurrent-tasks.
+    pub max_concurrent_tasks: Option<u32>,
+}
+
+impl RuntimeFile {
+    /// Parses one file; `name` is used in errors.
+    pub fn from_yaml(text: &str, name: &str) -> Result<Self, PolicyError> {
+        parse_yaml(text, name)
+    }
+}
+
+fn bad(file: &str, key: &str, message: String) -> PolicyError {
+    PolicyError::Invalid { file: file.to_owned(), key: key.to_owned(), message }
+}
+
+impl RuntimeConfig {
+    /// Resolves: `flags` > `env` > files (highest first, each `(name, file)`) > default.
+    pub fn resolve(
+        flags: &RuntimeFlags,
+        env: &dyn Fn(&str) -> Option<String>,
+        files: &[(String, RuntimeFile)],
+    ) -> Result<RuntimeConfig, PolicyError> {
+        let mut c = RuntimeConfig::default();
+        // Lowest first, so higher layers overwrite.
+        for (name, f) in files.iter().rev() {
+            let mode = f.mode.as_ref().or(f.deployment.as_ref().and_then(|d| d.mode.as_ref()));
+            if let Some(m) = mode {
+                c.mode = RuntimeMode::parse(m).map_err(|e| bad(name, "mode", e))?;
+                c.sources.push(format!("mode from {name}"));
+            }
+            if let Some(t) = &f.transport {
+                if let Some(kind) = &t.kind
+                    && !["local", "http"].contains(&kind.as_str())
+                {
+                    return Err(bad(name, "transport.type", format!("`{kind}`: expected local or http")));
+                }
+                if let Some(l) = &t.listen {
+                    c.listen = l.clone();
+                }
+                if let Some(u) = &t.url {
+                    c.remote_url = Some(u.clone());
+                }
+                if let Some(e) = t.enabled {
+                    c.http_enabled = e;
+                }
+            }
+            if let Some(d) = &f.deployment {
+                if let Some(n) = d.max_concurrent_tasks {
+                    if !(1..=1024).contains(&n) {
+                        return Err(bad(name, "deployment.maxConcurrentTasks", format!("{n}: expected 1 to 1024")));
+                    }
+                    c.max_concurrent_tasks = n;
+                }
+                if let Some(a) = d.allow_remote_sessions {
+                    c.allow_remote_sessions = a;
+                }
+                if let Some(t) = d.task_timeout {
+                    c.task_timeout_ms = t.0;
+                }
+            }
+            if let Some(s) = &f.security {
+                c.security = s.clone();
+            }
+        }
+        fn layer<'a>(
+            flag: &Option<String>,
+            env: &dyn Fn(&str) -> Option<String>,
+            var: &'a str,
+        ) -> Option<(String, &'a str)> {
+            flag.clone().map(|v| (v, "flag")).or_else(|| env(var).map(|v| (v, var)))
+        }
+        if let Some((m, from)) = layer(&flags.mode, env, "CODERCLAW_MODE") {
+            c.mode = RuntimeMode::parse(&m).map_err(|e| bad(from, "mode", e))?;
+        }
+        if let Some((l, _)) = layer(&flags.listen, env, "CODERCLAW_LISTEN") {
+            c.listen = l;
+        }
+        if let Some((u, _)) = layer(&flags.remote, env, "CODERCLAW_REMOTE") {
+            c.remote_url = Some(u);
+        }
+        let max = flags.max_concurrent_tasks.map(|n| n.to_string()).map(|v| (v, "flag"));
+        if let Some((n, from)) =
+            max.or_else(|| env("CODERCLAW_MAX_CONCURRENT_TASKS").map(|v| (v, "CODERCLAW_MAX_CONCURRENT_TASKS")))
+        {
+            c.max_concurrent_tasks =
+                n.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
+                    bad(from, "maxConcurrentTasks", format!("`{n}`: expected a number from 1 to 1024"))
+                })?;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> RuntimeFile {
+        RuntimeFile::from_yaml(text, "runtime.yaml").unwrap()
+    }
+
+    #[test]
+    fn layers_resolve_flag_over_env_over_project_over_user_over_default() {
+        let user =
+            file("deployment:\n  maxConcurrentTasks: 3\n  taskTimeout: 1m\ntransport:\n  listen: 127.0.0.1:9000\n");
+        let project = file("mode: remote-enabled\ndeployment:\n  maxConcurrentTasks: 5\n");
+        let files = [("project".to_owned(), project), ("user".to_owned(), user)];
+        let none = |_: &str| None;
+        let c = RuntimeConfig::resolve(&RuntimeFlags::default(), &none, &files).unwrap();
+        assert_eq!((c.mode, c.max_concurrent_tasks, c.task_timeout_ms), (RuntimeMode::RemoteEnabled, 5, 60_000));
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        let env = |k: &str| (k == "CODERCLAW_MAX_CONCURRENT_TASKS").then(|| "7".to_owned());
+        assert_eq!(RuntimeConfig::resolve(&RuntimeFlags::default(), &env, &files).unwrap().max_concurrent_tasks, 7);
+        let flags =
+            RuntimeFlags { max_concurrent_tasks: Some(9), mode: Some("local-only".into()), ..Default::default() };
+        let c = RuntimeConfig::resolve(&flags, &env, &files).unwrap();
+        assert_eq!((c.mode, c.max_concurrent_tasks), (RuntimeMode::LocalOnly, 9));
+        assert_eq!(RuntimeConfig::resolve(&RuntimeFlags::default(), &none, &[]).unwrap(), RuntimeConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_and_key() {
+        let e = RuntimeFile::from_yaml("deployment:\n  maxConcurentTasks: 3\n", "p/runtime.yaml").unwrap_err();
+        assert!(e.to_string().contains("p/runtime.yaml:2") && e.to_string().contains("maxConcurentTasks"), "{e}");
+        let files = [("p/runtime.yaml".to_owned(), file("mode: distributed-cluster\n"))];
+        let e = RuntimeConfig::resolve(&RuntimeFlags::default(), &|_| None, &files).unwrap_err();
+        assert!(e.to_string().contains("p/runtime.yaml") && e.to_string().contains("not available"), "{e}");
+        let files = [("r".to_owned(), file("deployment:\n  maxConcurrentTasks: 0\n"))];
+        assert!(RuntimeConfig::resolve(&RuntimeFlags::default(), &|_| None, &files).is_err());
+    }
+}
