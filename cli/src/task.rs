@@ -394,9 +394,8 @@ fn print_state(state: &TaskState, json: bool) -> Result<()> {
 
 pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let input: serde_json::Value = match &args.input {
-        Some(text) => serde_json::from_str(text).with_context(|| {
-            format!("--input is not valid JSON: pass a JSON value, e.g. --input '{{\"path\": \".\"}}'")
-        })?,
+        Some(text) => serde_json::from_str(text)
+            .context("--input is not valid JSON: pass a JSON value, e.g. --input '{\"path\": \".\"}'")?,
         None => serde_json::json!({}),
     };
     let mut req = match (&args.skill, &args.agent) {

@@ -59,6 +59,20 @@ impl floor::coderclaw::skill::types::Host for FloorState {}
 impl floor::coderclaw::skill::host::Host for FloorState {
     async fn log(&mut self, _: floor::coderclaw::skill::host::LogLevel, _: String) {}
     async fn progress(&mut self, _: f32, _: String) {}
+    async fn request_input(&mut self, _: String) -> Result<String, String> {
+        Err("floor".into())
+    }
+}
+impl floor::coderclaw::skill::memory::Host for FloorState {
+    async fn get(&mut self, _: String) -> Result<Option<String>, floor::coderclaw::skill::memory::MemoryError> {
+        Err(floor::coderclaw::skill::memory::MemoryError::Denied("floor".into()))
+    }
+    async fn set(&mut self, _: String, _: String) -> Result<(), floor::coderclaw::skill::memory::MemoryError> {
+        Err(floor::coderclaw::skill::memory::MemoryError::Denied("floor".into()))
+    }
+    async fn delete(&mut self, _: String) -> Result<bool, floor::coderclaw::skill::memory::MemoryError> {
+        Err(floor::coderclaw::skill::memory::MemoryError::Denied("floor".into()))
+    }
 }
 impl floor::coderclaw::skill::shell::Host for FloorState {
     async fn exec(

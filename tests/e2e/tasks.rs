@@ -438,3 +438,26 @@ async fn sse_fan_out_reaches_every_subscriber() {
         assert_eq!(last.unwrap().status, TaskStatus::Completed);
     }
 }
+
+#[test]
+fn the_committed_openapi_document_covers_every_route() {
+    let doc: Value = serde_json::from_str(coderclaw_host::tasks::http_server::OPENAPI_JSON).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for route in [
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+        "/v1/tasks/{id}/events",
+        "/v1/tasks/{id}/stream",
+        "/v1/tasks/{id}/cancel",
+        "/v1/tasks/{id}/input",
+        "/v1/agents",
+        "/v1/skills",
+        "/v1/status",
+    ] {
+        assert!(paths.contains_key(route), "{route} is documented");
+    }
+    let codes = &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];
+    for code in ["unauthenticated", "forbidden", "not_found", "invalid_request", "conflict", "payload_too_large"] {
+        assert!(codes.as_array().unwrap().iter().any(|c| c == code), "{code}");
+    }
+}

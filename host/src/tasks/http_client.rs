@@ -55,7 +55,7 @@ impl HttpTransport {
             Some("http") => false,
             _ => return Err(bad(format!("`{url}`: use an http:// or https:// URL"))),
         };
-        if uri.path().trim_matches('/') != "" {
+        if !uri.path().trim_matches('/').is_empty() {
             return Err(bad(format!("`{url}`: give the server's base URL, without a path")));
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });

@@ -180,8 +180,8 @@ impl TaskStore {
             ))?;
             let rows = stmt
                 .query_map(params![filter.status.map(TaskStatus::as_str), filter.session, limit], raw_task)?
-                .collect::<rusqlite::Result<Vec<_>>>();
-            rows
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })?;
         rows.into_iter().map(parse_task).collect()
     }
@@ -193,8 +193,8 @@ impl TaskStore {
                 "SELECT {COLUMNS} FROM tasks t
                  WHERE status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING') ORDER BY created_at_ms, rowid"
             ))?;
-            let rows = stmt.query_map([], raw_task)?.collect::<rusqlite::Result<Vec<_>>>();
-            rows
+            let rows = stmt.query_map([], raw_task)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })?;
         rows.into_iter().map(parse_task).collect()
     }
@@ -219,8 +219,8 @@ impl TaskStore {
                         r.get::<_, Option<String>>(7)?,
                     ))
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>();
-            rows
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })?;
         rows.into_iter()
             .map(|(task_id, seq, ts, event, status, progress, message, data)| {
