@@ -214,7 +214,7 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
             home::check_roles(&security, &roles)?;
             let password = password_stdin.then(|| read_secret("password")).transpose()?;
             let u = security.identity().add_user(&name, &roles, password.as_deref())?;
-            security.audit_admin(&by, "user.add", ("user", &name), &format!("roles [{}]", roles.join(", ")))?;
+            security.audit_done(&by, "user.add", ("user", &name), &format!("roles [{}]", roles.join(", ")))?;
             eprintln!("user {} added with roles [{}]", u.name, u.roles.join(", "));
         }
         UserCommand::List { json } => {
@@ -238,7 +238,7 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
             let by = security.subject(home::session())?;
             security.require_admin(&by, "user.token.create", ("user", &name))?;
             let (record, token) = security.identity().create_token(&name, expires)?;
-            security.audit_admin(&by, "user.token.create", ("user", &name), &format!("token {}", record.id))?;
+            security.audit_done(&by, "user.token.create", ("user", &name), &format!("token {}", record.id))?;
             eprintln!("token {} for {name} (shown once; store it as a secret)", record.id);
             println!("{token}");
         }
@@ -246,7 +246,7 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
             let by = security.subject(home::session())?;
             security.require_admin(&by, "user.token.revoke", ("token", &id))?;
             security.identity().revoke_token(&id)?;
-            security.audit_admin(&by, "user.token.revoke", ("token", &id), "revoked")?;
+            security.audit_done(&by, "user.token.revoke", ("token", &id), "revoked")?;
             eprintln!("token {id} revoked");
         }
     }
@@ -334,7 +334,7 @@ pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
             let id = key.id().to_string();
             security.require_admin(&by, "device.register", ("device", &id))?;
             let d = security.identity().register_device(&id, &name, &key.to_string(), false)?;
-            security.audit_admin(&by, "device.register", ("device", &id), &format!("{name}, {}", d.trust))?;
+            security.audit_done(&by, "device.register", ("device", &id), &format!("{name}, {}", d.trust))?;
             eprintln!("device {name} registered as {id} ({})", d.trust);
             println!("{id}");
         }

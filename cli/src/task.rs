@@ -17,6 +17,7 @@ use coderclaw_host::tasks::http_server::{ServerConfig, serve};
 use coderclaw_host::tasks::{
     CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, RuntimeError, SkillExecutor, TaskEngine, TaskService,
 };
+use futures_util::StreamExt;
 use std::fs::File;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -141,8 +142,9 @@ pub struct SubmitArgs {
 
 /// Run the task engine and serve the HTTP API (REST + Server-Sent Events).
 ///
+/// Every call needs a session token (`coderclaw login`), in both modes.
 /// local-only (the default) binds loopback only and refuses remote peers;
-/// remote-enabled needs a session token on every call. Configuration
+/// remote-enabled accepts them. Configuration
 /// layers: flags > env > .coderClaw/runtime.yaml > $CODERCLAW_HOME/runtime.yaml.
 /// The API is described at /v1/openapi.json.
 #[derive(clap::Args, Debug)]
@@ -221,7 +223,9 @@ struct LocalEngine {
     _lock: File,
 }
 
-fn open_engine(workspace: &Path, write: bool, c: &RuntimeConfig) -> Result<LocalEngine> {
+/// `run_queue`: whether this process starts queued tasks (false for
+/// commands that only look, so they never begin runs they would abandon).
+fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig) -> Result<LocalEngine> {
     let security = home::open_security(Some(workspace))?;
     check_security(c, &security)?;
     let lock_path = security.home().root().join("tasks.lock");
@@ -245,6 +249,7 @@ fn open_engine(workspace: &Path, write: bool, c: &RuntimeConfig) -> Result<Local
         }
     });
     let engine_config = EngineConfig {
+        run_queue,
         max_concurrent_tasks: c.max_concurrent_tasks,
         task_timeout: Duration::from_millis(c.task_timeout_ms),
         mode: c.mode,
@@ -275,7 +280,7 @@ pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     let listen = c.listen.parse().with_context(|| format!("--listen {}: expected IP:PORT", c.listen))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let local = open_engine(&workspace, args.workspace_write, &c)?;
+        let local = open_engine(&workspace, args.workspace_write, true, &c)?;
         let tls = args.tls_cert.clone().zip(args.tls_key.clone());
         let server_config = ServerConfig { listen, mode: c.mode, tls, ..ServerConfig::default() };
         let server = serve(local.service.clone(), server_config).await?;
@@ -294,8 +299,9 @@ pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `f` against the runtime `target` names.
-fn with_runtime<T>(target: &Target, f: impl AsyncFnOnce(Runtime) -> Result<T>) -> Result<T> {
+/// Runs `f` against the runtime `target` names. A local engine starts
+/// queued tasks only when `run_queue`.
+fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime) -> Result<T>) -> Result<T> {
     let workspace = home::workspace(target.workspace.as_deref())?;
     let flags = RuntimeFlags { remote: target.remote.clone(), ..Default::default() };
     let c = config(&flags, &workspace)?;
@@ -308,7 +314,7 @@ fn with_runtime<T>(target: &Target, f: impl AsyncFnOnce(Runtime) -> Result<T>) -
                 f(Runtime::Http(CoderClawRuntime::new(transport))).await
             }
             None => {
-                let local = open_engine(&workspace, false, &c)?;
+                let local = open_engine(&workspace, false, run_queue, &c)?;
                 let transport = LocalTransport::new(local.service.clone(), home::session().map(str::to_owned));
                 let result = f(Runtime::Local(CoderClawRuntime::new(transport))).await;
                 drop(local);
@@ -334,7 +340,7 @@ macro_rules! call {
 }
 
 fn rt_err(e: RuntimeError) -> anyhow::Error {
-    anyhow::anyhow!("{} ({})", e.message, serde_json::to_value(e.code).unwrap_or_default().as_str().unwrap_or(""))
+    anyhow::anyhow!("{} ({})", e.message, e.code)
 }
 
 fn exit_for(state: &TaskState) -> ExitCode {
@@ -345,10 +351,12 @@ fn exit_for(state: &TaskState) -> ExitCode {
     }
 }
 
-fn progress_line(e: &TaskUpdateEvent) -> String {
+fn progress_line(e: &TaskUpdateEvent, local: bool) -> String {
     let pct = e.progress.map(|p| format!(" {:>3.0}%", p * 100.0)).unwrap_or_default();
     match e.event {
         TaskEventKind::Status => format!("[{}]{pct} {}", e.status, e.message),
+        // A local engine lives in this process: the answer comes from stdin.
+        TaskEventKind::InputRequested if local => format!("[WAITING] {} (type the answer, then Enter)", e.message),
         TaskEventKind::InputRequested => {
             format!("[WAITING] {} (answer with `coderclaw task respond {} <answer>`)", e.message, e.task_id)
         }
@@ -356,23 +364,30 @@ fn progress_line(e: &TaskUpdateEvent) -> String {
     }
 }
 
+/// Streams the task's updates to its end. With the local engine, an input
+/// request is answered from a line of stdin (no other process can reach
+/// this engine); over HTTP someone answers with `task respond`.
 async fn follow(rt: &Runtime, id: &str, json: bool) -> Result<TaskState> {
+    let local = matches!(rt, Runtime::Local(_));
     let tty = std::io::stderr().is_terminal();
-    let each = |e: &TaskUpdateEvent| {
-        if json {
-            return;
+    let mut stream = call!(rt, stream_task_updates(id)).map_err(rt_err)?;
+    while let Some(e) = stream.next().await {
+        let e = e.map_err(rt_err)?;
+        if !json {
+            let line = progress_line(&e, local);
+            if tty { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
         }
-        if tty {
-            eprintln!("\x1b[2m{}\x1b[0m", progress_line(e));
-        } else {
-            eprintln!("{}", progress_line(e));
+        if local && e.event == TaskEventKind::InputRequested {
+            let answer = tokio::task::spawn_blocking(|| {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            })
+            .await?
+            .context("reading the answer from stdin")?;
+            call!(rt, respond(id, answer.trim_end_matches(['\r', '\n']))).map_err(rt_err)?;
         }
-    };
-    let state = match rt {
-        Runtime::Local(r) => r.wait(id, each).await,
-        Runtime::Http(r) => r.wait(id, each).await,
-    };
-    state.map_err(rt_err)
+    }
+    call!(rt, get_task_state(id)).map_err(rt_err)?.with_context(|| format!("no task {id}"))
 }
 
 fn print_state(state: &TaskState, json: bool) -> Result<()> {
@@ -408,12 +423,11 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
         let (k, v) = m.split_once('=').with_context(|| format!("--meta {m}: expected KEY=VALUE"))?;
         req.metadata.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
     }
-    let remote = args.target.remote.is_some() || std::env::var_os("CODERCLAW_REMOTE").is_some();
-    with_runtime(&args.target, async |rt| {
+    with_runtime(&args.target, true, async |rt| {
         let task = call!(&rt, submit_task(req)).map_err(rt_err)?;
         // A local engine lives only as long as this command: it follows the
         // task to its end even without --wait.
-        if !args.wait && remote {
+        if !args.wait && matches!(rt, Runtime::Http(_)) {
             print_state(&task, args.target.json)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -429,18 +443,18 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
 pub fn main(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Submit(args) => submit(args),
-        Command::Status { id, target } => with_runtime(&target, async |rt| {
+        Command::Status { id, target } => with_runtime(&target, false, async |rt| {
             let state = call!(&rt, get_task_state(&id)).map_err(rt_err)?;
             let state = state.with_context(|| format!("no task {id} (or not one of your session's)"))?;
             print_state(&state, target.json)?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Watch { id, target } => with_runtime(&target, async |rt| {
+        Command::Watch { id, target } => with_runtime(&target, true, async |rt| {
             let done = follow(&rt, &id, target.json).await?;
             print_state(&done, target.json)?;
             Ok(exit_for(&done))
         }),
-        Command::Cancel { id, target } => with_runtime(&target, async |rt| {
+        Command::Cancel { id, target } => with_runtime(&target, false, async |rt| {
             let cancelled = call!(&rt, cancel_task(&id)).map_err(rt_err)?;
             if target.json {
                 print_json(&serde_json::json!({ "id": id, "cancelled": cancelled }))?;
@@ -454,7 +468,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
         Command::List { status, of_session, limit, target } => {
             let status = status.map(|s| TaskStatus::parse(&s)).transpose().map_err(anyhow::Error::msg)?;
             let filter = TaskFilter { status, session: of_session, limit };
-            with_runtime(&target, async |rt| {
+            with_runtime(&target, false, async |rt| {
                 let tasks = call!(&rt, list_tasks(filter)).map_err(rt_err)?;
                 if target.json {
                     print_json(&tasks)?;
@@ -473,18 +487,18 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Events { id, target } => with_runtime(&target, async |rt| {
+        Command::Events { id, target } => with_runtime(&target, false, async |rt| {
             let events = call!(&rt, get_task_events(&id)).map_err(rt_err)?;
             if target.json {
                 print_json(&events)?;
             } else {
                 for e in &events {
-                    println!("{:>4} {}  {}", e.seq, e.timestamp_ms, progress_line(e));
+                    println!("{:>4} {}  {}", e.seq, e.timestamp_ms, progress_line(e, false));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Respond { id, answer, target } => with_runtime(&target, async |rt| {
+        Command::Respond { id, answer, target } => with_runtime(&target, true, async |rt| {
             let state = call!(&rt, respond(&id, &answer)).map_err(rt_err)?;
             print_state(&state, target.json)?;
             Ok(ExitCode::SUCCESS)
@@ -493,7 +507,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
-    with_runtime(&args.target, async |rt| {
+    with_runtime(&args.target, false, async |rt| {
         let s = call!(&rt, get_status()).map_err(rt_err)?;
         if args.target.json {
             print_json(&s)?;

@@ -52,6 +52,15 @@ fn a_local_submit_runs_to_the_end_and_its_exit_code_says_how_it_ended() {
     assert_eq!(statuses.first(), Some(&"PENDING"));
     assert_eq!(statuses.last(), Some(&"COMPLETED"));
 
+    // WAITING with the engine in this process: the answer comes from stdin.
+    let asked = cli.run_stdin(
+        &["task", "submit", "--skill", "team/asker", "--input", "{\"ask\": \"go?\"}", "--json", "--workspace", ws],
+        "yes, go\n",
+    );
+    assert_eq!(asked.status.code(), Some(0), "{}", text(&asked.stderr));
+    let answered: Value = serde_json::from_slice(&asked.stdout).unwrap();
+    assert_eq!(answered["output"], serde_json::json!({ "answer": "yes, go" }));
+
     let out = cli.run(&["task", "submit", "--skill", "team/missing", "--wait", "--workspace", ws]);
     assert_eq!(out.status.code(), Some(3), "a FAILED task exits 3");
     assert!(text(&out.stdout).contains("team/missing"), "{}", text(&out.stdout));
@@ -60,7 +69,7 @@ fn a_local_submit_runs_to_the_end_and_its_exit_code_says_how_it_ended() {
     assert!(text(&out.stderr).contains("not valid JSON"), "{}", text(&out.stderr));
     let out = cli.run(&["status", "--json", "--workspace", ws]);
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((status["totalTasks"].as_u64(), status["healthy"].as_bool()), (Some(2), Some(true)));
+    assert_eq!((status["totalTasks"].as_u64(), status["healthy"].as_bool()), (Some(3), Some(true)));
 }
 
 struct Server(Child, String);
@@ -86,9 +95,19 @@ fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
     Server(child, format!("http://127.0.0.1:{port}"))
 }
 
-fn remote_json(cli: &Cli, url: &str, args: &[&str]) -> Value {
+/// A developer session token (the HTTP API answers nobody without one).
+fn login(cli: &Cli) -> String {
+    let added = cli.run_stdin(&["user", "add", "dev", "--role", "developer", "--password-stdin"], "dev password\n");
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let out = cli.run_stdin(&["login", "--user", "dev", "--password-stdin", "--json"], "dev password");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let session: Value = serde_json::from_slice(&out.stdout).unwrap();
+    session["token"].as_str().unwrap().to_owned()
+}
+
+fn remote_json(cli: &Cli, url: &str, token: &str, args: &[&str]) -> Value {
     let mut all = args.to_vec();
-    all.extend(["--remote", url, "--json"]);
+    all.extend(["--remote", url, "--token", token, "--json"]);
     let out = cli.run(&all);
     assert_eq!(out.status.code(), Some(0), "{:?}: {}", args, text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -103,19 +122,23 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut server = start_server(&cli, ws, port);
     let url = server.1.clone();
+    let token = login(&cli);
+    let anonymous = cli.run(&["task", "list", "--remote", &url]);
+    assert_eq!(anonymous.status.code(), Some(1));
+    assert!(text(&anonymous.stderr).contains("unauthenticated"), "{}", text(&anonymous.stderr));
 
     // A task that waits for input (in flight when the server dies), and
     // acknowledged echo tasks.
     let waiting =
-        remote_json(&cli, &url, &["task", "submit", "--skill", "team/asker", "--input", "{\"ask\": \"ok?\"}"]);
+        remote_json(&cli, &url, &token, &["task", "submit", "--skill", "team/asker", "--input", "{\"ask\": \"ok?\"}"]);
     let waiting_id = waiting["id"].as_str().unwrap().to_owned();
     let mut acknowledged = vec![waiting_id.clone()];
     for i in 0..5 {
-        let t = remote_json(&cli, &url, &["task", "submit", "--skill", "team/echo", "--input", &i.to_string()]);
+        let t = remote_json(&cli, &url, &token, &["task", "submit", "--skill", "team/echo", "--input", &i.to_string()]);
         acknowledged.push(t["id"].as_str().unwrap().to_owned());
     }
     let start = Instant::now();
-    while remote_json(&cli, &url, &["task", "status", &waiting_id])["status"] != "WAITING" {
+    while remote_json(&cli, &url, &token, &["task", "status", &waiting_id])["status"] != "WAITING" {
         assert!(start.elapsed() < Duration::from_secs(30), "never reached WAITING");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -125,7 +148,7 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
     let _server = start_server(&cli, ws, port);
     let start = Instant::now();
     let tasks = loop {
-        let tasks = remote_json(&cli, &url, &["task", "list"]);
+        let tasks = remote_json(&cli, &url, &token, &["task", "list"]);
         let busy = tasks
             .as_array()
             .unwrap()
@@ -141,7 +164,7 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
     for id in &acknowledged {
         assert!(ids.contains(&id.as_str()), "acknowledged task {id} is present");
     }
-    let interrupted = remote_json(&cli, &url, &["task", "status", &waiting_id]);
+    let interrupted = remote_json(&cli, &url, &token, &["task", "status", &waiting_id]);
     assert_eq!(
         (interrupted["status"].as_str(), interrupted["error"].as_str()),
         (Some("FAILED"), Some("host restarted"))

@@ -19,13 +19,14 @@ use crate::policy::{PolicyError, parse_yaml};
 use crate::task::RuntimeMode;
 use serde::Deserialize;
 
-/// Every environment variable the runtime configuration reads.
-pub const ENV_VARS: [(&str, &str); 4] = [
-    ("CODERCLAW_MODE", "mode (local-only | remote-enabled)"),
-    ("CODERCLAW_LISTEN", "transport.listen (address for `coderclaw serve`)"),
-    ("CODERCLAW_MAX_CONCURRENT_TASKS", "deployment.maxConcurrentTasks"),
-    ("CODERCLAW_REMOTE", "transport.url (server the task commands talk to)"),
-];
+/// `mode` (local-only | remote-enabled).
+pub const ENV_MODE: &str = "CODERCLAW_MODE";
+/// `transport.listen`: the address `coderclaw serve` binds.
+pub const ENV_LISTEN: &str = "CODERCLAW_LISTEN";
+/// `deployment.maxConcurrentTasks`.
+pub const ENV_MAX_CONCURRENT_TASKS: &str = "CODERCLAW_MAX_CONCURRENT_TASKS";
+/// `transport.url`: the server the task commands talk to.
+pub const ENV_REMOTE: &str = "CODERCLAW_REMOTE";
 
 /// One `runtime.yaml` file; every key optional.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -101,8 +102,6 @@ pub struct RuntimeConfig {
     pub http_enabled: bool,
     /// The security section, to be checked against `config.yaml`.
     pub security: SecuritySection,
-    /// Where each value came from, for `coderclaw status`.
-    pub sources: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -116,7 +115,6 @@ impl Default for RuntimeConfig {
             task_timeout_ms: 600_000,
             http_enabled: true,
             security: SecuritySection::default(),
-            sources: Vec::new(),
         }
     }
 }
@@ -158,7 +156,6 @@ impl RuntimeConfig {
             let mode = f.mode.as_ref().or(f.deployment.as_ref().and_then(|d| d.mode.as_ref()));
             if let Some(m) = mode {
                 c.mode = RuntimeMode::parse(m).map_err(|e| bad(name, "mode", e))?;
-                c.sources.push(format!("mode from {name}"));
             }
             if let Some(t) = &f.transport {
                 if let Some(kind) = &t.kind
@@ -201,19 +198,17 @@ impl RuntimeConfig {
         ) -> Option<(String, &'a str)> {
             flag.clone().map(|v| (v, "flag")).or_else(|| env(var).map(|v| (v, var)))
         }
-        if let Some((m, from)) = layer(&flags.mode, env, "CODERCLAW_MODE") {
+        if let Some((m, from)) = layer(&flags.mode, env, ENV_MODE) {
             c.mode = RuntimeMode::parse(&m).map_err(|e| bad(from, "mode", e))?;
         }
-        if let Some((l, _)) = layer(&flags.listen, env, "CODERCLAW_LISTEN") {
+        if let Some((l, _)) = layer(&flags.listen, env, ENV_LISTEN) {
             c.listen = l;
         }
-        if let Some((u, _)) = layer(&flags.remote, env, "CODERCLAW_REMOTE") {
+        if let Some((u, _)) = layer(&flags.remote, env, ENV_REMOTE) {
             c.remote_url = Some(u);
         }
         let max = flags.max_concurrent_tasks.map(|n| n.to_string()).map(|v| (v, "flag"));
-        if let Some((n, from)) =
-            max.or_else(|| env("CODERCLAW_MAX_CONCURRENT_TASKS").map(|v| (v, "CODERCLAW_MAX_CONCURRENT_TASKS")))
-        {
+        if let Some((n, from)) = max.or_else(|| env(ENV_MAX_CONCURRENT_TASKS).map(|v| (v, ENV_MAX_CONCURRENT_TASKS))) {
             c.max_concurrent_tasks =
                 n.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
                     bad(from, "maxConcurrentTasks", format!("`{n}`: expected a number from 1 to 1024"))
@@ -241,7 +236,7 @@ mod tests {
         let c = RuntimeConfig::resolve(&RuntimeFlags::default(), &none, &files).unwrap();
         assert_eq!((c.mode, c.max_concurrent_tasks, c.task_timeout_ms), (RuntimeMode::RemoteEnabled, 5, 60_000));
         assert_eq!(c.listen, "127.0.0.1:9000");
-        let env = |k: &str| (k == "CODERCLAW_MAX_CONCURRENT_TASKS").then(|| "7".to_owned());
+        let env = |k: &str| (k == ENV_MAX_CONCURRENT_TASKS).then(|| "7".to_owned());
         assert_eq!(RuntimeConfig::resolve(&RuntimeFlags::default(), &env, &files).unwrap().max_concurrent_tasks, 7);
         let flags =
             RuntimeFlags { max_concurrent_tasks: Some(9), mode: Some("local-only".into()), ..Default::default() };

@@ -294,19 +294,9 @@ async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| fail(e.to_string()))?;
         let response = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let config =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| fail(e.to_string()))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
+            let tls = crate::tls::connector(None).map_err(fail)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| fail(e.to_string()))?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| fail(format!("TLS: {e}")))?;
+            let tls = tls.connect(name, tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
             send(hyper_util::rt::TokioIo::new(tls), request).await
         } else {
             send(hyper_util::rt::TokioIo::new(tcp), request).await

@@ -511,8 +511,9 @@ impl Security {
         Ok(self.identity.device(id)?)
     }
 
-    /// Records an administrative action that changed identities.
-    pub fn audit_admin(
+    /// Records an action `by` did after its permission check passed (user
+    /// and token changes, answers to waiting tasks).
+    pub fn audit_done(
         &self,
         by: &Subject,
         action: &str,

@@ -13,7 +13,7 @@ use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use coderclaw_e2e::guest;
 use coderclaw_host::Host;
 use coderclaw_host::home::Home;
-use coderclaw_host::security::Security;
+use coderclaw_host::security::{LocalSecret, Security};
 use coderclaw_host::tasks::http_server::{ServerConfig, serve};
 use coderclaw_host::tasks::{
     CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, SkillExecutor, TaskEngine, TaskService, Transport,
@@ -89,7 +89,11 @@ fn main() {
             serve(service.clone(), ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() })
                 .await
                 .unwrap();
-        let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), None).unwrap()));
+        let security = service.security();
+        security.identity().add_user("bench", &["developer".to_owned()], Some("bench password")).unwrap();
+        let (_, token) =
+            security.login_local("bench", LocalSecret::Password("bench password"), None, None, None).unwrap();
+        let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
         end_to_end(http.clone(), 50, "warm-up").await;
         end_to_end(http.clone(), n, "HTTP transport (loopback)").await;
 

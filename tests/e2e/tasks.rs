@@ -48,7 +48,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
 
 pub struct Fixture {
     _dir: tempfile::TempDir,
-    _workspace: tempfile::TempDir,
+    workspace: tempfile::TempDir,
     pub home: Arc<Home>,
     pub service: Arc<TaskService>,
     pub engine: TaskEngine,
@@ -75,25 +75,29 @@ pub fn fixture(config: EngineConfig) -> Fixture {
     let home = Arc::new(Home::open(dir.path()).unwrap());
     home.trust_add("team", &team_key().public()).unwrap();
     install(&home);
-    let security = Arc::new(Security::open(home.clone(), Some(workspace.path())).unwrap());
+    let service = service_on(&home, workspace.path(), config);
+    Fixture { _dir: dir, workspace, home, engine: service.engine().clone(), service }
+}
+
+/// An engine and its service over `home`, running tasks in `workspace`.
+fn service_on(home: &Arc<Home>, workspace: &std::path::Path, config: EngineConfig) -> Arc<TaskService> {
+    let security = Arc::new(Security::open(home.clone(), Some(workspace)).unwrap());
     let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
     let offer = Offer {
         dirs: [(
             "workspace".to_owned(),
-            OfferedDir { host: workspace.path().to_path_buf(), guest: ".".into(), access: Access::Read },
+            OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access: Access::Read },
         )]
         .into(),
         env: Default::default(),
         ceiling: Limits { timeout: Duration::from_secs(600), ..Limits::default() },
     };
-    let executor = SkillExecutor::new(security.clone(), host, workspace.path().to_path_buf(), offer);
+    let executor = SkillExecutor::new(security.clone(), host, workspace.to_path_buf(), offer);
     let audit_home = home.clone();
     let audit = Arc::new(move |e| {
         let _ = audit_home.audit().append(e);
     });
-    let engine = TaskEngine::open(dir.path(), executor, config, Some(audit)).unwrap();
-    let service = TaskService::new(engine.clone(), security);
-    Fixture { _dir: dir, _workspace: workspace, home, service, engine }
+    TaskService::new(TaskEngine::open(home.root(), executor, config, Some(audit)).unwrap(), security)
 }
 
 impl Fixture {
@@ -212,7 +216,8 @@ macro_rules! both_transports {
             async fn $name() {
                 let f = super::fixture(Default::default());
                 let server = f.http().await;
-                let rt = super::CoderClawRuntime::new(super::HttpTransport::new(&server.url(), None).unwrap());
+                let token = f.login("dev", &["developer"]);
+                let rt = super::CoderClawRuntime::new(super::HttpTransport::new(&server.url(), Some(token)).unwrap());
                 super::$name(&rt).await;
             })*
         }
@@ -324,6 +329,12 @@ async fn http_refuses_what_it_should_with_stable_codes() {
 
     let forged = CoderClawRuntime::new(client(Some("ccs_forged")));
     assert_eq!(forged.get_status().await.unwrap_err().code, ErrorCode::Unauthenticated);
+    // Loopback is not an identity: without a token nothing is answered,
+    // even though requireAuth is off and the in-process owner may act.
+    let anonymous = CoderClawRuntime::new(client(None));
+    let err = anonymous.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthenticated, "{err}");
+    assert_eq!(anonymous.list_tasks(TaskFilter::default()).await.unwrap_err().code, ErrorCode::Unauthenticated);
     let reader = CoderClawRuntime::new(client(Some(&readonly)));
     let err = reader.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
@@ -358,10 +369,25 @@ async fn http_refuses_what_it_should_with_stable_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn local_only_will_not_listen_beyond_loopback() {
+    let f = fixture(Default::default());
+    let config = ServerConfig { listen: "0.0.0.0:0".parse().unwrap(), ..ServerConfig::default() };
+    let err = serve(f.service.clone(), config).await.err().expect("refused");
+    assert!(err.to_string().contains("local-only binds loopback only"), "{err}");
+    let remote = ServerConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        mode: coderclaw_core::task::RuntimeMode::RemoteEnabled,
+        ..ServerConfig::default()
+    };
+    assert!(serve(f.service.clone(), remote).await.is_ok(), "remote-enabled may");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_concurrent_http_submissions_each_run_exactly_once() {
     let f = fixture(EngineConfig { max_concurrent_tasks: 16, ..Default::default() });
     let server = f.http().await;
-    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), None).unwrap()));
+    let token = f.login("dev", &["developer"]);
+    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
     let mut handles = Vec::new();
     for i in 0..1000 {
         let rt = rt.clone();
@@ -397,7 +423,7 @@ async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
 
     // A second engine on the same state directory, as after a crash of the
     // first (the real kill -9 of `coderclaw serve` is in the CLI tests).
-    let reopened = fixture_on(&f);
+    let reopened = service_on(&f.home, f.workspace.path(), Default::default());
     let rt = CoderClawRuntime::new(LocalTransport::new(reopened.clone(), None));
     let failed = rt.get_task_state(&waiting.id).await.unwrap().unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
@@ -408,20 +434,12 @@ async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
     assert_eq!(rt.wait(&paused.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
 }
 
-/// A new engine and service over `f`'s state directory.
-fn fixture_on(f: &Fixture) -> Arc<TaskService> {
-    let security = Arc::new(Security::open(f.home.clone(), None).unwrap());
-    let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
-    let executor = SkillExecutor::new(security.clone(), host, f.home.root().to_path_buf(), Offer::default());
-    let engine = TaskEngine::open(f.home.root(), executor, Default::default(), None).unwrap();
-    TaskService::new(engine, security)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sse_fan_out_reaches_every_subscriber() {
     let f = fixture(Default::default());
     let server = f.http().await;
-    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), None).unwrap()));
+    let token = f.login("dev", &["developer"]);
+    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
     let mut req = TaskSubmitRequest::skill("team/echo", json!("fan"));
     req.paused = true;
     let task = rt.submit_task(req).await.unwrap();
@@ -460,4 +478,47 @@ fn the_committed_openapi_document_covers_every_route() {
     for code in ["unauthenticated", "forbidden", "not_found", "invalid_request", "conflict", "payload_too_large"] {
         assert!(codes.as_array().unwrap().iter().any(|c| c == code), "{code}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_and_session_memory_are_refused_outside_a_task() {
+    let host = crate::host();
+    let asker = crate::load(&host, "asker");
+    let granted = coderclaw_core::Grant::builder().session_memory().build().unwrap();
+    let err = host.run(&asker, r#"{"ask": "?"}"#, &granted).await.unwrap_err();
+    assert!(err.to_string().contains("no one to ask"), "{err}");
+    let err = host.run(&asker, r#"{"count": "k"}"#, &granted).await.unwrap_err();
+    assert!(err.to_string().contains("only available to tasks"), "{err}");
+    let err = host.run(&asker, r#"{"count": "k"}"#, &coderclaw_core::Grant::deny_all()).await.unwrap_err();
+    assert!(err.to_string().contains("no session-memory grant"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_serves_https_that_a_client_trusting_the_ca_can_use_and_others_cannot() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: Some((cert_file.clone(), key_file)),
+        ..ServerConfig::default()
+    };
+    let server = serve(f.service.clone(), config).await.unwrap();
+    assert!(server.url().starts_with("https://"));
+    let url = format!("https://localhost:{}", server.addr.port());
+
+    let trusting = HttpTransport::with_ca(&url, Some(token.clone()), Some(&cert_file)).unwrap();
+    let rt = CoderClawRuntime::new(trusting);
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("tls"))).await.unwrap();
+    assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+
+    // The web PKI roots alone do not vouch for a self-signed server.
+    let untrusting = CoderClawRuntime::new(HttpTransport::new(&url, Some(token)).unwrap());
+    let err = untrusting.get_status().await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(err.message.contains("TLS"), "{err}");
 }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 use tokio::task::AbortHandle;
@@ -39,15 +39,27 @@ pub enum EngineError {
     /// The request is malformed; the text says what to fix.
     #[error("{0}")]
     Invalid(String),
+    /// The task's state does not allow this now (e.g. answering a task
+    /// that is not WAITING, pausing one that already started).
+    #[error("{0}")]
+    Conflict(String),
+    /// The submission could not be made durable; it was not acknowledged.
+    #[error("the task was not stored: {0}")]
+    NotStored(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 /// How the engine runs. Defaults: 10 tasks at once, 10 minutes per task,
-/// local-only.
+/// local-only, queued tasks started.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Start queued tasks. False gives an engine that answers queries,
+    /// records cancellations and recovers after a crash but starts nothing:
+    /// for a short-lived tool that only looks (`coderclaw task list`), so
+    /// it does not begin runs it would abandon when it exits.
+    pub run_queue: bool,
     /// Tasks in PLANNING, RUNNING or WAITING at once; the rest queue.
     pub max_concurrent_tasks: u32,
     /// A task still running after this long is FAILED.
@@ -58,7 +70,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_concurrent_tasks: 10, task_timeout: Duration::from_secs(600), mode: RuntimeMode::LocalOnly }
+        Self {
+            run_queue: true,
+            max_concurrent_tasks: 10,
+            task_timeout: Duration::from_secs(600),
+            mode: RuntimeMode::LocalOnly,
+        }
     }
 }
 
@@ -164,13 +181,12 @@ impl TaskEngine {
         let hub = Arc::new(Hub::default());
         // The writer needs the engine (to forget finished tasks) and the
         // engine needs the store: the writer gets a slot filled below.
-        let weak_slot: Arc<Mutex<Weak<Inner>>> = Arc::new(Mutex::new(Weak::new()));
+        let weak_slot: Arc<OnceLock<Weak<Inner>>> = Arc::new(OnceLock::new());
         let on_commit = {
             let weak_slot = weak_slot.clone();
             let hub = hub.clone();
             Arc::new(move |events: Vec<TaskUpdateEvent>| {
-                let weak = weak_slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(inner) = weak.upgrade() {
+                if let Some(inner) = weak_slot.get().and_then(Weak::upgrade) {
                     inner.committed(&events);
                 }
                 hub.publish(events);
@@ -178,6 +194,7 @@ impl TaskEngine {
         };
         let store = TaskStore::open(dir, on_commit)?;
         let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1) as usize));
+        let run_queue = config.run_queue;
         let inner = Arc::new(Inner {
             store,
             executor,
@@ -190,9 +207,11 @@ impl TaskEngine {
             hub,
             started: Instant::now(),
         });
-        *weak_slot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&inner);
+        let _ = weak_slot.set(Arc::downgrade(&inner));
         inner.recover()?;
-        tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        if run_queue {
+            tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        }
         Ok(TaskEngine { inner })
     }
 
@@ -239,7 +258,7 @@ impl TaskEngine {
         let durable = ack.await.unwrap_or_else(|_| Err("the task store's writer stopped".into()));
         if let Err(e) = durable {
             self.inner.lock_live().remove(&id);
-            return Err(EngineError::Invalid(format!("the task was not stored: {e}")));
+            return Err(EngineError::NotStored(e));
         }
         if !state.paused {
             self.inner.enqueue(&state.session_id, id);
@@ -276,7 +295,8 @@ impl TaskEngine {
         let rx = self.inner.hub.subscribe(id);
         self.inner.get(id)?;
         let backlog = self.inner.store.events(id, 0)?.into();
-        let state = StreamState { inner: self.inner.clone(), id: id.to_owned(), rx, backlog, last: 0, done: false };
+        let state =
+            StreamState { inner: self.inner.clone(), id: id.to_owned(), rx: Some(rx), backlog, last: 0, done: false };
         Ok(futures_util::stream::unfold(state, next_event))
     }
 
@@ -314,10 +334,10 @@ impl TaskEngine {
         let Some(entry) = live.get_mut(id) else {
             drop(live);
             let t = self.inner.get(id)?;
-            return Err(EngineError::Invalid(format!("task {id} is {}, not waiting for input", t.state.status)));
+            return Err(EngineError::Conflict(format!("task {id} is {}, not waiting for input", t.state.status)));
         };
         if entry.task.state.status != TaskStatus::Waiting || entry.waiter.is_none() {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::Conflict(format!(
                 "task {id} is {}, not waiting for input",
                 entry.task.state.status
             )));
@@ -348,11 +368,11 @@ impl TaskEngine {
         let status = self.inner.get(id)?.state.status;
         let mut live = self.inner.lock_live();
         let entry = live.get_mut(id).filter(|_| status == TaskStatus::Pending).ok_or_else(|| {
-            EngineError::Invalid(format!("task {id} is {status}: only PENDING tasks can be paused or resumed"))
+            EngineError::Conflict(format!("task {id} is {status}: only PENDING tasks can be paused or resumed"))
         })?;
         if entry.task.state.paused == paused {
             let what = if paused { "paused" } else { "not paused" };
-            return Err(EngineError::Invalid(format!("task {id} is already {what}")));
+            return Err(EngineError::Conflict(format!("task {id} is already {what}")));
         }
         let kind = if paused { TaskEventKind::Paused } else { TaskEventKind::Resumed };
         self.inner.update(entry, kind, kind.as_str(), None, |s| s.paused = paused)?;
@@ -443,8 +463,10 @@ impl Inner {
         f(&mut next.state);
         next.last_seq += 1;
         let e = event(&next.state, next.last_seq, kind, message.to_owned(), data);
-        self.store.queue(Write::Task { task: Box::new(next.clone()), event: Some(e) })?;
-        entry.task = next;
+        let row = Box::new(next);
+        // Only what was queued becomes the live state.
+        self.store.queue(Write::Task { task: row.clone(), event: Some(e) })?;
+        entry.task = *row;
         Ok(())
     }
 
@@ -811,7 +833,9 @@ impl Hub {
 struct StreamState {
     inner: Arc<Inner>,
     id: String,
-    rx: broadcast::Receiver<TaskUpdateEvent>,
+    /// Always Some until dropped; taken in `drop` so the hub sees the
+    /// receiver gone before it checks for remaining subscribers.
+    rx: Option<broadcast::Receiver<TaskUpdateEvent>>,
     backlog: VecDeque<TaskUpdateEvent>,
     last: u64,
     done: bool,
@@ -819,11 +843,8 @@ struct StreamState {
 
 impl Drop for StreamState {
     fn drop(&mut self) {
-        // Our receiver is still counted here; release checks for zero after.
-        let (hub, id) = (self.inner.hub.clone(), self.id.clone());
-        let (_tx, rx) = broadcast::channel::<TaskUpdateEvent>(1);
-        drop(std::mem::replace(&mut self.rx, rx));
-        hub.release(&id);
+        drop(self.rx.take());
+        self.inner.hub.release(&self.id);
     }
 }
 
@@ -840,7 +861,8 @@ async fn next_event(mut s: StreamState) -> Option<(TaskUpdateEvent, StreamState)
         if s.done {
             return None;
         }
-        match s.rx.recv().await {
+        let rx = s.rx.as_mut()?;
+        match rx.recv().await {
             Ok(e) => s.backlog.push_back(e),
             Err(broadcast::error::RecvError::Lagged(_)) => match s.inner.store.events(&s.id, s.last) {
                 Ok(missed) => s.backlog.extend(missed),

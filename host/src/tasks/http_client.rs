@@ -59,7 +59,7 @@ impl HttpTransport {
             return Err(bad(format!("`{url}`: give the server's base URL, without a path")));
         }
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https { Some(connector(ca).map_err(bad)?) } else { None };
+        let tls = if https { Some(crate::tls::connector(ca).map_err(bad)?) } else { None };
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
         let inner = Client { host, port, authority, tls, token, idle: Mutex::new(Vec::new()) };
         Ok(Self { inner: Arc::new(inner) })
@@ -159,25 +159,6 @@ fn reply_error(status: StatusCode, body: &[u8]) -> RuntimeError {
     serde_json::from_slice::<Envelope>(body).map(|e| e.error).unwrap_or_else(|_| {
         RuntimeError::new(ErrorCode::Internal, format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
     })
-}
-
-fn connector(ca: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = ca {
-        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 fn task_path(id: &str, rest: &str) -> Result<String, RuntimeError> {

@@ -4,10 +4,13 @@
 //! stable `code`. The API is described by `docs/openapi.json`, served at
 //! `/v1/openapi.json`.
 //!
-//! Modes: `local-only` binds loopback only and refuses peers that are not
-//! on this machine; `remote-enabled` requires a session token on every call
-//! (the session-less local owner does not exist over the network there).
-//! TLS (rustls) when a certificate and key are configured.
+//! Every call but the OpenAPI document needs a bearer session token, in
+//! both modes: a connection from loopback does not say which local user
+//! (or which web page, via the browser) made it, so the session-less local
+//! owner of in-process calls does not exist over HTTP. `local-only` also
+//! binds loopback only and refuses peers that are not on this machine;
+//! `remote-enabled` accepts them. TLS (rustls) when a certificate and key
+//! are configured.
 
 use super::service::{ErrorCode, RuntimeError, TaskService};
 use bytes::Bytes;
@@ -26,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// The OpenAPI document of this API (committed at `docs/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
@@ -205,11 +209,8 @@ async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let span = tracing::debug_span!("request", %method, %path, %peer);
-    let _enter = span.enter();
-    match route(service, config, peer, req).await {
+    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), %peer);
+    match route(service, config, peer, req).instrument(span).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
@@ -233,15 +234,14 @@ fn authenticate(
     if config.mode == RuntimeMode::LocalOnly && !peer.ip().is_loopback() {
         return Err(err(ErrorCode::Forbidden, "this server is local-only: remote sessions are refused"));
     }
-    let token = bearer(req)?;
-    if token.is_none() && config.mode == RuntimeMode::RemoteEnabled {
+    let Some(token) = bearer(req)? else {
         return Err(err(
             ErrorCode::Unauthenticated,
-            "remote-enabled servers need a session on every call: send `Authorization: Bearer <token>` \
-             (get one with `coderclaw login`)",
+            "every call needs a session: send `Authorization: Bearer <token>` (get one with `coderclaw login`; \
+             the CLI sends --token or --session)",
         ));
-    }
-    service.authenticate(token.as_deref())
+    };
+    service.authenticate(Some(&token))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>, max: usize) -> Result<T, RuntimeError> {

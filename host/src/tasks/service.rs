@@ -4,7 +4,6 @@
 //! transports (in-process and HTTP) go through here.
 
 use super::engine::{EngineError, Owner, TaskEngine};
-use crate::audit::{AuditEvent, AuditResult};
 use crate::security::{Security, SecurityError};
 use coderclaw_core::decision::{Subject, check_permission};
 use coderclaw_core::rbac::Permission;
@@ -38,6 +37,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The wire name (`not_found`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
     /// The HTTP status for this code.
     pub fn http_status(self) -> u16 {
         match self {
@@ -50,6 +63,12 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -74,11 +93,9 @@ impl From<EngineError> for RuntimeError {
     fn from(e: EngineError) -> Self {
         let code = match &e {
             EngineError::NotFound(_) => ErrorCode::NotFound,
-            EngineError::Illegal(_) => ErrorCode::Conflict,
-            EngineError::Invalid(m) if m.contains("not waiting") || m.contains("only PENDING") => ErrorCode::Conflict,
-            EngineError::Invalid(m) if m.contains("already") => ErrorCode::Conflict,
+            EngineError::Illegal(_) | EngineError::Conflict(_) => ErrorCode::Conflict,
             EngineError::Invalid(_) => ErrorCode::InvalidRequest,
-            EngineError::Store(_) => ErrorCode::Internal,
+            EngineError::Store(_) | EngineError::NotStored(_) => ErrorCode::Internal,
         };
         RuntimeError::new(code, e.to_string())
     }
@@ -231,8 +248,7 @@ impl TaskService {
         self.require(who, Permission::TaskSubmit, "task.input", id, false)?;
         self.visible(who, id)?;
         let state = self.engine.respond(id, answer)?;
-        let e = AuditEvent::new("task.input", AuditResult::Allowed, "task", id).user(&who.user);
-        self.security.home().audit().append(e).map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
+        self.security.audit_done(who, "task.input", ("task", id), "input provided")?;
         Ok(state)
     }
 

@@ -16,8 +16,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Runs installed packages from one state directory for one workspace.
-#[derive(Clone)]
 pub struct SkillExecutor {
+    shared: Arc<Shared>,
+}
+
+/// What every task's run needs; shared by the runs in flight.
+struct Shared {
     security: Arc<Security>,
     host: Host,
     workspace: PathBuf,
@@ -28,9 +32,11 @@ impl SkillExecutor {
     /// Runs tasks with `host`, decided by `security` for `workspace`, with
     /// what `offer` gives (directories, environment, limit ceiling).
     pub fn new(security: Arc<Security>, host: Host, workspace: PathBuf, offer: Offer) -> Arc<Self> {
-        Arc::new(Self { security, host, workspace, offer })
+        Arc::new(Self { shared: Arc::new(Shared { security, host, workspace, offer }) })
     }
+}
 
+impl Shared {
     fn manifest(&self, id: &str) -> Option<Manifest> {
         self.security.home().info(id).ok().map(|i| i.manifest)
     }
@@ -47,12 +53,8 @@ impl SkillExecutor {
             TaskTarget::Agent(_) => Kind::Agent,
         };
         if manifest.kind != expected {
-            return Err(format!(
-                "{id} is {} {:?}: submit it with --{}",
-                if manifest.kind == Kind::Agent { "an" } else { "a" },
-                manifest.kind,
-                if manifest.kind == Kind::Agent { "agent" } else { "skill" }
-            ));
+            let (article, kind) = if manifest.kind == Kind::Agent { ("an", "agent") } else { ("a", "skill") };
+            return Err(format!("{id} is {article} {kind}: submit it as {kind} (--{kind} {id})"));
         }
         let target = Target::from_manifest(manifest);
         let decision = self
@@ -95,11 +97,11 @@ impl SkillExecutor {
 
 impl TaskExecutor for SkillExecutor {
     fn resumable(&self, target: &TaskTarget) -> bool {
-        self.manifest(target.id()).is_some_and(|m| m.resumable)
+        self.shared.manifest(target.id()).is_some_and(|m| m.resumable)
     }
 
     fn execute(&self, task: TaskState, run: TaskRun) -> BoxFuture<Result<Value, String>> {
-        let this = Arc::new(self.clone());
+        let this = self.shared.clone();
         Box::pin(async move {
             let input = task.input.to_string();
             let prepared = {
@@ -120,7 +122,7 @@ impl TaskExecutor for SkillExecutor {
     }
 
     fn skills(&self) -> Vec<SkillInfo> {
-        let installed = self.security.home().installed().unwrap_or_default();
+        let installed = self.shared.security.home().installed().unwrap_or_default();
         installed
             .into_iter()
             .map(|i| SkillInfo {
@@ -136,9 +138,10 @@ impl TaskExecutor for SkillExecutor {
     }
 
     fn missing_required_skills(&self) -> Vec<String> {
+        let security = &self.shared.security;
         let installed: Vec<String> =
-            self.security.home().installed().unwrap_or_default().into_iter().map(|i| i.id).collect();
-        let org = &self.security.policy().org;
+            security.home().installed().unwrap_or_default().into_iter().map(|i| i.id).collect();
+        let org = &security.policy().org;
         org.required_skills
             .iter()
             .filter(|req| !installed.iter().any(|id| coderclaw_core::policy::id_matches(req, id)))

@@ -35,9 +35,9 @@ pub enum StoreError {
     /// The writer thread is gone (the engine is shutting down).
     #[error("the task store's writer has stopped")]
     WriterStopped,
-    /// A stored row could not be read back.
-    #[error("task store: stored row is malformed: {0}")]
-    Corrupt(String),
+    /// The writer thread could not be started.
+    #[error("task store: cannot start the writer thread: {0}")]
+    Thread(String),
 }
 
 const SCHEMA: &str = "
@@ -135,7 +135,7 @@ impl TaskStore {
         std::thread::Builder::new()
             .name("coderclaw-task-writer".into())
             .spawn(move || writer_loop(writer, rx, &thread_path, &*on_commit))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
         Ok(Arc::new(TaskStore { path, writes: Mutex::new(tx), reader: Mutex::new(reader) }))
     }
 
@@ -163,10 +163,9 @@ impl TaskStore {
 
     /// One task.
     pub fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
-        let row = self.read(|db| {
-            db.query_row(&format!("SELECT {COLUMNS} FROM tasks t WHERE id = ?1"), [id], raw_task).optional()
-        })?;
-        row.map(parse_task).transpose()
+        self.read(|db| {
+            db.query_row(&format!("SELECT {COLUMNS} FROM tasks t WHERE id = ?1"), [id], read_task).optional()
+        })
     }
 
     /// Tasks matching `filter` (newest first), limited to `session` unless None.
@@ -179,11 +178,11 @@ impl TaskStore {
                  ORDER BY created_at_ms DESC, rowid DESC LIMIT ?3"
             ))?;
             let rows = stmt
-                .query_map(params![filter.status.map(TaskStatus::as_str), filter.session, limit], raw_task)?
+                .query_map(params![filter.status.map(TaskStatus::as_str), filter.session, limit], read_task)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })?;
-        rows.into_iter().map(parse_task).collect()
+        Ok(rows)
     }
 
     /// Tasks not in a final status (for recovery), oldest first.
@@ -193,50 +192,22 @@ impl TaskStore {
                 "SELECT {COLUMNS} FROM tasks t
                  WHERE status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING') ORDER BY created_at_ms, rowid"
             ))?;
-            let rows = stmt.query_map([], raw_task)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map([], read_task)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })?;
-        rows.into_iter().map(parse_task).collect()
+        Ok(rows)
     }
 
     /// A task's events with seq > `after`, in order.
     pub fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError> {
-        let rows = self.read(|db| {
+        self.read(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT task_id, seq, timestamp_ms, event, status, progress, message, data
                  FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq",
             )?;
-            let rows = stmt
-                .query_map(params![id, after as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, Option<f64>>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, Option<String>>(7)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map(params![id, after as i64], read_event)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
-        })?;
-        rows.into_iter()
-            .map(|(task_id, seq, ts, event, status, progress, message, data)| {
-                Ok(TaskUpdateEvent {
-                    task_id,
-                    seq: seq as u64,
-                    timestamp_ms: ts as u64,
-                    event: TaskEventKind::parse(&event)
-                        .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind `{event}`")))?,
-                    status: TaskStatus::parse(&status).map_err(StoreError::Corrupt)?,
-                    progress: progress.map(|p| p as f32),
-                    message,
-                    data: data.map(|d| parse_json(&d)).transpose()?,
-                })
-            })
-            .collect()
+        })
     }
 
     /// Counts by status: (queued, active, total).
@@ -273,54 +244,62 @@ impl TaskStore {
 
 const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user, parent_task_id, metadata,
     status, paused, progress, prompt, output, error, created_at_ms, started_at_ms, completed_at_ms, resumable,
-    (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id)";
+    (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
 
-/// The columns of one row, before parsing.
-type RawTask = (Vec<Option<String>>, Vec<Option<i64>>, Option<f64>);
-
-fn raw_task(r: &Row<'_>) -> rusqlite::Result<RawTask> {
-    let texts = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14]
-        .into_iter()
-        .map(|i| r.get::<_, Option<String>>(i))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let ints = [10, 15, 16, 17, 18, 19]
-        .into_iter()
-        .map(|i| r.get::<_, Option<i64>>(i))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((texts, ints, r.get(11)?))
+/// A stored value SQLite holds but this code cannot read back.
+fn corrupt(column: &str, message: String) -> rusqlite::Error {
+    let e: Box<dyn std::error::Error + Send + Sync> = format!("{column}: {message}").into();
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e)
 }
 
-fn parse_json(text: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
+fn json_column(r: &Row<'_>, column: &str) -> rusqlite::Result<Option<Value>> {
+    let text: Option<String> = r.get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(column, e.to_string()))).transpose()
 }
 
-fn parse_task((t, i, progress): RawTask) -> Result<StoredTask, StoreError> {
-    let text = |k: usize| t[k].clone().unwrap_or_default();
-    let target = match text(2).as_str() {
-        "agent" => TaskTarget::Agent(text(3)),
-        _ => TaskTarget::Skill(text(3)),
+fn read_event(r: &Row<'_>) -> rusqlite::Result<TaskUpdateEvent> {
+    let event: String = r.get("event")?;
+    let status: String = r.get("status")?;
+    Ok(TaskUpdateEvent {
+        task_id: r.get("task_id")?,
+        seq: r.get::<_, i64>("seq")? as u64,
+        timestamp_ms: r.get::<_, i64>("timestamp_ms")? as u64,
+        event: TaskEventKind::parse(&event).ok_or_else(|| corrupt("event", format!("unknown kind `{event}`")))?,
+        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
+        progress: r.get::<_, Option<f64>>("progress")?.map(|p| p as f32),
+        message: r.get("message")?,
+        data: json_column(r, "data")?,
+    })
+}
+
+fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
+    let target_id: String = r.get("target_id")?;
+    let target = match r.get::<_, String>("target_kind")?.as_str() {
+        "agent" => TaskTarget::Agent(target_id),
+        _ => TaskTarget::Skill(target_id),
     };
-    let metadata = serde_json::from_str(&text(8)).map_err(|e| StoreError::Corrupt(format!("metadata: {e}")))?;
+    let status: String = r.get("status")?;
+    let metadata = json_column(r, "metadata")?.unwrap_or_default();
     let state = TaskState {
-        id: text(0),
-        description: text(1),
-        status: TaskStatus::parse(&text(9)).map_err(StoreError::Corrupt)?,
+        id: r.get("id")?,
+        description: r.get("description")?,
+        status: TaskStatus::parse(&status).map_err(|e| corrupt("status", e))?,
         target,
-        input: parse_json(&text(4))?,
-        session_id: text(5),
-        user: text(6),
-        parent_task_id: t[7].clone(),
-        metadata,
-        paused: i[0] == Some(1),
-        progress: progress.map(|p| p as f32),
-        prompt: t[10].clone(),
-        output: t[11].as_deref().map(parse_json).transpose()?,
-        error: t[12].clone(),
-        created_at_ms: i[1].unwrap_or(0) as u64,
-        started_at_ms: i[2].map(|v| v as u64),
-        completed_at_ms: i[3].map(|v| v as u64),
+        input: json_column(r, "input")?.unwrap_or_default(),
+        session_id: r.get("session_id")?,
+        user: r.get("user")?,
+        parent_task_id: r.get("parent_task_id")?,
+        metadata: serde_json::from_value(metadata).map_err(|e| corrupt("metadata", e.to_string()))?,
+        paused: r.get("paused")?,
+        progress: r.get::<_, Option<f64>>("progress")?.map(|p| p as f32),
+        prompt: r.get("prompt")?,
+        output: json_column(r, "output")?,
+        error: r.get("error")?,
+        created_at_ms: r.get::<_, i64>("created_at_ms")? as u64,
+        started_at_ms: r.get::<_, Option<i64>>("started_at_ms")?.map(|v| v as u64),
+        completed_at_ms: r.get::<_, Option<i64>>("completed_at_ms")?.map(|v| v as u64),
     };
-    Ok(StoredTask { state, resumable: i[4] == Some(1), last_seq: i[5].unwrap_or(0) as u64 })
+    Ok(StoredTask { state, resumable: r.get("resumable")?, last_seq: r.get::<_, i64>("last_seq")? as u64 })
 }
 
 fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_commit: &OnCommit) {
