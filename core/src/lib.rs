@@ -14,6 +14,7 @@ pub mod pattern;
 pub mod policy;
 pub mod rbac;
 pub mod runtime_config;
+pub mod signed_policy;
 pub mod task;
 pub mod trust;
 pub mod units;

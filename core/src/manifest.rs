@@ -275,6 +275,51 @@ impl Manifest {
         serde_json::to_vec(self).expect("a manifest always serialises")
     }
 
+    /// What this manifest asks for beyond `from` (an installed version):
+    /// one line per added request, empty when it asks for nothing more. A
+    /// raised or newly requested limit counts, as does becoming dangerous,
+    /// becoming an agent, or read access turning into read-write.
+    pub fn capability_increase(&self, from: &Manifest) -> Vec<String> {
+        let (new, old) = (&self.capabilities, &from.capabilities);
+        let mut out = Vec::new();
+        for d in &new.fs {
+            let before = old.fs.iter().find(|o| o.path == d.path).map(|o| o.access);
+            match (before, d.access) {
+                (None, _) => out.push(format!("fs: {} ({})", d.path, access_name(d.access))),
+                (Some(Access::Read), Access::ReadWrite) => out.push(format!("fs: {} read -> read-write", d.path)),
+                _ => {}
+            }
+        }
+        let added = |label: &str, new: Vec<String>, old: Vec<String>, out: &mut Vec<String>| {
+            out.extend(new.into_iter().filter(|n| !old.contains(n)).map(|n| format!("{label}: {n}")));
+        };
+        let strings = |set: &BTreeSet<HostPattern>| set.iter().map(ToString::to_string).collect::<Vec<_>>();
+        added("http", strings(&new.http), strings(&old.http), &mut out);
+        added("env", new.env.iter().cloned().collect(), old.env.iter().cloned().collect(), &mut out);
+        added("shell", new.shell.iter().cloned().collect(), old.shell.iter().cloned().collect(), &mut out);
+        let ids = |set: &BTreeSet<SkillId>| set.iter().map(ToString::to_string).collect::<Vec<_>>();
+        added("skills", ids(&new.skills), ids(&old.skills), &mut out);
+        if new.session_memory && !old.session_memory {
+            out.push("session-memory".into());
+        }
+        if self.dangerous && !from.dangerous {
+            out.push("dangerous: false -> true".into());
+        }
+        if self.kind == Kind::Agent && from.kind == Kind::Skill {
+            out.push("kind: skill -> agent".into());
+        }
+        let raised = |new: Option<u64>, old: Option<u64>| matches!((new, old), (Some(n), Some(o)) if n > o) || matches!((new, old), (Some(_), None));
+        if raised(self.limits.memory.map(|m| m.0), from.limits.memory.map(|m| m.0)) {
+            let show = |s: Option<Size>| s.map_or("default".to_owned(), String::from);
+            out.push(format!("limits.memory: {} -> {}", show(from.limits.memory), show(self.limits.memory)));
+        }
+        if raised(self.limits.timeout.map(|t| t.0), from.limits.timeout.map(|t| t.0)) {
+            let show = |t: Option<Millis>| t.map_or("default".to_owned(), String::from);
+            out.push(format!("limits.timeout: {} -> {}", show(from.limits.timeout), show(self.limits.timeout)));
+        }
+        out
+    }
+
     /// Parses the canonical form back (from a package).
     pub fn from_canonical_json(bytes: &[u8]) -> Result<Self, ManifestError> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Canonical(e.to_string()))?;
@@ -286,9 +331,48 @@ impl Manifest {
     }
 }
 
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::ReadWrite => "read-write",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn caps(extra: &str) -> Manifest {
+        let text = format!(
+            "id = \"team/x\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"d\"\n{extra}"
+        );
+        Manifest::from_toml(&text, "skill.toml").unwrap()
+    }
+
+    #[test]
+    fn capability_increase_lists_each_added_request() {
+        let old = caps("[capabilities]\nhttp = [\"https://a.example\"]\nfs = [{ path = \"workspace\", access = \"read\" }]\n");
+        assert!(old.capability_increase(&old).is_empty());
+        let wider = caps(
+            "dangerous = true\n[capabilities]\nhttp = [\"https://a.example\", \"https://b.example\"]\n\
+             fs = [{ path = \"workspace\", access = \"read-write\" }]\nenv = [\"TOKEN\"]\nshell = [\"git\"]\n\
+             [limits]\nmemory = \"512MiB\"\n",
+        );
+        let diff = wider.capability_increase(&old);
+        assert_eq!(
+            diff,
+            vec![
+                "fs: workspace read -> read-write",
+                "http: https://b.example:443",
+                "env: TOKEN",
+                "shell: git",
+                "dangerous: false -> true",
+                "limits.memory: default -> 512MiB",
+            ]
+        );
+        // Asking for less is never an increase.
+        assert!(old.capability_increase(&wider).is_empty());
+    }
 
     const GOOD: &str = r#"
 id = "team/security-scanner"

@@ -206,6 +206,30 @@ pub struct SecurityConfig {
     /// Custom roles.
     #[serde(default)]
     pub roles: BTreeMap<String, RoleDef>,
+    /// Team registries by name, for `--registry <name>`.
+    #[serde(default)]
+    pub registries: BTreeMap<String, RegistryEntry>,
+}
+
+/// One team registry the client knows.
+///
+/// ```yaml
+/// registries:
+///   team-registry:
+///     url: http://registry.example:7421
+///     namespace-keys:
+///       team: ["ed25519:…"]   # may sign the team's organisation policy
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryEntry {
+    /// Base URL (http or https).
+    pub url: String,
+    /// Per namespace, the admin keys whose signature this client accepts on
+    /// that namespace's organisation policy. Packages are still verified
+    /// against the trust store (`coderclaw trust`), never against these.
+    #[serde(default, rename = "namespace-keys")]
+    pub namespace_keys: BTreeMap<String, Vec<String>>,
 }
 
 /// `security:` in the configuration.
@@ -396,6 +420,18 @@ impl SecurityConfig {
             invalid(key, e.to_string())
         })?;
         check_roles(&roles, &self.security.default_roles, "security.defaultRoles", file)?;
+        for (name, r) in &self.registries {
+            let key = format!("registries.{name}");
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return Err(invalid(format!("{key}.url"), format!("`{}` is not an http:// or https:// URL", r.url)));
+            }
+            for (ns, keys) in &r.namespace_keys {
+                for k in keys {
+                    crate::keys::PublicKey::parse(k)
+                        .map_err(|e| invalid(format!("{key}.namespace-keys.{ns}"), e.to_string()))?;
+                }
+            }
+        }
         for (i, issuer) in self.identity.oidc.iter().enumerate() {
             let key = format!("identity.oidc[{i}]");
             if issuer.provider == Provider::Local {
@@ -451,6 +487,26 @@ impl RepoPolicy {
 }
 
 impl OrgPolicy {
+    /// Adds `other`'s requirements to this policy: the stricter of each
+    /// setting wins, lists are joined. Used to apply a team's distributed
+    /// policy on top of the local one.
+    pub fn merge(&mut self, other: &OrgPolicy) {
+        self.enforce_trust = match (self.enforce_trust, other.enforce_trust) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(false) || b.unwrap_or(false)),
+        };
+        self.minimum_trust_level = self.minimum_trust_level.max(other.minimum_trust_level);
+        for (mine, theirs) in
+            [(&mut self.required_skills, &other.required_skills), (&mut self.denied_skills, &other.denied_skills)]
+        {
+            for s in theirs {
+                if !mine.contains(s) {
+                    mine.push(s.clone());
+                }
+            }
+        }
+    }
+
     /// Parses an organisation policy file (`organizationPolicy:` at the top).
     pub fn from_yaml(text: &str, file: &str) -> Result<OrgPolicy, PolicyError> {
         Ok(parse_yaml::<OrgPolicyFile>(text, file)?.organization_policy)

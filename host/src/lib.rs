@@ -40,7 +40,6 @@ mod sqlite;
 mod state;
 pub mod task_link;
 pub mod tasks;
-mod tls;
 
 pub use coderclaw_core::package::VerifiedPackage;
 pub use coderclaw_core::{Access, Digest, Grant, GrantBuilder, GrantError, HostPattern, Limits};

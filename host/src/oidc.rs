@@ -11,7 +11,8 @@ use crate::identity::now_ms;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use coderclaw_core::policy::OidcIssuer;
-use http_body_util::{BodyExt, Empty, Limited};
+use coderclaw_net::HttpClient;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use ring::signature::{self, UnparsedPublicKey};
 use serde::Deserialize;
@@ -275,58 +276,25 @@ async fn fetch_jwks(issuer: &OidcIssuer) -> Result<Vec<Jwk>, OidcError> {
 /// GETs `url`: https verified against the web PKI roots, or http to loopback.
 async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
     let fail = |message: String| OidcError::Fetch { url: url.to_owned(), message };
-    let uri: hyper::Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
-    let host = uri.host().ok_or_else(|| fail("the URL has no host".into()))?.to_owned();
+    let client = HttpClient::new(url, None).map_err(|e| fail(e.to_string()))?;
     // Keys fetched in clear text could be swapped by anyone on the path:
     // plain http only to this machine (a local test or sidecar issuer).
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") if is_loopback(&host) => false,
-        Some("http") => return Err(fail("signing keys are fetched over https only (http only on loopback)".into())),
-        _ => return Err(fail("the URL must be https".into())),
-    };
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, uri.authority().map_or(host.as_str(), |a| a.as_str()))
+    if !client.is_https() && !client.is_loopback() {
+        return Err(fail("signing keys are fetched over https only (http only on loopback)".into()));
+    }
+    let request = client
+        .request(hyper::Method::GET, "")
         .header(hyper::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
+        .body(Full::new(Bytes::new()))
         .map_err(|e| fail(e.to_string()))?;
     let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| fail(e.to_string()))?;
-        let response = if https {
-            let tls = crate::tls::connector(None).map_err(fail)?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| fail(e.to_string()))?;
-            let tls = tls.connect(name, tcp).await.map_err(|e| fail(format!("TLS: {e}")))?;
-            send(hyper_util::rt::TokioIo::new(tls), request).await
-        } else {
-            send(hyper_util::rt::TokioIo::new(tcp), request).await
+        let (parts, body) = client.fetch(request, MAX_DOCUMENT_BYTES).await.map_err(|e| fail(e.to_string()))?;
+        if !parts.status.is_success() {
+            return Err(fail(format!("HTTP {}", parts.status)));
         }
-        .map_err(fail)?;
-        if !response.status().is_success() {
-            return Err(fail(format!("HTTP {}", response.status())));
-        }
-        let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-            .collect()
-            .await
-            .map_err(|e| fail(format!("reading the body: {e}")))?;
-        Ok(body.to_bytes().to_vec())
+        Ok(body.to_vec())
     };
     tokio::time::timeout(FETCH_TIMEOUT, work).await.map_err(|_| fail("timed out".into()))?
 }
 
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
 
-async fn send<IO>(
-    io: IO,
-    request: hyper::Request<Empty<Bytes>>,
-) -> Result<hyper::Response<hyper::body::Incoming>, String>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender.send_request(request).await.map_err(|e| e.to_string())
-}

@@ -7,20 +7,17 @@ use super::runtime::{Transport, UpdateStream};
 use super::service::{ErrorCode, RuntimeError};
 use bytes::{Buf, Bytes, BytesMut};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
-use http::{Method, Request, StatusCode, header};
+use coderclaw_net::client::{ClientError, HttpClient, Pending};
+use http::{Method, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 /// Largest JSON reply read.
 const MAX_REPLY_BYTES: usize = 64 << 20;
-/// Connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client of a `coderclaw serve` server.
 #[derive(Clone)]
@@ -29,12 +26,16 @@ pub struct HttpTransport {
 }
 
 struct Client {
-    host: String,
-    port: u16,
-    authority: String,
-    tls: Option<tokio_rustls::TlsConnector>,
+    http: HttpClient,
     token: Option<String>,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+fn unavailable(e: ClientError) -> RuntimeError {
+    let code = match e {
+        ClientError::BadUrl { .. } => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Unavailable,
+    };
+    RuntimeError::new(code, e.to_string())
 }
 
 impl HttpTransport {
@@ -47,85 +48,20 @@ impl HttpTransport {
     /// Like [`HttpTransport::new`], also trusting the CA certificates in
     /// the PEM file `ca` for https.
     pub fn with_ca(url: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, RuntimeError> {
-        let bad = |m: String| RuntimeError::new(ErrorCode::InvalidRequest, m);
-        let uri: http::Uri = url.parse().map_err(|e| bad(format!("`{url}` is not a URL: {e}")))?;
-        let host = uri.host().ok_or_else(|| bad(format!("`{url}` has no host")))?.to_owned();
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad(format!("`{url}`: use an http:// or https:// URL"))),
-        };
-        if !uri.path().trim_matches('/').is_empty() {
-            return Err(bad(format!("`{url}`: give the server's base URL, without a path")));
-        }
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https { Some(crate::tls::connector(ca).map_err(bad)?) } else { None };
-        let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-        let inner = Client { host, port, authority, tls, token, idle: Mutex::new(Vec::new()) };
-        Ok(Self { inner: Arc::new(inner) })
+        let http = HttpClient::new(url, ca).map_err(unavailable)?;
+        Ok(Self { inner: Arc::new(Client { http, token }) })
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, RuntimeError> {
+    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Pending, RuntimeError> {
         let c = &self.inner;
-        let down = |e: String| {
-            RuntimeError::new(ErrorCode::Unavailable, format!("cannot reach the server at {}: {e}", c.authority))
-        };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((c.host.as_str(), c.port)))
-            .await
-            .map_err(|_| down("connect timed out".into()))?
-            .map_err(|e| down(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let builder = hyper::client::conn::http1::Builder::new();
-        let sender = match &c.tls {
-            Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(c.host.clone()).map_err(|e| down(e.to_string()))?;
-                let stream = tls.connect(name, tcp).await.map_err(|e| down(format!("TLS: {e}")))?;
-                let (sender, conn) =
-                    builder.handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| down(e.to_string()))?;
-                tokio::spawn(conn);
-                sender
-            }
-            None => {
-                let (sender, conn) =
-                    builder.handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| down(e.to_string()))?;
-                tokio::spawn(conn);
-                sender
-            }
-        };
-        Ok(sender)
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<(http::response::Parts, Incoming, SendRequest<Full<Bytes>>), RuntimeError> {
-        let c = &self.inner;
-        let mut builder = Request::builder().method(method).uri(path).header(header::HOST, &c.authority);
-        if let Some(t) = &c.token {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
+        let mut builder = HttpClient::bearer(c.http.request(method, path), c.token.as_deref());
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-        let pooled = { c.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() };
-        let reusable = match pooled {
-            Some(mut s) => s.ready().await.is_ok().then_some(s),
-            None => None,
-        };
-        let mut sender = match reusable {
-            Some(s) => s,
-            None => self.connect().await?,
-        };
-        let response = sender.send_request(request).await.map_err(|e| {
-            RuntimeError::new(ErrorCode::Unavailable, format!("the server at {} did not answer: {e}", c.authority))
-        })?;
-        let (parts, body) = response.into_parts();
-        Ok((parts, body, sender))
+        c.http.send(request).await.map_err(unavailable)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -134,14 +70,13 @@ impl HttpTransport {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, RuntimeError> {
-        let (parts, body, sender) = self.send(method, path, body).await?;
+        let Pending { parts, body, connection } = self.send(method, path, body).await?;
         let bytes = Limited::new(body, MAX_REPLY_BYTES)
             .collect()
             .await
             .map_err(|e| RuntimeError::new(ErrorCode::Unavailable, format!("reading the reply: {e}")))?
             .to_bytes();
-        // The reply was read to its end: the connection can carry the next.
-        self.inner.idle.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+        self.inner.http.release(connection);
         if !parts.status.is_success() {
             return Err(reply_error(parts.status, &bytes));
         }
@@ -183,7 +118,7 @@ impl Transport for HttpTransport {
     }
 
     async fn stream_task_updates(&self, id: &str) -> Result<UpdateStream, RuntimeError> {
-        let (parts, body, _sender) = self.send(Method::GET, &task_path(id, "/stream")?, None).await?;
+        let Pending { parts, body, .. } = self.send(Method::GET, &task_path(id, "/stream")?, None).await?;
         if !parts.status.is_success() {
             let bytes = Limited::new(body, MAX_REPLY_BYTES).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(reply_error(parts.status, &bytes));
@@ -207,17 +142,7 @@ impl Transport for HttpTransport {
             query.push(format!("status={s}"));
         }
         if let Some(s) = &filter.session {
-            let encoded: String = s
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            query.push(format!("session={encoded}"));
+            query.push(format!("session={}", coderclaw_net::server::percent_encode(s)));
         }
         if let Some(l) = filter.limit {
             query.push(format!("limit={l}"));

@@ -18,8 +18,9 @@ use coderclaw_core::decision::Subject;
 use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitRequest};
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use coderclaw_net::Body;
+use coderclaw_net::server::{BodyError, json_response, query_pairs, read_body};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde::Serialize;
 use serde_json::json;
@@ -27,8 +28,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 /// The OpenAPI document of this API (committed at `docs/openapi.json`).
@@ -70,33 +69,7 @@ pub enum ServerError {
     Io(String),
 }
 
-/// A running server; stops when [`RunningServer::shutdown`] is called or
-/// it is dropped.
-pub struct RunningServer {
-    /// The bound address (useful with port 0).
-    pub addr: SocketAddr,
-    /// Whether it serves https.
-    pub tls: bool,
-    stop: watch::Sender<bool>,
-}
-
-impl RunningServer {
-    /// The base URL, e.g. `http://127.0.0.1:7420`.
-    pub fn url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
-    }
-
-    /// Stops accepting connections.
-    pub fn shutdown(&self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub use coderclaw_net::RunningServer;
 
 /// Binds and starts serving `service` in the background.
 pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<RunningServer, ServerError> {
@@ -107,83 +80,17 @@ pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<Ru
         )));
     }
     let tls = match &config.tls {
-        Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+        Some((cert, key)) => Some(coderclaw_net::tls::acceptor(cert, key).map_err(ServerError::Io)?),
         None => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServerError::Io(format!("cannot bind {}: {e}", config.listen)))?;
-    let addr = listener.local_addr().map_err(|e| ServerError::Io(e.to_string()))?;
-    let (stop, mut stopped) = watch::channel(false);
-    let is_tls = tls.is_some();
+    let listen = config.listen;
     let config = Arc::new(config);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-                },
-                _ = stopped.changed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            let (service, config, tls) = (service.clone(), config.clone(), tls.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let (service, config) = (service.clone(), config.clone());
-                    async move { Ok::<_, Infallible>(handle(&service, &config, peer, req).await) }
-                });
-                let http = hyper::server::conn::http1::Builder::new();
-                let result = match tls {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(stream) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                    },
-                    None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await,
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended");
-                }
-            });
-        }
-    });
-    tracing::info!(%addr, tls = is_tls, "serving");
-    Ok(RunningServer { addr, tls: is_tls, stop })
-}
-
-fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let fail = |what: &std::path::Path, e: String| ServerError::Io(format!("TLS: {}: {e}", what.display()));
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| fail(cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail(cert, "no certificate in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| fail(key, e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServerError::Io(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServerError::Io(format!("TLS: the certificate and key do not fit together: {e}")))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)).boxed())
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+    coderclaw_net::serve(listen, tls, move |peer, req| {
+        let (service, config) = (service.clone(), config.clone());
+        async move { handle(&service, &config, peer, req).await }
+    })
+    .await
+    .map_err(ServerError::Io)
 }
 
 fn error_response(e: &RuntimeError) -> Response<Body> {
@@ -217,12 +124,7 @@ async fn handle(
 }
 
 fn bearer(req: &Request<Incoming>) -> Result<Option<String>, RuntimeError> {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else { return Ok(None) };
-    let text = value.to_str().map_err(|_| err(ErrorCode::Unauthenticated, "the Authorization header is not text"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .ok_or_else(|| err(ErrorCode::Unauthenticated, "use `Authorization: Bearer <session token>`"))?;
-    Ok(Some(token.trim().to_owned()))
+    coderclaw_net::server::bearer_token(req).map_err(|m| err(ErrorCode::Unauthenticated, m))
 }
 
 fn authenticate(
@@ -245,14 +147,11 @@ fn authenticate(
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>, max: usize) -> Result<T, RuntimeError> {
-    let body = Limited::new(req.into_body(), max).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            err(ErrorCode::PayloadTooLarge, format!("the request body is over {max} bytes"))
-        } else {
-            err(ErrorCode::InvalidRequest, format!("cannot read the request body: {e}"))
-        }
+    let body = read_body(req.into_body(), max).await.map_err(|e| match e {
+        BodyError::TooLarge(_) => err(ErrorCode::PayloadTooLarge, e.to_string()),
+        BodyError::Read(_) => err(ErrorCode::InvalidRequest, e.to_string()),
     })?;
-    serde_json::from_slice(&body.to_bytes())
+    serde_json::from_slice(&body)
         .map_err(|e| err(ErrorCode::InvalidRequest, format!("the request body is not valid JSON for this call: {e}")))
 }
 
@@ -326,10 +225,8 @@ async fn route(
 
 fn parse_filter(query: &str) -> Result<TaskFilter, RuntimeError> {
     let mut filter = TaskFilter::default();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        match k {
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
             "status" => filter.status = Some(TaskStatus::parse(&v).map_err(|m| err(ErrorCode::InvalidRequest, m))?),
             "session" => filter.session = Some(v),
             "limit" => {
@@ -346,28 +243,4 @@ fn parse_filter(query: &str) -> Result<TaskFilter, RuntimeError> {
         }
     }
     Ok(filter)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

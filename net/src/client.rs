@@ -1,0 +1,197 @@
+//! [`HttpClient`]: HTTP/1.1 to one server, connections kept alive and
+//! reused. https is verified against the web PKI roots plus, optionally, a
+//! CA file (see [`crate::tls::connector`]).
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can go wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL cannot be used.
+    #[error("`{url}`: {message}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The server could not be reached, or dropped the connection.
+    #[error("cannot reach the server at {authority}: {message}")]
+    Unreachable {
+        /// host:port.
+        authority: String,
+        /// The cause.
+        message: String,
+    },
+    /// The reply could not be read (or was larger than allowed).
+    #[error("reading the reply from {authority}: {message}")]
+    Reply {
+        /// host:port.
+        authority: String,
+        /// The cause.
+        message: String,
+    },
+}
+
+/// A client of the server at one base URL.
+pub struct HttpClient {
+    host: String,
+    port: u16,
+    authority: String,
+    /// Path prefix of the base URL (no trailing `/`), prepended to every request.
+    base_path: String,
+    tls: Option<tokio_rustls::TlsConnector>,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+/// A reply whose body has not been read yet; give it back with
+/// [`HttpClient::release`] once the body is read to its end so the
+/// connection carries the next request.
+pub struct Pending {
+    /// Status and headers.
+    pub parts: http::response::Parts,
+    /// The body.
+    pub body: Incoming,
+    /// The connection it came on.
+    pub connection: SendRequest<Full<Bytes>>,
+}
+
+impl HttpClient {
+    /// A client of `url` (`http://127.0.0.1:7420`, `https://host/prefix`);
+    /// `ca` is an extra PEM CA file trusted for https.
+    pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, ClientError> {
+        let bad = |message: String| ClientError::BadUrl { url: url.to_owned(), message };
+        let uri: http::Uri = url.parse().map_err(|e| bad(format!("not a URL: {e}")))?;
+        let host = uri.host().ok_or_else(|| bad("the URL has no host".into()))?.to_owned();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("use an http:// or https:// URL".into())),
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls = if https { Some(crate::tls::connector(ca).map_err(bad)?) } else { None };
+        let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+        let base_path = uri.path_and_query().map_or("", |p| p.as_str()).trim_end_matches('/').to_owned();
+        Ok(Self { host, port, authority, base_path, tls, idle: Mutex::new(Vec::new()) })
+    }
+
+    /// host:port as given.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// Whether this client speaks https.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the server is this machine (`localhost` or a loopback address).
+    pub fn is_loopback(&self) -> bool {
+        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
+        bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// A request builder for `path` (below the base URL) with `Host` set.
+    pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
+        let full = match (self.base_path.as_str(), path) {
+            ("", "") => "/".to_owned(),
+            (base, p) => format!("{base}{p}"),
+        };
+        Request::builder().method(method).uri(full).header(header::HOST, &self.authority)
+    }
+
+    /// Adds `Authorization: Bearer <token>` when there is a token.
+    pub fn bearer(builder: http::request::Builder, token: Option<&str>) -> http::request::Builder {
+        match token.and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok()) {
+            Some(mut v) => {
+                v.set_sensitive(true);
+                builder.header(header::AUTHORIZATION, v)
+            }
+            None => builder,
+        }
+    }
+
+    fn down(&self, message: String) -> ClientError {
+        ClientError::Unreachable { authority: self.authority.clone(), message }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((self.host.as_str(), self.port)))
+            .await
+            .map_err(|_| self.down("connect timed out".into()))?
+            .map_err(|e| self.down(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let builder = hyper::client::conn::http1::Builder::new();
+        let sender = match &self.tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| self.down(e.to_string()))?;
+                let stream = tls.connect(name, tcp).await.map_err(|e| self.down(format!("TLS: {e}")))?;
+                let (sender, conn) = builder
+                    .handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.down(e.to_string()))?;
+                tokio::spawn(conn);
+                sender
+            }
+            None => {
+                let (sender, conn) = builder
+                    .handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| self.down(e.to_string()))?;
+                tokio::spawn(conn);
+                sender
+            }
+        };
+        Ok(sender)
+    }
+
+    /// Sends `request` on an idle connection or a new one; the body of the
+    /// reply is left to the caller.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Pending, ClientError> {
+        let pooled = { self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() };
+        let reusable = match pooled {
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let mut connection = match reusable {
+            Some(s) => s,
+            None => self.connect().await?,
+        };
+        let response =
+            connection.send_request(request).await.map_err(|e| self.down(format!("the server did not answer: {e}")))?;
+        let (parts, body) = response.into_parts();
+        Ok(Pending { parts, body, connection })
+    }
+
+    /// Returns a connection whose last reply was read to its end.
+    pub fn release(&self, connection: SendRequest<Full<Bytes>>) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
+    }
+
+    /// Sends `request` and reads the whole reply, at most `max_reply` bytes.
+    pub async fn fetch(
+        &self,
+        request: Request<Full<Bytes>>,
+        max_reply: usize,
+    ) -> Result<(http::response::Parts, Bytes), ClientError> {
+        let Pending { parts, body, connection } = self.send(request).await?;
+        let bytes = Limited::new(body, max_reply)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Reply { authority: self.authority.clone(), message: e.to_string() })?
+            .to_bytes();
+        self.release(connection);
+        Ok((parts, bytes))
+    }
+}
