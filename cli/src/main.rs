@@ -8,12 +8,14 @@ mod build;
 mod grant_args;
 mod home;
 mod identity;
+mod install;
 mod keys;
 mod new;
 mod output;
 mod package;
 mod policy;
 mod quickstart;
+mod registry;
 mod run;
 mod task;
 mod trust;
@@ -80,6 +82,8 @@ enum Command {
     Task(task::Command),
     Serve(task::ServeArgs),
     Status(task::StatusArgs),
+    #[command(subcommand)]
+    Registry(registry::Command),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -91,7 +95,10 @@ enum SkillCommand {
     New(new::Args),
     Sign(package::SignArgs),
     Verify(package::VerifyArgs),
-    Install(package::InstallArgs),
+    Install(install::InstallArgs),
+    Update(install::UpdateArgs),
+    Publish(install::PublishArgs),
+    Yank(install::YankArgs),
     List(package::ListArgs),
     Info(package::InfoArgs),
     Remove(package::RemoveArgs),
@@ -113,7 +120,10 @@ fn main() -> ExitCode {
         Command::Skill(SkillCommand::New(args)) => new::main(args),
         Command::Skill(SkillCommand::Sign(args)) => package::sign(args),
         Command::Skill(SkillCommand::Verify(args)) => package::verify(args),
-        Command::Skill(SkillCommand::Install(args)) => package::install(args),
+        Command::Skill(SkillCommand::Install(args)) => install::install(args),
+        Command::Skill(SkillCommand::Update(args)) => install::update(args),
+        Command::Skill(SkillCommand::Publish(args)) => install::publish(args),
+        Command::Skill(SkillCommand::Yank(args)) => install::yank(args),
         Command::Skill(SkillCommand::List(args)) => package::list(args),
         Command::Skill(SkillCommand::Info(args)) => package::info(args),
         Command::Skill(SkillCommand::Remove(args)) => package::remove(args),
@@ -130,6 +140,7 @@ fn main() -> ExitCode {
         Command::Task(cmd) => task::main(cmd),
         Command::Serve(args) => task::serve_main(args),
         Command::Status(args) => task::status(args),
+        Command::Registry(cmd) => registry::main(cmd),
     };
     match result {
         Ok(code) => code,

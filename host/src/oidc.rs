@@ -296,5 +296,3 @@ async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
     };
     tokio::time::timeout(FETCH_TIMEOUT, work).await.map_err(|_| fail("timed out".into()))?
 }
-
-

@@ -27,7 +27,7 @@ use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{
     self, Action, Decision, DecisionInput, Offer, Policies, Subject, Target, check_permission,
 };
-use coderclaw_core::keys::{KeyError, SecretKey};
+use coderclaw_core::keys::{KeyError, PublicKey, SecretKey};
 use coderclaw_core::policy::{OrgPolicy, PolicyError, Provider, RepoPolicy, SecurityConfig};
 use coderclaw_core::rbac::{Permission, Roles};
 use serde_json::json;
@@ -69,6 +69,34 @@ pub enum SecurityError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// The organisation policies that configured registries distributed and
+/// this client cached (`coderclaw registry sync`), each verified again
+/// against the admin keys in `registries.<name>.namespace-keys`. A cached
+/// policy that fails verification stops the host: running without a
+/// policy the team set would fail open.
+fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
+    let cache = coderclaw_registry::cache::ClientCache::new(state);
+    let mut out = Vec::new();
+    for (name, entry) in &config.registries {
+        for (namespace, keys) in &entry.namespace_keys {
+            let file = PathBuf::from(format!("registry {name}, namespace {namespace}"));
+            let refuse = |message: String| {
+                SecurityError::Denied(format!(
+                    "the cached organisation policy of `{namespace}` from registry {name} {message}: \
+                     run `coderclaw registry sync --registry {name}` to fetch it again"
+                ))
+            };
+            let Some(doc) = cache.policy(name, namespace).map_err(|e| refuse(format!("cannot be read ({e})")))? else {
+                continue;
+            };
+            let keys: Vec<PublicKey> = keys.iter().filter_map(|k| PublicKey::parse(k).ok()).collect();
+            let policy = doc.verify(namespace, &keys).map_err(|e| refuse(format!("is refused ({e})")))?;
+            out.push((file, policy.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// How one policy file was loaded.
@@ -124,7 +152,11 @@ impl Security {
         let (config, roles) = loader
             .load(&home.root().join("config.yaml"), SecurityConfig::from_yaml)?
             .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
-        let org = loader.load(&home.root().join("org-policy.yaml"), OrgPolicy::from_yaml)?.unwrap_or_default();
+        let mut org = loader.load(&home.root().join("org-policy.yaml"), OrgPolicy::from_yaml)?.unwrap_or_default();
+        for (file, policy) in registry_org_policies(home.root(), &config)? {
+            org.merge(&policy);
+            loader.sources.push(PolicySource { file, status: "loaded", problem: None });
+        }
         let repo = match workspace {
             Some(w) => loader
                 .load(&w.join(".coderClaw").join("security.yaml"), |t, f| RepoPolicy::from_yaml(t, f, &roles))?
@@ -338,6 +370,29 @@ impl Security {
     /// [`Security::require_owner_or`] with `admin:all` (users, devices, sessions).
     pub fn require_admin(&self, subject: &Subject, action: &str, resource: (&str, &str)) -> Result<(), SecurityError> {
         self.require_owner_or(subject, Permission::AdminAll, action, resource)
+    }
+
+    /// Verifies and installs a package, refusing (and auditing) a skill the
+    /// organisation policy denies: it could never run, and installing it
+    /// would still put its code on the machine.
+    pub fn install(&self, by: &Subject, bytes: &[u8]) -> Result<crate::home::InstalledSkill, SecurityError> {
+        let claimed = coderclaw_core::package::Package::parse(bytes).ok().and_then(|p| p.manifest().ok());
+        if let Some(m) = claimed {
+            let id = m.id.as_str();
+            self.check_not_denied(by, "skill.install", id)?;
+        }
+        Ok(self.home.install(bytes)?)
+    }
+
+    /// Refuses, and audits, `action` on a skill the organisation denies.
+    pub fn check_not_denied(&self, by: &Subject, action: &str, id: &str) -> Result<(), SecurityError> {
+        let denied = &self.policy.org.denied_skills;
+        if let Some(d) = denied.iter().find(|d| coderclaw_core::policy::id_matches(d, id)) {
+            let reason = format!("{id} is denied by the organisation policy (deniedSkills: {d})");
+            self.audit(self.event(action, AuditResult::Denied, by, "skill", id).reason(&reason))?;
+            return Err(SecurityError::Denied(reason));
+        }
+        Ok(())
     }
 
     /// Uninstalls a skill, refusing one the organisation policy requires.

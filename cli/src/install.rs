@@ -1,0 +1,613 @@
+//! Installing from team registries: `coderclaw skill install [id[@req]]`,
+//! `skill update`, `skill publish`, `skill yank`, and `registry sync`.
+//!
+//! The registry is not trusted to vouch for itself. Every package it sends
+//! must have the SHA-256 its index lists, and then its signature must verify
+//! against this client's own trust store. Its digest must also match what
+//! the lockfile pins. Metadata and organisation policies older than what
+//! this client has seen are refused (no rollback). Downloads are cached,
+//! so installs work while the registry is down.
+
+use crate::home;
+use crate::output::print_json;
+use anyhow::{Context, Result, anyhow, bail};
+use coderclaw_core::Digest;
+use coderclaw_core::decision::Subject;
+use coderclaw_core::keys::PublicKey;
+use coderclaw_core::package::{Package, VerifiedPackage};
+use coderclaw_core::policy::{RegistryEntry, SecurityConfig};
+use coderclaw_core::rbac::Permission;
+use coderclaw_host::security::Security;
+use coderclaw_registry::RegistryClient;
+use coderclaw_registry::api::{PackageInfo, VersionInfo};
+use coderclaw_registry::cache::ClientCache;
+use coderclaw_registry::client::RegistryClientError;
+use coderclaw_registry::lockfile::{LockedSkill, Lockfile};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Environment variable holding the registry token.
+pub const ENV_REGISTRY_TOKEN: &str = "CODERCLAW_REGISTRY_TOKEN";
+
+/// Which registry, and how to talk to it.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// A registry name from `registries:` in $CODERCLAW_HOME/config.yaml,
+    /// or a URL (http://host:7421).
+    #[arg(long, value_name = "NAME|URL")]
+    pub registry: Option<String>,
+    /// Registry token (publish, yank, or read for a private namespace).
+    #[arg(long, value_name = "TOKEN", env = ENV_REGISTRY_TOKEN, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra PEM CA certificates trusted for an https registry.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+}
+
+/// A registry resolved from a name or URL.
+pub struct Registry {
+    /// As the user wrote it (the name recorded in lockfiles and caches).
+    pub name: String,
+    /// Its configuration, when it came from config.yaml.
+    pub entry: Option<RegistryEntry>,
+    /// The client.
+    pub client: RegistryClient,
+}
+
+/// `registries:` of the configuration, read without opening the security
+/// model (whose start-up checks the cached policies this may refresh).
+pub fn configured_registries() -> Result<BTreeMap<String, RegistryEntry>> {
+    let path = home::state_dir()?.join("config.yaml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(SecurityConfig::from_yaml(&text, &path.display().to_string())?.0.registries),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(anyhow!("{}: {e}", path.display())),
+    }
+}
+
+impl RegistryArgs {
+    /// The registry named by --registry (or `fallback`, e.g. a lockfile's).
+    pub fn open(&self, fallback: Option<&str>) -> Result<Registry> {
+        let name = self.registry.as_deref().or(fallback).ok_or_else(|| {
+            anyhow!("which registry? pass --registry <name|url> (names come from `registries:` in config.yaml)")
+        })?;
+        let (url, entry) = if name.starts_with("http://") || name.starts_with("https://") {
+            (name.to_owned(), None)
+        } else {
+            let all = configured_registries()?;
+            let entry = all.get(name).cloned().ok_or_else(|| {
+                let known: Vec<&str> = all.keys().map(String::as_str).collect();
+                anyhow!(
+                    "unknown registry `{name}`: add it under `registries:` in {} (known: {}) or pass its URL",
+                    home::state_dir().map(|d| d.join("config.yaml").display().to_string()).unwrap_or_default(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                )
+            })?;
+            (entry.url.clone(), Some(entry))
+        };
+        let client = RegistryClient::new(&url, self.token.clone(), self.ca.as_deref())?;
+        Ok(Registry { name: name.to_owned(), entry, client })
+    }
+}
+
+/// Fetches, verifies and caches the organisation policy of every namespace
+/// the registry's configuration lists admin keys for. An unreachable
+/// registry leaves the cached policies in force; a policy that fails
+/// verification or is older than the cached one is refused.
+pub async fn sync_policies(reg: &Registry, cache: &ClientCache) -> Result<Vec<Value>> {
+    let mut report = Vec::new();
+    let Some(entry) = &reg.entry else { return Ok(report) };
+    for (namespace, keys) in &entry.namespace_keys {
+        let doc = match reg.client.org_policy(namespace).await {
+            Ok(Some(doc)) => doc,
+            Ok(None) => {
+                report.push(json!({"namespace": namespace, "status": "none published"}));
+                continue;
+            }
+            Err(RegistryClientError::Unreachable(e)) => {
+                tracing::warn!(registry = %reg.name, error = %e, "registry unreachable: keeping cached organisation policies");
+                report.push(json!({"namespace": namespace, "status": "unreachable, cached policy kept"}));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let keys: Vec<PublicKey> = keys.iter().map(|k| PublicKey::parse(k)).collect::<Result<_, _>>()?;
+        doc.verify(namespace, &keys).map_err(|e| {
+            anyhow!("registry {} served an organisation policy for `{namespace}` that is refused: {e}; the cached policy stays in force", reg.name)
+        })?;
+        cache.accept_policy(&reg.name, &doc)?;
+        report.push(json!({"namespace": namespace, "status": "verified", "serial": doc.serial, "policy": doc.policy}));
+    }
+    Ok(report)
+}
+
+/// What one install or update did.
+struct Outcome {
+    id: String,
+    version: String,
+    action: &'static str,
+    digest: String,
+    note: Option<String>,
+}
+
+impl Outcome {
+    fn json(&self) -> Value {
+        json!({"id": self.id, "version": self.version, "action": self.action, "digest": self.digest, "note": self.note})
+    }
+}
+
+/// Everything one install command works with.
+struct Installer {
+    security: Arc<Security>,
+    subject: Subject,
+    cache: ClientCache,
+    lock_path: PathBuf,
+    lock: Lockfile,
+    accept_capabilities: bool,
+    allow_downgrade: bool,
+    json: bool,
+}
+
+/// A registry's answer about a package, and whether it came from the cache
+/// because the registry was unreachable.
+struct Metadata {
+    info: PackageInfo,
+    offline: bool,
+}
+
+impl Installer {
+    fn warn(&self, message: &str) {
+        eprintln!("warning: {message}");
+    }
+
+    async fn metadata(&self, reg: &Registry, id: &str) -> Result<Metadata> {
+        match reg.client.package(id).await {
+            Ok(info) => {
+                if info.id != id {
+                    bail!("registry {} answered about {} when asked about {id}: refusing", reg.name, info.id);
+                }
+                self.cache.accept_metadata(&reg.name, &info)?;
+                Ok(Metadata { info, offline: false })
+            }
+            Err(RegistryClientError::Unreachable(e)) => match self.cache.metadata(&reg.name, id)? {
+                Some(info) => {
+                    self.warn(&format!("registry {} is unreachable ({e}): using the cached index of {id}", reg.name));
+                    Ok(Metadata { info, offline: true })
+                }
+                None => bail!(
+                    "registry {} is unreachable ({e}) and {id} is not in the local cache: nothing was installed",
+                    reg.name
+                ),
+            },
+            Err(e) => Err(anyhow!("{id}: {e}")),
+        }
+    }
+
+    /// The package file: from the cache, else downloaded; its SHA-256 must
+    /// be `sha256` (what the index or lockfile lists).
+    async fn bytes(
+        &self,
+        reg: &Registry,
+        id: &str,
+        version: &semver::Version,
+        sha256: &str,
+        offline: bool,
+    ) -> Result<Vec<u8>> {
+        if let Some(b) = self.cache.blob(sha256) {
+            return Ok(b);
+        }
+        if offline {
+            bail!(
+                "registry {} is unreachable and {id} {version} is not in the local cache: nothing was installed",
+                reg.name
+            );
+        }
+        let bytes = reg.client.download(id, version).await.map_err(|e| match e {
+            RegistryClientError::Unreachable(e) => anyhow!(
+                "registry {} is unreachable ({e}) and {id} {version} is not in the local cache: nothing was installed",
+                reg.name
+            ),
+            other => anyhow!("{id} {version}: {other}"),
+        })?;
+        let got = Digest::of(&bytes).to_hex();
+        if got != sha256 {
+            bail!(
+                "registry {} sent {id} {version} with SHA-256 {got}, not the {sha256} it lists: the stored package was altered; nothing was installed",
+                reg.name
+            );
+        }
+        self.cache.put_blob(&bytes)?;
+        Ok(bytes)
+    }
+
+    /// Verifies against this client's trust store and checks the package
+    /// is what was asked for.
+    fn verify(&self, bytes: &[u8], id: &str, version: &semver::Version, digest: &str) -> Result<VerifiedPackage> {
+        let verified = Package::parse(bytes).and_then(|p| p.verify(self.security.home())).with_context(|| {
+            format!("{id} {version} failed verification against your trust store: nothing was installed")
+        })?;
+        let m = verified.manifest();
+        if m.id.as_str() != id || &m.version != version {
+            bail!("the package served as {id} {version} is {} {}: nothing was installed", m.id, m.version);
+        }
+        if verified.digest().to_hex() != digest {
+            bail!(
+                "{id} {version} has digest {}, not the {digest} expected: nothing was installed",
+                verified.digest().to_hex()
+            );
+        }
+        Ok(verified)
+    }
+
+    /// Refuses what asks for more than the installed version did, unless
+    /// --accept-capabilities; prints the difference either way.
+    fn capability_gate(&self, new: &VerifiedPackage) -> Result<Option<String>> {
+        let Ok(installed) = self.security.home().info(new.manifest().id.as_str()) else { return Ok(None) };
+        let diff = new.manifest().capability_increase(&installed.manifest);
+        if diff.is_empty() {
+            return Ok(None);
+        }
+        let shown = diff.iter().map(|d| format!("  + {d}")).collect::<Vec<_>>().join("\n");
+        let summary = format!(
+            "{} {} asks for more than the installed {}:\n{shown}",
+            new.manifest().id,
+            new.manifest().version,
+            installed.version
+        );
+        if !self.accept_capabilities {
+            bail!("{summary}\nnothing was installed: review the change and pass --accept-capabilities to accept it");
+        }
+        if !self.json {
+            eprintln!("{summary}\n(accepted with --accept-capabilities)");
+        }
+        Ok(Some(format!("accepted capability increase: {}", diff.join("; "))))
+    }
+
+    fn check_no_rollback(&self, id: &str, to: &semver::Version) -> Result<()> {
+        if self.allow_downgrade {
+            return Ok(());
+        }
+        let installed = self.security.home().info(id).ok().and_then(|i| semver::Version::parse(&i.version).ok());
+        for (what, v) in [("installed", installed), ("locked", self.lock.get(id).map(|l| l.version.clone()))] {
+            if let Some(v) = v.filter(|v| v > to) {
+                bail!(
+                    "{id} {v} is {what}; moving to the older {to} is a rollback: refused (pass --allow-downgrade to do it on purpose)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs the best match of `req` for `id` and locks it.
+    async fn install(&mut self, reg: &Registry, id: &str, req: &semver::VersionReq) -> Result<Outcome> {
+        self.security.check_not_denied(&self.subject, "skill.install", id)?;
+        let meta = self.metadata(reg, id).await?;
+        let chosen = meta.info.resolve(req).cloned().ok_or_else(|| no_match(&meta.info, req))?;
+        self.check_no_rollback(id, &chosen.version)?;
+        let installed = self.security.home().info(id).ok();
+        if installed.as_ref().is_some_and(|i| i.digest == chosen.digest) {
+            self.lock_entry(reg, id, req, &chosen)?;
+            return Ok(self.outcome(id, &chosen, "unchanged", None));
+        }
+        let bytes = self.bytes(reg, id, &chosen.version, &chosen.sha256, meta.offline).await?;
+        let verified = self.verify(&bytes, id, &chosen.version, &chosen.digest)?;
+        let note = self.capability_gate(&verified)?;
+        self.security.install(&self.subject, &bytes)?;
+        self.lock_entry(reg, id, req, &chosen)?;
+        Ok(self.outcome(id, &chosen, "installed", note))
+    }
+
+    fn lock_entry(&mut self, reg: &Registry, id: &str, req: &semver::VersionReq, v: &VersionInfo) -> Result<()> {
+        self.lock.upsert(LockedSkill {
+            id: id.to_owned(),
+            version: v.version.clone(),
+            requirement: req.clone(),
+            digest: v.digest.clone(),
+            sha256: v.sha256.clone(),
+            signer: v.signer.clone(),
+            registry: reg.name.clone(),
+        });
+        self.lock.write(&self.lock_path)?;
+        Ok(())
+    }
+
+    fn outcome(&self, id: &str, v: &VersionInfo, action: &'static str, note: Option<String>) -> Outcome {
+        Outcome { id: id.to_owned(), version: v.version.to_string(), action, digest: v.digest.clone(), note }
+    }
+
+    /// Installs exactly what the lockfile entry pins.
+    async fn install_locked(&self, args: &RegistryArgs, entry: &LockedSkill) -> Result<Outcome> {
+        let id = entry.id.as_str();
+        self.security.check_not_denied(&self.subject, "skill.install", id)?;
+        let done = |action, note| Outcome {
+            id: id.to_owned(),
+            version: entry.version.to_string(),
+            action,
+            digest: entry.digest.clone(),
+            note,
+        };
+        if self.security.home().info(id).is_ok_and(|i| i.digest == entry.digest) {
+            return Ok(done("unchanged", None));
+        }
+        self.check_no_rollback(id, &entry.version)?;
+        let reg = args.open(Some(&entry.registry))?;
+        let mut note = None;
+        let bytes = match self.cache.blob(&entry.sha256) {
+            Some(b) => b,
+            None => {
+                let meta = self.metadata(&reg, id).await?;
+                let v = meta.info.exact(&entry.version).ok_or_else(|| {
+                    anyhow!("{id} {} (locked) is not in registry {}: nothing was installed", entry.version, reg.name)
+                })?;
+                if v.yanked {
+                    let reason = v.yank_reason.clone().unwrap_or_default();
+                    let message = format!(
+                        "{id} {} is yanked ({reason}); installing it because the lockfile pins it",
+                        entry.version
+                    );
+                    self.warn(&message);
+                    note = Some(message);
+                }
+                self.bytes(&reg, id, &entry.version, &entry.sha256, meta.offline).await?
+            }
+        };
+        let verified = self.verify(&bytes, id, &entry.version, &entry.digest)?;
+        if verified.signer().as_str() != entry.signer {
+            bail!(
+                "{id} {} is signed by {}, the lockfile says {}: nothing was installed",
+                entry.version,
+                verified.signer(),
+                entry.signer
+            );
+        }
+        let gate = self.capability_gate(&verified)?;
+        self.security.install(&self.subject, &bytes)?;
+        Ok(done("installed", note.or(gate)))
+    }
+}
+
+fn no_match(info: &PackageInfo, req: &semver::VersionReq) -> anyhow::Error {
+    let list: Vec<String> = info
+        .versions
+        .iter()
+        .map(|v| if v.yanked { format!("{} (yanked)", v.version) } else { v.version.to_string() })
+        .collect();
+    anyhow!("no version of {} matches `{req}` (yanked versions are skipped): published {}", info.id, list.join(", "))
+}
+
+/// `id` or `id@req`.
+fn parse_spec(spec: &str) -> Result<(String, semver::VersionReq)> {
+    let (id, req) = match spec.split_once('@') {
+        Some((id, req)) => (
+            id,
+            semver::VersionReq::parse(req)
+                .with_context(|| format!("`{req}` is not a version requirement (e.g. ^1.2, =1.0.3)"))?,
+        ),
+        None => (spec, semver::VersionReq::STAR),
+    };
+    coderclaw_core::manifest::SkillId::parse(id).map_err(|e| anyhow!("{e}"))?;
+    Ok((id.to_owned(), req))
+}
+
+/// Install skills: from a package file, from a registry, or exactly what
+/// the lockfile says.
+///
+///   coderclaw skill install ./scanner-1.2.0.ccpkg
+///   coderclaw skill install team/security-scanner@^1 --registry team-registry
+///   coderclaw skill install                # everything in .coderClaw/skills.lock
+///
+/// From a registry: resolves the highest version matching the requirement
+/// that is not yanked, downloads it (or takes it from the local cache),
+/// checks its SHA-256, verifies its signature against YOUR trust store
+/// (the registry does not vouch for itself), installs it and records it in
+/// the workspace's .coderClaw/skills.lock. With no argument, installs
+/// exactly the locked versions; their digests must match. Refused: skills
+/// the organisation policy denies, moving to an older version (unless
+/// --allow-downgrade), and asking for more capabilities than the installed
+/// version (unless --accept-capabilities, after showing the difference).
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// A .ccpkg file, or `namespace/name[@<semver requirement>]`.
+    pub package: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The project whose .coderClaw/skills.lock is used (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Accept a new version that asks for more capabilities than the installed one.
+    #[arg(long)]
+    pub accept_capabilities: bool,
+    /// Allow moving a skill to an older version than installed or locked.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Move locked skills to the newest version their requirement allows.
+///
+/// For each skill in .coderClaw/skills.lock (or only `id`), asks the
+/// skill's registry for the highest non-yanked version within the locked
+/// requirement and installs it as `skill install` would (verification,
+/// capability gate, organisation policy), updating the lockfile.
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// Only this skill.
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The project whose .coderClaw/skills.lock is used (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Accept new versions that ask for more capabilities.
+    #[arg(long)]
+    pub accept_capabilities: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Publish a signed package to a registry (needs a `publish` token).
+///
+/// The registry checks the signature against the keys its namespace
+/// authorises and never lets a version be published twice with different
+/// bytes.
+#[derive(clap::Args, Debug)]
+pub struct PublishArgs {
+    /// The package file (.ccpkg, from `coderclaw skill sign`).
+    pub package: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Yank a published version (needs a `yank` token): new installs skip it;
+/// lockfiles that pin it still install it, with a warning.
+#[derive(clap::Args, Debug)]
+pub struct YankArgs {
+    /// `namespace/name@<version>`.
+    pub spec: String,
+    /// Why (shown to whoever installs it from a lockfile).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn installer(
+    workspace: Option<&Path>,
+    accept_capabilities: bool,
+    allow_downgrade: bool,
+    json: bool,
+) -> Result<Installer> {
+    let security = home::open_checked(Permission::ConfigWrite, "skill.install", ("skill", "-"))?;
+    let subject = security.subject(home::session())?;
+    let cache = ClientCache::new(security.home().root());
+    let lock_path = Lockfile::path(&home::workspace(workspace)?);
+    let lock = Lockfile::read(&lock_path)?;
+    Ok(Installer { security, subject, cache, lock_path, lock, accept_capabilities, allow_downgrade, json })
+}
+
+fn report(outcomes: &[Outcome], json_out: bool) -> Result<ExitCode> {
+    if json_out {
+        print_json(&outcomes.iter().map(Outcome::json).collect::<Vec<_>>())?;
+    } else if outcomes.is_empty() {
+        println!(
+            "nothing to install: the lockfile is empty (install with `coderclaw skill install <id> --registry <name>`)"
+        );
+    } else {
+        for o in outcomes {
+            println!("{:<10} {} {} (sha256:{})", o.action, o.id, o.version, o.digest);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refreshes the organisation policies of `reg` before anything is
+/// installed from it, so a newly denied skill is refused now.
+fn refresh_policies(rt: &tokio::runtime::Runtime, reg: &Registry) -> Result<()> {
+    let cache = ClientCache::new(&home::state_dir()?);
+    rt.block_on(sync_policies(reg, &cache))?;
+    Ok(())
+}
+
+pub fn install(args: InstallArgs) -> Result<ExitCode> {
+    if let Some(p) = args.package.as_deref().filter(|p| p.ends_with(".ccpkg") || Path::new(p).is_file()) {
+        if args.registry.registry.is_some() {
+            bail!("{p} is a package file: --registry is for installing by id (namespace/name)");
+        }
+        return crate::package::install_file(Path::new(p), args.json);
+    }
+    let rt = runtime()?;
+    match args.package {
+        Some(spec) => {
+            let (id, req) = parse_spec(&spec)?;
+            let reg = args.registry.open(None)?;
+            refresh_policies(&rt, &reg)?;
+            let mut inst =
+                installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
+            let outcome = rt.block_on(inst.install(&reg, &id, &req))?;
+            if let Some(n) = &outcome.note {
+                if !args.json {
+                    eprintln!("note: {n}");
+                }
+            }
+            report(&[outcome], args.json)
+        }
+        None => {
+            let inst = installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
+            let mut outcomes = Vec::new();
+            for entry in inst.lock.skills.clone() {
+                outcomes.push(rt.block_on(inst.install_locked(&args.registry, &entry))?);
+            }
+            report(&outcomes, args.json)
+        }
+    }
+}
+
+pub fn update(args: UpdateArgs) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let mut inst = installer(args.workspace.as_deref(), args.accept_capabilities, false, args.json)?;
+    let entries: Vec<LockedSkill> =
+        inst.lock.skills.iter().filter(|s| args.id.as_deref().is_none_or(|id| s.id == id)).cloned().collect();
+    if let (Some(id), true) = (&args.id, entries.is_empty()) {
+        bail!(
+            "{id} is not in {}: install it first with `coderclaw skill install {id} --registry <name>`",
+            inst.lock_path.display()
+        );
+    }
+    let mut outcomes = Vec::new();
+    for entry in entries {
+        let reg = args.registry.open(Some(&entry.registry))?;
+        refresh_policies(&rt, &reg)?;
+        outcomes.push(rt.block_on(inst.install(&reg, &entry.id, &entry.requirement))?);
+    }
+    report(&outcomes, args.json)
+}
+
+pub fn publish(args: PublishArgs) -> Result<ExitCode> {
+    let bytes = std::fs::read(&args.package).with_context(|| format!("cannot read {}", args.package.display()))?;
+    let manifest = Package::parse(&bytes)
+        .and_then(|p| p.manifest())
+        .with_context(|| format!("{} is not a valid package", args.package.display()))?;
+    let reg = args.registry.open(None)?;
+    if args.registry.token.is_none() {
+        bail!("publishing needs a `publish` token: pass --token or set {ENV_REGISTRY_TOKEN}");
+    }
+    let reply = runtime()?
+        .block_on(reg.client.publish(bytes))
+        .with_context(|| format!("{} {} was not published", manifest.id, manifest.version))?;
+    if args.json {
+        print_json(&reply)?;
+    } else if reply.already_published {
+        println!("{} {} was already published with these exact bytes: nothing changed", reply.id, reply.version);
+    } else {
+        println!(
+            "published {} {} to {} (sha256:{}, signed by {})",
+            reply.id, reply.version, reg.name, reply.digest, reply.signer
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn yank(args: YankArgs) -> Result<ExitCode> {
+    let (id, version) = args
+        .spec
+        .split_once('@')
+        .ok_or_else(|| anyhow!("`{}`: give the exact version to yank, as namespace/name@1.2.3", args.spec))?;
+    let version = semver::Version::parse(version).with_context(|| format!("`{version}` is not a version"))?;
+    let reg = args.registry.open(None)?;
+    let v = runtime()?.block_on(reg.client.yank(id, &version, &args.reason))?;
+    println!("yanked {id} {} on {}: new installs skip it", v.version, reg.name);
+    Ok(ExitCode::SUCCESS)
+}

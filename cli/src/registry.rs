@@ -1,0 +1,452 @@
+//! `coderclaw registry`: run a team registry and administer it (on the
+//! machine that holds its data directory), and client commands that talk
+//! to one (`search`, `agents`, `sync`, `policy publish`).
+
+use crate::grant_args::parse_duration_arg;
+use crate::home;
+use crate::install::{RegistryArgs, sync_policies};
+use crate::output::print_json;
+use anyhow::{Context, Result, anyhow, bail};
+use coderclaw_core::keys::PublicKey;
+use coderclaw_core::manifest::Kind;
+use coderclaw_core::policy::OrgPolicy;
+use coderclaw_core::signed_policy::SignedOrgPolicy;
+use coderclaw_registry::api::SearchHit;
+use coderclaw_registry::cache::ClientCache;
+use coderclaw_registry::server::RegistryConfig;
+use coderclaw_registry::{RegistryStore, Scope};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Environment variable naming the registry data directory.
+pub const ENV_REGISTRY_DATA: &str = "CODERCLAW_REGISTRY_DATA";
+
+/// The registry's data directory.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// The registry data directory (registry.db and blobs/).
+    #[arg(long, value_name = "DIR", env = ENV_REGISTRY_DATA)]
+    pub data: PathBuf,
+}
+
+impl DataArgs {
+    fn open(&self) -> Result<RegistryStore> {
+        Ok(RegistryStore::open(&self.data)?)
+    }
+}
+
+/// Run and administer a team registry, or query one.
+///
+/// A team runs one registry (`serve`); admins create namespaces (teams),
+/// authorise signing keys and hand out scoped tokens on that machine.
+/// Developers install from it with `coderclaw skill install team/x --registry <name>`.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    Serve(ServeArgs),
+    /// Namespaces (teams).
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
+    /// Keys a namespace accepts signatures from.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Scoped tokens (publish, read, yank).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// A namespace's signed organisation policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    Sync(SyncArgs),
+    Search(SearchArgs),
+    Agents(AgentsArgs),
+}
+
+/// Serve a registry over HTTP (the API in docs/registry-api.md).
+///
+/// Storage: package files by SHA-256 in DIR/blobs, the index, keys and
+/// tokens in DIR/registry.db. Runs until interrupted (Ctrl-C).
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7421")]
+    pub listen: SocketAddr,
+    /// Largest package accepted (e.g. 64MiB).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::grant_args::parse_size_arg)]
+    pub max_upload: u64,
+    /// PEM certificate chain: serve https (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NamespaceCommand {
+    /// Create a namespace.
+    Create {
+        /// Its name (lowercase letters, digits, `-`).
+        name: String,
+        /// An owner (repeatable).
+        #[arg(long = "owner")]
+        owners: Vec<String>,
+        /// Reads need a token of the namespace (default: anyone may read).
+        #[arg(long)]
+        private: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List namespaces.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Authorise a public key (`ed25519:<hex>`, from `coderclaw key export-public`)
+    /// to sign the namespace's packages.
+    Add {
+        /// The namespace.
+        namespace: String,
+        /// The public key.
+        public_key: String,
+        /// It may also sign the namespace's organisation policy.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// List a namespace's keys.
+    List {
+        /// The namespace.
+        namespace: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: the registry accepts nothing new signed by it.
+    Revoke {
+        /// The namespace.
+        namespace: String,
+        /// Key id.
+        key_id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token (printed once; only its hash is stored).
+    Create {
+        /// The namespace it acts in.
+        namespace: String,
+        /// publish, read or yank.
+        #[arg(long, value_parser = Scope::parse)]
+        scope: Scope,
+        /// Lifetime (e.g. 30d); default: no expiry.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        expires: Option<Duration>,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a namespace's tokens (ids and scopes, never the tokens).
+    List {
+        /// The namespace.
+        namespace: String,
+        #[command(flatten)]
+        data: DataArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (from `token list`).
+        id: String,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Sign an organisation policy file (`organizationPolicy:` YAML) with an
+    /// admin key and publish it (needs a `publish` token of the namespace).
+    Publish {
+        /// The namespace.
+        namespace: String,
+        /// The policy file.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The signing key's name (see `coderclaw key list`); the registry
+        /// must list it as an admin key of the namespace.
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Show the organisation policies in force from registries.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Fetch and verify the organisation policies of a registry's namespaces.
+///
+/// For every namespace under `registries.<name>.namespace-keys` in
+/// config.yaml: downloads the signed policy, verifies it against those
+/// admin keys, refuses one older than the cached one, and caches it; the
+/// host enforces cached policies on every run and install.
+#[derive(clap::Args, Debug)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Search a registry's skills and agents.
+#[derive(clap::Args, Debug)]
+pub struct SearchArgs {
+    /// Text in the id or description (default: everything).
+    #[arg(default_value = "")]
+    pub query: String,
+    /// Only skills or only agents.
+    #[arg(long, value_parser = ["skill", "agent"])]
+    pub kind: Option<String>,
+    /// Only this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// List a namespace's shared agents.
+#[derive(clap::Args, Debug)]
+pub struct AgentsArgs {
+    /// The namespace.
+    pub namespace: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn when(t: Option<u64>) -> String {
+    t.map_or("never".to_owned(), |t| format!("@{t}"))
+}
+
+pub fn main(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Serve(args) => serve(args),
+        Command::Namespace(NamespaceCommand::Create { name, owners, private, data }) => {
+            let ns = data.open()?.create_namespace(&name, &owners, !private)?;
+            println!("created namespace {} ({})", ns.name, if ns.public { "public reads" } else { "private" });
+            println!("next: coderclaw registry key add {name} <public-key> --data {}", data.data.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Namespace(NamespaceCommand::List { data, json }) => {
+            let all = data.open()?.namespaces()?;
+            if json {
+                print_json(&all)?;
+            } else {
+                for n in all {
+                    let vis = if n.public { "public" } else { "private" };
+                    println!("{:<24} {vis:<8} owners: {}", n.name, n.owners.join(", "));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(KeyCommand::Add { namespace, public_key, admin, data }) => {
+            let key = PublicKey::parse(&public_key)?;
+            let k = data.open()?.add_key(&namespace, &key, admin)?;
+            let role = if admin { "packages and the organisation policy" } else { "packages" };
+            println!("key {} may sign {role} of `{namespace}`", k.key_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(KeyCommand::List { namespace, data, json }) => {
+            let keys = data.open()?.keys(&namespace)?;
+            if json {
+                print_json(&keys)?;
+            } else {
+                for k in keys {
+                    let state = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else if k.admin {
+                        "admin"
+                    } else {
+                        "signer"
+                    };
+                    println!("{}  {state:<8} {}", k.key_id, k.public_key);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(KeyCommand::Revoke { namespace, key_id, data }) => {
+            let k = data.open()?.revoke_key(&namespace, &key_id)?;
+            println!("revoked key {} of `{namespace}`", k.key_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Create { namespace, scope, expires, data, json }) => {
+            let (token, info) = data.open()?.create_token(&namespace, scope, expires)?;
+            if json {
+                print_json(&serde_json::json!({ "token": token, "info": info }))?;
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "token {} ({} in `{namespace}`, expires {}): shown once, store it now",
+                    info.id,
+                    scope.as_str(),
+                    when(info.expires_at)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::List { namespace, data, json }) => {
+            let tokens = data.open()?.tokens(&namespace)?;
+            if json {
+                print_json(&tokens)?;
+            } else {
+                for t in tokens {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked".to_owned()
+                    } else {
+                        format!("expires {}", when(t.expires_at))
+                    };
+                    println!("{}  {:<8} {state}", t.id, t.scope.as_str());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Revoke { id, data }) => {
+            let t = data.open()?.revoke_token(&id)?;
+            println!("revoked token {} ({} in `{}`)", t.id, t.scope.as_str(), t.namespace);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Publish { namespace, file, key, registry }) => {
+            policy_publish(&namespace, &file, &key, &registry)
+        }
+        Command::Policy(PolicyCommand::Show { json }) => {
+            let security = home::open_security(None)?;
+            let org = &security.policy().org;
+            if json {
+                print_json(&serde_json::json!({ "policy": org, "sources": security.policy().sources }))?;
+            } else {
+                println!("organisation policy in force (local org-policy.yaml and registry policies merged):");
+                println!("  enforceTrust:      {}", org.enforce_trust.unwrap_or(false));
+                println!("  minimumTrustLevel: {}", org.minimum_trust_level.map_or("none".into(), |t| t.to_string()));
+                println!("  requiredSkills:    {}", org.required_skills.join(", "));
+                println!("  deniedSkills:      {}", org.denied_skills.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync(args) => {
+            let reg = args.registry.open(None)?;
+            if reg.entry.as_ref().is_none_or(|e| e.namespace_keys.is_empty()) {
+                bail!(
+                    "registry {} has no `namespace-keys` in config.yaml: list the admin keys whose policies you accept",
+                    reg.name
+                );
+            }
+            let cache = ClientCache::new(&home::state_dir()?);
+            let report = runtime()?.block_on(sync_policies(&reg, &cache))?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                for r in report {
+                    println!("{}: {}", r["namespace"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Search(args) => {
+            let kind = args.kind.as_deref().map(|k| if k == "agent" { Kind::Agent } else { Kind::Skill });
+            let reg = args.registry.open(None)?;
+            let hits = runtime()?.block_on(reg.client.search(&args.query, kind, args.namespace.as_deref()))?;
+            print_hits(&hits, args.json)
+        }
+        Command::Agents(args) => {
+            let reg = args.registry.open(None)?;
+            let hits = runtime()?.block_on(reg.client.agents(&args.namespace))?;
+            print_hits(&hits, args.json)
+        }
+    }
+}
+
+fn print_hits(hits: &[SearchHit], json: bool) -> Result<ExitCode> {
+    if json {
+        print_json(&hits)?;
+    } else if hits.is_empty() {
+        println!("nothing found");
+    } else {
+        for h in hits {
+            let latest = h.latest.as_ref().map_or("(all yanked)".to_owned(), ToString::to_string);
+            let kind = if h.kind == Kind::Agent { "agent" } else { "skill" };
+            println!("{:<32} {latest:<10} {kind:<6} {}", h.id, h.description);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn policy_publish(namespace: &str, file: &PathBuf, key: &str, registry: &RegistryArgs) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let policy = OrgPolicy::from_yaml(&text, &file.display().to_string())?;
+    let secret = home::open()?.secret_key(key)?;
+    let reg = registry.open(None)?;
+    if registry.token.is_none() {
+        bail!("publishing a policy needs a `publish` token of `{namespace}`: pass --token");
+    }
+    let rt = runtime()?;
+    let current = rt.block_on(reg.client.org_policy(namespace))?.map_or(0, |d| d.serial);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let doc = SignedOrgPolicy::sign(namespace, current + 1, now, policy, &secret);
+    rt.block_on(reg.client.put_org_policy(&doc)).map_err(|e| anyhow!("the policy was not published: {e}"))?;
+    println!("published the organisation policy of `{namespace}` (serial {}, signed by {})", doc.serial, doc.key_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let store = Arc::new(args.data.open()?);
+    let config = RegistryConfig {
+        listen: args.listen,
+        max_upload_bytes: usize::try_from(args.max_upload).unwrap_or(usize::MAX),
+        tls: args.tls_cert.zip(args.tls_key),
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let server = coderclaw_registry::server::serve(store, config).await.map_err(|e| anyhow!(e))?;
+        println!("registry serving {} (data {})", server.url(), args.data.data.display());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = server.stopped() => {}
+        }
+        server.shutdown();
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,157 @@
+//! The client's registry cache in the state directory: downloaded package
+//! files (for offline installs), the newest metadata seen per package and
+//! the newest organisation policy seen per namespace (so neither can be
+//! rolled back by a registry or a stale mirror).
+//!
+//! ```text
+//! <state>/registry/blobs/<sha256>.ccpkg
+//! <state>/registry/index/<registry>/<namespace>/<name>.json
+//! <state>/registry/policies/<registry>/<namespace>.json
+//! ```
+//!
+//! `<registry>` is the configured name, or `url-` and a hash of the URL.
+
+use crate::api::PackageInfo;
+use coderclaw_core::Digest;
+use coderclaw_core::signed_policy::SignedOrgPolicy;
+use std::path::{Path, PathBuf};
+
+/// Why the cache refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The registry answered with something older than this client has seen.
+    #[error(
+        "{what} from registry {registry} is older than what this client has seen (serial {got} < {seen}): the registry was rolled back or a stale copy answered; nothing was changed"
+    )]
+    Rollback {
+        /// What it was about.
+        what: String,
+        /// The registry.
+        registry: String,
+        /// Seen before.
+        seen: u64,
+        /// Received now.
+        got: u64,
+    },
+    /// A cached file does not parse.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The cache under `<state>/registry`.
+pub struct ClientCache {
+    root: PathBuf,
+}
+
+/// The cache directory name for a registry given by name or URL.
+pub fn registry_key(name_or_url: &str) -> String {
+    if name_or_url.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && !name_or_url.is_empty() {
+        name_or_url.to_owned()
+    } else {
+        format!("url-{}", &Digest::of(name_or_url.as_bytes()).to_hex()[..16])
+    }
+}
+
+impl ClientCache {
+    /// The cache of the state directory `state`.
+    pub fn new(state: &Path) -> Self {
+        Self { root: state.join("registry") }
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+        move |source| CacheError::Io { path: path.into(), source }
+    }
+
+    fn write(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
+        }
+        crate::store::write_durably(path, bytes).map_err(Self::io(path))
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, CacheError> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CacheError::Corrupt { path: path.into(), message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CacheError::Io { path: path.into(), source: e }),
+        }
+    }
+
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(format!("{sha256}.ccpkg"))
+    }
+
+    /// The cached package file with this SHA-256, if present and intact.
+    pub fn blob(&self, sha256: &str) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.blob_path(sha256)).ok()?;
+        (Digest::of(&bytes).to_hex() == sha256).then_some(bytes)
+    }
+
+    /// Stores a package file under its SHA-256.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<String, CacheError> {
+        let sha = Digest::of(bytes).to_hex();
+        Self::write(&self.blob_path(&sha), bytes)?;
+        Ok(sha)
+    }
+
+    fn index_path(&self, registry: &str, id: &str) -> PathBuf {
+        let (ns, name) = id.split_once('/').unwrap_or(("_", id));
+        self.root.join("index").join(registry_key(registry)).join(ns).join(format!("{name}.json"))
+    }
+
+    /// The newest metadata of `id` seen from `registry`.
+    pub fn metadata(&self, registry: &str, id: &str) -> Result<Option<PackageInfo>, CacheError> {
+        Self::read_json(&self.index_path(registry, id))
+    }
+
+    /// Records `info` as seen, unless it is older than what was seen.
+    pub fn accept_metadata(&self, registry: &str, info: &PackageInfo) -> Result<(), CacheError> {
+        if let Some(seen) = self.metadata(registry, &info.id)?.filter(|s| s.serial > info.serial) {
+            return Err(CacheError::Rollback {
+                what: format!("the metadata of {}", info.id),
+                registry: registry.to_owned(),
+                seen: seen.serial,
+                got: info.serial,
+            });
+        }
+        Self::write(&self.index_path(registry, &info.id), &serde_json::to_vec_pretty(info).unwrap_or_default())
+    }
+
+    fn policy_path(&self, registry: &str, namespace: &str) -> PathBuf {
+        self.root.join("policies").join(registry_key(registry)).join(format!("{namespace}.json"))
+    }
+
+    /// The newest organisation policy of `namespace` seen from `registry`.
+    pub fn policy(&self, registry: &str, namespace: &str) -> Result<Option<SignedOrgPolicy>, CacheError> {
+        Self::read_json(&self.policy_path(registry, namespace))
+    }
+
+    /// Records a verified policy as the one in force, unless it is older
+    /// than the one seen.
+    pub fn accept_policy(&self, registry: &str, doc: &SignedOrgPolicy) -> Result<(), CacheError> {
+        if let Some(seen) = self.policy(registry, &doc.namespace)?.filter(|s| s.serial > doc.serial) {
+            return Err(CacheError::Rollback {
+                what: format!("the organisation policy of `{}`", doc.namespace),
+                registry: registry.to_owned(),
+                seen: seen.serial,
+                got: doc.serial,
+            });
+        }
+        Self::write(&self.policy_path(registry, &doc.namespace), &serde_json::to_vec_pretty(doc).unwrap_or_default())
+    }
+}

@@ -1,0 +1,164 @@
+//! `.coderClaw/skills.lock`: what a repository installs from registries,
+//! exactly. `coderclaw skill install` with no argument installs these
+//! versions and no others, and refuses any whose bytes differ.
+//!
+//! ```toml
+//! version = 1
+//!
+//! [[skill]]
+//! id = "team/security-scanner"
+//! version = "1.2.0"
+//! requirement = "^1"
+//! digest = "…"     # package digest (what the signature covers)
+//! sha256 = "…"     # SHA-256 of the package file
+//! signer = "…"     # key id
+//! registry = "team-registry"
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The lockfile format version this client writes and reads.
+const FORMAT: u32 = 1;
+
+/// One locked package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSkill {
+    /// `namespace/name`.
+    pub id: String,
+    /// The exact version installed.
+    pub version: semver::Version,
+    /// What `skill update` may move within.
+    pub requirement: semver::VersionReq,
+    /// Package digest.
+    pub digest: String,
+    /// SHA-256 of the package file.
+    pub sha256: String,
+    /// Key id of the signer.
+    pub signer: String,
+    /// Registry name (from configuration) or URL.
+    pub registry: String,
+}
+
+/// The lockfile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockfile {
+    /// Format version.
+    pub version: u32,
+    /// Locked packages, sorted by id.
+    #[serde(default, rename = "skill")]
+    pub skills: Vec<LockedSkill>,
+}
+
+impl Default for Lockfile {
+    fn default() -> Self {
+        Self { version: FORMAT, skills: Vec::new() }
+    }
+}
+
+/// Why the lockfile could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockfileError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// It does not parse.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Lockfile {
+    /// Where the lockfile of `workspace` lives.
+    pub fn path(workspace: &Path) -> PathBuf {
+        workspace.join(".coderClaw").join("skills.lock")
+    }
+
+    /// Reads the lockfile at `path`; an absent file is an empty lockfile.
+    pub fn read(path: &Path) -> Result<Self, LockfileError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(LockfileError::Io { path: path.into(), source }),
+        };
+        let lock: Lockfile =
+            toml::from_str(&text).map_err(|e| LockfileError::Invalid { path: path.into(), message: e.to_string() })?;
+        if lock.version != FORMAT {
+            return Err(LockfileError::Invalid {
+                path: path.into(),
+                message: format!("lockfile format {} is not supported (this coderclaw reads {FORMAT})", lock.version),
+            });
+        }
+        Ok(lock)
+    }
+
+    /// Writes the lockfile atomically (creating `.coderClaw/`).
+    pub fn write(&self, path: &Path) -> Result<(), LockfileError> {
+        let io = |source| LockfileError::Io { path: path.into(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut sorted = self.clone();
+        sorted.skills.sort_by(|a, b| a.id.cmp(&b.id));
+        let text = toml::to_string_pretty(&sorted)
+            .map_err(|e| LockfileError::Invalid { path: path.into(), message: e.to_string() })?;
+        let header = "# Written by `coderclaw skill install`. `coderclaw skill install` with no argument\n# installs exactly these versions; edit with `coderclaw skill install|update|remove`.\n";
+        crate::store::write_durably(path, format!("{header}{text}").as_bytes()).map_err(io)
+    }
+
+    /// The entry of `id`.
+    pub fn get(&self, id: &str) -> Option<&LockedSkill> {
+        self.skills.iter().find(|s| s.id == id)
+    }
+
+    /// Adds or replaces the entry of `entry.id`.
+    pub fn upsert(&mut self, entry: LockedSkill) {
+        self.skills.retain(|s| s.id != entry.id);
+        self.skills.push(entry);
+    }
+
+    /// Removes the entry of `id`; whether there was one.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let before = self.skills.len();
+        self.skills.retain(|s| s.id != id);
+        self.skills.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Lockfile::path(dir.path());
+        assert_eq!(Lockfile::read(&path).unwrap(), Lockfile::default());
+        let mut lock = Lockfile::default();
+        lock.upsert(LockedSkill {
+            id: "team/x".into(),
+            version: "1.2.0".parse().unwrap(),
+            requirement: "^1".parse().unwrap(),
+            digest: "d".into(),
+            sha256: "s".into(),
+            signer: "k".into(),
+            registry: "team-registry".into(),
+        });
+        lock.write(&path).unwrap();
+        assert_eq!(Lockfile::read(&path).unwrap(), lock);
+        std::fs::write(&path, "version = 1\n[[skill]]\nid = \"team/x\"\n").unwrap();
+        let e = Lockfile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("skills.lock") && e.contains("missing field"), "{e}");
+    }
+}
