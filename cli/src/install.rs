@@ -281,11 +281,23 @@ impl Installer {
         Ok(())
     }
 
-    /// Installs the best match of `req` for `id` and locks it.
-    async fn install(&mut self, reg: &Registry, id: &str, req: &semver::VersionReq) -> Result<Outcome> {
+    /// Installs the best match of `req` for `id` and locks it. With
+    /// `only_newer` (an update), a best match not above the locked version
+    /// (e.g. the locked one was yanked) leaves everything as it is.
+    async fn install(
+        &mut self,
+        reg: &Registry,
+        id: &str,
+        req: &semver::VersionReq,
+        only_newer: bool,
+    ) -> Result<Outcome> {
         self.security.check_not_denied(&self.subject, "skill.install", id)?;
         let meta = self.metadata(reg, id).await?;
         let chosen = meta.info.resolve(req).cloned().ok_or_else(|| no_match(&meta.info, req))?;
+        if let Some(locked) = self.lock.get(id).filter(|l| only_newer && l.version >= chosen.version) {
+            let (version, digest) = (locked.version.to_string(), locked.digest.clone());
+            return Ok(Outcome { id: id.to_owned(), version, action: "unchanged", digest, note: None });
+        }
         self.check_no_rollback(id, &chosen.version)?;
         let installed = self.security.home().info(id).ok();
         if installed.as_ref().is_some_and(|i| i.digest == chosen.digest) {
@@ -536,7 +548,7 @@ pub fn install(args: InstallArgs) -> Result<ExitCode> {
             refresh_policies(&rt, &reg)?;
             let mut inst =
                 installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
-            let outcome = rt.block_on(inst.install(&reg, &id, &req))?;
+            let outcome = rt.block_on(inst.install(&reg, &id, &req, false))?;
             if let Some(n) = &outcome.note {
                 if !args.json {
                     eprintln!("note: {n}");
@@ -570,7 +582,7 @@ pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     for entry in entries {
         let reg = args.registry.open(Some(&entry.registry))?;
         refresh_policies(&rt, &reg)?;
-        outcomes.push(rt.block_on(inst.install(&reg, &entry.id, &entry.requirement))?);
+        outcomes.push(rt.block_on(inst.install(&reg, &entry.id, &entry.requirement, true))?);
     }
     report(&outcomes, args.json)
 }

@@ -221,3 +221,309 @@ fn publish_install_and_run_a_skill_and_an_agent_in_two_namespaces() {
     }
     assert!(lock.contains("registry = \"team-registry\""), "{lock}");
 }
+
+#[test]
+fn publishing_needs_the_right_token_and_an_authorised_key() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    registry.namespace("ops", &publisher.public);
+    let pkg = publisher.package("echo", "echo", |m| m);
+
+    refused(&publisher.publish(&registry, &pkg, "ccr_not-a-token"), "unauthenticated");
+    refused(&publisher.publish(&registry, &pkg, &registry.token("ops", "publish")), "wrong_namespace");
+    refused(&publisher.publish(&registry, &pkg, &registry.token("team", "read")), "insufficient_scope");
+    let expiring = registry
+        .admin(&["registry", "token", "create", "team", "--scope", "publish", "--expires", "1s"])
+        .trim()
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    refused(&publisher.publish(&registry, &pkg, &expiring), "token_expired");
+    let revoked = registry.token("team", "publish");
+    let list: Value = serde_json::from_str(&registry.admin(&["registry", "token", "list", "team", "--json"])).unwrap();
+    let id = list.as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_owned();
+    registry.admin(&["registry", "token", "revoke", &id]);
+    refused(&publisher.publish(&registry, &pkg, &revoked), "token_revoked");
+
+    // Signed by a key the namespace does not list.
+    let stranger = Publisher::new();
+    let foreign = stranger.package("echo", "echo", |m| m);
+    let publish = registry.token("team", "publish");
+    refused(&stranger.publish(&registry, &foreign, &publish), "signature_rejected");
+    // A revoked namespace key signs nothing new.
+    let key_id: Value = serde_json::from_str(&registry.admin(&["registry", "key", "list", "team", "--json"])).unwrap();
+    registry.admin(&["registry", "key", "revoke", "team", key_id[0]["keyId"].as_str().unwrap()]);
+    refused(&publisher.publish(&registry, &pkg, &publish), "signature_rejected");
+
+    // Nothing was published by any of these.
+    let search: Value =
+        serde_json::from_str(&ok(&publisher.cli.run(&["registry", "search", "--registry", &registry.url, "--json"])))
+            .unwrap();
+    assert_eq!(search, serde_json::json!([]));
+}
+
+#[test]
+fn a_version_is_published_once_and_yanking_does_not_free_it() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "publish");
+    let first = publisher.package("echo", "echo", |m| m);
+    ok(&publisher.publish(&registry, &first, &token));
+    // The same bytes again: a no-op, not an error (CI retries).
+    let again: Value = serde_json::from_str(&ok(&publisher.publish(&registry, &first, &token))).unwrap();
+    assert_eq!(again["alreadyPublished"], true);
+    let other = publisher.package("echo", "echo-b", |m| m.replace("Returns its input", "Returns its input, again"));
+    refused(&publisher.publish(&registry, &other, &token), "version_exists");
+    let yank = registry.token("team", "yank");
+    ok(&publisher.cli.run(&[
+        "skill",
+        "yank",
+        "team/echo@0.1.0",
+        "--reason",
+        "broken",
+        "--registry",
+        &registry.url,
+        "--token",
+        &yank,
+    ]));
+    refused(&publisher.publish(&registry, &other, &token), "version_exists");
+}
+
+#[test]
+fn tampered_storage_is_refused_and_installs_nothing() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "publish");
+    ok(&publisher.publish(&registry, &publisher.package("echo", "echo", |m| m), &token));
+    let dev = developer(&registry, &publisher, &["team"], false);
+    let ws = workspace();
+    let install =
+        || dev.run(&["skill", "install", "team/echo", "--registry", "team-registry", "--workspace", p(ws.path())]);
+
+    // Bytes changed in the blob store: the SHA-256 no longer matches the index.
+    let blob = std::fs::read_dir(registry.blob_dir()).unwrap().next().unwrap().unwrap().path();
+    let original = std::fs::read(&blob).unwrap();
+    let mut flipped = original.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(&blob, &flipped).unwrap();
+    refused(&install(), "the stored package was altered");
+    assert!(installed(&dev).is_empty());
+    assert!(!ws.path().join(".coderClaw/skills.lock").exists());
+
+    // A registry fully under someone else's control: the blob swapped for a
+    // package signed by another key, and the index rewritten to match.
+    let stranger = Publisher::new();
+    let forged = std::fs::read(stranger.package("echo", "echo", |m| m)).unwrap();
+    let forged_sha = coderclaw_core::Digest::of(&forged).to_hex();
+    let forged_pkg = coderclaw_core::package::Package::parse(&forged).unwrap();
+    std::fs::write(registry.blob_dir().join(format!("{forged_sha}.ccpkg")), &forged).unwrap();
+    let db = rusqlite::Connection::open(registry.data.path().join("registry.db")).unwrap();
+    db.execute("UPDATE packages SET sha256 = ?1, digest = ?2", [&forged_sha, &forged_pkg.digest().to_hex()]).unwrap();
+    refused(&install(), "failed verification against your trust store");
+    assert!(installed(&dev).is_empty());
+    assert!(!ws.path().join(".coderClaw/skills.lock").exists());
+}
+
+#[test]
+fn semver_yanks_lockfile_rollback_and_the_capability_gate() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let (token, yank) = (registry.token("team", "publish"), registry.token("team", "yank"));
+    for v in ["0.1.0", "0.2.0"] {
+        ok(&publisher.publish(&registry, &publisher.version("echo", v), &token));
+    }
+    // 1.0.0 asks for a network destination the 0.x versions did not.
+    let wider = publisher.package("echo", "echo-1.0.0", |m| {
+        format!("{}\n[capabilities]\nhttp = [\"https://api.example.com\"]\n", m.replace("0.1.0", "1.0.0"))
+    });
+    ok(&publisher.publish(&registry, &wider, &token));
+
+    let dev = developer(&registry, &publisher, &["team"], false);
+    let ws = workspace();
+    let run = |cli: &Cli, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--registry", "team-registry", "--workspace", p(ws.path())]);
+        cli.run(&all)
+    };
+    ok(&run(&dev, &["skill", "install", "team/echo@<1"]));
+    assert_eq!(installed(&dev), vec![("team/echo".to_owned(), "0.2.0".to_owned())]);
+    let lock = std::fs::read_to_string(ws.path().join(".coderClaw/skills.lock")).unwrap();
+    assert!(lock.contains("version = \"0.2.0\"") && lock.contains("requirement = \"<1\""), "{lock}");
+
+    // Rollback refused unless asked for.
+    refused(&run(&dev, &["skill", "install", "team/echo@=0.1.0"]), "rollback");
+    assert_eq!(installed(&dev)[0].1, "0.2.0");
+
+    // Yanked: skipped by new resolutions, still installed from the lockfile.
+    ok(&publisher.cli.run(&[
+        "skill",
+        "yank",
+        "team/echo@0.2.0",
+        "--reason",
+        "leaks input",
+        "--registry",
+        &registry.url,
+        "--token",
+        &yank,
+    ]));
+    let fresh_ws = workspace();
+    let fresh = developer(&registry, &publisher, &["team"], false);
+    ok(&fresh.run(&[
+        "skill",
+        "install",
+        "team/echo@<1",
+        "--registry",
+        "team-registry",
+        "--workspace",
+        p(fresh_ws.path()),
+    ]));
+    assert_eq!(installed(&fresh)[0].1, "0.1.0", "the yanked 0.2.0 is not resolved");
+
+    let clean = developer(&registry, &publisher, &["team"], false);
+    let out = clean.run(&["skill", "install", "--workspace", p(ws.path())]);
+    ok(&out);
+    assert!(text(&out.stderr).contains("is yanked (leaks input)"), "{}", text(&out.stderr));
+    assert_eq!(installed(&clean)[0].1, "0.2.0");
+    let package_bytes = |cli: &Cli| {
+        let dir = cli.home.path().join("packages");
+        let files: Vec<Vec<u8>> =
+            std::fs::read_dir(dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+        files
+    };
+    assert_eq!(package_bytes(&clean), package_bytes(&dev), "the lockfile reproduces byte-identical packages");
+
+    // The lockfile's requirement (<1) keeps `update` below 1.0.0.
+    let updated: Value = serde_json::from_str(&ok(&run(&dev, &["skill", "update", "--json"]))).unwrap();
+    assert_eq!(updated[0]["version"], "0.2.0", "{updated}");
+    // 1.0.0 asks for more: refused with the difference, then accepted.
+    let gate = refused(&run(&dev, &["skill", "install", "team/echo@^1"]), "--accept-capabilities");
+    assert!(gate.contains("+ http: https://api.example.com:443"), "{gate}");
+    assert_eq!(installed(&dev)[0].1, "0.2.0");
+    ok(&run(&dev, &["skill", "install", "team/echo@^1", "--accept-capabilities"]));
+    assert_eq!(installed(&dev)[0].1, "1.0.0");
+    ok(&run(&dev, &["skill", "install", "team/echo@=0.1.0", "--allow-downgrade"]));
+    assert_eq!(installed(&dev)[0].1, "0.1.0");
+}
+
+#[test]
+fn installs_from_the_cache_while_the_registry_is_down() {
+    let mut registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "publish");
+    ok(&publisher.publish(&registry, &publisher.package("echo", "echo", |m| m), &token));
+    ok(&publisher.publish(&registry, &publisher.package("word-count", "word-count", |m| m), &token));
+    let dev = developer(&registry, &publisher, &["team"], false);
+    let ws = workspace();
+    let install =
+        |id: &str| dev.run(&["skill", "install", id, "--registry", "team-registry", "--workspace", p(ws.path())]);
+    ok(&install("team/echo"));
+    ok(&dev.run(&["skill", "remove", "team/echo"]));
+
+    registry.stop();
+    let out = install("team/echo");
+    ok(&out);
+    assert!(text(&out.stderr).contains("unreachable"), "says it used the cache: {}", text(&out.stderr));
+    assert_eq!(installed(&dev), vec![("team/echo".to_owned(), "0.1.0".to_owned())]);
+    refused(&install("team/word-count"), "is not in the local cache");
+}
+
+#[test]
+fn organisation_policy_from_the_registry_is_verified_cached_and_enforced() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "publish");
+    for skill in ["echo", "word-count"] {
+        ok(&publisher.publish(&registry, &publisher.package(skill, skill, |m| m), &token));
+    }
+    let dev = developer(&registry, &publisher, &["team"], true);
+    let ws = workspace();
+    let install =
+        |id: &str| dev.run(&["skill", "install", id, "--registry", "team-registry", "--workspace", p(ws.path())]);
+    ok(&install("team/echo"));
+
+    let policy = publisher.pkgs.path().join("org.yaml");
+    std::fs::write(&policy, "organizationPolicy:\n  requiredSkills: [word-count]\n  deniedSkills: [echo]\n").unwrap();
+    ok(&publisher.cli.run(&[
+        "registry",
+        "policy",
+        "publish",
+        "team",
+        "--file",
+        p(&policy),
+        "--key",
+        "team-key",
+        "--registry",
+        &registry.url,
+        "--token",
+        &token,
+    ]));
+    ok(&dev.run(&["registry", "sync", "--registry", "team-registry"]));
+
+    // Denied: neither installed nor run.
+    refused(&install("team/echo"), "denied by the organisation policy");
+    let run = dev.run(&["skill", "run", "team/echo", "--input", "1", "--workspace", p(ws.path())]);
+    assert_ne!(run.status.code(), Some(0));
+    assert!(text(&run.stderr).contains("[denied-skill]"), "{}", text(&run.stderr));
+    // Required and missing: reported.
+    let status = dev.run(&["status", "--workspace", p(ws.path())]);
+    assert!(text(&status.stdout).contains("word-count"), "{}{}", text(&status.stdout), text(&status.stderr));
+    ok(&install("team/word-count"));
+
+    // A policy edited on the registry (its signature no longer matches) is
+    // refused, and the verified one stays in force.
+    let db = rusqlite::Connection::open(registry.data.path().join("registry.db")).unwrap();
+    db.execute("UPDATE org_policies SET document = replace(document, '\"echo\"', '\"nothing\"')", []).unwrap();
+    refused(&dev.run(&["registry", "sync", "--registry", "team-registry"]), "altered after signing");
+    refused(&install("team/echo"), "altered after signing");
+    let run = dev.run(&["skill", "run", "team/echo", "--input", "1", "--workspace", p(ws.path())]);
+    assert!(text(&run.stderr).contains("[denied-skill]"), "the verified policy stays in force: {}", text(&run.stderr));
+
+    // The cached copy edited on this machine stops the host instead of
+    // running without the team's policy.
+    let cached = dev.home.path().join("registry/policies/team-registry/team.json");
+    let text_now = std::fs::read_to_string(&cached).unwrap();
+    std::fs::write(&cached, text_now.replace("\"echo\"", "\"nothing\"")).unwrap();
+    refused(&dev.run(&["skill", "list"]), "coderclaw registry sync");
+}
+
+#[test]
+fn registry_metadata_older_than_seen_is_refused() {
+    let mut registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "publish");
+    ok(&publisher.publish(&registry, &publisher.version("echo", "0.1.0"), &token));
+    // A backup of the registry as it was, before 0.2.0 (a fix) was published.
+    let backup = tempfile::tempdir().unwrap();
+    registry.stop();
+    for entry in std::fs::read_dir(registry.data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, backup.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    registry.restart();
+    ok(&publisher.publish(&registry, &publisher.version("echo", "0.2.0"), &token));
+    let dev = developer(&registry, &publisher, &["team"], false);
+    let ws = workspace();
+    let install =
+        || dev.run(&["skill", "install", "team/echo", "--registry", "team-registry", "--workspace", p(ws.path())]);
+    ok(&install());
+
+    // The registry is restored from the backup: it no longer knows 0.2.0.
+    registry.stop();
+    for entry in std::fs::read_dir(backup.path()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, registry.data.path().join(path.file_name().unwrap())).unwrap();
+    }
+    registry.restart();
+    configure(&dev, &registry, &publisher, false);
+    refused(&install(), "older than what this client has seen");
+    assert_eq!(installed(&dev), vec![("team/echo".to_owned(), "0.2.0".to_owned())]);
+}

@@ -308,7 +308,9 @@ impl Manifest {
         if self.kind == Kind::Agent && from.kind == Kind::Skill {
             out.push("kind: skill -> agent".into());
         }
-        let raised = |new: Option<u64>, old: Option<u64>| matches!((new, old), (Some(n), Some(o)) if n > o) || matches!((new, old), (Some(_), None));
+        let raised = |new: Option<u64>, old: Option<u64>| {
+            matches!((new, old), (Some(n), Some(o)) if n > o) || matches!((new, old), (Some(_), None))
+        };
         if raised(self.limits.memory.map(|m| m.0), from.limits.memory.map(|m| m.0)) {
             let show = |s: Option<Size>| s.map_or("default".to_owned(), String::from);
             out.push(format!("limits.memory: {} -> {}", show(from.limits.memory), show(self.limits.memory)));
@@ -343,15 +345,15 @@ mod tests {
     use super::*;
 
     fn caps(extra: &str) -> Manifest {
-        let text = format!(
-            "id = \"team/x\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"d\"\n{extra}"
-        );
+        let text = format!("id = \"team/x\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"d\"\n{extra}");
         Manifest::from_toml(&text, "skill.toml").unwrap()
     }
 
     #[test]
     fn capability_increase_lists_each_added_request() {
-        let old = caps("[capabilities]\nhttp = [\"https://a.example\"]\nfs = [{ path = \"workspace\", access = \"read\" }]\n");
+        let old = caps(
+            "[capabilities]\nhttp = [\"https://a.example\"]\nfs = [{ path = \"workspace\", access = \"read\" }]\n",
+        );
         assert!(old.capability_increase(&old).is_empty());
         let wider = caps(
             "dangerous = true\n[capabilities]\nhttp = [\"https://a.example\", \"https://b.example\"]\n\

@@ -96,13 +96,14 @@ impl SignedOrgPolicy {
                 found: self.namespace.clone(),
             });
         }
-        let key = KeyId::parse(&self.key_id).ok().and_then(|id| keys.iter().find(|k| k.id() == id)).ok_or_else(
-            || SignedPolicyError::UnknownKey {
-                namespace: namespace.to_owned(),
-                key_id: self.key_id.clone(),
-                allowed: keys.iter().map(|k| k.id().to_string()).collect::<Vec<_>>().join(", "),
-            },
-        )?;
+        let key =
+            KeyId::parse(&self.key_id).ok().and_then(|id| keys.iter().find(|k| k.id() == id)).ok_or_else(|| {
+                SignedPolicyError::UnknownKey {
+                    namespace: namespace.to_owned(),
+                    key_id: self.key_id.clone(),
+                    allowed: keys.iter().map(|k| k.id().to_string()).collect::<Vec<_>>().join(", "),
+                }
+            })?;
         let bad = || SignedPolicyError::BadSignature(namespace.to_owned());
         let mut bytes = [0u8; 64];
         hex::decode_to_slice(&self.signature, &mut bytes).map_err(|_| bad())?;

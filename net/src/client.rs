@@ -126,16 +126,17 @@ impl HttpClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|_| self.down("connect timed out".into()))?
-            .map_err(|e| self.down(e.to_string()))?;
+        let tcp =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((self.host.as_str(), self.port)))
+                .await
+                .map_err(|_| self.down("connect timed out".into()))?
+                .map_err(|e| self.down(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let builder = hyper::client::conn::http1::Builder::new();
         let sender = match &self.tls {
             Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| self.down(e.to_string()))?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| self.down(e.to_string()))?;
                 let stream = tls.connect(name, tcp).await.map_err(|e| self.down(format!("TLS: {e}")))?;
                 let (sender, conn) = builder
                     .handshake(hyper_util::rt::TokioIo::new(stream))
@@ -145,10 +146,8 @@ impl HttpClient {
                 sender
             }
             None => {
-                let (sender, conn) = builder
-                    .handshake(hyper_util::rt::TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| self.down(e.to_string()))?;
+                let (sender, conn) =
+                    builder.handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| self.down(e.to_string()))?;
                 tokio::spawn(conn);
                 sender
             }

@@ -167,7 +167,11 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
 pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
         .collect()
 }

@@ -155,3 +155,43 @@ impl ClientCache {
         Self::write(&self.policy_path(registry, &doc.namespace), &serde_json::to_vec_pretty(doc).unwrap_or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coderclaw_core::keys::SecretKey;
+    use coderclaw_core::manifest::Kind;
+    use coderclaw_core::policy::OrgPolicy;
+
+    #[test]
+    fn older_metadata_and_policies_are_refused_newer_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ClientCache::new(dir.path());
+        let info = |serial| PackageInfo { id: "team/x".into(), kind: Kind::Skill, serial, versions: vec![] };
+        cache.accept_metadata("team-registry", &info(5)).unwrap();
+        cache.accept_metadata("team-registry", &info(5)).unwrap();
+        let e = cache.accept_metadata("team-registry", &info(4)).unwrap_err();
+        assert!(matches!(e, CacheError::Rollback { seen: 5, got: 4, .. }), "{e}");
+        assert_eq!(cache.metadata("team-registry", "team/x").unwrap().unwrap().serial, 5);
+        // Another registry has its own history.
+        cache.accept_metadata("http://other:7421", &info(1)).unwrap();
+
+        let key = SecretKey::from_seed([1; 32]);
+        let doc = |serial| SignedOrgPolicy::sign("team", serial, 0, OrgPolicy::default(), &key);
+        cache.accept_policy("team-registry", &doc(3)).unwrap();
+        assert!(matches!(cache.accept_policy("team-registry", &doc(2)), Err(CacheError::Rollback { .. })));
+        assert_eq!(cache.policy("team-registry", "team").unwrap().unwrap().serial, 3);
+    }
+
+    #[test]
+    fn blobs_are_returned_only_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ClientCache::new(dir.path());
+        let sha = cache.put_blob(b"package bytes").unwrap();
+        assert_eq!(cache.blob(&sha).unwrap(), b"package bytes");
+        std::fs::write(dir.path().join("registry/blobs").join(format!("{sha}.ccpkg")), b"other bytes").unwrap();
+        assert!(cache.blob(&sha).is_none(), "a corrupted cached file is not used");
+        assert_eq!(registry_key("team-registry"), "team-registry");
+        assert!(registry_key("http://h:1/x").starts_with("url-"));
+    }
+}

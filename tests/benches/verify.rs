@@ -6,8 +6,9 @@ use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::{KeyLookup, Package, TrustedKey};
 use coderclaw_core::{Digest, keys::KeyId};
+use coderclaw_e2e::print_latency as stats;
 use coderclaw_host::home::Home;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 struct OneKey(TrustedKey);
 
@@ -15,12 +16,6 @@ impl KeyLookup for OneKey {
     fn lookup(&self, id: &KeyId) -> Option<TrustedKey> {
         (self.0.key.id() == *id).then(|| self.0.clone())
     }
-}
-
-fn stats(label: &str, mut v: Vec<Duration>) {
-    v.sort();
-    let p = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    println!("{label:<44} p50 {:>10.2?}  p99 {:>10.2?}  (n={})", p(0.5), p(0.99), v.len());
 }
 
 fn main() {

@@ -7,6 +7,7 @@ mod cache;
 mod capabilities;
 mod limits;
 mod oidc;
+mod registry;
 mod signed;
 mod skills;
 mod tasks;

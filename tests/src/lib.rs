@@ -121,3 +121,62 @@ impl Drop for LoopbackServer {
         self.task.abort();
     }
 }
+
+/// A team registry on loopback for tests and benchmarks: namespace `team`
+/// with one signing (and admin) key and one token of each scope.
+pub struct RegistryFixture {
+    /// The data directory.
+    pub data: tempfile::TempDir,
+    /// Its store.
+    pub store: Arc<coderclaw_registry::RegistryStore>,
+    /// The running server.
+    pub server: coderclaw_net::RunningServer,
+    /// The namespace's signing key.
+    pub key: coderclaw_core::keys::SecretKey,
+    /// A `publish` token of `team`.
+    pub publish: String,
+    /// A `read` token of `team`.
+    pub read: String,
+    /// A `yank` token of `team`.
+    pub yank: String,
+}
+
+impl RegistryFixture {
+    /// Starts a registry with `config` (its `listen` is replaced by a free
+    /// loopback port).
+    pub async fn start(mut config: coderclaw_registry::server::RegistryConfig, public: bool) -> Self {
+        use coderclaw_registry::Scope;
+        let data = tempfile::tempdir().unwrap();
+        let store = Arc::new(coderclaw_registry::RegistryStore::open(data.path()).unwrap());
+        let key = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: registry----");
+        store.create_namespace("team", &["alice".into()], public).unwrap();
+        store.add_key("team", &key.public(), true).unwrap();
+        let token = |scope| store.create_token("team", scope, None).unwrap().0;
+        let (publish, read, yank) = (token(Scope::Publish), token(Scope::Read), token(Scope::Yank));
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = coderclaw_registry::server::serve(store.clone(), config).await.unwrap();
+        Self { data, store, server, key, publish, read, yank }
+    }
+
+    /// A client acting with `token`.
+    pub fn client(&self, token: Option<&str>) -> coderclaw_registry::RegistryClient {
+        coderclaw_registry::RegistryClient::new(&self.server.url(), token.map(str::to_owned), None).unwrap()
+    }
+
+    /// A package of `team/<name>` `version` around `component`, signed by
+    /// the namespace key; `description` makes otherwise equal packages differ.
+    pub fn package(&self, name: &str, version: &str, description: &str, component: Vec<u8>) -> Vec<u8> {
+        let toml = format!(
+            "id = \"team/{name}\"\nversion = \"{version}\"\nkind = \"skill\"\ndescription = \"{description}\"\n"
+        );
+        let manifest = coderclaw_core::manifest::Manifest::from_toml(&toml, "skill.toml").unwrap();
+        coderclaw_core::package::Package::sign(&manifest, component, &self.key, 1_763_000_000).to_bytes()
+    }
+}
+
+/// Prints `label` with the p50 and p99 of `samples` (for the bench binaries).
+pub fn print_latency(label: &str, mut samples: Vec<std::time::Duration>) {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!("{label:<44} p50 {:>10.2?}  p99 {:>10.2?}  (n={})", p(0.5), p(0.99), samples.len());
+}

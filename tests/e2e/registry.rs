@@ -1,0 +1,137 @@
+//! The registry library over a real loopback server: concurrent publishers,
+//! private namespaces, the upload limit, organisation policy serials and
+//! the OpenAPI document. The CLI flows are in `cli/tests/registry.rs`.
+
+use coderclaw_core::keys::SecretKey;
+use coderclaw_core::policy::OrgPolicy;
+use coderclaw_core::signed_policy::SignedOrgPolicy;
+use coderclaw_e2e::{RegistryFixture, guest};
+use coderclaw_registry::ErrorCode;
+use coderclaw_registry::server::RegistryConfig;
+
+fn echo() -> Vec<u8> {
+    std::fs::read(guest("echo")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_publishers_of_one_version_have_exactly_one_winner() {
+    let f = RegistryFixture::start(RegistryConfig::default(), true).await;
+    let component = echo();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let pkg = f.package("echo", "1.0.0", &format!("build {i}"), component.clone());
+        let client = f.client(Some(&f.publish));
+        tasks.push(tokio::spawn(async move { (coderclaw_core::Digest::of(&pkg).to_hex(), client.publish(pkg).await) }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (sha, Ok(reply)) => {
+                assert!(!reply.already_published);
+                winners.push(sha);
+            }
+            (_, Err(e)) => assert_eq!(e.code(), Some(ErrorCode::VersionExists), "{e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one publish succeeds");
+    let info = f.client(None).package("team/echo").await.unwrap();
+    assert_eq!(info.versions.len(), 1);
+    assert_eq!(info.versions[0].sha256, winners[0], "the index names the winner's bytes");
+    let blobs: Vec<_> = std::fs::read_dir(f.data.path().join("blobs")).unwrap().collect();
+    assert_eq!(blobs.len(), 1, "the losers' uploads were not kept");
+    let downloaded = f.client(None).download("team/echo", &"1.0.0".parse().unwrap()).await.unwrap();
+    assert_eq!(coderclaw_core::Digest::of(&downloaded).to_hex(), winners[0]);
+}
+
+#[tokio::test]
+async fn a_private_namespace_is_read_only_with_its_tokens() {
+    let f = RegistryFixture::start(RegistryConfig::default(), false).await;
+    f.client(Some(&f.publish)).publish(f.package("echo", "1.0.0", "d", echo())).await.unwrap();
+    let anonymous = f.client(None);
+    assert_eq!(anonymous.package("team/echo").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert!(anonymous.search("", None, None).await.unwrap().is_empty());
+    assert_eq!(
+        anonymous.download("team/echo", &"1.0.0".parse().unwrap()).await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+
+    // A token of another namespace does not open this one.
+    f.store.create_namespace("ops", &[], false).unwrap();
+    let (ops, _) = f.store.create_token("ops", coderclaw_registry::Scope::Read, None).unwrap();
+    assert_eq!(f.client(Some(&ops)).package("team/echo").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+
+    let reader = f.client(Some(&f.read));
+    assert_eq!(reader.package("team/echo").await.unwrap().versions.len(), 1);
+    assert_eq!(reader.search("echo", None, None).await.unwrap().len(), 1);
+    // Reading is all a read token does.
+    let refused = reader.publish(f.package("echo", "1.0.1", "d", echo())).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::InsufficientScope));
+    let refused = reader.yank("team/echo", &"1.0.0".parse().unwrap(), "x").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::InsufficientScope));
+}
+
+#[tokio::test]
+async fn uploads_over_the_limit_are_refused() {
+    let config = RegistryConfig { max_upload_bytes: 4096, ..RegistryConfig::default() };
+    let f = RegistryFixture::start(config, true).await;
+    let e = f.client(Some(&f.publish)).publish(f.package("echo", "1.0.0", "d", echo())).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PayloadTooLarge), "{e}");
+    let e = f.client(Some(&f.publish)).publish(b"not a package".to_vec()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadPackage), "{e}");
+}
+
+#[tokio::test]
+async fn organisation_policies_need_an_admin_key_and_a_higher_serial() {
+    let f = RegistryFixture::start(RegistryConfig::default(), true).await;
+    let policy = OrgPolicy { denied_skills: vec!["dangerous-exec".into()], ..OrgPolicy::default() };
+    let publisher = f.client(Some(&f.publish));
+    assert!(publisher.org_policy("team").await.unwrap().is_none());
+    publisher.put_org_policy(&SignedOrgPolicy::sign("team", 2, 1, policy.clone(), &f.key)).await.unwrap();
+    let stale =
+        publisher.put_org_policy(&SignedOrgPolicy::sign("team", 2, 2, policy.clone(), &f.key)).await.unwrap_err();
+    assert_eq!(stale.code(), Some(ErrorCode::StalePolicy));
+
+    // A signing key that is not an admin key of the namespace.
+    let signer = SecretKey::from_seed([9; 32]);
+    f.store.add_key("team", &signer.public(), false).unwrap();
+    let e = publisher.put_org_policy(&SignedOrgPolicy::sign("team", 3, 3, policy.clone(), &signer)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SignatureRejected));
+    let e = f
+        .client(Some(&f.read))
+        .put_org_policy(&SignedOrgPolicy::sign("team", 3, 3, policy.clone(), &f.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InsufficientScope));
+
+    let served = f.client(None).org_policy("team").await.unwrap().unwrap();
+    assert_eq!(served.serial, 2);
+    assert_eq!(served.verify("team", &[f.key.public()]).unwrap(), &policy);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let f = RegistryFixture::start(RegistryConfig::default(), true).await;
+    let client = coderclaw_net::HttpClient::new(&f.server.url(), None).unwrap();
+    let request = client.request(http::Method::GET, "/v1/openapi.json").body(Default::default()).unwrap();
+    let (parts, body) = client.fetch(request, 1 << 20).await.unwrap();
+    assert!(parts.status.is_success());
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/v1/search", "get"),
+        ("/v1/agents", "get"),
+        ("/v1/packages", "post"),
+        ("/v1/packages/{namespace}/{name}", "get"),
+        ("/v1/packages/{namespace}/{name}/{version}/download", "get"),
+        ("/v1/packages/{namespace}/{name}/{version}/yank", "post"),
+        ("/v1/namespaces/{namespace}/keys", "get"),
+        ("/v1/namespaces/{namespace}/policy", "get"),
+        ("/v1/namespaces/{namespace}/policy", "put"),
+    ] {
+        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
+    }
+    let codes = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"].as_array().expect("error codes");
+    for code in ["version_exists", "signature_rejected", "token_expired", "payload_too_large"] {
+        assert!(codes.iter().any(|c| c == code), "{code} is documented");
+    }
+}
