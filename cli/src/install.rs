@@ -549,10 +549,8 @@ pub fn install(args: InstallArgs) -> Result<ExitCode> {
             let mut inst =
                 installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
             let outcome = rt.block_on(inst.install(&reg, &id, &req, false))?;
-            if let Some(n) = &outcome.note {
-                if !args.json {
-                    eprintln!("note: {n}");
-                }
+            if let Some(n) = outcome.note.as_ref().filter(|_| !args.json) {
+                eprintln!("note: {n}");
             }
             report(&[outcome], args.json)
         }

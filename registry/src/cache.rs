@@ -119,9 +119,10 @@ impl ClientCache {
         Self::read_json(&self.index_path(registry, id))
     }
 
-    /// Records `info` as seen, unless it is older than what was seen.
+    /// Records `info` as seen, unless it is older than what was seen. An
+    /// unreadable cached copy is replaced (it proves nothing).
     pub fn accept_metadata(&self, registry: &str, info: &PackageInfo) -> Result<(), CacheError> {
-        if let Some(seen) = self.metadata(registry, &info.id)?.filter(|s| s.serial > info.serial) {
+        if let Some(seen) = self.metadata(registry, &info.id).ok().flatten().filter(|s| s.serial > info.serial) {
             return Err(CacheError::Rollback {
                 what: format!("the metadata of {}", info.id),
                 registry: registry.to_owned(),
@@ -142,9 +143,9 @@ impl ClientCache {
     }
 
     /// Records a verified policy as the one in force, unless it is older
-    /// than the one seen.
+    /// than the one seen. An unreadable cached copy is replaced.
     pub fn accept_policy(&self, registry: &str, doc: &SignedOrgPolicy) -> Result<(), CacheError> {
-        if let Some(seen) = self.policy(registry, &doc.namespace)?.filter(|s| s.serial > doc.serial) {
+        if let Some(seen) = self.policy(registry, &doc.namespace).ok().flatten().filter(|s| s.serial > doc.serial) {
             return Err(CacheError::Rollback {
                 what: format!("the organisation policy of `{}`", doc.namespace),
                 registry: registry.to_owned(),

@@ -2,12 +2,12 @@
 //! runs on one machine (`coderclaw registry serve`), its client, and the
 //! client-side pieces the CLI installs with: the lockfile and the cache.
 //!
-//! - [`store`]: namespaces, keys, scoped tokens, the package index
+//! - [`store`] holds namespaces, keys, scoped tokens, the package index
 //!   (SQLite) and content-addressed package files.
-//! - [`server`]: the HTTP API.
-//! - [`client`]: [`RegistryClient`].
-//! - [`lockfile`]: `.coderClaw/skills.lock`.
-//! - [`cache`]: the client's offline cache and what it has seen (no rollback).
+//! - [`server`] is the HTTP API.
+//! - [`client`] holds [`RegistryClient`].
+//! - [`lockfile`] reads and writes `.coderClaw/skills.lock`.
+//! - [`cache`] is the client's offline cache and what it has seen (no rollback).
 //!
 //! The registry is not trusted to vouch for itself: clients verify every
 //! package's digest and signature against their own trust store.

@@ -113,7 +113,7 @@ impl Lockfile {
         sorted.skills.sort_by(|a, b| a.id.cmp(&b.id));
         let text = toml::to_string_pretty(&sorted)
             .map_err(|e| LockfileError::Invalid { path: path.into(), message: e.to_string() })?;
-        let header = "# Written by `coderclaw skill install`. `coderclaw skill install` with no argument\n# installs exactly these versions; edit with `coderclaw skill install|update|remove`.\n";
+        let header = "# Written by `coderclaw skill install`. `coderclaw skill install` with no argument\n# installs exactly these versions. Change it with `coderclaw skill install|update`.\n";
         crate::store::write_durably(path, format!("{header}{text}").as_bytes()).map_err(io)
     }
 
