@@ -69,12 +69,32 @@ pub fn configured_registries() -> Result<BTreeMap<String, RegistryEntry>> {
 }
 
 impl RegistryArgs {
-    /// The registry named by --registry (or `fallback`, e.g. a lockfile's).
-    pub fn open(&self, fallback: Option<&str>) -> Result<Registry> {
-        let name = self.registry.as_deref().or(fallback).ok_or_else(|| {
-            anyhow!("which registry? pass --registry <name|url> (names come from `registries:` in config.yaml)")
-        })?;
-        let (url, entry) = if name.starts_with("http://") || name.starts_with("https://") {
+    /// The registry named by --registry, else `from_lockfile` (a lockfile's
+    /// entry). A lockfile comes with the repository, so it may only name a
+    /// registry this user configured (by name, or by a URL that a
+    /// configured entry has): otherwise a cloned repository could send the
+    /// token in $CODERCLAW_REGISTRY_TOKEN to a server of its choosing.
+    pub fn open(&self, from_lockfile: Option<&str>) -> Result<Registry> {
+        let name = match (self.registry.as_deref(), from_lockfile) {
+            (Some(chosen), _) => chosen.to_owned(),
+            (None, Some(locked)) if is_url(locked) => {
+                let all = configured_registries()?;
+                let found = all.iter().find(|(_, e)| e.url.trim_end_matches('/') == locked.trim_end_matches('/'));
+                match found {
+                    Some((name, _)) => name.clone(),
+                    None => bail!(
+                        "the lockfile names the registry {locked}, which is not in your configuration: \
+                         add it under `registries:` in config.yaml, or pass --registry to choose one"
+                    ),
+                }
+            }
+            (None, Some(locked)) => locked.to_owned(),
+            (None, None) => {
+                bail!("which registry? pass --registry <name|url> (names come from `registries:` in config.yaml)")
+            }
+        };
+        let name = name.as_str();
+        let (url, entry) = if is_url(name) {
             (name.to_owned(), None)
         } else {
             let all = configured_registries()?;
@@ -93,6 +113,10 @@ impl RegistryArgs {
     }
 }
 
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 /// Fetches, verifies and caches the organisation policy of every namespace
 /// the registry's configuration lists admin keys for. An unreachable
 /// registry leaves the cached policies in force; a policy that fails
@@ -107,9 +131,15 @@ pub async fn sync_policies(reg: &Registry, cache: &ClientCache) -> Result<Vec<Va
                 report.push(json!({"namespace": namespace, "status": "none published"}));
                 continue;
             }
-            Err(RegistryClientError::Unreachable(e)) => {
-                tracing::warn!(registry = %reg.name, error = %e, "registry unreachable: keeping cached organisation policies");
-                report.push(json!({"namespace": namespace, "status": "unreachable, cached policy kept"}));
+            Err(e @ (RegistryClientError::Unreachable(_) | RegistryClientError::Api(_))) => {
+                // Like a registry that is down: the cached policy (if any)
+                // stays in force; nothing is loosened.
+                eprintln!(
+                    "warning: the organisation policy of `{namespace}` could not be fetched from {} ({e}): the cached one stays in force",
+                    reg.name
+                );
+                report
+                    .push(json!({"namespace": namespace, "status": format!("not fetched ({e}); cached policy kept")}));
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -283,7 +313,9 @@ impl Installer {
 
     /// Installs the best match of `req` for `id` and locks it. With
     /// `only_newer` (an update), a best match not above the locked version
-    /// (e.g. the locked one was yanked) leaves everything as it is.
+    /// (e.g. the locked one was yanked) leaves everything as it is. Without
+    /// a requirement (`*`), the lockfile records `^<installed version>`, so
+    /// `skill update` does not cross a major version on its own.
     async fn install(
         &mut self,
         reg: &Registry,
@@ -300,26 +332,42 @@ impl Installer {
         }
         self.check_no_rollback(id, &chosen.version)?;
         let installed = self.security.home().info(id).ok();
-        if installed.as_ref().is_some_and(|i| i.digest == chosen.digest) {
-            self.lock_entry(reg, id, req, &chosen)?;
+        let recorded = if *req == semver::VersionReq::STAR {
+            semver::VersionReq::parse(&format!("^{}", chosen.version))?
+        } else {
+            req.clone()
+        };
+        // Nothing to do when this exact package is installed and locked
+        // (lockfile values are only ever written from verified packages).
+        let locked = self.lock.get(id).filter(|l| l.digest == chosen.digest && l.sha256 == chosen.sha256);
+        if installed.is_some_and(|i| i.digest == chosen.digest) && locked.is_some() {
+            let signer = locked.map(|l| l.signer.clone()).unwrap_or_default();
+            self.lock_entry(reg, id, &recorded, &chosen, &signer)?;
             return Ok(self.outcome(id, &chosen, "unchanged", None));
         }
         let bytes = self.bytes(reg, id, &chosen.version, &chosen.sha256, meta.offline).await?;
         let verified = self.verify(&bytes, id, &chosen.version, &chosen.digest)?;
         let note = self.capability_gate(&verified)?;
         self.security.install(&self.subject, &bytes)?;
-        self.lock_entry(reg, id, req, &chosen)?;
+        self.lock_entry(reg, id, &recorded, &chosen, verified.signer().as_str())?;
         Ok(self.outcome(id, &chosen, "installed", note))
     }
 
-    fn lock_entry(&mut self, reg: &Registry, id: &str, req: &semver::VersionReq, v: &VersionInfo) -> Result<()> {
+    fn lock_entry(
+        &mut self,
+        reg: &Registry,
+        id: &str,
+        req: &semver::VersionReq,
+        v: &VersionInfo,
+        signer: &str,
+    ) -> Result<()> {
         self.lock.upsert(LockedSkill {
             id: id.to_owned(),
             version: v.version.clone(),
             requirement: req.clone(),
             digest: v.digest.clone(),
             sha256: v.sha256.clone(),
-            signer: v.signer.clone(),
+            signer: signer.to_owned(),
             registry: reg.name.clone(),
         });
         self.lock.write(&self.lock_path)?;
@@ -347,23 +395,34 @@ impl Installer {
         self.check_no_rollback(id, &entry.version)?;
         let reg = args.open(Some(&entry.registry))?;
         let mut note = None;
-        let bytes = match self.cache.blob(&entry.sha256) {
+        // The index says whether the pinned version was yanked; a cached
+        // package installs without it when the registry is down.
+        let cached = self.cache.blob(&entry.sha256);
+        let meta = match self.metadata(&reg, id).await {
+            Ok(m) => Some(m),
+            Err(e) if cached.is_some() => {
+                self.warn(&format!("{e}; installing the cached package without checking whether it was yanked"));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(meta) = &meta {
+            let v = meta.info.exact(&entry.version).ok_or_else(|| {
+                anyhow!("{id} {} (locked) is not in registry {}: nothing was installed", entry.version, reg.name)
+            })?;
+            if v.yanked {
+                let reason = v.yank_reason.clone().unwrap_or_default();
+                let message =
+                    format!("{id} {} is yanked ({reason}); installing it because the lockfile pins it", entry.version);
+                self.warn(&message);
+                note = Some(message);
+            }
+        }
+        let bytes = match cached {
             Some(b) => b,
             None => {
-                let meta = self.metadata(&reg, id).await?;
-                let v = meta.info.exact(&entry.version).ok_or_else(|| {
-                    anyhow!("{id} {} (locked) is not in registry {}: nothing was installed", entry.version, reg.name)
-                })?;
-                if v.yanked {
-                    let reason = v.yank_reason.clone().unwrap_or_default();
-                    let message = format!(
-                        "{id} {} is yanked ({reason}); installing it because the lockfile pins it",
-                        entry.version
-                    );
-                    self.warn(&message);
-                    note = Some(message);
-                }
-                self.bytes(&reg, id, &entry.version, &entry.sha256, meta.offline).await?
+                let offline = meta.as_ref().is_none_or(|m| m.offline);
+                self.bytes(&reg, id, &entry.version, &entry.sha256, offline).await?
             }
         };
         let verified = self.verify(&bytes, id, &entry.version, &entry.digest)?;
@@ -415,7 +474,8 @@ fn parse_spec(spec: &str) -> Result<(String, semver::VersionReq)> {
 /// that is not yanked, downloads it (or takes it from the local cache),
 /// checks its SHA-256, verifies its signature against YOUR trust store
 /// (the registry does not vouch for itself), installs it and records it in
-/// the workspace's .coderClaw/skills.lock. With no argument, installs
+/// the workspace's .coderClaw/skills.lock (without a requirement, as
+/// ^<version>). With no argument, installs
 /// exactly the locked versions; their digests must match. Refused: skills
 /// the organisation policy denies, moving to an older version (unless
 /// --allow-downgrade), and asking for more capabilities than the installed
@@ -555,6 +615,8 @@ pub fn install(args: InstallArgs) -> Result<ExitCode> {
             report(&[outcome], args.json)
         }
         None => {
+            let lock = Lockfile::read(&Lockfile::path(&home::workspace(args.workspace.as_deref())?))?;
+            refresh_lockfile_policies(&rt, &args.registry, &lock)?;
             let inst = installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
             let mut outcomes = Vec::new();
             for entry in inst.lock.skills.clone() {
@@ -565,8 +627,22 @@ pub fn install(args: InstallArgs) -> Result<ExitCode> {
     }
 }
 
+/// Refreshes the organisation policies of every registry the lockfile
+/// names, before anything is installed from it.
+fn refresh_lockfile_policies(rt: &tokio::runtime::Runtime, args: &RegistryArgs, lock: &Lockfile) -> Result<()> {
+    let mut names: Vec<&str> = lock.skills.iter().map(|s| s.registry.as_str()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        refresh_policies(rt, &args.open(Some(name))?)?;
+    }
+    Ok(())
+}
+
 pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     let rt = runtime()?;
+    let lock = Lockfile::read(&Lockfile::path(&home::workspace(args.workspace.as_deref())?))?;
+    refresh_lockfile_policies(&rt, &args.registry, &lock)?;
     let mut inst = installer(args.workspace.as_deref(), args.accept_capabilities, false, args.json)?;
     let entries: Vec<LockedSkill> =
         inst.lock.skills.iter().filter(|s| args.id.as_deref().is_none_or(|id| s.id == id)).cloned().collect();
@@ -578,8 +654,9 @@ pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     }
     let mut outcomes = Vec::new();
     for entry in entries {
+        // What is installed first matches the lockfile; then it moves up.
+        rt.block_on(inst.install_locked(&args.registry, &entry))?;
         let reg = args.registry.open(Some(&entry.registry))?;
-        refresh_policies(&rt, &reg)?;
         outcomes.push(rt.block_on(inst.install(&reg, &entry.id, &entry.requirement, true))?);
     }
     report(&outcomes, args.json)

@@ -82,6 +82,11 @@ enum Command {
     Task(task::Command),
     Serve(task::ServeArgs),
     Status(task::StatusArgs),
+    /// Run and administer a team registry, or query one.
+    ///
+    /// A team runs one registry (`serve`); admins create namespaces (teams),
+    /// authorise signing keys and hand out scoped tokens on that machine.
+    /// Developers install from it with `coderclaw skill install team/x --registry <name>`.
     #[command(subcommand)]
     Registry(registry::Command),
 }

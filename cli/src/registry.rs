@@ -38,11 +38,7 @@ impl DataArgs {
     }
 }
 
-/// Run and administer a team registry, or query one.
-///
-/// A team runs one registry (`serve`); admins create namespaces (teams),
-/// authorise signing keys and hand out scoped tokens on that machine.
-/// Developers install from it with `coderclaw skill install team/x --registry <name>`.
+/// `coderclaw registry …` (its help text is on the variant in main.rs).
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     Serve(ServeArgs),
@@ -197,6 +193,11 @@ pub enum PolicyCommand {
         /// must list it as an admin key of the namespace.
         #[arg(long)]
         key: String,
+        /// The policy's serial (default: one above the registry's current
+        /// one). Clients refuse a serial below one they have seen, so after
+        /// restoring a registry from a backup, give one above the last.
+        #[arg(long)]
+        serial: Option<u64>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -349,8 +350,8 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             println!("revoked token {} ({} in `{}`)", t.id, t.scope.as_str(), t.namespace);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy(PolicyCommand::Publish { namespace, file, key, registry }) => {
-            policy_publish(&namespace, &file, &key, &registry)
+        Command::Policy(PolicyCommand::Publish { namespace, file, key, serial, registry }) => {
+            policy_publish(&namespace, &file, &key, serial, &registry)
         }
         Command::Policy(PolicyCommand::Show { json }) => {
             let security = home::open_security(None)?;
@@ -414,7 +415,13 @@ fn print_hits(hits: &[SearchHit], json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn policy_publish(namespace: &str, file: &PathBuf, key: &str, registry: &RegistryArgs) -> Result<ExitCode> {
+fn policy_publish(
+    namespace: &str,
+    file: &PathBuf,
+    key: &str,
+    serial: Option<u64>,
+    registry: &RegistryArgs,
+) -> Result<ExitCode> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let policy = OrgPolicy::from_yaml(&text, &file.display().to_string())?;
     let secret = home::open()?.secret_key(key)?;
@@ -423,9 +430,12 @@ fn policy_publish(namespace: &str, file: &PathBuf, key: &str, registry: &Registr
         bail!("publishing a policy needs a `publish` token of `{namespace}`: pass --token");
     }
     let rt = runtime()?;
-    let current = rt.block_on(reg.client.org_policy(namespace))?.map_or(0, |d| d.serial);
+    let serial = match serial {
+        Some(s) => s,
+        None => rt.block_on(reg.client.org_policy(namespace))?.map_or(0, |d| d.serial) + 1,
+    };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let doc = SignedOrgPolicy::sign(namespace, current + 1, now, policy, &secret);
+    let doc = SignedOrgPolicy::sign(namespace, serial, now, policy, &secret);
     rt.block_on(reg.client.put_org_policy(&doc)).map_err(|e| anyhow!("the policy was not published: {e}"))?;
     println!("published the organisation policy of `{namespace}` (serial {}, signed by {})", doc.serial, doc.key_id);
     Ok(ExitCode::SUCCESS)

@@ -222,7 +222,12 @@ fn every_command_explains_itself() {
     let cli = Cli::new();
     for (args, needle) in [
         (vec!["--help"], "can touch nothing"),
-        (vec!["skill", "--help"], "Verify a package and install it"),
+        (vec!["skill", "--help"], "Install skills"),
+        (vec!["skill", "install", "--help"], "YOUR trust store"),
+        (vec!["skill", "publish", "--help"], "never lets a version"),
+        (vec!["skill", "update", "--help"], "requirement"),
+        (vec!["registry", "--help"], "scoped tokens"),
+        (vec!["registry", "serve", "--help"], "blobs"),
         (vec!["skill", "run", "--help"], "--allow-shell"),
         (vec!["skill", "sign", "--help"], "Ed25519"),
         (vec!["skill", "verify", "--help"], "trust store"),

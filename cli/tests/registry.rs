@@ -220,6 +220,8 @@ fn publish_install_and_run_a_skill_and_an_agent_in_two_namespaces() {
         assert!(lock.contains(&format!("id = \"{id}\"")), "{lock}");
     }
     assert!(lock.contains("registry = \"team-registry\""), "{lock}");
+    // Installed without a requirement: locked as ^<version>, so update stays below 0.2.
+    assert!(lock.contains("requirement = \"^0.1.0\""), "{lock}");
 }
 
 #[test]
@@ -314,7 +316,9 @@ fn tampered_storage_is_refused_and_installs_nothing() {
     assert!(!ws.path().join(".coderClaw/skills.lock").exists());
 
     // A registry fully under someone else's control: the blob swapped for a
-    // package signed by another key, and the index rewritten to match.
+    // package signed by another key, and the index rewritten to match. A
+    // client that saw the old index refuses the rewrite; a new client
+    // refuses the signature.
     let stranger = Publisher::new();
     let forged = std::fs::read(stranger.package("echo", "echo", |m| m)).unwrap();
     let forged_sha = coderclaw_core::Digest::of(&forged).to_hex();
@@ -322,8 +326,11 @@ fn tampered_storage_is_refused_and_installs_nothing() {
     std::fs::write(registry.blob_dir().join(format!("{forged_sha}.ccpkg")), &forged).unwrap();
     let db = rusqlite::Connection::open(registry.data.path().join("registry.db")).unwrap();
     db.execute("UPDATE packages SET sha256 = ?1, digest = ?2", [&forged_sha, &forged_pkg.digest().to_hex()]).unwrap();
-    refused(&install(), "failed verification against your trust store");
-    assert!(installed(&dev).is_empty());
+    refused(&install(), "published versions never change");
+    let fresh = developer(&registry, &publisher, &["team"], false);
+    let out = fresh.run(&["skill", "install", "team/echo", "--registry", "team-registry", "--workspace", p(ws.path())]);
+    refused(&out, "failed verification against your trust store");
+    assert!(installed(&dev).is_empty() && installed(&fresh).is_empty());
     assert!(!ws.path().join(".coderClaw/skills.lock").exists());
 }
 
@@ -465,11 +472,15 @@ fn organisation_policy_from_the_registry_is_verified_cached_and_enforced() {
     ]));
     ok(&dev.run(&["registry", "sync", "--registry", "team-registry"]));
 
-    // Denied: neither installed nor run.
-    refused(&install("team/echo"), "denied by the organisation policy");
+    // Denied: neither run, nor installed (by id or from the lockfile).
     let run = dev.run(&["skill", "run", "team/echo", "--input", "1", "--workspace", p(ws.path())]);
     assert_ne!(run.status.code(), Some(0));
     assert!(text(&run.stderr).contains("[denied-skill]"), "{}", text(&run.stderr));
+    refused(&install("team/echo"), "denied by the organisation policy");
+    // Removing it is allowed; the lockfile still pins it, and installs nothing.
+    ok(&dev.run(&["skill", "remove", "team/echo"]));
+    refused(&dev.run(&["skill", "install", "--workspace", p(ws.path())]), "denied by the organisation policy");
+    assert!(installed(&dev).is_empty());
     // Required and missing: reported.
     let status = dev.run(&["status", "--workspace", p(ws.path())]);
     assert!(text(&status.stdout).contains("word-count"), "{}{}", text(&status.stdout), text(&status.stderr));
@@ -481,8 +492,8 @@ fn organisation_policy_from_the_registry_is_verified_cached_and_enforced() {
     db.execute("UPDATE org_policies SET document = replace(document, '\"echo\"', '\"nothing\"')", []).unwrap();
     refused(&dev.run(&["registry", "sync", "--registry", "team-registry"]), "altered after signing");
     refused(&install("team/echo"), "altered after signing");
-    let run = dev.run(&["skill", "run", "team/echo", "--input", "1", "--workspace", p(ws.path())]);
-    assert!(text(&run.stderr).contains("[denied-skill]"), "the verified policy stays in force: {}", text(&run.stderr));
+    let shown: Value = serde_json::from_str(&ok(&dev.run(&["registry", "policy", "show", "--json"]))).unwrap();
+    assert_eq!(shown["policy"]["deniedSkills"], serde_json::json!(["echo"]), "the verified policy stays in force");
 
     // The cached copy edited on this machine stops the host instead of
     // running without the team's policy.
@@ -526,4 +537,30 @@ fn registry_metadata_older_than_seen_is_refused() {
     configure(&dev, &registry, &publisher, false);
     refused(&install(), "older than what this client has seen");
     assert_eq!(installed(&dev), vec![("team/echo".to_owned(), "0.2.0".to_owned())]);
+}
+
+#[test]
+fn a_lockfile_cannot_send_the_token_to_a_registry_the_user_did_not_configure() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    let dev = developer(&registry, &publisher, &["team"], false);
+    let ws = workspace();
+    std::fs::create_dir_all(ws.path().join(".coderClaw")).unwrap();
+    let hash = "a".repeat(64);
+    std::fs::write(
+        ws.path().join(".coderClaw/skills.lock"),
+        format!(
+            "version = 1\n[[skill]]\nid = \"team/echo\"\nversion = \"0.1.0\"\nrequirement = \"^0.1\"\n\
+             digest = \"{hash}\"\nsha256 = \"{hash}\"\nsigner = \"0123456789abcdef\"\nregistry = \"http://127.0.0.1:9\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coderclaw"));
+    let out = cmd
+        .args(["skill", "install", "--workspace", p(ws.path())])
+        .env("CODERCLAW_HOME", dev.home.path())
+        .env("CODERCLAW_REGISTRY_TOKEN", "ccr_secret")
+        .output()
+        .unwrap();
+    refused(&out, "which is not in your configuration");
 }

@@ -253,7 +253,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
 
     check_enforced_trust(subject, *policies, &mut reasons);
 
-    if policies.org.denied_skills.iter().any(|d| id_matches(d, target.id)) {
+    if policies.org.denies(target.id).is_some() {
         reasons.push(Reason {
             code: "denied-skill",
             message: format!("`{}` is in the organisation policy's deniedSkills", target.id),

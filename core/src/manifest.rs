@@ -308,14 +308,15 @@ impl Manifest {
         if self.kind == Kind::Agent && from.kind == Kind::Skill {
             out.push("kind: skill -> agent".into());
         }
-        let raised = |new: Option<u64>, old: Option<u64>| {
-            matches!((new, old), (Some(n), Some(o)) if n > o) || matches!((new, old), (Some(_), None))
-        };
-        if raised(self.limits.memory.map(|m| m.0), from.limits.memory.map(|m| m.0)) {
+        // Limits compare as they take effect: no request means the host default.
+        let memory = |m: &Manifest| m.limits.memory.map_or(crate::Limits::DEFAULT_MEMORY_BYTES, |s| s.0);
+        if memory(self) > memory(from) {
             let show = |s: Option<Size>| s.map_or("default".to_owned(), String::from);
             out.push(format!("limits.memory: {} -> {}", show(from.limits.memory), show(self.limits.memory)));
         }
-        if raised(self.limits.timeout.map(|t| t.0), from.limits.timeout.map(|t| t.0)) {
+        let default_ms = crate::Limits::DEFAULT_TIMEOUT.as_millis() as u64;
+        let timeout = |m: &Manifest| m.limits.timeout.map_or(default_ms, |t| t.0);
+        if timeout(self) > timeout(from) {
             let show = |t: Option<Millis>| t.map_or("default".to_owned(), String::from);
             out.push(format!("limits.timeout: {} -> {}", show(from.limits.timeout), show(self.limits.timeout)));
         }
@@ -374,6 +375,12 @@ mod tests {
         );
         // Asking for less is never an increase.
         assert!(old.capability_increase(&wider).is_empty());
+        // Limits compare as they take effect: dropping an explicit 16MiB
+        // means the 64 MiB default (more); an explicit 16MiB is less.
+        let small = caps("[limits]\nmemory = \"16MiB\"\n");
+        let none = caps("");
+        assert_eq!(none.capability_increase(&small), vec!["limits.memory: 16MiB -> default"]);
+        assert!(small.capability_increase(&none).is_empty());
     }
 
     const GOOD: &str = r#"

@@ -487,6 +487,11 @@ impl RepoPolicy {
 }
 
 impl OrgPolicy {
+    /// The `deniedSkills` entry that names `id`, if any.
+    pub fn denies(&self, id: &str) -> Option<&str> {
+        self.denied_skills.iter().find(|d| id_matches(d, id)).map(String::as_str)
+    }
+
     /// Adds `other`'s requirements to this policy: the stricter of each
     /// setting wins, lists are joined. Used to apply a team's distributed
     /// policy on top of the local one.

@@ -386,8 +386,7 @@ impl Security {
 
     /// Refuses, and audits, `action` on a skill the organisation denies.
     pub fn check_not_denied(&self, by: &Subject, action: &str, id: &str) -> Result<(), SecurityError> {
-        let denied = &self.policy.org.denied_skills;
-        if let Some(d) = denied.iter().find(|d| coderclaw_core::policy::id_matches(d, id)) {
+        if let Some(d) = self.policy.org.denies(id) {
             let reason = format!("{id} is denied by the organisation policy (deniedSkills: {d})");
             self.audit(self.event(action, AuditResult::Denied, by, "skill", id).reason(&reason))?;
             return Err(SecurityError::Denied(reason));

@@ -52,6 +52,8 @@ pub struct HttpClient {
     base_path: String,
     tls: Option<tokio_rustls::TlsConnector>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    /// Limit on a whole [`HttpClient::fetch`] (request and reply).
+    fetch_timeout: Option<Duration>,
 }
 
 /// A reply whose body has not been read yet; give it back with
@@ -82,7 +84,14 @@ impl HttpClient {
         let tls = if https { Some(crate::tls::connector(ca).map_err(bad)?) } else { None };
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
         let base_path = uri.path_and_query().map_or("", |p| p.as_str()).trim_end_matches('/').to_owned();
-        Ok(Self { host, port, authority, base_path, tls, idle: Mutex::new(Vec::new()) })
+        Ok(Self { host, port, authority, base_path, tls, idle: Mutex::new(Vec::new()), fetch_timeout: None })
+    }
+
+    /// Limits each [`HttpClient::fetch`] to `limit`, so a server that
+    /// accepts the connection and then stalls counts as unreachable.
+    pub fn with_fetch_timeout(mut self, limit: Duration) -> Self {
+        self.fetch_timeout = Some(limit);
+        self
     }
 
     /// host:port as given.
@@ -178,8 +187,22 @@ impl HttpClient {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(connection);
     }
 
-    /// Sends `request` and reads the whole reply, at most `max_reply` bytes.
+    /// Sends `request` and reads the whole reply, at most `max_reply` bytes
+    /// (within the fetch timeout, if one is set).
     pub async fn fetch(
+        &self,
+        request: Request<Full<Bytes>>,
+        max_reply: usize,
+    ) -> Result<(http::response::Parts, Bytes), ClientError> {
+        match self.fetch_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.fetch_unlimited(request, max_reply))
+                .await
+                .map_err(|_| self.down(format!("no complete answer within {limit:?}")))?,
+            None => self.fetch_unlimited(request, max_reply).await,
+        }
+    }
+
+    async fn fetch_unlimited(
         &self,
         request: Request<Full<Bytes>>,
         max_reply: usize,

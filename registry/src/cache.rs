@@ -29,7 +29,7 @@ pub enum CacheError {
     },
     /// The registry answered with something older than this client has seen.
     #[error(
-        "{what} from registry {registry} is older than what this client has seen (serial {got} < {seen}): the registry was rolled back or a stale copy answered; nothing was changed"
+        "{what} from registry {registry} is older than what this client has seen (serial {got} < {seen}): the registry was rolled back or a stale copy answered; nothing was changed (if the registry was restored from a backup on purpose, delete {record} to accept it)"
     )]
     Rollback {
         /// What it was about.
@@ -40,6 +40,24 @@ pub enum CacheError {
         seen: u64,
         /// Received now.
         got: u64,
+        /// The record of what was seen.
+        record: PathBuf,
+    },
+    /// The registry's index contradicts what it said before about a version.
+    #[error(
+        "registry {registry} now lists {id} {version} {change}: published versions never change or disappear, so this index is refused (if the registry was rebuilt on purpose, delete {record} to accept it)"
+    )]
+    Rewritten {
+        /// The registry.
+        registry: String,
+        /// The package.
+        id: String,
+        /// The version.
+        version: String,
+        /// What changed.
+        change: &'static str,
+        /// The record of what was seen.
+        record: PathBuf,
     },
     /// A cached file does not parse.
     #[error("{path}: {message}")]
@@ -79,7 +97,7 @@ impl ClientCache {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
         }
-        crate::store::write_durably(path, bytes).map_err(Self::io(path))
+        crate::fsutil::write_durably(path, bytes).map_err(Self::io(path))
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, CacheError> {
@@ -98,6 +116,9 @@ impl ClientCache {
 
     /// The cached package file with this SHA-256, if present and intact.
     pub fn blob(&self, sha256: &str) -> Option<Vec<u8>> {
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
         let bytes = std::fs::read(self.blob_path(sha256)).ok()?;
         (Digest::of(&bytes).to_hex() == sha256).then_some(bytes)
     }
@@ -119,18 +140,43 @@ impl ClientCache {
         Self::read_json(&self.index_path(registry, id))
     }
 
-    /// Records `info` as seen, unless it is older than what was seen. An
-    /// unreadable cached copy is replaced (it proves nothing).
+    /// Records `info` as seen, unless it is older than what was seen or
+    /// drops or changes a version seen before (yanking is the only change a
+    /// version may have). A cached copy that does not parse is replaced (it
+    /// proves nothing); one that cannot be read is an error.
     pub fn accept_metadata(&self, registry: &str, info: &PackageInfo) -> Result<(), CacheError> {
-        if let Some(seen) = self.metadata(registry, &info.id).ok().flatten().filter(|s| s.serial > info.serial) {
-            return Err(CacheError::Rollback {
-                what: format!("the metadata of {}", info.id),
-                registry: registry.to_owned(),
-                seen: seen.serial,
-                got: info.serial,
-            });
+        let record = self.index_path(registry, &info.id);
+        let seen = match self.metadata(registry, &info.id) {
+            Err(CacheError::Corrupt { .. }) => None,
+            other => other?,
+        };
+        if let Some(seen) = seen {
+            if seen.serial > info.serial {
+                return Err(CacheError::Rollback {
+                    what: format!("the metadata of {}", info.id),
+                    registry: registry.to_owned(),
+                    seen: seen.serial,
+                    got: info.serial,
+                    record,
+                });
+            }
+            for old in &seen.versions {
+                let change = match info.exact(&old.version) {
+                    None => "missing",
+                    Some(new) if new.sha256 != old.sha256 || new.digest != old.digest => "with other bytes",
+                    Some(new) if old.yanked && !new.yanked => "as not yanked any more",
+                    Some(_) => continue,
+                };
+                return Err(CacheError::Rewritten {
+                    registry: registry.to_owned(),
+                    id: info.id.clone(),
+                    version: old.version.to_string(),
+                    change,
+                    record,
+                });
+            }
         }
-        Self::write(&self.index_path(registry, &info.id), &serde_json::to_vec_pretty(info).unwrap_or_default())
+        Self::write(&record, &serde_json::to_vec_pretty(info).unwrap_or_default())
     }
 
     fn policy_path(&self, registry: &str, namespace: &str) -> PathBuf {
@@ -143,17 +189,23 @@ impl ClientCache {
     }
 
     /// Records a verified policy as the one in force, unless it is older
-    /// than the one seen. An unreadable cached copy is replaced.
+    /// than the one seen. A cached copy that does not parse is replaced.
     pub fn accept_policy(&self, registry: &str, doc: &SignedOrgPolicy) -> Result<(), CacheError> {
-        if let Some(seen) = self.policy(registry, &doc.namespace).ok().flatten().filter(|s| s.serial > doc.serial) {
+        let record = self.policy_path(registry, &doc.namespace);
+        let seen = match self.policy(registry, &doc.namespace) {
+            Err(CacheError::Corrupt { .. }) => None,
+            other => other?,
+        };
+        if let Some(seen) = seen.filter(|s| s.serial > doc.serial) {
             return Err(CacheError::Rollback {
                 what: format!("the organisation policy of `{}`", doc.namespace),
                 registry: registry.to_owned(),
                 seen: seen.serial,
                 got: doc.serial,
+                record,
             });
         }
-        Self::write(&self.policy_path(registry, &doc.namespace), &serde_json::to_vec_pretty(doc).unwrap_or_default())
+        Self::write(&record, &serde_json::to_vec_pretty(doc).unwrap_or_default())
     }
 }
 
@@ -176,6 +228,31 @@ mod tests {
         assert_eq!(cache.metadata("team-registry", "team/x").unwrap().unwrap().serial, 5);
         // Another registry has its own history.
         cache.accept_metadata("http://other:7421", &info(1)).unwrap();
+
+        // A version seen before may be yanked, never dropped or changed.
+        let manifest = coderclaw_core::manifest::Manifest::from_toml(
+            "id = \"team/x\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"d\"\n",
+            "m",
+        )
+        .unwrap();
+        let v = |sha: &str, yanked| crate::api::VersionInfo {
+            version: "1.0.0".parse().unwrap(),
+            digest: "d".into(),
+            sha256: sha.into(),
+            size: 1,
+            signer: "k".into(),
+            published_at: 0,
+            yanked,
+            yank_reason: None,
+            manifest: manifest.clone(),
+        };
+        let with = |serial, versions| PackageInfo { id: "team/x".into(), kind: Kind::Skill, serial, versions };
+        cache.accept_metadata("team-registry", &with(6, vec![v("a", false)])).unwrap();
+        cache.accept_metadata("team-registry", &with(7, vec![v("a", true)])).unwrap();
+        for (serial, versions) in [(8, vec![]), (8, vec![v("b", true)]), (8, vec![v("a", false)])] {
+            let e = cache.accept_metadata("team-registry", &with(serial, versions)).unwrap_err();
+            assert!(matches!(e, CacheError::Rewritten { .. }), "{e}");
+        }
 
         let key = SecretKey::from_seed([1; 32]);
         let doc = |serial| SignedOrgPolicy::sign("team", serial, 0, OrgPolicy::default(), &key);

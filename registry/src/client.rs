@@ -7,17 +7,21 @@ use crate::api::{ApiError, ErrorCode, NamespaceKey, PackageInfo, PublishReply, S
 use bytes::Bytes;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
-use coderclaw_net::HttpClient;
 use coderclaw_net::server::percent_encode;
+use coderclaw_net::{ClientError, HttpClient};
 use http::{Method, header};
 use http_body_util::Full;
 use serde::de::DeserializeOwned;
 use std::path::Path;
+use std::time::Duration;
 
 /// Largest JSON reply read.
 const MAX_JSON: usize = 16 << 20;
 /// Largest package downloaded.
 const MAX_PACKAGE: usize = 256 << 20;
+/// Longest a request may take, reply included: a registry that stalls is
+/// treated as down (so installs fall back to the cache).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What went wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,9 @@ impl RegistryClient {
     /// A client of the registry at `url`, sending `token` when given; `ca`
     /// is an extra PEM CA file for https.
     pub fn new(url: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, RegistryClientError> {
-        let http = HttpClient::new(url, ca).map_err(|e| RegistryClientError::Unreachable(e.to_string()))?;
+        let http = HttpClient::new(url, ca)
+            .map_err(|e| RegistryClientError::Unreachable(e.to_string()))?
+            .with_fetch_timeout(FETCH_TIMEOUT);
         Ok(Self { http, url: url.trim_end_matches('/').to_owned(), token })
     }
 
@@ -76,8 +82,10 @@ impl RegistryClient {
             b = b.header(header::CONTENT_TYPE, ct);
         }
         let request = b.body(Full::new(Bytes::from(body))).map_err(|e| RegistryClientError::BadReply(e.to_string()))?;
-        let (parts, bytes) =
-            self.http.fetch(request, max).await.map_err(|e| RegistryClientError::Unreachable(e.to_string()))?;
+        let (parts, bytes) = self.http.fetch(request, max).await.map_err(|e| match e {
+            ClientError::Reply { .. } => RegistryClientError::BadReply(e.to_string()),
+            _ => RegistryClientError::Unreachable(e.to_string()),
+        })?;
         if !parts.status.is_success() {
             #[derive(serde::Deserialize)]
             struct Envelope {

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod cache;
 pub mod client;
+mod fsutil;
 pub mod lockfile;
 pub mod server;
 pub mod store;

@@ -94,6 +94,18 @@ impl Lockfile {
         };
         let lock: Lockfile =
             toml::from_str(&text).map_err(|e| LockfileError::Invalid { path: path.into(), message: e.to_string() })?;
+        for (i, s) in lock.skills.iter().enumerate() {
+            let bad = |message: String| LockfileError::Invalid {
+                path: path.into(),
+                message: format!("skill[{i}] ({}): {message}", s.id),
+            };
+            coderclaw_core::manifest::SkillId::parse(&s.id).map_err(&bad)?;
+            for (key, value) in [("digest", &s.digest), ("sha256", &s.sha256)] {
+                if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad(format!("`{key}` is not a SHA-256 (64 hex digits)")));
+                }
+            }
+        }
         if lock.version != FORMAT {
             return Err(LockfileError::Invalid {
                 path: path.into(),
@@ -114,7 +126,7 @@ impl Lockfile {
         let text = toml::to_string_pretty(&sorted)
             .map_err(|e| LockfileError::Invalid { path: path.into(), message: e.to_string() })?;
         let header = "# Written by `coderclaw skill install`. `coderclaw skill install` with no argument\n# installs exactly these versions. Change it with `coderclaw skill install|update`.\n";
-        crate::store::write_durably(path, format!("{header}{text}").as_bytes()).map_err(io)
+        crate::fsutil::write_durably(path, format!("{header}{text}").as_bytes()).map_err(io)
     }
 
     /// The entry of `id`.
@@ -150,8 +162,8 @@ mod tests {
             id: "team/x".into(),
             version: "1.2.0".parse().unwrap(),
             requirement: "^1".parse().unwrap(),
-            digest: "d".into(),
-            sha256: "s".into(),
+            digest: "d".repeat(64),
+            sha256: "5".repeat(64),
             signer: "k".into(),
             registry: "team-registry".into(),
         });
@@ -160,5 +172,10 @@ mod tests {
         std::fs::write(&path, "version = 1\n[[skill]]\nid = \"team/x\"\n").unwrap();
         let e = Lockfile::read(&path).unwrap_err().to_string();
         assert!(e.contains("skills.lock") && e.contains("missing field"), "{e}");
+        let mut bad = lock.clone();
+        bad.skills[0].sha256 = "../../etc/passwd".into();
+        std::fs::write(&path, toml::to_string(&bad).unwrap()).unwrap();
+        let e = Lockfile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("`sha256` is not a SHA-256"), "{e}");
     }
 }

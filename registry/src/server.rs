@@ -188,6 +188,13 @@ async fn route(
         }
         (&Method::POST, ["v1", "packages"]) => {
             let who = required(who)?;
+            // Refuse before reading up to the upload limit.
+            if who.scope != crate::store::Scope::Publish {
+                return Err(err(
+                    ErrorCode::InsufficientScope,
+                    format!("token {} has scope `{}`: publishing needs a `publish` token", who.id, who.scope.as_str()),
+                ));
+            }
             let bytes = body(req, config.max_upload_bytes).await?;
             let reply = blocking(move || store.publish(&who, &bytes)).await?;
             let status = if reply.already_published { StatusCode::OK } else { StatusCode::CREATED };

@@ -20,7 +20,6 @@ use coderclaw_core::package::{KeyLookup, Package, TrustedKey};
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -140,6 +139,12 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     err(ErrorCode::Internal, format!("registry storage: {e}"))
 }
 
+/// The one answer for a namespace that does not exist and for a private
+/// one the caller may not read: the two must look the same.
+pub(crate) fn not_found_namespace(name: &str) -> ApiError {
+    err(ErrorCode::NotFound, format!("no namespace `{name}` in this registry (or it is private: send a token of it)"))
+}
+
 fn valid_namespace(name: &str) -> Result<(), ApiError> {
     SkillId::parse(&format!("{name}/x")).map(|_| ()).map_err(|_| {
         err(ErrorCode::InvalidRequest, format!("`{name}` is not a namespace: use lowercase letters, digits and `-`"))
@@ -196,7 +201,7 @@ impl RegistryStore {
         valid_namespace(name)?;
         let created_at = now();
         self.with_db(|db| {
-            let tx = db.transaction().map_err(internal)?;
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
             let inserted = tx
                 .execute(
                     "INSERT OR IGNORE INTO namespaces (name, public, created_at) VALUES (?1, ?2, ?3)",
@@ -245,7 +250,7 @@ impl RegistryStore {
             db.query_row("SELECT public FROM namespaces WHERE name = ?1", [name], |r| r.get(0))
                 .optional()
                 .map_err(internal)?
-                .ok_or_else(|| err(ErrorCode::NotFound, format!("no namespace `{name}` in this registry")))
+                .ok_or_else(|| not_found_namespace(name))
         })
     }
 
@@ -253,6 +258,12 @@ impl RegistryStore {
     /// its organisation policy).
     pub fn add_key(&self, namespace: &str, key: &PublicKey, admin: bool) -> Result<NamespaceKey, ApiError> {
         self.namespace_is_public(namespace)?;
+        if self.keys(namespace)?.iter().any(|k| k.key_id == key.id().as_str() && k.revoked_at.is_some()) {
+            return Err(err(
+                ErrorCode::InvalidRequest,
+                format!("key {} was revoked for `{namespace}`: revocation is permanent; use a new key", key.id()),
+            ));
+        }
         let k = NamespaceKey {
             key_id: key.id().to_string(),
             public_key: key.to_string(),
@@ -263,7 +274,7 @@ impl RegistryStore {
         self.with_db(|db| {
             db.execute(
                 "INSERT INTO namespace_keys (namespace, key_id, public_key, admin, added_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(namespace, key_id) DO UPDATE SET admin = ?4, revoked_at = NULL",
+                 ON CONFLICT(namespace, key_id) DO UPDATE SET admin = ?4",
                 params![namespace, k.key_id, k.public_key, admin, k.added_at as i64],
             )
             .map_err(internal)
@@ -327,12 +338,18 @@ impl RegistryStore {
         let token = format!("ccr_{}", hex::encode(raw));
         let hash = Digest::of(token.as_bytes()).to_hex();
         let created_at = now();
+        let expires_at = match expires_in {
+            Some(d) => Some(created_at.checked_add(d.as_secs()).filter(|t| *t < i64::MAX as u64).ok_or_else(|| {
+                err(ErrorCode::InvalidRequest, "the expiry is too far in the future: give a shorter duration")
+            })?),
+            None => None,
+        };
         let info = TokenInfo {
             id: hash[..12].to_owned(),
             namespace: namespace.to_owned(),
             scope,
             created_at,
-            expires_at: expires_in.map(|d| created_at + d.as_secs()),
+            expires_at,
             revoked_at: None,
         };
         self.with_db(|db| {
@@ -425,6 +442,15 @@ impl RegistryStore {
         }
         let package = Package::parse(bytes).map_err(|e| err(ErrorCode::BadPackage, e.to_string()))?;
         let manifest = package.manifest().map_err(|e| err(ErrorCode::BadPackage, e.to_string()))?;
+        if !manifest.version.build.is_empty() {
+            return Err(err(
+                ErrorCode::BadPackage,
+                format!(
+                    "version {} has build metadata (`+{}`), which version requirements ignore: publish it as a plain or pre-release version",
+                    manifest.version, manifest.version.build
+                ),
+            ));
+        }
         let namespace = manifest.id.namespace().to_owned();
         if namespace != who.namespace {
             return Err(err(
@@ -443,7 +469,7 @@ impl RegistryStore {
         let path = self.blob_path(&sha256);
         let fresh_blob = !path.exists();
         if fresh_blob {
-            write_durably(&path, bytes).map_err(internal)?;
+            crate::fsutil::write_durably(&path, bytes).map_err(internal)?;
         }
         let m = verified.manifest();
         let reply = PublishReply {
@@ -455,7 +481,7 @@ impl RegistryStore {
             already_published: false,
         };
         let outcome = self.with_db(|db| {
-            let tx = db.transaction().map_err(internal)?;
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
             let existing: Option<String> = tx
                 .query_row(
                     "SELECT sha256 FROM packages WHERE id = ?1 AND version = ?2",
@@ -501,9 +527,17 @@ impl RegistryStore {
             Ok(reply.clone())
         });
         if outcome.is_err() && fresh_blob {
-            // Only this request wrote that blob: its sha covers the id and
-            // version, and no row names it.
-            let _ = fs::remove_file(&path);
+            // Remove the upload unless a concurrent publish of the same
+            // bytes committed a row naming it meanwhile (checked under the lock).
+            let _ = self.with_db(|db| {
+                let named: bool = db
+                    .query_row("SELECT EXISTS(SELECT 1 FROM packages WHERE sha256 = ?1)", [&sha256], |r| r.get(0))
+                    .map_err(internal)?;
+                if !named {
+                    let _ = fs::remove_file(&path);
+                }
+                Ok(())
+            });
         }
         outcome
     }
@@ -524,7 +558,7 @@ impl RegistryStore {
             ));
         }
         let changed = self.with_db(|db| {
-            let tx = db.transaction().map_err(internal)?;
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
             let serial = Self::bump_serial(&tx).map_err(internal)?;
             let n = tx
                 .execute(
@@ -594,7 +628,9 @@ impl RegistryStore {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err(ErrorCode::InvalidRequest, "not a SHA-256"));
         }
-        fs::read(self.blob_path(sha256)).map_err(|e| internal(format!("blob {sha256}: {e}")))
+        fs::read(self.blob_path(sha256)).map_err(|e| {
+            internal(format!("the stored file {sha256}.ccpkg cannot be read ({e}): the registry's storage is damaged"))
+        })
     }
 
     /// Packages whose id or description contains `query` (all when empty),
@@ -620,8 +656,7 @@ impl RegistryStore {
             rows.collect::<Result<_, _>>().map_err(internal)
         })?;
         let mut hits = Vec::new();
-        for (id, ns) in ids.into_iter().filter(|(_, ns)| readable(ns)) {
-            let _ = ns;
+        for (id, _) in ids.into_iter().filter(|(_, ns)| readable(ns)) {
             let p = self.package(&id)?;
             let newest = p.versions.last().map(|v| v.manifest.description.clone()).unwrap_or_default();
             let latest = p.resolve(&semver::VersionReq::STAR).map(|v| v.version.clone());
@@ -667,7 +702,7 @@ impl RegistryStore {
         doc.verify(&doc.namespace, &admins).map_err(|e| err(ErrorCode::SignatureRejected, e.to_string()))?;
         let text = serde_json::to_string(doc).map_err(internal)?;
         self.with_db(|db| {
-            let tx = db.transaction().map_err(internal)?;
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
             let current: Option<i64> = tx
                 .query_row("SELECT serial FROM org_policies WHERE namespace = ?1", [&doc.namespace], |r| r.get(0))
                 .optional()
@@ -694,16 +729,4 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Skill => "skill",
         Kind::Agent => "agent",
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file, synced before the
-/// rename, so a crash never leaves a half-written blob under its address.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut raw = [0u8; 8];
-    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension(format!("tmp-{}", hex::encode(raw)));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }

@@ -81,6 +81,21 @@ async fn uploads_over_the_limit_are_refused() {
 }
 
 #[tokio::test]
+async fn build_metadata_versions_and_re_adding_a_revoked_key_are_refused() {
+    let f = RegistryFixture::start(RegistryConfig::default(), true).await;
+    // `1.0.0+a` and `1.0.0+b` would both match `=1.0.0`: two byte strings for one version.
+    let e = f.client(Some(&f.publish)).publish(f.package("echo", "1.0.0+a", "d", echo())).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadPackage), "{e}");
+    assert!(e.to_string().contains("build metadata"), "{e}");
+
+    f.store.revoke_key("team", f.key.public().id().as_str()).unwrap();
+    let again = f.store.add_key("team", &f.key.public(), true).unwrap_err();
+    assert!(again.message.contains("revocation is permanent"), "{again}");
+    let e = f.client(Some(&f.publish)).publish(f.package("echo", "1.0.0", "d", echo())).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SignatureRejected), "{e}");
+}
+
+#[tokio::test]
 async fn organisation_policies_need_an_admin_key_and_a_higher_serial() {
     let f = RegistryFixture::start(RegistryConfig::default(), true).await;
     let policy = OrgPolicy { denied_skills: vec!["dangerous-exec".into()], ..OrgPolicy::default() };
