@@ -475,15 +475,26 @@ fn parse_spec(spec: &str) -> Result<(String, semver::VersionReq)> {
 /// checks its SHA-256, verifies its signature against YOUR trust store
 /// (the registry does not vouch for itself), installs it and records it in
 /// the workspace's .coderClaw/skills.lock (without a requirement, as
-/// ^<version>). With no argument, installs
-/// exactly the locked versions; their digests must match. Refused: skills
+/// ^<version>). With no argument, installs exactly the locked versions;
+/// their digests must match. Refused: skills
 /// the organisation policy denies, moving to an older version (unless
 /// --allow-downgrade), and asking for more capabilities than the installed
 /// version (unless --accept-capabilities, after showing the difference).
 #[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct InstallArgs {
     /// A .ccpkg file, or `namespace/name[@<semver requirement>]`.
     pub package: Option<String>,
+    #[command(flatten)]
+    pub common: InstallOptions,
+    /// Allow moving a skill to an older version than installed or locked.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+/// What `skill install` and `skill update` share.
+#[derive(clap::Args, Debug)]
+pub struct InstallOptions {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// The project whose .coderClaw/skills.lock is used (default: the current directory).
@@ -492,9 +503,6 @@ pub struct InstallArgs {
     /// Accept a new version that asks for more capabilities than the installed one.
     #[arg(long)]
     pub accept_capabilities: bool,
-    /// Allow moving a skill to an older version than installed or locked.
-    #[arg(long)]
-    pub allow_downgrade: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -511,16 +519,7 @@ pub struct UpdateArgs {
     /// Only this skill.
     pub id: Option<String>,
     #[command(flatten)]
-    pub registry: RegistryArgs,
-    /// The project whose .coderClaw/skills.lock is used (default: the current directory).
-    #[arg(long, value_name = "DIR")]
-    pub workspace: Option<PathBuf>,
-    /// Accept new versions that ask for more capabilities.
-    #[arg(long)]
-    pub accept_capabilities: bool,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
+    pub common: InstallOptions,
 }
 
 /// Publish a signed package to a registry (needs a `publish` token).
@@ -594,35 +593,35 @@ fn refresh_policies(rt: &tokio::runtime::Runtime, reg: &Registry) -> Result<()> 
 }
 
 pub fn install(args: InstallArgs) -> Result<ExitCode> {
-    if let Some(p) = args.package.as_deref().filter(|p| p.ends_with(".ccpkg") || Path::new(p).is_file()) {
-        if args.registry.registry.is_some() {
+    let InstallArgs { package, common: c, allow_downgrade } = args;
+    if let Some(p) = package.as_deref().filter(|p| p.ends_with(".ccpkg") || Path::new(p).is_file()) {
+        if c.registry.registry.is_some() {
             bail!("{p} is a package file: --registry is for installing by id (namespace/name)");
         }
-        return crate::package::install_file(Path::new(p), args.json);
+        return crate::package::install_file(Path::new(p), c.json);
     }
     let rt = runtime()?;
-    match args.package {
+    match package {
         Some(spec) => {
             let (id, req) = parse_spec(&spec)?;
-            let reg = args.registry.open(None)?;
+            let reg = c.registry.open(None)?;
             refresh_policies(&rt, &reg)?;
-            let mut inst =
-                installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
+            let mut inst = installer(c.workspace.as_deref(), c.accept_capabilities, allow_downgrade, c.json)?;
             let outcome = rt.block_on(inst.install(&reg, &id, &req, false))?;
-            if let Some(n) = outcome.note.as_ref().filter(|_| !args.json) {
+            if let Some(n) = outcome.note.as_ref().filter(|_| !c.json) {
                 eprintln!("note: {n}");
             }
-            report(&[outcome], args.json)
+            report(&[outcome], c.json)
         }
         None => {
-            let lock = Lockfile::read(&Lockfile::path(&home::workspace(args.workspace.as_deref())?))?;
-            refresh_lockfile_policies(&rt, &args.registry, &lock)?;
-            let inst = installer(args.workspace.as_deref(), args.accept_capabilities, args.allow_downgrade, args.json)?;
+            let lock = Lockfile::read(&Lockfile::path(&home::workspace(c.workspace.as_deref())?))?;
+            refresh_lockfile_policies(&rt, &c.registry, &lock)?;
+            let inst = installer(c.workspace.as_deref(), c.accept_capabilities, allow_downgrade, c.json)?;
             let mut outcomes = Vec::new();
             for entry in inst.lock.skills.clone() {
-                outcomes.push(rt.block_on(inst.install_locked(&args.registry, &entry))?);
+                outcomes.push(rt.block_on(inst.install_locked(&c.registry, &entry))?);
             }
-            report(&outcomes, args.json)
+            report(&outcomes, c.json)
         }
     }
 }
@@ -640,13 +639,14 @@ fn refresh_lockfile_policies(rt: &tokio::runtime::Runtime, args: &RegistryArgs, 
 }
 
 pub fn update(args: UpdateArgs) -> Result<ExitCode> {
+    let UpdateArgs { id, common: c } = args;
     let rt = runtime()?;
-    let lock = Lockfile::read(&Lockfile::path(&home::workspace(args.workspace.as_deref())?))?;
-    refresh_lockfile_policies(&rt, &args.registry, &lock)?;
-    let mut inst = installer(args.workspace.as_deref(), args.accept_capabilities, false, args.json)?;
+    let lock = Lockfile::read(&Lockfile::path(&home::workspace(c.workspace.as_deref())?))?;
+    refresh_lockfile_policies(&rt, &c.registry, &lock)?;
+    let mut inst = installer(c.workspace.as_deref(), c.accept_capabilities, false, c.json)?;
     let entries: Vec<LockedSkill> =
-        inst.lock.skills.iter().filter(|s| args.id.as_deref().is_none_or(|id| s.id == id)).cloned().collect();
-    if let (Some(id), true) = (&args.id, entries.is_empty()) {
+        inst.lock.skills.iter().filter(|s| id.as_deref().is_none_or(|id| s.id == id)).cloned().collect();
+    if let (Some(id), true) = (&id, entries.is_empty()) {
         bail!(
             "{id} is not in {}: install it first with `coderclaw skill install {id} --registry <name>`",
             inst.lock_path.display()
@@ -655,11 +655,11 @@ pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     let mut outcomes = Vec::new();
     for entry in entries {
         // What is installed first matches the lockfile; then it moves up.
-        rt.block_on(inst.install_locked(&args.registry, &entry))?;
-        let reg = args.registry.open(Some(&entry.registry))?;
+        rt.block_on(inst.install_locked(&c.registry, &entry))?;
+        let reg = c.registry.open(Some(&entry.registry))?;
         outcomes.push(rt.block_on(inst.install(&reg, &entry.id, &entry.requirement, true))?);
     }
-    report(&outcomes, args.json)
+    report(&outcomes, c.json)
 }
 
 pub fn publish(args: PublishArgs) -> Result<ExitCode> {

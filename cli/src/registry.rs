@@ -81,6 +81,18 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// What the admin listings take: a namespace, the data directory, --json.
+#[derive(clap::Args, Debug)]
+pub struct NamespaceListArgs {
+    /// The namespace.
+    pub namespace: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum NamespaceCommand {
     /// Create a namespace.
@@ -122,15 +134,7 @@ pub enum KeyCommand {
         data: DataArgs,
     },
     /// List a namespace's keys.
-    List {
-        /// The namespace.
-        namespace: String,
-        #[command(flatten)]
-        data: DataArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List(NamespaceListArgs),
     /// Revoke a key: the registry accepts nothing new signed by it.
     Revoke {
         /// The namespace.
@@ -161,15 +165,7 @@ pub enum TokenCommand {
         json: bool,
     },
     /// List a namespace's tokens (ids and scopes, never the tokens).
-    List {
-        /// The namespace.
-        namespace: String,
-        #[command(flatten)]
-        data: DataArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List(NamespaceListArgs),
     /// Revoke a token by id.
     Revoke {
         /// Token id (from `token list`).
@@ -291,7 +287,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             println!("key {} may sign {role} of `{namespace}`", k.key_id);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Key(KeyCommand::List { namespace, data, json }) => {
+        Command::Key(KeyCommand::List(NamespaceListArgs { namespace, data, json })) => {
             let keys = data.open()?.keys(&namespace)?;
             if json {
                 print_json(&keys)?;
@@ -329,7 +325,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Token(TokenCommand::List { namespace, data, json }) => {
+        Command::Token(TokenCommand::List(NamespaceListArgs { namespace, data, json })) => {
             let tokens = data.open()?.tokens(&namespace)?;
             if json {
                 print_json(&tokens)?;

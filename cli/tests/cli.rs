@@ -223,7 +223,7 @@ fn every_command_explains_itself() {
     for (args, needle) in [
         (vec!["--help"], "can touch nothing"),
         (vec!["skill", "--help"], "Install skills"),
-        (vec!["skill", "install", "--help"], "YOUR trust store"),
+        (vec!["skill", "install", "--help"], "does not vouch for itself"),
         (vec!["skill", "publish", "--help"], "never lets a version"),
         (vec!["skill", "update", "--help"], "requirement"),
         (vec!["registry", "--help"], "scoped tokens"),
