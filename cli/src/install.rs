@@ -296,6 +296,19 @@ impl Installer {
         Ok(Some(format!("accepted capability increase: {}", diff.join("; "))))
     }
 
+    /// An agent runs only the skills its manifest lists that are installed:
+    /// says which of them are not, and how to install them.
+    fn hint_missing_skills(&self, id: &str, registry: &str) {
+        let Ok(agent) = self.security.home().info(id) else { return };
+        for skill in &agent.manifest.capabilities.skills {
+            if self.security.home().info(skill.as_str()).is_err() {
+                eprintln!(
+                    "note: {id} invokes {skill}, which is not installed: coderclaw skill install {skill} --registry {registry}"
+                );
+            }
+        }
+    }
+
     fn check_no_rollback(&self, id: &str, to: &semver::Version) -> Result<()> {
         if self.allow_downgrade {
             return Ok(());
@@ -549,6 +562,9 @@ pub struct YankArgs {
     pub reason: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -608,6 +624,9 @@ pub fn install(args: InstallArgs) -> Result<ExitCode> {
             refresh_policies(&rt, &reg)?;
             let mut inst = installer(c.workspace.as_deref(), c.accept_capabilities, allow_downgrade, c.json)?;
             let outcome = rt.block_on(inst.install(&reg, &id, &req, false))?;
+            if !c.json {
+                inst.hint_missing_skills(&id, &reg.name);
+            }
             if let Some(n) = outcome.note.as_ref().filter(|_| !c.json) {
                 eprintln!("note: {n}");
             }
@@ -695,6 +714,10 @@ pub fn yank(args: YankArgs) -> Result<ExitCode> {
     let version = semver::Version::parse(version).with_context(|| format!("`{version}` is not a version"))?;
     let reg = args.registry.open(None)?;
     let v = runtime()?.block_on(reg.client.yank(id, &version, &args.reason))?;
-    println!("yanked {id} {} on {}: new installs skip it", v.version, reg.name);
+    if args.json {
+        print_json(&v)?;
+    } else {
+        println!("yanked {id} {} on {}: new installs skip it", v.version, reg.name);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -200,7 +200,23 @@ fn publish_install_and_run_a_skill_and_an_agent_in_two_namespaces() {
     assert_eq!(agents[0]["kind"], "agent");
 
     let ws = workspace();
-    for id in ["team/echo", "team/word-count", "team/security-scanner", "team/code-reviewer", "ops/echo"] {
+    // The agent first: it says which of the skills it invokes are missing.
+    let out = dev.run(&[
+        "skill",
+        "install",
+        "team/code-reviewer",
+        "--registry",
+        "team-registry",
+        "--workspace",
+        p(ws.path()),
+    ]);
+    ok(&out);
+    assert!(
+        text(&out.stderr).contains("invokes team/security-scanner, which is not installed"),
+        "{}",
+        text(&out.stderr)
+    );
+    for id in ["team/echo", "team/word-count", "team/security-scanner", "ops/echo"] {
         let out =
             dev.run(&["skill", "install", id, "--registry", "team-registry", "--workspace", p(ws.path()), "--json"]);
         let report: Value = serde_json::from_str(&ok(&out)).unwrap();

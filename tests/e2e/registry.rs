@@ -150,3 +150,27 @@ async fn the_openapi_document_describes_every_route() {
         assert!(codes.iter().any(|c| c == code), "{code} is documented");
     }
 }
+
+#[tokio::test]
+async fn https_registries_are_reached_through_a_trusted_ca_only() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let config = RegistryConfig { tls: Some((cert_file.clone(), key_file)), ..RegistryConfig::default() };
+    let f = RegistryFixture::start(config, true).await;
+    assert!(f.server.url().starts_with("https://"));
+    let url = format!("https://localhost:{}", f.server.addr.port());
+
+    let trusting = coderclaw_registry::RegistryClient::new(&url, Some(f.publish.clone()), Some(&cert_file)).unwrap();
+    trusting.publish(f.package("echo", "1.0.0", "d", echo())).await.unwrap();
+    assert_eq!(trusting.package("team/echo").await.unwrap().versions.len(), 1);
+
+    // The web PKI roots alone do not vouch for a self-signed registry: the
+    // token is never sent to it.
+    let untrusting = coderclaw_registry::RegistryClient::new(&url, Some(f.publish.clone()), None).unwrap();
+    let e = untrusting.package("team/echo").await.unwrap_err();
+    assert!(matches!(e, coderclaw_registry::client::RegistryClientError::Unreachable(_)), "{e}");
+    assert!(e.to_string().contains("TLS"), "{e}");
+}
