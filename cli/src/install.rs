@@ -181,6 +181,17 @@ struct Installer {
     json: bool,
 }
 
+/// What a package must be: from the index, or pinned by the lockfile
+/// (which also pins the signer).
+#[derive(Clone, Copy)]
+struct Expected<'a> {
+    id: &'a str,
+    version: &'a semver::Version,
+    sha256: &'a str,
+    digest: &'a str,
+    signer: Option<&'a str>,
+}
+
 /// A registry's answer about a package, and whether it came from the cache
 /// because the registry was unreachable.
 struct Metadata {
@@ -217,7 +228,8 @@ impl Installer {
     }
 
     /// The package file: from the cache, else downloaded; its SHA-256 must
-    /// be `sha256` (what the index or lockfile lists).
+    /// be `sha256` (what the index or lockfile lists). A download is cached
+    /// by [`Installer::checked`] only once it verified.
     async fn bytes(
         &self,
         reg: &Registry,
@@ -249,8 +261,44 @@ impl Installer {
                 reg.name
             );
         }
-        self.cache.put_blob(&bytes)?;
         Ok(bytes)
+    }
+
+    /// Gets, verifies and gate-checks a package, auditing any refusal;
+    /// verified downloads go to the cache for offline installs.
+    async fn checked(
+        &self,
+        reg: &Registry,
+        expected: &Expected<'_>,
+        offline: bool,
+        cached: Option<Vec<u8>>,
+    ) -> Result<(Vec<u8>, VerifiedPackage, Option<String>)> {
+        let Expected { id, version, sha256, digest, signer } = *expected;
+        let outcome = async {
+            let fetched = cached.is_none();
+            let bytes = match cached {
+                Some(b) => b,
+                None => self.bytes(reg, id, version, sha256, offline).await?,
+            };
+            let verified = self.verify(&bytes, id, version, digest)?;
+            if let Some(s) = signer.filter(|s| verified.signer().as_str() != *s) {
+                bail!(
+                    "{id} {version} is signed by {}, the lockfile says {s}: nothing was installed",
+                    verified.signer()
+                );
+            }
+            let gate = self.capability_gate(&verified)?;
+            if fetched {
+                self.cache.put_blob(&bytes)?;
+            }
+            Ok((bytes, verified, gate))
+        }
+        .await;
+        if let Err(e) = &outcome {
+            let reason = format!("from registry {}: {e:#}", reg.name);
+            self.security.audit_refused(&self.subject, "skill.install", ("skill", id), &reason)?;
+        }
+        outcome
     }
 
     /// Verifies against this client's trust store and checks the package
@@ -358,9 +406,10 @@ impl Installer {
             self.lock_entry(reg, id, &recorded, &chosen, &signer)?;
             return Ok(self.outcome(id, &chosen, "unchanged", None));
         }
-        let bytes = self.bytes(reg, id, &chosen.version, &chosen.sha256, meta.offline).await?;
-        let verified = self.verify(&bytes, id, &chosen.version, &chosen.digest)?;
-        let note = self.capability_gate(&verified)?;
+        let expected =
+            Expected { id, version: &chosen.version, sha256: &chosen.sha256, digest: &chosen.digest, signer: None };
+        let cached = self.cache.blob(&chosen.sha256);
+        let (bytes, verified, note) = self.checked(reg, &expected, meta.offline, cached).await?;
         self.security.install(&self.subject, &bytes)?;
         self.lock_entry(reg, id, &recorded, &chosen, verified.signer().as_str())?;
         Ok(self.outcome(id, &chosen, "installed", note))
@@ -431,23 +480,15 @@ impl Installer {
                 note = Some(message);
             }
         }
-        let bytes = match cached {
-            Some(b) => b,
-            None => {
-                let offline = meta.as_ref().is_none_or(|m| m.offline);
-                self.bytes(&reg, id, &entry.version, &entry.sha256, offline).await?
-            }
+        let offline = meta.as_ref().is_none_or(|m| m.offline);
+        let expected = Expected {
+            id,
+            version: &entry.version,
+            sha256: &entry.sha256,
+            digest: &entry.digest,
+            signer: Some(&entry.signer),
         };
-        let verified = self.verify(&bytes, id, &entry.version, &entry.digest)?;
-        if verified.signer().as_str() != entry.signer {
-            bail!(
-                "{id} {} is signed by {}, the lockfile says {}: nothing was installed",
-                entry.version,
-                verified.signer(),
-                entry.signer
-            );
-        }
-        let gate = self.capability_gate(&verified)?;
+        let (bytes, _, gate) = self.checked(&reg, &expected, offline, cached).await?;
         self.security.install(&self.subject, &bytes)?;
         Ok(done("installed", note.or(gate)))
     }

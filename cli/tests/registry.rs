@@ -330,6 +330,19 @@ fn tampered_storage_is_refused_and_installs_nothing() {
     refused(&install(), "the stored package was altered");
     assert!(installed(&dev).is_empty());
     assert!(!ws.path().join(".coderClaw/skills.lock").exists());
+    assert!(!dev.home.path().join("registry/blobs").exists(), "refused bytes are not cached");
+    let audit: Value = serde_json::from_str(&ok(&dev.run(&[
+        "audit",
+        "query",
+        "--action",
+        "skill.install",
+        "--result",
+        "denied",
+        "--json",
+    ])))
+    .unwrap();
+    let reason = audit[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the stored package was altered"), "the refusal is audited: {audit}");
 
     // A registry fully under someone else's control: the blob swapped for a
     // package signed by another key, and the index rewritten to match. A

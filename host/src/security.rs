@@ -576,6 +576,19 @@ impl Security {
     ) -> Result<(), SecurityError> {
         self.audit(self.event(action, AuditResult::Allowed, by, resource.0, resource.1).reason(reason))
     }
+
+    /// Records an action refused outside the decision function (a package
+    /// from a registry that failed its checks, a capability increase not
+    /// accepted).
+    pub fn audit_refused(
+        &self,
+        by: &Subject,
+        action: &str,
+        resource: (&str, &str),
+        reason: &str,
+    ) -> Result<(), SecurityError> {
+        self.audit(self.event(action, AuditResult::Denied, by, resource.0, resource.1).reason(reason))
+    }
 }
 
 /// A local credential.
