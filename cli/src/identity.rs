@@ -297,7 +297,13 @@ pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
         DeviceCommand::List { json } => {
-            security.subject(home::session())?;
+            let by = security.subject(home::session())?;
+            security.require_owner_or(
+                &by,
+                coderclaw_core::rbac::Permission::ConfigRead,
+                "device.list",
+                ("device", "*"),
+            )?;
             let devices = security.identity().devices()?;
             if json {
                 print_json(&devices.iter().map(|d| device_json(&security, d)).collect::<Vec<_>>())?;
@@ -319,6 +325,8 @@ pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
                 }
             }
         }
+        // This machine's own id and public key: public facts a user needs
+        // (before any session) to ask an admin to trust the device.
         DeviceCommand::Show { json } => {
             let d = security.local_device();
             if json {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use coderclaw_core::keys::PublicKey;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::policy::OrgPolicy;
+use coderclaw_core::rbac::Permission;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_registry::api::SearchHit;
 use coderclaw_registry::cache::ClientCache;
@@ -350,7 +351,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             policy_publish(&namespace, &file, &key, serial, &registry)
         }
         Command::Policy(PolicyCommand::Show { json }) => {
-            let security = home::open_security(None)?;
+            let security = home::open_checked(Permission::ConfigRead, "policy.show", ("policy", "organisation"))?;
             let org = &security.policy().org;
             if json {
                 print_json(&serde_json::json!({ "policy": org, "sources": security.policy().sources }))?;
@@ -418,9 +419,10 @@ fn policy_publish(
     serial: Option<u64>,
     registry: &RegistryArgs,
 ) -> Result<ExitCode> {
+    let security = home::open_checked(Permission::ConfigRead, "key.use", ("key", key))?;
+    let secret = security.home().secret_key(key)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let policy = OrgPolicy::from_yaml(&text, &file.display().to_string())?;
-    let secret = home::open()?.secret_key(key)?;
     let reg = registry.open(None)?;
     if registry.token.is_none() {
         bail!("publishing a policy needs a `publish` token of `{namespace}`: pass --token");

@@ -182,11 +182,16 @@ pub struct StatusArgs {
 
 fn config(flags: &RuntimeFlags, workspace: &Path) -> Result<RuntimeConfig> {
     let mut files = Vec::new();
-    for path in [workspace.join(".coderClaw/runtime.yaml"), home::state_dir()?.join("runtime.yaml")] {
+    let project = workspace.join(".coderClaw/runtime.yaml");
+    for path in [project.clone(), home::state_dir()?.join("runtime.yaml")] {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let name = path.display().to_string();
-                files.push((name.clone(), RuntimeFile::from_yaml(&text, &name)?));
+                let file = RuntimeFile::from_yaml(&text, &name)?;
+                if path == project {
+                    file.check_project_layer(&name)?;
+                }
+                files.push((name, file));
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),

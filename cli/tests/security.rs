@@ -350,7 +350,29 @@ fn with_require_auth_the_trust_store_and_installs_need_a_permitted_session() {
     let (ada, dana) = (login("ada", "pw-admin"), login("dana", "pw-dev"));
 
     // No session: nothing in the state directory can be read or changed.
-    for args in [&["trust", "add", "team", &public][..], &["skill", "list"], &["key", "list"], &["audit", "verify"]] {
+    let no_session: [&[&str]; 7] = [
+        &["trust", "add", "team", &public],
+        &["skill", "list"],
+        &["key", "list"],
+        &["audit", "verify"],
+        &["device", "list"],
+        &["registry", "policy", "show"],
+        &[
+            "registry",
+            "policy",
+            "publish",
+            "team",
+            "--file",
+            "x.yaml",
+            "--key",
+            "team-key",
+            "--registry",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+        ],
+    ];
+    for args in no_session {
         let out = cli.run(args);
         assert_eq!(code(&out), 1, "{args:?}");
         assert!(text(&out.stderr).contains("requireAuth"), "{args:?}: {}", text(&out.stderr));
@@ -360,6 +382,13 @@ fn with_require_auth_the_trust_store_and_installs_need_a_permitted_session() {
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("config:write"), "{}", text(&out.stderr));
     assert_eq!(code(&cli.run(&["skill", "list", "--session", &dana])), 1);
+    for args in [&["device", "list"][..], &["registry", "policy", "show"]] {
+        let mut args = args.to_vec();
+        args.extend(["--session", &dana]);
+        let out = cli.run(&args);
+        assert_eq!(code(&out), 1, "{args:?}");
+        assert!(text(&out.stderr).contains("config:read"), "{args:?}: {}", text(&out.stderr));
+    }
     // An admin may.
     let out = cli.run(&["trust", "add", "team", &public, "--session", &ada]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));

@@ -133,6 +133,34 @@ pub struct RuntimeFlags {
 }
 
 impl RuntimeFile {
+    /// Refuses what a repository's `.coderClaw/runtime.yaml` may not set:
+    /// where the session token goes (`transport.url`) and how this
+    /// machine's server is exposed (`mode`, `transport.listen`,
+    /// `deployment.allowRemoteSessions`). A cloned repository is not
+    /// trusted with either; they belong in the user's own runtime.yaml,
+    /// the environment or a flag.
+    pub fn check_project_layer(&self, file: &str) -> Result<(), PolicyError> {
+        let t = self.transport.as_ref();
+        let d = self.deployment.as_ref();
+        let set = [
+            ("mode", self.mode.is_some()),
+            ("deployment.mode", d.is_some_and(|d| d.mode.is_some())),
+            ("deployment.allowRemoteSessions", d.is_some_and(|d| d.allow_remote_sessions.is_some())),
+            ("transport.url", t.is_some_and(|t| t.url.is_some())),
+            ("transport.listen", t.is_some_and(|t| t.listen.is_some())),
+        ];
+        match set.iter().find(|(_, present)| *present) {
+            Some((key, _)) => Err(bad(
+                file,
+                key,
+                "a repository's runtime.yaml may not set this (it decides where your session token goes or how \
+                 your server is exposed): set it in $CODERCLAW_HOME/runtime.yaml, the environment or a flag"
+                    .into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Parses one file; `name` is used in errors.
     pub fn from_yaml(text: &str, name: &str) -> Result<Self, PolicyError> {
         parse_yaml(text, name)
@@ -247,6 +275,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_file_and_key() {
+        // A repository may tune capacity, never where tokens go or how the server is exposed.
+        file("deployment:\n  maxConcurrentTasks: 3\n").check_project_layer("p").unwrap();
+        for text in [
+            "transport:\n  url: http://evil.example\n",
+            "mode: remote-enabled\n",
+            "transport:\n  listen: 0.0.0.0:7420\n",
+        ] {
+            let e = file(text).check_project_layer("p/.coderClaw/runtime.yaml").unwrap_err().to_string();
+            assert!(e.contains("may not set this"), "{e}");
+        }
         let e = RuntimeFile::from_yaml("deployment:\n  maxConcurentTasks: 3\n", "p/runtime.yaml").unwrap_err();
         assert!(e.to_string().contains("p/runtime.yaml:2") && e.to_string().contains("maxConcurentTasks"), "{e}");
         let files = [("p/runtime.yaml".to_owned(), file("mode: distributed-cluster\n"))];

@@ -218,6 +218,11 @@ pub struct TaskState {
     pub session_id: String,
     /// The user of that session.
     pub user: String,
+    /// Submitted over the network from another machine. The device such a
+    /// caller uses is unknown, so the task is decided as from an
+    /// `untrusted` device whatever device its session was created on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
     /// The task this one was started from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_task_id: Option<String>,

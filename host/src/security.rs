@@ -71,6 +71,9 @@ pub enum SecurityError {
     },
 }
 
+/// The device id decisions see for a caller on another machine.
+pub const REMOTE_DEVICE: &str = "remote-peer";
+
 /// The organisation policies that configured registries distributed and
 /// this client cached (`coderclaw registry sync`), each verified again
 /// against the admin keys in `registries.<name>.namespace-keys`. A cached
@@ -253,10 +256,26 @@ impl Security {
         subject.session.as_ref().map_or_else(|| format!("local:{}", subject.user), |s| s.id.clone())
     }
 
+    /// `subject` acting from another machine over the network: the device
+    /// it uses is unknown (a session token proves the user, not the
+    /// machine), so it counts as an `untrusted` device, whatever device the
+    /// session was created on and whatever `autoTrustLocal` says.
+    pub fn as_remote(mut subject: Subject) -> Subject {
+        subject.device = REMOTE_DEVICE.to_owned();
+        subject.device_trust = TrustLevel::Untrusted;
+        subject
+    }
+
     /// Who acts for a stored task: the subject behind a [`Security::session_key`],
     /// checked again now (a session revoked or expired since submission is
-    /// refused and audited; `local:` keys need `requireAuth` off).
-    pub fn subject_for_session(&self, key: &str) -> Result<Subject, SecurityError> {
+    /// refused and audited; `local:` keys need `requireAuth` off), and
+    /// [`Security::as_remote`] when the task came from another machine.
+    pub fn subject_for_session(&self, key: &str, remote: bool) -> Result<Subject, SecurityError> {
+        let subject = self.subject_for_session_key(key)?;
+        Ok(if remote { Self::as_remote(subject) } else { subject })
+    }
+
+    fn subject_for_session_key(&self, key: &str) -> Result<Subject, SecurityError> {
         if let Some(user) = key.strip_prefix("local:") {
             let subject = self.subject(None)?;
             if subject.user != user {

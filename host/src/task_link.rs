@@ -12,8 +12,6 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Why a `memory` call failed; mirrors the WIT `memory-error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemoryFault {
-    /// No grant, or not in a task.
-    Denied(String),
     /// Over a size limit.
     TooLarge(String),
     /// The store failed.
@@ -24,10 +22,12 @@ pub enum MemoryFault {
 pub trait TaskServices: Send + Sync + 'static {
     /// Moves the task to WAITING with `prompt` and resolves with the answer.
     fn request_input(&self, prompt: String) -> BoxFuture<Result<String, String>>;
-    /// The session's value under `key`.
-    fn memory_get(&self, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>>;
-    /// Stores (Some) or deletes (None) `key`; returns whether it existed.
-    fn memory_put(&self, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>>;
+    /// The value `skill` stored under `key` in this session. Each skill
+    /// has its own keys: another skill of the same session (an agent's
+    /// nested skill, say) never sees them.
+    fn memory_get(&self, skill: String, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>>;
+    /// Stores (Some) or deletes (None) `skill`'s `key`; returns whether it existed.
+    fn memory_put(&self, skill: String, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>>;
 }
 
 /// The task a run belongs to, handed down to nested invocations.
@@ -37,6 +37,9 @@ pub struct TaskLink {
     pub task_id: String,
     /// The session the task runs under.
     pub session_id: String,
+    /// Submitted from another machine (its nested calls are decided as
+    /// from an untrusted device too).
+    pub remote: bool,
     /// The engine.
     pub services: Arc<dyn TaskServices>,
 }
@@ -51,4 +54,6 @@ pub struct Caller<'a> {
     pub task_id: Option<&'a str>,
     /// The session the task runs under.
     pub session_id: Option<&'a str>,
+    /// Whether the task was submitted from another machine.
+    pub remote: bool,
 }

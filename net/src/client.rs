@@ -110,6 +110,22 @@ impl HttpClient {
         bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
+    /// Refuses to carry a credential in clear text to another machine:
+    /// a client that will send `Authorization` must use https, or plain
+    /// http only to loopback. Every coderclaw client calls this before it
+    /// attaches a token.
+    pub fn check_credentials_allowed(&self) -> Result<(), ClientError> {
+        if self.is_https() || self.is_loopback() {
+            return Ok(());
+        }
+        Err(ClientError::BadUrl {
+            url: format!("http://{}", self.authority),
+            message: "a token is never sent over plain http to another machine: use https (plain http only to \
+                      localhost)"
+                .into(),
+        })
+    }
+
     /// A request builder for `path` (below the base URL) with `Host` set.
     pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
         let full = match (self.base_path.as_str(), path) {

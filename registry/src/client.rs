@@ -32,6 +32,9 @@ pub enum RegistryClientError {
     /// The registry could not be reached.
     #[error("{0}")]
     Unreachable(String),
+    /// This client will not send the token this way.
+    #[error("{0}")]
+    Insecure(String),
     /// The reply was not what this client understands.
     #[error("the registry's reply is not what this client expects: {0}")]
     BadReply(String),
@@ -61,6 +64,9 @@ impl RegistryClient {
         let http = HttpClient::new(url, ca)
             .map_err(|e| RegistryClientError::Unreachable(e.to_string()))?
             .with_fetch_timeout(FETCH_TIMEOUT);
+        if token.is_some() {
+            http.check_credentials_allowed().map_err(|e| RegistryClientError::Insecure(e.to_string()))?;
+        }
         Ok(Self { http, url: url.trim_end_matches('/').to_owned(), token })
     }
 

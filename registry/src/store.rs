@@ -374,7 +374,9 @@ impl RegistryStore {
                     Ok(TokenInfo {
                         id: r.get("id")?,
                         namespace: r.get("namespace")?,
-                        scope: Scope::parse(&scope).unwrap_or(Scope::Read),
+                        scope: Scope::parse(&scope).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+                        })?,
                         created_at: r.get::<_, i64>("created_at")? as u64,
                         expires_at: r.get::<_, Option<i64>>("expires_at")?.map(|t| t as u64),
                         revoked_at: r.get::<_, Option<i64>>("revoked_at")?.map(|t| t as u64),

@@ -174,3 +174,17 @@ async fn https_registries_are_reached_through_a_trusted_ca_only() {
     assert!(matches!(e, coderclaw_registry::client::RegistryClientError::Unreachable(_)), "{e}");
     assert!(e.to_string().contains("TLS"), "{e}");
 }
+
+#[test]
+fn tokens_never_travel_over_plain_http_to_another_machine() {
+    use coderclaw_registry::client::RegistryClientError;
+    let e = coderclaw_registry::RegistryClient::new("http://registry.example:7421", Some("ccr_x".into()), None);
+    assert!(matches!(e, Err(RegistryClientError::Insecure(_))), "refused before any connection");
+    // Anonymous reads of a public registry may use http; loopback may carry a token.
+    assert!(coderclaw_registry::RegistryClient::new("http://registry.example:7421", None, None).is_ok());
+    assert!(coderclaw_registry::RegistryClient::new("http://127.0.0.1:7421", Some("ccr_x".into()), None).is_ok());
+    // The task transport follows the same rule.
+    let e = coderclaw_host::tasks::HttpTransport::new("http://coderclaw.example:7420", Some("cct_x".into()));
+    assert!(e.is_err_and(|e| e.message.contains("never sent over plain http")));
+    assert!(coderclaw_host::tasks::HttpTransport::new("https://coderclaw.example:7420", Some("cct_x".into())).is_ok());
+}

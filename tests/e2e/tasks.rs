@@ -38,6 +38,11 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "asker",
         "kind = \"skill\"\ndescription = \"asks\"\n[capabilities]\nsession-memory = true\n[limits]\ntimeout = \"60s\"\n",
     ),
+    (
+        "team/other-asker",
+        "asker",
+        "kind = \"skill\"\ndescription = \"asks too\"\n[capabilities]\nsession-memory = true\n[limits]\ntimeout = \"60s\"\n",
+    ),
     ("team/forgetful", "asker", "kind = \"skill\"\ndescription = \"asks, no memory grant\"\n"),
     (
         "team/sleeper",
@@ -64,12 +69,19 @@ fn install(home: &Home) {
 }
 
 pub fn fixture(config: EngineConfig) -> Fixture {
+    fixture_with_policy(config, "")
+}
+
+/// A fixture whose repository policy also has `extra` at the top level.
+fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::create_dir(workspace.path().join(".coderClaw")).unwrap();
     std::fs::write(
         workspace.path().join(".coderClaw/security.yaml"),
-        "skillPolicies:\n  - skillId: team/sleeper\n    dangerous: true\n    allowedRoles: [developer]\n",
+        format!(
+            "{extra}skillPolicies:\n  - skillId: team/sleeper\n    dangerous: true\n    allowedRoles: [developer]\n"
+        ),
     )
     .unwrap();
     let home = Arc::new(Home::open(dir.path()).unwrap());
@@ -267,21 +279,25 @@ async fn cancel_kills_a_running_shell_child() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn session_memory_is_per_session_and_needs_the_grant() {
+async fn session_memory_is_per_session_and_skill_and_needs_the_grant() {
     let f = fixture(Default::default());
     let (alice, bob) = (f.login("alice", &["developer"]), f.login("bob", &["developer"]));
     let as_alice = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(alice)));
     let as_bob = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(bob)));
-    let count = |rt| async move {
+    let count_with = |rt, skill: &'static str| async move {
         let rt: &CoderClawRuntime<LocalTransport> = rt;
-        let t = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "count": "runs" }))).await.unwrap();
+        let t = rt.submit_task(TaskSubmitRequest::skill(skill, json!({ "count": "runs" }))).await.unwrap();
         let done = rt.wait(&t.id, |_| {}).await.unwrap();
         assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
         done.output.unwrap()["count"].clone()
     };
+    let count = |rt| count_with(rt, "team/asker");
     assert_eq!(count(&as_alice).await, 1);
     assert_eq!(count(&as_alice).await, 2);
     assert_eq!(count(&as_bob).await, 1, "bob's session does not see alice's memory");
+    // Another skill in alice's session has its own keys: same key, its own count.
+    assert_eq!(count_with(&as_alice, "team/other-asker").await, 1, "skills do not share memory");
+    assert_eq!(count(&as_alice).await, 3);
 
     let t = as_alice.submit_task(TaskSubmitRequest::skill("team/forgetful", json!({ "count": "runs" }))).await.unwrap();
     let done = as_alice.wait(&t.id, |_| {}).await.unwrap();
@@ -521,4 +537,50 @@ async fn tls_serves_https_that_a_client_trusting_the_ca_can_use_and_others_canno
     let err = untrusting.get_status().await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable);
     assert!(err.message.contains("TLS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_from_another_machine_is_decided_as_from_an_untrusted_device() {
+    let f = fixture_with_policy(Default::default(), "enforceTrust: true\nminimumTrustLevel: verified\n");
+    let token = f.login("dev", &["developer"]);
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(token.clone())));
+    let here = f.service.authenticate(Some(&token)).unwrap();
+    let local = f.service.submit(&here, TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
+    assert!(!local.remote);
+    assert_eq!(rt.wait(&local.id, |_| {}).await.unwrap().status, TaskStatus::Completed, "this machine is trusted");
+
+    // The same session, used from another machine (what the HTTP server
+    // makes of a non-loopback peer): the token proves the user, not the device.
+    let elsewhere = Security::as_remote(here);
+    let remote = f.service.submit(&elsewhere, TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
+    assert!(remote.remote, "the task records where it came from");
+    let done = rt.wait(&remote.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Failed);
+    assert!(done.error.as_deref().unwrap_or_default().contains("untrusted"), "{:?}", done.error);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_session_cannot_answer_pause_or_watch_a_waiting_task() {
+    let f = fixture(Default::default());
+    let (alice, bob) = (f.login("alice", &["developer"]), f.login("bob", &["developer"]));
+    let as_alice = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(alice)));
+    let as_bob = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(bob)));
+    let t = as_alice.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "deploy?" }))).await.unwrap();
+    wait_for(&as_alice, &t.id, TaskStatus::Waiting).await;
+
+    assert_eq!(as_bob.respond(&t.id, "yes").await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(as_bob.get_task_events(&t.id).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(as_bob.stream_task_updates(&t.id).await.err().map(|e| e.code), Some(ErrorCode::NotFound));
+    assert_eq!(as_bob.cancel_task(&t.id).await.unwrap_err().code, ErrorCode::NotFound);
+    let carol = f.service.authenticate(Some(&f.login("carol", &["developer"]))).unwrap();
+    assert_eq!(f.service.set_paused(&carol, &t.id, true).unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(as_alice.get_task_state(&t.id).await.unwrap().unwrap().status, TaskStatus::Waiting, "untouched");
+    // A refused caller leaves no "allowed" record behind.
+    for user in ["bob", "carol"] {
+        let records = f.home.audit().query(&AuditFilter { user: Some(user.into()), ..Default::default() }).unwrap();
+        assert!(records.iter().all(|r| r.result != "allowed" || r.action.starts_with("auth.")), "{records:?}");
+    }
+
+    as_alice.respond(&t.id, "yes").await.unwrap();
+    assert_eq!(as_alice.wait(&t.id, |_| {}).await.unwrap().output.unwrap()["answer"], "yes");
 }

@@ -1,6 +1,7 @@
-//! The `memory` interface: the session's key-value store. Granted only by
-//! `session-memory` in the grant, and only inside a task (which names the
-//! session); every other call is `denied`.
+//! The `memory` interface: a key-value store per session and skill (the
+//! run's signed id). Granted only by `session-memory` in the grant, and
+//! only inside a task (which names the session); every other call is
+//! `denied`.
 
 use crate::bindings::coderclaw::skill::memory::{Host, MemoryError};
 use crate::state::RunState;
@@ -32,7 +33,6 @@ impl RunState {
 
 fn wit_error(f: MemoryFault) -> MemoryError {
     match f {
-        MemoryFault::Denied(m) => MemoryError::Denied(m),
         MemoryFault::TooLarge(m) => MemoryError::TooLarge(m),
         MemoryFault::Failed(m) => MemoryError::Failed(m),
     }
@@ -41,7 +41,7 @@ fn wit_error(f: MemoryFault) -> MemoryError {
 impl Host for RunState {
     async fn get(&mut self, key: String) -> Result<Option<String>, MemoryError> {
         let task = self.memory_link("get", &key)?;
-        task.services.memory_get(key).await.map_err(wit_error)
+        task.services.memory_get(self.ctx.name.to_string(), key).await.map_err(wit_error)
     }
 
     async fn set(&mut self, key: String, value: String) -> Result<(), MemoryError> {
@@ -49,11 +49,11 @@ impl Host for RunState {
         if value.len() > MAX_VALUE_BYTES {
             return Err(MemoryError::TooLarge(format!("values are at most {MAX_VALUE_BYTES} bytes")));
         }
-        task.services.memory_put(key, Some(value)).await.map(|_| ()).map_err(wit_error)
+        task.services.memory_put(self.ctx.name.to_string(), key, Some(value)).await.map(|_| ()).map_err(wit_error)
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, MemoryError> {
         let task = self.memory_link("delete", &key)?;
-        task.services.memory_put(key, None).await.map_err(wit_error)
+        task.services.memory_put(self.ctx.name.to_string(), key, None).await.map_err(wit_error)
     }
 }

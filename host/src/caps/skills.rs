@@ -33,9 +33,10 @@ impl Host for RunState {
         };
         let agent = ctx.name.to_string();
         let task = ctx.task.as_ref().map(|t| (t.task_id.clone(), t.session_id.clone()));
+        let remote = ctx.task.as_ref().is_some_and(|t| t.remote);
         let registered = match tokio::task::spawn_blocking(move || {
             let (task_id, session_id) = task.as_ref().map(|(t, s)| (t.as_str(), s.as_str())).unzip();
-            authorize(&Caller { agent: &agent, task_id, session_id })
+            authorize(&Caller { agent: &agent, task_id, session_id, remote })
         })
         .await
         {

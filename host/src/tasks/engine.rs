@@ -106,6 +106,8 @@ pub struct Owner {
     pub session_id: String,
     /// The session's user.
     pub user: String,
+    /// Submitted by a peer on another machine (see [`TaskState::remote`]).
+    pub remote: bool,
 }
 
 /// The engine. Cheap to clone.
@@ -234,6 +236,7 @@ impl TaskEngine {
             input: req.input,
             session_id: owner.session_id.clone(),
             user: owner.user.clone(),
+            remote: owner.remote,
             parent_task_id: req.parent_task_id,
             metadata: req.metadata,
             paused: req.paused,
@@ -399,11 +402,6 @@ impl TaskEngine {
             healthy: counts.is_ok(),
             missing_required_skills: self.inner.executor.missing_required_skills(),
         }
-    }
-
-    /// The session memory value under `key` (for tools and tests).
-    pub fn memory_get(&self, session: &str, key: &str) -> Result<Option<String>, EngineError> {
-        Ok(self.inner.store.memory_get(session, key)?)
     }
 }
 
@@ -600,7 +598,12 @@ impl Inner {
             }
             entry.task.state.clone()
         };
-        let run = TaskRun { inner: self.clone(), task_id: id.clone(), session_id: state.session_id.clone() };
+        let run = TaskRun {
+            inner: self.clone(),
+            task_id: id.clone(),
+            session_id: state.session_id.clone(),
+            remote: state.remote,
+        };
         let work = self.executor.execute(state, run);
         let timeout = self.config.task_timeout;
         let outcome = match tokio::time::timeout(timeout, AssertUnwindSafe(work).catch_unwind()).await {
@@ -663,6 +666,7 @@ pub struct TaskRun {
     inner: Arc<Inner>,
     task_id: String,
     session_id: String,
+    remote: bool,
 }
 
 impl TaskRun {
@@ -729,6 +733,7 @@ impl TaskRun {
         TaskLink {
             task_id: self.task_id.clone(),
             session_id: self.session_id.clone(),
+            remote: self.remote,
             services: Arc::new(self.clone()),
         }
     }
@@ -754,31 +759,36 @@ impl TaskServices for TaskRun {
         })
     }
 
-    fn memory_get(&self, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>> {
+    fn memory_get(&self, skill: String, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>> {
         let (store, session) = (self.inner.store.clone(), self.session_id.clone());
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.memory_get(&session, &key))
+            tokio::task::spawn_blocking(move || store.memory_get(&session, &skill, &key))
                 .await
                 .map_err(|e| MemoryFault::Failed(e.to_string()))?
                 .map_err(|e| MemoryFault::Failed(e.to_string()))
         })
     }
 
-    fn memory_put(&self, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>> {
+    fn memory_put(&self, skill: String, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>> {
         let (store, session) = (self.inner.store.clone(), self.session_id.clone());
         Box::pin(async move {
             let fail = |e: String| MemoryFault::Failed(e);
-            let (s2, k2, st2) = (session.clone(), key.clone(), store.clone());
+            let (s2, sk2, k2, st2) = (session.clone(), skill.clone(), key.clone(), store.clone());
+            // Checked before the write is queued: tasks of one session
+            // writing new keys at the same moment can pass the limit by a
+            // few (the writer commits batches and cannot refuse one write).
             let (existed, count) = tokio::task::spawn_blocking(move || {
-                Ok::<_, StoreError>((st2.memory_get(&s2, &k2)?.is_some(), st2.memory_len(&s2)?))
+                Ok::<_, StoreError>((st2.memory_get(&s2, &sk2, &k2)?.is_some(), st2.memory_len(&s2, &sk2)?))
             })
             .await
             .map_err(|e| fail(e.to_string()))?
             .map_err(|e| fail(e.to_string()))?;
             if value.is_some() && !existed && count >= MAX_MEMORY_KEYS {
-                return Err(MemoryFault::TooLarge(format!("this session's memory is full ({MAX_MEMORY_KEYS} keys)")));
+                return Err(MemoryFault::TooLarge(format!(
+                    "this skill's memory in this session is full ({MAX_MEMORY_KEYS} keys)"
+                )));
             }
-            let write = Write::Memory { session, key, value, at_ms: now_ms() };
+            let write = Write::Memory { session, skill, key, value, at_ms: now_ms() };
             let ack = store.queue_durable(write).map_err(|e| fail(e.to_string()))?;
             ack.await.map_err(|_| fail("the task store's writer stopped".into()))?.map_err(fail)?;
             Ok(existed)

@@ -49,6 +49,9 @@ impl HttpTransport {
     /// the PEM file `ca` for https.
     pub fn with_ca(url: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, RuntimeError> {
         let http = HttpClient::new(url, ca).map_err(unavailable)?;
+        if token.is_some() {
+            http.check_credentials_allowed().map_err(unavailable)?;
+        }
         Ok(Self { inner: Arc::new(Client { http, token }) })
     }
 

@@ -13,6 +13,7 @@
 //! are configured.
 
 use super::service::{ErrorCode, RuntimeError, TaskService};
+use crate::security::Security;
 use bytes::Bytes;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitRequest};
@@ -143,7 +144,9 @@ fn authenticate(
              the CLI sends --token or --session)",
         ));
     };
-    service.authenticate(Some(&token))
+    let subject = service.authenticate(Some(&token))?;
+    // A token proves the user, not the machine the call comes from.
+    Ok(if peer.ip().is_loopback() { subject } else { Security::as_remote(subject) })
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>, max: usize) -> Result<T, RuntimeError> {

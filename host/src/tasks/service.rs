@@ -189,7 +189,10 @@ impl TaskService {
             TaskTarget::Agent(_) => Permission::AgentInvoke,
         };
         self.require(who, run, "task.submit", target.id(), false)?;
-        let owner = Owner { session_id: Security::session_key(who), user: who.user.clone() };
+        // The task keeps where it came from: the executor decides it again
+        // later from the session, which does not know the caller's machine.
+        let remote = who.device == crate::security::REMOTE_DEVICE;
+        let owner = Owner { session_id: Security::session_key(who), user: who.user.clone(), remote };
         let state = self.engine.submit(req, &owner).await?;
         Ok(state)
     }
@@ -237,8 +240,9 @@ impl TaskService {
 
     /// Cancels a task (`task:cancel`); false when it had already finished.
     pub fn cancel(&self, who: &Subject, id: &str) -> Result<bool, RuntimeError> {
-        self.require(who, Permission::TaskCancel, "task.cancel", id, true)?;
+        // Visibility first: an "allowed" record must not precede a refusal.
         self.visible(who, id)?;
+        self.require(who, Permission::TaskCancel, "task.cancel", id, true)?;
         Ok(self.engine.cancel(id, &format!("by {}", who.user))?)
     }
 
@@ -254,8 +258,8 @@ impl TaskService {
 
     /// Pauses (true) or resumes (false) a queued task (`task:submit`).
     pub fn set_paused(&self, who: &Subject, id: &str, paused: bool) -> Result<TaskState, RuntimeError> {
-        self.require(who, Permission::TaskSubmit, if paused { "task.pause" } else { "task.resume" }, id, true)?;
         self.visible(who, id)?;
+        self.require(who, Permission::TaskSubmit, if paused { "task.pause" } else { "task.resume" }, id, true)?;
         Ok(if paused { self.engine.pause(id)? } else { self.engine.resume(id)? })
     }
 

@@ -44,7 +44,7 @@ impl Shared {
     /// Everything up to the first guest instruction; blocking (SQLite,
     /// signature check, compilation).
     fn prepare(&self, task: &TaskState) -> Result<(crate::Skill, coderclaw_core::Grant), String> {
-        let subject = self.security.subject_for_session(&task.session_id).map_err(|e| e.to_string())?;
+        let subject = self.security.subject_for_session(&task.session_id, task.remote).map_err(|e| e.to_string())?;
         let id = task.target.id();
         let package = self.security.home().load_installed(id).map_err(|e| e.to_string())?;
         let manifest = package.manifest();
@@ -83,7 +83,7 @@ impl Shared {
         let (security, workspace, offer) = (self.security.clone(), self.workspace.clone(), self.offer.clone());
         self.host.register_authorized(id, skill, move |caller: &Caller<'_>| {
             let session = caller.session_id.ok_or("nested skills run only inside tasks")?;
-            let subject = security.subject_for_session(session).map_err(|e| e.to_string())?;
+            let subject = security.subject_for_session(session, caller.remote).map_err(|e| e.to_string())?;
             let action = Action::Nested { parent: caller.agent.to_owned() };
             match security.decide(&subject, Target::from_manifest(&manifest), action, Some(&workspace), &offer) {
                 Ok(d) if d.allowed => Ok(d.grant),

@@ -1,12 +1,11 @@
-//! Tasks, their events and the session memory in `tasks.db` (SQLite, WAL).
+//! Tasks, their events and the skills' session memory in `tasks.db` (SQLite, WAL).
 //!
 //! Writes go through one writer thread that commits them in batches: it
 //! takes every write queued while the previous batch was being synced, runs
 //! them in one transaction and syncs once (`synchronous=FULL`). A caller
 //! that needs durability (a submission before it is acknowledged, a memory
 //! write) waits for its batch's commit; everything else is queued in order
-//! behind it. One fsync per batch instead of one per task is what lets the
-//! engine acknowledge tens of thousands of durable submissions a second.
+//! behind it: submissions that arrive together share one fsync.
 //!
 //! Committed events are handed to `on_commit` in commit order, so streams
 //! only ever show what is on disk.
@@ -60,7 +59,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at_ms INTEGER NOT NULL,
     started_at_ms INTEGER,
     completed_at_ms INTEGER,
-    resumable INTEGER NOT NULL DEFAULT 0
+    resumable INTEGER NOT NULL DEFAULT 0,
+    remote INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks (session_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
@@ -75,12 +75,16 @@ CREATE TABLE IF NOT EXISTS task_events (
     data TEXT,
     PRIMARY KEY (task_id, seq)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS session_memory (
+-- Memory was once one store per session, shared by every skill in it;
+-- those values cannot be attributed to a skill, so they are dropped.
+DROP TABLE IF EXISTS session_memory;
+CREATE TABLE IF NOT EXISTS skill_memory (
     session_id TEXT NOT NULL,
+    skill_id TEXT NOT NULL,
     key TEXT NOT NULL,
     value TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (session_id, key)
+    PRIMARY KEY (session_id, skill_id, key)
 ) WITHOUT ROWID;
 ";
 
@@ -100,8 +104,8 @@ pub(crate) enum Write {
     Task { task: Box<StoredTask>, event: Option<TaskUpdateEvent> },
     /// Append an event without touching the row.
     Event(TaskUpdateEvent),
-    /// Set (Some) or delete (None) a session memory key.
-    Memory { session: String, key: String, value: Option<String>, at_ms: u64 },
+    /// Set (Some) or delete (None) a skill's memory key in a session.
+    Memory { session: String, skill: String, key: String, value: Option<String>, at_ms: u64 },
 }
 
 struct Queued {
@@ -129,6 +133,7 @@ impl TaskStore {
         let path = file.display().to_string();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
         let writer = sqlite::open(&file, true, SCHEMA).map_err(err)?;
+        add_remote_column(&writer).map_err(err)?;
         let reader = sqlite::open(&file, false, "").map_err(err)?;
         let (tx, rx) = mpsc::channel::<Queued>();
         let thread_path = path.clone();
@@ -222,28 +227,32 @@ impl TaskStore {
         })
     }
 
-    /// A session memory value.
-    pub fn memory_get(&self, session: &str, key: &str) -> Result<Option<String>, StoreError> {
+    /// A skill's memory value in a session.
+    pub fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|db| {
-            db.query_row("SELECT value FROM session_memory WHERE session_id = ?1 AND key = ?2", [session, key], |r| {
-                r.get(0)
-            })
+            db.query_row(
+                "SELECT value FROM skill_memory WHERE session_id = ?1 AND skill_id = ?2 AND key = ?3",
+                [session, skill, key],
+                |r| r.get(0),
+            )
             .optional()
         })
     }
 
-    /// How many keys a session holds.
-    pub fn memory_len(&self, session: &str) -> Result<u64, StoreError> {
+    /// How many keys a skill holds in a session.
+    pub fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError> {
         self.read(|db| {
-            db.query_row("SELECT COUNT(*) FROM session_memory WHERE session_id = ?1", [session], |r| {
-                r.get::<_, i64>(0).map(|n| n as u64)
-            })
+            db.query_row(
+                "SELECT COUNT(*) FROM skill_memory WHERE session_id = ?1 AND skill_id = ?2",
+                [session, skill],
+                |r| r.get::<_, i64>(0).map(|n| n as u64),
+            )
         })
     }
 }
 
 const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user, parent_task_id, metadata,
-    status, paused, progress, prompt, output, error, created_at_ms, started_at_ms, completed_at_ms, resumable,
+    status, paused, progress, prompt, output, error, created_at_ms, started_at_ms, completed_at_ms, resumable, remote,
     (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
 
 /// A stored value SQLite holds but this code cannot read back.
@@ -288,6 +297,7 @@ fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
         input: json_column(r, "input")?.unwrap_or_default(),
         session_id: r.get("session_id")?,
         user: r.get("user")?,
+        remote: r.get("remote")?,
         parent_task_id: r.get("parent_task_id")?,
         metadata: serde_json::from_value(metadata).map_err(|e| corrupt("metadata", e.to_string()))?,
         paused: r.get("paused")?,
@@ -300,6 +310,19 @@ fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
         completed_at_ms: r.get::<_, Option<i64>>("completed_at_ms")?.map(|v| v as u64),
     };
     Ok(StoredTask { state, resumable: r.get("resumable")?, last_seq: r.get::<_, i64>("last_seq")? as u64 })
+}
+
+/// Adds the `remote` column to a `tasks.db` made before tasks recorded
+/// where they came from; its rows read as local, as they were decided then.
+fn add_remote_column(db: &Connection) -> rusqlite::Result<()> {
+    let has: bool =
+        db.query_row("SELECT EXISTS(SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'remote')", [], |r| {
+            r.get(0)
+        })?;
+    if !has {
+        db.execute_batch("ALTER TABLE tasks ADD COLUMN remote INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_commit: &OnCommit) {
@@ -349,8 +372,8 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
             db.prepare_cached(
                 "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user, parent_task_id,
                     metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
-                    completed_at_ms, resumable)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+                    completed_at_ms, resumable, remote)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
                     progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
                     error = excluded.error, started_at_ms = excluded.started_at_ms,
@@ -376,22 +399,24 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
                 s.started_at_ms.map(|v| v as i64),
                 s.completed_at_ms.map(|v| v as i64),
                 task.resumable,
+                s.remote,
             ])?;
             if let Some(e) = event {
                 insert_event(db, e)?;
             }
         }
         Write::Event(e) => insert_event(db, e)?,
-        Write::Memory { session, key, value: Some(v), at_ms } => {
+        Write::Memory { session, skill, key, value: Some(v), at_ms } => {
             db.prepare_cached(
-                "INSERT INTO session_memory (session_id, key, value, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+                "INSERT INTO skill_memory (session_id, skill_id, key, value, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (session_id, skill_id, key) DO UPDATE SET value = excluded.value,
+                     updated_at_ms = excluded.updated_at_ms",
             )?
-            .execute(params![session, key, v, *at_ms as i64])?;
+            .execute(params![session, skill, key, v, *at_ms as i64])?;
         }
-        Write::Memory { session, key, value: None, .. } => {
-            db.prepare_cached("DELETE FROM session_memory WHERE session_id = ?1 AND key = ?2")?
-                .execute(params![session, key])?;
+        Write::Memory { session, skill, key, value: None, .. } => {
+            db.prepare_cached("DELETE FROM skill_memory WHERE session_id = ?1 AND skill_id = ?2 AND key = ?3")?
+                .execute(params![session, skill, key])?;
         }
     }
     Ok(())
