@@ -218,11 +218,19 @@ pub fn grant_json(g: &Grant) -> serde_json::Value {
     })
 }
 
-/// Whether `subject` may use `permission` (e.g. `task:cancel`), with every
-/// reason if not. Session validity and `deniedUsers` apply as in [`decide`].
-pub fn check_permission(subject: &Subject, permission: Permission, policies: Policies<'_>, now_ms: u64) -> Decision {
+/// Whether `subject` may use `permission` (e.g. `task:cancel`) for work in
+/// `workspace`, with every reason if not. Session validity, session scope
+/// and `deniedUsers` apply as in [`decide`]; a scoped session is refused
+/// where there is no workspace (state-directory administration).
+pub fn check_permission(
+    subject: &Subject,
+    permission: Permission,
+    workspace: Option<&Path>,
+    policies: Policies<'_>,
+    now_ms: u64,
+) -> Decision {
     let mut reasons = Vec::new();
-    check_session(subject, None, policies, now_ms, &mut reasons);
+    check_session(subject, workspace, policies, now_ms, &mut reasons);
     check_users_and_roles(subject, policies, &mut reasons);
     if !policies.roles.allows(&subject.roles, permission) {
         reasons.push(missing_permission(subject, permission));

@@ -65,7 +65,7 @@ impl World {
     }
 
     fn permits(&self, who: &Subject, p: Permission) -> bool {
-        check_permission(who, p, self.policies(), NOW).allowed
+        check_permission(who, p, Some(Path::new("/repo")), self.policies(), NOW).allowed
     }
 }
 
@@ -379,9 +379,15 @@ fn sessions_expired_revoked_or_out_of_scope_are_refused() {
     assert_eq!(codes(&w.decide(&s, &echo)), ["session-expired"]);
     s.session = Some(SessionFacts { revoked: true, ..session.clone() });
     assert_eq!(codes(&w.decide(&s, &echo)), ["session-revoked"]);
-    assert!(!check_permission(&s, Permission::TaskRead, w.policies(), NOW).allowed);
+    assert!(!check_permission(&s, Permission::TaskRead, Some(Path::new("/repo")), w.policies(), NOW).allowed);
     s.session = Some(SessionFacts { scope: Some("/repo".into()), ..session.clone() });
     assert!(w.decide(&s, &echo).allowed);
+    // A scoped session holds its permissions inside its scope only, and
+    // nowhere when there is no workspace.
+    let read = |s: &Subject, ws: Option<&Path>| check_permission(s, Permission::TaskRead, ws, w.policies(), NOW);
+    assert!(read(&s, Some(Path::new("/repo/sub"))).allowed);
+    assert_eq!(codes(&read(&s, Some(Path::new("/other")))), ["out-of-scope"]);
+    assert_eq!(codes(&read(&s, None)), ["out-of-scope"]);
     s.session = Some(SessionFacts { scope: Some("/elsewhere".into()), ..session });
     assert_eq!(codes(&w.decide(&s, &echo)), ["out-of-scope"]);
 }

@@ -142,6 +142,9 @@ pub struct Security {
     policy: PolicySet,
     local_device: Device,
     actor: String,
+    /// The workspace whose policy was loaded: where permission checks of a
+    /// scoped session are judged.
+    workspace: Option<PathBuf>,
     /// One verifier, so a long-lived host fetches each issuer's keys once.
     oidc: OidcVerifier,
 }
@@ -171,7 +174,8 @@ impl Security {
         let local_device = local_device(&home, &identity)?;
         let ident = &policy.config.identity;
         let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
-        Ok(Security { home, identity, policy, local_device, actor, oidc })
+        let workspace = workspace.map(Path::to_path_buf);
+        Ok(Security { home, identity, policy, local_device, actor, workspace, oidc })
     }
 
     /// The state directory.
@@ -361,7 +365,23 @@ impl Security {
         action: &str,
         resource: (&str, &str),
     ) -> Result<(), SecurityError> {
-        let d = check_permission(subject, permission, self.policy.policies(), now_ms());
+        self.check(subject, permission, action, resource, true)
+    }
+
+    /// Checks a permission for work in this workspace. Refusals are always
+    /// recorded; grants only with `audit_allowed` (reads skip it).
+    pub fn check(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+        audit_allowed: bool,
+    ) -> Result<(), SecurityError> {
+        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
+        if d.allowed && !audit_allowed {
+            return Ok(());
+        }
         let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
         let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
         self.audit(self.event(action, result, subject, resource.0, resource.1).reason(&reason))?;

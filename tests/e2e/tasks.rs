@@ -584,3 +584,22 @@ async fn another_session_cannot_answer_pause_or_watch_a_waiting_task() {
     as_alice.respond(&t.id, "yes").await.unwrap();
     assert_eq!(as_alice.wait(&t.id, |_| {}).await.unwrap().output.unwrap()["answer"], "yes");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scoped_session_uses_the_task_service_inside_its_scope_only() {
+    let f = fixture(Default::default());
+    let security = f.service.security();
+    security.identity().add_user("sam", &["developer".to_owned()], Some("correct horse battery")).unwrap();
+    let login = |scope: &std::path::Path| {
+        security.login_local("sam", LocalSecret::Password("correct horse battery"), None, Some(scope), None).unwrap().1
+    };
+    let inside = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(login(f.workspace.path()))));
+    let t = inside.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
+    assert_eq!(inside.wait(&t.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(login(elsewhere.path()))));
+    let err = outside.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    assert!(err.message.contains("limited to"), "{err}");
+}

@@ -5,7 +5,7 @@
 
 use super::engine::{EngineError, Owner, TaskEngine};
 use crate::security::{Security, SecurityError};
-use coderclaw_core::decision::{Subject, check_permission};
+use coderclaw_core::decision::Subject;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::task::{
     RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
@@ -157,12 +157,7 @@ impl TaskService {
         resource: &str,
         audit_allowed: bool,
     ) -> Result<(), RuntimeError> {
-        let policies = self.security.policy().policies();
-        let d = check_permission(who, permission, policies, crate::identity::now_ms());
-        if d.allowed && !audit_allowed {
-            return Ok(());
-        }
-        self.security.require(who, permission, action, ("task", resource)).map_err(Into::into)
+        self.security.check(who, permission, action, ("task", resource), audit_allowed).map_err(Into::into)
     }
 
     fn is_admin(&self, who: &Subject) -> bool {
