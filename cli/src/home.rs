@@ -1,6 +1,7 @@
 //! The state directory: `$CODERCLAW_HOME`, else `~/.coderclaw`.
 
 use anyhow::{Context, Result, bail};
+use coderclaw_core::decision::Subject;
 use coderclaw_core::rbac::Permission;
 use coderclaw_host::home::Home;
 use coderclaw_host::security::Security;
@@ -42,10 +43,19 @@ pub fn session() -> Option<&'static str> {
 /// caller may do `action`: a session holding `permission`, or the
 /// session-less owner of the state directory while `requireAuth` is off.
 pub fn open_checked(permission: Permission, action: &str, resource: (&str, &str)) -> Result<Arc<Security>> {
+    Ok(open_checked_as(permission, action, resource)?.0)
+}
+
+/// [`open_checked`], also returning who is acting (looked up once).
+pub fn open_checked_as(
+    permission: Permission,
+    action: &str,
+    resource: (&str, &str),
+) -> Result<(Arc<Security>, Subject)> {
     let security = open_security(None)?;
     let subject = security.subject(session())?;
     security.require_owner_or(&subject, permission, action, resource)?;
-    Ok(security)
+    Ok((security, subject))
 }
 
 /// Opens the state directory and the security model for `workspace`

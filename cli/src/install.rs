@@ -13,11 +13,10 @@ use crate::output::print_json;
 use anyhow::{Context, Result, anyhow, bail};
 use coderclaw_core::Digest;
 use coderclaw_core::decision::Subject;
-use coderclaw_core::keys::PublicKey;
 use coderclaw_core::package::{Package, VerifiedPackage};
 use coderclaw_core::policy::{RegistryEntry, SecurityConfig};
 use coderclaw_core::rbac::Permission;
-use coderclaw_host::security::Security;
+use coderclaw_host::security::{InstallGates, Security};
 use coderclaw_registry::RegistryClient;
 use coderclaw_registry::api::{PackageInfo, VersionInfo};
 use coderclaw_registry::cache::ClientCache;
@@ -124,7 +123,7 @@ fn is_url(s: &str) -> bool {
 pub async fn sync_policies(reg: &Registry, cache: &ClientCache) -> Result<Vec<Value>> {
     let mut report = Vec::new();
     let Some(entry) = &reg.entry else { return Ok(report) };
-    for (namespace, keys) in &entry.namespace_keys {
+    for (namespace, keys) in entry.admin_keys() {
         let doc = match reg.client.org_policy(namespace).await {
             Ok(Some(doc)) => doc,
             Ok(None) => {
@@ -144,7 +143,6 @@ pub async fn sync_policies(reg: &Registry, cache: &ClientCache) -> Result<Vec<Va
             }
             Err(e) => return Err(e.into()),
         };
-        let keys: Vec<PublicKey> = keys.iter().map(|k| PublicKey::parse(k)).collect::<Result<_, _>>()?;
         doc.verify(namespace, &keys).map_err(|e| {
             anyhow!("registry {} served an organisation policy for `{namespace}` that is refused: {e}; the cached policy stays in force", reg.name)
         })?;
@@ -176,8 +174,7 @@ struct Installer {
     cache: ClientCache,
     lock_path: PathBuf,
     lock: Lockfile,
-    accept_capabilities: bool,
-    allow_downgrade: bool,
+    gates: InstallGates,
     json: bool,
 }
 
@@ -227,9 +224,9 @@ impl Installer {
         }
     }
 
-    /// The package file: from the cache, else downloaded; its SHA-256 must
-    /// be `sha256` (what the index or lockfile lists). A download is cached
-    /// by [`Installer::checked`] only once it verified.
+    /// Downloads a package file (the caller looked in the cache first); its
+    /// SHA-256 must be `sha256` (what the index or lockfile lists). It is
+    /// cached by [`Installer::fetch_verified`] only once it verified.
     async fn bytes(
         &self,
         reg: &Registry,
@@ -238,9 +235,6 @@ impl Installer {
         sha256: &str,
         offline: bool,
     ) -> Result<Vec<u8>> {
-        if let Some(b) = self.cache.blob(sha256) {
-            return Ok(b);
-        }
         if offline {
             bail!(
                 "registry {} is unreachable and {id} {version} is not in the local cache: nothing was installed",
@@ -264,15 +258,16 @@ impl Installer {
         Ok(bytes)
     }
 
-    /// Gets, verifies and gate-checks a package, auditing any refusal;
-    /// verified downloads go to the cache for offline installs.
-    async fn checked(
+    /// Gets and verifies a package, auditing a refusal; verified
+    /// downloads go to the cache for offline installs. The install gates
+    /// come after, in [`Installer::install_package`].
+    async fn fetch_verified(
         &self,
         reg: &Registry,
         expected: &Expected<'_>,
         offline: bool,
         cached: Option<Vec<u8>>,
-    ) -> Result<(Vec<u8>, VerifiedPackage, Option<String>)> {
+    ) -> Result<(Vec<u8>, VerifiedPackage)> {
         let Expected { id, version, sha256, digest, signer } = *expected;
         let outcome = async {
             let fetched = cached.is_none();
@@ -287,11 +282,10 @@ impl Installer {
                     verified.signer()
                 );
             }
-            let gate = self.capability_gate(&verified)?;
             if fetched {
                 self.cache.put_blob(&bytes)?;
             }
-            Ok((bytes, verified, gate))
+            Ok((bytes, verified))
         }
         .await;
         if let Err(e) = &outcome {
@@ -299,6 +293,25 @@ impl Installer {
             self.security.audit_refused(&self.subject, "skill.install", ("skill", id), &reason)?;
         }
         outcome
+    }
+
+    /// Installs through the security model's gates (denied skills,
+    /// rollback, capability increase); returns a note on an accepted increase.
+    fn install_package(&self, verified: &VerifiedPackage, bytes: &[u8]) -> Result<Option<String>> {
+        let installed = self.security.install_verified(&self.subject, verified, bytes, self.gates)?;
+        let accepted = installed.accepted_capabilities;
+        if accepted.is_empty() {
+            return Ok(None);
+        }
+        if !self.json {
+            let shown: String = accepted.iter().map(|d| format!("\n  + {d}")).collect();
+            eprintln!(
+                "{} {} asks for more than before:{shown}\n(accepted with --accept-capabilities)",
+                verified.manifest().id,
+                verified.manifest().version
+            );
+        }
+        Ok(Some(format!("accepted capability increase: {}", accepted.join("; "))))
     }
 
     /// Verifies against this client's trust store and checks the package
@@ -320,30 +333,6 @@ impl Installer {
         Ok(verified)
     }
 
-    /// Refuses what asks for more than the installed version did, unless
-    /// --accept-capabilities; prints the difference either way.
-    fn capability_gate(&self, new: &VerifiedPackage) -> Result<Option<String>> {
-        let Ok(installed) = self.security.home().info(new.manifest().id.as_str()) else { return Ok(None) };
-        let diff = new.manifest().capability_increase(&installed.manifest);
-        if diff.is_empty() {
-            return Ok(None);
-        }
-        let shown = diff.iter().map(|d| format!("  + {d}")).collect::<Vec<_>>().join("\n");
-        let summary = format!(
-            "{} {} asks for more than the installed {}:\n{shown}",
-            new.manifest().id,
-            new.manifest().version,
-            installed.version
-        );
-        if !self.accept_capabilities {
-            bail!("{summary}\nnothing was installed: review the change and pass --accept-capabilities to accept it");
-        }
-        if !self.json {
-            eprintln!("{summary}\n(accepted with --accept-capabilities)");
-        }
-        Ok(Some(format!("accepted capability increase: {}", diff.join("; "))))
-    }
-
     /// An agent runs only the skills its manifest lists that are installed:
     /// says which of them are not, and how to install them.
     fn hint_missing_skills(&self, id: &str, registry: &str) {
@@ -357,19 +346,15 @@ impl Installer {
         }
     }
 
-    fn check_no_rollback(&self, id: &str, to: &semver::Version) -> Result<()> {
-        if self.allow_downgrade {
-            return Ok(());
+    /// Moving below the locked version is a rollback too (the installed
+    /// version is the security model's check).
+    fn check_lock_rollback(&self, id: &str, to: &semver::Version) -> Result<()> {
+        match self.lock.get(id).map(|l| &l.version).filter(|v| *v > to && !self.gates.allow_downgrade) {
+            Some(v) => bail!(
+                "{id} {v} is locked; moving to the older {to} is a rollback: refused (pass --allow-downgrade to do it on purpose)"
+            ),
+            None => Ok(()),
         }
-        let installed = self.security.home().info(id).ok().and_then(|i| semver::Version::parse(&i.version).ok());
-        for (what, v) in [("installed", installed), ("locked", self.lock.get(id).map(|l| l.version.clone()))] {
-            if let Some(v) = v.filter(|v| v > to) {
-                bail!(
-                    "{id} {v} is {what}; moving to the older {to} is a rollback: refused (pass --allow-downgrade to do it on purpose)"
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Installs the best match of `req` for `id` and locks it. With
@@ -391,7 +376,7 @@ impl Installer {
             let (version, digest) = (locked.version.to_string(), locked.digest.clone());
             return Ok(Outcome { id: id.to_owned(), version, action: "unchanged", digest, note: None });
         }
-        self.check_no_rollback(id, &chosen.version)?;
+        self.check_lock_rollback(id, &chosen.version)?;
         let installed = self.security.home().info(id).ok();
         let recorded = if *req == semver::VersionReq::STAR {
             semver::VersionReq::parse(&format!("^{}", chosen.version))?
@@ -409,8 +394,8 @@ impl Installer {
         let expected =
             Expected { id, version: &chosen.version, sha256: &chosen.sha256, digest: &chosen.digest, signer: None };
         let cached = self.cache.blob(&chosen.sha256);
-        let (bytes, verified, note) = self.checked(reg, &expected, meta.offline, cached).await?;
-        self.security.install(&self.subject, &bytes)?;
+        let (bytes, verified) = self.fetch_verified(reg, &expected, meta.offline, cached).await?;
+        let note = self.install_package(&verified, &bytes)?;
         self.lock_entry(reg, id, &recorded, &chosen, verified.signer().as_str())?;
         Ok(self.outcome(id, &chosen, "installed", note))
     }
@@ -441,7 +426,7 @@ impl Installer {
     }
 
     /// Installs exactly what the lockfile entry pins.
-    async fn install_locked(&self, args: &RegistryArgs, entry: &LockedSkill) -> Result<Outcome> {
+    async fn install_locked(&self, reg: &Registry, entry: &LockedSkill) -> Result<Outcome> {
         let id = entry.id.as_str();
         self.security.check_not_denied(&self.subject, "skill.install", id)?;
         let done = |action, note| Outcome {
@@ -454,13 +439,11 @@ impl Installer {
         if self.security.home().info(id).is_ok_and(|i| i.digest == entry.digest) {
             return Ok(done("unchanged", None));
         }
-        self.check_no_rollback(id, &entry.version)?;
-        let reg = args.open(Some(&entry.registry))?;
         let mut note = None;
         // The index says whether the pinned version was yanked; a cached
         // package installs without it when the registry is down.
         let cached = self.cache.blob(&entry.sha256);
-        let meta = match self.metadata(&reg, id).await {
+        let meta = match self.metadata(reg, id).await {
             Ok(m) => Some(m),
             Err(e) if cached.is_some() => {
                 self.warn(&format!("{e}; installing the cached package without checking whether it was yanked"));
@@ -488,8 +471,8 @@ impl Installer {
             digest: &entry.digest,
             signer: Some(&entry.signer),
         };
-        let (bytes, _, gate) = self.checked(&reg, &expected, offline, cached).await?;
-        self.security.install(&self.subject, &bytes)?;
+        let (bytes, verified) = self.fetch_verified(reg, &expected, offline, cached).await?;
+        let gate = self.install_package(&verified, &bytes)?;
         Ok(done("installed", note.or(gate)))
     }
 }
@@ -608,22 +591,20 @@ pub struct YankArgs {
     pub json: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+/// The workspace's lockfile: where it is and what it says.
+fn lockfile(workspace: Option<&Path>) -> Result<(PathBuf, Lockfile)> {
+    let path = Lockfile::path(&home::workspace(workspace)?);
+    let lock = Lockfile::read(&path)?;
+    Ok((path, lock))
 }
 
-fn installer(
-    workspace: Option<&Path>,
-    accept_capabilities: bool,
-    allow_downgrade: bool,
-    json: bool,
-) -> Result<Installer> {
-    let security = home::open_checked(Permission::ConfigWrite, "skill.install", ("skill", "-"))?;
-    let subject = security.subject(home::session())?;
+/// Opens the security model, so call it after the organisation policies
+/// were refreshed: it enforces the cached ones.
+fn installer(lock: (PathBuf, Lockfile), gates: InstallGates, json: bool) -> Result<Installer> {
+    let (security, subject) = home::open_checked_as(Permission::ConfigWrite, "skill.install", ("skill", "-"))?;
     let cache = ClientCache::new(security.home().root());
-    let lock_path = Lockfile::path(&home::workspace(workspace)?);
-    let lock = Lockfile::read(&lock_path)?;
-    Ok(Installer { security, subject, cache, lock_path, lock, accept_capabilities, allow_downgrade, json })
+    let (lock_path, lock) = lock;
+    Ok(Installer { security, subject, cache, lock_path, lock, gates, json })
 }
 
 fn report(outcomes: &[Outcome], json_out: bool) -> Result<ExitCode> {
@@ -651,19 +632,20 @@ fn refresh_policies(rt: &tokio::runtime::Runtime, reg: &Registry) -> Result<()> 
 
 pub fn install(args: InstallArgs) -> Result<ExitCode> {
     let InstallArgs { package, common: c, allow_downgrade } = args;
+    let gates = InstallGates { accept_capabilities: c.accept_capabilities, allow_downgrade };
     if let Some(p) = package.as_deref().filter(|p| p.ends_with(".ccpkg") || Path::new(p).is_file()) {
         if c.registry.registry.is_some() {
             bail!("{p} is a package file: --registry is for installing by id (namespace/name)");
         }
-        return crate::package::install_file(Path::new(p), c.json);
+        return crate::package::install_file(Path::new(p), gates, c.json);
     }
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     match package {
         Some(spec) => {
             let (id, req) = parse_spec(&spec)?;
             let reg = c.registry.open(None)?;
             refresh_policies(&rt, &reg)?;
-            let mut inst = installer(c.workspace.as_deref(), c.accept_capabilities, allow_downgrade, c.json)?;
+            let mut inst = installer(lockfile(c.workspace.as_deref())?, gates, c.json)?;
             let outcome = rt.block_on(inst.install(&reg, &id, &req, false))?;
             if !c.json {
                 inst.hint_missing_skills(&id, &reg.name);
@@ -674,36 +656,43 @@ pub fn install(args: InstallArgs) -> Result<ExitCode> {
             report(&[outcome], c.json)
         }
         None => {
-            let lock = Lockfile::read(&Lockfile::path(&home::workspace(c.workspace.as_deref())?))?;
-            refresh_lockfile_policies(&rt, &c.registry, &lock)?;
-            let inst = installer(c.workspace.as_deref(), c.accept_capabilities, allow_downgrade, c.json)?;
+            let lock = lockfile(c.workspace.as_deref())?;
+            let registries = lockfile_registries(&rt, &c.registry, &lock.1)?;
+            let inst = installer(lock, gates, c.json)?;
             let mut outcomes = Vec::new();
-            for entry in inst.lock.skills.clone() {
-                outcomes.push(rt.block_on(inst.install_locked(&c.registry, &entry))?);
+            for entry in &inst.lock.skills {
+                outcomes.push(rt.block_on(inst.install_locked(&registries[&entry.registry], entry))?);
             }
             report(&outcomes, c.json)
         }
     }
 }
 
-/// Refreshes the organisation policies of every registry the lockfile
-/// names, before anything is installed from it.
-fn refresh_lockfile_policies(rt: &tokio::runtime::Runtime, args: &RegistryArgs, lock: &Lockfile) -> Result<()> {
-    let mut names: Vec<&str> = lock.skills.iter().map(|s| s.registry.as_str()).collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        refresh_policies(rt, &args.open(Some(name))?)?;
+/// Opens, once each, the registries the lockfile names, and refreshes
+/// their organisation policies before anything is installed from them.
+fn lockfile_registries(
+    rt: &tokio::runtime::Runtime,
+    args: &RegistryArgs,
+    lock: &Lockfile,
+) -> Result<BTreeMap<String, Registry>> {
+    let mut out = BTreeMap::new();
+    for s in &lock.skills {
+        if !out.contains_key(&s.registry) {
+            let reg = args.open(Some(&s.registry))?;
+            refresh_policies(rt, &reg)?;
+            out.insert(s.registry.clone(), reg);
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
 pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     let UpdateArgs { id, common: c } = args;
-    let rt = runtime()?;
-    let lock = Lockfile::read(&Lockfile::path(&home::workspace(c.workspace.as_deref())?))?;
-    refresh_lockfile_policies(&rt, &c.registry, &lock)?;
-    let mut inst = installer(c.workspace.as_deref(), c.accept_capabilities, false, c.json)?;
+    let rt = crate::runtime()?;
+    let lock = lockfile(c.workspace.as_deref())?;
+    let registries = lockfile_registries(&rt, &c.registry, &lock.1)?;
+    let gates = InstallGates { accept_capabilities: c.accept_capabilities, allow_downgrade: false };
+    let mut inst = installer(lock, gates, c.json)?;
     let entries: Vec<LockedSkill> =
         inst.lock.skills.iter().filter(|s| id.as_deref().is_none_or(|id| s.id == id)).cloned().collect();
     if let (Some(id), true) = (&id, entries.is_empty()) {
@@ -715,9 +704,9 @@ pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     let mut outcomes = Vec::new();
     for entry in entries {
         // What is installed first matches the lockfile; then it moves up.
-        rt.block_on(inst.install_locked(&c.registry, &entry))?;
-        let reg = c.registry.open(Some(&entry.registry))?;
-        outcomes.push(rt.block_on(inst.install(&reg, &entry.id, &entry.requirement, true))?);
+        let reg = &registries[&entry.registry];
+        rt.block_on(inst.install_locked(reg, &entry))?;
+        outcomes.push(rt.block_on(inst.install(reg, &entry.id, &entry.requirement, true))?);
     }
     report(&outcomes, c.json)
 }
@@ -731,7 +720,7 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
     if args.registry.token.is_none() {
         bail!("publishing needs a `publish` token: pass --token or set {ENV_REGISTRY_TOKEN}");
     }
-    let reply = runtime()?
+    let reply = crate::runtime()?
         .block_on(reg.client.publish(bytes))
         .with_context(|| format!("{} {} was not published", manifest.id, manifest.version))?;
     if args.json {
@@ -754,7 +743,7 @@ pub fn yank(args: YankArgs) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("`{}`: give the exact version to yank, as namespace/name@1.2.3", args.spec))?;
     let version = semver::Version::parse(version).with_context(|| format!("`{version}` is not a version"))?;
     let reg = args.registry.open(None)?;
-    let v = runtime()?.block_on(reg.client.yank(id, &version, &args.reason))?;
+    let v = crate::runtime()?.block_on(reg.client.yank(id, &version, &args.reason))?;
     if args.json {
         print_json(&v)?;
     } else {

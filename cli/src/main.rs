@@ -109,6 +109,11 @@ enum SkillCommand {
     Remove(package::RemoveArgs),
 }
 
+/// The tokio runtime a command's async work runs on.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

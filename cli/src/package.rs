@@ -10,6 +10,7 @@ use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::format_size;
 use coderclaw_host::Host;
 use coderclaw_host::home::InstalledSkill;
+use coderclaw_host::security::InstallGates;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -219,16 +220,20 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
 }
 
 /// Verifies and installs a package file (replacing any installed version
-/// of its id); a skill the organisation policy denies is refused.
-pub fn install_file(path: &Path, json: bool) -> Result<ExitCode> {
-    let security = home::open_checked(Permission::ConfigWrite, "skill.install", ("package", "-"))?;
+/// of its id) through the security model's gates: denied skills, rollback
+/// and capability increase.
+pub fn install_file(path: &Path, gates: InstallGates, json: bool) -> Result<ExitCode> {
+    let (security, by) = home::open_checked_as(Permission::ConfigWrite, "skill.install", ("package", "-"))?;
     let bytes = read(path)?;
-    let by = security.subject(home::session())?;
-    let installed = security.install(&by, &bytes).with_context(|| format!("{} was not installed", path.display()))?;
+    let done = security.install(&by, &bytes, gates).with_context(|| format!("{} was not installed", path.display()))?;
+    let installed = done.skill;
     let v = describe_installed(&installed);
     if json {
         print_json(&v)?;
     } else {
+        if !done.accepted_capabilities.is_empty() {
+            eprintln!("accepted capability increase: {}", done.accepted_capabilities.join("; "));
+        }
         println!("installed {} {} (signed by {})", installed.id, installed.version, installed.signer);
         println!("run it:    coderclaw skill run {} --input '{{}}'", installed.id);
     }
@@ -248,13 +253,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
         println!("no skills installed: install a package with `coderclaw skill install <file.ccpkg>`");
     } else {
         for s in installed {
-            println!(
-                "{:<32} {:<10} {:<6} {}",
-                s.id,
-                s.version,
-                format!("{:?}", s.manifest.kind).to_lowercase(),
-                s.manifest.description
-            );
+            println!("{:<32} {:<10} {:<6} {}", s.id, s.version, s.manifest.kind.as_str(), s.manifest.description);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -272,8 +271,8 @@ pub fn info(args: InfoArgs) -> Result<ExitCode> {
 }
 
 pub fn remove(args: RemoveArgs) -> Result<ExitCode> {
-    let security = home::open_checked(Permission::ConfigWrite, "skill.remove", ("skill", &args.id))?;
-    let s = security.remove_skill(&security.subject(home::session())?, &args.id)?;
+    let (security, by) = home::open_checked_as(Permission::ConfigWrite, "skill.remove", ("skill", &args.id))?;
+    let s = security.remove_skill(&by, &args.id)?;
     println!("removed {} {}", s.id, s.version);
     Ok(ExitCode::SUCCESS)
 }

@@ -228,8 +228,8 @@ pub struct SearchArgs {
     #[arg(default_value = "")]
     pub query: String,
     /// Only skills or only agents.
-    #[arg(long, value_parser = ["skill", "agent"])]
-    pub kind: Option<String>,
+    #[arg(long, value_parser = str::parse::<Kind>)]
+    pub kind: Option<Kind>,
     /// Only this namespace.
     #[arg(long)]
     pub namespace: Option<String>,
@@ -250,10 +250,6 @@ pub struct AgentsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn when(t: Option<u64>) -> String {
@@ -373,7 +369,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
                 );
             }
             let cache = ClientCache::new(&home::state_dir()?);
-            let report = runtime()?.block_on(sync_policies(&reg, &cache))?;
+            let report = crate::runtime()?.block_on(sync_policies(&reg, &cache))?;
             if args.json {
                 print_json(&report)?;
             } else {
@@ -384,14 +380,14 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Search(args) => {
-            let kind = args.kind.as_deref().map(|k| if k == "agent" { Kind::Agent } else { Kind::Skill });
             let reg = args.registry.open(None)?;
-            let hits = runtime()?.block_on(reg.client.search(&args.query, kind, args.namespace.as_deref()))?;
+            let hits =
+                crate::runtime()?.block_on(reg.client.search(&args.query, args.kind, args.namespace.as_deref()))?;
             print_hits(&hits, args.json)
         }
         Command::Agents(args) => {
             let reg = args.registry.open(None)?;
-            let hits = runtime()?.block_on(reg.client.agents(&args.namespace))?;
+            let hits = crate::runtime()?.block_on(reg.client.agents(&args.namespace))?;
             print_hits(&hits, args.json)
         }
     }
@@ -405,8 +401,7 @@ fn print_hits(hits: &[SearchHit], json: bool) -> Result<ExitCode> {
     } else {
         for h in hits {
             let latest = h.latest.as_ref().map_or("(all yanked)".to_owned(), ToString::to_string);
-            let kind = if h.kind == Kind::Agent { "agent" } else { "skill" };
-            println!("{:<32} {latest:<10} {kind:<6} {}", h.id, h.description);
+            println!("{:<32} {latest:<10} {:<6} {}", h.id, h.kind.as_str(), h.description);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -427,7 +422,7 @@ fn policy_publish(
     if registry.token.is_none() {
         bail!("publishing a policy needs a `publish` token of `{namespace}`: pass --token");
     }
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     let serial = match serial {
         Some(s) => s,
         None => rt.block_on(reg.client.org_policy(namespace))?.map_or(0, |d| d.serial) + 1,
@@ -446,7 +441,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         max_upload_bytes: usize::try_from(args.max_upload).unwrap_or(usize::MAX),
         tls: args.tls_cert.zip(args.tls_key),
     };
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async move {
         let server = coderclaw_registry::server::serve(store, config).await.map_err(|e| anyhow!(e))?;
         println!("registry serving {} (data {})", server.url(), args.data.data.display());

@@ -263,10 +263,6 @@ fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig
     Ok(LocalEngine { service: TaskService::new(engine, security), _lock: lock })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
 pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     let workspace = home::workspace(args.workspace.as_deref())?;
     let flags = RuntimeFlags {
@@ -283,7 +279,7 @@ pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         bail!("mode remote-enabled with deployment.allowRemoteSessions: false contradicts itself: pick one");
     }
     let listen = c.listen.parse().with_context(|| format!("--listen {}: expected IP:PORT", c.listen))?;
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async {
         let local = open_engine(&workspace, args.workspace_write, true, &c)?;
         let tls = args.tls_cert.clone().zip(args.tls_key.clone());
@@ -310,7 +306,7 @@ fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime
     let workspace = home::workspace(target.workspace.as_deref())?;
     let flags = RuntimeFlags { remote: target.remote.clone(), ..Default::default() };
     let c = config(&flags, &workspace)?;
-    let rt = runtime()?;
+    let rt = crate::runtime()?;
     rt.block_on(async {
         match &c.remote_url {
             Some(url) => {

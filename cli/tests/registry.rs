@@ -593,3 +593,62 @@ fn a_lockfile_cannot_send_the_token_to_a_registry_the_user_did_not_configure() {
         .unwrap();
     refused(&out, "which is not in your configuration");
 }
+
+#[test]
+fn package_files_pass_the_same_install_gates() {
+    let publisher = Publisher::new();
+    let dev = Cli::new();
+    ok(&dev.run(&["trust", "add", "team", &publisher.public]));
+    let file = |pkg: &Path, extra: &[&str]| {
+        let mut args = vec!["skill", "install", p(pkg)];
+        args.extend_from_slice(extra);
+        dev.run(&args)
+    };
+    ok(&file(&publisher.version("echo", "0.2.0"), &[]));
+    let older = publisher.version("echo", "0.1.0");
+    refused(&file(&older, &[]), "rollback");
+    assert_eq!(installed(&dev)[0].1, "0.2.0");
+    ok(&file(&older, &["--allow-downgrade"]));
+    assert_eq!(installed(&dev)[0].1, "0.1.0");
+
+    let wider = publisher.package("echo", "echo-wide", |m| {
+        format!("{}\n[capabilities]\nhttp = [\"https://api.example.com\"]\n", m.replace("0.1.0", "0.3.0"))
+    });
+    let gate = refused(&file(&wider, &[]), "--accept-capabilities");
+    assert!(gate.contains("+ http: https://api.example.com:443"), "{gate}");
+    assert_eq!(installed(&dev)[0].1, "0.1.0");
+    ok(&file(&wider, &["--accept-capabilities"]));
+    assert_eq!(installed(&dev)[0].1, "0.3.0");
+
+    let audit: Value = serde_json::from_str(&ok(&dev.run(&[
+        "audit",
+        "query",
+        "--action",
+        "skill.install",
+        "--result",
+        "denied",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(audit.as_array().unwrap().len(), 2, "both refusals are audited: {audit}");
+}
+
+#[test]
+fn a_lockfile_install_refuses_a_package_signed_by_another_key_than_locked() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    ok(&publisher.publish(&registry, &publisher.package("echo", "echo", |m| m), &registry.token("team", "publish")));
+    let dev = developer(&registry, &publisher, &["team"], false);
+    let ws = workspace();
+    ok(&dev.run(&["skill", "install", "team/echo", "--registry", "team-registry", "--workspace", p(ws.path())]));
+    ok(&dev.run(&["skill", "remove", "team/echo"]));
+    // The lockfile now pins another signer (a key rotation that was not
+    // meant to happen, or an edited lockfile): the package is refused.
+    let lock_path = ws.path().join(".coderClaw/skills.lock");
+    let lock = std::fs::read_to_string(&lock_path).unwrap();
+    let signer = lock.lines().find_map(|l| l.strip_prefix("signer = \"")).unwrap().trim_end_matches('"').to_owned();
+    std::fs::write(&lock_path, lock.replace(&signer, "0123456789abcdef")).unwrap();
+    refused(&dev.run(&["skill", "install", "--workspace", p(ws.path())]), "the lockfile says 0123456789abcdef");
+    assert!(installed(&dev).is_empty());
+}

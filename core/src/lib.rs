@@ -6,6 +6,7 @@
 
 pub mod decision;
 pub mod digest;
+pub mod fsutil;
 pub mod grant;
 pub mod keys;
 pub mod manifest;

@@ -114,6 +114,33 @@ pub enum Kind {
     Agent,
 }
 
+impl Kind {
+    /// `skill` or `agent`, as manifests, the APIs and the CLI write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Skill => "skill",
+            Kind::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skill" => Ok(Kind::Skill),
+            "agent" => Ok(Kind::Agent),
+            other => Err(format!("kind `{other}`: use skill or agent")),
+        }
+    }
+}
+
 /// A requested directory. `path` is a logical name the policy maps to a real
 /// directory (e.g. `workspace`), not a host path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -232,6 +232,16 @@ pub struct RegistryEntry {
     pub namespace_keys: BTreeMap<String, Vec<String>>,
 }
 
+impl RegistryEntry {
+    /// Each namespace with its admin keys, parsed (a configuration that
+    /// loaded has only valid keys: [`SecurityConfig::validate`] checks them).
+    pub fn admin_keys(&self) -> impl Iterator<Item = (&str, Vec<crate::keys::PublicKey>)> {
+        self.namespace_keys.iter().map(|(ns, keys)| {
+            (ns.as_str(), keys.iter().filter_map(|k| crate::keys::PublicKey::parse(k).ok()).collect())
+        })
+    }
+}
+
 /// `security:` in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -14,6 +14,7 @@
 //! refuses every move out of them, so a late result can never overwrite a
 //! cancellation.
 
+use crate::manifest::Kind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -128,11 +129,11 @@ impl TaskTarget {
         }
     }
 
-    /// `skill` or `agent`.
-    pub fn kind(&self) -> &'static str {
+    /// What the target must be.
+    pub fn kind(&self) -> Kind {
         match self {
-            TaskTarget::Skill(_) => "skill",
-            TaskTarget::Agent(_) => "agent",
+            TaskTarget::Skill(_) => Kind::Skill,
+            TaskTarget::Agent(_) => Kind::Agent,
         }
     }
 }
@@ -353,7 +354,7 @@ pub struct SkillInfo {
     /// Semver version.
     pub version: String,
     /// `skill` or `agent`.
-    pub kind: String,
+    pub kind: Kind,
     /// What it does.
     pub description: String,
     /// Needs an explicit policy entry and trusted device.

@@ -10,8 +10,7 @@
 use crate::Digest;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -56,22 +55,12 @@ impl CompiledCache {
         }
     }
 
-    /// Stores `component` under `digest` (write to a temp file, then rename,
-    /// so a reader never sees half a file).
+    /// Stores `component` under `digest` (0600; a reader never sees half a file).
     pub fn store(&self, digest: &Digest, component: &Component) -> Result<(), String> {
         let bytes = component.serialize().map_err(|e| e.to_string())?;
         let path = self.path(digest);
-        let tmp = self.dir.join(format!(".{}.{}.tmp", digest.to_hex(), std::process::id()));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", path.display())
-        })
+        coderclaw_core::fsutil::write_durably_with_mode(&path, &bytes, 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 }
 

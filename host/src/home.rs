@@ -80,6 +80,9 @@ pub enum HomeError {
         /// What the file holds now.
         found: String,
     },
+    /// `install_verified` was given bytes of another package than the one verified.
+    #[error("the package file given for {0} is not the package that was verified: nothing was installed")]
+    NotTheVerifiedPackage(String),
     /// No installed skill with this id.
     #[error("skill {0} is not installed (see `coderclaw skill list`)")]
     NotInstalled(String),
@@ -201,6 +204,7 @@ impl Home {
                 let result = match e {
                     HomeError::Package(_)
                     | HomeError::StoredPackageMismatch { .. }
+                    | HomeError::NotTheVerifiedPackage(_)
                     | HomeError::Key(KeyError::Permissions { .. }) => AuditResult::Denied,
                     _ => AuditResult::Error,
                 };
@@ -375,9 +379,25 @@ impl Home {
     pub fn install(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
         let parsed = Package::parse(bytes);
         let claimed = parsed.as_ref().ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
-        let outcome = parsed.map_err(HomeError::from).and_then(|p| self.install_parsed(p, bytes));
-        let resource = claimed.as_deref().unwrap_or("(unreadable package)");
-        self.audited("skill.install", ("skill", resource), outcome, |s| {
+        let outcome = parsed.and_then(|p| p.verify(self)).map_err(HomeError::from).and_then(|v| self.store(&v, bytes));
+        self.audit_install(claimed.as_deref().unwrap_or("(unreadable package)"), outcome)
+    }
+
+    /// Installs a package verified by the caller from `bytes` (checked to
+    /// be the same package by digest, which is cheaper than verifying
+    /// the signature again).
+    pub fn install_verified(&self, verified: &VerifiedPackage, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let id = verified.manifest().id.to_string();
+        let same = match Package::parse(bytes) {
+            Ok(p) if p.digest() == verified.digest() => Ok(()),
+            _ => Err(HomeError::NotTheVerifiedPackage(id.clone())),
+        };
+        let outcome = same.and_then(|()| self.store(verified, bytes));
+        self.audit_install(&id, outcome)
+    }
+
+    fn audit_install(&self, id: &str, outcome: Result<InstalledSkill, HomeError>) -> Result<InstalledSkill, HomeError> {
+        self.audited("skill.install", ("skill", id), outcome, |s| {
             (
                 format!("version {} signed by {}", s.version, s.signer),
                 serde_json::json!({ "digest": s.digest, "signer": s.signer, "version": s.version }),
@@ -385,15 +405,12 @@ impl Home {
         })
     }
 
-    fn install_parsed(&self, package: Package, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
-        let verified = package.verify(self)?;
+    /// Writes the package file (always: reinstalling repairs a file that
+    /// was replaced or truncated) and records it as installed.
+    fn store(&self, verified: &VerifiedPackage, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
         let path = self.package_path(&verified.digest());
-        if !path.exists() {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let io = |source| HomeError::Io { path: path.clone(), source };
-            fs::write(&tmp, bytes).map_err(io)?;
-            fs::rename(&tmp, &path).map_err(io)?;
-        }
+        coderclaw_core::fsutil::write_durably_with_mode(&path, bytes, 0o600)
+            .map_err(|source| HomeError::Io { path: path.clone(), source })?;
         let m = verified.manifest();
         let record = InstalledSkill {
             id: m.id.to_string(),

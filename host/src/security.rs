@@ -27,11 +27,12 @@ use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{
     self, Action, Decision, DecisionInput, Offer, Policies, Subject, Target, check_permission,
 };
-use coderclaw_core::keys::{KeyError, PublicKey, SecretKey};
+use coderclaw_core::keys::{KeyError, SecretKey};
+use coderclaw_core::package::{Package, VerifiedPackage};
 use coderclaw_core::policy::{OrgPolicy, PolicyError, Provider, RepoPolicy, SecurityConfig};
 use coderclaw_core::rbac::{Permission, Roles};
 use serde_json::json;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,24 @@ pub enum SecurityError {
     },
 }
 
+/// What an install may do beyond a fresh install of a newer version.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallGates {
+    /// Accept a version that asks for more capabilities than the installed one.
+    pub accept_capabilities: bool,
+    /// Allow an older version than the installed one.
+    pub allow_downgrade: bool,
+}
+
+/// What an install did.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The installed skill.
+    pub skill: crate::home::InstalledSkill,
+    /// The capability increase accepted with `accept_capabilities` (empty if none).
+    pub accepted_capabilities: Vec<String>,
+}
+
 /// The device id decisions see for a caller on another machine.
 pub const REMOTE_DEVICE: &str = "remote-peer";
 
@@ -83,7 +102,7 @@ fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(P
     let cache = coderclaw_registry::cache::ClientCache::new(state);
     let mut out = Vec::new();
     for (name, entry) in &config.registries {
-        for (namespace, keys) in &entry.namespace_keys {
+        for (namespace, keys) in entry.admin_keys() {
             let file = PathBuf::from(format!("registry {name}, namespace {namespace}"));
             let refuse = |message: String| {
                 SecurityError::Denied(format!(
@@ -94,7 +113,6 @@ fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(P
             let Some(doc) = cache.policy(name, namespace).map_err(|e| refuse(format!("cannot be read ({e})")))? else {
                 continue;
             };
-            let keys: Vec<PublicKey> = keys.iter().filter_map(|k| PublicKey::parse(k).ok()).collect();
             let policy = doc.verify(namespace, &keys).map_err(|e| refuse(format!("is refused ({e})")))?;
             out.push((file, policy.clone()));
         }
@@ -411,16 +429,62 @@ impl Security {
         self.require_owner_or(subject, Permission::AdminAll, action, resource)
     }
 
-    /// Verifies and installs a package, refusing (and auditing) a skill the
-    /// organisation policy denies: it could never run, and installing it
-    /// would still put its code on the machine.
-    pub fn install(&self, by: &Subject, bytes: &[u8]) -> Result<crate::home::InstalledSkill, SecurityError> {
-        let claimed = coderclaw_core::package::Package::parse(bytes).ok().and_then(|p| p.manifest().ok());
-        if let Some(m) = claimed {
-            let id = m.id.as_str();
-            self.check_not_denied(by, "skill.install", id)?;
+    /// Verifies and installs a package file (see [`Security::install_verified`]).
+    pub fn install(&self, by: &Subject, bytes: &[u8], gates: InstallGates) -> Result<Installed, SecurityError> {
+        let parsed = Package::parse(bytes);
+        let claimed = parsed.as_ref().ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
+        match parsed.and_then(|p| p.verify(self.home.as_ref())) {
+            Ok(verified) => self.install_verified(by, &verified, bytes, gates),
+            Err(e) => {
+                let id = claimed.as_deref().unwrap_or("(unreadable package)");
+                self.audit_refused(by, "skill.install", ("skill", id), &e.to_string())?;
+                Err(crate::home::HomeError::Package(e).into())
+            }
         }
-        Ok(self.home.install(bytes)?)
+    }
+
+    /// Installs a verified package, every install path's gates in one
+    /// place, each refusal audited:
+    /// - a skill the organisation policy denies (it could never run, and
+    ///   installing it would still put its code on the machine);
+    /// - an older version than the installed one, unless `allow_downgrade`;
+    /// - asking for more than the installed version did, unless
+    ///   `accept_capabilities` (the refusal lists the difference).
+    pub fn install_verified(
+        &self,
+        by: &Subject,
+        verified: &VerifiedPackage,
+        bytes: &[u8],
+        gates: InstallGates,
+    ) -> Result<Installed, SecurityError> {
+        let m = verified.manifest();
+        let id = m.id.as_str();
+        self.check_not_denied(by, "skill.install", id)?;
+        let mut accepted = Vec::new();
+        if let Ok(current) = self.home.info(id) {
+            let refuse = |reason: String| -> Result<Installed, SecurityError> {
+                self.audit_refused(by, "skill.install", ("skill", id), &reason)?;
+                Err(SecurityError::Denied(reason))
+            };
+            let older = semver::Version::parse(&current.version).is_ok_and(|v| v > m.version);
+            if older && !gates.allow_downgrade {
+                return refuse(format!(
+                    "{id} {} is installed; {} is older, and moving back is a rollback: refused (--allow-downgrade to do it on purpose)",
+                    current.version, m.version
+                ));
+            }
+            let diff = m.capability_increase(&current.manifest);
+            if !diff.is_empty() && !gates.accept_capabilities {
+                let shown: String = diff.iter().map(|d| format!("\n  + {d}")).collect();
+                return refuse(format!(
+                    "{id} {} asks for more than the installed {}:{shown}\nnothing was installed: review the change and pass --accept-capabilities to accept it",
+                    m.version, current.version
+                ));
+            }
+            accepted = diff;
+        }
+        let skill = self.home.install_verified(verified, bytes)?;
+        Ok(Installed { skill, accepted_capabilities: accepted })
     }
 
     /// Refuses, and audits, `action` on a skill the organisation denies.
@@ -732,11 +796,6 @@ impl Loader<'_> {
 fn save_last_good(dir: &Path, file: &Path, text: &str) -> Result<(), SecurityError> {
     let io = |source| SecurityError::Io { path: file.to_path_buf(), source };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-    // Write then rename: a crash never leaves a half-written "good" copy.
-    let tmp = file.with_extension("tmp");
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, file).map_err(io)
+    // A crash never leaves a half-written "good" copy.
+    coderclaw_core::fsutil::write_durably_with_mode(file, text.as_bytes(), 0o600).map_err(io)
 }

@@ -94,11 +94,6 @@ impl HttpClient {
         self
     }
 
-    /// host:port as given.
-    pub fn authority(&self) -> &str {
-        &self.authority
-    }
-
     /// Whether this client speaks https.
     pub fn is_https(&self) -> bool {
         self.tls.is_some()

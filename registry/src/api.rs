@@ -37,6 +37,25 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as the API writes it (`version_exists`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::BadPackage => "bad_package",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::InsufficientScope => "insufficient_scope",
+            ErrorCode::WrongNamespace => "wrong_namespace",
+            ErrorCode::SignatureRejected => "signature_rejected",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::VersionExists => "version_exists",
+            ErrorCode::StalePolicy => "stale_policy",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
     /// The HTTP status this code is sent with.
     pub fn http_status(self) -> u16 {
         match self {
@@ -175,4 +194,34 @@ pub struct NamespaceKey {
     /// When it was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode::{self, *};
+
+    #[test]
+    fn as_str_is_the_wire_name_and_the_status_fits() {
+        let all = [
+            InvalidRequest,
+            BadPackage,
+            Unauthenticated,
+            TokenExpired,
+            TokenRevoked,
+            InsufficientScope,
+            WrongNamespace,
+            SignatureRejected,
+            NotFound,
+            VersionExists,
+            StalePolicy,
+            PayloadTooLarge,
+            Internal,
+        ];
+        for code in all {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str(), "{code:?}");
+            let back: ErrorCode = serde_json::from_value(code.as_str().into()).unwrap();
+            assert_eq!(back, code);
+            assert!((400..600).contains(&code.http_status()));
+        }
+    }
 }

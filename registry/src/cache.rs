@@ -94,10 +94,7 @@ impl ClientCache {
     }
 
     fn write(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(Self::io(dir))?;
-        }
-        crate::fsutil::write_durably(path, bytes).map_err(Self::io(path))
+        coderclaw_core::fsutil::write_durably(path, bytes).map_err(Self::io(path))
     }
 
     fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, CacheError> {
@@ -146,20 +143,9 @@ impl ClientCache {
     /// proves nothing); one that cannot be read is an error.
     pub fn accept_metadata(&self, registry: &str, info: &PackageInfo) -> Result<(), CacheError> {
         let record = self.index_path(registry, &info.id);
-        let seen = match self.metadata(registry, &info.id) {
-            Err(CacheError::Corrupt { .. }) => None,
-            other => other?,
-        };
-        if let Some(seen) = seen {
-            if seen.serial > info.serial {
-                return Err(CacheError::Rollback {
-                    what: format!("the metadata of {}", info.id),
-                    registry: registry.to_owned(),
-                    seen: seen.serial,
-                    got: info.serial,
-                    record,
-                });
-            }
+        if let Some(seen) = Self::seen::<PackageInfo>(&record)? {
+            let what = || format!("the metadata of {}", info.id);
+            Self::no_rollback(what, registry, seen.serial, info.serial, &record)?;
             for old in &seen.versions {
                 let change = match info.exact(&old.version) {
                     None => "missing",
@@ -192,20 +178,33 @@ impl ClientCache {
     /// than the one seen. A cached copy that does not parse is replaced.
     pub fn accept_policy(&self, registry: &str, doc: &SignedOrgPolicy) -> Result<(), CacheError> {
         let record = self.policy_path(registry, &doc.namespace);
-        let seen = match self.policy(registry, &doc.namespace) {
-            Err(CacheError::Corrupt { .. }) => None,
-            other => other?,
-        };
-        if let Some(seen) = seen.filter(|s| s.serial > doc.serial) {
-            return Err(CacheError::Rollback {
-                what: format!("the organisation policy of `{}`", doc.namespace),
-                registry: registry.to_owned(),
-                seen: seen.serial,
-                got: doc.serial,
-                record,
-            });
+        if let Some(seen) = Self::seen::<SignedOrgPolicy>(&record)? {
+            let what = || format!("the organisation policy of `{}`", doc.namespace);
+            Self::no_rollback(what, registry, seen.serial, doc.serial, &record)?;
         }
         Self::write(&record, &serde_json::to_vec_pretty(doc).unwrap_or_default())
+    }
+
+    /// What `record` holds; one that does not parse proves nothing and
+    /// counts as none (one that cannot be read is an error).
+    fn seen<T: serde::de::DeserializeOwned>(record: &Path) -> Result<Option<T>, CacheError> {
+        match Self::read_json(record) {
+            Err(CacheError::Corrupt { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn no_rollback(
+        what: impl FnOnce() -> String,
+        registry: &str,
+        seen: u64,
+        got: u64,
+        record: &Path,
+    ) -> Result<(), CacheError> {
+        if seen <= got {
+            return Ok(());
+        }
+        Err(CacheError::Rollback { what: what(), registry: registry.to_owned(), seen, got, record: record.to_owned() })
     }
 }
 

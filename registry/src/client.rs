@@ -27,7 +27,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryClientError {
     /// The registry answered with an error.
-    #[error("the registry refused: {0} ({code})", code = serde_json::to_value(.0.code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default())]
+    #[error("the registry refused: {0} ({code})", code = .0.code.as_str())]
     Api(ApiError),
     /// The registry could not be reached.
     #[error("{0}")]
@@ -53,7 +53,6 @@ impl RegistryClientError {
 /// A client of one registry.
 pub struct RegistryClient {
     http: HttpClient,
-    url: String,
     token: Option<String>,
 }
 
@@ -67,12 +66,7 @@ impl RegistryClient {
         if token.is_some() {
             http.check_credentials_allowed().map_err(|e| RegistryClientError::Insecure(e.to_string()))?;
         }
-        Ok(Self { http, url: url.trim_end_matches('/').to_owned(), token })
-    }
-
-    /// The base URL.
-    pub fn url(&self) -> &str {
-        &self.url
+        Ok(Self { http, token })
     }
 
     async fn raw(
@@ -164,7 +158,7 @@ impl RegistryClient {
     ) -> Result<Vec<SearchHit>, RegistryClientError> {
         let mut q = vec![format!("q={}", percent_encode(query))];
         if let Some(k) = kind {
-            q.push(format!("kind={}", if k == Kind::Agent { "agent" } else { "skill" }));
+            q.push(format!("kind={k}"));
         }
         if let Some(ns) = namespace {
             q.push(format!("namespace={}", percent_encode(ns)));
@@ -184,15 +178,7 @@ impl RegistryClient {
 
     /// The signed organisation policy of `namespace`, `None` if it has none.
     pub async fn org_policy(&self, namespace: &str) -> Result<Option<SignedOrgPolicy>, RegistryClientError> {
-        match self.json(Method::GET, &format!("/v1/namespaces/{}/policy", percent_encode(namespace)), None).await {
-            Ok(doc) => Ok(Some(doc)),
-            Err(RegistryClientError::Api(e))
-                if e.code == ErrorCode::NotFound && e.message.contains("no organisation policy") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        self.json(Method::GET, &format!("/v1/namespaces/{}/policy", percent_encode(namespace)), None).await
     }
 
     /// Publishes a signed organisation policy.

@@ -15,7 +15,6 @@
 pub mod api;
 pub mod cache;
 pub mod client;
-mod fsutil;
 pub mod lockfile;
 pub mod server;
 pub mod store;

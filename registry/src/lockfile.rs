@@ -118,15 +118,12 @@ impl Lockfile {
     /// Writes the lockfile atomically (creating `.coderClaw/`).
     pub fn write(&self, path: &Path) -> Result<(), LockfileError> {
         let io = |source| LockfileError::Io { path: path.into(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
         let mut sorted = self.clone();
         sorted.skills.sort_by(|a, b| a.id.cmp(&b.id));
         let text = toml::to_string_pretty(&sorted)
             .map_err(|e| LockfileError::Invalid { path: path.into(), message: e.to_string() })?;
         let header = "# Written by `coderclaw skill install`. `coderclaw skill install` with no argument\n# installs exactly these versions. Change it with `coderclaw skill install|update`.\n";
-        crate::fsutil::write_durably(path, format!("{header}{text}").as_bytes()).map_err(io)
+        coderclaw_core::fsutil::write_durably(path, format!("{header}{text}").as_bytes()).map_err(io)
     }
 
     /// The entry of `id`.
@@ -138,13 +135,6 @@ impl Lockfile {
     pub fn upsert(&mut self, entry: LockedSkill) {
         self.skills.retain(|s| s.id != entry.id);
         self.skills.push(entry);
-    }
-
-    /// Removes the entry of `id`; whether there was one.
-    pub fn remove(&mut self, id: &str) -> bool {
-        let before = self.skills.len();
-        self.skills.retain(|s| s.id != id);
-        self.skills.len() != before
     }
 }
 

@@ -98,10 +98,7 @@ fn can_read(store: &RegistryStore, who: Option<&TokenInfo>, namespace: &str) -> 
         return Ok(());
     }
     // Private namespaces are indistinguishable from missing ones.
-    Err(err(
-        ErrorCode::NotFound,
-        format!("no namespace `{namespace}` in this registry (or it is private: send a token of it)"),
-    ))
+    Err(crate::store::not_found_namespace(namespace))
 }
 
 async fn body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
@@ -130,13 +127,7 @@ fn search_params(query: &str) -> Result<(String, Option<Kind>, Option<String>), 
     for (k, v) in query_pairs(query) {
         match k.as_str() {
             "q" => q = v,
-            "kind" => {
-                kind = Some(match v.as_str() {
-                    "skill" => Kind::Skill,
-                    "agent" => Kind::Agent,
-                    other => return Err(err(ErrorCode::InvalidRequest, format!("kind `{other}`: use skill or agent"))),
-                })
-            }
+            "kind" => kind = Some(v.parse().map_err(|e: String| err(ErrorCode::InvalidRequest, e))?),
             "namespace" => namespace = Some(v),
             other => {
                 return Err(err(
@@ -215,11 +206,9 @@ async fn route(
                 can_read(&store, who.as_ref(), &ns)?;
                 let v = semver::Version::parse(&version)
                     .map_err(|e| err(ErrorCode::InvalidRequest, format!("`{version}` is not a version: {e}")))?;
-                let info = store.package(&id)?;
-                let found = info
-                    .exact(&v)
-                    .ok_or_else(|| err(ErrorCode::NotFound, format!("{id} {v} is not published here")))?;
-                Ok((found.sha256.clone(), store.blob(&found.sha256)?))
+                let sha = store.file_of(&id, &v)?;
+                let bytes = store.blob(&sha)?;
+                Ok((sha, bytes))
             })
             .await?;
             let mut r = bytes_response(StatusCode::OK, "application/octet-stream", Bytes::from(bytes));
@@ -246,11 +235,10 @@ async fn route(
         }
         (&Method::GET, ["v1", "namespaces", ns, "policy"]) => {
             let ns = ns.to_string();
+            // `null` when the namespace has published none.
             let doc = blocking(move || {
                 can_read(&store, who.as_ref(), &ns)?;
-                store
-                    .org_policy(&ns)?
-                    .ok_or_else(|| err(ErrorCode::NotFound, format!("`{ns}` has no organisation policy")))
+                store.org_policy(&ns)
             })
             .await?;
             ok(&doc)

@@ -471,7 +471,7 @@ impl RegistryStore {
         let path = self.blob_path(&sha256);
         let fresh_blob = !path.exists();
         if fresh_blob {
-            crate::fsutil::write_durably(&path, bytes).map_err(internal)?;
+            coderclaw_core::fsutil::write_durably(&path, bytes).map_err(internal)?;
         }
         let m = verified.manifest();
         let reply = PublishReply {
@@ -513,7 +513,7 @@ impl RegistryStore {
                     reply.id,
                     reply.version,
                     namespace,
-                    kind_name(m.kind),
+                    m.kind.as_str(),
                     m.description,
                     reply.digest,
                     sha256,
@@ -625,6 +625,20 @@ impl RegistryStore {
         Ok(PackageInfo { id: id.to_owned(), kind, serial, versions })
     }
 
+    /// The SHA-256 of the file of `id` `version`.
+    pub fn file_of(&self, id: &str, version: &semver::Version) -> Result<String, ApiError> {
+        let sha: Option<String> = self.with_db(|db| {
+            db.query_row(
+                "SELECT sha256 FROM packages WHERE id = ?1 AND version = ?2",
+                params![id, version.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(internal)
+        })?;
+        sha.ok_or_else(|| err(ErrorCode::NotFound, format!("{id} {version} is not published here")))
+    }
+
     /// The stored file with this SHA-256.
     pub fn blob(&self, sha256: &str) -> Result<Vec<u8>, ApiError> {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -653,7 +667,7 @@ impl RegistryStore {
                 )
                 .map_err(internal)?;
             let rows = stmt
-                .query_map(params![query, kind.map(kind_name), namespace], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![query, kind.map(Kind::as_str), namespace], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(internal)?;
             rows.collect::<Result<_, _>>().map_err(internal)
         })?;
@@ -723,12 +737,5 @@ impl RegistryStore {
             .map_err(internal)?;
             tx.commit().map_err(internal)
         })
-    }
-}
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Skill => "skill",
-        Kind::Agent => "agent",
     }
 }

@@ -1,4 +1,4 @@
-//! Decision-function throughput: prints figures, asserts nothing.
+//! Decision-function throughput: prints figures; asserts only that its setup is what the figures claim.
 //!
 //! A repository policy with 100 skill entries and 20 agent entries, a
 //! configuration with 20 roles (16 custom, inheriting), and subjects that

@@ -1,4 +1,4 @@
-//! Invocation benchmark for the `echo` skill: prints figures, asserts nothing.
+//! Invocation benchmark for the `echo` skill: prints figures; asserts only that its setup is what the figures claim.
 //!
 //! `cargo bench -p coderclaw-e2e --bench invoke [-- ITERATIONS]`
 //!

@@ -1,14 +1,16 @@
 //! Registry figures: install latency of a 1 MB package (uncached and from
 //! the client's cache) and publish/download throughput with 50 concurrent
-//! clients on loopback. Prints figures, asserts nothing.
+//! clients on loopback. Prints figures; asserts only that each step worked.
 //!
 //! `cargo bench -p coderclaw-e2e --bench registry`
 //!
-//! "Install" is what `coderclaw skill install team/x --registry …` does
-//! after start-up: fetch the index (one request), take the package from
-//! the cache or download it, check its SHA-256, verify the signature
-//! against the trust store, store it, index it and append the audit record
-//! (fsync). Process start-up and policy loading are not included.
+//! "Install" here is the library steps of `coderclaw skill install team/x
+//! --registry …`: fetch the index (one request), take the package from the
+//! cache or download it, check its SHA-256, verify the signature against
+//! the trust store, cache a download, then store, index and audit (fsync)
+//! the package. Not included: process start-up, policy loading and refresh,
+//! the index-cache and lockfile writes, the CLI's capability and rollback
+//! gates (the CLI's own `Installer` is not a library).
 
 use coderclaw_core::Digest;
 use coderclaw_core::package::Package;
@@ -27,17 +29,19 @@ fn component(size: usize, seed: usize) -> Vec<u8> {
 async fn install(client: &RegistryClient, cache: &ClientCache, home: &Home, id: &str, version: &str) {
     let info = client.package(id).await.unwrap();
     let v = info.exact(&version.parse().unwrap()).unwrap();
-    let bytes = match cache.blob(&v.sha256) {
-        Some(b) => b,
+    let (bytes, fetched) = match cache.blob(&v.sha256) {
+        Some(b) => (b, false),
         None => {
             let b = client.download(id, &v.version).await.unwrap();
             assert_eq!(Digest::of(&b).to_hex(), v.sha256);
-            cache.put_blob(&b).unwrap();
-            b
+            (b, true)
         }
     };
-    Package::parse(&bytes).unwrap().verify(home).unwrap();
-    home.install(&bytes).unwrap();
+    let verified = Package::parse(&bytes).unwrap().verify(home).unwrap();
+    if fetched {
+        cache.put_blob(&bytes).unwrap();
+    }
+    home.install_verified(&verified, &bytes).unwrap();
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

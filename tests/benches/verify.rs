@@ -58,7 +58,7 @@ fn main() {
         let home = Home::open(dir.path()).unwrap();
         home.trust_add("team", &key.public()).unwrap();
         stats(
-            &format!("install (verify, store, index), {label}"),
+            &format!("install (verify, store, index, fsynced audit record), {label}"),
             (0..n.min(50))
                 .map(|i| {
                     // A new version each time so every install writes its file.

@@ -101,6 +101,11 @@ async fn organisation_policies_need_an_admin_key_and_a_higher_serial() {
     let policy = OrgPolicy { denied_skills: vec!["dangerous-exec".into()], ..OrgPolicy::default() };
     let publisher = f.client(Some(&f.publish));
     assert!(publisher.org_policy("team").await.unwrap().is_none());
+    // As documented: 200 with `null` when there is none (not an error).
+    let http = coderclaw_net::HttpClient::new(&f.server.url(), None).unwrap();
+    let request = http.request(http::Method::GET, "/v1/namespaces/team/policy").body(Default::default()).unwrap();
+    let (parts, body) = http.fetch(request, 1 << 20).await.unwrap();
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"null"[..]));
     publisher.put_org_policy(&SignedOrgPolicy::sign("team", 2, 1, policy.clone(), &f.key)).await.unwrap();
     let stale =
         publisher.put_org_policy(&SignedOrgPolicy::sign("team", 2, 2, policy.clone(), &f.key)).await.unwrap_err();
@@ -145,9 +150,14 @@ async fn the_openapi_document_describes_every_route() {
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
     }
+    // And the other way: everything documented is served.
+    assert_eq!(coderclaw_e2e::unrouted_operations(&f.server.url(), Some(&f.publish), &doc).await, Vec::<String>::new());
     let codes = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"].as_array().expect("error codes");
-    for code in ["version_exists", "signature_rejected", "token_expired", "payload_too_large"] {
-        assert!(codes.iter().any(|c| c == code), "{code} is documented");
+    let all: Vec<&str> = codes.iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(all.len(), 13, "every ErrorCode is documented: {all:?}");
+    for code in all {
+        let parsed: ErrorCode = serde_json::from_value(code.into()).unwrap_or_else(|_| panic!("{code} is a real code"));
+        assert_eq!(parsed.as_str(), code);
     }
 }
 
@@ -187,4 +197,35 @@ fn tokens_never_travel_over_plain_http_to_another_machine() {
     let e = coderclaw_host::tasks::HttpTransport::new("http://coderclaw.example:7420", Some("cct_x".into()));
     assert!(e.is_err_and(|e| e.message.contains("never sent over plain http")));
     assert!(coderclaw_host::tasks::HttpTransport::new("https://coderclaw.example:7420", Some("cct_x".into())).is_ok());
+}
+
+#[tokio::test]
+async fn writes_need_the_right_scope_and_namespace_and_private_reads_a_token() {
+    let f = RegistryFixture::start(RegistryConfig::default(), false).await;
+    f.client(Some(&f.publish)).publish(f.package("echo", "1.0.0", "d", echo())).await.unwrap();
+    let v: semver::Version = "1.0.0".parse().unwrap();
+    f.store.create_namespace("ops", &[], true).unwrap();
+    let (ops_yank, _) = f.store.create_token("ops", coderclaw_registry::Scope::Yank, None).unwrap();
+    let (ops_publish, _) = f.store.create_token("ops", coderclaw_registry::Scope::Publish, None).unwrap();
+
+    // Yank: another namespace's yank token, and a publish token, are refused.
+    let e = f.client(Some(&ops_yank)).yank("team/echo", &v, "x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::WrongNamespace), "{e}");
+    let e = f.client(Some(&f.publish)).yank("team/echo", &v, "x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InsufficientScope), "{e}");
+    f.client(Some(&f.yank)).yank("team/echo", &v, "broken").await.unwrap();
+    assert!(f.client(Some(&f.read)).package("team/echo").await.unwrap().versions[0].yanked);
+
+    // A policy for `team` with an `ops` publish token, even signed right.
+    let doc = SignedOrgPolicy::sign("team", 1, 1, OrgPolicy::default(), &f.key);
+    let e = f.client(Some(&ops_publish)).put_org_policy(&doc).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::WrongNamespace), "{e}");
+
+    // Every read of a private namespace needs one of its tokens.
+    let anonymous = f.client(None);
+    assert_eq!(anonymous.keys("team").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(anonymous.org_policy("team").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(anonymous.agents("team").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(f.client(Some(&ops_yank)).keys("team").await.unwrap_err().code(), Some(ErrorCode::NotFound));
+    assert_eq!(f.client(Some(&f.read)).keys("team").await.unwrap().len(), 1);
 }

@@ -185,4 +185,7 @@ async fn a_signed_package_swapped_into_the_store_is_refused() {
     assert!(err.to_string().contains("now holds team/word-count"), "{err}");
     let refused = home.audit().query(&Default::default()).unwrap().into_iter().last().unwrap();
     assert_eq!((refused.action.as_str(), refused.result.as_str()), ("skill.verify", "denied"));
+    // As the error says: reinstalling repairs the stored file.
+    home.install(&package("echo", &team_key())).unwrap();
+    assert_eq!(home.load_installed("team/echo").unwrap().manifest().id.as_str(), "team/echo");
 }

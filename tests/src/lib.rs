@@ -180,3 +180,30 @@ pub fn print_latency(label: &str, mut samples: Vec<std::time::Duration>) {
     let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     println!("{label:<44} p50 {:>10.2?}  p99 {:>10.2?}  (n={})", p(0.5), p(0.99), samples.len());
 }
+
+/// Sends one request for every operation an OpenAPI document lists (path
+/// parameters filled with sample values, an empty JSON body) to the server
+/// at `base_url`, and returns the operations it answered with "no route":
+/// documented but not served.
+pub async fn unrouted_operations(base_url: &str, token: Option<&str>, doc: &serde_json::Value) -> Vec<String> {
+    let client = coderclaw_net::HttpClient::new(base_url, None).unwrap();
+    let mut missing = Vec::new();
+    for (path, ops) in doc["paths"].as_object().expect("paths") {
+        let concrete = path
+            .replace("{namespace}", "team")
+            .replace("{name}", "x")
+            .replace("{version}", "1.0.0")
+            .replace("{id}", "00000000-0000-4000-8000-000000000000");
+        for method in ops.as_object().expect("operations").keys() {
+            let method: http::Method = method.to_uppercase().parse().expect("an HTTP method");
+            let builder = coderclaw_net::HttpClient::bearer(client.request(method.clone(), &concrete), token)
+                .header(http::header::CONTENT_TYPE, "application/json");
+            let request = builder.body(http_body_util::Full::new(Bytes::from_static(b"{}"))).unwrap();
+            let (_, body) = client.fetch(request, 1 << 20).await.unwrap();
+            if String::from_utf8_lossy(&body).contains("no route") {
+                missing.push(format!("{method} {path}"));
+            }
+        }
+    }
+    missing
+}

@@ -6,6 +6,7 @@
 use super::engine::{EngineError, Owner, TaskEngine};
 use crate::security::{Security, SecurityError};
 use coderclaw_core::decision::Subject;
+use coderclaw_core::manifest::Kind;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::task::{
     RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
@@ -261,13 +262,13 @@ impl TaskService {
     /// Installed skills (`task:read`).
     pub fn skills(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
         self.require(who, Permission::TaskRead, "skill.list", "-", false)?;
-        Ok(self.engine.skills().into_iter().filter(|s| s.kind == "skill").collect())
+        Ok(self.engine.skills().into_iter().filter(|s| s.kind == Kind::Skill).collect())
     }
 
     /// Installed agents (`task:read`).
     pub fn agents(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
         self.require(who, Permission::TaskRead, "agent.list", "-", false)?;
-        Ok(self.engine.skills().into_iter().filter(|s| s.kind == "agent").collect())
+        Ok(self.engine.skills().into_iter().filter(|s| s.kind == Kind::Agent).collect())
     }
 
     /// Health and load (any authenticated session).

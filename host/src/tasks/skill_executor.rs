@@ -48,11 +48,7 @@ impl Shared {
         let id = task.target.id();
         let package = self.security.home().load_installed(id).map_err(|e| e.to_string())?;
         let manifest = package.manifest();
-        let expected = match task.target {
-            TaskTarget::Skill(_) => Kind::Skill,
-            TaskTarget::Agent(_) => Kind::Agent,
-        };
-        if manifest.kind != expected {
+        if manifest.kind != task.target.kind() {
             let (article, kind) = if manifest.kind == Kind::Agent { ("an", "agent") } else { ("a", "skill") };
             return Err(format!("{id} is {article} {kind}: submit it as {kind} (--{kind} {id})"));
         }
@@ -128,7 +124,7 @@ impl TaskExecutor for SkillExecutor {
             .map(|i| SkillInfo {
                 id: i.id,
                 version: i.version,
-                kind: if i.manifest.kind == Kind::Agent { "agent".into() } else { "skill".into() },
+                kind: i.manifest.kind,
                 description: i.manifest.description.clone(),
                 dangerous: i.manifest.dangerous || !i.manifest.capabilities.shell.is_empty(),
                 resumable: i.manifest.resumable,

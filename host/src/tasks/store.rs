@@ -382,7 +382,7 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
             .execute(params![
                 s.id,
                 s.description,
-                s.target.kind(),
+                s.target.kind().as_str(),
                 s.target.id(),
                 json(&s.input),
                 s.session_id,
