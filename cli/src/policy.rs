@@ -9,7 +9,6 @@ use clap::Subcommand;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{Action, DecisionInput, Target, decide};
 use coderclaw_core::manifest::Manifest;
-use coderclaw_core::policy::id_matches;
 use coderclaw_host::identity::now_ms;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -88,9 +87,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
         offer: &offer,
         now_ms: now_ms(),
     });
-    let installed: Vec<String> = security.home().installed()?.into_iter().map(|s| s.id).collect();
-    let missing: Vec<&String> =
-        policy.org.required_skills.iter().filter(|r| !installed.iter().any(|i| id_matches(r, i))).collect();
+    let missing = security.missing_required_skills()?;
     if args.json {
         let mut v = d.to_json();
         v["skill"] = json!(manifest.id.as_str());

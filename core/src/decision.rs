@@ -493,12 +493,7 @@ fn build_grant(target: &Target<'_>, offer: &Offer) -> Result<(Grant, Vec<String>
     let mut narrowed = Vec::new();
     let mut b: GrantBuilder = Grant::builder();
     // A name requested twice (read and read-write) is one directory.
-    let mut wanted: BTreeMap<&str, Access> = BTreeMap::new();
-    for fs in &caps.fs {
-        let access = wanted.entry(&fs.path).or_insert(fs.access);
-        *access = (*access).max(fs.access);
-    }
-    for (name, access) in wanted {
+    for (name, access) in caps.fs_access() {
         match offer.dirs.get(name) {
             Some(dir) => b = b.dir(&dir.host, &dir.guest, access.min(dir.access)),
             None => narrowed.push(format!("directory `{name}`: the host offers no directory by that name")),

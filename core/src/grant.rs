@@ -506,11 +506,14 @@ mod tests {
             .shell("rm")
             .skill("team/a")
             .skill("team/b")
+            .session_memory()
             .memory(128 << 20)
             .timeout(Duration::from_secs(60))
             .build()
             .unwrap();
         let n = child.narrowed_to(&parent);
+        assert!(!n.session_memory(), "the parent has no session memory to pass on");
+        assert!(child.narrowed_to(&Grant::builder().session_memory().build().unwrap()).session_memory());
         assert_eq!(n.dirs().len(), 1);
         assert_eq!(n.dirs()[0].host, PathBuf::from("/work/repo/src"));
         assert_eq!(n.dirs()[0].access, Access::Read, "write downgraded to the parent's read");

@@ -178,6 +178,19 @@ pub struct Capabilities {
     pub session_memory: bool,
 }
 
+impl Capabilities {
+    /// The access asked for per logical directory: a directory listed
+    /// twice gets the wider of its accesses, as the grant does.
+    pub fn fs_access(&self) -> std::collections::BTreeMap<&str, Access> {
+        let mut out = std::collections::BTreeMap::new();
+        for d in &self.fs {
+            let a = out.entry(d.path.as_str()).or_insert(d.access);
+            *a = (*a).max(d.access);
+        }
+        out
+    }
+}
+
 /// A byte size written like `64MiB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -309,11 +322,11 @@ impl Manifest {
     pub fn capability_increase(&self, from: &Manifest) -> Vec<String> {
         let (new, old) = (&self.capabilities, &from.capabilities);
         let mut out = Vec::new();
-        for d in &new.fs {
-            let before = old.fs.iter().find(|o| o.path == d.path).map(|o| o.access);
-            match (before, d.access) {
-                (None, _) => out.push(format!("fs: {} ({})", d.path, access_name(d.access))),
-                (Some(Access::Read), Access::ReadWrite) => out.push(format!("fs: {} read -> read-write", d.path)),
+        let before = old.fs_access();
+        for (path, access) in new.fs_access() {
+            match (before.get(path), access) {
+                (None, _) => out.push(format!("fs: {path} ({})", access_name(access))),
+                (Some(Access::Read), Access::ReadWrite) => out.push(format!("fs: {path} read -> read-write")),
                 _ => {}
             }
         }
@@ -402,6 +415,13 @@ mod tests {
         );
         // Asking for less is never an increase.
         assert!(old.capability_increase(&wider).is_empty());
+        // A directory listed twice counts once, with its wider access.
+        let twice = caps(
+            "[capabilities]\nfs = [{ path = \"workspace\", access = \"read\" }, { path = \"workspace\", access = \"read-write\" }]\n",
+        );
+        let rw = caps("[capabilities]\nfs = [{ path = \"workspace\", access = \"read-write\" }]\n");
+        assert!(rw.capability_increase(&twice).is_empty());
+        assert_eq!(twice.capability_increase(&old), ["fs: workspace read -> read-write"]);
         // Limits compare as they take effect: dropping an explicit 16MiB
         // means the 64 MiB default (more); an explicit 16MiB is less.
         let small = caps("[limits]\nmemory = \"16MiB\"\n");

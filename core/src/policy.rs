@@ -482,12 +482,14 @@ impl RepoPolicy {
             check_roles(roles, r, "allowedRoles", file)?;
         }
         for (i, a) in self.agent_policies.iter().enumerate() {
+            check_policy_id(&a.agent_id, &format!("agentPolicies[{i}].agentId"), file)?;
             if let Some(r) = &a.allowed_roles {
                 check_roles(roles, r, &format!("agentPolicies[{i}].allowedRoles"), file)?;
             }
             check_roles(roles, &a.denied_roles, &format!("agentPolicies[{i}].deniedRoles"), file)?;
         }
         for (i, s) in self.skill_policies.iter().enumerate() {
+            check_policy_id(&s.skill_id, &format!("skillPolicies[{i}].skillId"), file)?;
             if let Some(r) = &s.allowed_roles {
                 check_roles(roles, r, &format!("skillPolicies[{i}].allowedRoles"), file)?;
             }
@@ -502,14 +504,17 @@ impl OrgPolicy {
         self.denied_skills.iter().find(|d| id_matches(d, id)).map(String::as_str)
     }
 
+    /// The `requiredSkills` entry that names `id`, if any.
+    pub fn requires(&self, id: &str) -> Option<&str> {
+        self.required_skills.iter().find(|r| id_matches(r, id)).map(String::as_str)
+    }
+
     /// Adds `other`'s requirements to this policy: the stricter of each
     /// setting wins, lists are joined. Used to apply a team's distributed
     /// policy on top of the local one.
     pub fn merge(&mut self, other: &OrgPolicy) {
-        self.enforce_trust = match (self.enforce_trust, other.enforce_trust) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(false) || b.unwrap_or(false)),
-        };
+        // None < Some(false) < Some(true): the stricter setting wins.
+        self.enforce_trust = self.enforce_trust.max(other.enforce_trust);
         self.minimum_trust_level = self.minimum_trust_level.max(other.minimum_trust_level);
         for (mine, theirs) in
             [(&mut self.required_skills, &other.required_skills), (&mut self.denied_skills, &other.denied_skills)]
@@ -524,8 +529,32 @@ impl OrgPolicy {
 
     /// Parses an organisation policy file (`organizationPolicy:` at the top).
     pub fn from_yaml(text: &str, file: &str) -> Result<OrgPolicy, PolicyError> {
-        Ok(parse_yaml::<OrgPolicyFile>(text, file)?.organization_policy)
+        let policy = parse_yaml::<OrgPolicyFile>(text, file)?.organization_policy;
+        for (key, ids) in [("requiredSkills", &policy.required_skills), ("deniedSkills", &policy.denied_skills)] {
+            for (i, id) in ids.iter().enumerate() {
+                check_policy_id(id, &format!("organizationPolicy.{key}[{i}]"), file)?;
+            }
+        }
+        Ok(policy)
     }
+}
+
+/// A policy names a skill as `namespace/name` or a bare `name` (any
+/// namespace). Anything else could never match, and a deny list that
+/// silently matches nothing fails open: it is a configuration error.
+fn check_policy_id(id: &str, key: &str, file: &str) -> Result<(), PolicyError> {
+    let valid =
+        if id.contains('/') { crate::grant::is_skill_id(id) } else { crate::grant::is_skill_id(&format!("x/{id}")) };
+    if valid {
+        return Ok(());
+    }
+    Err(PolicyError::Invalid {
+        file: file.to_owned(),
+        key: key.to_owned(),
+        message: format!(
+            "`{id}` can never name a skill: write namespace/name or a bare name, in lowercase letters, digits and `-`"
+        ),
+    })
 }
 
 fn check_roles(roles: &Roles, names: &[String], key: &str, file: &str) -> Result<(), PolicyError> {
@@ -560,6 +589,26 @@ mod tests {
     }
 
     #[test]
+    fn merging_takes_the_stricter_setting_and_joins_lists() {
+        let mut local = OrgPolicy { denied_skills: vec!["a".into()], ..OrgPolicy::default() };
+        let team = OrgPolicy {
+            enforce_trust: Some(true),
+            minimum_trust_level: Some(TrustLevel::Verified),
+            required_skills: vec!["scanner".into()],
+            denied_skills: vec!["a".into(), "b".into()],
+        };
+        local.merge(&team);
+        assert_eq!(local, OrgPolicy { denied_skills: vec!["a".into(), "b".into()], ..team.clone() });
+        // A later, looser policy cannot undo what the first one set.
+        local.merge(&OrgPolicy {
+            enforce_trust: Some(false),
+            minimum_trust_level: Some(TrustLevel::Untrusted),
+            ..OrgPolicy::default()
+        });
+        assert_eq!((local.enforce_trust, local.minimum_trust_level), (Some(true), Some(TrustLevel::Verified)));
+    }
+
+    #[test]
     fn product_text_policies_parse() {
         let p = RepoPolicy::from_yaml(PRODUCT_REPO_POLICY, "security.yaml", &roles()).unwrap();
         assert_eq!(p.enforce_trust, Some(true));
@@ -573,6 +622,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(org.denied_skills, vec!["dangerous-exec"]);
+
+        // A deny list entry that can never match is an error, not a silent no-op.
+        let e = OrgPolicy::from_yaml("organizationPolicy:\n  deniedSkills: [ok, Team/Echo]\n", "org.yaml").unwrap_err();
+        assert!(e.to_string().contains("organizationPolicy.deniedSkills[1]"), "{e}");
+        let e =
+            RepoPolicy::from_yaml("skillPolicies:\n  - skillId: Shell Exec\n", "security.yaml", &roles()).unwrap_err();
+        assert!(e.to_string().contains("skillPolicies[0].skillId"), "{e}");
 
         let (config, roles) = SecurityConfig::from_yaml(
             "security:\n  enforceTrust: true\n  requireAuth: true\n  defaultRoles: [developer]\nidentity:\n  providers: [oidc, github]\ndeviceTrust:\n  minimumLevel: verified\n  autoTrustLocal: true\nroles:\n  custom-developer:\n    inherits: developer\n    additionalPermissions:\n      - config:write\n",

@@ -339,10 +339,10 @@ fn every_configuration_field_changes_the_decision() {
     let trusted = who("dana", &["developer"], Trusted);
     assert_eq!(outcome("", "", "", &trusted, &danger), ["dangerous-without-policy"]);
     assert_eq!(outcome("security:\n  dangerousSkillsWithoutPolicy: allow\n", "", "", &trusted, &danger), allowed);
-    // A skill asking for shell is dangerous even if its manifest says it is not.
+    // A skill asking for shell is dangerous even if its manifest (plain:
+    // dangerous = false) says it is not.
     let mut sneaky = Skill::plain("team/helper");
     sneaky.caps.shell.insert("bash".into());
-    assert!(!sneaky.dangerous);
     assert_eq!(outcome("", "", "", &trusted, &sneaky), ["dangerous-without-policy"]);
     assert_eq!(outcome("security:\n  dangerousSkillsWithoutPolicy: allow\n", "", "", &dev, &sneaky), ["device-trust"]);
     // deviceTrust.minimumLevel also governs dangerous skills.

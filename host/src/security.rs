@@ -491,18 +491,29 @@ impl Security {
     pub fn check_not_denied(&self, by: &Subject, action: &str, id: &str) -> Result<(), SecurityError> {
         if let Some(d) = self.policy.org.denies(id) {
             let reason = format!("{id} is denied by the organisation policy (deniedSkills: {d})");
-            self.audit(self.event(action, AuditResult::Denied, by, "skill", id).reason(&reason))?;
+            self.audit_refused(by, action, ("skill", id), &reason)?;
             return Err(SecurityError::Denied(reason));
         }
         Ok(())
     }
 
+    /// The organisation's `requiredSkills` entries no installed skill satisfies.
+    pub fn missing_required_skills(&self) -> Result<Vec<String>, SecurityError> {
+        let installed = self.home.installed()?;
+        let org = &self.policy.org;
+        Ok(org
+            .required_skills
+            .iter()
+            .filter(|r| !installed.iter().any(|i| coderclaw_core::policy::id_matches(r, &i.id)))
+            .cloned()
+            .collect())
+    }
+
     /// Uninstalls a skill, refusing one the organisation policy requires.
     pub fn remove_skill(&self, by: &Subject, id: &str) -> Result<crate::home::InstalledSkill, SecurityError> {
-        let required = &self.policy.org.required_skills;
-        if let Some(r) = required.iter().find(|r| coderclaw_core::policy::id_matches(r, id)) {
+        if let Some(r) = self.policy.org.requires(id) {
             let reason = format!("{id} is required by the organisation policy (requiredSkills: {r})");
-            self.audit(self.event("skill.remove", AuditResult::Denied, by, "skill", id).reason(&reason))?;
+            self.audit_refused(by, "skill.remove", ("skill", id), &reason)?;
             return Err(SecurityError::Denied(format!("{reason} and cannot be removed")));
         }
         Ok(self.home.remove(id)?)

@@ -134,14 +134,6 @@ impl TaskExecutor for SkillExecutor {
     }
 
     fn missing_required_skills(&self) -> Vec<String> {
-        let security = &self.shared.security;
-        let installed: Vec<String> =
-            security.home().installed().unwrap_or_default().into_iter().map(|i| i.id).collect();
-        let org = &security.policy().org;
-        org.required_skills
-            .iter()
-            .filter(|req| !installed.iter().any(|id| coderclaw_core::policy::id_matches(req, id)))
-            .cloned()
-            .collect()
+        self.shared.security.missing_required_skills().unwrap_or_default()
     }
 }
