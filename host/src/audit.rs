@@ -241,6 +241,14 @@ fn sanitise(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
+impl AuditRecord {
+    /// The hash this record's fields (and its link to the previous record)
+    /// give: what `hash` must be. For tools that check a log themselves.
+    pub fn computed_hash(&self) -> String {
+        record_hash(self)
+    }
+}
+
 /// The record's hash: SHA-256 over the previous hash and every field,
 /// each length-prefixed so no two field lists encode alike.
 fn record_hash(r: &AuditRecord) -> String {

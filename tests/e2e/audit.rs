@@ -57,8 +57,13 @@ fn rewriting_a_record_with_a_fresh_hash_breaks_the_next_link() {
     let dir = tempfile::tempdir().unwrap();
     let log = ten_records(dir.path());
     let db = Connection::open(dir.path().join("audit.db")).unwrap();
-    db.execute("UPDATE audit SET reason = 'forged', hash = 'ab' || substr(hash, 3) WHERE seq = 5", []).unwrap();
-    assert_eq!(broken_at(&log), 5);
+    // Record 5 rewritten consistently: new reason, its hash recomputed, so
+    // record 5 alone checks out; record 6's link to it no longer does.
+    let mut five = log.query(&Default::default()).unwrap().into_iter().find(|r| r.seq == 5).unwrap();
+    five.reason = "forged".into();
+    five.hash = five.computed_hash();
+    db.execute("UPDATE audit SET reason = ?1, hash = ?2 WHERE seq = 5", [&five.reason, &five.hash]).unwrap();
+    assert_eq!(broken_at(&log), 6);
     // Editing record 6's link to the previous hash is caught at record 6.
     let dir = tempfile::tempdir().unwrap();
     let log = ten_records(dir.path());

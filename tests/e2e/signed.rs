@@ -97,14 +97,16 @@ async fn every_example_skill_signs_installs_and_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn requested_capabilities_are_not_granted_by_asking() {
+async fn a_manifests_requests_reach_the_guest_only_through_the_grant_given_to_run() {
     let (_dir, home) = trusted_home();
     home.install(&package("http-fetch", &team_key())).unwrap();
     let info = home.info("team/http-fetch").unwrap();
     let asked: Vec<String> = info.manifest.capabilities.http.iter().map(ToString::to_string).collect();
     assert_eq!(asked, ["https://api.github.com:443"], "exactly the requested set is recorded");
 
-    // The manifest asks for api.github.com; the grant (policy) gives nothing.
+    // The manifest asks for api.github.com; the host runs with the grant it
+    // is given (here none), never with what the manifest asks. Had the
+    // request leaked through, the call would fail on the network instead.
     let host = signed_host(&home);
     let err = run(&host, &home, "team/http-fetch", json!({"url": "https://api.github.com/zen"}), &Grant::deny_all())
         .await

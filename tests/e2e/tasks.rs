@@ -47,7 +47,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     (
         "team/sleeper",
         "shell-exec",
-        "kind = \"skill\"\ndescription = \"runs sleep\"\ndangerous = true\n[capabilities]\nfs = [{ path = \"workspace\", access = \"read\" }]\nshell = [\"sleep\"]\n[limits]\ntimeout = \"120s\"\n",
+        "kind = \"skill\"\ndescription = \"runs sleep\"\ndangerous = true\n[capabilities]\nfs = [{ path = \"workspace\", access = \"read\" }]\nshell = [\"sh\", \"sleep\"]\n[limits]\ntimeout = \"120s\"\n",
     ),
 ];
 
@@ -174,7 +174,6 @@ async fn cancel_stops_a_spinning_guest<T: Transport>(rt: &CoderClawRuntime<T>) {
     assert_eq!(done.status, TaskStatus::Cancelled);
     assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
     assert!(!rt.cancel_task(&task.id).await.unwrap(), "a finished task is not cancelled again");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(rt.get_task_state(&task.id).await.unwrap().unwrap().status, TaskStatus::Cancelled);
 }
 
@@ -256,11 +255,14 @@ fn sleep_exists(arg: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cancel_kills_a_running_shell_child() {
+async fn cancel_kills_a_running_shell_childs_whole_process_group() {
     let f = fixture(Default::default());
     let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
     let marker = format!("60.{}", std::process::id());
-    let input = json!({ "program": "sleep", "args": [marker], "timeout_ms": 100_000 });
+    // `sleep` is the shell's child, not the host's: killing only the direct
+    // child (kill_on_drop) would leave it running; the group kill does not.
+    let script = format!("sleep {marker} & wait");
+    let input = json!({ "program": "sh", "args": ["-c", script], "timeout_ms": 100_000 });
     let task = rt.submit_task(TaskSubmitRequest::skill("team/sleeper", input)).await.unwrap();
     let start = Instant::now();
     while !sleep_exists(&marker) {
@@ -323,13 +325,17 @@ async fn the_concurrency_limit_queues_and_paused_tasks_wait() {
     let mut paused_req = TaskSubmitRequest::skill("team/echo", json!(2));
     paused_req.paused = true;
     let paused = rt.submit_task(paused_req).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(rt.get_task_state(&echo.id).await.unwrap().unwrap().status, TaskStatus::Pending, "one slot, taken");
+    let later = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(3))).await.unwrap();
     rt.cancel_task(&spin.id).await.unwrap();
-    assert_eq!(rt.wait(&echo.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(rt.get_task_state(&paused.id).await.unwrap().unwrap().paused);
-    assert_eq!(rt.get_task_state(&paused.id).await.unwrap().unwrap().status, TaskStatus::Pending);
+    let spin_ended = rt.wait(&spin.id, |_| {}).await.unwrap().completed_at_ms.unwrap();
+    let echo_done = rt.wait(&echo.id, |_| {}).await.unwrap();
+    assert_eq!(echo_done.status, TaskStatus::Completed);
+    assert!(echo_done.started_at_ms.unwrap() >= spin_ended, "one slot: echo left the queue only after spin ended");
+    // `later` was queued after the paused task and has run to the end: the
+    // queue went past the paused task, which is still waiting.
+    assert_eq!(rt.wait(&later.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+    let held = rt.get_task_state(&paused.id).await.unwrap().unwrap();
+    assert!(held.paused && held.status == TaskStatus::Pending, "{held:?}");
     f.engine.resume(&paused.id).unwrap();
     assert_eq!(rt.wait(&paused.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
 }
@@ -435,7 +441,6 @@ async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
     let mut req = TaskSubmitRequest::skill("team/echo", json!(7));
     req.paused = true;
     let paused = rt.submit_task(req).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
     // A second engine on the same state directory, as after a crash of the
     // first (the real kill -9 of `coderclaw serve` is in the CLI tests).
