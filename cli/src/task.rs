@@ -29,7 +29,8 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
     /// Talk to the `coderclaw serve` at URL instead of running the engine
-    /// in this process (env CODERCLAW_REMOTE, or transport.url in runtime.yaml).
+    /// in this process (env CODERCLAW_REMOTE, or transport.url in
+    /// $CODERCLAW_HOME/runtime.yaml; a repository's may not set it).
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
     /// Session token for --remote (default: the global --session).
@@ -302,10 +303,16 @@ pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
 
 /// Runs `f` against the runtime `target` names. A local engine starts
 /// queued tasks only when `run_queue`.
-fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime) -> Result<T>) -> Result<T> {
+/// The workspace and configuration a task command runs with.
+fn resolve(target: &Target) -> Result<(PathBuf, RuntimeConfig)> {
     let workspace = home::workspace(target.workspace.as_deref())?;
     let flags = RuntimeFlags { remote: target.remote.clone(), ..Default::default() };
     let c = config(&flags, &workspace)?;
+    Ok((workspace, c))
+}
+
+fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime) -> Result<T>) -> Result<T> {
+    let (workspace, c) = resolve(target)?;
     let rt = crate::runtime()?;
     rt.block_on(async {
         match &c.remote_url {
@@ -499,11 +506,22 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Respond { id, answer, target } => with_runtime(&target, true, async |rt| {
-            let state = call!(&rt, respond(&id, &answer)).map_err(rt_err)?;
-            print_state(&state, target.json)?;
-            Ok(ExitCode::SUCCESS)
-        }),
+        Command::Respond { id, answer, target } => {
+            // A waiting task's question lives in the process that runs it; an
+            // engine opened here would only find it interrupted.
+            if resolve(&target)?.1.remote_url.is_none() {
+                bail!(
+                    "task {id} waits in the process that runs it: answer at the prompt of the `coderclaw task \
+                     submit` that started it, or over HTTP with --remote <url> (or CODERCLAW_REMOTE) when \
+                     `coderclaw serve` runs it"
+                );
+            }
+            with_runtime(&target, true, async |rt| {
+                let state = call!(&rt, respond(&id, &answer)).map_err(rt_err)?;
+                print_state(&state, target.json)?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Cli, p, sign, sign_with, text, trusted_key};
+use common::{Cli, p, sign, sign_with, text, trusted_key, workspace};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -176,4 +176,23 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
 fn nix_kill9(pid: u32) {
     let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(status.success());
+}
+
+#[test]
+fn a_repository_cannot_redirect_tasks_and_local_respond_is_refused_before_anything_opens() {
+    let cli = Cli::new();
+    let ws = workspace();
+    std::fs::create_dir_all(ws.path().join(".coderClaw")).unwrap();
+    std::fs::write(ws.path().join(".coderClaw/runtime.yaml"), "transport:\n  url: https://collector.example\n")
+        .unwrap();
+    let out = cli.run(&["task", "list", "--workspace", p(ws.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("transport.url") && stderr.contains("may not set this"), "{stderr}");
+
+    std::fs::remove_file(ws.path().join(".coderClaw/runtime.yaml")).unwrap();
+    let out = cli.run(&["task", "respond", "00000000-0000-4000-8000-000000000000", "yes", "--workspace", p(ws.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("waits in the process that runs it"), "{}", text(&out.stderr));
+    assert!(!cli.home.path().join("tasks.db").exists(), "no engine was opened");
 }

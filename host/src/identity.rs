@@ -337,7 +337,9 @@ impl IdentityStore {
         let id = format!("cct_{}", random_hex(6)?);
         let token = format!("{id}_{}", random_hex(32)?);
         let created = now_ms();
-        let expires = ttl.map(|t| created + t.as_millis() as u64);
+        // A lifetime past what SQLite stores is "as far as it can go".
+        let expires =
+            ttl.map(|t| created.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).min(i64::MAX as u64));
         self.with_db(|db| {
             db.execute(
                 "INSERT INTO api_tokens (id, user, secret_hash, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -276,7 +276,7 @@ async fn fetch_jwks(issuer: &OidcIssuer) -> Result<Vec<Jwk>, OidcError> {
 /// GETs `url`: https verified against the web PKI roots, or http to loopback.
 async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
     let fail = |message: String| OidcError::Fetch { url: url.to_owned(), message };
-    let client = HttpClient::new(url, None).map_err(|e| fail(e.to_string()))?;
+    let client = HttpClient::new(url, None).map_err(|e| fail(e.to_string()))?.with_fetch_timeout(FETCH_TIMEOUT);
     // Keys fetched in clear text could be swapped by anyone on the path:
     // plain http only to this machine (a local test or sidecar issuer).
     if !client.is_https() && !client.is_loopback() {
@@ -287,12 +287,9 @@ async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
         .header(hyper::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::new()))
         .map_err(|e| fail(e.to_string()))?;
-    let work = async {
-        let (parts, body) = client.fetch(request, MAX_DOCUMENT_BYTES).await.map_err(|e| fail(e.to_string()))?;
-        if !parts.status.is_success() {
-            return Err(fail(format!("HTTP {}", parts.status)));
-        }
-        Ok(body.to_vec())
-    };
-    tokio::time::timeout(FETCH_TIMEOUT, work).await.map_err(|_| fail("timed out".into()))?
+    let (parts, body) = client.fetch(request, MAX_DOCUMENT_BYTES).await.map_err(|e| fail(e.to_string()))?;
+    if !parts.status.is_success() {
+        return Err(fail(format!("HTTP {}", parts.status)));
+    }
+    Ok(body.to_vec())
 }

@@ -670,11 +670,6 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
-    /// The task's id.
-    pub fn task_id(&self) -> &str {
-        &self.task_id
-    }
-
     /// PLANNING → RUNNING: authorisation passed, execution starts. A task
     /// re-run after a restart may already be RUNNING.
     pub fn running(&self) -> Result<(), String> {

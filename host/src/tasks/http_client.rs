@@ -8,7 +8,7 @@ use super::service::{ErrorCode, RuntimeError};
 use bytes::{Buf, Bytes, BytesMut};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
 use coderclaw_net::client::{ClientError, HttpClient, Pending};
-use http::{Method, StatusCode, header};
+use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -55,16 +55,20 @@ impl HttpTransport {
         Ok(Self { inner: Arc::new(Client { http, token }) })
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Pending, RuntimeError> {
+    fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>, RuntimeError> {
         let c = &self.inner;
         let mut builder = HttpClient::bearer(c.http.request(method, path), c.token.as_deref());
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
-        let request = builder
+        builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-        c.http.send(request).await.map_err(unavailable)
+            .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))
+    }
+
+    /// Sends a request whose reply body the caller reads (an event stream).
+    async fn send(&self, method: Method, path: &str) -> Result<Pending, RuntimeError> {
+        self.inner.http.send(self.request(method, path, None)?).await.map_err(unavailable)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -73,13 +77,8 @@ impl HttpTransport {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, RuntimeError> {
-        let Pending { parts, body, connection } = self.send(method, path, body).await?;
-        let bytes = Limited::new(body, MAX_REPLY_BYTES)
-            .collect()
-            .await
-            .map_err(|e| RuntimeError::new(ErrorCode::Unavailable, format!("reading the reply: {e}")))?
-            .to_bytes();
-        self.inner.http.release(connection);
+        let request = self.request(method, path, body)?;
+        let (parts, bytes) = self.inner.http.fetch(request, MAX_REPLY_BYTES).await.map_err(unavailable)?;
         if !parts.status.is_success() {
             return Err(reply_error(parts.status, &bytes));
         }
@@ -121,7 +120,7 @@ impl Transport for HttpTransport {
     }
 
     async fn stream_task_updates(&self, id: &str) -> Result<UpdateStream, RuntimeError> {
-        let Pending { parts, body, .. } = self.send(Method::GET, &task_path(id, "/stream")?, None).await?;
+        let Pending { parts, body, .. } = self.send(Method::GET, &task_path(id, "/stream")?).await?;
         if !parts.status.is_success() {
             let bytes = Limited::new(body, MAX_REPLY_BYTES).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(reply_error(parts.status, &bytes));

@@ -18,10 +18,10 @@ use bytes::Bytes;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitRequest};
 use coderclaw_net::Body;
-use coderclaw_net::server::{BodyError, json_response, query_pairs, read_body};
+use coderclaw_net::server::{BodyError, bytes_response, json_response, query_pairs, read_body};
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde::Serialize;
 use serde_json::json;
@@ -174,11 +174,7 @@ async fn route(
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
     if segments == ["v1", "openapi.json"] && method == Method::GET {
-        let r = Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(OPENAPI_JSON.as_bytes())).boxed())
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        return Ok(r);
+        return Ok(bytes_response(StatusCode::OK, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())));
     }
     let who = authenticate(service, config, peer, &req)?;
     match (&method, segments.as_slice()) {

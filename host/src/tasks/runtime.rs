@@ -50,11 +50,6 @@ impl<T: Transport> CoderClawRuntime<T> {
         Self { transport }
     }
 
-    /// The transport.
-    pub fn transport(&self) -> &T {
-        &self.transport
-    }
-
     /// Submits a task.
     pub async fn submit_task(&self, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
         self.transport.submit_task(req).await
