@@ -26,8 +26,8 @@ pub enum Command {
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
         /// Only this result: allowed, denied or error.
-        #[arg(long)]
-        result: Option<String>,
+        #[arg(long, value_parser = parse_result)]
+        result: Option<AuditResult>,
         /// At most this many (the newest).
         #[arg(long)]
         limit: Option<usize>,
@@ -77,13 +77,6 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
     let home = security.home();
     match cmd {
         Command::Query { user, action, since, result, limit, json } => {
-            let result = match result.as_deref() {
-                None => None,
-                Some(r) => Some(
-                    AuditResult::parse(r)
-                        .ok_or_else(|| anyhow::anyhow!("--result {r:?}: write allowed, denied or error"))?,
-                ),
-            };
             let since_ms = since.as_deref().map(parse_since).transpose()?;
             let records = home.audit().query(&AuditFilter { user, action, since_ms, result, limit })?;
             if json {
@@ -125,6 +118,10 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
             Err(e) => Err(e.into()),
         },
     }
+}
+
+fn parse_result(s: &str) -> Result<AuditResult, String> {
+    AuditResult::parse(s).ok_or_else(|| format!("{s:?}: write allowed, denied or error"))
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub fn parse_size_arg(s: &str) -> Result<u64, String> {
 
 /// The most any run may get on this host, whatever a manifest requests.
 pub const HOST_MAX: Limits = Limits {
-    memory_bytes: 1 << 30,
+    memory_bytes: coderclaw_host::DEFAULT_MAX_MEMORY_BYTES,
     timeout: Duration::from_secs(600),
     shell_timeout: Duration::from_secs(600),
     shell_output_bytes: Limits::DEFAULT_SHELL_OUTPUT_BYTES,

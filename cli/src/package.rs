@@ -83,7 +83,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn read_manifest(path: &Path) -> Result<Manifest> {
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!("cannot read the manifest {}: every signed skill needs a skill.toml", path.display())
     })?;

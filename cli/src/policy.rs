@@ -4,11 +4,10 @@
 use crate::grant_args::{HOST_MAX, WorkspaceArgs};
 use crate::home;
 use crate::output::print_json;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{Action, DecisionInput, Target, decide};
-use coderclaw_core::manifest::Manifest;
 use coderclaw_host::identity::now_ms;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -70,8 +69,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
         subject.device_trust = t;
     }
     let manifest = if args.skill.ends_with(".toml") {
-        let text = std::fs::read_to_string(&args.skill).with_context(|| format!("cannot read {}", args.skill))?;
-        Manifest::from_toml(&text, &args.skill)?
+        crate::package::read_manifest(std::path::Path::new(&args.skill))?
     } else {
         security.home().info(&args.skill)?.manifest
     };

@@ -5,7 +5,6 @@ use crate::build::{Artifact, build};
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
-use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::Package;
 use coderclaw_host::home::Home;
 use coderclaw_host::{Access, CollectEvents, EventKind, Grant, Host, Skill};
@@ -107,10 +106,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     state.trust_add("team", &key.public())?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     for crate_name in ["echo", "word-count", "shell-exec", "security-scanner", "code-reviewer"] {
-        let manifest_path = tree.join("skills").join(crate_name).join("skill.toml");
-        let text = std::fs::read_to_string(&manifest_path)
-            .with_context(|| format!("cannot read {}", manifest_path.display()))?;
-        let manifest = Manifest::from_toml(&text, &manifest_path.display().to_string())?;
+        let manifest = crate::package::read_manifest(&tree.join("skills").join(crate_name).join("skill.toml"))?;
         let component = std::fs::read(&find(&crate_name.replace('-', "_"))?.path)?;
         state.install(&Package::sign(&manifest, component, &key, now).to_bytes())?;
     }

@@ -479,13 +479,8 @@ fn unsigned_files_need_the_dangerous_flag() {
     assert!(
         text(&out.stderr).contains("not a signed package") && text(&out.stderr).contains("--dangerous-allow-unsigned")
     );
-    assert!(
-        !cli.home.path().join("cache/compiled").exists()
-            || std::fs::read_dir(cli.home.path().join("cache/compiled"))
-                .unwrap()
-                .all(|d| { std::fs::read_dir(d.unwrap().path()).map(|mut f| f.next().is_none()).unwrap_or(true) }),
-        "nothing was compiled"
-    );
+    let compiled = cli.home.path().join("cache/compiled");
+    assert!(!compiled.exists() || coderclaw_e2e::cached_files(&compiled).is_empty(), "nothing was compiled");
 }
 
 // --- audit log ---

@@ -400,9 +400,7 @@ fn with_require_auth_the_trust_store_and_installs_need_a_permitted_session() {
 }
 
 fn audit_as(cli: &Cli, session: &str, filter: &[&str]) -> Vec<Value> {
-    let mut args = vec!["audit", "query", "--json", "--session", session];
+    let mut args = vec!["--session", session];
     args.extend_from_slice(filter);
-    let out = cli.run(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    audit(cli, &args)
 }

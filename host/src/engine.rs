@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+/// The largest linear memory a grant may ask for unless the embedder sets
+/// another maximum on the [`crate::HostBuilder`].
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 1 << 30;
+
 /// Engine tuning, set through [`crate::HostBuilder`].
 #[derive(Debug, Clone)]
 pub(crate) struct EngineOptions {
@@ -23,7 +27,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             max_instances: 64,
-            max_memory_bytes: 1 << 30,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(10),
         }

@@ -43,6 +43,7 @@ pub mod tasks;
 
 pub use coderclaw_core::package::VerifiedPackage;
 pub use coderclaw_core::{Access, Digest, Grant, GrantBuilder, GrantError, HostPattern, Limits};
+pub use engine::DEFAULT_MAX_MEMORY_BYTES;
 pub use error::{Error, SkillError};
 pub use events::{CollectEvents, DiscardEvents, EventKind, EventSink, LogLevel, RunEvent};
 pub use host::{Host, HostBuilder, HostStats, LoadSource, Skill};

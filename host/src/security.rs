@@ -727,6 +727,10 @@ fn local_device(home: &Home, identity: &IdentityStore) -> Result<Device, Securit
         Err(e) => return Err(e.into()),
     };
     let public = key.public();
+    // Known already on every command but the first: a read, no write lock.
+    if let Ok(known) = identity.device(public.id().as_str()) {
+        return Ok(known);
+    }
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
