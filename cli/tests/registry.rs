@@ -164,6 +164,12 @@ fn refused(out: &std::process::Output, needle: &str) -> String {
     stderr
 }
 
+/// The audit log's refused installs.
+fn refused_installs(cli: &Cli) -> Value {
+    let args = ["audit", "query", "--action", "skill.install", "--result", "denied", "--json"];
+    serde_json::from_str(&ok(&cli.run(&args))).unwrap()
+}
+
 fn installed(cli: &Cli) -> Vec<(String, String)> {
     let list: Value = serde_json::from_slice(&cli.run(&["skill", "list", "--json"]).stdout).unwrap();
     list.as_array()
@@ -331,16 +337,7 @@ fn tampered_storage_is_refused_and_installs_nothing() {
     assert!(installed(&dev).is_empty());
     assert!(!ws.path().join(".coderClaw/skills.lock").exists());
     assert!(!dev.home.path().join("registry/blobs").exists(), "refused bytes are not cached");
-    let audit: Value = serde_json::from_str(&ok(&dev.run(&[
-        "audit",
-        "query",
-        "--action",
-        "skill.install",
-        "--result",
-        "denied",
-        "--json",
-    ])))
-    .unwrap();
+    let audit = refused_installs(&dev);
     let reason = audit[0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("the stored package was altered"), "the refusal is audited: {audit}");
 
@@ -620,16 +617,7 @@ fn package_files_pass_the_same_install_gates() {
     ok(&file(&wider, &["--accept-capabilities"]));
     assert_eq!(installed(&dev)[0].1, "0.3.0");
 
-    let audit: Value = serde_json::from_str(&ok(&dev.run(&[
-        "audit",
-        "query",
-        "--action",
-        "skill.install",
-        "--result",
-        "denied",
-        "--json",
-    ])))
-    .unwrap();
+    let audit = refused_installs(&dev);
     assert_eq!(audit.as_array().unwrap().len(), 2, "both refusals are audited: {audit}");
 }
 
