@@ -3,7 +3,7 @@
 //! Run: `cargo run -p coderclaw-examples --example embed -- [COMPONENT] [DIR]`
 //! (defaults: the word-count example skill, built from source, on `.`).
 
-use coderclaw_host::{Access, Grant, Host, RunEvent};
+use coderclaw::{Access, Grant, Host, RunEvent};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

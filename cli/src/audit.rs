@@ -4,16 +4,15 @@ use crate::home;
 use crate::output::print_json;
 use anyhow::{Result, bail};
 use clap::Subcommand;
+use coderclaw::audit::{AuditError, AuditFilter, AuditResult};
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::parse_duration;
-use coderclaw_host::audit::{AuditError, AuditFilter, AuditResult};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Read and check the audit log: every key, trust, install and verification
 /// decision, hash-chained so that any edited or deleted record is detected.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// List records, oldest first.
     Query {
         /// Only records of this user.
@@ -55,7 +54,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 fn parse_since(s: &str) -> Result<i64> {
     if let Ok(d) = parse_duration(s) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        let now = coderclaw_core::clock::now_ms() as i64;
         return Ok(now - d.as_millis() as i64);
     }
     if let Ok(secs) = s.parse::<i64>() {
@@ -72,7 +71,7 @@ fn parse_since(s: &str) -> Result<i64> {
     bail!("--since {s:?}: write a duration (24h, 30m), a date (2026-11-01) or Unix seconds")
 }
 
-pub fn main(cmd: Command) -> Result<ExitCode> {
+pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     let security = home::open_checked(Permission::ConfigRead, "audit.read", ("audit", "*"))?;
     let home = security.home();
     match cmd {

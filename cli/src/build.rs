@@ -3,7 +3,7 @@
 
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
-use coderclaw_host::Digest;
+use coderclaw::Digest;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::process::{Command, ExitCode, Stdio};
 /// progress goes to stderr. Prints each component's path and SHA-256.
 /// Needs the target: `rustup target add wasm32-wasip2`.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(crate) struct Args {
     /// The skill crate or workspace (default: the current directory).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
@@ -29,14 +29,14 @@ pub struct Args {
 
 /// One built component.
 #[derive(Debug, Clone)]
-pub struct Artifact {
+pub(crate) struct Artifact {
     pub name: String,
     pub path: PathBuf,
     pub digest: Digest,
     pub bytes: u64,
 }
 
-pub fn main(args: Args) -> Result<ExitCode> {
+pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let artifacts = build(&args.dir, !args.debug, false)?;
     if args.json {
         let list: Vec<Value> = artifacts
@@ -53,7 +53,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 }
 
 /// Builds every cdylib in `dir` for wasm32-wasip2 and returns the components.
-pub fn build(dir: &Path, release: bool, quiet: bool) -> Result<Vec<Artifact>> {
+pub(crate) fn build(dir: &Path, release: bool, quiet: bool) -> Result<Vec<Artifact>> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(

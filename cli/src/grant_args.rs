@@ -5,17 +5,17 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use coderclaw::{Access, HostPattern, Limits};
 use coderclaw_core::decision::{Offer, OfferedDir};
 use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, Manifest, Millis, RequestedLimits, Size, SkillId};
 use coderclaw_core::units::{parse_duration, parse_size};
-use coderclaw_host::{Access, HostPattern, Limits};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Capabilities for an unsigned development run, and limits.
 #[derive(Args, Debug, Clone, Default)]
-pub struct GrantArgs {
+pub(crate) struct GrantArgs {
     /// Unsigned builds: let the skill read DIR. Written HOST or HOST::GUEST;
     /// the guest sees it at GUEST (default: the same path as given).
     #[arg(long = "allow-read", value_name = "DIR[::GUEST]")]
@@ -48,17 +48,17 @@ pub struct GrantArgs {
     pub shell_timeout: Option<Duration>,
 }
 
-pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
-pub fn parse_size_arg(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
 /// The most any run may get on this host, whatever a manifest requests.
-pub const HOST_MAX: Limits = Limits {
-    memory_bytes: coderclaw_host::DEFAULT_MAX_MEMORY_BYTES,
+pub(crate) const HOST_MAX: Limits = Limits {
+    memory_bytes: coderclaw::DEFAULT_MAX_MEMORY_BYTES,
     timeout: Duration::from_secs(600),
     shell_timeout: Duration::from_secs(600),
     shell_output_bytes: Limits::DEFAULT_SHELL_OUTPUT_BYTES,
@@ -67,7 +67,7 @@ pub const HOST_MAX: Limits = Limits {
 /// Where a signed skill's logical `workspace` directory is, and how much
 /// of it the host offers.
 #[derive(Args, Debug, Clone, Default)]
-pub struct WorkspaceArgs {
+pub(crate) struct WorkspaceArgs {
     /// The directory a skill's `workspace` is (default: the current
     /// directory); its .coderClaw/security.yaml applies.
     #[arg(long = "workspace", value_name = "DIR")]
@@ -81,7 +81,7 @@ pub struct WorkspaceArgs {
 
 impl WorkspaceArgs {
     /// The workspace directory, canonical.
-    pub fn dir(&self) -> Result<PathBuf> {
+    pub(crate) fn dir(&self) -> Result<PathBuf> {
         crate::home::workspace(self.dir.as_deref())
     }
 
@@ -92,7 +92,7 @@ impl WorkspaceArgs {
     /// Read-only by default because the workspace holds
     /// `.coderClaw/security.yaml`: a skill that could write it could
     /// rewrite the policy that decides its next run.
-    pub fn offer(&self, workspace: &Path, env: BTreeMap<String, String>, ceiling: Limits) -> Offer {
+    pub(crate) fn offer(&self, workspace: &Path, env: BTreeMap<String, String>, ceiling: Limits) -> Offer {
         let access = if self.workspace_write { Access::ReadWrite } else { Access::Read };
         let workspace = OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access };
         Offer { dirs: BTreeMap::from([("workspace".to_owned(), workspace)]), env, ceiling }
@@ -101,7 +101,7 @@ impl WorkspaceArgs {
 
 impl GrantArgs {
     /// The limit ceiling: the host maxima, lowered by the flags given.
-    pub fn ceiling(&self) -> Limits {
+    pub(crate) fn ceiling(&self) -> Limits {
         Limits {
             memory_bytes: self.memory.unwrap_or(HOST_MAX.memory_bytes).min(HOST_MAX.memory_bytes),
             timeout: self.timeout.unwrap_or(HOST_MAX.timeout).min(HOST_MAX.timeout),
@@ -111,12 +111,12 @@ impl GrantArgs {
     }
 
     /// Whether any capability flag (not a limit) was given.
-    pub fn any_capability(&self) -> bool {
+    pub(crate) fn any_capability(&self) -> bool {
         !(self.read.is_empty() && self.write.is_empty() && self.http.is_empty() && self.shell.is_empty())
     }
 
     /// The values of the --allow-env variables, read from this process.
-    pub fn env_values(&self) -> Result<BTreeMap<String, String>> {
+    pub(crate) fn env_values(&self) -> Result<BTreeMap<String, String>> {
         self.env
             .iter()
             .map(|name| {
@@ -130,7 +130,7 @@ impl GrantArgs {
 
     /// For an unsigned development run the flags are the request: a
     /// manifest asking for exactly them, and an offer of exactly them.
-    pub fn as_request(&self, id: &str, kind: Kind, skills: &[String]) -> Result<(Manifest, Offer)> {
+    pub(crate) fn as_request(&self, id: &str, kind: Kind, skills: &[String]) -> Result<(Manifest, Offer)> {
         let mut caps = Capabilities::default();
         let mut offer = Offer { env: self.env_values()?, ceiling: self.ceiling(), ..Offer::default() };
         let dirs = self.read.iter().map(|s| (s, Access::Read)).chain(self.write.iter().map(|s| (s, Access::ReadWrite)));

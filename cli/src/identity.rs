@@ -7,8 +7,8 @@ use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
+use coderclaw::security::{LocalSecret, Security};
 use coderclaw_core::TrustLevel;
-use coderclaw_host::security::{LocalSecret, Security};
 use serde_json::json;
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ fn read_secret(what: &str) -> Result<String> {
 ///   printf '%s' "$API_TOKEN" | coderclaw login --user ci-bot --token-stdin --role ci
 ///   printf '%s' "$ID_TOKEN" | coderclaw login --oidc-stdin
 #[derive(clap::Args, Debug)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// The local user (not needed with --oidc-stdin: the token names them).
     #[arg(long, required_unless_present = "oidc_stdin")]
     pub user: Option<String>,
@@ -64,7 +64,7 @@ pub struct LoginArgs {
     pub json: bool,
 }
 
-pub fn login(args: LoginArgs) -> Result<ExitCode> {
+pub(crate) fn login(args: LoginArgs) -> Result<ExitCode> {
     if !(args.password_stdin || args.token_stdin || args.oidc_stdin) {
         bail!("say how to authenticate: --password-stdin, --token-stdin or --oidc-stdin");
     }
@@ -104,9 +104,9 @@ fn human_ms(ms: u64) -> String {
 
 /// End the session given with --session / CODERCLAW_SESSION.
 #[derive(clap::Args, Debug)]
-pub struct LogoutArgs {}
+pub(crate) struct LogoutArgs {}
 
-pub fn logout(_: LogoutArgs) -> Result<ExitCode> {
+pub(crate) fn logout(_: LogoutArgs) -> Result<ExitCode> {
     let Some(token) = home::session() else {
         bail!("no session to end: pass --session TOKEN or set CODERCLAW_SESSION");
     };
@@ -120,7 +120,7 @@ pub fn logout(_: LogoutArgs) -> Result<ExitCode> {
 
 /// List and revoke sessions.
 #[derive(Subcommand, Debug)]
-pub enum SessionCommand {
+pub(crate) enum SessionCommand {
     /// List sessions (admin): id, user, device, roles, expiry, state.
     List {
         /// JSON output.
@@ -135,14 +135,14 @@ pub enum SessionCommand {
     },
 }
 
-pub fn session(cmd: SessionCommand) -> Result<ExitCode> {
+pub(crate) fn session(cmd: SessionCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
         SessionCommand::List { json } => {
             let by = security.subject(home::session())?;
             security.require_admin(&by, "session.list", ("session", "*"))?;
             let sessions = security.identity().sessions()?;
-            let now = coderclaw_host::identity::now_ms();
+            let now = coderclaw_core::clock::now_ms();
             if json {
                 let rows: Vec<_> = sessions.iter().map(|s| json!({ "session": s, "state": s.state(now) })).collect();
                 print_json(&rows)?;
@@ -171,7 +171,7 @@ pub fn session(cmd: SessionCommand) -> Result<ExitCode> {
 
 /// Manage local users and their API tokens (admin).
 #[derive(Subcommand, Debug)]
-pub enum UserCommand {
+pub(crate) enum UserCommand {
     /// Add a user with roles; with --password-stdin they can log in with a password.
     Add {
         /// User name.
@@ -204,7 +204,7 @@ pub enum UserCommand {
     },
 }
 
-pub fn user(cmd: UserCommand) -> Result<ExitCode> {
+pub(crate) fn user(cmd: UserCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
         UserCommand::Add { name, roles, password_stdin } => {
@@ -255,7 +255,7 @@ pub fn user(cmd: UserCommand) -> Result<ExitCode> {
 
 /// Devices and their trust levels (trusted | verified | untrusted).
 #[derive(Subcommand, Debug)]
-pub enum DeviceCommand {
+pub(crate) enum DeviceCommand {
     /// List known devices with their stored and effective trust.
     List {
         /// JSON output.
@@ -286,14 +286,14 @@ pub enum DeviceCommand {
     },
 }
 
-fn device_json(security: &Security, d: &coderclaw_host::identity::Device) -> serde_json::Value {
+fn device_json(security: &Security, d: &coderclaw::identity::Device) -> serde_json::Value {
     json!({
         "id": d.id, "name": d.name, "public_key": d.public_key, "local": d.local,
         "trust": d.trust, "effective_trust": security.effective_trust(d),
     })
 }
 
-pub fn device(cmd: DeviceCommand) -> Result<ExitCode> {
+pub(crate) fn device(cmd: DeviceCommand) -> Result<ExitCode> {
     let security = home::open_security(None)?;
     match cmd {
         DeviceCommand::List { json } => {

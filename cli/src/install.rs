@@ -11,12 +11,12 @@
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, anyhow, bail};
+use coderclaw::security::{InstallGates, Security};
 use coderclaw_core::Digest;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::package::{Package, VerifiedPackage};
 use coderclaw_core::policy::{RegistryEntry, SecurityConfig};
 use coderclaw_core::rbac::Permission;
-use coderclaw_host::security::{InstallGates, Security};
 use coderclaw_registry::RegistryClient;
 use coderclaw_registry::api::{PackageInfo, VersionInfo};
 use coderclaw_registry::cache::ClientCache;
@@ -29,11 +29,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 /// Environment variable holding the registry token.
-pub const ENV_REGISTRY_TOKEN: &str = "CODERCLAW_REGISTRY_TOKEN";
+pub(crate) const ENV_REGISTRY_TOKEN: &str = "CODERCLAW_REGISTRY_TOKEN";
 
 /// Which registry, and how to talk to it.
 #[derive(clap::Args, Debug, Clone, Default)]
-pub struct RegistryArgs {
+pub(crate) struct RegistryArgs {
     /// A registry name from `registries:` in $CODERCLAW_HOME/config.yaml,
     /// or a URL (http://host:7421).
     #[arg(long, value_name = "NAME|URL")]
@@ -47,7 +47,7 @@ pub struct RegistryArgs {
 }
 
 /// A registry resolved from a name or URL.
-pub struct Registry {
+pub(crate) struct Registry {
     /// As the user wrote it (the name recorded in lockfiles and caches).
     pub name: String,
     /// Its configuration, when it came from config.yaml.
@@ -58,7 +58,7 @@ pub struct Registry {
 
 /// `registries:` of the configuration, read without opening the security
 /// model (whose start-up checks the cached policies this may refresh).
-pub fn configured_registries() -> Result<BTreeMap<String, RegistryEntry>> {
+pub(crate) fn configured_registries() -> Result<BTreeMap<String, RegistryEntry>> {
     let path = home::state_dir()?.join("config.yaml");
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(SecurityConfig::from_yaml(&text, &path.display().to_string())?.0.registries),
@@ -73,7 +73,7 @@ impl RegistryArgs {
     /// registry this user configured (by name, or by a URL that a
     /// configured entry has): otherwise a cloned repository could send the
     /// token in $CODERCLAW_REGISTRY_TOKEN to a server of its choosing.
-    pub fn open(&self, from_lockfile: Option<&str>) -> Result<Registry> {
+    pub(crate) fn open(&self, from_lockfile: Option<&str>) -> Result<Registry> {
         let name = match (self.registry.as_deref(), from_lockfile) {
             (Some(chosen), _) => chosen.to_owned(),
             (None, Some(locked)) if is_url(locked) => {
@@ -120,7 +120,7 @@ fn is_url(s: &str) -> bool {
 /// the registry's configuration lists admin keys for. An unreachable
 /// registry leaves the cached policies in force; a policy that fails
 /// verification or is older than the cached one is refused.
-pub async fn sync_policies(reg: &Registry, cache: &ClientCache) -> Result<Vec<Value>> {
+pub(crate) async fn sync_policies(reg: &Registry, cache: &ClientCache) -> Result<Vec<Value>> {
     let mut report = Vec::new();
     let Some(entry) = &reg.entry else { return Ok(report) };
     for (namespace, keys) in entry.admin_keys() {
@@ -519,7 +519,7 @@ fn parse_spec(spec: &str) -> Result<(String, semver::VersionReq)> {
 /// version (unless --accept-capabilities, after showing the difference).
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
-pub struct InstallArgs {
+pub(crate) struct InstallArgs {
     /// A .ccpkg file, or `namespace/name[@<semver requirement>]`.
     pub package: Option<String>,
     #[command(flatten)]
@@ -531,7 +531,7 @@ pub struct InstallArgs {
 
 /// What `skill install` and `skill update` share.
 #[derive(clap::Args, Debug)]
-pub struct InstallOptions {
+pub(crate) struct InstallOptions {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// The project whose .coderClaw/skills.lock is used (default: the current directory).
@@ -552,7 +552,7 @@ pub struct InstallOptions {
 /// requirement and installs it as `skill install` would (verification,
 /// capability gate, organisation policy), updating the lockfile.
 #[derive(clap::Args, Debug)]
-pub struct UpdateArgs {
+pub(crate) struct UpdateArgs {
     /// Only this skill.
     pub id: Option<String>,
     #[command(flatten)]
@@ -565,7 +565,7 @@ pub struct UpdateArgs {
 /// authorises and never lets a version be published twice with different
 /// bytes.
 #[derive(clap::Args, Debug)]
-pub struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// The package file (.ccpkg, from `coderclaw skill sign`).
     pub package: PathBuf,
     #[command(flatten)]
@@ -578,7 +578,7 @@ pub struct PublishArgs {
 /// Yank a published version (needs a `yank` token): new installs skip it;
 /// lockfiles that pin it still install it, with a warning.
 #[derive(clap::Args, Debug)]
-pub struct YankArgs {
+pub(crate) struct YankArgs {
     /// `namespace/name@<version>`.
     pub spec: String,
     /// Why (shown to whoever installs it from a lockfile).
@@ -630,7 +630,7 @@ fn refresh_policies(rt: &tokio::runtime::Runtime, reg: &Registry) -> Result<()> 
     Ok(())
 }
 
-pub fn install(args: InstallArgs) -> Result<ExitCode> {
+pub(crate) fn install(args: InstallArgs) -> Result<ExitCode> {
     let InstallArgs { package, common: c, allow_downgrade } = args;
     let gates = InstallGates { accept_capabilities: c.accept_capabilities, allow_downgrade };
     if let Some(p) = package.as_deref().filter(|p| p.ends_with(".ccpkg") || Path::new(p).is_file()) {
@@ -686,7 +686,7 @@ fn lockfile_registries(
     Ok(out)
 }
 
-pub fn update(args: UpdateArgs) -> Result<ExitCode> {
+pub(crate) fn update(args: UpdateArgs) -> Result<ExitCode> {
     let UpdateArgs { id, common: c } = args;
     let rt = crate::runtime()?;
     let lock = lockfile(c.workspace.as_deref())?;
@@ -711,7 +711,7 @@ pub fn update(args: UpdateArgs) -> Result<ExitCode> {
     report(&outcomes, c.json)
 }
 
-pub fn publish(args: PublishArgs) -> Result<ExitCode> {
+pub(crate) fn publish(args: PublishArgs) -> Result<ExitCode> {
     let bytes = std::fs::read(&args.package).with_context(|| format!("cannot read {}", args.package.display()))?;
     let manifest = Package::parse(&bytes)
         .and_then(|p| p.manifest())
@@ -736,7 +736,7 @@ pub fn publish(args: PublishArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn yank(args: YankArgs) -> Result<ExitCode> {
+pub(crate) fn yank(args: YankArgs) -> Result<ExitCode> {
     let (id, version) = args
         .spec
         .split_once('@')

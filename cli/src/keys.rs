@@ -14,7 +14,7 @@ use std::process::ExitCode;
 /// never printed. Share the public key (`export-public`) with whoever should
 /// trust your skills: they run `coderclaw trust add <namespace> <public-key>`.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Create a new signing key; prints its public key and key id.
     Generate {
         /// A name for the key (letters, digits, `-`, `_`).
@@ -34,7 +34,7 @@ pub enum Command {
     },
 }
 
-pub fn main(cmd: Command) -> Result<ExitCode> {
+pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     let (permission, action, name) = match &cmd {
         Command::Generate { name } => (Permission::ConfigWrite, "key.generate", name.as_str()),
         Command::List { .. } => (Permission::ConfigRead, "key.list", "*"),

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 /// working skill to edit). The SDK dependency points at this coderclaw
 /// checkout's sdk/ unless --sdk-path says otherwise.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(crate) struct Args {
     /// Crate name: lowercase letters, digits and `-`, e.g. `lint-checker`.
     pub name: String,
     /// Parent directory to create the crate in.
@@ -31,7 +31,7 @@ fn default_sdk_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("sdk")
 }
 
-pub fn main(args: Args) -> Result<ExitCode> {
+pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let name = &args.name;
     let valid = !name.is_empty()
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

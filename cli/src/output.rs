@@ -1,9 +1,9 @@
 //! Output helpers: run events as one line each on stderr, JSON on stdout.
 
-use coderclaw_host::{EventKind, LogLevel, RunEvent};
+use coderclaw::{EventKind, LogLevel, RunEvent};
 
 /// One human-readable line for an event.
-pub fn event_line(e: &RunEvent) -> String {
+pub(crate) fn event_line(e: &RunEvent) -> String {
     let who = if e.depth > 0 { format!("{}[{}]", e.skill, e.depth) } else { e.skill.to_string() };
     match &e.kind {
         EventKind::Log { level, message } => format!("{who} {}: {message}", level_name(*level)),
@@ -27,7 +27,7 @@ fn level_name(level: LogLevel) -> &'static str {
 }
 
 /// Prints a value as pretty JSON on stdout.
-pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

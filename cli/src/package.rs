@@ -4,17 +4,16 @@ use crate::build::build;
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
+use coderclaw::Host;
+use coderclaw::home::InstalledSkill;
+use coderclaw::security::InstallGates;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::{Package, VerifiedPackage};
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::format_size;
-use coderclaw_host::Host;
-use coderclaw_host::home::InstalledSkill;
-use coderclaw_host::security::InstallGates;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Sign a skill into a package file (`<name>-<version>.ccpkg`).
 ///
@@ -23,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// skill.toml beside it). The signature (Ed25519) covers the component and
 /// the manifest together, so the capabilities asked for are signed with the code.
 #[derive(clap::Args, Debug)]
-pub struct SignArgs {
+pub(crate) struct SignArgs {
     /// A skill crate directory or a built .wasm component.
     pub source: PathBuf,
     /// Name of the signing key (see `coderclaw key list`).
@@ -46,7 +45,7 @@ pub struct SignArgs {
 /// for the package's namespace and that key is not revoked; otherwise exits
 /// 1 and says why. Nothing is installed.
 #[derive(clap::Args, Debug)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     /// The package file (.ccpkg).
     pub package: PathBuf,
     /// Print JSON.
@@ -56,7 +55,7 @@ pub struct VerifyArgs {
 
 /// List installed skills.
 #[derive(clap::Args, Debug)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,7 +63,7 @@ pub struct ListArgs {
 
 /// Show an installed skill: version, digest, signer, requested capabilities.
 #[derive(clap::Args, Debug)]
-pub struct InfoArgs {
+pub(crate) struct InfoArgs {
     /// The skill id, e.g. team/security-scanner.
     pub id: String,
     /// Print JSON.
@@ -74,7 +73,7 @@ pub struct InfoArgs {
 
 /// Uninstall a skill.
 #[derive(clap::Args, Debug)]
-pub struct RemoveArgs {
+pub(crate) struct RemoveArgs {
     /// The skill id.
     pub id: String,
 }
@@ -83,14 +82,14 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-pub fn read_manifest(path: &Path) -> Result<Manifest> {
+pub(crate) fn read_manifest(path: &Path) -> Result<Manifest> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!("cannot read the manifest {}: every signed skill needs a skill.toml", path.display())
     })?;
     Ok(Manifest::from_toml(&text, &path.display().to_string())?)
 }
 
-pub fn sign(args: SignArgs) -> Result<ExitCode> {
+pub(crate) fn sign(args: SignArgs) -> Result<ExitCode> {
     let security = home::open_checked(Permission::ConfigRead, "key.use", ("key", &args.key))?;
     let home = security.home();
     let key = home.secret_key(&args.key)?;
@@ -107,7 +106,7 @@ pub fn sign(args: SignArgs) -> Result<ExitCode> {
     let manifest = read_manifest(&manifest_path)?;
     let component = read(&component_path)?;
     Host::check_component(&component_path.display().to_string(), &component)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = coderclaw_core::clock::now_secs();
     let package = Package::sign(&manifest, component, &key, now);
     let (digest, bytes) = (package.digest(), package.to_bytes());
     let out = args.out.unwrap_or_else(|| PathBuf::from(format!("{}-{}.ccpkg", manifest.id.name(), manifest.version)));
@@ -193,7 +192,7 @@ fn describe_verified(p: &VerifiedPackage) -> Value {
     describe(p.manifest(), &p.digest().to_hex(), p.signer().as_str())
 }
 
-pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+pub(crate) fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let security = home::open_checked(Permission::ConfigRead, "skill.verify", ("package", "-"))?;
     let bytes = read(&args.package)?;
     let outcome = Package::parse(&bytes).and_then(|p| p.verify(security.home()));
@@ -222,7 +221,7 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
 /// Verifies and installs a package file (replacing any installed version
 /// of its id) through the security model's gates: denied skills, rollback
 /// and capability increase.
-pub fn install_file(path: &Path, gates: InstallGates, json: bool) -> Result<ExitCode> {
+pub(crate) fn install_file(path: &Path, gates: InstallGates, json: bool) -> Result<ExitCode> {
     let (security, by) = home::open_checked_as(Permission::ConfigWrite, "skill.install", ("package", "-"))?;
     let bytes = read(path)?;
     let done = security.install(&by, &bytes, gates).with_context(|| format!("{} was not installed", path.display()))?;
@@ -244,7 +243,7 @@ fn describe_installed(s: &InstalledSkill) -> Value {
     describe(&s.manifest, &s.digest, &s.signer)
 }
 
-pub fn list(args: ListArgs) -> Result<ExitCode> {
+pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
     let installed = home::open_checked(Permission::ConfigRead, "skill.list", ("skill", "*"))?.home().installed()?;
     if args.json {
         let list: Vec<Value> = installed.iter().map(describe_installed).collect();
@@ -259,7 +258,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn info(args: InfoArgs) -> Result<ExitCode> {
+pub(crate) fn info(args: InfoArgs) -> Result<ExitCode> {
     let s = home::open_checked(Permission::ConfigRead, "skill.info", ("skill", &args.id))?.home().info(&args.id)?;
     let v = describe_installed(&s);
     if args.json {
@@ -270,7 +269,7 @@ pub fn info(args: InfoArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn remove(args: RemoveArgs) -> Result<ExitCode> {
+pub(crate) fn remove(args: RemoveArgs) -> Result<ExitCode> {
     let (security, by) = home::open_checked_as(Permission::ConfigWrite, "skill.remove", ("skill", &args.id))?;
     let s = security.remove_skill(&by, &args.id)?;
     println!("removed {} {}", s.id, s.version);

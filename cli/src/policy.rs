@@ -7,15 +7,15 @@ use crate::output::print_json;
 use anyhow::Result;
 use clap::Subcommand;
 use coderclaw_core::TrustLevel;
+use coderclaw_core::clock::now_ms;
 use coderclaw_core::decision::{Action, DecisionInput, Target, decide};
-use coderclaw_host::identity::now_ms;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 /// Inspect the security policy in force.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     Check(CheckArgs),
 }
 
@@ -33,7 +33,7 @@ pub enum Command {
 /// Example:
 ///   coderclaw policy check --skill team/shell-exec --role developer --device-trust untrusted
 #[derive(clap::Args, Debug)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// An installed skill id, or a skill.toml to check before installing.
     #[arg(long, value_name = "ID|FILE")]
     pub skill: String,
@@ -53,7 +53,7 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-pub fn main(cmd: Command) -> Result<ExitCode> {
+pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     let Command::Check(args) = cmd;
     let workspace = args.workspace.dir()?;
     let security = home::open_security(Some(&workspace))?;

@@ -5,14 +5,13 @@ use crate::build::{Artifact, build};
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
+use coderclaw::home::Home;
+use coderclaw::{Access, CollectEvents, EventKind, Grant, Host, Skill};
 use coderclaw_core::package::Package;
-use coderclaw_host::home::Home;
-use coderclaw_host::{Access, CollectEvents, EventKind, Grant, Host, Skill};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Build the example skills, sign and install them, and run them end to end
 /// on a sample workspace.
@@ -24,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// action: unsigned code refused, and the same skill refused without a grant
 /// and allowed with one.
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(crate) struct Args {
     /// The coderclaw source tree (default: found from the current directory,
     /// else the tree this binary was built from).
     #[arg(long, value_name = "DIR")]
@@ -87,7 +86,7 @@ fn sample_workspace() -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn main(args: Args) -> Result<ExitCode> {
+pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let tree = source_tree(args.source.as_deref())?;
     eprintln!("building the example skills in {} (the first build takes a minute)…", tree.join("skills").display());
     let artifacts = build(&tree.join("skills"), true, args.json)?;
@@ -104,7 +103,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         }
     };
     state.trust_add("team", &key.public())?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = coderclaw_core::clock::now_secs();
     for crate_name in ["echo", "word-count", "shell-exec", "security-scanner", "code-reviewer"] {
         let manifest = crate::package::read_manifest(&tree.join("skills").join(crate_name).join("skill.toml"))?;
         let component = std::fs::read(&find(&crate_name.replace('-', "_"))?.path)?;

@@ -14,20 +14,20 @@ use coderclaw_core::rbac::Permission;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_registry::api::SearchHit;
 use coderclaw_registry::cache::ClientCache;
-use coderclaw_registry::server::RegistryConfig;
-use coderclaw_registry::{RegistryStore, Scope};
+use coderclaw_registry_server::server::RegistryConfig;
+use coderclaw_registry_server::{RegistryStore, Scope};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Environment variable naming the registry data directory.
-pub const ENV_REGISTRY_DATA: &str = "CODERCLAW_REGISTRY_DATA";
+pub(crate) const ENV_REGISTRY_DATA: &str = "CODERCLAW_REGISTRY_DATA";
 
 /// The registry's data directory.
 #[derive(clap::Args, Debug, Clone)]
-pub struct DataArgs {
+pub(crate) struct DataArgs {
     /// The registry data directory (registry.db and blobs/).
     #[arg(long, value_name = "DIR", env = ENV_REGISTRY_DATA)]
     pub data: PathBuf,
@@ -41,7 +41,7 @@ impl DataArgs {
 
 /// `coderclaw registry …` (its help text is on the variant in main.rs).
 #[derive(clap::Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     Serve(ServeArgs),
     /// Namespaces (teams).
     #[command(subcommand)]
@@ -65,7 +65,7 @@ pub enum Command {
 /// Storage: package files by SHA-256 in DIR/blobs, the index, keys and
 /// tokens in DIR/registry.db. Runs until interrupted (Ctrl-C).
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Address to listen on.
@@ -84,7 +84,7 @@ pub struct ServeArgs {
 
 /// What the admin listings take: a namespace, the data directory, --json.
 #[derive(clap::Args, Debug)]
-pub struct NamespaceListArgs {
+pub(crate) struct NamespaceListArgs {
     /// The namespace.
     pub namespace: String,
     #[command(flatten)]
@@ -95,7 +95,7 @@ pub struct NamespaceListArgs {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum NamespaceCommand {
+pub(crate) enum NamespaceCommand {
     /// Create a namespace.
     Create {
         /// Its name (lowercase letters, digits, `-`).
@@ -120,7 +120,7 @@ pub enum NamespaceCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum KeyCommand {
+pub(crate) enum KeyCommand {
     /// Authorise a public key (`ed25519:<hex>`, from `coderclaw key export-public`)
     /// to sign the namespace's packages.
     Add {
@@ -148,7 +148,7 @@ pub enum KeyCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Create a token (printed once; only its hash is stored).
     Create {
         /// The namespace it acts in.
@@ -177,7 +177,7 @@ pub enum TokenCommand {
 }
 
 #[derive(clap::Subcommand, Debug)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Sign an organisation policy file (`organizationPolicy:` YAML) with an
     /// admin key and publish it (needs a `publish` token of the namespace).
     Publish {
@@ -213,7 +213,7 @@ pub enum PolicyCommand {
 /// admin keys, refuses one older than the cached one, and caches it; the
 /// host enforces cached policies on every run and install.
 #[derive(clap::Args, Debug)]
-pub struct SyncArgs {
+pub(crate) struct SyncArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Print JSON.
@@ -223,7 +223,7 @@ pub struct SyncArgs {
 
 /// Search a registry's skills and agents.
 #[derive(clap::Args, Debug)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// Text in the id or description (default: everything).
     #[arg(default_value = "")]
     pub query: String,
@@ -242,7 +242,7 @@ pub struct SearchArgs {
 
 /// List a namespace's shared agents.
 #[derive(clap::Args, Debug)]
-pub struct AgentsArgs {
+pub(crate) struct AgentsArgs {
     /// The namespace.
     pub namespace: String,
     #[command(flatten)]
@@ -256,7 +256,7 @@ fn when(t: Option<u64>) -> String {
     t.map_or("never".to_owned(), |t| format!("@{t}"))
 }
 
-pub fn main(cmd: Command) -> Result<ExitCode> {
+pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Serve(args) => serve(args),
         Command::Namespace(NamespaceCommand::Create { name, owners, private, data }) => {
@@ -427,7 +427,7 @@ fn policy_publish(
         Some(s) => s,
         None => rt.block_on(reg.client.org_policy(namespace))?.map_or(0, |d| d.serial) + 1,
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = coderclaw_core::clock::now_secs();
     let doc = SignedOrgPolicy::sign(namespace, serial, now, policy, &secret);
     rt.block_on(reg.client.put_org_policy(&doc)).map_err(|e| anyhow!("the policy was not published: {e}"))?;
     println!("published the organisation policy of `{namespace}` (serial {}, signed by {})", doc.serial, doc.key_id);
@@ -443,7 +443,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     let rt = crate::runtime()?;
     rt.block_on(async move {
-        let server = coderclaw_registry::server::serve(store, config).await.map_err(|e| anyhow!(e))?;
+        let server = coderclaw_registry_server::server::serve(store, config).await.map_err(|e| anyhow!(e))?;
         println!("registry serving {} (data {})", server.url(), args.data.data.display());
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

@@ -6,10 +6,10 @@ use crate::home;
 use crate::output::event_line;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
+use coderclaw::home::Home;
+use coderclaw::{CollectEvents, Error, EventSink, Host, RunEvent, Skill};
 use coderclaw_core::decision::{Action, Offer, Reason, Target, grant_json};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
-use coderclaw_host::home::Home;
-use coderclaw_host::{CollectEvents, Error, EventSink, Host, RunEvent, Skill};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +42,7 @@ use std::time::Instant;
 /// Example:
 ///   coderclaw skill run team/word-count --input '{"path": "."}' --workspace ./repo
 #[derive(clap::Args, Debug)]
-pub struct Args {
+pub(crate) struct Args {
     /// An installed skill id, or a .wasm file (with --dangerous-allow-unsigned).
     pub skill: String,
     /// Input JSON (default `{}`).
@@ -87,7 +87,7 @@ struct Loaded {
 /// the host's refusal of unsigned code comes first).
 enum Component {
     Compiled(Skill),
-    Verified(Box<coderclaw_host::VerifiedPackage>),
+    Verified(Box<coderclaw::VerifiedPackage>),
 }
 
 impl Loaded {
@@ -99,7 +99,7 @@ impl Loaded {
     }
 }
 
-pub fn main(args: Args) -> Result<ExitCode> {
+pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let input = read_input(&args)?;
     let workspace = args.workspace.dir()?;
     let security = home::open_security(Some(&workspace))?;
@@ -176,7 +176,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             Ok(s) => s,
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
-        host.register_authorized(&id, compiled, move |caller: &coderclaw_host::Caller<'_>| {
+        host.register_authorized(&id, compiled, move |caller: &coderclaw::Caller<'_>| {
             let action = Action::Nested { parent: caller.agent.to_owned() };
             let target = Target::from_manifest(&manifest);
             match security.decide(&subject, target, action, Some(&workspace), &offer) {

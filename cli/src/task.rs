@@ -5,29 +5,25 @@ use crate::grant_args::HOST_MAX;
 use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
+use coderclaw::security::Security;
+use coderclaw::tasks::http_server::{ServerConfig, serve};
+use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, RuntimeError};
+use coderclaw::{LocalRuntime, OpenError};
 use coderclaw_core::Access;
 use coderclaw_core::decision::{Offer, OfferedDir};
 use coderclaw_core::runtime_config::{RuntimeConfig, RuntimeFile, RuntimeFlags};
 use coderclaw_core::task::{
-    RuntimeMode, TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent,
-};
-use coderclaw_host::Host;
-use coderclaw_host::security::Security;
-use coderclaw_host::tasks::http_server::{ServerConfig, serve};
-use coderclaw_host::tasks::{
-    CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, RuntimeError, SkillExecutor, TaskEngine, TaskService,
+    FailureCode, RuntimeMode, TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent,
 };
 use futures_util::StreamExt;
-use std::fs::File;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the task commands send their calls.
 #[derive(clap::Args, Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Talk to the `coderclaw serve` at URL instead of running the engine
     /// in this process (env CODERCLAW_REMOTE, or transport.url in
     /// $CODERCLAW_HOME/runtime.yaml; a repository's may not set it).
@@ -54,7 +50,7 @@ pub struct Target {
 /// task to its end before returning. While `coderclaw serve` runs on the
 /// same state directory, use --remote (or CODERCLAW_REMOTE) instead.
 #[derive(clap::Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     Submit(SubmitArgs),
     /// Print a task's state.
     Status {
@@ -118,7 +114,7 @@ pub enum Command {
 ///   coderclaw task submit --skill team/security-scanner --input '{"path": "."}' --wait \
 ///     --remote https://coderclaw.internal:7420 --token "$CODERCLAW_TOKEN"
 #[derive(clap::Args, Debug)]
-pub struct SubmitArgs {
+pub(crate) struct SubmitArgs {
     /// Run this installed skill.
     #[arg(long, conflicts_with = "agent", required_unless_present = "agent")]
     pub skill: Option<String>,
@@ -149,7 +145,7 @@ pub struct SubmitArgs {
 /// layers: flags > env > .coderClaw/runtime.yaml > $CODERCLAW_HOME/runtime.yaml.
 /// The API is described at /v1/openapi.json.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:7420).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -176,7 +172,7 @@ pub struct ServeArgs {
 /// Print the runtime's status: version, uptime, tasks, mode, health, and
 /// organisation-required skills that are missing.
 #[derive(clap::Args, Debug)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub target: Target,
 }
@@ -223,48 +219,31 @@ fn check_security(c: &RuntimeConfig, security: &Security) -> Result<()> {
     Ok(())
 }
 
-/// The engine of this state directory, owned by this process.
-struct LocalEngine {
-    service: Arc<TaskService>,
-    _lock: File,
-}
-
 /// `run_queue`: whether this process starts queued tasks (false for
 /// commands that only look, so they never begin runs they would abandon).
-fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig) -> Result<LocalEngine> {
+fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig) -> Result<LocalRuntime> {
     let security = home::open_security(Some(workspace))?;
     check_security(c, &security)?;
-    let lock_path = security.home().root().join("tasks.lock");
-    let lock = File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        bail!(
-            "another coderclaw process (e.g. `coderclaw serve`) runs the task engine of {}: talk to it with \
-             --remote URL (or CODERCLAW_REMOTE)",
-            security.home().root().display()
-        );
-    }
-    let host = Host::builder().compiled_cache(security.home().compiled_cache_dir()).build()?;
     let access = if write { Access::ReadWrite } else { Access::Read };
     let dir = OfferedDir { host: workspace.to_path_buf(), guest: ".".into(), access };
     let offer = Offer { dirs: [("workspace".to_owned(), dir)].into(), env: Default::default(), ceiling: HOST_MAX };
-    let executor = SkillExecutor::new(security.clone(), host, workspace.to_path_buf(), offer);
-    let audit_home = security.clone();
-    let audit = Arc::new(move |e| {
-        if let Err(err) = audit_home.home().audit().append(e) {
-            tracing::error!(error = %err, "audit record lost");
-        }
-    });
     let engine_config = EngineConfig {
         run_queue,
         max_concurrent_tasks: c.max_concurrent_tasks,
         task_timeout: Duration::from_millis(c.task_timeout_ms),
         mode: c.mode,
     };
-    let engine = TaskEngine::open(security.home().root(), executor, engine_config, Some(audit))?;
-    Ok(LocalEngine { service: TaskService::new(engine, security), _lock: lock })
+    match LocalRuntime::builder_for(security).offer(offer).config(engine_config).exclusive().open() {
+        Err(OpenError::Busy(root)) => bail!(
+            "another coderclaw process (e.g. `coderclaw serve`) runs the task engine of {}: talk to it with \
+             --remote URL (or CODERCLAW_REMOTE)",
+            root.display()
+        ),
+        other => Ok(other?),
+    }
 }
 
-pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
+pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     let workspace = home::workspace(args.workspace.as_deref())?;
     let flags = RuntimeFlags {
         mode: args.mode.clone(),
@@ -285,13 +264,13 @@ pub fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         let local = open_engine(&workspace, args.workspace_write, true, &c)?;
         let tls = args.tls_cert.clone().zip(args.tls_key.clone());
         let server_config = ServerConfig { listen, mode: c.mode, tls, ..ServerConfig::default() };
-        let server = serve(local.service.clone(), server_config).await?;
+        let server = serve(local.service().clone(), server_config).await?;
         eprintln!(
             "coderclaw serving {} ({}, {} tasks at once, state {})",
             server.url(),
             c.mode.as_str(),
             c.max_concurrent_tasks,
-            local.service.security().home().root().display()
+            local.security().home().root().display()
         );
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         eprintln!("shutting down");
@@ -323,8 +302,7 @@ fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime
             }
             None => {
                 let local = open_engine(&workspace, false, run_queue, &c)?;
-                let transport = LocalTransport::new(local.service.clone(), home::session().map(str::to_owned));
-                let result = f(Runtime::Local(CoderClawRuntime::new(transport))).await;
+                let result = f(Runtime::Local(local.runtime(home::session().map(str::to_owned)))).await;
                 drop(local);
                 result
             }
@@ -351,10 +329,15 @@ fn rt_err(e: RuntimeError) -> anyhow::Error {
     anyhow::anyhow!("{} ({})", e.message, e.code)
 }
 
+/// 0 completed; 4 stopped (cancelled, or by a limit or a crash, as
+/// `skill run` exits); 3 every other failure (refused, not installed, the
+/// skill's own error, the host's).
 fn exit_for(state: &TaskState) -> ExitCode {
-    match state.status {
-        TaskStatus::Completed => ExitCode::SUCCESS,
-        TaskStatus::Cancelled => ExitCode::from(4),
+    let stopped = [FailureCode::Cancelled, FailureCode::Timeout, FailureCode::MemoryLimit, FailureCode::Trap];
+    match (state.status, &state.error) {
+        (TaskStatus::Completed, _) => ExitCode::SUCCESS,
+        (TaskStatus::Cancelled, _) => ExitCode::from(4),
+        (_, Some(f)) if stopped.contains(&f.code) => ExitCode::from(4),
         _ => ExitCode::from(3),
     }
 }
@@ -407,7 +390,7 @@ fn print_state(state: &TaskState, json: bool) -> Result<()> {
         println!("  waiting for: {p}");
     }
     if let Some(e) = &state.error {
-        println!("  error: {e}");
+        println!("  error: [{}] {}", e.code, e.message);
     }
     if let Some(o) = &state.output {
         println!("{}", serde_json::to_string_pretty(o)?);
@@ -415,7 +398,7 @@ fn print_state(state: &TaskState, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
+pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let input: serde_json::Value = match &args.input {
         Some(text) => serde_json::from_str(text)
             .context("--input is not valid JSON: pass a JSON value, e.g. --input '{\"path\": \".\"}'")?,
@@ -448,7 +431,7 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     })
 }
 
-pub fn main(cmd: Command) -> Result<ExitCode> {
+pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     match cmd {
         Command::Submit(args) => submit(args),
         Command::Status { id, target } => with_runtime(&target, false, async |rt| {
@@ -525,7 +508,7 @@ pub fn main(cmd: Command) -> Result<ExitCode> {
     }
 }
 
-pub fn status(args: StatusArgs) -> Result<ExitCode> {
+pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
     with_runtime(&args.target, false, async |rt| {
         let s = call!(&rt, get_status()).map_err(rt_err)?;
         if args.target.json {

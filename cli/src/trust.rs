@@ -12,7 +12,7 @@ use std::process::ExitCode;
 /// namespace (team). Packages are verified against it on install and again
 /// on every run, so a revoked key stops its skills at once.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Trust a public key to sign skills of NAMESPACE.
     Add {
         /// The namespace, e.g. `team` for skills `team/...`.
@@ -33,7 +33,7 @@ pub enum Command {
     },
 }
 
-pub fn main(cmd: Command) -> Result<ExitCode> {
+pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     let (permission, action, resource) = match &cmd {
         Command::Add { namespace, .. } => (Permission::ConfigWrite, "trust.add", namespace.as_str()),
         Command::List { .. } => (Permission::ConfigRead, "trust.list", "*"),

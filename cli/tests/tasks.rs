@@ -166,8 +166,12 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
     }
     let interrupted = remote_json(&cli, &url, &token, &["task", "status", &waiting_id]);
     assert_eq!(
-        (interrupted["status"].as_str(), interrupted["error"].as_str()),
-        (Some("FAILED"), Some("host restarted"))
+        (
+            interrupted["status"].as_str(),
+            interrupted["error"]["code"].as_str(),
+            interrupted["error"]["message"].as_str()
+        ),
+        (Some("FAILED"), Some("host-restarted"), Some("host restarted"))
     );
     let out = cli.run(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));

@@ -4,8 +4,10 @@
 //! format and signing keys; roles and permissions. Nothing here depends on
 //! wasmtime.
 
+pub mod clock;
 pub mod decision;
 pub mod digest;
+pub mod events;
 pub mod fsutil;
 pub mod grant;
 pub mod keys;
@@ -13,10 +15,12 @@ pub mod manifest;
 pub mod package;
 pub mod pattern;
 pub mod policy;
+pub mod principal;
 pub mod rbac;
 pub mod runtime_config;
 pub mod signed_policy;
 pub mod task;
+pub mod task_link;
 pub mod trust;
 pub mod units;
 

@@ -244,7 +244,7 @@ pub struct TaskState {
     pub output: Option<Value>,
     /// Why it failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<TaskFailure>,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// When it left the queue.
@@ -253,6 +253,102 @@ pub struct TaskState {
     /// When it reached a final status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at_ms: Option<u64>,
+}
+
+/// Why a task FAILED or was CANCELLED, as a client can act on it: the
+/// `code` says what kind of failure without reading the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// What kind of failure.
+    pub code: FailureCode,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// A failure of kind `code`.
+    pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The stable set of task failure kinds (`error.code` in every transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureCode {
+    /// The security model refused the run (policy, roles, device trust).
+    Denied,
+    /// The task's session is no longer valid (expired, revoked, unknown).
+    Unauthenticated,
+    /// The target is not installed, or is installed as the other kind.
+    NotInstalled,
+    /// The skill refused its input.
+    InvalidInput,
+    /// The skill ran and reported a failure of its own.
+    SkillError,
+    /// The run outlived its time limit.
+    Timeout,
+    /// The guest exceeded its memory limit.
+    MemoryLimit,
+    /// The guest crashed (a trap, a panic, a stack overflow).
+    Trap,
+    /// Cancelled by a client.
+    Cancelled,
+    /// The host stopped while the task ran and the skill is not resumable.
+    HostRestarted,
+    /// The host failed (a store, a package file, compilation).
+    Internal,
+}
+
+impl FailureCode {
+    /// Every code, in a stable order (for documentation and tests).
+    pub const ALL: [FailureCode; 11] = [
+        FailureCode::Denied,
+        FailureCode::Unauthenticated,
+        FailureCode::NotInstalled,
+        FailureCode::InvalidInput,
+        FailureCode::SkillError,
+        FailureCode::Timeout,
+        FailureCode::MemoryLimit,
+        FailureCode::Trap,
+        FailureCode::Cancelled,
+        FailureCode::HostRestarted,
+        FailureCode::Internal,
+    ];
+
+    /// The wire name (`memory-limit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::Denied => "denied",
+            FailureCode::Unauthenticated => "unauthenticated",
+            FailureCode::NotInstalled => "not-installed",
+            FailureCode::InvalidInput => "invalid-input",
+            FailureCode::SkillError => "skill-error",
+            FailureCode::Timeout => "timeout",
+            FailureCode::MemoryLimit => "memory-limit",
+            FailureCode::Trap => "trap",
+            FailureCode::Cancelled => "cancelled",
+            FailureCode::HostRestarted => "host-restarted",
+            FailureCode::Internal => "internal",
+        }
+    }
+
+    /// The code named `name`, if any.
+    pub fn parse(name: &str) -> Option<FailureCode> {
+        FailureCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What kind of thing a [`TaskUpdateEvent`] records.
@@ -427,6 +523,18 @@ pub struct RuntimeStatus {
 mod tests {
     use super::*;
     use TaskStatus::*;
+
+    #[test]
+    fn failure_codes_round_trip_by_their_wire_names() {
+        for code in FailureCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json.as_str(), Some(code.as_str()));
+            assert_eq!(FailureCode::parse(code.as_str()), Some(code));
+        }
+        assert_eq!(FailureCode::parse("policy"), None);
+        let f: TaskFailure = serde_json::from_str(r#"{"code":"memory-limit","message":"m"}"#).unwrap();
+        assert_eq!(f, TaskFailure::new(FailureCode::MemoryLimit, "m"));
+    }
 
     #[test]
     fn the_product_transitions_are_legal_and_nothing_else_is() {

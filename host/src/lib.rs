@@ -1,18 +1,17 @@
-//! `coderclaw-host`: the embeddable coderclaw skill host.
+//! `coderclaw`: the embeddable WebAssembly skill host.
 //!
-//! Loads signed WebAssembly skill packages (verified against the trust store
-//! before anything is compiled; raw components only behind
-//! [`HostBuilder::dangerous_allow_unsigned`]) (WASI preview 2, the `coderclaw:skill`
-//! WIT contract in `wit/`), compiles each once (with an optional on-disk
-//! compiled-code cache keyed by SHA-256), and runs them under a
-//! [`Grant`]: the WASI context and the coderclaw host imports are built
-//! from the grant and nothing else, with hard memory and time limits.
+//! This is the crate an embedding tool uses. It assembles the layers below
+//! it — the sandbox ([`coderclaw_sandbox`]), the security model
+//! ([`coderclaw_security`]), the task engine ([`coderclaw_tasks`]) and the
+//! runtime interface with its transports ([`coderclaw_transport`]) — and
+//! re-exports what an embedder needs from each.
 //!
 //! ```no_run
-//! use coderclaw_host::{Access, Grant, Host};
+//! use coderclaw::home::Home;
+//! use coderclaw::{Access, Grant, Host};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let home = coderclaw_host::home::Home::open("/home/me/.coderclaw")?;
+//! let home = Home::open("/home/me/.coderclaw")?;
 //! let host = Host::builder().compiled_cache(home.compiled_cache_dir()).build()?;
 //! // Verified against the trust store before anything is compiled.
 //! let scanner = host.load_verified(&home.load_installed("team/security-scanner")?)?;
@@ -21,30 +20,23 @@
 //! println!("{report}");
 //! # Ok(()) }
 //! ```
-//!
-//! Runs need a tokio runtime (the multi-threaded one).
 
-pub mod audit;
-mod bindings;
-mod caps;
-mod compiled_cache;
-mod engine;
-mod error;
-pub mod events;
-pub mod home;
-mod host;
-pub mod identity;
-pub mod oidc;
-pub mod security;
-mod sqlite;
-mod state;
-pub mod task_link;
-pub mod tasks;
+mod local_runtime;
+mod skill_executor;
 
-pub use coderclaw_core::package::VerifiedPackage;
-pub use coderclaw_core::{Access, Digest, Grant, GrantBuilder, GrantError, HostPattern, Limits};
-pub use engine::DEFAULT_MAX_MEMORY_BYTES;
-pub use error::{Error, SkillError};
-pub use events::{CollectEvents, DiscardEvents, EventKind, EventSink, LogLevel, RunEvent};
-pub use host::{Host, HostBuilder, HostStats, LoadSource, Skill};
-pub use task_link::{Caller, TaskLink};
+pub use local_runtime::{LocalRuntime, LocalRuntimeBuilder, OpenError};
+
+pub use coderclaw_sandbox::{
+    Access, Caller, CollectEvents, DEFAULT_MAX_MEMORY_BYTES, Digest, DiscardEvents, Error, EventKind, EventSink, Grant,
+    GrantBuilder, GrantError, Host, HostBuilder, HostPattern, HostStats, Limits, LoadSource, LogLevel, RunEvent, Skill,
+    SkillError, TaskLink, VerifiedPackage, events, task_link,
+};
+pub use coderclaw_security::{audit, home, identity, oidc, security};
+
+/// Tasks: the durable lifecycle every run goes through, the runtime
+/// interface clients use, and its transports (in-process and HTTP).
+pub mod tasks {
+    pub use crate::skill_executor::SkillExecutor;
+    pub use coderclaw_tasks::*;
+    pub use coderclaw_transport::*;
+}

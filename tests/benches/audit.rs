@@ -3,7 +3,7 @@
 //!
 //! `cargo bench -p coderclaw-e2e --bench audit`
 
-use coderclaw_host::audit::{AuditEvent, AuditLog, AuditResult};
+use coderclaw::audit::{AuditEvent, AuditLog, AuditResult};
 use std::time::Instant;
 
 fn event(i: usize) -> AuditEvent {

@@ -6,11 +6,11 @@
 //!
 //! `cargo bench -p coderclaw-e2e --bench decide`
 
+use coderclaw::Access;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{Action, DecisionInput, Offer, OfferedDir, Policies, Subject, Target, decide};
 use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, RequestedLimits};
 use coderclaw_core::policy::{OrgPolicy, RepoPolicy, SecurityConfig};
-use coderclaw_host::Access;
 use std::fmt::Write as _;
 use std::time::Instant;
 

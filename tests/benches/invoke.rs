@@ -10,8 +10,8 @@
 //! and a warm call on a live instance (bare wasmtime only: the host gives
 //! every run a fresh instance by design, so it has no warm call).
 
+use coderclaw::{Grant, Host};
 use coderclaw_e2e::guest;
-use coderclaw_host::{Grant, Host};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -144,7 +144,7 @@ fn main() {
     let cached = time_n(20, || {
         let host = hosts.next().unwrap();
         let skill = host.load_bytes("echo", &wasm).unwrap();
-        assert_eq!(skill.source(), coderclaw_host::LoadSource::DiskCache);
+        assert_eq!(skill.source(), coderclaw::LoadSource::DiskCache);
     });
     report("coderclaw: load from compiled-code cache", cached);
 

@@ -12,13 +12,13 @@
 //! the index-cache and lockfile writes, the CLI's capability and rollback
 //! gates (the CLI's own `Installer` is not a library).
 
+use coderclaw::home::Home;
 use coderclaw_core::Digest;
 use coderclaw_core::package::Package;
 use coderclaw_e2e::{RegistryFixture, print_latency};
-use coderclaw_host::home::Home;
 use coderclaw_registry::RegistryClient;
 use coderclaw_registry::cache::ClientCache;
-use coderclaw_registry::server::RegistryConfig;
+use coderclaw_registry_server::server::RegistryConfig;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -5,19 +5,16 @@
 //!
 //! cargo bench -p coderclaw-e2e --bench tasks [-- N]
 
-use coderclaw_core::decision::Offer;
+use coderclaw::home::Home;
+use coderclaw::security::LocalSecret;
+use coderclaw::tasks::http_server::{ServerConfig, serve};
+use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, TaskService, Transport};
+use coderclaw::{Host, LocalRuntime};
 use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::Package;
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use coderclaw_e2e::guest;
-use coderclaw_host::Host;
-use coderclaw_host::home::Home;
-use coderclaw_host::security::{LocalSecret, Security};
-use coderclaw_host::tasks::http_server::{ServerConfig, serve};
-use coderclaw_host::tasks::{
-    CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, SkillExecutor, TaskEngine, TaskService, Transport,
-};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
@@ -31,15 +28,9 @@ fn setup(dir: &std::path::Path) -> Arc<TaskService> {
         Manifest::from_toml("id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"e\"\n", "echo")
             .unwrap();
     home.install(&Package::sign(&manifest, std::fs::read(guest("echo")).unwrap(), &key, 1).to_bytes()).unwrap();
-    let security = Arc::new(Security::open(home.clone(), None).unwrap());
     let host = Host::builder().compiled_cache(home.compiled_cache_dir()).max_instances(256).build().unwrap();
-    let executor = SkillExecutor::new(security.clone(), host, dir.to_path_buf(), Offer::default());
     let config = EngineConfig { max_concurrent_tasks: 64, ..Default::default() };
-    let audit_home = home.clone();
-    let audit = Arc::new(move |e| {
-        let _ = audit_home.audit().append(e);
-    });
-    TaskService::new(TaskEngine::open(dir, executor, config, Some(audit)).unwrap(), security)
+    LocalRuntime::builder(home).config(config).host(host).open().unwrap().service().clone()
 }
 
 async fn end_to_end<T: Transport + 'static>(rt: Arc<CoderClawRuntime<T>>, n: usize, label: &str) {

@@ -2,12 +2,12 @@
 //!
 //! `cargo bench -p coderclaw-e2e --bench verify`
 
+use coderclaw::home::Home;
 use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::{KeyLookup, Package, TrustedKey};
 use coderclaw_core::{Digest, keys::KeyId};
 use coderclaw_e2e::print_latency as stats;
-use coderclaw_host::home::Home;
 use std::time::Instant;
 
 struct OneKey(TrustedKey);

@@ -2,11 +2,11 @@
 //! database is found and named; concurrent appends keep one valid chain;
 //! the state directory records its security-relevant actions.
 
+use coderclaw::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditResult};
+use coderclaw::home::Home;
 use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::Package;
-use coderclaw_host::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditResult};
-use coderclaw_host::home::Home;
 use rusqlite::Connection;
 use serde_json::json;
 

@@ -2,8 +2,8 @@
 //! machine code from disk instead of compiling (asserted by counters, not
 //! by timing), and a damaged or unsafe cache entry is never trusted.
 
+use coderclaw::{Grant, Host, LoadSource};
 use coderclaw_e2e::{cached_files, guest};
-use coderclaw_host::{Grant, Host, LoadSource};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 

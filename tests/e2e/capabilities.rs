@@ -2,8 +2,8 @@
 //! skill is refused, and nothing happens on the host.
 
 use crate::{host, load, run_json, workspace};
+use coderclaw::{Access, CollectEvents, Error, EventKind, Grant, SkillError};
 use coderclaw_e2e::LoopbackServer;
-use coderclaw_host::{Access, CollectEvents, Error, EventKind, Grant, SkillError};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -249,14 +249,10 @@ async fn agents_invoke_only_granted_registered_skills_never_wider() {
     // refusal reaches the agent as `denied` with the reasons.
     let callers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = callers.clone();
-    host.register_authorized(
-        "team/word-count",
-        load(&host, "word-count"),
-        move |caller: &coderclaw_host::Caller<'_>| {
-            seen.lock().unwrap().push(caller.agent.to_owned());
-            Err("[device-trust] device d is untrusted".to_owned())
-        },
-    );
+    host.register_authorized("team/word-count", load(&host, "word-count"), move |caller: &coderclaw::Caller<'_>| {
+        seen.lock().unwrap().push(caller.agent.to_owned());
+        Err("[device-trust] device d is untrusted".to_owned())
+    });
     let err = host.run(&reviewer, "{}", &agent).await.unwrap_err();
     assert!(err.to_string().contains("refused `team/word-count`: [device-trust]"), "{err}");
     assert_eq!(*callers.lock().unwrap(), ["code_reviewer.wasm"], "decided once, for the calling agent");

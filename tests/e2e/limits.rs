@@ -2,8 +2,8 @@
 //! keeps serving; bad files are refused without a panic.
 
 use crate::{host, load, run_json};
+use coderclaw::{Error, Grant, Host};
 use coderclaw_e2e::guest;
-use coderclaw_host::{Error, Grant, Host};
 use serde_json::json;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ async fn invalid_input_is_reported_as_such() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_skill_reports_its_panic_message() {
     let host = host();
-    let events = std::sync::Arc::new(coderclaw_host::CollectEvents::default());
+    let events = std::sync::Arc::new(coderclaw::CollectEvents::default());
     let err = host
         .run_with_events(
             &load(&host, "panicker"),
@@ -110,7 +110,7 @@ async fn a_panicking_skill_reports_its_panic_message() {
         .events()
         .into_iter()
         .filter_map(|e| match e.kind {
-            coderclaw_host::EventKind::Log { message, .. } => Some(message),
+            coderclaw::EventKind::Log { message, .. } => Some(message),
             _ => None,
         })
         .collect();
@@ -122,13 +122,13 @@ async fn a_panicking_skill_reports_its_panic_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn output_over_the_cap_is_dropped_without_breaking_the_guest() {
     let host = host();
-    let events = std::sync::Arc::new(coderclaw_host::CollectEvents::default());
+    let events = std::sync::Arc::new(coderclaw::CollectEvents::default());
     let panicker = load(&host, "panicker");
     let input = r#"{"noise_bytes": 300000}"#;
     let out = host.run_with_events(&panicker, input, &Grant::deny_all(), events.clone()).await.unwrap();
     assert_eq!(out, r#"{"printed":300000}"#, "printing past the cap does not fail the guest");
     let dropped = events.events().into_iter().find_map(|e| match e.kind {
-        coderclaw_host::EventKind::Log { message, .. } if message.contains("bytes dropped") => Some(message),
+        coderclaw::EventKind::Log { message, .. } if message.contains("bytes dropped") => Some(message),
         _ => None,
     });
     let dropped = dropped.expect("the host says output was dropped");

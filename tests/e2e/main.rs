@@ -5,6 +5,7 @@
 mod audit;
 mod cache;
 mod capabilities;
+mod layers;
 mod limits;
 mod oidc;
 mod registry;
@@ -12,8 +13,8 @@ mod signed;
 mod skills;
 mod tasks;
 
+use coderclaw::{Error, Grant, Host, Skill};
 use coderclaw_e2e::guest;
-use coderclaw_host::{Error, Grant, Host, Skill};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;

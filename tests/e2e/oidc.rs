@@ -4,12 +4,12 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use coderclaw::audit::AuditFilter;
+use coderclaw::home::Home;
+use coderclaw::oidc::{OidcError, OidcVerifier};
+use coderclaw::security::Security;
 use coderclaw_core::policy::{OidcIssuer, Provider};
 use coderclaw_e2e::LoopbackServer;
-use coderclaw_host::audit::AuditFilter;
-use coderclaw_host::home::Home;
-use coderclaw_host::oidc::{OidcError, OidcVerifier};
-use coderclaw_host::security::Security;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{Value, json};

@@ -7,7 +7,7 @@ use coderclaw_core::policy::OrgPolicy;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_e2e::{RegistryFixture, guest};
 use coderclaw_registry::ErrorCode;
-use coderclaw_registry::server::RegistryConfig;
+use coderclaw_registry_server::server::RegistryConfig;
 
 fn echo() -> Vec<u8> {
     std::fs::read(guest("echo")).unwrap()
@@ -57,7 +57,7 @@ async fn a_private_namespace_is_read_only_with_its_tokens() {
 
     // A token of another namespace does not open this one.
     f.store.create_namespace("ops", &[], false).unwrap();
-    let (ops, _) = f.store.create_token("ops", coderclaw_registry::Scope::Read, None).unwrap();
+    let (ops, _) = f.store.create_token("ops", coderclaw_registry_server::Scope::Read, None).unwrap();
     assert_eq!(f.client(Some(&ops)).package("team/echo").await.unwrap_err().code(), Some(ErrorCode::NotFound));
 
     let reader = f.client(Some(&f.read));
@@ -194,9 +194,9 @@ fn tokens_never_travel_over_plain_http_to_another_machine() {
     assert!(coderclaw_registry::RegistryClient::new("http://registry.example:7421", None, None).is_ok());
     assert!(coderclaw_registry::RegistryClient::new("http://127.0.0.1:7421", Some("ccr_x".into()), None).is_ok());
     // The task transport follows the same rule.
-    let e = coderclaw_host::tasks::HttpTransport::new("http://coderclaw.example:7420", Some("cct_x".into()));
+    let e = coderclaw::tasks::HttpTransport::new("http://coderclaw.example:7420", Some("cct_x".into()));
     assert!(e.is_err_and(|e| e.message.contains("never sent over plain http")));
-    assert!(coderclaw_host::tasks::HttpTransport::new("https://coderclaw.example:7420", Some("cct_x".into())).is_ok());
+    assert!(coderclaw::tasks::HttpTransport::new("https://coderclaw.example:7420", Some("cct_x".into())).is_ok());
 }
 
 #[tokio::test]
@@ -205,8 +205,8 @@ async fn writes_need_the_right_scope_and_namespace_and_private_reads_a_token() {
     f.client(Some(&f.publish)).publish(f.package("echo", "1.0.0", "d", echo())).await.unwrap();
     let v: semver::Version = "1.0.0".parse().unwrap();
     f.store.create_namespace("ops", &[], true).unwrap();
-    let (ops_yank, _) = f.store.create_token("ops", coderclaw_registry::Scope::Yank, None).unwrap();
-    let (ops_publish, _) = f.store.create_token("ops", coderclaw_registry::Scope::Publish, None).unwrap();
+    let (ops_yank, _) = f.store.create_token("ops", coderclaw_registry_server::Scope::Yank, None).unwrap();
+    let (ops_publish, _) = f.store.create_token("ops", coderclaw_registry_server::Scope::Publish, None).unwrap();
 
     // Yank: another namespace's yank token, and a publish token, are refused.
     let e = f.client(Some(&ops_yank)).yank("team/echo", &v, "x").await.unwrap_err();

@@ -5,12 +5,12 @@
 //! stops packages that are already installed.
 
 use crate::workspace;
+use coderclaw::home::{Home, HomeError};
+use coderclaw::{Access, Error, Grant, Host, SkillError};
 use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::{Package, PackageError};
 use coderclaw_e2e::{LoopbackServer, guest};
-use coderclaw_host::home::{Home, HomeError};
-use coderclaw_host::{Access, Error, Grant, Host, SkillError};
 use serde_json::{Value, json};
 use std::path::Path;
 

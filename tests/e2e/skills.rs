@@ -1,8 +1,8 @@
 //! Each example skill through the library API returns the expected JSON.
 
 use crate::{host, load, run_json, workspace};
+use coderclaw::{Access, Grant};
 use coderclaw_e2e::LoopbackServer;
-use coderclaw_host::{Access, Grant};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]

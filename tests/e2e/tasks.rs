@@ -4,22 +4,21 @@
 //! trait and run over the in-process transport and over HTTP (a real hyper
 //! server on loopback).
 
+use coderclaw::audit::AuditFilter;
+use coderclaw::home::Home;
+use coderclaw::security::{LocalSecret, Security};
+use coderclaw::tasks::http_server::{RunningServer, ServerConfig, serve};
+use coderclaw::tasks::{
+    CoderClawRuntime, EngineConfig, ErrorCode, HttpTransport, LocalTransport, TaskEngine, TaskService, Transport,
+};
+use coderclaw::{Host, LocalRuntime};
 use coderclaw_core::decision::{Offer, OfferedDir};
 use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::Package;
-use coderclaw_core::task::{TaskEventKind, TaskFilter, TaskStatus, TaskSubmitRequest};
+use coderclaw_core::task::{FailureCode, TaskEventKind, TaskFailure, TaskFilter, TaskStatus, TaskSubmitRequest};
 use coderclaw_core::{Access, Limits};
 use coderclaw_e2e::guest;
-use coderclaw_host::Host;
-use coderclaw_host::audit::AuditFilter;
-use coderclaw_host::home::Home;
-use coderclaw_host::security::{LocalSecret, Security};
-use coderclaw_host::tasks::http_server::{RunningServer, ServerConfig, serve};
-use coderclaw_host::tasks::{
-    CoderClawRuntime, EngineConfig, ErrorCode, HttpTransport, LocalTransport, SkillExecutor, TaskEngine, TaskService,
-    Transport,
-};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -51,7 +50,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     workspace: tempfile::TempDir,
     pub home: Arc<Home>,
@@ -68,7 +67,7 @@ fn install(home: &Home) {
     }
 }
 
-pub fn fixture(config: EngineConfig) -> Fixture {
+pub(crate) fn fixture(config: EngineConfig) -> Fixture {
     fixture_with_policy(config, "")
 }
 
@@ -93,7 +92,6 @@ fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture {
 
 /// An engine and its service over `home`, running tasks in `workspace`.
 fn service_on(home: &Arc<Home>, workspace: &std::path::Path, config: EngineConfig) -> Arc<TaskService> {
-    let security = Arc::new(Security::open(home.clone(), Some(workspace)).unwrap());
     let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
     let offer = Offer {
         dirs: [(
@@ -104,24 +102,20 @@ fn service_on(home: &Arc<Home>, workspace: &std::path::Path, config: EngineConfi
         env: Default::default(),
         ceiling: Limits { timeout: Duration::from_secs(600), ..Limits::default() },
     };
-    let executor = SkillExecutor::new(security.clone(), host, workspace.to_path_buf(), offer);
-    let audit_home = home.clone();
-    let audit = Arc::new(move |e| {
-        let _ = audit_home.audit().append(e);
-    });
-    TaskService::new(TaskEngine::open(home.root(), executor, config, Some(audit)).unwrap(), security)
+    let runtime = LocalRuntime::builder(home.clone()).workspace(workspace).offer(offer).config(config).host(host);
+    runtime.open().unwrap().service().clone()
 }
 
 impl Fixture {
     /// A user with `roles` and a session token for them.
-    pub fn login(&self, user: &str, roles: &[&str]) -> String {
+    pub(crate) fn login(&self, user: &str, roles: &[&str]) -> String {
         let security = self.service.security();
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         security.identity().add_user(user, &roles, Some("correct horse battery")).unwrap();
         security.login_local(user, LocalSecret::Password("correct horse battery"), None, None, None).unwrap().1
     }
 
-    pub async fn http(&self) -> RunningServer {
+    pub(crate) async fn http(&self) -> RunningServer {
         let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
         serve(self.service.clone(), config).await.unwrap()
     }
@@ -205,7 +199,9 @@ async fn bad_requests_are_refused<T: Transport>(rt: &CoderClawRuntime<T>) {
     let task = rt.submit_task(TaskSubmitRequest::skill("team/nope", json!({}))).await.unwrap();
     let done = rt.wait(&task.id, |_| {}).await.unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
-    assert!(done.error.unwrap().contains("team/nope"));
+    let failure = done.error.unwrap();
+    assert_eq!(failure.code, FailureCode::NotInstalled, "{failure:?}");
+    assert!(failure.message.contains("team/nope"), "{failure:?}");
 }
 
 fn uuid_version(id: &str) -> Option<char> {
@@ -304,7 +300,7 @@ async fn session_memory_is_per_session_and_skill_and_needs_the_grant() {
     let t = as_alice.submit_task(TaskSubmitRequest::skill("team/forgetful", json!({ "count": "runs" }))).await.unwrap();
     let done = as_alice.wait(&t.id, |_| {}).await.unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
-    assert!(done.error.unwrap().contains("no session-memory grant"));
+    assert!(done.error.unwrap().message.contains("no session-memory grant"));
 
     // Isolation of the tasks themselves: bob cannot see alice's task.
     assert_eq!(as_bob.get_task_state(&t.id).await.unwrap(), None);
@@ -448,7 +444,7 @@ async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
     let rt = CoderClawRuntime::new(LocalTransport::new(reopened.clone(), None));
     let failed = rt.get_task_state(&waiting.id).await.unwrap().unwrap();
     assert_eq!(failed.status, TaskStatus::Failed);
-    assert_eq!(failed.error.as_deref(), Some("host restarted"));
+    assert_eq!(failed.error, Some(TaskFailure::new(FailureCode::HostRestarted, "host restarted")));
     let still = rt.get_task_state(&paused.id).await.unwrap().unwrap();
     assert_eq!((still.status, still.paused), (TaskStatus::Pending, true), "paused tasks stay paused");
     reopened.engine().resume(&paused.id).unwrap();
@@ -480,7 +476,7 @@ async fn sse_fan_out_reaches_every_subscriber() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_committed_openapi_document_covers_every_route() {
-    let doc: Value = serde_json::from_str(coderclaw_host::tasks::http_server::OPENAPI_JSON).unwrap();
+    let doc: Value = serde_json::from_str(coderclaw::tasks::http_server::OPENAPI_JSON).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for route in [
         "/v1/tasks",
@@ -506,6 +502,18 @@ async fn the_committed_openapi_document_covers_every_route() {
     for code in ["unauthenticated", "forbidden", "not_found", "invalid_request", "conflict", "payload_too_large"] {
         assert!(codes.as_array().unwrap().iter().any(|c| c == code), "{code}");
     }
+    let documented: Vec<&str> = doc["components"]["schemas"]["TaskFailure"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let codes: Vec<&str> = coderclaw_core::task::FailureCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(documented, codes, "the task failure codes are documented, in order");
+    assert_eq!(
+        doc["components"]["schemas"]["TaskState"]["properties"]["error"]["$ref"],
+        "#/components/schemas/TaskFailure"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -568,7 +576,9 @@ async fn a_task_from_another_machine_is_decided_as_from_an_untrusted_device() {
     assert!(remote.remote, "the task records where it came from");
     let done = rt.wait(&remote.id, |_| {}).await.unwrap();
     assert_eq!(done.status, TaskStatus::Failed);
-    assert!(done.error.as_deref().unwrap_or_default().contains("untrusted"), "{:?}", done.error);
+    let failure = done.error.unwrap();
+    assert_eq!(failure.code, FailureCode::Denied, "a policy refusal, not a crash: {failure:?}");
+    assert!(failure.message.contains("untrusted"), "{failure:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

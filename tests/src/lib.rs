@@ -128,7 +128,7 @@ pub struct RegistryFixture {
     /// The data directory.
     pub data: tempfile::TempDir,
     /// Its store.
-    pub store: Arc<coderclaw_registry::RegistryStore>,
+    pub store: Arc<coderclaw_registry_server::RegistryStore>,
     /// The running server.
     pub server: coderclaw_net::RunningServer,
     /// The namespace's signing key.
@@ -144,17 +144,17 @@ pub struct RegistryFixture {
 impl RegistryFixture {
     /// Starts a registry with `config` (its `listen` is replaced by a free
     /// loopback port).
-    pub async fn start(mut config: coderclaw_registry::server::RegistryConfig, public: bool) -> Self {
-        use coderclaw_registry::Scope;
+    pub async fn start(mut config: coderclaw_registry_server::server::RegistryConfig, public: bool) -> Self {
+        use coderclaw_registry_server::Scope;
         let data = tempfile::tempdir().unwrap();
-        let store = Arc::new(coderclaw_registry::RegistryStore::open(data.path()).unwrap());
+        let store = Arc::new(coderclaw_registry_server::RegistryStore::open(data.path()).unwrap());
         let key = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: registry----");
         store.create_namespace("team", &["alice".into()], public).unwrap();
         store.add_key("team", &key.public(), true).unwrap();
         let token = |scope| store.create_token("team", scope, None).unwrap().0;
         let (publish, read, yank) = (token(Scope::Publish), token(Scope::Read), token(Scope::Yank));
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = coderclaw_registry::server::serve(store.clone(), config).await.unwrap();
+        let server = coderclaw_registry_server::server::serve(store.clone(), config).await.unwrap();
         Self { data, store, server, key, publish, read, yank }
     }
 

@@ -8,16 +8,16 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-pub struct Cli {
+pub(crate) struct Cli {
     pub home: tempfile::TempDir,
 }
 
 impl Cli {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { home: tempfile::tempdir().unwrap() }
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_coderclaw"))
             .args(args)
             .env("CODERCLAW_HOME", self.home.path())
@@ -27,7 +27,7 @@ impl Cli {
     }
 
     /// Runs with `stdin` as standard input.
-    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
+    pub(crate) fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
             .args(args)
             .env("CODERCLAW_HOME", self.home.path())
@@ -43,7 +43,7 @@ impl Cli {
 
     /// Runs `skill run <raw component> --dangerous-allow-unsigned ... --json`
     /// and returns (exit code, report).
-    pub fn run_json(&self, component: &str, extra: &[&str]) -> (i32, Value) {
+    pub(crate) fn run_json(&self, component: &str, extra: &[&str]) -> (i32, Value) {
         let path = guest(component);
         let mut args = vec!["skill", "run", path.to_str().unwrap(), "--dangerous-allow-unsigned", "--json"];
         args.extend_from_slice(extra);
@@ -54,24 +54,24 @@ impl Cli {
     }
 }
 
-pub fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-pub fn workspace() -> tempfile::TempDir {
+pub(crate) fn workspace() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.txt"), "one two three\nfour\n").unwrap();
     std::fs::write(dir.path().join("creds.env"), "TOKEN=ghp_0123456789abcdefghijklmnopqrstuvwxyzAB\n").unwrap();
     dir
 }
 
-pub fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 /// A repository policy naming shell-exec, so the dangerous skill may run
 /// for developers (a dangerous skill no policy names is refused).
-pub fn allow_shell_exec(ws: &Path) {
+pub(crate) fn allow_shell_exec(ws: &Path) {
     std::fs::create_dir_all(ws.join(".coderClaw")).unwrap();
     std::fs::write(
         ws.join(".coderClaw/security.yaml"),
@@ -80,12 +80,12 @@ pub fn allow_shell_exec(ws: &Path) {
     .unwrap();
 }
 
-pub fn manifest_path(skill: &str) -> std::path::PathBuf {
+pub(crate) fn manifest_path(skill: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../skills").join(skill).join("skill.toml")
 }
 
 /// Generates key `name`, trusts it for `namespace`; returns the key id.
-pub fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
+pub(crate) fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
     let out = cli.run(&["key", "generate", "--name", name]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!text(&out.stdout).contains("coderclaw-secret-key"), "the secret is never printed");
@@ -101,12 +101,12 @@ pub fn trusted_key(cli: &Cli, name: &str, namespace: &str) -> String {
 }
 
 /// Signs a guest component with its example manifest; returns the package path.
-pub fn sign(cli: &Cli, skill: &str, key: &str, dir: &Path) -> std::path::PathBuf {
+pub(crate) fn sign(cli: &Cli, skill: &str, key: &str, dir: &Path) -> std::path::PathBuf {
     sign_with(cli, skill, key, &manifest_path(skill), dir)
 }
 
 /// Signs a guest component with `manifest`; returns the package path.
-pub fn sign_with(cli: &Cli, skill: &str, key: &str, manifest: &Path, dir: &Path) -> std::path::PathBuf {
+pub(crate) fn sign_with(cli: &Cli, skill: &str, key: &str, manifest: &Path, dir: &Path) -> std::path::PathBuf {
     let out_path = dir.join(format!("{skill}.ccpkg"));
     let out =
         cli.run(&["skill", "sign", p(&guest(skill)), "--key", key, "--manifest", p(manifest), "--out", p(&out_path)]);

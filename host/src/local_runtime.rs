@@ -1,0 +1,171 @@
+//! The one composition root: a state directory's security service, sandbox,
+//! skill executor, audit hook, task engine and task service, assembled in one
+//! place for the CLI, `coderclaw serve`, the tests, the benchmarks and any
+//! embedder.
+
+use crate::skill_executor::SkillExecutor;
+use coderclaw_core::decision::Offer;
+use coderclaw_sandbox::Host;
+use coderclaw_security::home::Home;
+use coderclaw_security::{Security, SecurityError};
+use coderclaw_tasks::{EngineConfig, EngineError, TaskEngine, TaskService};
+use coderclaw_transport::{CoderClawRuntime, LocalTransport};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a [`LocalRuntime`] could not be opened.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    /// The security service (configuration, policy files, identity) failed.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The sandbox could not be built.
+    #[error(transparent)]
+    Sandbox(#[from] coderclaw_sandbox::Error),
+    /// The task store could not be opened.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Another process already runs this state directory's task engine.
+    #[error("another process runs the task engine of {}", .0.display())]
+    Busy(PathBuf),
+    /// The engine lock file could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A state directory's task runtime, running in this process.
+pub struct LocalRuntime {
+    service: Arc<TaskService>,
+    security: Arc<Security>,
+    _lock: Option<File>,
+}
+
+/// Sets up a [`LocalRuntime`]; see [`LocalRuntime::builder`].
+#[must_use]
+pub struct LocalRuntimeBuilder {
+    home: Arc<Home>,
+    security: Option<Arc<Security>>,
+    workspace: Option<PathBuf>,
+    offer: Offer,
+    config: EngineConfig,
+    host: Option<Host>,
+    exclusive: bool,
+}
+
+impl LocalRuntime {
+    /// A runtime over the state directory `home`. By default: no workspace,
+    /// an empty offer, the default engine configuration, a sandbox using the
+    /// state directory's compiled-code cache, and no process lock.
+    pub fn builder(home: Arc<Home>) -> LocalRuntimeBuilder {
+        LocalRuntimeBuilder {
+            home,
+            security: None,
+            workspace: None,
+            offer: Offer::default(),
+            config: EngineConfig::default(),
+            host: None,
+            exclusive: false,
+        }
+    }
+
+    /// A runtime over an already opened security service (its state
+    /// directory and workspace), for a caller that checked it first.
+    pub fn builder_for(security: Arc<Security>) -> LocalRuntimeBuilder {
+        let mut builder = Self::builder(security.shared_home().clone());
+        builder.security = Some(security);
+        builder
+    }
+
+    /// The authorised door to the engine; every transport goes through it.
+    pub fn service(&self) -> &Arc<TaskService> {
+        &self.service
+    }
+
+    /// The security service the runtime decides with.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
+    }
+
+    /// The runtime interface in-process, acting with the session `token`
+    /// (None: the local user).
+    pub fn runtime(&self, token: Option<String>) -> CoderClawRuntime<LocalTransport> {
+        CoderClawRuntime::new(LocalTransport::new(self.service.clone(), token))
+    }
+}
+
+impl LocalRuntimeBuilder {
+    /// The repository tasks run in: its `.coderClaw/security.yaml` is in
+    /// force. Ignored when the security service was given.
+    pub fn workspace(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.workspace = Some(dir.into());
+        self
+    }
+
+    /// What the host can give the skills it runs (directories, environment,
+    /// limit ceiling); a skill gets only what its manifest asks of this.
+    pub fn offer(mut self, offer: Offer) -> Self {
+        self.offer = offer;
+        self
+    }
+
+    /// Queue, concurrency and timeout settings.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Runs skills with this sandbox instead of the default one.
+    pub fn host(mut self, host: Host) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// Holds the state directory's engine lock for the runtime's lifetime,
+    /// so that two processes never run the same tasks; opening fails with
+    /// [`OpenError::Busy`] while another holds it.
+    pub fn exclusive(mut self) -> Self {
+        self.exclusive = true;
+        self
+    }
+
+    /// Opens the runtime. With a running queue, tasks left PENDING by an
+    /// earlier process start now and interrupted ones are recovered.
+    pub fn open(self) -> Result<LocalRuntime, OpenError> {
+        let security = match self.security {
+            Some(s) => s,
+            None => Arc::new(Security::open(self.home.clone(), self.workspace.as_deref())?),
+        };
+        let root = security.home().root().to_path_buf();
+        let lock = if self.exclusive { Some(lock(&root)?) } else { None };
+        let host = match self.host {
+            Some(h) => h,
+            None => Host::builder().compiled_cache(security.home().compiled_cache_dir()).build()?,
+        };
+        let workspace = security.workspace().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+        let executor = SkillExecutor::new(security.clone(), host, workspace, self.offer);
+        let audit_home = security.shared_home().clone();
+        let audit = Arc::new(move |e| {
+            if let Err(err) = audit_home.audit().append(e) {
+                tracing::error!(error = %err, "audit record lost");
+            }
+        });
+        let engine = TaskEngine::open(&root, executor, self.config, Some(audit))?;
+        Ok(LocalRuntime { service: TaskService::new(engine, security.clone()), security, _lock: lock })
+    }
+}
+
+fn lock(root: &Path) -> Result<File, OpenError> {
+    let path = root.join("tasks.lock");
+    let file = File::create(&path).map_err(|source| OpenError::Lock { path: path.clone(), source })?;
+    if file.try_lock().is_err() {
+        return Err(OpenError::Busy(root.to_path_buf()));
+    }
+    Ok(file)
+}

@@ -1,0 +1,548 @@
+//! The state directory (`CODERCLAW_HOME`, default `~/.coderclaw`): signing
+//! keys, the trust store, installed packages and the compiled-code cache.
+//!
+//! ```text
+//! keys/<name>.key          secret keys, 0600, never printed
+//! packages/<digest>.ccpkg  installed packages, content-addressed
+//! cache/compiled/          compiled machine code by component digest
+//! state.db                 SQLite (WAL): trusted keys, installed skills
+//! audit.db                 SQLite (WAL): the hash-chained audit log
+//! ```
+//!
+//! Every change here (key created, key trusted or revoked, package installed
+//! or refused, installed package verified or refused on load) is recorded in
+//! the audit log, attributed to the local OS user.
+//!
+//! Installed packages are verified again every time they are loaded, so a
+//! key revoked after installation stops its packages from running.
+
+use crate::audit::{AuditEvent, AuditLog, AuditResult};
+use coderclaw_core::Digest;
+use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
+use coderclaw_core::manifest::{Manifest, SkillId};
+use coderclaw_core::package::{KeyLookup, Package, PackageError, TrustedKey, VerifiedPackage};
+use rusqlite::{Connection, params};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use thiserror::Error;
+
+/// What can go wrong with the state directory.
+#[derive(Debug, Error)]
+pub enum HomeError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The SQLite database failed.
+    #[error("state database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The error.
+        source: rusqlite::Error,
+    },
+    /// A key problem (permissions, corrupt file, bad public key...).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A package failed verification; nothing was installed.
+    #[error("{0}")]
+    Package(#[from] PackageError),
+    /// No key with this name in `keys/`.
+    #[error("no signing key named {0:?}: create it with `coderclaw key generate --name {0}`")]
+    NoSuchKey(String),
+    /// A key with this name exists already.
+    #[error("a signing key named {0:?} already exists: choose another name")]
+    KeyExists(String),
+    /// Key names are file names: keep them simple.
+    #[error("{0:?} is not a key name: use letters, digits, `-` and `_`")]
+    BadKeyName(String),
+    /// The key id is not in the trust store.
+    #[error("key {0} is not in the trust store (see `coderclaw trust list`)")]
+    UnknownKey(String),
+    /// The namespace is not a valid namespace.
+    #[error("{0:?} is not a namespace: use lowercase letters, digits and `-`")]
+    BadNamespace(String),
+    /// The audit log could not record an action; the action was not done.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// The stored package file is not the one that was installed.
+    #[error("the stored package of {id} was replaced (it now holds {found}): reinstall {id}")]
+    StoredPackageMismatch {
+        /// The installed id.
+        id: String,
+        /// What the file holds now.
+        found: String,
+    },
+    /// `install_verified` was given bytes of another package than the one verified.
+    #[error("the package file given for {0} is not the package that was verified: nothing was installed")]
+    NotTheVerifiedPackage(String),
+    /// No installed skill with this id.
+    #[error("skill {0} is not installed (see `coderclaw skill list`)")]
+    NotInstalled(String),
+}
+
+/// A signing key in `keys/`: its name and its public key, or why the file is
+/// unusable (bad permissions, corrupt).
+pub type NamedKey = (String, Result<PublicKey, KeyError>);
+
+/// One trusted key as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrustEntry {
+    /// The key id.
+    pub key_id: String,
+    /// The public key (one-line form).
+    pub public_key: String,
+    /// Namespaces it may sign for.
+    pub namespaces: Vec<String>,
+    /// When it was added (Unix seconds).
+    pub added_at: u64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<u64>,
+}
+
+/// One installed skill as recorded in the index.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InstalledSkill {
+    /// `namespace/name`.
+    pub id: String,
+    /// Semantic version.
+    pub version: String,
+    /// The package digest the signature covers.
+    pub digest: String,
+    /// SHA-256 of the component.
+    pub component_digest: String,
+    /// Key id of the signer.
+    pub signer: String,
+    /// When it was installed (Unix seconds).
+    pub installed_at: u64,
+    /// The manifest as signed.
+    pub manifest: Manifest,
+}
+
+/// The opened state directory.
+pub struct Home {
+    root: PathBuf,
+    db_path: PathBuf,
+    db: Mutex<Connection>,
+    audit: AuditLog,
+    actor: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS trusted_keys (
+    key_id      TEXT PRIMARY KEY,
+    public_key  TEXT NOT NULL,
+    added_at    INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE IF NOT EXISTS key_namespaces (
+    key_id      TEXT NOT NULL REFERENCES trusted_keys(key_id),
+    namespace   TEXT NOT NULL,
+    PRIMARY KEY (key_id, namespace)
+);
+CREATE TABLE IF NOT EXISTS installed_skills (
+    id               TEXT PRIMARY KEY,
+    version          TEXT NOT NULL,
+    digest           TEXT NOT NULL,
+    component_digest TEXT NOT NULL,
+    signer           TEXT NOT NULL,
+    installed_at     INTEGER NOT NULL,
+    manifest         TEXT NOT NULL
+);
+";
+
+fn now() -> u64 {
+    coderclaw_core::clock::now_secs()
+}
+
+impl Home {
+    /// Opens (creating if needed, 0700) the state directory at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Home, HomeError> {
+        let root = root.into();
+        for dir in [root.clone(), root.join("keys"), root.join("packages"), root.join("cache")] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| HomeError::Io { path: dir.clone(), source })?;
+        }
+        let db_path = root.join("state.db");
+        let db_err = |source| HomeError::Db { path: db_path.clone(), source };
+        let db = crate::sqlite::open(&db_path, false, SCHEMA).map_err(db_err)?;
+        let audit = AuditLog::open(root.join("audit.db"))?;
+        Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user() })
+    }
+
+    /// The audit log of this state directory.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Records `outcome` of `action` on a resource, with the error as the
+    /// reason when it failed, and passes the outcome through. An audit
+    /// failure fails the action: nothing unrecorded is reported as done.
+    fn audited<T>(
+        &self,
+        action: &str,
+        resource: (&str, &str),
+        outcome: Result<T, HomeError>,
+        describe: impl FnOnce(&T) -> (String, serde_json::Value),
+    ) -> Result<T, HomeError> {
+        let event = match &outcome {
+            Ok(v) => {
+                let (reason, metadata) = describe(v);
+                AuditEvent::new(action, AuditResult::Allowed, resource.0, resource.1).reason(reason).metadata(metadata)
+            }
+            Err(e) => {
+                let result = match e {
+                    HomeError::Package(_)
+                    | HomeError::StoredPackageMismatch { .. }
+                    | HomeError::NotTheVerifiedPackage(_)
+                    | HomeError::Key(KeyError::Permissions { .. }) => AuditResult::Denied,
+                    _ => AuditResult::Error,
+                };
+                AuditEvent::new(action, result, resource.0, resource.1).reason(e.to_string())
+            }
+        };
+        self.audit.append(event.user(&self.actor))?;
+        outcome
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where compiled machine code is cached.
+    pub fn compiled_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("compiled")
+    }
+
+    fn with_db<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, HomeError> {
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut db).map_err(|source| HomeError::Db { path: self.db_path.clone(), source })
+    }
+
+    // --- signing keys ---
+
+    fn key_path(&self, name: &str) -> Result<PathBuf, HomeError> {
+        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(HomeError::BadKeyName(name.to_owned()));
+        }
+        Ok(self.root.join("keys").join(format!("{name}.key")))
+    }
+
+    /// Creates a new signing key; returns its public key.
+    pub fn generate_key(&self, name: &str) -> Result<PublicKey, HomeError> {
+        let outcome = self.generate_key_unaudited(name);
+        self.audited("key.generate", ("key", name), outcome, |k| {
+            (format!("key id {}", k.id()), serde_json::Value::Null)
+        })
+    }
+
+    fn generate_key_unaudited(&self, name: &str) -> Result<PublicKey, HomeError> {
+        let path = self.key_path(name)?;
+        if path.exists() {
+            return Err(HomeError::KeyExists(name.to_owned()));
+        }
+        let key = SecretKey::generate()?;
+        key.write_new(&path)?;
+        Ok(key.public())
+    }
+
+    /// Reads a signing key by name (checks its permissions).
+    pub fn secret_key(&self, name: &str) -> Result<SecretKey, HomeError> {
+        let path = self.key_path(name)?;
+        if !path.exists() {
+            return Err(HomeError::NoSuchKey(name.to_owned()));
+        }
+        Ok(SecretKey::read(&path)?)
+    }
+
+    /// Every signing key, by name, with its public key or why it is unusable.
+    pub fn keys(&self) -> Result<Vec<NamedKey>, HomeError> {
+        let dir = self.root.join("keys");
+        let entries = fs::read_dir(&dir).map_err(|source| HomeError::Io { path: dir.clone(), source })?;
+        let mut out: Vec<_> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".key").map(str::to_owned))
+            .map(|name| {
+                let key = SecretKey::read(&dir.join(format!("{name}.key"))).map(|k| k.public());
+                (name, key)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    // --- trust store ---
+
+    /// Trusts `key` to sign packages of `namespace` (adds the key if new).
+    pub fn trust_add(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
+        let outcome = self.trust_add_unaudited(namespace, key);
+        self.audited("trust.add", ("key", key.id().as_str()), outcome, |e| {
+            (format!("may sign for {}", e.namespaces.join(", ")), serde_json::json!({ "namespace": namespace }))
+        })
+    }
+
+    fn trust_add_unaudited(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
+        if SkillId::parse(&format!("{namespace}/x")).is_err() {
+            return Err(HomeError::BadNamespace(namespace.to_owned()));
+        }
+        let id = key.id();
+        self.with_db(|db| {
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO trusted_keys (key_id, public_key, added_at) VALUES (?1, ?2, ?3) ON CONFLICT(key_id) DO NOTHING",
+                params![id.as_str(), key.to_string(), now() as i64],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO key_namespaces (key_id, namespace) VALUES (?1, ?2)",
+                params![id.as_str(), namespace],
+            )?;
+            tx.commit()
+        })?;
+        self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(id.to_string()))
+    }
+
+    /// Marks a key revoked: its signatures are refused from now on,
+    /// including for packages already installed.
+    pub fn trust_revoke(&self, key_id: &str) -> Result<TrustEntry, HomeError> {
+        let outcome = self.trust_revoke_unaudited(key_id);
+        self.audited("trust.revoke", ("key", key_id), outcome, |_| ("revoked".into(), serde_json::Value::Null))
+    }
+
+    fn trust_revoke_unaudited(&self, key_id: &str) -> Result<TrustEntry, HomeError> {
+        let id = KeyId::parse(key_id)?;
+        let changed = self.with_db(|db| {
+            db.execute(
+                "UPDATE trusted_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE key_id = ?1",
+                params![id.as_str(), now() as i64],
+            )
+        })?;
+        if changed == 0 {
+            return Err(HomeError::UnknownKey(key_id.to_owned()));
+        }
+        self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(key_id.to_owned()))
+    }
+
+    /// One key's entry: a keyed query, since verification calls it on
+    /// every run of an installed skill.
+    fn trust_entry(&self, id: &KeyId) -> Result<Option<TrustEntry>, HomeError> {
+        Ok(self.query_trust(Some(id.as_str()))?.pop())
+    }
+
+    /// Every trusted (or revoked) key.
+    pub fn trust_list(&self) -> Result<Vec<TrustEntry>, HomeError> {
+        self.query_trust(None)
+    }
+
+    /// Trust entries, all of them or the one with `key_id`.
+    fn query_trust(&self, key_id: Option<&str>) -> Result<Vec<TrustEntry>, HomeError> {
+        self.with_db(|db| {
+            let mut stmt = db.prepare(
+                "SELECT k.key_id, k.public_key, k.added_at, k.revoked_at, group_concat(n.namespace, ' ')
+                 FROM trusted_keys k LEFT JOIN key_namespaces n ON n.key_id = k.key_id
+                 WHERE ?1 IS NULL OR k.key_id = ?1
+                 GROUP BY k.key_id ORDER BY k.added_at, k.key_id",
+            )?;
+            let rows = stmt.query_map([key_id], |r| {
+                let namespaces: Option<String> = r.get(4)?;
+                let mut namespaces: Vec<String> =
+                    namespaces.unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+                namespaces.sort();
+                Ok(TrustEntry {
+                    key_id: r.get(0)?,
+                    public_key: r.get(1)?,
+                    added_at: r.get::<_, i64>(2)? as u64,
+                    revoked_at: r.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+                    namespaces,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    // --- packages ---
+
+    /// Verifies `bytes` against the trust store, stores the package by its
+    /// digest and records it as the installed version of its id. Nothing is
+    /// written unless verification passes.
+    pub fn install(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let parsed = Package::parse(bytes);
+        let claimed = parsed.as_ref().ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
+        let outcome = parsed.and_then(|p| p.verify(self)).map_err(HomeError::from).and_then(|v| self.store(&v, bytes));
+        self.audit_install(claimed.as_deref().unwrap_or("(unreadable package)"), outcome)
+    }
+
+    /// Installs a package verified by the caller from `bytes` (checked to
+    /// be the same package by digest, which is cheaper than verifying
+    /// the signature again).
+    pub fn install_verified(&self, verified: &VerifiedPackage, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let id = verified.manifest().id.to_string();
+        let same = match Package::parse(bytes) {
+            Ok(p) if p.digest() == verified.digest() => Ok(()),
+            _ => Err(HomeError::NotTheVerifiedPackage(id.clone())),
+        };
+        let outcome = same.and_then(|()| self.store(verified, bytes));
+        self.audit_install(&id, outcome)
+    }
+
+    fn audit_install(&self, id: &str, outcome: Result<InstalledSkill, HomeError>) -> Result<InstalledSkill, HomeError> {
+        self.audited("skill.install", ("skill", id), outcome, |s| {
+            (
+                format!("version {} signed by {}", s.version, s.signer),
+                serde_json::json!({ "digest": s.digest, "signer": s.signer, "version": s.version }),
+            )
+        })
+    }
+
+    /// Writes the package file (always: reinstalling repairs a file that
+    /// was replaced or truncated) and records it as installed.
+    fn store(&self, verified: &VerifiedPackage, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+        let path = self.package_path(&verified.digest());
+        coderclaw_core::fsutil::write_durably_with_mode(&path, bytes, 0o600)
+            .map_err(|source| HomeError::Io { path: path.clone(), source })?;
+        let m = verified.manifest();
+        let record = InstalledSkill {
+            id: m.id.to_string(),
+            version: m.version.to_string(),
+            digest: verified.digest().to_hex(),
+            component_digest: verified.component_digest().to_hex(),
+            signer: verified.signer().to_string(),
+            installed_at: now(),
+            manifest: m.clone(),
+        };
+        let manifest_json = serde_json::to_string(&record.manifest).expect("manifests serialise");
+        self.with_db(|db| {
+            db.execute(
+                "INSERT INTO installed_skills (id, version, digest, component_digest, signer, installed_at, manifest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET version = ?2, digest = ?3, component_digest = ?4, signer = ?5,
+                     installed_at = ?6, manifest = ?7",
+                params![
+                    record.id,
+                    record.version,
+                    record.digest,
+                    record.component_digest,
+                    record.signer,
+                    record.installed_at as i64,
+                    manifest_json
+                ],
+            )
+        })?;
+        Ok(record)
+    }
+
+    fn package_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("packages").join(format!("{}.ccpkg", digest.to_hex()))
+    }
+
+    /// Every installed skill, by id.
+    pub fn installed(&self) -> Result<Vec<InstalledSkill>, HomeError> {
+        self.query_installed(None)
+    }
+
+    /// Installed skills, all of them or the one with `id`.
+    fn query_installed(&self, id: Option<&str>) -> Result<Vec<InstalledSkill>, HomeError> {
+        self.with_db(|db| {
+            let mut stmt = db.prepare(
+                "SELECT id, version, digest, component_digest, signer, installed_at, manifest
+                 FROM installed_skills WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                let manifest: String = r.get(6)?;
+                Ok(InstalledSkill {
+                    id: r.get(0)?,
+                    version: r.get(1)?,
+                    digest: r.get(2)?,
+                    component_digest: r.get(3)?,
+                    signer: r.get(4)?,
+                    installed_at: r.get::<_, i64>(5)? as u64,
+                    manifest: serde_json::from_str(&manifest).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The installed skill `id`.
+    pub fn info(&self, id: &str) -> Result<InstalledSkill, HomeError> {
+        self.query_installed(Some(id))?.pop().ok_or_else(|| HomeError::NotInstalled(id.to_owned()))
+    }
+
+    /// Uninstalls `id` and deletes its stored package. No other id can share
+    /// the file: the package digest covers the manifest, which names the id.
+    pub fn remove(&self, id: &str) -> Result<InstalledSkill, HomeError> {
+        let outcome = self.remove_unaudited(id);
+        self.audited("skill.remove", ("skill", id), outcome, |s| {
+            (format!("version {}", s.version), serde_json::Value::Null)
+        })
+    }
+
+    fn remove_unaudited(&self, id: &str) -> Result<InstalledSkill, HomeError> {
+        let skill = self.info(id)?;
+        self.with_db(|db| db.execute("DELETE FROM installed_skills WHERE id = ?1", params![id]))?;
+        if let Some(d) = Digest::from_hex(&skill.digest) {
+            let _ = fs::remove_file(self.package_path(&d));
+        }
+        Ok(skill)
+    }
+
+    /// Reads the installed package of `id` and verifies it again against
+    /// the trust store as it is now (so revocation takes effect).
+    pub fn load_installed(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
+        let outcome = self.load_installed_unaudited(id);
+        self.audited("skill.verify", ("skill", id), outcome, |p| {
+            (
+                format!("signature valid, signer {} trusted", p.signer()),
+                serde_json::json!({ "digest": p.digest().to_hex() }),
+            )
+        })
+    }
+
+    fn load_installed_unaudited(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
+        let skill = self.info(id)?;
+        let digest = Digest::from_hex(&skill.digest).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))?;
+        let path = self.package_path(&digest);
+        let bytes = fs::read(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
+        let verified = Package::parse(&bytes)?.verify(self)?;
+        // A validly signed but different package (another skill, an older
+        // version) swapped into the file is not what was installed.
+        if verified.digest() != digest || verified.manifest().id.as_str() != id {
+            return Err(HomeError::StoredPackageMismatch {
+                id: id.to_owned(),
+                found: format!("{} {}", verified.manifest().id, verified.manifest().version),
+            });
+        }
+        Ok(verified)
+    }
+}
+
+/// The local OS user, for attributing local actions until sessions exist.
+pub(crate) fn local_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("uid:{}", nix::unistd::geteuid().as_raw()))
+}
+
+impl KeyLookup for Home {
+    fn lookup(&self, id: &KeyId) -> Option<TrustedKey> {
+        let entry = self.trust_entry(id).ok().flatten()?;
+        Some(TrustedKey {
+            key: PublicKey::parse(&entry.public_key).ok()?,
+            namespaces: entry.namespaces,
+            revoked: entry.revoked_at.is_some(),
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! `coderclaw-security`: who is calling, what they may do, and the record of
+//! what was decided.
+//!
+//! - [`identity`]: local users (argon2), API tokens, sessions and devices in
+//!   `identity.db`; [`oidc`] verifies OIDC ID tokens against a JWKS.
+//! - [`security`]: [`Security`], the one service that authenticates a caller,
+//!   decides and audits every run and nested invocation, gates installs, runs
+//!   the audited administration commands, and loads policy files (keeping the
+//!   last good version of a broken one).
+//! - [`home`]: the state directory (keys, trust store, installed packages).
+//! - [`audit`]: the hash-chained, append-only audit log.
+//!
+//! The decision itself is the pure function in `coderclaw_core::decision`;
+//! this crate gathers the facts it needs and records what it said.
+//!
+//! ```no_run
+//! use coderclaw_security::Security;
+//! use coderclaw_security::home::Home;
+//! use std::sync::Arc;
+//!
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let home = Arc::new(Home::open("/home/me/.coderclaw")?);
+//! // The configuration, the organisation policy and this repository's policy.
+//! let security = Security::open(home, Some("./repo".as_ref()))?;
+//! let caller = security.subject(None)?; // the local user, without a session
+//! println!("{} acts with roles {:?}", caller.user, caller.roles);
+//! # Ok(()) }
+//! ```
+
+pub mod audit;
+pub mod home;
+pub mod identity;
+pub mod oidc;
+pub mod security;
+pub mod sqlite;
+
+pub use security::{Security, SecurityError};

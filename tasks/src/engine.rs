@@ -1,0 +1,895 @@
+//! The task engine: durable submissions, a fair queue with a concurrency
+//! limit, the lifecycle state machine, cancellation that stops work,
+//! WAITING for input, restart recovery and per-task event streams.
+//!
+//! Every live (not yet final) task has an in-memory entry; every change to
+//! it is checked against the state machine under one lock and queued to the
+//! store in the same critical section, so a task's events are stored and
+//! streamed in exactly the order they happened. An entry leaves memory once
+//! its final event is on disk.
+
+use crate::store::{StoreError, StoredTask, TaskStore, Write};
+use coderclaw_core::clock::now_ms;
+use coderclaw_core::events::{EventKind, EventSink, RunEvent};
+use coderclaw_core::task::{
+    FailureCode, IllegalTransition, RuntimeMode, RuntimeStatus, SkillInfo, TaskEventKind, TaskFailure, TaskFilter,
+    TaskState, TaskStatus, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
+};
+use coderclaw_core::task_link::{BoxFuture, MemoryFault, TaskLink, TaskServices};
+use coderclaw_security::audit::{AuditEvent, AuditResult};
+use futures_util::{FutureExt, Stream};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
+use tokio::task::AbortHandle;
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No task with this id (or none this caller may see).
+    #[error("no task {0}")]
+    NotFound(String),
+    /// The state machine does not allow the change.
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    /// The request is malformed; the text says what to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// The task's state does not allow this now (e.g. answering a task
+    /// that is not WAITING, pausing one that already started).
+    #[error("{0}")]
+    Conflict(String),
+    /// The submission could not be made durable; it was not acknowledged.
+    #[error("the task was not stored: {0}")]
+    NotStored(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How the engine runs. Defaults: 10 tasks at once, 10 minutes per task,
+/// local-only, queued tasks started.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Start queued tasks. False gives an engine that answers queries,
+    /// records cancellations and recovers after a crash but starts nothing:
+    /// for a short-lived tool that only looks (`coderclaw task list`), so
+    /// it does not begin runs it would abandon when it exits.
+    pub run_queue: bool,
+    /// Tasks in PLANNING, RUNNING or WAITING at once; the rest queue.
+    pub max_concurrent_tasks: u32,
+    /// A task still running after this long is FAILED.
+    pub task_timeout: Duration,
+    /// Reported by [`TaskEngine::status`].
+    pub mode: RuntimeMode,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            run_queue: true,
+            max_concurrent_tasks: 10,
+            task_timeout: Duration::from_secs(600),
+            mode: RuntimeMode::LocalOnly,
+        }
+    }
+}
+
+/// Runs what tasks ask for. The engine owns the lifecycle; the executor
+/// resolves, authorises and runs.
+pub trait TaskExecutor: Send + Sync + 'static {
+    /// Whether `target` may be re-run from the start after a host restart.
+    fn resumable(&self, target: &TaskTarget) -> bool;
+    /// Runs `task`, which is PLANNING: resolve and authorise it, call
+    /// [`TaskRun::running`] when execution starts, return the JSON output or
+    /// why it failed.
+    fn execute(&self, task: TaskState, run: TaskRun) -> BoxFuture<Result<Value, TaskFailure>>;
+    /// What can be run.
+    fn skills(&self) -> Vec<SkillInfo>;
+    /// Organisation-required skills that are not installed.
+    fn missing_required_skills(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Records engine-level audit events (task outcomes, recovery).
+pub type AuditHook = Arc<dyn Fn(AuditEvent) + Send + Sync>;
+
+/// Who a submission belongs to.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The session id.
+    pub session_id: String,
+    /// The session's user.
+    pub user: String,
+    /// Submitted by a peer on another machine (see [`TaskState::remote`]).
+    pub remote: bool,
+}
+
+/// The engine. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskEngine {
+    inner: Arc<Inner>,
+}
+
+struct Live {
+    task: StoredTask,
+    abort: Option<AbortHandle>,
+    waiter: Option<oneshot::Sender<String>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    by_session: HashMap<String, VecDeque<String>>,
+    /// Sessions with queued tasks, served round-robin.
+    turn: VecDeque<String>,
+}
+
+impl Queue {
+    fn push(&mut self, session: &str, id: String) {
+        let q = self.by_session.entry(session.to_owned()).or_default();
+        if q.is_empty() {
+            self.turn.push_back(session.to_owned());
+        }
+        q.push_back(id);
+    }
+
+    fn pop(&mut self) -> Option<String> {
+        let session = self.turn.pop_front()?;
+        let q = self.by_session.get_mut(&session)?;
+        let id = q.pop_front();
+        if q.is_empty() {
+            self.by_session.remove(&session);
+        } else {
+            self.turn.push_back(session);
+        }
+        id
+    }
+}
+
+struct Inner {
+    store: Arc<TaskStore>,
+    executor: Arc<dyn TaskExecutor>,
+    config: EngineConfig,
+    audit: Option<AuditHook>,
+    live: Mutex<HashMap<String, Live>>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    hub: Arc<Hub>,
+    started: Instant,
+}
+
+/// Most keys one session may keep in its memory.
+const MAX_MEMORY_KEYS: u64 = 1000;
+
+impl TaskEngine {
+    /// Opens the task store in `dir`, recovers what a previous process
+    /// left unfinished and starts the scheduler. Needs a tokio runtime.
+    ///
+    /// Recovery: PENDING tasks run; PLANNING, RUNNING and WAITING tasks are
+    /// re-run from the start when their skill is resumable, and FAILED with
+    /// `host restarted` otherwise.
+    pub fn open(
+        dir: &Path,
+        executor: Arc<dyn TaskExecutor>,
+        config: EngineConfig,
+        audit: Option<AuditHook>,
+    ) -> Result<TaskEngine, EngineError> {
+        let hub = Arc::new(Hub::default());
+        // The writer needs the engine (to forget finished tasks) and the
+        // engine needs the store: the writer gets a slot filled below.
+        let weak_slot: Arc<OnceLock<Weak<Inner>>> = Arc::new(OnceLock::new());
+        let on_commit = {
+            let weak_slot = weak_slot.clone();
+            let hub = hub.clone();
+            Arc::new(move |events: Vec<TaskUpdateEvent>| {
+                if let Some(inner) = weak_slot.get().and_then(Weak::upgrade) {
+                    inner.committed(&events);
+                }
+                hub.publish(events);
+            })
+        };
+        let store = TaskStore::open(dir, on_commit)?;
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1) as usize));
+        let run_queue = config.run_queue;
+        let inner = Arc::new(Inner {
+            store,
+            executor,
+            config,
+            audit,
+            live: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            slots,
+            hub,
+            started: Instant::now(),
+        });
+        let _ = weak_slot.set(Arc::downgrade(&inner));
+        inner.recover()?;
+        if run_queue {
+            tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        }
+        Ok(TaskEngine { inner })
+    }
+
+    /// Accepts a task: it is on disk before this returns.
+    pub async fn submit(&self, req: TaskSubmitRequest, owner: &Owner) -> Result<TaskState, EngineError> {
+        let target = req.target().map_err(EngineError::Invalid)?;
+        if let Some(s) = &req.session_id
+            && s != &owner.session_id
+        {
+            return Err(EngineError::Invalid(format!(
+                "sessionId `{s}` is not the session you are authenticated as: leave it out"
+            )));
+        }
+        let resumable = self.inner.executor.resumable(&target);
+        let state = TaskState {
+            id: uuid::Uuid::new_v4().to_string(),
+            description: req.description,
+            status: TaskStatus::Pending,
+            target,
+            input: req.input,
+            session_id: owner.session_id.clone(),
+            user: owner.user.clone(),
+            remote: owner.remote,
+            parent_task_id: req.parent_task_id,
+            metadata: req.metadata,
+            paused: req.paused,
+            progress: None,
+            prompt: None,
+            output: None,
+            error: None,
+            created_at_ms: now_ms(),
+            started_at_ms: None,
+            completed_at_ms: None,
+        };
+        let id = state.id.clone();
+        let event = event(&state, 1, TaskEventKind::Submitted, state.description.clone(), None);
+        let stored = StoredTask { state: state.clone(), resumable, last_seq: 1 };
+        let ack = {
+            let mut live = self.inner.lock_live();
+            let ack =
+                self.inner.store.queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
+            live.insert(id.clone(), Live { task: stored, abort: None, waiter: None });
+            ack
+        };
+        let durable = ack.await.unwrap_or_else(|_| Err("the task store's writer stopped".into()));
+        if let Err(e) = durable {
+            self.inner.lock_live().remove(&id);
+            return Err(EngineError::NotStored(e));
+        }
+        if !state.paused {
+            self.inner.enqueue(&state.session_id, id);
+        }
+        Ok(state)
+    }
+
+    /// A task's current state.
+    pub fn get(&self, id: &str) -> Result<TaskState, EngineError> {
+        self.inner.get(id).map(|t| t.state)
+    }
+
+    /// Tasks matching `filter`, newest first.
+    pub fn list(&self, filter: &TaskFilter) -> Result<Vec<TaskState>, EngineError> {
+        let stored = self.inner.store.list(filter)?;
+        let live = self.inner.lock_live();
+        // Prefer the in-memory state: it may be ahead of the last commit.
+        Ok(stored
+            .into_iter()
+            .map(|t| live.get(&t.state.id).map_or(t.state, |l| l.task.state.clone()))
+            .filter(|t| filter.status.is_none_or(|s| s == t.status))
+            .collect())
+    }
+
+    /// A task's history, in order.
+    pub fn events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, EngineError> {
+        self.inner.get(id)?;
+        Ok(self.inner.store.events(id, 0)?)
+    }
+
+    /// The task's events from the first, live until it reaches a final
+    /// status; then the stream ends. Only committed events are streamed.
+    pub fn stream(&self, id: &str) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, EngineError> {
+        let rx = self.inner.hub.subscribe(id);
+        self.inner.get(id)?;
+        let backlog = self.inner.store.events(id, 0)?.into();
+        let state =
+            StreamState { inner: self.inner.clone(), id: id.to_owned(), rx: Some(rx), backlog, last: 0, done: false };
+        Ok(futures_util::stream::unfold(state, next_event))
+    }
+
+    /// Cancels a task that is not final: it ends CANCELLED, its run is
+    /// stopped (the guest interrupted, shell children killed). Returns
+    /// false when the task had already finished.
+    pub fn cancel(&self, id: &str, reason: &str) -> Result<bool, EngineError> {
+        let (abort, cancelled) = {
+            let mut live = self.inner.lock_live();
+            let Some(entry) = live.get_mut(id) else {
+                drop(live);
+                self.inner.get(id)?;
+                return Ok(false);
+            };
+            if entry.task.state.status.is_terminal() {
+                return Ok(false);
+            }
+            let message = if reason.is_empty() { "cancelled".to_owned() } else { format!("cancelled: {reason}") };
+            self.inner.change(entry, TaskStatus::Cancelled, TaskEventKind::Status, &message, None, |s| {
+                s.error = Some(TaskFailure::new(FailureCode::Cancelled, message.clone()));
+            })?;
+            entry.waiter = None;
+            (entry.abort.take(), entry.task.state.clone())
+        };
+        if let Some(abort) = abort {
+            abort.abort();
+        }
+        self.inner.audit_outcome(&cancelled);
+        Ok(true)
+    }
+
+    /// Answers a WAITING task's input request; it goes back to RUNNING.
+    pub fn respond(&self, id: &str, answer: String) -> Result<TaskState, EngineError> {
+        let mut live = self.inner.lock_live();
+        let Some(entry) = live.get_mut(id) else {
+            drop(live);
+            let t = self.inner.get(id)?;
+            return Err(EngineError::Conflict(format!("task {id} is {}, not waiting for input", t.state.status)));
+        };
+        if entry.task.state.status != TaskStatus::Waiting || entry.waiter.is_none() {
+            return Err(EngineError::Conflict(format!(
+                "task {id} is {}, not waiting for input",
+                entry.task.state.status
+            )));
+        }
+        let message = format!("input provided ({} bytes)", answer.len());
+        self.inner.change(entry, TaskStatus::Running, TaskEventKind::InputProvided, &message, None, |s| {
+            s.prompt = None;
+        })?;
+        if let Some(w) = entry.waiter.take() {
+            let _ = w.send(answer);
+        }
+        Ok(entry.task.state.clone())
+    }
+
+    /// Holds a PENDING task in the queue until [`TaskEngine::resume`].
+    pub fn pause(&self, id: &str) -> Result<TaskState, EngineError> {
+        self.set_paused(id, true)
+    }
+
+    /// Releases a paused PENDING task.
+    pub fn resume(&self, id: &str) -> Result<TaskState, EngineError> {
+        let state = self.set_paused(id, false)?;
+        self.inner.enqueue(&state.session_id, state.id.clone());
+        Ok(state)
+    }
+
+    fn set_paused(&self, id: &str, paused: bool) -> Result<TaskState, EngineError> {
+        let status = self.inner.get(id)?.state.status;
+        let mut live = self.inner.lock_live();
+        let entry = live.get_mut(id).filter(|_| status == TaskStatus::Pending).ok_or_else(|| {
+            EngineError::Conflict(format!("task {id} is {status}: only PENDING tasks can be paused or resumed"))
+        })?;
+        if entry.task.state.paused == paused {
+            let what = if paused { "paused" } else { "not paused" };
+            return Err(EngineError::Conflict(format!("task {id} is already {what}")));
+        }
+        let kind = if paused { TaskEventKind::Paused } else { TaskEventKind::Resumed };
+        self.inner.update(entry, kind, kind.as_str(), None, |s| s.paused = paused)?;
+        Ok(entry.task.state.clone())
+    }
+
+    /// What can be run.
+    pub fn skills(&self) -> Vec<SkillInfo> {
+        self.inner.executor.skills()
+    }
+
+    /// Health and load.
+    pub fn status(&self) -> RuntimeStatus {
+        let counts = self.inner.store.counts();
+        let (queued, active, total) = counts.as_ref().map_or((0, 0, 0), |c| *c);
+        RuntimeStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            active_tasks: active,
+            queued_tasks: queued,
+            total_tasks: total,
+            max_concurrent_tasks: self.inner.config.max_concurrent_tasks,
+            mode: self.inner.config.mode,
+            healthy: counts.is_ok(),
+            missing_required_skills: self.inner.executor.missing_required_skills(),
+        }
+    }
+}
+
+impl Inner {
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<StoredTask, EngineError> {
+        if let Some(l) = self.lock_live().get(id) {
+            return Ok(l.task.clone());
+        }
+        self.store.get(id)?.ok_or_else(|| EngineError::NotFound(id.to_owned()))
+    }
+
+    fn enqueue(&self, session: &str, id: String) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).push(session, id);
+        self.wake.notify_one();
+    }
+
+    /// Moves `entry` to `to` (checked), applies `f`, and queues the row and
+    /// a status event. Call with the live lock held.
+    fn change(
+        &self,
+        entry: &mut Live,
+        to: TaskStatus,
+        kind: TaskEventKind,
+        message: &str,
+        data: Option<Value>,
+        f: impl FnOnce(&mut TaskState),
+    ) -> Result<(), EngineError> {
+        entry.task.state.status.transition(to)?;
+        self.update(entry, kind, message, data, |s| {
+            s.status = to;
+            let now = now_ms();
+            if to == TaskStatus::Planning && s.started_at_ms.is_none() {
+                s.started_at_ms = Some(now);
+            }
+            if to.is_terminal() {
+                s.completed_at_ms = Some(now);
+                s.prompt = None;
+            }
+            f(s)
+        })
+    }
+
+    /// Applies `f` and queues the row and one event. Live lock held.
+    fn update(
+        &self,
+        entry: &mut Live,
+        kind: TaskEventKind,
+        message: &str,
+        data: Option<Value>,
+        f: impl FnOnce(&mut TaskState),
+    ) -> Result<(), EngineError> {
+        let mut next = entry.task.clone();
+        f(&mut next.state);
+        next.last_seq += 1;
+        let e = event(&next.state, next.last_seq, kind, message.to_owned(), data);
+        let row = Box::new(next);
+        // Only what was queued becomes the live state.
+        self.store.queue(Write::Task { task: row.clone(), event: Some(e) })?;
+        entry.task = *row;
+        Ok(())
+    }
+
+    /// Appends an event that does not change the row. Live lock held.
+    fn note(&self, entry: &mut Live, kind: TaskEventKind, message: String, data: Option<Value>) {
+        entry.task.last_seq += 1;
+        let e = event(&entry.task.state, entry.task.last_seq, kind, message, data);
+        if let Err(err) = self.store.queue(Write::Event(e)) {
+            tracing::warn!(error = %err, "task event dropped");
+        }
+    }
+
+    /// Transitions task `id` if it is still live.
+    fn transition(
+        &self,
+        id: &str,
+        to: TaskStatus,
+        message: &str,
+        data: Option<Value>,
+        f: impl FnOnce(&mut TaskState),
+    ) -> Result<TaskState, EngineError> {
+        let mut live = self.lock_live();
+        let entry = live.get_mut(id).ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
+        self.change(entry, to, TaskEventKind::Status, message, data, f)?;
+        Ok(entry.task.state.clone())
+    }
+
+    /// Called by the writer after each commit: forget tasks whose final
+    /// event is now on disk.
+    fn committed(&self, events: &[TaskUpdateEvent]) {
+        let finals: Vec<&str> = events
+            .iter()
+            .filter(|e| e.event == TaskEventKind::Status && e.status.is_terminal())
+            .map(|e| e.task_id.as_str())
+            .collect();
+        if !finals.is_empty() {
+            let mut live = self.lock_live();
+            for id in finals {
+                live.remove(id);
+            }
+        }
+    }
+
+    fn audit_outcome(&self, t: &TaskState) {
+        let Some(audit) = &self.audit else { return };
+        let result = match t.status {
+            TaskStatus::Completed => AuditResult::Allowed,
+            _ => AuditResult::Error,
+        };
+        let mut e = AuditEvent::new(&format!("task.{}", t.status.as_str().to_ascii_lowercase()), result, "task", &t.id)
+            .user(&t.user)
+            .metadata(json!({ "target": t.target.id(), "kind": t.target.kind() }));
+        if !t.session_id.starts_with("local:") {
+            e = e.session(&t.session_id);
+        }
+        if let Some(err) = &t.error {
+            e = e.reason(&err.message);
+        }
+        audit(e);
+    }
+
+    fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
+        for stored in self.store.unfinished()? {
+            let id = stored.state.id.clone();
+            let session = stored.state.session_id.clone();
+            let status = stored.state.status;
+            let (paused, resumable) = (stored.state.paused, stored.resumable);
+            let mut live = self.lock_live();
+            let entry = live.entry(id.clone()).or_insert(Live { task: stored, abort: None, waiter: None });
+            match status {
+                TaskStatus::Pending => {
+                    drop(live);
+                    if !paused {
+                        self.enqueue(&session, id);
+                    }
+                }
+                _ if resumable => {
+                    let msg = format!("host restarted while {status}: re-running from the start (resumable)");
+                    self.note(entry, TaskEventKind::Recovered, msg.clone(), None);
+                    if status == TaskStatus::Waiting {
+                        self.change(entry, TaskStatus::Running, TaskEventKind::Status, &msg, None, |s| {
+                            s.prompt = None;
+                        })?;
+                    }
+                    drop(live);
+                    self.enqueue(&session, id);
+                }
+                _ => {
+                    self.change(entry, TaskStatus::Failed, TaskEventKind::Status, "host restarted", None, |s| {
+                        s.error = Some(TaskFailure::new(FailureCode::HostRestarted, "host restarted"));
+                    })?;
+                    let state = entry.task.state.clone();
+                    drop(live);
+                    self.audit_outcome(&state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts queued task `id` on a slot, unless it was cancelled or
+    /// paused meanwhile.
+    fn start(self: &Arc<Self>, id: String, permit: tokio::sync::OwnedSemaphorePermit) {
+        let mut live = self.lock_live();
+        let Some(entry) = live.get_mut(&id) else { return };
+        if entry.task.state.status.is_terminal() || entry.task.state.paused || entry.abort.is_some() {
+            return;
+        }
+        let inner = self.clone();
+        let task_id = id.clone();
+        // Spawned under the lock: a cancel either sees the abort handle or
+        // runs before the task starts (and then the run's first transition
+        // fails).
+        let handle = tokio::spawn(async move {
+            let _permit = permit;
+            inner.run(task_id).await;
+        });
+        entry.abort = Some(handle.abort_handle());
+    }
+
+    async fn run(self: Arc<Self>, id: String) {
+        let state = {
+            let mut live = self.lock_live();
+            let Some(entry) = live.get_mut(&id) else { return };
+            if entry.task.state.status == TaskStatus::Pending
+                && let Err(e) =
+                    self.change(entry, TaskStatus::Planning, TaskEventKind::Status, "planning", None, |_| {})
+            {
+                tracing::debug!(task = %id, error = %e, "not started");
+                return;
+            }
+            entry.task.state.clone()
+        };
+        let run = TaskRun {
+            inner: self.clone(),
+            task_id: id.clone(),
+            session_id: state.session_id.clone(),
+            remote: state.remote,
+        };
+        let work = self.executor.execute(state, run);
+        let timeout = self.config.task_timeout;
+        let outcome = match tokio::time::timeout(timeout, AssertUnwindSafe(work).catch_unwind()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(TaskFailure::new(
+                FailureCode::Internal,
+                "internal error: the executor panicked (see the host's log)",
+            )),
+            Err(_) => Err(TaskFailure::new(
+                FailureCode::Timeout,
+                format!("timed out after {timeout:?} (deployment.taskTimeout)"),
+            )),
+        };
+        let done = match outcome {
+            Ok(output) => self.transition(&id, TaskStatus::Completed, "completed", Some(output.clone()), |s| {
+                s.output = Some(output);
+                s.progress = Some(1.0);
+            }),
+            Err(error) => {
+                self.transition(&id, TaskStatus::Failed, &error.message, None, |s| s.error = Some(error.clone()))
+            }
+        };
+        match done {
+            Ok(state) => self.audit_outcome(&state),
+            // Cancelled meanwhile: the cancellation stands.
+            Err(e) => tracing::debug!(task = %id, error = %e, "outcome dropped"),
+        }
+    }
+}
+
+async fn dispatch(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let slots = inner.slots.clone();
+        drop(inner);
+        let Ok(permit) = slots.acquire_owned().await else { return };
+        let id = loop {
+            let Some(inner) = weak.upgrade() else { return };
+            let notified = inner.wake.notified();
+            let popped = inner.queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(id) = popped {
+                break id;
+            }
+            // Wake up now and then to notice the engine was dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        inner.start(id, permit);
+    }
+}
+
+fn event(s: &TaskState, seq: u64, kind: TaskEventKind, message: String, data: Option<Value>) -> TaskUpdateEvent {
+    TaskUpdateEvent {
+        task_id: s.id.clone(),
+        seq,
+        timestamp_ms: now_ms(),
+        event: kind,
+        status: s.status,
+        progress: s.progress,
+        message,
+        data,
+    }
+}
+
+/// A running task's handle on the engine, given to the executor.
+#[derive(Clone)]
+pub struct TaskRun {
+    inner: Arc<Inner>,
+    task_id: String,
+    session_id: String,
+    remote: bool,
+}
+
+impl TaskRun {
+    /// PLANNING → RUNNING: authorisation passed, execution starts. A task
+    /// re-run after a restart may already be RUNNING.
+    pub fn running(&self) -> Result<(), TaskFailure> {
+        let mut live = self.inner.lock_live();
+        let entry = live
+            .get_mut(&self.task_id)
+            .ok_or_else(|| TaskFailure::new(FailureCode::Internal, "the task is no longer live"))?;
+        if entry.task.state.status == TaskStatus::Running {
+            return Ok(());
+        }
+        self.inner
+            .change(entry, TaskStatus::Running, TaskEventKind::Status, "running", None, |_| {})
+            .map_err(|e| TaskFailure::new(FailureCode::Internal, e.to_string()))
+    }
+
+    /// Where the run's log, progress and capability events go: into the
+    /// task's history and streams.
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        let (inner, id) = (self.inner.clone(), self.task_id.clone());
+        Arc::new(move |e: RunEvent| {
+            let mut live = inner.lock_live();
+            let Some(entry) = live.get_mut(&id) else { return };
+            if entry.task.state.status.is_terminal() {
+                return;
+            }
+            let skill = json!({ "skill": &*e.skill, "depth": e.depth });
+            match e.kind {
+                EventKind::Progress { fraction, message } => {
+                    let r = inner.update(entry, TaskEventKind::Progress, &message, Some(skill), |s| {
+                        s.progress = Some(fraction);
+                    });
+                    if let Err(err) = r {
+                        tracing::warn!(error = %err, "progress dropped");
+                    }
+                }
+                EventKind::Log { level, message } => {
+                    let data = json!({ "skill": &*e.skill, "depth": e.depth, "level": level });
+                    inner.note(entry, TaskEventKind::Log, message, Some(data));
+                }
+                EventKind::Capability { capability, target, allowed, detail } => {
+                    let verdict = if allowed { "allowed" } else { "denied" };
+                    let data = json!({ "skill": &*e.skill, "depth": e.depth, "capability": capability,
+                                       "target": target, "allowed": allowed });
+                    inner.note(
+                        entry,
+                        TaskEventKind::Log,
+                        format!("{capability} {verdict}: {target}: {detail}"),
+                        Some(data),
+                    );
+                }
+            }
+        })
+    }
+
+    /// What the guest reaches through the task: input requests and the
+    /// session's memory.
+    pub fn link(&self) -> TaskLink {
+        TaskLink {
+            task_id: self.task_id.clone(),
+            session_id: self.session_id.clone(),
+            remote: self.remote,
+            services: Arc::new(self.clone()),
+        }
+    }
+}
+
+impl TaskServices for TaskRun {
+    fn request_input(&self, prompt: String) -> BoxFuture<Result<String, String>> {
+        let run = self.clone();
+        Box::pin(async move {
+            let rx = {
+                let mut live = run.inner.lock_live();
+                let entry = live.get_mut(&run.task_id).ok_or("the task is no longer live")?;
+                run.inner
+                    .change(entry, TaskStatus::Waiting, TaskEventKind::InputRequested, &prompt, None, |s| {
+                        s.prompt = Some(prompt.clone());
+                    })
+                    .map_err(|e| e.to_string())?;
+                let (tx, rx) = oneshot::channel();
+                entry.waiter = Some(tx);
+                rx
+            };
+            rx.await.map_err(|_| "the task was cancelled while waiting for input".to_owned())
+        })
+    }
+
+    fn memory_get(&self, skill: String, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>> {
+        let (store, session) = (self.inner.store.clone(), self.session_id.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.memory_get(&session, &skill, &key))
+                .await
+                .map_err(|e| MemoryFault::Failed(e.to_string()))?
+                .map_err(|e| MemoryFault::Failed(e.to_string()))
+        })
+    }
+
+    fn memory_put(&self, skill: String, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>> {
+        let (store, session) = (self.inner.store.clone(), self.session_id.clone());
+        Box::pin(async move {
+            let fail = |e: String| MemoryFault::Failed(e);
+            let (s2, sk2, k2, st2) = (session.clone(), skill.clone(), key.clone(), store.clone());
+            // Checked before the write is queued: tasks of one session
+            // writing new keys at the same moment can pass the limit by a
+            // few (the writer commits batches and cannot refuse one write).
+            let (existed, count) = tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((st2.memory_get(&s2, &sk2, &k2)?.is_some(), st2.memory_len(&s2, &sk2)?))
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+            if value.is_some() && !existed && count >= MAX_MEMORY_KEYS {
+                return Err(MemoryFault::TooLarge(format!(
+                    "this skill's memory in this session is full ({MAX_MEMORY_KEYS} keys)"
+                )));
+            }
+            let write = Write::Memory { session, skill, key, value, at_ms: now_ms() };
+            let ack = store.queue_durable(write).map_err(|e| fail(e.to_string()))?;
+            ack.await.map_err(|_| fail("the task store's writer stopped".into()))?.map_err(fail)?;
+            Ok(existed)
+        })
+    }
+}
+
+/// Subscribers per task, fed by the writer after each commit.
+#[derive(Default)]
+struct Hub {
+    subs: Mutex<HashMap<String, broadcast::Sender<TaskUpdateEvent>>>,
+}
+
+/// Events a slow subscriber may fall behind before it re-reads the store.
+const STREAM_BUFFER: usize = 256;
+
+impl Hub {
+    fn subscribe(&self, id: &str) -> broadcast::Receiver<TaskUpdateEvent> {
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        subs.entry(id.to_owned()).or_insert_with(|| broadcast::channel(STREAM_BUFFER).0).subscribe()
+    }
+
+    fn publish(&self, events: Vec<TaskUpdateEvent>) {
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if subs.is_empty() {
+            return;
+        }
+        let mut finished = HashSet::new();
+        for e in events {
+            let terminal = e.event == TaskEventKind::Status && e.status.is_terminal();
+            if let Some(tx) = subs.get(&e.task_id) {
+                if terminal {
+                    finished.insert(e.task_id.clone());
+                }
+                let _ = tx.send(e);
+            }
+        }
+        // Dropping the sender ends the streams once they drain.
+        for id in finished {
+            subs.remove(&id);
+        }
+    }
+
+    fn release(&self, id: &str) {
+        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        if subs.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
+            subs.remove(id);
+        }
+    }
+}
+
+struct StreamState {
+    inner: Arc<Inner>,
+    id: String,
+    /// Always Some until dropped; taken in `drop` so the hub sees the
+    /// receiver gone before it checks for remaining subscribers.
+    rx: Option<broadcast::Receiver<TaskUpdateEvent>>,
+    backlog: VecDeque<TaskUpdateEvent>,
+    last: u64,
+    done: bool,
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        self.inner.hub.release(&self.id);
+    }
+}
+
+async fn next_event(mut s: StreamState) -> Option<(TaskUpdateEvent, StreamState)> {
+    loop {
+        if let Some(e) = s.backlog.pop_front() {
+            if e.seq <= s.last {
+                continue;
+            }
+            s.last = e.seq;
+            s.done = e.event == TaskEventKind::Status && e.status.is_terminal();
+            return Some((e, s));
+        }
+        if s.done {
+            return None;
+        }
+        let rx = s.rx.as_mut()?;
+        match rx.recv().await {
+            Ok(e) => s.backlog.push_back(e),
+            Err(broadcast::error::RecvError::Lagged(_)) => match s.inner.store.events(&s.id, s.last) {
+                Ok(missed) => s.backlog.extend(missed),
+                Err(_) => return None,
+            },
+            Err(broadcast::error::RecvError::Closed) => {
+                let rest = s.inner.store.events(&s.id, s.last).unwrap_or_default();
+                if rest.is_empty() {
+                    return None;
+                }
+                s.backlog.extend(rest);
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The task engine behind the security model: every call authenticates a
+//! session, checks the permission it needs (refusals are audited), and a
+//! session sees only its own tasks unless it holds `admin:all`. Both
+//! transports (in-process and HTTP) go through here.
+
+use crate::engine::{EngineError, Owner, TaskEngine};
+use coderclaw_core::decision::Subject;
+use coderclaw_core::manifest::Kind;
+use coderclaw_core::rbac::Permission;
+use coderclaw_core::task::{
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
+};
+use coderclaw_security::security::{Security, SecurityError};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A stable error code, the same in-process and over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No valid session (HTTP 401).
+    Unauthenticated,
+    /// The session lacks a permission (HTTP 403).
+    Forbidden,
+    /// No such task for this session (HTTP 404).
+    NotFound,
+    /// The request is malformed (HTTP 400).
+    InvalidRequest,
+    /// The task is not in a state that allows this (HTTP 409).
+    Conflict,
+    /// The body is over the size limit (HTTP 413).
+    PayloadTooLarge,
+    /// The server failed (HTTP 500).
+    Internal,
+    /// The server could not be reached (client side only).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The wire name (`not_found`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a runtime call failed: a stable code and a message saying what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message}")]
+pub struct RuntimeError {
+    /// Stable code for scripts.
+    pub code: ErrorCode,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl RuntimeError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<EngineError> for RuntimeError {
+    fn from(e: EngineError) -> Self {
+        let code = match &e {
+            EngineError::NotFound(_) => ErrorCode::NotFound,
+            EngineError::Illegal(_) | EngineError::Conflict(_) => ErrorCode::Conflict,
+            EngineError::Invalid(_) => ErrorCode::InvalidRequest,
+            EngineError::Store(_) | EngineError::NotStored(_) => ErrorCode::Internal,
+        };
+        RuntimeError::new(code, e.to_string())
+    }
+}
+
+impl From<SecurityError> for RuntimeError {
+    fn from(e: SecurityError) -> Self {
+        let code = match &e {
+            SecurityError::Denied(_) => ErrorCode::Forbidden,
+            SecurityError::Identity(_) => ErrorCode::Unauthenticated,
+            _ => ErrorCode::Internal,
+        };
+        RuntimeError::new(code, e.to_string())
+    }
+}
+
+/// The authorised task API.
+pub struct TaskService {
+    engine: TaskEngine,
+    security: Arc<Security>,
+}
+
+impl TaskService {
+    /// `engine` guarded by `security`.
+    pub fn new(engine: TaskEngine, security: Arc<Security>) -> Arc<Self> {
+        Arc::new(Self { engine, security })
+    }
+
+    /// The engine (for embedders that authorise on their own).
+    pub fn engine(&self) -> &TaskEngine {
+        &self.engine
+    }
+
+    /// The security model.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// The subject behind a bearer session token (or the local owner
+    /// without one, while `requireAuth` is off).
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Subject, RuntimeError> {
+        self.security.subject(token).map_err(|e| {
+            let code = if token.is_none() || matches!(e, SecurityError::Identity(_) | SecurityError::Denied(_)) {
+                ErrorCode::Unauthenticated
+            } else {
+                ErrorCode::Internal
+            };
+            RuntimeError::new(code, e.to_string())
+        })
+    }
+
+    /// Checks `permission`. Refusals are always audited; grants only when
+    /// `audit_allowed` (mutations), so reads stay cheap.
+    fn require(
+        &self,
+        who: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: &str,
+        audit_allowed: bool,
+    ) -> Result<(), RuntimeError> {
+        self.security.check(who, permission, action, ("task", resource), audit_allowed).map_err(Into::into)
+    }
+
+    fn is_admin(&self, who: &Subject) -> bool {
+        self.security.policy().roles.allows(&who.roles, Permission::AdminAll)
+    }
+
+    /// The task if `who` may see it; another session's task is "not found".
+    fn visible(&self, who: &Subject, id: &str) -> Result<TaskState, RuntimeError> {
+        let task = self.engine.get(id)?;
+        if task.session_id == Security::session_key(who) || self.is_admin(who) {
+            Ok(task)
+        } else {
+            Err(RuntimeError::new(ErrorCode::NotFound, format!("no task {id}")))
+        }
+    }
+
+    /// Submits a task for `who` (`task:submit`, plus `skill:execute` or
+    /// `agent:invoke`). Durable when it returns.
+    pub async fn submit(&self, who: &Subject, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
+        let target = req.target().map_err(|m| RuntimeError::new(ErrorCode::InvalidRequest, m))?;
+        self.require(who, Permission::TaskSubmit, "task.submit", target.id(), true)?;
+        let run = match target {
+            TaskTarget::Skill(_) => Permission::SkillExecute,
+            TaskTarget::Agent(_) => Permission::AgentInvoke,
+        };
+        self.require(who, run, "task.submit", target.id(), false)?;
+        // The task keeps where it came from: the executor decides it again
+        // later from the session, which does not know the caller's machine.
+        let remote = who.device == coderclaw_security::security::REMOTE_DEVICE;
+        let owner = Owner { session_id: Security::session_key(who), user: who.user.clone(), remote };
+        let state = self.engine.submit(req, &owner).await?;
+        Ok(state)
+    }
+
+    /// A task's state (`task:read`).
+    pub fn get(&self, who: &Subject, id: &str) -> Result<TaskState, RuntimeError> {
+        self.require(who, Permission::TaskRead, "task.read", id, false)?;
+        self.visible(who, id)
+    }
+
+    /// Tasks (`task:read`): the caller's session's, or any session's for
+    /// `admin:all`.
+    pub fn list(&self, who: &Subject, mut filter: TaskFilter) -> Result<Vec<TaskState>, RuntimeError> {
+        self.require(who, Permission::TaskRead, "task.list", "-", false)?;
+        let own = Security::session_key(who);
+        if !self.is_admin(who) {
+            match &filter.session {
+                Some(s) if s != &own => {
+                    return Err(RuntimeError::new(
+                        ErrorCode::Forbidden,
+                        "listing another session's tasks needs admin:all",
+                    ));
+                }
+                _ => filter.session = Some(own),
+            }
+        }
+        Ok(self.engine.list(&filter)?)
+    }
+
+    /// A task's history (`task:read`).
+    pub fn events(&self, who: &Subject, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
+        self.get(who, id)?;
+        Ok(self.engine.events(id)?)
+    }
+
+    /// A task's events, live until it finishes (`task:read`).
+    pub fn stream(
+        &self,
+        who: &Subject,
+        id: &str,
+    ) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, RuntimeError> {
+        self.get(who, id)?;
+        Ok(self.engine.stream(id)?)
+    }
+
+    /// Cancels a task (`task:cancel`); false when it had already finished.
+    pub fn cancel(&self, who: &Subject, id: &str) -> Result<bool, RuntimeError> {
+        // Visibility first: an "allowed" record must not precede a refusal.
+        self.visible(who, id)?;
+        self.require(who, Permission::TaskCancel, "task.cancel", id, true)?;
+        Ok(self.engine.cancel(id, &format!("by {}", who.user))?)
+    }
+
+    /// Answers a WAITING task (`task:submit`). The answer itself is not
+    /// recorded anywhere (it may be a secret); its length is.
+    pub fn respond(&self, who: &Subject, id: &str, answer: String) -> Result<TaskState, RuntimeError> {
+        self.require(who, Permission::TaskSubmit, "task.input", id, false)?;
+        self.visible(who, id)?;
+        let state = self.engine.respond(id, answer)?;
+        self.security.audit_done(who, "task.input", ("task", id), "input provided")?;
+        Ok(state)
+    }
+
+    /// Pauses (true) or resumes (false) a queued task (`task:submit`).
+    pub fn set_paused(&self, who: &Subject, id: &str, paused: bool) -> Result<TaskState, RuntimeError> {
+        self.visible(who, id)?;
+        self.require(who, Permission::TaskSubmit, if paused { "task.pause" } else { "task.resume" }, id, true)?;
+        Ok(if paused { self.engine.pause(id)? } else { self.engine.resume(id)? })
+    }
+
+    /// Installed skills (`task:read`).
+    pub fn skills(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.require(who, Permission::TaskRead, "skill.list", "-", false)?;
+        Ok(self.engine.skills().into_iter().filter(|s| s.kind == Kind::Skill).collect())
+    }
+
+    /// Installed agents (`task:read`).
+    pub fn agents(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.require(who, Permission::TaskRead, "agent.list", "-", false)?;
+        Ok(self.engine.skills().into_iter().filter(|s| s.kind == Kind::Agent).collect())
+    }
+
+    /// Health and load (any authenticated session).
+    pub fn status(&self, _who: &Subject) -> RuntimeStatus {
+        self.engine.status()
+    }
+}

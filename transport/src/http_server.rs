@@ -1,0 +1,245 @@
+//! The HTTP transport's server: REST + Server-Sent Events on hyper, every
+//! request authenticated by a bearer session token and authorised by the
+//! [`TaskService`]. Errors are JSON `{"error": {"code", "message"}}` with a
+//! stable `code`. The API is described by `docs/openapi.json`, served at
+//! `/v1/openapi.json`.
+//!
+//! Every call but the OpenAPI document needs a bearer session token, in
+//! both modes: a connection from loopback does not say which local user
+//! (or which web page, via the browser) made it, so the session-less local
+//! owner of in-process calls does not exist over HTTP. `local-only` also
+//! binds loopback only and refuses peers that are not on this machine;
+//! `remote-enabled` accepts them. TLS (rustls) when a certificate and key
+//! are configured.
+
+use bytes::Bytes;
+use coderclaw_core::decision::Subject;
+use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitRequest};
+use coderclaw_net::Body;
+use coderclaw_net::server::{BodyError, bytes_response, json_response, query_pairs, read_body};
+use coderclaw_security::security::Security;
+use coderclaw_tasks::{ErrorCode, RuntimeError, TaskService};
+use futures_util::StreamExt;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use serde::Serialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// The OpenAPI document of this API (committed at `docs/openapi.json`).
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
+/// How the server listens. Defaults: 127.0.0.1:7420, local-only, 1 MiB
+/// bodies, no TLS.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// local-only or remote-enabled.
+    pub mode: RuntimeMode,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// PEM certificate chain and private key: serve https.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            mode: RuntimeMode::LocalOnly,
+            max_body_bytes: 1 << 20,
+            tls: None,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration contradicts itself.
+    #[error("{0}")]
+    Config(String),
+    /// Binding or TLS setup failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+pub use coderclaw_net::RunningServer;
+
+/// Binds and starts serving `service` in the background.
+pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<RunningServer, ServerError> {
+    if config.mode == RuntimeMode::LocalOnly && !config.listen.ip().is_loopback() {
+        return Err(ServerError::Config(format!(
+            "mode local-only binds loopback only, not {}: listen on 127.0.0.1 or use --mode remote-enabled",
+            config.listen
+        )));
+    }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(coderclaw_net::tls::acceptor(cert, key).map_err(ServerError::Io)?),
+        None => None,
+    };
+    let listen = config.listen;
+    let config = Arc::new(config);
+    coderclaw_net::serve(listen, tls, move |peer, req| {
+        let (service, config) = (service.clone(), config.clone());
+        async move { handle(&service, &config, peer, req).await }
+    })
+    .await
+    .map_err(ServerError::Io)
+}
+
+fn error_response(e: &RuntimeError) -> Response<Body> {
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json_response(status, &json!({ "error": { "code": e.code, "message": e.message } }));
+    if e.code == ErrorCode::Unauthenticated {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+fn ok(value: &impl Serialize) -> Response<Body> {
+    json_response(StatusCode::OK, value)
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::new(code, message)
+}
+
+async fn handle(
+    service: &TaskService,
+    config: &ServerConfig,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), %peer);
+    match route(service, config, peer, req).instrument(span).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn bearer(req: &Request<Incoming>) -> Result<Option<String>, RuntimeError> {
+    coderclaw_net::server::bearer_token(req).map_err(|m| err(ErrorCode::Unauthenticated, m))
+}
+
+fn authenticate(
+    service: &TaskService,
+    config: &ServerConfig,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+) -> Result<Subject, RuntimeError> {
+    if config.mode == RuntimeMode::LocalOnly && !peer.ip().is_loopback() {
+        return Err(err(ErrorCode::Forbidden, "this server is local-only: remote sessions are refused"));
+    }
+    let Some(token) = bearer(req)? else {
+        return Err(err(
+            ErrorCode::Unauthenticated,
+            "every call needs a session: send `Authorization: Bearer <token>` (get one with `coderclaw login`; \
+             the CLI sends --token or --session)",
+        ));
+    };
+    let subject = service.authenticate(Some(&token))?;
+    // A token proves the user, not the machine the call comes from.
+    Ok(if peer.ip().is_loopback() { subject } else { Security::as_remote(subject) })
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>, max: usize) -> Result<T, RuntimeError> {
+    let body = read_body(req.into_body(), max).await.map_err(|e| match e {
+        BodyError::TooLarge(_) => err(ErrorCode::PayloadTooLarge, e.to_string()),
+        BodyError::Read(_) => err(ErrorCode::InvalidRequest, e.to_string()),
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| err(ErrorCode::InvalidRequest, format!("the request body is not valid JSON for this call: {e}")))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputBody {
+    answer: String,
+}
+
+async fn route(
+    service: &TaskService,
+    config: &ServerConfig,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, RuntimeError> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let method = req.method().clone();
+    if segments == ["v1", "openapi.json"] && method == Method::GET {
+        return Ok(bytes_response(StatusCode::OK, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())));
+    }
+    let who = authenticate(service, config, peer, &req)?;
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => Ok(ok(&service.status(&who))),
+        (&Method::GET, ["v1", "skills"]) => Ok(ok(&service.skills(&who)?)),
+        (&Method::GET, ["v1", "agents"]) => Ok(ok(&service.agents(&who)?)),
+        (&Method::POST, ["v1", "tasks"]) => {
+            let body: TaskSubmitRequest = read_json(req, config.max_body_bytes).await?;
+            let state = service.submit(&who, body).await?;
+            Ok(json_response(StatusCode::CREATED, &state))
+        }
+        (&Method::GET, ["v1", "tasks"]) => {
+            let filter = parse_filter(req.uri().query().unwrap_or(""))?;
+            Ok(ok(&service.list(&who, filter)?))
+        }
+        (&Method::GET, ["v1", "tasks", id]) => Ok(ok(&service.get(&who, id)?)),
+        (&Method::GET, ["v1", "tasks", id, "events"]) => Ok(ok(&service.events(&who, id)?)),
+        (&Method::GET, ["v1", "tasks", id, "stream"]) => {
+            let stream = service.stream(&who, id)?;
+            let frames = stream.map(|e| {
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                let text = format!("id: {}\nevent: {}\ndata: {data}\n\n", e.seq, e.event.as_str());
+                Ok::<_, Infallible>(Frame::data(Bytes::from(text)))
+            });
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+        }
+        (&Method::POST, ["v1", "tasks", id, "cancel"]) => {
+            let cancelled = service.cancel(&who, id)?;
+            let state = service.get(&who, id)?;
+            Ok(ok(&json!({ "cancelled": cancelled, "task": state })))
+        }
+        (&Method::POST, ["v1", "tasks", id, "input"]) => {
+            let id = id.to_string();
+            let body: InputBody = read_json(req, config.max_body_bytes).await?;
+            Ok(ok(&service.respond(&who, &id, body.answer)?))
+        }
+        (&Method::POST, ["v1", "tasks", id, "pause"]) => Ok(ok(&service.set_paused(&who, id, true)?)),
+        (&Method::POST, ["v1", "tasks", id, "resume"]) => Ok(ok(&service.set_paused(&who, id, false)?)),
+        (_, ["v1", ..]) => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: see /v1/openapi.json"))),
+        _ => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: the API lives under /v1"))),
+    }
+}
+
+fn parse_filter(query: &str) -> Result<TaskFilter, RuntimeError> {
+    let mut filter = TaskFilter::default();
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "status" => filter.status = Some(TaskStatus::parse(&v).map_err(|m| err(ErrorCode::InvalidRequest, m))?),
+            "session" => filter.session = Some(v),
+            "limit" => {
+                filter.limit = Some(v.parse().map_err(|_| {
+                    err(ErrorCode::InvalidRequest, format!("limit `{v}` is not a number between 1 and 1000"))
+                })?)
+            }
+            other => {
+                return Err(err(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown query parameter `{other}`: use status, session, limit"),
+                ));
+            }
+        }
+    }
+    Ok(filter)
+}

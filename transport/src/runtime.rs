@@ -1,0 +1,182 @@
+//! The runtime interface of the product text, as a Rust trait, and its
+//! in-process transport. [`crate::tasks::HttpTransport`] implements the
+//! same trait over HTTP, so
+//! `CoderClawRuntime::new(HttpTransport::new(url, token)?)` and
+//! `CoderClawRuntime::new(LocalTransport::new(service, token))` are used
+//! the same way.
+
+use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
+use coderclaw_tasks::{RuntimeError, TaskService};
+use futures_util::{Stream, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A task's live events; ends after the final status.
+pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<TaskUpdateEvent, RuntimeError>> + Send>>;
+
+/// What a runtime offers, whatever carries it.
+pub trait Transport: Send + Sync {
+    /// Submits a task; it is durable when this returns.
+    fn submit_task(&self, req: TaskSubmitRequest) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
+    /// A task's state; `None` when there is no such task for this session.
+    fn get_task_state(&self, id: &str) -> impl Future<Output = Result<Option<TaskState>, RuntimeError>> + Send;
+    /// A task's events from the first, live until it finishes.
+    fn stream_task_updates(&self, id: &str) -> impl Future<Output = Result<UpdateStream, RuntimeError>> + Send;
+    /// Cancels a task; false when it had already finished.
+    fn cancel_task(&self, id: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+    /// Tasks matching `filter`, newest first.
+    fn list_tasks(&self, filter: TaskFilter) -> impl Future<Output = Result<Vec<TaskState>, RuntimeError>> + Send;
+    /// A task's history.
+    fn get_task_events(&self, id: &str) -> impl Future<Output = Result<Vec<TaskUpdateEvent>, RuntimeError>> + Send;
+    /// Answers a WAITING task's input request.
+    fn respond(&self, id: &str, answer: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
+    /// Installed agents.
+    fn list_agents(&self) -> impl Future<Output = Result<Vec<SkillInfo>, RuntimeError>> + Send;
+    /// Installed skills.
+    fn list_skills(&self) -> impl Future<Output = Result<Vec<SkillInfo>, RuntimeError>> + Send;
+    /// Health and load.
+    fn get_status(&self) -> impl Future<Output = Result<RuntimeStatus, RuntimeError>> + Send;
+}
+
+/// The runtime a client holds: a transport plus conveniences.
+pub struct CoderClawRuntime<T: Transport> {
+    transport: T,
+}
+
+impl<T: Transport> CoderClawRuntime<T> {
+    /// A runtime over `transport`.
+    pub fn new(transport: T) -> Self {
+        Self { transport }
+    }
+
+    /// Submits a task.
+    pub async fn submit_task(&self, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
+        self.transport.submit_task(req).await
+    }
+
+    /// A task's state.
+    pub async fn get_task_state(&self, id: &str) -> Result<Option<TaskState>, RuntimeError> {
+        self.transport.get_task_state(id).await
+    }
+
+    /// A task's events, live until it finishes.
+    pub async fn stream_task_updates(&self, id: &str) -> Result<UpdateStream, RuntimeError> {
+        self.transport.stream_task_updates(id).await
+    }
+
+    /// Cancels a task.
+    pub async fn cancel_task(&self, id: &str) -> Result<bool, RuntimeError> {
+        self.transport.cancel_task(id).await
+    }
+
+    /// Tasks matching `filter`.
+    pub async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<TaskState>, RuntimeError> {
+        self.transport.list_tasks(filter).await
+    }
+
+    /// A task's history.
+    pub async fn get_task_events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
+        self.transport.get_task_events(id).await
+    }
+
+    /// Answers a WAITING task.
+    pub async fn respond(&self, id: &str, answer: &str) -> Result<TaskState, RuntimeError> {
+        self.transport.respond(id, answer).await
+    }
+
+    /// Installed agents.
+    pub async fn list_agents(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.transport.list_agents().await
+    }
+
+    /// Installed skills.
+    pub async fn list_skills(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.transport.list_skills().await
+    }
+
+    /// Health and load.
+    pub async fn get_status(&self) -> Result<RuntimeStatus, RuntimeError> {
+        self.transport.get_status().await
+    }
+
+    /// Follows the task's stream to its final status (calling `each` on
+    /// every event) and returns the final state.
+    pub async fn wait(&self, id: &str, mut each: impl FnMut(&TaskUpdateEvent)) -> Result<TaskState, RuntimeError> {
+        let mut stream = self.transport.stream_task_updates(id).await?;
+        while let Some(e) = stream.next().await {
+            each(&e?);
+        }
+        self.transport
+            .get_task_state(id)
+            .await?
+            .ok_or_else(|| RuntimeError::new(coderclaw_tasks::ErrorCode::NotFound, format!("no task {id}")))
+    }
+}
+
+/// The in-process transport: calls the task service directly, as the
+/// holder of `token` (or the local owner without one).
+#[derive(Clone)]
+pub struct LocalTransport {
+    service: Arc<TaskService>,
+    token: Option<String>,
+}
+
+impl LocalTransport {
+    /// Acts on `service` with session `token`.
+    pub fn new(service: Arc<TaskService>, token: Option<String>) -> Self {
+        Self { service, token }
+    }
+
+    fn who(&self) -> Result<coderclaw_core::decision::Subject, RuntimeError> {
+        self.service.authenticate(self.token.as_deref())
+    }
+}
+
+impl Transport for LocalTransport {
+    async fn submit_task(&self, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
+        let who = self.who()?;
+        self.service.submit(&who, req).await
+    }
+
+    async fn get_task_state(&self, id: &str) -> Result<Option<TaskState>, RuntimeError> {
+        match self.service.get(&self.who()?, id) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.code == coderclaw_tasks::ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stream_task_updates(&self, id: &str) -> Result<UpdateStream, RuntimeError> {
+        let stream = self.service.stream(&self.who()?, id)?;
+        Ok(Box::pin(stream.map(Ok)))
+    }
+
+    async fn cancel_task(&self, id: &str) -> Result<bool, RuntimeError> {
+        self.service.cancel(&self.who()?, id)
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<TaskState>, RuntimeError> {
+        self.service.list(&self.who()?, filter)
+    }
+
+    async fn get_task_events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
+        self.service.events(&self.who()?, id)
+    }
+
+    async fn respond(&self, id: &str, answer: &str) -> Result<TaskState, RuntimeError> {
+        self.service.respond(&self.who()?, id, answer.to_owned())
+    }
+
+    async fn list_agents(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.service.agents(&self.who()?)
+    }
+
+    async fn list_skills(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.service.skills(&self.who()?)
+    }
+
+    async fn get_status(&self) -> Result<RuntimeStatus, RuntimeError> {
+        Ok(self.service.status(&self.who()?))
+    }
+}
