@@ -26,6 +26,7 @@
 use crate::grant::{Access, Grant, GrantBuilder, Limits};
 use crate::manifest::{Capabilities, Kind, Manifest, RequestedLimits};
 use crate::policy::{OrgPolicy, RepoPolicy, SecurityConfig, id_matches};
+use crate::principal::Origin;
 use crate::rbac::{Permission, Roles};
 use crate::trust::TrustLevel;
 use serde::Serialize;
@@ -46,6 +47,8 @@ pub struct Subject {
     pub device_trust: TrustLevel,
     /// The session, if the subject authenticated into one.
     pub session: Option<SessionFacts>,
+    /// Where the caller is: another machine counts as an untrusted device.
+    pub origin: Origin,
 }
 
 /// What the decision needs to know about a session.

@@ -53,7 +53,8 @@ impl fmt::Display for SessionKey {
 }
 
 /// Where the caller was when it submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// On this machine.
     #[default]

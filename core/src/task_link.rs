@@ -2,6 +2,7 @@
 //! someone to ask for input (the task goes WAITING) and the session's
 //! key-value store. A direct `Host::run` of the sandbox has neither.
 
+use crate::principal::Principal;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,11 +36,10 @@ pub trait TaskServices: Send + Sync + 'static {
 pub struct TaskLink {
     /// The task's id.
     pub task_id: String,
-    /// The session the task runs under.
-    pub session_id: String,
-    /// Submitted from another machine (its nested calls are decided as
-    /// from an untrusted device too).
-    pub remote: bool,
+    /// Who the task acts for: its session, and whether it was submitted
+    /// from another machine (its nested calls are decided as from an
+    /// untrusted device too).
+    pub principal: Principal,
     /// The engine.
     pub services: Arc<dyn TaskServices>,
 }
@@ -52,8 +52,6 @@ pub struct Caller<'a> {
     pub agent: &'a str,
     /// The task's id, when the agent runs as a task.
     pub task_id: Option<&'a str>,
-    /// The session the task runs under.
-    pub session_id: Option<&'a str>,
-    /// Whether the task was submitted from another machine.
-    pub remote: bool,
+    /// Who the task acts for, when the agent runs as a task.
+    pub principal: Option<&'a Principal>,
 }

@@ -7,6 +7,7 @@ use coderclaw_core::decision::{
 };
 use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, Millis, RequestedLimits, Size, SkillId};
 use coderclaw_core::policy::{OrgPolicy, RepoPolicy, SecurityConfig};
+use coderclaw_core::principal::Origin;
 use coderclaw_core::rbac::{Permission, Roles};
 use coderclaw_core::{Access, HostPattern, Limits, TrustLevel};
 use proptest::prelude::*;
@@ -111,6 +112,7 @@ fn who(user: &str, roles: &[&str], trust: TrustLevel) -> Subject {
         device: "dev-1".into(),
         device_trust: trust,
         session: None,
+        origin: Origin::Local,
     }
 }
 
@@ -431,6 +433,7 @@ fn arb_subject() -> impl Strategy<Value = Subject> {
         device: "d".into(),
         device_trust: [Untrusted, Verified, Trusted][t],
         session: None,
+        origin: Origin::Local,
     })
 }
 

@@ -6,6 +6,7 @@
 
 use coderclaw_core::decision::{Action, Offer, Target};
 use coderclaw_core::manifest::{Kind, Manifest};
+use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{FailureCode, SkillInfo, TaskFailure, TaskState, TaskTarget};
 use coderclaw_core::task_link::{BoxFuture, Caller};
 use coderclaw_sandbox::Host;
@@ -46,7 +47,7 @@ impl Shared {
     /// Everything up to the first guest instruction; blocking (SQLite,
     /// signature check, compilation).
     fn prepare(&self, task: &TaskState) -> Result<(coderclaw_sandbox::Skill, coderclaw_core::Grant), TaskFailure> {
-        let subject = self.security.subject_for_session(&task.session_id, task.remote).map_err(|e| {
+        let subject = self.security.revalidate(&Principal::of_task(task)).map_err(|e| {
             let code = match e {
                 SecurityError::Denied(_) | SecurityError::Identity(IdentityError::UnknownSession) => {
                     FailureCode::Unauthenticated
@@ -94,8 +95,8 @@ impl Shared {
         let manifest = package.manifest().clone();
         let (security, workspace, offer) = (self.security.clone(), self.workspace.clone(), self.offer.clone());
         self.host.register_authorized(id, skill, move |caller: &Caller<'_>| {
-            let session = caller.session_id.ok_or("nested skills run only inside tasks")?;
-            let subject = security.subject_for_session(session, caller.remote).map_err(|e| e.to_string())?;
+            let principal = caller.principal.ok_or("nested skills run only inside tasks")?;
+            let subject = security.revalidate(principal).map_err(|e| e.to_string())?;
             let action = Action::Nested { parent: caller.agent.to_owned() };
             match security.decide(&subject, Target::from_manifest(&manifest), action, Some(&workspace), &offer) {
                 Ok(d) if d.allowed => Ok(d.grant),

@@ -31,6 +31,7 @@ use coderclaw_core::decision::{
 use coderclaw_core::keys::{KeyError, SecretKey};
 use coderclaw_core::package::{Package, VerifiedPackage};
 use coderclaw_core::policy::{OrgPolicy, PolicyError, Provider, RepoPolicy, SecurityConfig};
+use coderclaw_core::principal::{Origin, Principal, SessionKey};
 use coderclaw_core::rbac::{Permission, Roles};
 use serde_json::json;
 use std::os::unix::fs::DirBuilderExt;
@@ -267,6 +268,7 @@ impl Security {
                 device: self.local_device.id.clone(),
                 device_trust: self.effective_trust(&self.local_device),
                 session: None,
+                origin: Origin::Local,
             });
         };
         let session = match self.identity.session_by_token(token) {
@@ -283,10 +285,14 @@ impl Security {
         self.session_subject(session)
     }
 
-    /// The session id tasks record for a subject: the session's id, or
-    /// `local:<user>` for the session-less local owner.
-    pub fn session_key(subject: &Subject) -> String {
-        subject.session.as_ref().map_or_else(|| format!("local:{}", subject.user), |s| s.id.clone())
+    /// Who a task submitted by `subject` acts for: its session (or the
+    /// session-less local user) and where it came from.
+    pub fn principal(subject: &Subject) -> Principal {
+        let key = match &subject.session {
+            Some(s) => SessionKey::Session(s.id.clone()),
+            None => SessionKey::Local(subject.user.clone()),
+        };
+        Principal { key, origin: subject.origin }
     }
 
     /// `subject` acting from another machine over the network: the device
@@ -294,33 +300,32 @@ impl Security {
     /// machine), so it counts as an `untrusted` device, whatever device the
     /// session was created on and whatever `autoTrustLocal` says.
     pub fn as_remote(mut subject: Subject) -> Subject {
+        subject.origin = Origin::Remote;
         subject.device = REMOTE_DEVICE.to_owned();
         subject.device_trust = TrustLevel::Untrusted;
         subject
     }
 
-    /// Who acts for a stored task: the subject behind a [`Security::session_key`],
-    /// checked again now (a session revoked or expired since submission is
-    /// refused and audited; `local:` keys need `requireAuth` off), and
-    /// [`Security::as_remote`] when the task came from another machine.
-    pub fn subject_for_session(&self, key: &str, remote: bool) -> Result<Subject, SecurityError> {
-        let subject = self.subject_for_session_key(key)?;
-        Ok(if remote { Self::as_remote(subject) } else { subject })
-    }
-
-    fn subject_for_session_key(&self, key: &str) -> Result<Subject, SecurityError> {
-        if let Some(user) = key.strip_prefix("local:") {
-            let subject = self.subject(None)?;
-            if subject.user != user {
-                return Err(SecurityError::Denied(format!(
-                    "the task was submitted by local user {user}, not {}",
-                    subject.user
-                )));
+    /// Who acts for a task now: the subject behind `principal`, checked
+    /// again (a session revoked or expired since submission is refused and
+    /// audited; a local principal needs `requireAuth` off and the same local
+    /// user), and [`Security::as_remote`] when the task came from another
+    /// machine.
+    pub fn revalidate(&self, principal: &Principal) -> Result<Subject, SecurityError> {
+        let subject = match &principal.key {
+            SessionKey::Local(user) => {
+                let subject = self.subject(None)?;
+                if &subject.user != user {
+                    return Err(SecurityError::Denied(format!(
+                        "the task was submitted by local user {user}, not {}",
+                        subject.user
+                    )));
+                }
+                subject
             }
-            return Ok(subject);
-        }
-        let session = self.identity.session(key)?;
-        self.session_subject(session)
+            SessionKey::Session(id) => self.session_subject(self.identity.session(id)?)?,
+        };
+        Ok(if principal.is_remote() { Self::as_remote(subject) } else { subject })
     }
 
     fn session_subject(&self, session: Session) -> Result<Subject, SecurityError> {
@@ -346,6 +351,7 @@ impl Security {
             device: device.id.clone(),
             device_trust: self.effective_trust(&device),
             session: Some(session.facts()),
+            origin: Origin::Local,
         })
     }
 

@@ -11,6 +11,7 @@
 use crate::store::{StoreError, StoredTask, TaskStore, Write};
 use coderclaw_core::clock::now_ms;
 use coderclaw_core::events::{EventKind, EventSink, RunEvent};
+use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{
     FailureCode, IllegalTransition, RuntimeMode, RuntimeStatus, SkillInfo, TaskEventKind, TaskFailure, TaskFilter,
     TaskState, TaskStatus, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
@@ -102,12 +103,10 @@ pub type AuditHook = Arc<dyn Fn(AuditEvent) + Send + Sync>;
 /// Who a submission belongs to.
 #[derive(Debug, Clone)]
 pub struct Owner {
-    /// The session id.
-    pub session_id: String,
+    /// The session, and where the submission came from.
+    pub principal: Principal,
     /// The session's user.
     pub user: String,
-    /// Submitted by a peer on another machine (see [`TaskState::remote`]).
-    pub remote: bool,
 }
 
 /// The engine. Cheap to clone.
@@ -220,8 +219,9 @@ impl TaskEngine {
     /// Accepts a task: it is on disk before this returns.
     pub async fn submit(&self, req: TaskSubmitRequest, owner: &Owner) -> Result<TaskState, EngineError> {
         let target = req.target().map_err(EngineError::Invalid)?;
+        let session_id = owner.principal.key.to_stored();
         if let Some(s) = &req.session_id
-            && s != &owner.session_id
+            && s != &session_id
         {
             return Err(EngineError::Invalid(format!(
                 "sessionId `{s}` is not the session you are authenticated as: leave it out"
@@ -234,9 +234,9 @@ impl TaskEngine {
             status: TaskStatus::Pending,
             target,
             input: req.input,
-            session_id: owner.session_id.clone(),
+            session_id,
             user: owner.user.clone(),
-            remote: owner.remote,
+            remote: owner.principal.is_remote(),
             parent_task_id: req.parent_task_id,
             metadata: req.metadata,
             paused: req.paused,
@@ -517,8 +517,8 @@ impl Inner {
         let mut e = AuditEvent::new(&format!("task.{}", t.status.as_str().to_ascii_lowercase()), result, "task", &t.id)
             .user(&t.user)
             .metadata(json!({ "target": t.target.id(), "kind": t.target.kind() }));
-        if !t.session_id.starts_with("local:") {
-            e = e.session(&t.session_id);
+        if let Some(session) = Principal::of_task(t).key.session_id() {
+            e = e.session(session);
         }
         if let Some(err) = &t.error {
             e = e.reason(&err.message);
@@ -598,12 +598,7 @@ impl Inner {
             }
             entry.task.state.clone()
         };
-        let run = TaskRun {
-            inner: self.clone(),
-            task_id: id.clone(),
-            session_id: state.session_id.clone(),
-            remote: state.remote,
-        };
+        let run = TaskRun { inner: self.clone(), task_id: id.clone(), principal: Principal::of_task(&state) };
         let work = self.executor.execute(state, run);
         let timeout = self.config.task_timeout;
         let outcome = match tokio::time::timeout(timeout, AssertUnwindSafe(work).catch_unwind()).await {
@@ -673,8 +668,7 @@ fn event(s: &TaskState, seq: u64, kind: TaskEventKind, message: String, data: Op
 pub struct TaskRun {
     inner: Arc<Inner>,
     task_id: String,
-    session_id: String,
-    remote: bool,
+    principal: Principal,
 }
 
 impl TaskRun {
@@ -735,12 +729,7 @@ impl TaskRun {
     /// What the guest reaches through the task: input requests and the
     /// session's memory.
     pub fn link(&self) -> TaskLink {
-        TaskLink {
-            task_id: self.task_id.clone(),
-            session_id: self.session_id.clone(),
-            remote: self.remote,
-            services: Arc::new(self.clone()),
-        }
+        TaskLink { task_id: self.task_id.clone(), principal: self.principal.clone(), services: Arc::new(self.clone()) }
     }
 }
 
@@ -765,7 +754,7 @@ impl TaskServices for TaskRun {
     }
 
     fn memory_get(&self, skill: String, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>> {
-        let (store, session) = (self.inner.store.clone(), self.session_id.clone());
+        let (store, session) = (self.inner.store.clone(), self.principal.key.to_stored());
         Box::pin(async move {
             tokio::task::spawn_blocking(move || store.memory_get(&session, &skill, &key))
                 .await
@@ -775,7 +764,7 @@ impl TaskServices for TaskRun {
     }
 
     fn memory_put(&self, skill: String, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>> {
-        let (store, session) = (self.inner.store.clone(), self.session_id.clone());
+        let (store, session) = (self.inner.store.clone(), self.principal.key.to_stored());
         Box::pin(async move {
             let fail = |e: String| MemoryFault::Failed(e);
             let (s2, sk2, k2, st2) = (session.clone(), skill.clone(), key.clone(), store.clone());

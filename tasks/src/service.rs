@@ -6,6 +6,7 @@
 use crate::engine::{EngineError, Owner, TaskEngine};
 use coderclaw_core::decision::Subject;
 use coderclaw_core::manifest::Kind;
+use coderclaw_core::principal::Principal;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::task::{
     RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
@@ -168,7 +169,7 @@ impl TaskService {
     /// The task if `who` may see it; another session's task is "not found".
     fn visible(&self, who: &Subject, id: &str) -> Result<TaskState, RuntimeError> {
         let task = self.engine.get(id)?;
-        if task.session_id == Security::session_key(who) || self.is_admin(who) {
+        if Principal::of_task(&task).key == Security::principal(who).key || self.is_admin(who) {
             Ok(task)
         } else {
             Err(RuntimeError::new(ErrorCode::NotFound, format!("no task {id}")))
@@ -187,8 +188,7 @@ impl TaskService {
         self.require(who, run, "task.submit", target.id(), false)?;
         // The task keeps where it came from: the executor decides it again
         // later from the session, which does not know the caller's machine.
-        let remote = who.device == coderclaw_security::security::REMOTE_DEVICE;
-        let owner = Owner { session_id: Security::session_key(who), user: who.user.clone(), remote };
+        let owner = Owner { principal: Security::principal(who), user: who.user.clone() };
         let state = self.engine.submit(req, &owner).await?;
         Ok(state)
     }
@@ -203,7 +203,7 @@ impl TaskService {
     /// `admin:all`.
     pub fn list(&self, who: &Subject, mut filter: TaskFilter) -> Result<Vec<TaskState>, RuntimeError> {
         self.require(who, Permission::TaskRead, "task.list", "-", false)?;
-        let own = Security::session_key(who);
+        let own = Security::principal(who).key.to_stored();
         if !self.is_admin(who) {
             match &filter.session {
                 Some(s) if s != &own => {

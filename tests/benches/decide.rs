@@ -11,6 +11,7 @@ use coderclaw_core::TrustLevel;
 use coderclaw_core::decision::{Action, DecisionInput, Offer, OfferedDir, Policies, Subject, Target, decide};
 use coderclaw_core::manifest::{Capabilities, FsRequest, Kind, RequestedLimits};
 use coderclaw_core::policy::{OrgPolicy, RepoPolicy, SecurityConfig};
+use coderclaw_core::principal::Origin;
 use std::fmt::Write as _;
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ fn main() {
             device: "d".into(),
             device_trust: [TrustLevel::Untrusted, TrustLevel::Verified, TrustLevel::Trusted][i % 3],
             session: None,
+            origin: Origin::Local,
         })
         .collect();
 

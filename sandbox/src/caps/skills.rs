@@ -32,11 +32,10 @@ impl Host for RunState {
             return deny(format!("skill `{id}` is not registered on this host"));
         };
         let agent = ctx.name.to_string();
-        let task = ctx.task.as_ref().map(|t| (t.task_id.clone(), t.session_id.clone()));
-        let remote = ctx.task.as_ref().is_some_and(|t| t.remote);
+        let task = ctx.task.as_ref().map(|t| (t.task_id.clone(), t.principal.clone()));
         let registered = match tokio::task::spawn_blocking(move || {
-            let (task_id, session_id) = task.as_ref().map(|(t, s)| (t.as_str(), s.as_str())).unzip();
-            authorize(&Caller { agent: &agent, task_id, session_id, remote })
+            let (task_id, principal) = task.as_ref().map(|(t, p)| (t.as_str(), p)).unzip();
+            authorize(&Caller { agent: &agent, task_id, principal })
         })
         .await
         {
