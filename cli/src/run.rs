@@ -7,7 +7,7 @@ use crate::output::event_line;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::home::Home;
-use coderclaw::{CollectEvents, Error, EventSink, Host, RunEvent, Skill};
+use coderclaw::{CollectEvents, Error, EventSink, Host, NestedCaller, Planner, RunEvent, Skill};
 use coderclaw_core::decision::{Action, Offer, Reason, Target, grant_json};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
 use serde_json::{Value, json};
@@ -150,6 +150,8 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
         tracing::info!("not granted: {note}");
     }
     let main_manifest = main.manifest.clone();
+    // Nested invocations are decided like a task's, for this caller.
+    let planner = Planner::new(security.clone(), host.clone(), workspace.clone(), offer.clone());
     let skill = match main.compile(&host) {
         Ok(s) => s,
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
@@ -169,22 +171,12 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
             Ok(l) => l,
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
-        let (security, subject, workspace, offer) =
-            (security.clone(), subject.clone(), workspace.clone(), offer.clone());
         let manifest = child.manifest.clone();
         let compiled = match child.compile(&host) {
             Ok(s) => s,
             Err(e) => return Ok(report_error(&args, &e, None, &[])),
         };
-        host.register_authorized(&id, compiled, move |caller: &coderclaw::Caller<'_>| {
-            let action = Action::Nested { parent: caller.agent.to_owned() };
-            let target = Target::from_manifest(&manifest);
-            match security.decide(&subject, target, action, Some(&workspace), &offer) {
-                Ok(d) if d.allowed => Ok(d.grant),
-                Ok(d) => Err(d.reasons_text()),
-                Err(e) => Err(e.to_string()),
-            }
-        });
+        planner.register_compiled(&id, compiled, manifest, NestedCaller::Fixed(subject.clone()));
     }
     let grant = decision.grant;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;

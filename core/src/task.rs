@@ -278,6 +278,8 @@ impl fmt::Display for TaskFailure {
     }
 }
 
+impl std::error::Error for TaskFailure {}
+
 /// The stable set of task failure kinds (`error.code` in every transport).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -22,9 +22,11 @@
 //! ```
 
 mod local_runtime;
+mod plan;
 mod skill_executor;
 
 pub use local_runtime::{LocalRuntime, LocalRuntimeBuilder, OpenError};
+pub use plan::{NestedCaller, Planner, PreparedRun};
 
 pub use coderclaw_sandbox::{
     Access, Caller, CollectEvents, DEFAULT_MAX_MEMORY_BYTES, Digest, DiscardEvents, Error, EventKind, EventSink, Grant,

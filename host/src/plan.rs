@@ -1,0 +1,156 @@
+//! Preparing a run of an installed skill, the one way `skill run`, tasks
+//! and embedders do it: load the package (its signature verified against
+//! the trust store before anything is compiled), have the security model
+//! decide the run for a caller (audited), compile, and make the skills an
+//! agent may invoke available, each invocation decided again.
+
+use coderclaw_core::Grant;
+use coderclaw_core::decision::{Action, Decision, Offer, Subject, Target};
+use coderclaw_core::manifest::{Kind, Manifest};
+use coderclaw_core::task::{FailureCode, TaskFailure};
+use coderclaw_sandbox::{Caller, Host, Skill};
+use coderclaw_security::home::HomeError;
+use coderclaw_security::security::{Security, SecurityError};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Who nested invocations are decided for.
+#[derive(Clone)]
+pub enum NestedCaller {
+    /// Always this subject (a run in this process, `skill run`).
+    Fixed(Subject),
+    /// Whoever the calling task acts for, re-validated at each call; calls
+    /// outside a task are refused.
+    Task,
+}
+
+/// A run that policy allowed, ready to start.
+pub struct PreparedRun {
+    /// The compiled skill.
+    pub skill: Skill,
+    /// The decision, with its grant and what was narrowed.
+    pub decision: Decision,
+}
+
+impl PreparedRun {
+    /// The grant to run with: exactly what was decided.
+    pub fn grant(&self) -> &Grant {
+        &self.decision.grant
+    }
+}
+
+/// Prepares runs of installed skills from one state directory for one
+/// workspace, with what the host offers.
+#[derive(Clone)]
+pub struct Planner {
+    security: Arc<Security>,
+    host: Host,
+    workspace: PathBuf,
+    offer: Offer,
+}
+
+impl Planner {
+    /// Runs are decided by `security` for `workspace`, with what `offer`
+    /// gives (directories, environment, limit ceiling), and run by `host`.
+    pub fn new(security: Arc<Security>, host: Host, workspace: PathBuf, offer: Offer) -> Self {
+        Self { security, host, workspace, offer }
+    }
+
+    /// The security service runs are decided by.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.security
+    }
+
+    /// The sandbox runs use.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Prepares a run of installed `id` for `subject`. `kind` is what the
+    /// caller asked for, if it asked (a task names a skill or an agent).
+    /// Refusals are audited; nothing is compiled before policy allows it.
+    pub fn prepare(
+        &self,
+        subject: &Subject,
+        id: &str,
+        kind: Option<Kind>,
+        nested: NestedCaller,
+    ) -> Result<PreparedRun, TaskFailure> {
+        let package = self.security.home().load_installed(id).map_err(|e| {
+            let code =
+                if matches!(e, HomeError::NotInstalled(_)) { FailureCode::NotInstalled } else { FailureCode::Internal };
+            TaskFailure::new(code, e.to_string())
+        })?;
+        let manifest = package.manifest();
+        if kind.is_some_and(|k| k != manifest.kind) {
+            let (article, kind) = if manifest.kind == Kind::Agent { ("an", "agent") } else { ("a", "skill") };
+            let message = format!("{id} is {article} {kind}: submit it as {kind} (--{kind} {id})");
+            return Err(TaskFailure::new(FailureCode::NotInstalled, message));
+        }
+        let decision = self
+            .security
+            .decide(subject, Target::from_manifest(manifest), Action::Run, Some(&self.workspace), &self.offer)
+            .map_err(|e| TaskFailure::new(FailureCode::Internal, e.to_string()))?;
+        if !decision.allowed {
+            let message = format!("policy refuses {id}: {}", decision.reasons_text());
+            return Err(TaskFailure::new(FailureCode::Denied, message));
+        }
+        let skill = self.host.load_verified(&package).map_err(sandbox_failure)?;
+        for child in &manifest.capabilities.skills {
+            self.register_nested(child.as_str(), nested.clone())?;
+        }
+        Ok(PreparedRun { skill, decision })
+    }
+
+    /// Makes installed skill `id` invocable by agents through
+    /// `skills.invoke`; each invocation is decided for `caller`. A skill
+    /// that is not installed is left out: the agent's invoke is then
+    /// refused with that reason.
+    pub fn register_nested(&self, id: &str, caller: NestedCaller) -> Result<(), TaskFailure> {
+        let Ok(package) = self.security.home().load_installed(id) else { return Ok(()) };
+        let skill = self.host.load_verified(&package).map_err(sandbox_failure)?;
+        self.register_compiled(id, skill, package.manifest().clone(), caller);
+        Ok(())
+    }
+
+    /// Makes an already compiled `skill` invocable as `id`, decided on
+    /// `manifest` for `caller` at each invocation (and never wider than the
+    /// calling agent's grant: the sandbox checks that).
+    pub fn register_compiled(&self, id: &str, skill: Skill, manifest: Manifest, caller: NestedCaller) {
+        let (security, workspace, offer) = (self.security.clone(), self.workspace.clone(), self.offer.clone());
+        self.host.register_authorized(id, skill, move |call: &Caller<'_>| {
+            let subject = match &caller {
+                NestedCaller::Fixed(subject) => subject.clone(),
+                NestedCaller::Task => {
+                    let principal = call.principal.ok_or("nested skills run only inside tasks")?;
+                    security.revalidate(principal).map_err(|e| e.to_string())?
+                }
+            };
+            let action = Action::Nested { parent: call.agent.to_owned() };
+            match security.decide(&subject, Target::from_manifest(&manifest), action, Some(&workspace), &offer) {
+                Ok(d) if d.allowed => Ok(d.grant),
+                Ok(d) => Err(d.reasons_text()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+
+    /// The subject a task acts for now, or why it cannot act.
+    pub fn revalidate(&self, principal: &coderclaw_core::principal::Principal) -> Result<Subject, TaskFailure> {
+        self.security.revalidate(principal).map_err(|e| {
+            let code = match e {
+                SecurityError::Denied(_)
+                | SecurityError::Identity(coderclaw_security::identity::IdentityError::UnknownSession) => {
+                    FailureCode::Unauthenticated
+                }
+                _ => FailureCode::Internal,
+            };
+            TaskFailure::new(code, e.to_string())
+        })
+    }
+}
+
+/// A sandbox error as a task failure, with its kind.
+pub(crate) fn sandbox_failure(e: coderclaw_sandbox::Error) -> TaskFailure {
+    TaskFailure::new(e.failure_code(), e.to_string())
+}
