@@ -43,6 +43,8 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "kind = \"skill\"\ndescription = \"asks too\"\n[capabilities]\nsession-memory = true\n[limits]\ntimeout = \"60s\"\n",
     ),
     ("team/forgetful", "asker", "kind = \"skill\"\ndescription = \"asks, no memory grant\"\n"),
+    ("team/crasher", "panicker", "kind = \"skill\"\ndescription = \"panics\"\n"),
+    ("team/hog", "memory-bomb", "kind = \"skill\"\ndescription = \"eats memory\"\n[limits]\nmemory = \"32MiB\"\n"),
     (
         "team/sleeper",
         "shell-exec",
@@ -624,4 +626,43 @@ async fn a_scoped_session_uses_the_task_service_inside_its_scope_only() {
     let err = outside.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
     assert!(err.message.contains("limited to"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_tells_a_policy_refusal_from_a_guest_crash_by_code_over_http() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let server = f.http().await;
+    let rt = CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token.clone())).unwrap());
+    let outcome = |id: &'static str, input: Value| {
+        let rt = &rt;
+        async move {
+            let t = rt.submit_task(TaskSubmitRequest::skill(id, input)).await.unwrap();
+            let done = rt.wait(&t.id, |_| {}).await.unwrap();
+            assert_eq!(done.status, TaskStatus::Failed, "{id}: {done:?}");
+            (done.id.clone(), done.error.unwrap())
+        }
+    };
+    let (crashed, crash) = outcome("team/crasher", json!({ "message": "boom" })).await;
+    assert_eq!(crash.code, FailureCode::Trap, "{crash:?}");
+    assert!(crash.message.contains("boom"), "{crash:?}");
+    let (_, hog) = outcome("team/hog", json!({})).await;
+    assert_eq!(hog.code, FailureCode::MemoryLimit, "{hog:?}");
+    let (_, missing) = outcome("team/nope", json!({})).await;
+    assert_eq!(missing.code, FailureCode::NotInstalled, "{missing:?}");
+    // The wire form a client that is not ours reads: `error.code`.
+    let addr = server.url().trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("/v1/tasks/{crashed}"))
+        .header("host", addr)
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let task: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(task["error"]["code"], "trap", "{task}");
+    assert_eq!(task["status"], "FAILED");
 }
