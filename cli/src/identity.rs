@@ -112,8 +112,7 @@ pub(crate) fn logout(_: LogoutArgs) -> Result<ExitCode> {
     };
     let security = home::open_security(None)?;
     let subject = security.subject(Some(token))?;
-    let id = security.identity().session_by_token(token)?.id;
-    security.revoke_session(&subject, &id)?;
+    let id = security.logout(&subject, token)?.id;
     eprintln!("session {id} ended");
     Ok(ExitCode::SUCCESS)
 }
@@ -140,8 +139,7 @@ pub(crate) fn session(cmd: SessionCommand) -> Result<ExitCode> {
     match cmd {
         SessionCommand::List { json } => {
             let by = security.subject(home::session())?;
-            security.require_admin(&by, "session.list", ("session", "*"))?;
-            let sessions = security.identity().sessions()?;
+            let sessions = security.sessions(&by)?;
             let now = coderclaw_core::clock::now_ms();
             if json {
                 let rows: Vec<_> = sessions.iter().map(|s| json!({ "session": s, "state": s.state(now) })).collect();
@@ -209,18 +207,15 @@ pub(crate) fn user(cmd: UserCommand) -> Result<ExitCode> {
     match cmd {
         UserCommand::Add { name, roles, password_stdin } => {
             let by = security.subject(home::session())?;
-            security.require_admin(&by, "user.add", ("user", &name))?;
             let roles = if roles.is_empty() { security.policy().config.security.default_roles.clone() } else { roles };
             home::check_roles(&security, &roles)?;
             let password = password_stdin.then(|| read_secret("password")).transpose()?;
-            let u = security.identity().add_user(&name, &roles, password.as_deref())?;
-            security.audit_done(&by, "user.add", ("user", &name), &format!("roles [{}]", roles.join(", ")))?;
+            let u = security.add_user(&by, &name, &roles, password.as_deref())?;
             eprintln!("user {} added with roles [{}]", u.name, u.roles.join(", "));
         }
         UserCommand::List { json } => {
             let by = security.subject(home::session())?;
-            security.require_admin(&by, "user.list", ("user", "*"))?;
-            let users = security.identity().users()?;
+            let users = security.users(&by)?;
             if json {
                 print_json(&users)?;
             } else {
@@ -236,17 +231,13 @@ pub(crate) fn user(cmd: UserCommand) -> Result<ExitCode> {
         }
         UserCommand::Token { name, expires } => {
             let by = security.subject(home::session())?;
-            security.require_admin(&by, "user.token.create", ("user", &name))?;
-            let (record, token) = security.identity().create_token(&name, expires)?;
-            security.audit_done(&by, "user.token.create", ("user", &name), &format!("token {}", record.id))?;
+            let (record, token) = security.create_token(&by, &name, expires)?;
             eprintln!("token {} for {name} (shown once; store it as a secret)", record.id);
             println!("{token}");
         }
         UserCommand::RevokeToken { id } => {
             let by = security.subject(home::session())?;
-            security.require_admin(&by, "user.token.revoke", ("token", &id))?;
-            security.identity().revoke_token(&id)?;
-            security.audit_done(&by, "user.token.revoke", ("token", &id), "revoked")?;
+            security.revoke_token(&by, &id)?;
             eprintln!("token {id} revoked");
         }
     }
@@ -298,13 +289,7 @@ pub(crate) fn device(cmd: DeviceCommand) -> Result<ExitCode> {
     match cmd {
         DeviceCommand::List { json } => {
             let by = security.subject(home::session())?;
-            security.require_owner_or(
-                &by,
-                coderclaw_core::rbac::Permission::ConfigRead,
-                "device.list",
-                ("device", "*"),
-            )?;
-            let devices = security.identity().devices()?;
+            let devices = security.devices(&by)?;
             if json {
                 print_json(&devices.iter().map(|d| device_json(&security, d)).collect::<Vec<_>>())?;
             } else {
@@ -330,7 +315,7 @@ pub(crate) fn device(cmd: DeviceCommand) -> Result<ExitCode> {
         DeviceCommand::Show { json } => {
             let d = security.local_device();
             if json {
-                print_json(&device_json(&security, &security.identity().device(&d.id)?))?;
+                print_json(&device_json(&security, &d))?;
             } else {
                 println!("{}", d.id);
                 eprintln!("{} ({}), effective trust {}", d.name, d.public_key, d.trust);
@@ -338,11 +323,8 @@ pub(crate) fn device(cmd: DeviceCommand) -> Result<ExitCode> {
         }
         DeviceCommand::Register { name, public_key } => {
             let by = security.subject(home::session())?;
-            let key = coderclaw_core::keys::PublicKey::parse(&public_key)?;
-            let id = key.id().to_string();
-            security.require_admin(&by, "device.register", ("device", &id))?;
-            let d = security.identity().register_device(&id, &name, &key.to_string(), false)?;
-            security.audit_done(&by, "device.register", ("device", &id), &format!("{name}, {}", d.trust))?;
+            let d = security.register_device(&by, &name, &public_key)?;
+            let id = d.id.clone();
             eprintln!("device {name} registered as {id} ({})", d.trust);
             println!("{id}");
         }

@@ -107,7 +107,7 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     for crate_name in ["echo", "word-count", "shell-exec", "security-scanner", "code-reviewer"] {
         let manifest = crate::package::read_manifest(&tree.join("skills").join(crate_name).join("skill.toml"))?;
         let component = std::fs::read(&find(&crate_name.replace('-', "_"))?.path)?;
-        state.install(&Package::sign(&manifest, component, &key, now).to_bytes())?;
+        state.dangerous_install_ungated(&Package::sign(&manifest, component, &key, now).to_bytes())?;
     }
     let host = Host::builder().compiled_cache(state.compiled_cache_dir()).build()?;
     let load = |id: &str| -> Result<Skill> { Ok(host.load_verified(&state.load_installed(id)?)?) };

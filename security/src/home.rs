@@ -374,8 +374,10 @@ impl Home {
 
     /// Verifies `bytes` against the trust store, stores the package by its
     /// digest and records it as the installed version of its id. Nothing is
-    /// written unless verification passes.
-    pub fn install(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
+    /// written unless verification passes. This SKIPS the install gates
+    /// (denied skills, downgrades, capability increases): installs on a
+    /// user's behalf go through `Security::install`.
+    pub fn dangerous_install_ungated(&self, bytes: &[u8]) -> Result<InstalledSkill, HomeError> {
         let parsed = Package::parse(bytes);
         let claimed = parsed.as_ref().ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
         let outcome = parsed.and_then(|p| p.verify(self)).map_err(HomeError::from).and_then(|v| self.store(&v, bytes));

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod audit;
 pub mod home;
 pub mod identity;

@@ -158,7 +158,7 @@ impl PolicySet {
 /// The security model bound to one state directory and workspace.
 pub struct Security {
     home: Arc<Home>,
-    identity: IdentityStore,
+    pub(crate) identity: IdentityStore,
     policy: PolicySet,
     local_device: Device,
     actor: String,
@@ -218,8 +218,11 @@ impl Security {
         &self.policy
     }
 
-    /// The identity store.
-    pub fn identity(&self) -> &IdentityStore {
+    /// The raw identity store. Reads and writes here skip the permission
+    /// checks and the audit log that the administration calls (`add_user`,
+    /// `create_token`, ...) make: for seeding a test or a tool that has
+    /// already checked.
+    pub fn dangerous_identity_store(&self) -> &IdentityStore {
         &self.identity
     }
 
@@ -240,7 +243,7 @@ impl Security {
         }
     }
 
-    fn audit(&self, event: AuditEvent) -> Result<(), SecurityError> {
+    pub(crate) fn audit(&self, event: AuditEvent) -> Result<(), SecurityError> {
         self.home.audit().append(event)?;
         Ok(())
     }
@@ -536,7 +539,7 @@ impl Security {
         Ok(self.home.remove(id)?)
     }
 
-    fn event(&self, action: &str, result: AuditResult, s: &Subject, kind: &str, id: &str) -> AuditEvent {
+    pub(crate) fn event(&self, action: &str, result: AuditResult, s: &Subject, kind: &str, id: &str) -> AuditEvent {
         let mut e = AuditEvent::new(action, result, kind, id).user(&s.user).device(&s.device);
         if let Some(session) = &s.session {
             e = e.session(&session.id);
@@ -663,37 +666,6 @@ impl Security {
             e = e.session(&s.id);
         }
         self.audit(e)
-    }
-
-    /// Revokes a session (admin, or the session's own user).
-    pub fn revoke_session(&self, by: &Subject, id: &str) -> Result<Session, SecurityError> {
-        let target = self.identity.session(id)?;
-        let own = by.session.is_some() && target.user == by.user;
-        if !own {
-            self.require_admin(by, "session.revoke", ("session", id))?;
-        }
-        let s = self.identity.revoke_session(id)?;
-        self.audit(self.event("session.revoke", AuditResult::Allowed, by, "session", id).reason("revoked"))?;
-        Ok(s)
-    }
-
-    /// Sets a device's trust level (admin). Audited with the old and new level.
-    pub fn set_device_trust(&self, by: &Subject, id: &str, level: TrustLevel) -> Result<Device, SecurityError> {
-        self.require_admin(by, "device.trust", ("device", id))?;
-        let before = match self.identity.set_device_trust(id, level) {
-            Ok(b) => b,
-            Err(e) => {
-                let ev = self.event("device.trust", AuditResult::Error, by, "device", id).reason(e.to_string());
-                self.audit(ev)?;
-                return Err(e.into());
-            }
-        };
-        self.audit(
-            self.event("device.trust", AuditResult::Allowed, by, "device", id)
-                .reason(format!("{before} -> {level}"))
-                .metadata(json!({ "from": before, "to": level })),
-        )?;
-        Ok(self.identity.device(id)?)
     }
 
     /// Records an action `by` did after its permission check passed (user

@@ -27,7 +27,10 @@ fn setup(dir: &std::path::Path) -> Arc<TaskService> {
     let manifest =
         Manifest::from_toml("id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"e\"\n", "echo")
             .unwrap();
-    home.install(&Package::sign(&manifest, std::fs::read(guest("echo")).unwrap(), &key, 1).to_bytes()).unwrap();
+    home.dangerous_install_ungated(
+        &Package::sign(&manifest, std::fs::read(guest("echo")).unwrap(), &key, 1).to_bytes(),
+    )
+    .unwrap();
     let host = Host::builder().compiled_cache(home.compiled_cache_dir()).max_instances(256).build().unwrap();
     let config = EngineConfig { max_concurrent_tasks: 64, ..Default::default() };
     LocalRuntime::builder(home).config(config).host(host).open().unwrap().service().clone()
@@ -78,7 +81,10 @@ fn main() {
                 .await
                 .unwrap();
         let security = service.security();
-        security.identity().add_user("bench", &["developer".to_owned()], Some("bench password")).unwrap();
+        security
+            .dangerous_identity_store()
+            .add_user("bench", &["developer".to_owned()], Some("bench password"))
+            .unwrap();
         let (_, token) =
             security.login_local("bench", LocalSecret::Password("bench password"), None, None, None).unwrap();
         let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
@@ -95,7 +101,7 @@ fn main() {
             streams.push(http.stream_task_updates(&task.id).await.unwrap());
         }
         let start = Instant::now();
-        service.engine().resume(&task.id).unwrap();
+        service.dangerous_engine().resume(&task.id).unwrap();
         let mut done = Vec::new();
         for mut s in streams {
             done.push(tokio::spawn(async move {

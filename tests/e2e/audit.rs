@@ -129,9 +129,9 @@ fn the_state_directory_audits_its_actions() {
             .unwrap();
     let pkg = Package::sign(&manifest, b"\0asm\x0d\0\x01\0".to_vec(), &key, 1).to_bytes();
 
-    assert!(home.install(&pkg).is_err(), "untrusted at first");
+    assert!(home.dangerous_install_ungated(&pkg).is_err(), "untrusted at first");
     home.trust_add("team", &key.public()).unwrap();
-    home.install(&pkg).unwrap();
+    home.dangerous_install_ungated(&pkg).unwrap();
     home.load_installed("team/a").unwrap();
     home.trust_revoke(&key.public().id().to_string()).unwrap();
     assert!(home.load_installed("team/a").is_err());

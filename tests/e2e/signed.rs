@@ -53,7 +53,7 @@ async fn every_example_skill_signs_installs_and_runs() {
     let (_dir, home) = trusted_home();
     let host = signed_host(&home);
     for skill in ["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"] {
-        let installed = home.install(&package(skill, &team_key())).unwrap();
+        let installed = home.dangerous_install_ungated(&package(skill, &team_key())).unwrap();
         assert_eq!(installed.id, format!("team/{skill}"));
         assert_eq!(installed.signer, team_key().public().id().to_string());
         assert_eq!(installed.manifest, manifest(skill), "the index keeps the manifest as signed");
@@ -99,7 +99,7 @@ async fn every_example_skill_signs_installs_and_runs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_manifests_requests_reach_the_guest_only_through_the_grant_given_to_run() {
     let (_dir, home) = trusted_home();
-    home.install(&package("http-fetch", &team_key())).unwrap();
+    home.dangerous_install_ungated(&package("http-fetch", &team_key())).unwrap();
     let info = home.info("team/http-fetch").unwrap();
     let asked: Vec<String> = info.manifest.capabilities.http.iter().map(ToString::to_string).collect();
     assert_eq!(asked, ["https://api.github.com:443"], "exactly the requested set is recorded");
@@ -148,7 +148,7 @@ async fn bad_packages_install_nothing() {
         (b"\0asm\x0d\0\x01\0".to_vec(), "not a coderclaw package"),
     ];
     for (bytes, reason) in cases {
-        let err = home.install(&bytes).unwrap_err();
+        let err = home.dangerous_install_ungated(&bytes).unwrap_err();
         assert!(err.to_string().contains(reason), "want {reason:?}: {err}");
     }
     assert!(home.installed().unwrap().is_empty());
@@ -158,7 +158,7 @@ async fn bad_packages_install_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn revoking_a_key_stops_installed_packages_and_their_cached_code() {
     let (_dir, home) = trusted_home();
-    home.install(&package("echo", &team_key())).unwrap();
+    home.dangerous_install_ungated(&package("echo", &team_key())).unwrap();
     let host = signed_host(&home);
     run(&host, &home, "team/echo", json!(1), &Grant::deny_all()).await.unwrap();
     let cached = coderclaw_e2e::cached_files(&home.compiled_cache_dir());
@@ -171,14 +171,14 @@ async fn revoking_a_key_stops_installed_packages_and_their_cached_code() {
     // `VerifiedPackage`, which the revoked key can no longer produce.
     assert_eq!(coderclaw_e2e::cached_files(&home.compiled_cache_dir()), cached);
     // A new install of the same package is refused too.
-    assert!(home.install(&package("echo", &team_key())).unwrap_err().to_string().contains("revoked"));
+    assert!(home.dangerous_install_ungated(&package("echo", &team_key())).unwrap_err().to_string().contains("revoked"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_package_swapped_into_the_store_is_refused() {
     let (dir, home) = trusted_home();
-    let echo = home.install(&package("echo", &team_key())).unwrap();
-    let other = home.install(&package("word-count", &team_key())).unwrap();
+    let echo = home.dangerous_install_ungated(&package("echo", &team_key())).unwrap();
+    let other = home.dangerous_install_ungated(&package("word-count", &team_key())).unwrap();
     // Both are validly signed by a trusted key; put word-count's bytes in echo's file.
     let file = |digest: &str| dir.path().join("packages").join(format!("{digest}.ccpkg"));
     std::fs::copy(file(&other.digest), file(&echo.digest)).unwrap();
@@ -188,6 +188,6 @@ async fn a_signed_package_swapped_into_the_store_is_refused() {
     let refused = home.audit().query(&Default::default()).unwrap().into_iter().last().unwrap();
     assert_eq!((refused.action.as_str(), refused.result.as_str()), ("skill.verify", "denied"));
     // As the error says: reinstalling repairs the stored file.
-    home.install(&package("echo", &team_key())).unwrap();
+    home.dangerous_install_ungated(&package("echo", &team_key())).unwrap();
     assert_eq!(home.load_installed("team/echo").unwrap().manifest().id.as_str(), "team/echo");
 }

@@ -65,7 +65,8 @@ fn install(home: &Home) {
         let text = format!("id = \"{id}\"\nversion = \"1.0.0\"\n{rest}");
         let manifest = Manifest::from_toml(&text, id).unwrap();
         let bytes = std::fs::read(guest(component)).unwrap();
-        home.install(&Package::sign(&manifest, bytes, &team_key(), 1_763_000_000).to_bytes()).unwrap();
+        home.dangerous_install_ungated(&Package::sign(&manifest, bytes, &team_key(), 1_763_000_000).to_bytes())
+            .unwrap();
     }
 }
 
@@ -89,7 +90,7 @@ fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture {
     home.trust_add("team", &team_key().public()).unwrap();
     install(&home);
     let service = service_on(&home, workspace.path(), config);
-    Fixture { _dir: dir, workspace, home, engine: service.engine().clone(), service }
+    Fixture { _dir: dir, workspace, home, engine: service.dangerous_engine().clone(), service }
 }
 
 /// An engine and its service over `home`, running tasks in `workspace`.
@@ -113,7 +114,7 @@ impl Fixture {
     pub(crate) fn login(&self, user: &str, roles: &[&str]) -> String {
         let security = self.service.security();
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        security.identity().add_user(user, &roles, Some("correct horse battery")).unwrap();
+        security.dangerous_identity_store().add_user(user, &roles, Some("correct horse battery")).unwrap();
         security.login_local(user, LocalSecret::Password("correct horse battery"), None, None, None).unwrap().1
     }
 
@@ -449,7 +450,7 @@ async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
     assert_eq!(failed.error, Some(TaskFailure::new(FailureCode::HostRestarted, "host restarted")));
     let still = rt.get_task_state(&paused.id).await.unwrap().unwrap();
     assert_eq!((still.status, still.paused), (TaskStatus::Pending, true), "paused tasks stay paused");
-    reopened.engine().resume(&paused.id).unwrap();
+    reopened.dangerous_engine().resume(&paused.id).unwrap();
     assert_eq!(rt.wait(&paused.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
 }
 
@@ -613,7 +614,10 @@ async fn another_session_cannot_answer_pause_or_watch_a_waiting_task() {
 async fn a_scoped_session_uses_the_task_service_inside_its_scope_only() {
     let f = fixture(Default::default());
     let security = f.service.security();
-    security.identity().add_user("sam", &["developer".to_owned()], Some("correct horse battery")).unwrap();
+    security
+        .dangerous_identity_store()
+        .add_user("sam", &["developer".to_owned()], Some("correct horse battery"))
+        .unwrap();
     let login = |scope: &std::path::Path| {
         security.login_local("sam", LocalSecret::Password("correct horse battery"), None, Some(scope), None).unwrap().1
     };
