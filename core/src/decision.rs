@@ -25,7 +25,7 @@
 
 use crate::grant::{Access, Grant, GrantBuilder, Limits};
 use crate::manifest::{Capabilities, Kind, Manifest, RequestedLimits};
-use crate::policy::{OrgPolicy, RepoPolicy, SecurityConfig, id_matches};
+use crate::policy::{OrgPolicy, RepoPolicy, SecurityConfig, SkillPolicy, id_matches};
 use crate::principal::Origin;
 use crate::rbac::{Permission, Roles};
 use crate::trust::TrustLevel;
@@ -241,36 +241,65 @@ pub fn check_permission(
     Decision { allowed: reasons.is_empty(), grant: Grant::deny_all(), reasons, narrowed: Vec::new() }
 }
 
-/// Decides one request. See the module documentation for the rules.
+/// Decides one request. See the module documentation for the rules; each
+/// family of rules is one function below, and every reason is collected.
 pub fn decide(input: &DecisionInput<'_>) -> Decision {
-    let DecisionInput { subject, target, policies, .. } = input;
+    let DecisionInput { subject, policies, .. } = input;
     let mut reasons = Vec::new();
-    let admin = policies.roles.allows(&subject.roles, Permission::AdminAll);
-
     check_session(subject, input.workspace, *policies, input.now_ms, &mut reasons);
     check_users_and_roles(subject, *policies, &mut reasons);
+    check_run_permissions(input, &mut reasons);
+    check_enforced_trust(subject, *policies, &mut reasons);
+    check_org_denied(input, &mut reasons);
+    let entries = check_skill_policies(input, &mut reasons);
+    check_dangerous(input, &entries, &mut reasons);
+    check_agent_policies(input, &mut reasons);
 
-    if input.action == Action::Run {
-        let needed = match target.kind {
-            Kind::Skill => Permission::SkillExecute,
-            Kind::Agent => Permission::AgentInvoke,
-        };
-        for p in [Permission::TaskSubmit, needed] {
-            if !policies.roles.allows(&subject.roles, p) {
-                reasons.push(missing_permission(subject, p));
-            }
+    if !reasons.is_empty() {
+        return Decision { allowed: false, grant: Grant::deny_all(), reasons, narrowed: Vec::new() };
+    }
+    match build_grant(&input.target, input.offer) {
+        Ok((grant, narrowed)) => Decision { allowed: true, grant, reasons, narrowed },
+        Err(message) => Decision {
+            allowed: false,
+            grant: Grant::deny_all(),
+            reasons: vec![Reason { code: "bad-grant", message }],
+            narrowed: Vec::new(),
+        },
+    }
+}
+
+/// A run needs `task:submit` and `skill:execute` or `agent:invoke`.
+fn check_run_permissions(input: &DecisionInput<'_>, reasons: &mut Vec<Reason>) {
+    if input.action != Action::Run {
+        return;
+    }
+    let needed = match input.target.kind {
+        Kind::Skill => Permission::SkillExecute,
+        Kind::Agent => Permission::AgentInvoke,
+    };
+    for p in [Permission::TaskSubmit, needed] {
+        if !input.policies.roles.allows(&input.subject.roles, p) {
+            reasons.push(missing_permission(input.subject, p));
         }
     }
+}
 
-    check_enforced_trust(subject, *policies, &mut reasons);
-
-    if policies.org.denies(target.id).is_some() {
+/// The organisation's `deniedSkills`.
+fn check_org_denied(input: &DecisionInput<'_>, reasons: &mut Vec<Reason>) {
+    if input.policies.org.denies(input.target.id).is_some() {
         reasons.push(Reason {
             code: "denied-skill",
-            message: format!("`{}` is in the organisation policy's deniedSkills", target.id),
+            message: format!("`{}` is in the organisation policy's deniedSkills", input.target.id),
         });
     }
+}
 
+/// The repository's `skillPolicies` entries that name the target: their
+/// required permissions, allowed roles and trust level. Returns the entries.
+fn check_skill_policies<'a>(input: &DecisionInput<'a>, reasons: &mut Vec<Reason>) -> Vec<&'a SkillPolicy> {
+    let DecisionInput { subject, target, policies, .. } = input;
+    let admin = policies.roles.allows(&subject.roles, Permission::AdminAll);
     let entries: Vec<_> = policies.repo.skill_policies.iter().filter(|p| id_matches(&p.skill_id, target.id)).collect();
     for entry in &entries {
         let missing: Vec<_> =
@@ -286,79 +315,62 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
                 ),
             });
         }
-        require_role(
-            subject,
-            admin,
-            &entry.allowed_roles,
-            &format!("skillPolicies for `{}`", entry.skill_id),
-            &mut reasons,
-        );
+        let source = format!("skillPolicies for `{}`", entry.skill_id);
+        require_role(subject, admin, &entry.allowed_roles, &source, reasons);
         if let Some(level) = entry.trust_level {
-            require_trust(
-                subject,
-                level,
-                &format!("skillPolicies for `{}` (trustLevel)", entry.skill_id),
-                &mut reasons,
-            );
+            let source = format!("skillPolicies for `{}` (trustLevel)", entry.skill_id);
+            require_trust(subject, level, &source, reasons);
         }
     }
+    entries
+}
 
-    // Running host programs is dangerous whatever the manifest claims.
+/// A dangerous target (by manifest, by policy, or because it runs host
+/// programs, whatever the manifest claims) needs a policy entry (unless
+/// configured otherwise) and the minimum device trust.
+fn check_dangerous(input: &DecisionInput<'_>, entries: &[&SkillPolicy], reasons: &mut Vec<Reason>) {
+    let DecisionInput { subject, target, policies, .. } = input;
     let dangerous =
         target.dangerous || !target.capabilities.shell.is_empty() || entries.iter().any(|e| e.dangerous == Some(true));
-    if dangerous {
-        if entries.is_empty()
-            && policies.config.security.dangerous_skills_without_policy == crate::policy::DangerousDefault::Deny
-        {
+    if !dangerous {
+        return;
+    }
+    if entries.is_empty()
+        && policies.config.security.dangerous_skills_without_policy == crate::policy::DangerousDefault::Deny
+    {
+        reasons.push(Reason {
+            code: "dangerous-without-policy",
+            message: format!(
+                "`{}` is dangerous and no skillPolicies entry names it: add one to .coderClaw/security.yaml \
+                 (security.dangerousSkillsWithoutPolicy is deny)",
+                target.id
+            ),
+        });
+    }
+    let source = format!("dangerous skill `{}` (deviceTrust.minimumLevel)", target.id);
+    require_trust(subject, policies.config.device_trust.minimum_level, &source, reasons);
+}
+
+/// The repository's `agentPolicies` entries that name an agent target.
+fn check_agent_policies(input: &DecisionInput<'_>, reasons: &mut Vec<Reason>) {
+    let DecisionInput { subject, target, policies, .. } = input;
+    if target.kind != Kind::Agent {
+        return;
+    }
+    let admin = policies.roles.allows(&subject.roles, Permission::AdminAll);
+    for entry in policies.repo.agent_policies.iter().filter(|p| id_matches(&p.agent_id, target.id)) {
+        let source = format!("agentPolicies for `{}`", entry.agent_id);
+        require_role(subject, admin, &entry.allowed_roles, &source, reasons);
+        if let Some(denied) = entry.denied_roles.iter().find(|r| subject.roles.contains(r)) {
             reasons.push(Reason {
-                code: "dangerous-without-policy",
-                message: format!(
-                    "`{}` is dangerous and no skillPolicies entry names it: add one to .coderClaw/security.yaml \
-                     (security.dangerousSkillsWithoutPolicy is deny)",
-                    target.id
-                ),
+                code: "role-denied",
+                message: format!("agentPolicies for `{}` deny role `{denied}`", entry.agent_id),
             });
         }
-        require_trust(
-            subject,
-            policies.config.device_trust.minimum_level,
-            &format!("dangerous skill `{}` (deviceTrust.minimumLevel)", target.id),
-            &mut reasons,
-        );
-    }
-
-    if target.kind == Kind::Agent {
-        for entry in policies.repo.agent_policies.iter().filter(|p| id_matches(&p.agent_id, target.id)) {
-            let source = format!("agentPolicies for `{}`", entry.agent_id);
-            require_role(subject, admin, &entry.allowed_roles, &source, &mut reasons);
-            if let Some(denied) = entry.denied_roles.iter().find(|r| subject.roles.contains(r)) {
-                reasons.push(Reason {
-                    code: "role-denied",
-                    message: format!("agentPolicies for `{}` deny role `{denied}`", entry.agent_id),
-                });
-            }
-            if let Some(level) = entry.require_device_trust {
-                require_trust(
-                    subject,
-                    level,
-                    &format!("agentPolicies for `{}` (requireDeviceTrust)", entry.agent_id),
-                    &mut reasons,
-                );
-            }
+        if let Some(level) = entry.require_device_trust {
+            let source = format!("agentPolicies for `{}` (requireDeviceTrust)", entry.agent_id);
+            require_trust(subject, level, &source, reasons);
         }
-    }
-
-    if !reasons.is_empty() {
-        return Decision { allowed: false, grant: Grant::deny_all(), reasons, narrowed: Vec::new() };
-    }
-    match build_grant(target, input.offer) {
-        Ok((grant, narrowed)) => Decision { allowed: true, grant, reasons, narrowed },
-        Err(message) => Decision {
-            allowed: false,
-            grant: Grant::deny_all(),
-            reasons: vec![Reason { code: "bad-grant", message }],
-            narrowed: Vec::new(),
-        },
     }
 }
 
