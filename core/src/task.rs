@@ -263,12 +263,22 @@ pub struct TaskFailure {
     pub code: FailureCode,
     /// What happened, for a person.
     pub message: String,
+    /// For a denial: the decision's reason codes (`device-trust`,
+    /// `role-not-allowed`, ...), so a client can act on each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 impl TaskFailure {
     /// A failure of kind `code`.
     pub fn new(code: FailureCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), reasons: Vec::new() }
+    }
+
+    /// This failure, with the decision's reason codes.
+    pub fn with_reasons(mut self, reasons: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.reasons = reasons.into_iter().map(Into::into).collect();
+        self
     }
 }
 

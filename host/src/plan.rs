@@ -93,7 +93,8 @@ impl Planner {
             .map_err(|e| TaskFailure::new(FailureCode::Internal, e.to_string()))?;
         if !decision.allowed {
             let message = format!("policy refuses {id}: {}", decision.reasons_text());
-            return Err(TaskFailure::new(FailureCode::Denied, message));
+            let codes = decision.reasons.iter().map(|r| r.code);
+            return Err(TaskFailure::new(FailureCode::Denied, message).with_reasons(codes));
         }
         let skill = self.host.load_verified(&package).map_err(sandbox_failure)?;
         for child in &manifest.capabilities.skills {

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     output TEXT,
     error TEXT,
     error_code TEXT,
+    error_reasons TEXT,
     created_at_ms INTEGER NOT NULL,
     started_at_ms INTEGER,
     completed_at_ms INTEGER,
@@ -255,7 +256,7 @@ impl TaskStore {
 }
 
 const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user, parent_task_id, metadata,
-    status, paused, progress, prompt, output, error, error_code, created_at_ms, started_at_ms, completed_at_ms, resumable,
+    status, paused, progress, prompt, output, error, error_code, error_reasons, created_at_ms, started_at_ms, completed_at_ms, resumable,
     remote, (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
 
 /// A stored value SQLite holds but this code cannot read back.
@@ -316,11 +317,11 @@ fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
 }
 
 /// Adds the columns a `tasks.db` made by an earlier version lacks: `remote`
-/// (its rows read as local, as they were decided then) and `error_code`
-/// (its failures read as `internal`, but for the two the engine wrote with
-/// fixed texts).
+/// (its rows read as local, as they were decided then), `error_code` (its
+/// failures read as `internal`, but for the two the engine wrote with fixed
+/// texts) and `error_reasons`.
 fn add_missing_columns(db: &Connection) -> rusqlite::Result<()> {
-    for (name, decl) in [("remote", "INTEGER NOT NULL DEFAULT 0"), ("error_code", "TEXT")] {
+    for (name, decl) in [("remote", "INTEGER NOT NULL DEFAULT 0"), ("error_code", "TEXT"), ("error_reasons", "TEXT")] {
         let has: bool =
             db.query_row("SELECT EXISTS(SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1)", [name], |r| {
                 r.get(0)
@@ -341,7 +342,11 @@ fn read_failure(r: &Row<'_>) -> rusqlite::Result<Option<TaskFailure>> {
         None if message.starts_with("cancelled") => FailureCode::Cancelled,
         None => FailureCode::Internal,
     };
-    Ok(Some(TaskFailure { code, message }))
+    let reasons = match json_column(r, "error_reasons")? {
+        Some(v) => serde_json::from_value(v).map_err(|e| corrupt("error_reasons", e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(Some(TaskFailure { code, message, reasons }))
 }
 
 fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_commit: &OnCommit) {
@@ -391,11 +396,13 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
             db.prepare_cached(
                 "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user, parent_task_id,
                     metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
-                    completed_at_ms, resumable, remote, error_code)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)
+                    completed_at_ms, resumable, remote, error_code, error_reasons)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                    ?22)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
                     progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
-                    error = excluded.error, error_code = excluded.error_code, started_at_ms = excluded.started_at_ms,
+                    error = excluded.error, error_code = excluded.error_code,
+                    error_reasons = excluded.error_reasons, started_at_ms = excluded.started_at_ms,
                     completed_at_ms = excluded.completed_at_ms",
             )?
             .execute(params![
@@ -420,6 +427,7 @@ fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
                 task.resumable,
                 s.remote,
                 s.error.as_ref().map(|f| f.code.as_str()),
+                s.error.as_ref().filter(|f| !f.reasons.is_empty()).map(|f| serde_json::json!(f.reasons).to_string()),
             ])?;
             if let Some(e) = event {
                 insert_event(db, e)?;
@@ -458,4 +466,41 @@ fn insert_event(db: &Connection, e: &TaskUpdateEvent) -> rusqlite::Result<()> {
         e.data.as_ref().map(Value::to_string),
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `tasks` table as version 0.1 of `tasks.db` had it: no origin, no
+    /// typed failure.
+    const OLD_TASKS: &str = "CREATE TABLE tasks (
+        id TEXT PRIMARY KEY NOT NULL, description TEXT NOT NULL, target_kind TEXT NOT NULL,
+        target_id TEXT NOT NULL, input TEXT NOT NULL, session_id TEXT NOT NULL, user TEXT NOT NULL,
+        parent_task_id TEXT, metadata TEXT NOT NULL, status TEXT NOT NULL, paused INTEGER NOT NULL DEFAULT 0,
+        progress REAL, prompt TEXT, output TEXT, error TEXT, created_at_ms INTEGER NOT NULL,
+        started_at_ms INTEGER, completed_at_ms INTEGER, resumable INTEGER NOT NULL DEFAULT 0)";
+
+    #[test]
+    fn an_older_task_store_opens_and_its_failures_read_with_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join("tasks.db")).unwrap();
+        old.execute_batch(OLD_TASKS).unwrap();
+        for (id, error) in [("a", "host restarted"), ("b", "cancelled: by alice"), ("c", "skill crashed")] {
+            old.execute(
+                "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user, metadata,
+                    status, error, created_at_ms) VALUES (?1, '', 'skill', 'team/echo', '{}', 'local:me', 'me', '{}',
+                    'FAILED', ?2, 1)",
+                params![id, error],
+            )
+            .unwrap();
+        }
+        drop(old);
+        let store = TaskStore::open(dir.path(), Arc::new(|_| {})).unwrap();
+        let code = |id: &str| store.get(id).unwrap().unwrap().state.error.unwrap().code;
+        assert_eq!(code("a"), FailureCode::HostRestarted);
+        assert_eq!(code("b"), FailureCode::Cancelled);
+        assert_eq!(code("c"), FailureCode::Internal);
+        assert!(!store.get("a").unwrap().unwrap().state.remote, "old rows read as local");
+    }
 }

@@ -581,6 +581,7 @@ async fn a_task_from_another_machine_is_decided_as_from_an_untrusted_device() {
     assert_eq!(done.status, TaskStatus::Failed);
     let failure = done.error.unwrap();
     assert_eq!(failure.code, FailureCode::Denied, "a policy refusal, not a crash: {failure:?}");
+    assert_eq!(failure.reasons, ["device-trust"], "with the decision's reason codes: {failure:?}");
     assert!(failure.message.contains("untrusted"), "{failure:?}");
 }
 
