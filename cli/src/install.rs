@@ -386,7 +386,7 @@ impl Installer {
         // Nothing to do when this exact package is installed and locked
         // (lockfile values are only ever written from verified packages).
         let locked = self.lock.get(id).filter(|l| l.digest == chosen.digest && l.sha256 == chosen.sha256);
-        if installed.is_some_and(|i| i.digest == chosen.digest) && locked.is_some() {
+        if installed.is_some_and(|i| i.digest.to_hex() == chosen.digest) && locked.is_some() {
             let signer = locked.map(|l| l.signer.clone()).unwrap_or_default();
             self.lock_entry(reg, id, &recorded, &chosen, &signer)?;
             return Ok(self.outcome(id, &chosen, "unchanged", None));
@@ -436,7 +436,7 @@ impl Installer {
             digest: entry.digest.clone(),
             note,
         };
-        if self.security.home().info(id).is_ok_and(|i| i.digest == entry.digest) {
+        if self.security.home().info(id).is_ok_and(|i| i.digest.to_hex() == entry.digest) {
             return Ok(done("unchanged", None));
         }
         let mut note = None;

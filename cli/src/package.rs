@@ -240,7 +240,7 @@ pub(crate) fn install_file(path: &Path, gates: InstallGates, json: bool) -> Resu
 }
 
 fn describe_installed(s: &InstalledSkill) -> Value {
-    describe(&s.manifest, &s.digest, &s.signer)
+    describe(&s.manifest, &s.digest.to_hex(), &s.signer.to_string())
 }
 
 pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {

@@ -67,7 +67,7 @@ impl TaskExecutor for SkillExecutor {
             .into_iter()
             .map(|i| SkillInfo {
                 id: i.id,
-                version: i.version,
+                version: i.version.to_string(),
                 kind: i.manifest.kind,
                 description: i.manifest.description.clone(),
                 dangerous: i.manifest.dangerous || !i.manifest.capabilities.shell.is_empty(),

@@ -112,13 +112,13 @@ pub struct InstalledSkill {
     /// `namespace/name`.
     pub id: String,
     /// Semantic version.
-    pub version: String,
+    pub version: semver::Version,
     /// The package digest the signature covers.
-    pub digest: String,
+    pub digest: Digest,
     /// SHA-256 of the component.
-    pub component_digest: String,
+    pub component_digest: Digest,
     /// Key id of the signer.
-    pub signer: String,
+    pub signer: KeyId,
     /// When it was installed (Unix seconds).
     pub installed_at: u64,
     /// The manifest as signed.
@@ -415,10 +415,10 @@ impl Home {
         let m = verified.manifest();
         let record = InstalledSkill {
             id: m.id.to_string(),
-            version: m.version.to_string(),
-            digest: verified.digest().to_hex(),
-            component_digest: verified.component_digest().to_hex(),
-            signer: verified.signer().to_string(),
+            version: m.version.clone(),
+            digest: verified.digest(),
+            component_digest: verified.component_digest(),
+            signer: verified.signer().clone(),
             installed_at: now(),
             manifest: m.clone(),
         };
@@ -431,10 +431,10 @@ impl Home {
                      installed_at = ?6, manifest = ?7",
                 params![
                     record.id,
-                    record.version,
-                    record.digest,
-                    record.component_digest,
-                    record.signer,
+                    record.version.to_string(),
+                    record.digest.to_hex(),
+                    record.component_digest.to_hex(),
+                    record.signer.to_string(),
                     record.installed_at as i64,
                     manifest_json
                 ],
@@ -461,12 +461,22 @@ impl Home {
             )?;
             let rows = stmt.query_map([id], |r| {
                 let manifest: String = r.get(6)?;
+                let bad = |column: usize, message: String| {
+                    let e: Box<dyn std::error::Error + Send + Sync> = message.into();
+                    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e)
+                };
+                let digest = |column: usize| -> rusqlite::Result<Digest> {
+                    let hex: String = r.get(column)?;
+                    Digest::from_hex(&hex).ok_or_else(|| bad(column, format!("`{hex}` is not a SHA-256 digest")))
+                };
+                let version: String = r.get(1)?;
+                let signer: String = r.get(4)?;
                 Ok(InstalledSkill {
                     id: r.get(0)?,
-                    version: r.get(1)?,
-                    digest: r.get(2)?,
-                    component_digest: r.get(3)?,
-                    signer: r.get(4)?,
+                    version: semver::Version::parse(&version).map_err(|e| bad(1, e.to_string()))?,
+                    digest: digest(2)?,
+                    component_digest: digest(3)?,
+                    signer: KeyId::parse(&signer).map_err(|e| bad(4, e.to_string()))?,
                     installed_at: r.get::<_, i64>(5)? as u64,
                     manifest: serde_json::from_str(&manifest).map_err(|e| {
                         rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
@@ -494,9 +504,7 @@ impl Home {
     fn remove_unaudited(&self, id: &str) -> Result<InstalledSkill, HomeError> {
         let skill = self.info(id)?;
         self.with_db(|db| db.execute("DELETE FROM installed_skills WHERE id = ?1", params![id]))?;
-        if let Some(d) = Digest::from_hex(&skill.digest) {
-            let _ = fs::remove_file(self.package_path(&d));
-        }
+        let _ = fs::remove_file(self.package_path(&skill.digest));
         Ok(skill)
     }
 
@@ -514,13 +522,12 @@ impl Home {
 
     fn load_installed_unaudited(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
         let skill = self.info(id)?;
-        let digest = Digest::from_hex(&skill.digest).ok_or_else(|| HomeError::NotInstalled(id.to_owned()))?;
-        let path = self.package_path(&digest);
+        let path = self.package_path(&skill.digest);
         let bytes = fs::read(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
         let verified = Package::parse(&bytes)?.verify(self)?;
         // A validly signed but different package (another skill, an older
         // version) swapped into the file is not what was installed.
-        if verified.digest() != digest || verified.manifest().id.as_str() != id {
+        if verified.digest() != skill.digest || verified.manifest().id.as_str() != id {
             return Err(HomeError::StoredPackageMismatch {
                 id: id.to_owned(),
                 found: format!("{} {}", verified.manifest().id, verified.manifest().version),

@@ -486,7 +486,7 @@ impl Security {
                 self.audit_refused(by, "skill.install", ("skill", id), &reason)?;
                 Err(SecurityError::Denied(reason))
             };
-            let older = semver::Version::parse(&current.version).is_ok_and(|v| v > m.version);
+            let older = current.version > m.version;
             if older && !gates.allow_downgrade {
                 return refuse(format!(
                     "{id} {} is installed; {} is older, and moving back is a rollback: refused (--allow-downgrade to do it on purpose)",

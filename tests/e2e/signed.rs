@@ -55,7 +55,7 @@ async fn every_example_skill_signs_installs_and_runs() {
     for skill in ["echo", "word-count", "shell-exec", "http-fetch", "security-scanner", "code-reviewer"] {
         let installed = home.dangerous_install_ungated(&package(skill, &team_key())).unwrap();
         assert_eq!(installed.id, format!("team/{skill}"));
-        assert_eq!(installed.signer, team_key().public().id().to_string());
+        assert_eq!(installed.signer, team_key().public().id());
         assert_eq!(installed.manifest, manifest(skill), "the index keeps the manifest as signed");
     }
     assert_eq!(home.installed().unwrap().len(), 6);
@@ -180,7 +180,7 @@ async fn a_signed_package_swapped_into_the_store_is_refused() {
     let echo = home.dangerous_install_ungated(&package("echo", &team_key())).unwrap();
     let other = home.dangerous_install_ungated(&package("word-count", &team_key())).unwrap();
     // Both are validly signed by a trusted key; put word-count's bytes in echo's file.
-    let file = |digest: &str| dir.path().join("packages").join(format!("{digest}.ccpkg"));
+    let file = |digest: &coderclaw_core::Digest| dir.path().join("packages").join(format!("{digest}.ccpkg"));
     std::fs::copy(file(&other.digest), file(&echo.digest)).unwrap();
     let err = home.load_installed("team/echo").unwrap_err();
     assert!(matches!(err, HomeError::StoredPackageMismatch { .. }), "{err}");
