@@ -671,3 +671,31 @@ async fn a_client_tells_a_policy_refusal_from_a_guest_crash_by_code_over_http() 
     assert_eq!(task["error"]["code"], "trap", "{task}");
     assert_eq!(task["status"], "FAILED");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn either_transport_serves_as_a_dyn_transport_including_pause_and_resume() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let server = f.http().await;
+    let transports: Vec<(&str, Arc<dyn Transport>)> = vec![
+        ("local", Arc::new(LocalTransport::new(f.service.clone(), Some(token.clone())))),
+        ("http", Arc::new(HttpTransport::new(&server.url(), Some(token)).unwrap())),
+    ];
+    for (name, t) in transports {
+        let req = TaskSubmitRequest { paused: true, ..TaskSubmitRequest::skill("team/echo", json!({ "via": name })) };
+        let task = t.submit_task(req).await.unwrap();
+        let paused = t.get_task_state(&task.id).await.unwrap().unwrap();
+        assert!(paused.paused && paused.status == TaskStatus::Pending, "{name}: {paused:?}");
+        let again = t.set_paused(&task.id, true).await.unwrap_err();
+        assert_eq!(again.code, ErrorCode::Conflict, "{name}: pausing twice is a conflict: {again}");
+        let resumed = t.set_paused(&task.id, false).await.unwrap();
+        assert!(!resumed.paused, "{name}: {resumed:?}");
+        let mut stream = t.stream_task_updates(&task.id).await.unwrap();
+        while let Some(e) = stream.next().await {
+            e.unwrap();
+        }
+        let done = t.get_task_state(&task.id).await.unwrap().unwrap();
+        assert_eq!(done.status, TaskStatus::Completed, "{name}: {done:?}");
+        assert_eq!(done.output, Some(json!({ "echo": { "via": name } })), "{name}");
+    }
+}

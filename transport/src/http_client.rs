@@ -3,7 +3,7 @@
 //! https is verified against the web PKI roots plus, optionally, a CA file
 //! (for a team server with its own certificate).
 
-use crate::runtime::{Transport, UpdateStream};
+use crate::runtime::{RuntimeFuture, Transport, UpdateStream};
 use bytes::{Buf, Bytes, BytesMut};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
 use coderclaw_net::client::{ClientError, HttpClient, Pending};
@@ -106,72 +106,91 @@ fn task_path(id: &str, rest: &str) -> Result<String, RuntimeError> {
 }
 
 impl Transport for HttpTransport {
-    async fn submit_task(&self, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
-        let body = serde_json::to_vec(&req).map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-        self.call(Method::POST, "/v1/tasks", Some(body)).await
+    fn submit_task<'a>(&'a self, req: TaskSubmitRequest) -> RuntimeFuture<'a, TaskState> {
+        Box::pin(async move {
+            let body =
+                serde_json::to_vec(&req).map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+            self.call(Method::POST, "/v1/tasks", Some(body)).await
+        })
     }
 
-    async fn get_task_state(&self, id: &str) -> Result<Option<TaskState>, RuntimeError> {
-        match self.call(Method::GET, &task_path(id, "")?, None).await {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.code == ErrorCode::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    fn get_task_state<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<TaskState>> {
+        Box::pin(async move {
+            match self.call(Method::GET, &task_path(id, "")?, None).await {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.code == ErrorCode::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
-    async fn stream_task_updates(&self, id: &str) -> Result<UpdateStream, RuntimeError> {
-        let Pending { parts, body, .. } = self.send(Method::GET, &task_path(id, "/stream")?).await?;
-        if !parts.status.is_success() {
-            let bytes = Limited::new(body, MAX_REPLY_BYTES).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(reply_error(parts.status, &bytes));
-        }
-        let state = SseState { body, buf: BytesMut::new(), done: false };
-        Ok(Box::pin(futures_util::stream::unfold(state, next_sse_event)))
+    fn stream_task_updates<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, UpdateStream> {
+        Box::pin(async move {
+            let Pending { parts, body, .. } = self.send(Method::GET, &task_path(id, "/stream")?).await?;
+            if !parts.status.is_success() {
+                let bytes =
+                    Limited::new(body, MAX_REPLY_BYTES).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                return Err(reply_error(parts.status, &bytes));
+            }
+            let state = SseState { body, buf: BytesMut::new(), done: false };
+            Ok(Box::pin(futures_util::stream::unfold(state, next_sse_event)) as UpdateStream)
+        })
     }
 
-    async fn cancel_task(&self, id: &str) -> Result<bool, RuntimeError> {
-        #[derive(serde::Deserialize)]
-        struct Reply {
-            cancelled: bool,
-        }
-        let r: Reply = self.call(Method::POST, &task_path(id, "/cancel")?, Some(b"{}".to_vec())).await?;
-        Ok(r.cancelled)
+    fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool> {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct Reply {
+                cancelled: bool,
+            }
+            let r: Reply = self.call(Method::POST, &task_path(id, "/cancel")?, Some(b"{}".to_vec())).await?;
+            Ok(r.cancelled)
+        })
     }
 
-    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<TaskState>, RuntimeError> {
-        let mut query = Vec::new();
-        if let Some(s) = filter.status {
-            query.push(format!("status={s}"));
-        }
-        if let Some(s) = &filter.session {
-            query.push(format!("session={}", coderclaw_net::server::percent_encode(s)));
-        }
-        if let Some(l) = filter.limit {
-            query.push(format!("limit={l}"));
-        }
-        let path = if query.is_empty() { "/v1/tasks".to_owned() } else { format!("/v1/tasks?{}", query.join("&")) };
-        self.call(Method::GET, &path, None).await
+    fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
+        Box::pin(async move {
+            let mut query = Vec::new();
+            if let Some(s) = filter.status {
+                query.push(format!("status={s}"));
+            }
+            if let Some(s) = &filter.session {
+                query.push(format!("session={}", coderclaw_net::server::percent_encode(s)));
+            }
+            if let Some(l) = filter.limit {
+                query.push(format!("limit={l}"));
+            }
+            let path = if query.is_empty() { "/v1/tasks".to_owned() } else { format!("/v1/tasks?{}", query.join("&")) };
+            self.call(Method::GET, &path, None).await
+        })
     }
 
-    async fn get_task_events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
-        self.call(Method::GET, &task_path(id, "/events")?, None).await
+    fn get_task_events<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
+        Box::pin(async move { self.call(Method::GET, &task_path(id, "/events")?, None).await })
     }
 
-    async fn respond(&self, id: &str, answer: &str) -> Result<TaskState, RuntimeError> {
-        let body = json!({ "answer": answer }).to_string().into_bytes();
-        self.call(Method::POST, &task_path(id, "/input")?, Some(body)).await
+    fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState> {
+        Box::pin(async move {
+            let body = json!({ "answer": answer }).to_string().into_bytes();
+            self.call(Method::POST, &task_path(id, "/input")?, Some(body)).await
+        })
     }
 
-    async fn list_agents(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
-        self.call(Method::GET, "/v1/agents", None).await
+    fn list_agents<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>> {
+        Box::pin(async move { self.call(Method::GET, "/v1/agents", None).await })
     }
 
-    async fn list_skills(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
-        self.call(Method::GET, "/v1/skills", None).await
+    fn list_skills<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>> {
+        Box::pin(async move { self.call(Method::GET, "/v1/skills", None).await })
     }
 
-    async fn get_status(&self) -> Result<RuntimeStatus, RuntimeError> {
-        self.call(Method::GET, "/v1/status", None).await
+    fn get_status<'a>(&'a self) -> RuntimeFuture<'a, RuntimeStatus> {
+        Box::pin(async move { self.call(Method::GET, "/v1/status", None).await })
+    }
+
+    fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
+        let rest = if paused { "/pause" } else { "/resume" };
+        Box::pin(async move { self.call(Method::POST, &task_path(id, rest)?, Some(b"{}".to_vec())).await })
     }
 }
 

@@ -2,7 +2,7 @@
 //! transports that carry it.
 //!
 //! - [`Transport`] / [`CoderClawRuntime`]: submit, get, stream, cancel,
-//!   respond, pause, resume, list, events, skills and status.
+//!   respond, pause, resume, list, events, skills and status; object-safe.
 //! - [`LocalTransport`]: in-process, straight to a `TaskService`.
 //! - [`HttpTransport`] and [`http_server`]: REST + SSE over hyper.
 //!
@@ -20,4 +20,4 @@ pub mod http_server;
 mod runtime;
 
 pub use http_client::HttpTransport;
-pub use runtime::{CoderClawRuntime, LocalTransport, Transport, UpdateStream};
+pub use runtime::{CoderClawRuntime, LocalTransport, RuntimeFuture, Transport, UpdateStream};

@@ -15,28 +15,34 @@ use std::sync::Arc;
 /// A task's live events; ends after the final status.
 pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<TaskUpdateEvent, RuntimeError>> + Send>>;
 
-/// What a runtime offers, whatever carries it.
+/// What a runtime call returns.
+pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeError>> + Send + 'a>>;
+
+/// What a runtime offers, whatever carries it. Object-safe: a client can
+/// hold an `Arc<dyn Transport>` and not care which transport it is.
 pub trait Transport: Send + Sync {
     /// Submits a task; it is durable when this returns.
-    fn submit_task(&self, req: TaskSubmitRequest) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
+    fn submit_task<'a>(&'a self, req: TaskSubmitRequest) -> RuntimeFuture<'a, TaskState>;
     /// A task's state; `None` when there is no such task for this session.
-    fn get_task_state(&self, id: &str) -> impl Future<Output = Result<Option<TaskState>, RuntimeError>> + Send;
+    fn get_task_state<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<TaskState>>;
     /// A task's events from the first, live until it finishes.
-    fn stream_task_updates(&self, id: &str) -> impl Future<Output = Result<UpdateStream, RuntimeError>> + Send;
+    fn stream_task_updates<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, UpdateStream>;
     /// Cancels a task; false when it had already finished.
-    fn cancel_task(&self, id: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send;
+    fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool>;
     /// Tasks matching `filter`, newest first.
-    fn list_tasks(&self, filter: TaskFilter) -> impl Future<Output = Result<Vec<TaskState>, RuntimeError>> + Send;
+    fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>>;
     /// A task's history.
-    fn get_task_events(&self, id: &str) -> impl Future<Output = Result<Vec<TaskUpdateEvent>, RuntimeError>> + Send;
+    fn get_task_events<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>>;
     /// Answers a WAITING task's input request.
-    fn respond(&self, id: &str, answer: &str) -> impl Future<Output = Result<TaskState, RuntimeError>> + Send;
+    fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState>;
     /// Installed agents.
-    fn list_agents(&self) -> impl Future<Output = Result<Vec<SkillInfo>, RuntimeError>> + Send;
+    fn list_agents<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>>;
     /// Installed skills.
-    fn list_skills(&self) -> impl Future<Output = Result<Vec<SkillInfo>, RuntimeError>> + Send;
+    fn list_skills<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>>;
     /// Health and load.
-    fn get_status(&self) -> impl Future<Output = Result<RuntimeStatus, RuntimeError>> + Send;
+    fn get_status<'a>(&'a self) -> RuntimeFuture<'a, RuntimeStatus>;
+    /// Holds a PENDING task in the queue (true) or releases it (false).
+    fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState>;
 }
 
 /// The runtime a client holds: a transport plus conveniences.
@@ -100,6 +106,16 @@ impl<T: Transport> CoderClawRuntime<T> {
         self.transport.get_status().await
     }
 
+    /// Holds a PENDING task in the queue.
+    pub async fn pause_task(&self, id: &str) -> Result<TaskState, RuntimeError> {
+        self.transport.set_paused(id, true).await
+    }
+
+    /// Releases a paused task.
+    pub async fn resume_task(&self, id: &str) -> Result<TaskState, RuntimeError> {
+        self.transport.set_paused(id, false).await
+    }
+
     /// Follows the task's stream to its final status (calling `each` on
     /// every event) and returns the final state.
     pub async fn wait(&self, id: &str, mut each: impl FnMut(&TaskUpdateEvent)) -> Result<TaskState, RuntimeError> {
@@ -134,49 +150,59 @@ impl LocalTransport {
 }
 
 impl Transport for LocalTransport {
-    async fn submit_task(&self, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
-        let who = self.who()?;
-        self.service.submit(&who, req).await
+    fn submit_task<'a>(&'a self, req: TaskSubmitRequest) -> RuntimeFuture<'a, TaskState> {
+        Box::pin(async move {
+            let who = self.who()?;
+            self.service.submit(&who, req).await
+        })
     }
 
-    async fn get_task_state(&self, id: &str) -> Result<Option<TaskState>, RuntimeError> {
-        match self.service.get(&self.who()?, id) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.code == coderclaw_tasks::ErrorCode::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    fn get_task_state<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<TaskState>> {
+        Box::pin(async move {
+            match self.service.get(&self.who()?, id) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.code == coderclaw_tasks::ErrorCode::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
     }
 
-    async fn stream_task_updates(&self, id: &str) -> Result<UpdateStream, RuntimeError> {
-        let stream = self.service.stream(&self.who()?, id)?;
-        Ok(Box::pin(stream.map(Ok)))
+    fn stream_task_updates<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, UpdateStream> {
+        Box::pin(async move {
+            let stream = self.service.stream(&self.who()?, id)?;
+            Ok(Box::pin(stream.map(Ok)) as UpdateStream)
+        })
     }
 
-    async fn cancel_task(&self, id: &str) -> Result<bool, RuntimeError> {
-        self.service.cancel(&self.who()?, id)
+    fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool> {
+        Box::pin(async move { self.service.cancel(&self.who()?, id) })
     }
 
-    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<TaskState>, RuntimeError> {
-        self.service.list(&self.who()?, filter)
+    fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
+        Box::pin(async move { self.service.list(&self.who()?, filter) })
     }
 
-    async fn get_task_events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
-        self.service.events(&self.who()?, id)
+    fn get_task_events<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
+        Box::pin(async move { self.service.events(&self.who()?, id) })
     }
 
-    async fn respond(&self, id: &str, answer: &str) -> Result<TaskState, RuntimeError> {
-        self.service.respond(&self.who()?, id, answer.to_owned())
+    fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState> {
+        Box::pin(async move { self.service.respond(&self.who()?, id, answer.to_owned()) })
     }
 
-    async fn list_agents(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
-        self.service.agents(&self.who()?)
+    fn list_agents<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>> {
+        Box::pin(async move { self.service.agents(&self.who()?) })
     }
 
-    async fn list_skills(&self) -> Result<Vec<SkillInfo>, RuntimeError> {
-        self.service.skills(&self.who()?)
+    fn list_skills<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>> {
+        Box::pin(async move { self.service.skills(&self.who()?) })
     }
 
-    async fn get_status(&self) -> Result<RuntimeStatus, RuntimeError> {
-        Ok(self.service.status(&self.who()?))
+    fn get_status<'a>(&'a self) -> RuntimeFuture<'a, RuntimeStatus> {
+        Box::pin(async move { Ok(self.service.status(&self.who()?)) })
+    }
+
+    fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
+        Box::pin(async move { self.service.set_paused(&self.who()?, id, paused) })
     }
 }
