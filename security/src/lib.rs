@@ -29,8 +29,11 @@
 
 mod admin;
 pub mod audit;
+mod authn;
+mod authz;
 pub mod home;
 pub mod identity;
+mod install;
 pub mod oidc;
 pub mod security;
 pub mod sqlite;

@@ -1,0 +1,248 @@
+//! Authentication: who is calling. A session token, a local password or
+//! API token, or an OIDC ID token becomes a [`Subject`]; a stored task's
+//! [`Principal`] is checked again when it runs.
+
+use crate::audit::{AuditEvent, AuditResult};
+use crate::identity::{IdentityError, Session};
+use crate::security::{LocalSecret, REMOTE_DEVICE, Security, SecurityError};
+use coderclaw_core::TrustLevel;
+use coderclaw_core::clock::now_ms;
+use coderclaw_core::decision::Subject;
+use coderclaw_core::policy::Provider;
+use coderclaw_core::principal::{Origin, Principal, SessionKey};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+impl Security {
+    /// Who is acting: the holder of `session_token`, or (without one and
+    /// unless `requireAuth` is on) the local OS user with `defaultRoles`.
+    /// Unknown, expired and revoked sessions are refused and audited.
+    pub fn subject(&self, session_token: Option<&str>) -> Result<Subject, SecurityError> {
+        let Some(token) = session_token else {
+            if self.policy.config.security.require_auth {
+                let reason = "security.requireAuth is on and no session token was given";
+                self.audit(
+                    AuditEvent::new("auth.session", AuditResult::Denied, "session", "-")
+                        .user(&self.actor)
+                        .device(&self.local_device.id)
+                        .reason(reason),
+                )?;
+                return Err(SecurityError::Denied(format!(
+                    "{reason}: log in with `coderclaw login` and pass --session or CODERCLAW_SESSION"
+                )));
+            }
+            return Ok(Subject {
+                user: self.actor.clone(),
+                roles: self.policy.config.security.default_roles.clone(),
+                device: self.local_device.id.clone(),
+                device_trust: self.effective_trust(&self.local_device),
+                session: None,
+                origin: Origin::Local,
+            });
+        };
+        let session = match self.identity.session_by_token(token) {
+            Ok(s) => s,
+            Err(e) => {
+                self.audit(
+                    AuditEvent::new("auth.session", AuditResult::Denied, "session", "-")
+                        .device(&self.local_device.id)
+                        .reason(format!("unknown or forged session token: {e}")),
+                )?;
+                return Err(e.into());
+            }
+        };
+        self.session_subject(session)
+    }
+
+    /// Who a task submitted by `subject` acts for: its session (or the
+    /// session-less local user) and where it came from.
+    pub fn principal(subject: &Subject) -> Principal {
+        let key = match &subject.session {
+            Some(s) => SessionKey::Session(s.id.clone()),
+            None => SessionKey::Local(subject.user.clone()),
+        };
+        Principal { key, origin: subject.origin }
+    }
+
+    /// `subject` acting from another machine over the network: the device
+    /// it uses is unknown (a session token proves the user, not the
+    /// machine), so it counts as an `untrusted` device, whatever device the
+    /// session was created on and whatever `autoTrustLocal` says.
+    pub fn as_remote(mut subject: Subject) -> Subject {
+        subject.origin = Origin::Remote;
+        subject.device = REMOTE_DEVICE.to_owned();
+        subject.device_trust = TrustLevel::Untrusted;
+        subject
+    }
+
+    /// Who acts for a task now: the subject behind `principal`, checked
+    /// again (a session revoked or expired since submission is refused and
+    /// audited; a local principal needs `requireAuth` off and the same local
+    /// user), and [`Security::as_remote`] when the task came from another
+    /// machine.
+    pub fn revalidate(&self, principal: &Principal) -> Result<Subject, SecurityError> {
+        let subject = match &principal.key {
+            SessionKey::Local(user) => {
+                let subject = self.subject(None)?;
+                if &subject.user != user {
+                    return Err(SecurityError::Denied(format!(
+                        "the task was submitted by local user {user}, not {}",
+                        subject.user
+                    )));
+                }
+                subject
+            }
+            SessionKey::Session(id) => self.session_subject(self.identity.session(id)?)?,
+        };
+        Ok(if principal.is_remote() { Self::as_remote(subject) } else { subject })
+    }
+
+    pub(crate) fn session_subject(&self, session: Session) -> Result<Subject, SecurityError> {
+        let problem = match session.state(now_ms()) {
+            "revoked" => Some("the session was revoked"),
+            "expired" => Some("the session has expired"),
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            self.audit(
+                AuditEvent::new("auth.session", AuditResult::Denied, "session", &session.id)
+                    .user(&session.user)
+                    .device(&session.device)
+                    .session(&session.id)
+                    .reason(problem),
+            )?;
+            return Err(SecurityError::Denied(format!("{problem}: log in again with `coderclaw login`")));
+        }
+        let device = self.identity.device(&session.device)?;
+        Ok(Subject {
+            user: session.user.clone(),
+            roles: session.roles.clone(),
+            device: device.id.clone(),
+            device_trust: self.effective_trust(&device),
+            session: Some(session.facts()),
+            origin: Origin::Local,
+        })
+    }
+
+    // --- authentication ---
+
+    pub(crate) fn provider_enabled(&self, p: Provider) -> Result<(), SecurityError> {
+        if self.policy.config.identity.providers.contains(&p) {
+            Ok(())
+        } else {
+            Err(SecurityError::Denied(format!(
+                "identity provider `{}` is not enabled (identity.providers in config.yaml)",
+                p.as_str()
+            )))
+        }
+    }
+
+    /// Logs in with a password or an API token and creates a session on
+    /// this machine's device. `roles` narrows the session to some of the
+    /// user's roles (default: all of them). Audited, success or not.
+    pub fn login_local(
+        &self,
+        user: &str,
+        secret: LocalSecret<'_>,
+        roles: Option<&[String]>,
+        scope: Option<&Path>,
+        ttl: Option<Duration>,
+    ) -> Result<(Session, String), SecurityError> {
+        let method = match secret {
+            LocalSecret::Password(_) => "password",
+            LocalSecret::Token(_) => "token",
+        };
+        let outcome = self.provider_enabled(Provider::Local).and_then(|()| {
+            Ok(match secret {
+                LocalSecret::Password(p) => self.identity.verify_password(user, p)?,
+                LocalSecret::Token(t) => self.identity.verify_token(user, t)?,
+            })
+        });
+        let user_record = match outcome {
+            Ok(u) => u,
+            Err(e) => {
+                self.audit_login(user, method, AuditResult::Denied, &e.to_string(), None)?;
+                return Err(e);
+            }
+        };
+        self.start_session(&user_record.name, &user_record.roles, roles, scope, self.session_expiry(ttl), method)
+    }
+
+    /// When a session started now with `ttl` (or the configured TTL) ends.
+    pub(crate) fn session_expiry(&self, ttl: Option<Duration>) -> u64 {
+        let ttl = ttl.map_or(self.policy.config.identity.session_ttl.0, |t| t.as_millis() as u64);
+        now_ms().saturating_add(ttl)
+    }
+
+    pub(crate) fn start_session(
+        &self,
+        user: &str,
+        held: &[String],
+        wanted: Option<&[String]>,
+        scope: Option<&Path>,
+        expires_at_ms: u64,
+        method: &str,
+    ) -> Result<(Session, String), SecurityError> {
+        let roles = match wanted {
+            None => held.to_vec(),
+            Some(w) => {
+                if let Some(r) = w.iter().find(|r| !held.contains(r)) {
+                    let e = IdentityError::RoleNotHeld { user: user.into(), role: r.clone(), held: held.join(", ") };
+                    self.audit_login(user, method, AuditResult::Denied, &e.to_string(), None)?;
+                    return Err(e.into());
+                }
+                w.to_vec()
+            }
+        };
+        let (session, token) =
+            self.identity.create_session(user, &self.local_device.id, &roles, scope, method, expires_at_ms)?;
+        self.audit_login(user, method, AuditResult::Allowed, "session created", Some(&session))?;
+        Ok((session, token))
+    }
+
+    pub(crate) fn audit_login(
+        &self,
+        user: &str,
+        method: &str,
+        result: AuditResult,
+        reason: &str,
+        session: Option<&Session>,
+    ) -> Result<(), SecurityError> {
+        let mut e = AuditEvent::new("auth.login", result, "session", session.map_or("-", |s| s.id.as_str()))
+            .user(user)
+            .device(&self.local_device.id)
+            .reason(reason)
+            .metadata(json!({
+                "method": method,
+                "roles": session.map(|s| &s.roles),
+                "expires_at_ms": session.map(|s| s.expires_at_ms),
+                "scope": session.and_then(|s| s.scope.as_ref()),
+            }));
+        if let Some(s) = session {
+            e = e.session(&s.id);
+        }
+        self.audit(e)
+    }
+
+    /// Logs in with an OIDC ID token from a configured issuer.
+    pub async fn login_oidc(
+        &self,
+        id_token: &str,
+        roles: Option<&[String]>,
+        scope: Option<&Path>,
+        ttl: Option<Duration>,
+    ) -> Result<(Session, String), SecurityError> {
+        let (who, issuer) = match self.oidc.verify(id_token).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.audit_login("-", "oidc", AuditResult::Denied, &e.to_string(), None)?;
+                return Err(e.into());
+            }
+        };
+        let held = issuer.roles.clone().unwrap_or_else(|| self.policy.config.security.default_roles.clone());
+        // A session never outlives the token it was made from.
+        let expires_at_ms = self.session_expiry(ttl).min(who.expires_at_ms);
+        self.start_session(&who.user, &held, roles, scope, expires_at_ms, &format!("oidc:{}", who.issuer))
+    }
+}

@@ -1,0 +1,103 @@
+//! Authorisation: the pure decision function and the permission checks,
+//! with the facts gathered here and every answer audited.
+
+use crate::audit::AuditResult;
+use crate::security::{Security, SecurityError};
+use coderclaw_core::clock::now_ms;
+use coderclaw_core::decision::{self, Action, Decision, DecisionInput, Offer, Subject, Target, check_permission};
+use coderclaw_core::rbac::Permission;
+use serde_json::json;
+use std::path::Path;
+
+impl Security {
+    /// Decides a run (or a nested invocation) and records the decision.
+    pub fn decide(
+        &self,
+        subject: &Subject,
+        target: Target<'_>,
+        action: Action,
+        workspace: Option<&Path>,
+        offer: &Offer,
+    ) -> Result<Decision, SecurityError> {
+        let d = decision::decide(&DecisionInput {
+            subject,
+            target,
+            action: action.clone(),
+            workspace,
+            policies: self.policy.policies(),
+            offer,
+            now_ms: now_ms(),
+        });
+        let (name, parent) = match (&action, target.kind) {
+            (Action::Nested { parent }, _) => ("skill.invoke", Some(parent.as_str())),
+            (Action::Run, coderclaw_core::manifest::Kind::Agent) => ("agent.invoke", None),
+            (Action::Run, coderclaw_core::manifest::Kind::Skill) => ("skill.execute", None),
+        };
+        let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
+        let reason = if d.allowed { "allowed by policy".to_owned() } else { d.reasons_text() };
+        let metadata = json!({
+            "parent": parent,
+            "reasons": d.reasons.iter().map(|r| r.code).collect::<Vec<_>>(),
+            "grant": decision::grant_json(&d.grant),
+            "narrowed": d.narrowed,
+            "device_trust": subject.device_trust,
+            "roles": subject.roles,
+        });
+        self.audit(self.event(name, result, subject, "skill", target.id).reason(reason).metadata(metadata))?;
+        Ok(d)
+    }
+
+    /// Checks a permission for an action on a resource and records it.
+    pub fn require(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+    ) -> Result<(), SecurityError> {
+        self.check(subject, permission, action, resource, true)
+    }
+
+    /// Checks a permission for work in this workspace. Refusals are always
+    /// recorded; grants only with `audit_allowed` (reads skip it).
+    pub fn check(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+        audit_allowed: bool,
+    ) -> Result<(), SecurityError> {
+        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
+        if d.allowed && !audit_allowed {
+            return Ok(());
+        }
+        let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
+        let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
+        self.audit(self.event(action, result, subject, resource.0, resource.1).reason(&reason))?;
+        if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) }
+    }
+
+    /// Managing the state directory (trust store, installs, keys, users,
+    /// devices): needs `permission` in a session, except for the
+    /// session-less owner of the state directory while `requireAuth` is off
+    /// — they can edit its files directly, so refusing them would protect
+    /// nothing. With `requireAuth` on, everyone needs a session.
+    pub fn require_owner_or(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+    ) -> Result<(), SecurityError> {
+        if subject.session.is_none() && !self.policy.config.security.require_auth {
+            return Ok(());
+        }
+        self.require(subject, permission, action, resource)
+    }
+
+    /// [`Security::require_owner_or`] with `admin:all` (users, devices, sessions).
+    pub fn require_admin(&self, subject: &Subject, action: &str, resource: (&str, &str)) -> Result<(), SecurityError> {
+        self.require_owner_or(subject, Permission::AdminAll, action, resource)
+    }
+}
