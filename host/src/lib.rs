@@ -11,7 +11,7 @@
 //! use coderclaw::{Access, Grant, Host};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let home = Home::open("/home/me/.coderclaw")?;
+//! let home = Home::open(std::env::var("CODERCLAW_HOME")?)?;
 //! let host = Host::builder().compiled_cache(home.compiled_cache_dir()).build()?;
 //! // Verified against the trust store before anything is compiled.
 //! let scanner = host.load_verified(&home.load_installed("team/security-scanner")?)?;

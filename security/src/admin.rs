@@ -21,6 +21,11 @@ impl Security {
         password: Option<&str>,
     ) -> Result<User, SecurityError> {
         self.require_admin(by, "user.add", ("user", name))?;
+        // A role no configuration defines would be a user no check can
+        // reason about: refused before anything is stored.
+        for role in roles {
+            self.policy().roles.permissions(role)?;
+        }
         let user = self.identity.add_user(name, roles, password)?;
         self.audit_done(by, "user.add", ("user", name), &format!("roles [{}]", roles.join(", ")))?;
         Ok(user)
@@ -111,5 +116,25 @@ impl Security {
         let device = self.identity.register_device(&id, name, &key.to_string(), false)?;
         self.audit_done(by, "device.register", ("device", &id), &format!("{name}, {}", device.trust))?;
         Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::home::Home;
+    use crate::security::{Security, SecurityError};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_user_with_a_role_no_configuration_defines_is_refused_and_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let security = Security::open(Arc::new(Home::open(dir.path()).unwrap()), None).unwrap();
+        let owner = security.subject(None).unwrap();
+        let err = security.add_user(&owner, "mallory", &["wizard".to_owned()], None).unwrap_err();
+        assert!(matches!(err, SecurityError::Role(_)), "{err}");
+        assert!(err.to_string().contains("unknown role `wizard`"), "{err}");
+        assert!(security.users(&owner).unwrap().is_empty(), "nothing was stored");
+        let added = security.add_user(&owner, "dana", &["developer".to_owned()], None).unwrap();
+        assert_eq!(added.roles, ["developer"]);
     }
 }

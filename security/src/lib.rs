@@ -19,7 +19,7 @@
 //! use std::sync::Arc;
 //!
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let home = Arc::new(Home::open("/home/me/.coderclaw")?);
+//! let home = Arc::new(Home::open(std::env::var("CODERCLAW_HOME")?)?);
 //! // The configuration, the organisation policy and this repository's policy.
 //! let security = Security::open(home, Some("./repo".as_ref()))?;
 //! let caller = security.subject(None)?; // the local user, without a session

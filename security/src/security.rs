@@ -53,6 +53,9 @@ pub enum SecurityError {
     /// The device key.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A role the configuration does not define.
+    #[error(transparent)]
+    Role(#[from] coderclaw_core::rbac::RbacError),
     /// The audit log could not record the action; it was not done.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),

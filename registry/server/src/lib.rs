@@ -14,7 +14,7 @@
 //! use coderclaw_registry_server::{RegistryStore, Scope};
 //!
 //! # fn demo() -> Result<(), coderclaw_registry::ApiError> {
-//! let store = RegistryStore::open("/srv/registry".as_ref())?;
+//! let store = RegistryStore::open("registry-data".as_ref())?;
 //! let (token, _info) = store.create_token("team", Scope::Read, None)?;
 //! println!("{token}");
 //! # Ok(()) }
