@@ -4,7 +4,7 @@
 
 use crate::grant_args::parse_duration_arg;
 use crate::home;
-use crate::install::{RegistryArgs, sync_policies};
+use crate::install::{RegistryArgs, refresh_policies};
 use crate::output::print_json;
 use anyhow::{Context, Result, anyhow, bail};
 use coderclaw_core::keys::PublicKey;
@@ -13,7 +13,6 @@ use coderclaw_core::policy::OrgPolicy;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_registry::api::SearchHit;
-use coderclaw_registry::cache::ClientCache;
 use coderclaw_registry_server::server::RegistryConfig;
 use coderclaw_registry_server::{RegistryStore, Scope};
 use std::net::SocketAddr;
@@ -368,13 +367,12 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
                     reg.name
                 );
             }
-            let cache = ClientCache::new(&home::state_dir()?);
-            let report = crate::runtime()?.block_on(sync_policies(&reg, &cache))?;
+            let report = refresh_policies(&crate::runtime()?, &reg)?;
             if args.json {
                 print_json(&report)?;
             } else {
                 for r in report {
-                    println!("{}: {}", r["namespace"].as_str().unwrap_or(""), r["status"].as_str().unwrap_or(""));
+                    println!("{}: {}", r.namespace, r.status);
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -94,6 +94,16 @@ pub struct TrustedKey {
     pub revoked: bool,
 }
 
+/// What an install may do beyond a fresh install of a newer version; the
+/// gates themselves are the security service's (`Security::install_verified`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstallGates {
+    /// Accept a version that asks for more capabilities than the installed one.
+    pub accept_capabilities: bool,
+    /// Allow an older version than the installed one.
+    pub allow_downgrade: bool,
+}
+
 /// Where verification looks keys up (the trust store implements it).
 pub trait KeyLookup {
     /// The key with this id, if the store knows it (revoked or not).
@@ -281,7 +291,7 @@ impl Package {
     /// cryptographically valid, by a known, unrevoked key trusted for the
     /// manifest's namespace. The reasons are checked in that order so the
     /// error names the most relevant one.
-    pub fn verify(self, keys: &impl KeyLookup) -> Result<VerifiedPackage, PackageError> {
+    pub fn verify(self, keys: &(impl KeyLookup + ?Sized)) -> Result<VerifiedPackage, PackageError> {
         let manifest = self.manifest()?;
         if self.signatures.is_empty() {
             return Err(PackageError::Unsigned);

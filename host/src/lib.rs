@@ -21,13 +21,17 @@
 //! # Ok(()) }
 //! ```
 
+mod install_target;
 mod local_runtime;
 mod plan;
 mod skill_executor;
 
+pub use install_target::GatedInstall;
 pub use local_runtime::{LocalRuntime, LocalRuntimeBuilder, OpenError};
 pub use plan::{NestedCaller, Planner, PreparedRun};
 
+/// The team registry's client and its secure install pipeline.
+pub use coderclaw_registry as registry;
 pub use coderclaw_sandbox::{
     Access, Caller, CollectEvents, DEFAULT_MAX_MEMORY_BYTES, Digest, DiscardEvents, Error, EventKind, EventSink, Grant,
     GrantBuilder, GrantError, Host, HostBuilder, HostPattern, HostStats, Limits, LoadSource, LogLevel, RunEvent, Skill,

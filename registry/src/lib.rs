@@ -5,6 +5,10 @@
 //! - [`client`]: the client, [`RegistryClient`].
 //! - [`lockfile`]: reads and writes `.coderClaw/skills.lock`.
 //! - [`cache`]: the client's offline cache and what it has seen (no rollback).
+//! - [`registries`]: which registry a command talks to ([`Registry::choose`])
+//!   and syncing the organisation policies it publishes.
+//! - [`install`]: the secure install pipeline ([`Installer`]) into an
+//!   [`InstallTarget`], the host's install gates.
 //!
 //! The registry is not trusted to vouch for itself: clients verify every
 //! package's digest and signature against their own trust store.
@@ -23,7 +27,11 @@
 pub mod api;
 pub mod cache;
 pub mod client;
+pub mod install;
 pub mod lockfile;
+pub mod registries;
 
 pub use api::{ApiError, ErrorCode};
 pub use client::RegistryClient;
+pub use install::{InstallError, InstallTarget, Installer};
+pub use registries::Registry;

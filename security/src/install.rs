@@ -4,16 +4,8 @@
 
 use crate::security::{Security, SecurityError};
 use coderclaw_core::decision::Subject;
+pub use coderclaw_core::package::InstallGates;
 use coderclaw_core::package::{Package, VerifiedPackage};
-
-/// What an install may do beyond a fresh install of a newer version.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct InstallGates {
-    /// Accept a version that asks for more capabilities than the installed one.
-    pub accept_capabilities: bool,
-    /// Allow an older version than the installed one.
-    pub allow_downgrade: bool,
-}
 
 /// What an install did.
 #[derive(Debug, Clone)]
