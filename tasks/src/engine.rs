@@ -8,24 +8,26 @@
 //! streamed in exactly the order they happened. An entry leaves memory once
 //! its final event is on disk.
 
-use crate::store::{StoreError, StoredTask, TaskStore, Write};
+use crate::hub::{Hub, StreamState, next_event};
+use crate::queue::Queue;
+use crate::run::TaskRun;
+use crate::store::{OnCommit, SqliteTaskStore, StoreError, StoredTask, TaskStore, Write};
 use coderclaw_core::clock::now_ms;
-use coderclaw_core::events::{EventKind, EventSink, RunEvent};
 use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{
     FailureCode, IllegalTransition, RuntimeMode, RuntimeStatus, SkillInfo, TaskEventKind, TaskFailure, TaskFilter,
     TaskState, TaskStatus, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
 };
-use coderclaw_core::task_link::{BoxFuture, MemoryFault, TaskLink, TaskServices};
+use coderclaw_core::task_link::BoxFuture;
 use coderclaw_security::audit::{AuditEvent, AuditResult};
 use futures_util::{FutureExt, Stream};
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::AbortHandle;
 
 /// Why an engine call failed.
@@ -115,43 +117,18 @@ pub struct TaskEngine {
     inner: Arc<Inner>,
 }
 
-struct Live {
-    task: StoredTask,
+/// A task not yet final: its row as last queued, how to stop its run, and
+/// who waits for its input.
+pub(crate) struct Live {
+    pub(crate) task: StoredTask,
     abort: Option<AbortHandle>,
-    waiter: Option<oneshot::Sender<String>>,
+    pub(crate) waiter: Option<oneshot::Sender<String>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    by_session: HashMap<String, VecDeque<String>>,
-    /// Sessions with queued tasks, served round-robin.
-    turn: VecDeque<String>,
-}
-
-impl Queue {
-    fn push(&mut self, session: &str, id: String) {
-        let q = self.by_session.entry(session.to_owned()).or_default();
-        if q.is_empty() {
-            self.turn.push_back(session.to_owned());
-        }
-        q.push_back(id);
-    }
-
-    fn pop(&mut self) -> Option<String> {
-        let session = self.turn.pop_front()?;
-        let q = self.by_session.get_mut(&session)?;
-        let id = q.pop_front();
-        if q.is_empty() {
-            self.by_session.remove(&session);
-        } else {
-            self.turn.push_back(session);
-        }
-        id
-    }
-}
-
-struct Inner {
-    store: Arc<TaskStore>,
+/// The engine's shared state; [`TaskRun`](crate::TaskRun) and the writer's
+/// commit hook hold it too.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn TaskStore>,
     executor: Arc<dyn TaskExecutor>,
     config: EngineConfig,
     audit: Option<AuditHook>,
@@ -163,9 +140,6 @@ struct Inner {
     started: Instant,
 }
 
-/// Most keys one session may keep in its memory.
-const MAX_MEMORY_KEYS: u64 = 1000;
-
 impl TaskEngine {
     /// Opens the task store in `dir`, recovers what a previous process
     /// left unfinished and starts the scheduler. Needs a tokio runtime.
@@ -175,6 +149,18 @@ impl TaskEngine {
     /// `host restarted` otherwise.
     pub fn open(
         dir: &Path,
+        executor: Arc<dyn TaskExecutor>,
+        config: EngineConfig,
+        audit: Option<AuditHook>,
+    ) -> Result<TaskEngine, EngineError> {
+        let open_store = |on_commit| Ok(SqliteTaskStore::open(dir, on_commit)? as Arc<dyn TaskStore>);
+        TaskEngine::open_on(open_store, executor, config, audit)
+    }
+
+    /// [`TaskEngine::open`] on another [`TaskStore`]: `open_store` gets the
+    /// hook its writer must call with each committed batch's events.
+    pub fn open_on(
+        open_store: impl FnOnce(Arc<OnCommit>) -> Result<Arc<dyn TaskStore>, StoreError>,
         executor: Arc<dyn TaskExecutor>,
         config: EngineConfig,
         audit: Option<AuditHook>,
@@ -193,7 +179,7 @@ impl TaskEngine {
                 hub.publish(events);
             })
         };
-        let store = TaskStore::open(dir, on_commit)?;
+        let store = open_store(on_commit)?;
         let slots = Arc::new(Semaphore::new(config.max_concurrent_tasks.max(1) as usize));
         let run_queue = config.run_queue;
         let inner = Arc::new(Inner {
@@ -298,8 +284,15 @@ impl TaskEngine {
         let rx = self.inner.hub.subscribe(id);
         self.inner.get(id)?;
         let backlog = self.inner.store.events(id, 0)?.into();
-        let state =
-            StreamState { inner: self.inner.clone(), id: id.to_owned(), rx: Some(rx), backlog, last: 0, done: false };
+        let state = StreamState {
+            hub: self.inner.hub.clone(),
+            store: self.inner.store.clone(),
+            id: id.to_owned(),
+            rx: Some(rx),
+            backlog,
+            last: 0,
+            done: false,
+        };
         Ok(futures_util::stream::unfold(state, next_event))
     }
 
@@ -406,7 +399,7 @@ impl TaskEngine {
 }
 
 impl Inner {
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    pub(crate) fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -424,7 +417,7 @@ impl Inner {
 
     /// Moves `entry` to `to` (checked), applies `f`, and queues the row and
     /// a status event. Call with the live lock held.
-    fn change(
+    pub(crate) fn change(
         &self,
         entry: &mut Live,
         to: TaskStatus,
@@ -449,7 +442,7 @@ impl Inner {
     }
 
     /// Applies `f` and queues the row and one event. Live lock held.
-    fn update(
+    pub(crate) fn update(
         &self,
         entry: &mut Live,
         kind: TaskEventKind,
@@ -469,7 +462,7 @@ impl Inner {
     }
 
     /// Appends an event that does not change the row. Live lock held.
-    fn note(&self, entry: &mut Live, kind: TaskEventKind, message: String, data: Option<Value>) {
+    pub(crate) fn note(&self, entry: &mut Live, kind: TaskEventKind, message: String, data: Option<Value>) {
         entry.task.last_seq += 1;
         let e = event(&entry.task.state, entry.task.last_seq, kind, message, data);
         if let Err(err) = self.store.queue(Write::Event(e)) {
@@ -660,225 +653,5 @@ fn event(s: &TaskState, seq: u64, kind: TaskEventKind, message: String, data: Op
         progress: s.progress,
         message,
         data,
-    }
-}
-
-/// A running task's handle on the engine, given to the executor.
-#[derive(Clone)]
-pub struct TaskRun {
-    inner: Arc<Inner>,
-    task_id: String,
-    principal: Principal,
-}
-
-impl TaskRun {
-    /// PLANNING → RUNNING: authorisation passed, execution starts. A task
-    /// re-run after a restart may already be RUNNING.
-    pub fn running(&self) -> Result<(), TaskFailure> {
-        let mut live = self.inner.lock_live();
-        let entry = live
-            .get_mut(&self.task_id)
-            .ok_or_else(|| TaskFailure::new(FailureCode::Internal, "the task is no longer live"))?;
-        if entry.task.state.status == TaskStatus::Running {
-            return Ok(());
-        }
-        self.inner
-            .change(entry, TaskStatus::Running, TaskEventKind::Status, "running", None, |_| {})
-            .map_err(|e| TaskFailure::new(FailureCode::Internal, e.to_string()))
-    }
-
-    /// Where the run's log, progress and capability events go: into the
-    /// task's history and streams.
-    pub fn sink(&self) -> Arc<dyn EventSink> {
-        let (inner, id) = (self.inner.clone(), self.task_id.clone());
-        Arc::new(move |e: RunEvent| {
-            let mut live = inner.lock_live();
-            let Some(entry) = live.get_mut(&id) else { return };
-            if entry.task.state.status.is_terminal() {
-                return;
-            }
-            let skill = json!({ "skill": &*e.skill, "depth": e.depth });
-            match e.kind {
-                EventKind::Progress { fraction, message } => {
-                    let r = inner.update(entry, TaskEventKind::Progress, &message, Some(skill), |s| {
-                        s.progress = Some(fraction);
-                    });
-                    if let Err(err) = r {
-                        tracing::warn!(error = %err, "progress dropped");
-                    }
-                }
-                EventKind::Log { level, message } => {
-                    let data = json!({ "skill": &*e.skill, "depth": e.depth, "level": level });
-                    inner.note(entry, TaskEventKind::Log, message, Some(data));
-                }
-                EventKind::Capability { capability, target, allowed, detail } => {
-                    let verdict = if allowed { "allowed" } else { "denied" };
-                    let data = json!({ "skill": &*e.skill, "depth": e.depth, "capability": capability,
-                                       "target": target, "allowed": allowed });
-                    inner.note(
-                        entry,
-                        TaskEventKind::Log,
-                        format!("{capability} {verdict}: {target}: {detail}"),
-                        Some(data),
-                    );
-                }
-            }
-        })
-    }
-
-    /// What the guest reaches through the task: input requests and the
-    /// session's memory.
-    pub fn link(&self) -> TaskLink {
-        TaskLink { task_id: self.task_id.clone(), principal: self.principal.clone(), services: Arc::new(self.clone()) }
-    }
-}
-
-impl TaskServices for TaskRun {
-    fn request_input(&self, prompt: String) -> BoxFuture<Result<String, String>> {
-        let run = self.clone();
-        Box::pin(async move {
-            let rx = {
-                let mut live = run.inner.lock_live();
-                let entry = live.get_mut(&run.task_id).ok_or("the task is no longer live")?;
-                run.inner
-                    .change(entry, TaskStatus::Waiting, TaskEventKind::InputRequested, &prompt, None, |s| {
-                        s.prompt = Some(prompt.clone());
-                    })
-                    .map_err(|e| e.to_string())?;
-                let (tx, rx) = oneshot::channel();
-                entry.waiter = Some(tx);
-                rx
-            };
-            rx.await.map_err(|_| "the task was cancelled while waiting for input".to_owned())
-        })
-    }
-
-    fn memory_get(&self, skill: String, key: String) -> BoxFuture<Result<Option<String>, MemoryFault>> {
-        let (store, session) = (self.inner.store.clone(), self.principal.key.to_stored());
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.memory_get(&session, &skill, &key))
-                .await
-                .map_err(|e| MemoryFault::Failed(e.to_string()))?
-                .map_err(|e| MemoryFault::Failed(e.to_string()))
-        })
-    }
-
-    fn memory_put(&self, skill: String, key: String, value: Option<String>) -> BoxFuture<Result<bool, MemoryFault>> {
-        let (store, session) = (self.inner.store.clone(), self.principal.key.to_stored());
-        Box::pin(async move {
-            let fail = |e: String| MemoryFault::Failed(e);
-            let (s2, sk2, k2, st2) = (session.clone(), skill.clone(), key.clone(), store.clone());
-            // Checked before the write is queued: tasks of one session
-            // writing new keys at the same moment can pass the limit by a
-            // few (the writer commits batches and cannot refuse one write).
-            let (existed, count) = tokio::task::spawn_blocking(move || {
-                Ok::<_, StoreError>((st2.memory_get(&s2, &sk2, &k2)?.is_some(), st2.memory_len(&s2, &sk2)?))
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(|e| fail(e.to_string()))?;
-            if value.is_some() && !existed && count >= MAX_MEMORY_KEYS {
-                return Err(MemoryFault::TooLarge(format!(
-                    "this skill's memory in this session is full ({MAX_MEMORY_KEYS} keys)"
-                )));
-            }
-            let write = Write::Memory { session, skill, key, value, at_ms: now_ms() };
-            let ack = store.queue_durable(write).map_err(|e| fail(e.to_string()))?;
-            ack.await.map_err(|_| fail("the task store's writer stopped".into()))?.map_err(fail)?;
-            Ok(existed)
-        })
-    }
-}
-
-/// Subscribers per task, fed by the writer after each commit.
-#[derive(Default)]
-struct Hub {
-    subs: Mutex<HashMap<String, broadcast::Sender<TaskUpdateEvent>>>,
-}
-
-/// Events a slow subscriber may fall behind before it re-reads the store.
-const STREAM_BUFFER: usize = 256;
-
-impl Hub {
-    fn subscribe(&self, id: &str) -> broadcast::Receiver<TaskUpdateEvent> {
-        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        subs.entry(id.to_owned()).or_insert_with(|| broadcast::channel(STREAM_BUFFER).0).subscribe()
-    }
-
-    fn publish(&self, events: Vec<TaskUpdateEvent>) {
-        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        if subs.is_empty() {
-            return;
-        }
-        let mut finished = HashSet::new();
-        for e in events {
-            let terminal = e.event == TaskEventKind::Status && e.status.is_terminal();
-            if let Some(tx) = subs.get(&e.task_id) {
-                if terminal {
-                    finished.insert(e.task_id.clone());
-                }
-                let _ = tx.send(e);
-            }
-        }
-        // Dropping the sender ends the streams once they drain.
-        for id in finished {
-            subs.remove(&id);
-        }
-    }
-
-    fn release(&self, id: &str) {
-        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        if subs.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
-            subs.remove(id);
-        }
-    }
-}
-
-struct StreamState {
-    inner: Arc<Inner>,
-    id: String,
-    /// Always Some until dropped; taken in `drop` so the hub sees the
-    /// receiver gone before it checks for remaining subscribers.
-    rx: Option<broadcast::Receiver<TaskUpdateEvent>>,
-    backlog: VecDeque<TaskUpdateEvent>,
-    last: u64,
-    done: bool,
-}
-
-impl Drop for StreamState {
-    fn drop(&mut self) {
-        drop(self.rx.take());
-        self.inner.hub.release(&self.id);
-    }
-}
-
-async fn next_event(mut s: StreamState) -> Option<(TaskUpdateEvent, StreamState)> {
-    loop {
-        if let Some(e) = s.backlog.pop_front() {
-            if e.seq <= s.last {
-                continue;
-            }
-            s.last = e.seq;
-            s.done = e.event == TaskEventKind::Status && e.status.is_terminal();
-            return Some((e, s));
-        }
-        if s.done {
-            return None;
-        }
-        let rx = s.rx.as_mut()?;
-        match rx.recv().await {
-            Ok(e) => s.backlog.push_back(e),
-            Err(broadcast::error::RecvError::Lagged(_)) => match s.inner.store.events(&s.id, s.last) {
-                Ok(missed) => s.backlog.extend(missed),
-                Err(_) => return None,
-            },
-            Err(broadcast::error::RecvError::Closed) => {
-                let rest = s.inner.store.events(&s.id, s.last).unwrap_or_default();
-                if rest.is_empty() {
-                    return None;
-                }
-                s.backlog.extend(rest);
-            }
-        }
     }
 }

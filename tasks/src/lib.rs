@@ -1,9 +1,12 @@
 //! `coderclaw-tasks`: the durable lifecycle every run goes through
 //! (PENDING → PLANNING → RUNNING ⇄ WAITING → COMPLETED | FAILED | CANCELLED).
 //!
-//! - [`TaskEngine`]: the state machine, a fair queue, cancel and pause,
-//!   WAITING for input, recovery after a restart, and live streams; persisted
-//!   in `tasks.db` with group commit.
+//! - [`TaskEngine`] (`engine`): the state machine, cancel and pause,
+//!   recovery after a restart; with the fair queue (`queue`), the stream hub
+//!   (`hub`), a running task's side (`run`: [`TaskRun`], event mapping,
+//!   WAITING) and session memory (`memory`).
+//! - [`TaskStore`] ([`store`]): where tasks live; [`SqliteTaskStore`]
+//!   (`tasks.db`, group commit) is the embedded default.
 //! - [`TaskExecutor`]: what runs a task (the `coderclaw` facade provides the
 //!   one that runs installed skills in the sandbox).
 //! - [`TaskService`]: the engine behind authentication and permissions, the
@@ -17,9 +20,14 @@
 //! ```
 
 mod engine;
+mod hub;
+mod memory;
+mod queue;
+mod run;
 mod service;
-mod store;
+pub mod store;
 
-pub use engine::{AuditHook, EngineConfig, EngineError, Owner, TaskEngine, TaskExecutor, TaskRun};
+pub use engine::{AuditHook, EngineConfig, EngineError, Owner, TaskEngine, TaskExecutor};
+pub use run::TaskRun;
 pub use service::{ErrorCode, RuntimeError, TaskService};
-pub use store::StoreError;
+pub use store::{SqliteTaskStore, StoreError, TaskStore};

@@ -1,4 +1,5 @@
-//! Tasks, their events and the skills' session memory in `tasks.db` (SQLite, WAL).
+//! [`SqliteTaskStore`]: tasks, their events and the skills' session memory
+//! in `tasks.db` (SQLite, WAL), the embedded default.
 //!
 //! Writes go through one writer thread that commits them in batches: it
 //! takes every write queued while the previous batch was being synced, runs
@@ -10,6 +11,7 @@
 //! Committed events are handed to `on_commit` in commit order, so streams
 //! only ever show what is on disk.
 
+use super::{OnCommit, StoreError, StoredTask, TaskStore, Write};
 use coderclaw_core::task::{
     FailureCode, TaskEventKind, TaskFailure, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
 };
@@ -20,26 +22,6 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-
-/// A task store failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused a read or write.
-    #[error("task store {path}: {source}")]
-    Sqlite {
-        /// The database file.
-        path: String,
-        /// What SQLite said.
-        #[source]
-        source: rusqlite::Error,
-    },
-    /// The writer thread is gone (the engine is shutting down).
-    #[error("the task store's writer has stopped")]
-    WriterStopped,
-    /// The writer thread could not be started.
-    #[error("task store: cannot start the writer thread: {0}")]
-    Thread(String),
-}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -92,36 +74,13 @@ CREATE TABLE IF NOT EXISTS skill_memory (
 ) WITHOUT ROWID;
 ";
 
-/// A task row as stored: the state plus engine bookkeeping.
-#[derive(Debug, Clone)]
-pub(crate) struct StoredTask {
-    pub state: TaskState,
-    /// May be re-run from the start after a restart.
-    pub resumable: bool,
-    /// Seq of its last event.
-    pub last_seq: u64,
-}
-
-/// One queued write.
-pub(crate) enum Write {
-    /// Insert or update the task row, then append the event.
-    Task { task: Box<StoredTask>, event: Option<TaskUpdateEvent> },
-    /// Append an event without touching the row.
-    Event(TaskUpdateEvent),
-    /// Set (Some) or delete (None) a skill's memory key in a session.
-    Memory { session: String, skill: String, key: String, value: Option<String>, at_ms: u64 },
-}
-
 struct Queued {
     write: Write,
     ack: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-/// Called by the writer with the events of each committed batch, in order.
-pub(crate) type OnCommit = dyn Fn(Vec<TaskUpdateEvent>) + Send + Sync;
-
 /// The task database.
-pub(crate) struct TaskStore {
+pub struct SqliteTaskStore {
     path: String,
     writes: Mutex<mpsc::Sender<Queued>>,
     reader: Mutex<Connection>,
@@ -130,9 +89,9 @@ pub(crate) struct TaskStore {
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 
-impl TaskStore {
+impl SqliteTaskStore {
     /// Opens (creating) `<dir>/tasks.db` and starts the writer thread.
-    pub(crate) fn open(dir: &Path, on_commit: Arc<OnCommit>) -> Result<Arc<TaskStore>, StoreError> {
+    pub fn open(dir: &Path, on_commit: Arc<OnCommit>) -> Result<Arc<SqliteTaskStore>, StoreError> {
         let file = dir.join("tasks.db");
         let path = file.display().to_string();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
@@ -145,20 +104,7 @@ impl TaskStore {
             .name("coderclaw-task-writer".into())
             .spawn(move || writer_loop(writer, rx, &thread_path, &*on_commit))
             .map_err(|e| StoreError::Thread(e.to_string()))?;
-        Ok(Arc::new(TaskStore { path, writes: Mutex::new(tx), reader: Mutex::new(reader) }))
-    }
-
-    /// Queues `write` behind everything queued before it.
-    pub(crate) fn queue(&self, write: Write) -> Result<(), StoreError> {
-        self.send(Queued { write, ack: None })
-    }
-
-    /// Queues `write` and returns a receiver that resolves once it is
-    /// committed and synced.
-    pub(crate) fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Queued { write, ack: Some(tx) })?;
-        Ok(rx)
+        Ok(Arc::new(SqliteTaskStore { path, writes: Mutex::new(tx), reader: Mutex::new(reader) }))
     }
 
     fn send(&self, q: Queued) -> Result<(), StoreError> {
@@ -169,16 +115,26 @@ impl TaskStore {
         let db = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&db).map_err(|source| StoreError::Sqlite { path: self.path.clone(), source })
     }
+}
 
-    /// One task.
-    pub(crate) fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
+impl TaskStore for SqliteTaskStore {
+    fn queue(&self, write: Write) -> Result<(), StoreError> {
+        self.send(Queued { write, ack: None })
+    }
+
+    fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Queued { write, ack: Some(tx) })?;
+        Ok(rx)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
         self.read(|db| {
             db.query_row(&format!("SELECT {COLUMNS} FROM tasks t WHERE id = ?1"), [id], read_task).optional()
         })
     }
 
-    /// Tasks matching `filter` (newest first), limited to `session` unless None.
-    pub(crate) fn list(&self, filter: &TaskFilter) -> Result<Vec<StoredTask>, StoreError> {
+    fn list(&self, filter: &TaskFilter) -> Result<Vec<StoredTask>, StoreError> {
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
         let rows = self.read(|db| {
             let mut stmt = db.prepare_cached(&format!(
@@ -194,8 +150,7 @@ impl TaskStore {
         Ok(rows)
     }
 
-    /// Tasks not in a final status (for recovery), oldest first.
-    pub(crate) fn unfinished(&self) -> Result<Vec<StoredTask>, StoreError> {
+    fn unfinished(&self) -> Result<Vec<StoredTask>, StoreError> {
         let rows = self.read(|db| {
             let mut stmt = db.prepare(&format!(
                 "SELECT {COLUMNS} FROM tasks t
@@ -207,8 +162,7 @@ impl TaskStore {
         Ok(rows)
     }
 
-    /// A task's events with seq > `after`, in order.
-    pub(crate) fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError> {
+    fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError> {
         self.read(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT task_id, seq, timestamp_ms, event, status, progress, message, data
@@ -219,8 +173,7 @@ impl TaskStore {
         })
     }
 
-    /// Counts by status: (queued, active, total).
-    pub(crate) fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+    fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
         self.read(|db| {
             db.query_row(
                 "SELECT COALESCE(SUM(status = 'PENDING'), 0),
@@ -231,8 +184,7 @@ impl TaskStore {
         })
     }
 
-    /// A skill's memory value in a session.
-    pub(crate) fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError> {
+    fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|db| {
             db.query_row(
                 "SELECT value FROM skill_memory WHERE session_id = ?1 AND skill_id = ?2 AND key = ?3",
@@ -243,8 +195,7 @@ impl TaskStore {
         })
     }
 
-    /// How many keys a skill holds in a session.
-    pub(crate) fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError> {
+    fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError> {
         self.read(|db| {
             db.query_row(
                 "SELECT COUNT(*) FROM skill_memory WHERE session_id = ?1 AND skill_id = ?2",
@@ -496,7 +447,7 @@ mod tests {
             .unwrap();
         }
         drop(old);
-        let store = TaskStore::open(dir.path(), Arc::new(|_| {})).unwrap();
+        let store = SqliteTaskStore::open(dir.path(), Arc::new(|_| {})).unwrap();
         let code = |id: &str| store.get(id).unwrap().unwrap().state.error.unwrap().code;
         assert_eq!(code("a"), FailureCode::HostRestarted);
         assert_eq!(code("b"), FailureCode::Cancelled);

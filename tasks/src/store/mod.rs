@@ -1,0 +1,100 @@
+//! The task store: tasks, their events and session memory, behind the
+//! [`TaskStore`] trait the engine uses. [`SqliteTaskStore`] (`tasks.db`) is
+//! the embedded default; a cluster backend implements the same trait.
+//!
+//! The contract every backend keeps: writes are applied in the order they
+//! were queued; a durable write's receiver resolves only once it (and
+//! everything queued before it) is committed and synced; committed events
+//! are handed to the `on_commit` hook in commit order, so streams only ever
+//! show what is on disk.
+
+mod sqlite;
+
+pub use sqlite::SqliteTaskStore;
+
+use coderclaw_core::task::{TaskFilter, TaskState, TaskUpdateEvent};
+use tokio::sync::oneshot;
+
+/// A task store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused a read or write.
+    #[error("task store {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The writer thread is gone (the engine is shutting down).
+    #[error("the task store's writer has stopped")]
+    WriterStopped,
+    /// The writer thread could not be started.
+    #[error("task store: cannot start the writer thread: {0}")]
+    Thread(String),
+}
+
+/// A task row as stored: the state plus engine bookkeeping.
+#[derive(Debug, Clone)]
+pub struct StoredTask {
+    /// The task as clients see it.
+    pub state: TaskState,
+    /// May be re-run from the start after a restart.
+    pub resumable: bool,
+    /// Seq of its last event.
+    pub last_seq: u64,
+}
+
+/// One queued write.
+pub enum Write {
+    /// Insert or update the task row, then append the event.
+    Task {
+        /// The row.
+        task: Box<StoredTask>,
+        /// Its event.
+        event: Option<TaskUpdateEvent>,
+    },
+    /// Append an event without touching the row.
+    Event(TaskUpdateEvent),
+    /// Set (Some) or delete (None) a skill's memory key in a session.
+    Memory {
+        /// The session (as stored).
+        session: String,
+        /// The skill.
+        skill: String,
+        /// The key.
+        key: String,
+        /// The value, or None to delete.
+        value: Option<String>,
+        /// When.
+        at_ms: u64,
+    },
+}
+
+/// Called by the writer with the events of each committed batch, in order.
+pub type OnCommit = dyn Fn(Vec<TaskUpdateEvent>) + Send + Sync;
+
+/// Where the engine keeps tasks. Reads may run on any thread; writes are
+/// queued to the backend's writer.
+pub trait TaskStore: Send + Sync {
+    /// Queues `write` behind everything queued before it.
+    fn queue(&self, write: Write) -> Result<(), StoreError>;
+    /// Queues `write` and returns a receiver that resolves once it is
+    /// committed and synced.
+    fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError>;
+    /// One task.
+    fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError>;
+    /// Tasks matching `filter`, newest first.
+    fn list(&self, filter: &TaskFilter) -> Result<Vec<StoredTask>, StoreError>;
+    /// Tasks not in a final status (for recovery), oldest first.
+    fn unfinished(&self) -> Result<Vec<StoredTask>, StoreError>;
+    /// A task's events with seq > `after`, in order.
+    fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError>;
+    /// Counts by status: (queued, active, total).
+    fn counts(&self) -> Result<(u64, u64, u64), StoreError>;
+    /// A skill's memory value in a session.
+    fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError>;
+    /// How many keys a skill holds in a session.
+    fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError>;
+}
