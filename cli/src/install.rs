@@ -88,16 +88,6 @@ pub(crate) fn refresh_policies(rt: &tokio::runtime::Runtime, reg: &Registry) -> 
     Ok(report)
 }
 
-/// The install error with the command that fixes it, where there is one.
-fn hinted(e: InstallError) -> anyhow::Error {
-    let hint = match &e {
-        InstallError::LockedRollback { .. } => "pass --allow-downgrade to do it on purpose",
-        InstallError::Verification { .. } => "check `coderclaw trust list` holds the publisher's key for its namespace",
-        _ => return anyhow!(e),
-    };
-    anyhow!("{e} ({hint})")
-}
-
 /// Install skills: from a package file, from a registry, or exactly what
 /// the lockfile says.
 ///
@@ -221,7 +211,7 @@ fn step(
     for w in inst.take_warnings() {
         eprintln!("warning: {w}");
     }
-    let outcome = result.map_err(hinted)?;
+    let outcome = result?;
     if !json && !outcome.accepted_capabilities.is_empty() {
         let shown: String = outcome.accepted_capabilities.iter().map(|d| format!("\n  + {d}")).collect();
         eprintln!(

@@ -6,6 +6,7 @@
 mod audit;
 mod build;
 mod grant_args;
+mod hints;
 mod home;
 mod identity;
 mod install;
@@ -156,6 +157,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = hints::for_error(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -104,6 +104,9 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
         );
         for r in &d.reasons {
             println!("  - [{}] {}", r.code, r.message);
+            if let Some(hint) = crate::hints::for_reason(r.code) {
+                println!("    hint: {hint}");
+            }
         }
         if d.allowed {
             println!("grant:\n{}", d.grant);

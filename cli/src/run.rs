@@ -105,7 +105,10 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let security = home::open_security(Some(&workspace))?;
     let subject = match security.subject(home::session()) {
         Ok(s) => s,
-        Err(e) => return Ok(report_denied(&args, &e.to_string(), &[])),
+        Err(e) => {
+            let message = crate::hints::with_hint(e.to_string(), crate::hints::security(&e));
+            return Ok(report_denied(&args, &message, &[]));
+        }
     };
     let mut builder = Host::builder();
     if !args.no_cache {
@@ -250,7 +253,10 @@ fn load(
                 let manifest = package.manifest().clone();
                 Ok(Loaded { component: Component::Verified(Box::new(package)), manifest, unsigned_offer: None })
             }
-            Err(e) => Err(Error::Package { name: skill.to_owned(), message: e.to_string() }),
+            Err(e) => {
+                let message = crate::hints::with_hint(e.to_string(), crate::hints::home(&e));
+                Err(Error::Package { name: skill.to_owned(), message })
+            }
         },
     }
 }
@@ -280,6 +286,9 @@ fn report_denied(args: &Args, message: &str, reasons: &[Reason]) -> ExitCode {
         eprintln!("error: {message}");
         for r in reasons {
             eprintln!("  - [{}] {}", r.code, r.message);
+            if let Some(hint) = crate::hints::for_reason(r.code) {
+                eprintln!("    hint: {hint}");
+            }
         }
     }
     ExitCode::from(3)
@@ -319,6 +328,9 @@ fn report_error(args: &Args, e: &Error, skill: Option<&Skill>, events: &[RunEven
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else {
         eprintln!("error: {e}");
+        if let Some(hint) = crate::hints::sandbox(e) {
+            eprintln!("hint: {hint}");
+        }
     }
     ExitCode::from(exit_code(e))
 }

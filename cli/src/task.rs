@@ -391,6 +391,9 @@ fn print_state(state: &TaskState, json: bool) -> Result<()> {
     }
     if let Some(e) = &state.error {
         println!("  error: [{}] {}", e.code, e.message);
+        for hint in e.reasons.iter().filter_map(|r| crate::hints::for_reason(r)) {
+            println!("  hint: {hint}");
+        }
     }
     if let Some(o) = &state.output {
         println!("{}", serde_json::to_string_pretty(o)?);

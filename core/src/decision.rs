@@ -407,10 +407,7 @@ fn require_trust(subject: &Subject, level: TrustLevel, source: &str, reasons: &m
     if subject.device_trust < level {
         reasons.push(Reason {
             code: "device-trust",
-            message: format!(
-                "device {} is {}; {source} requires {level}: an admin can run `coderclaw device trust {} {level}`",
-                subject.device, subject.device_trust, subject.device
-            ),
+            message: format!("device {} is {}; {source} requires {level}", subject.device, subject.device_trust),
         });
     }
 }
@@ -425,7 +422,7 @@ fn check_session(
     match &subject.session {
         None if policies.config.security.require_auth => reasons.push(Reason {
             code: "auth-required",
-            message: "security.requireAuth is on: log in (`coderclaw login`) and pass the session token".into(),
+            message: "security.requireAuth is on and the caller has no session".into(),
         }),
         None => {}
         Some(s) => {

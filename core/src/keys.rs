@@ -21,12 +21,10 @@ const PUBLIC_PREFIX: &str = "ed25519:";
 #[derive(Debug, Error)]
 pub enum KeyError {
     /// The one-line public key is malformed.
-    #[error(
-        "{0:?} is not a coderclaw public key: expected `ed25519:` and 64 hex digits (from `coderclaw key export-public`)"
-    )]
+    #[error("{0:?} is not a coderclaw public key: expected `ed25519:` and 64 hex digits")]
     BadPublicKey(String),
     /// A key id that is not 16 hex digits.
-    #[error("{0:?} is not a key id: expected 16 hex digits (see `coderclaw key list` or `coderclaw trust list`)")]
+    #[error("{0:?} is not a key id: expected 16 hex digits")]
     BadKeyId(String),
     /// The secret key file is readable by others.
     #[error("secret key {path} is readable by other users (mode {mode:o}): run `chmod 600 {path}`")]

@@ -29,7 +29,7 @@ pub const MAX_SIGNATURES: u32 = 16;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PackageError {
     /// Not a coderclaw package at all.
-    #[error("not a coderclaw package (bad magic bytes): expected a .ccpkg file made by `coderclaw skill sign`")]
+    #[error("not a coderclaw package (bad magic bytes): expected a signed .ccpkg file")]
     BadMagic,
     /// The file ends before a field it declares.
     #[error("the package is truncated: it ends inside the {0}")]
@@ -56,9 +56,7 @@ pub enum PackageError {
         key_id: String,
     },
     /// Every signature is by a key the trust store does not know.
-    #[error(
-        "no signature is by a trusted key (signed by {signers}): add the publisher's key with `coderclaw trust add {namespace} <public-key>`"
-    )]
+    #[error("no signature is by a trusted key (signed by {signers})")]
     UnknownSigner {
         /// Key ids that signed.
         signers: String,

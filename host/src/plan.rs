@@ -141,6 +141,7 @@ impl Planner {
         self.security.revalidate(principal).map_err(|e| {
             let code = match e {
                 SecurityError::Denied(_)
+                | SecurityError::Unauthenticated(_)
                 | SecurityError::Identity(coderclaw_security::identity::IdentityError::UnknownSession) => {
                     FailureCode::Unauthenticated
                 }

@@ -20,7 +20,7 @@ pub enum Error {
     },
     /// An unsigned component was offered to a host that only runs signed packages.
     #[error(
-        "{name} is not a signed package: sign and install it (`coderclaw skill sign`, `coderclaw skill install`), or allow unsigned code explicitly (HostBuilder::dangerous_allow_unsigned, CLI --dangerous-allow-unsigned)"
+        "{name} is not a signed package, and this host runs only signed packages (HostBuilder::dangerous_allow_unsigned allows unsigned code)"
     )]
     UnsignedRefused {
         /// Name of the skill or file.
@@ -36,15 +36,13 @@ pub enum Error {
         message: String,
     },
     /// The bytes are not WebAssembly at all.
-    #[error("{name} is not a WebAssembly file (no \\0asm header): build the skill with `coderclaw skill build`")]
+    #[error("{name} is not a WebAssembly file (no \\0asm header)")]
     NotWasm {
         /// Name of the skill or file.
         name: String,
     },
     /// A core wasm module was given where a component is required.
-    #[error(
-        "{name} is a core WebAssembly module, not a component: build it for wasm32-wasip2 (`coderclaw skill build`)"
-    )]
+    #[error("{name} is a core WebAssembly module, not a component: it must be built for wasm32-wasip2")]
     NotAComponent {
         /// Name of the skill or file.
         name: String,

@@ -28,9 +28,7 @@ impl Security {
                         .device(&self.local_device.id)
                         .reason(reason),
                 )?;
-                return Err(SecurityError::Denied(format!(
-                    "{reason}: log in with `coderclaw login` and pass --session or CODERCLAW_SESSION"
-                )));
+                return Err(SecurityError::Unauthenticated(reason.to_owned()));
             }
             return Ok(Subject {
                 user: self.actor.clone(),
@@ -112,7 +110,7 @@ impl Security {
                     .session(&session.id)
                     .reason(problem),
             )?;
-            return Err(SecurityError::Denied(format!("{problem}: log in again with `coderclaw login`")));
+            return Err(SecurityError::Unauthenticated(problem.to_owned()));
         }
         let device = self.identity.device(&session.device)?;
         Ok(Subject {

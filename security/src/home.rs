@@ -54,7 +54,7 @@ pub enum HomeError {
     #[error("{0}")]
     Package(#[from] PackageError),
     /// No key with this name in `keys/`.
-    #[error("no signing key named {0:?}: create it with `coderclaw key generate --name {0}`")]
+    #[error("no signing key named {0:?}")]
     NoSuchKey(String),
     /// A key with this name exists already.
     #[error("a signing key named {0:?} already exists: choose another name")]
@@ -63,7 +63,7 @@ pub enum HomeError {
     #[error("{0:?} is not a key name: use letters, digits, `-` and `_`")]
     BadKeyName(String),
     /// The key id is not in the trust store.
-    #[error("key {0} is not in the trust store (see `coderclaw trust list`)")]
+    #[error("key {0} is not in the trust store")]
     UnknownKey(String),
     /// The namespace is not a valid namespace.
     #[error("{0:?} is not a namespace: use lowercase letters, digits and `-`")]
@@ -83,7 +83,7 @@ pub enum HomeError {
     #[error("the package file given for {0} is not the package that was verified: nothing was installed")]
     NotTheVerifiedPackage(String),
     /// No installed skill with this id.
-    #[error("skill {0} is not installed (see `coderclaw skill list`)")]
+    #[error("skill {0} is not installed")]
     NotInstalled(String),
 }
 

@@ -42,19 +42,19 @@ pub enum IdentityError {
     #[error("authentication failed: unknown user or wrong credentials")]
     BadCredentials,
     /// The session token matches no session.
-    #[error("the session token is not valid: log in again (`coderclaw login`)")]
+    #[error("the session token is not valid: it matches no session")]
     UnknownSession,
     /// A user with this name exists.
     #[error("user {0:?} already exists")]
     UserExists(String),
     /// No such user.
-    #[error("no user named {0:?} (see `coderclaw user list`)")]
+    #[error("no user named {0:?}")]
     NoSuchUser(String),
     /// No such device.
-    #[error("no device with id {0:?} (see `coderclaw device list`)")]
+    #[error("no device with id {0:?}")]
     NoSuchDevice(String),
     /// No such session.
-    #[error("no session with id {0:?} (see `coderclaw session list`)")]
+    #[error("no session with id {0:?}")]
     NoSuchSession(String),
     /// No such API token.
     #[error("no API token with id {0:?}")]

@@ -5,6 +5,15 @@
 use crate::security::{Security, SecurityError};
 use coderclaw_core::decision::Subject;
 pub use coderclaw_core::package::InstallGates;
+
+/// The install gate that refused a package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstallGate {
+    /// An older version than the installed one, without `allow_downgrade`.
+    Rollback,
+    /// More capabilities than the installed version, without `accept_capabilities`.
+    CapabilityIncrease,
+}
 use coderclaw_core::package::{Package, VerifiedPackage};
 
 /// What an install did.
@@ -50,24 +59,30 @@ impl Security {
         self.check_not_denied(by, "skill.install", id)?;
         let mut accepted = Vec::new();
         if let Ok(current) = self.home.info(id) {
-            let refuse = |reason: String| -> Result<Installed, SecurityError> {
+            let refuse = |gate: InstallGate, reason: String| -> Result<Installed, SecurityError> {
                 self.audit_refused(by, "skill.install", ("skill", id), &reason)?;
-                Err(SecurityError::Denied(reason))
+                Err(SecurityError::InstallRefused { gate, reason })
             };
             let older = current.version > m.version;
             if older && !gates.allow_downgrade {
-                return refuse(format!(
-                    "{id} {} is installed; {} is older, and moving back is a rollback: refused (--allow-downgrade to do it on purpose)",
-                    current.version, m.version
-                ));
+                return refuse(
+                    InstallGate::Rollback,
+                    format!(
+                        "{id} {} is installed; {} is older, and moving back is a rollback: refused",
+                        current.version, m.version
+                    ),
+                );
             }
             let diff = m.capability_increase(&current.manifest);
             if !diff.is_empty() && !gates.accept_capabilities {
                 let shown: String = diff.iter().map(|d| format!("\n  + {d}")).collect();
-                return refuse(format!(
-                    "{id} {} asks for more than the installed {}:{shown}\nnothing was installed: review the change and pass --accept-capabilities to accept it",
-                    m.version, current.version
-                ));
+                return refuse(
+                    InstallGate::CapabilityIncrease,
+                    format!(
+                        "{id} {} asks for more than the installed {}:{shown}\nnothing was installed: the increase was not accepted",
+                        m.version, current.version
+                    ),
+                );
             }
             accepted = diff;
         }

@@ -3,10 +3,12 @@
 //!
 //! - [`identity`]: local users (argon2), API tokens, sessions and devices in
 //!   `identity.db`; [`oidc`] verifies OIDC ID tokens against a JWKS.
-//! - [`security`]: [`Security`], the one service that authenticates a caller,
-//!   decides and audits every run and nested invocation, gates installs, runs
-//!   the audited administration commands, and loads policy files (keeping the
-//!   last good version of a broken one).
+//! - [`security`]: [`Security`], the one service, split by job: `authn`
+//!   (subjects, logins, sessions), `authz` (decide, check, require), `admin`
+//!   (users, tokens, devices, sessions: check + act + audit in one call),
+//!   `install` (install gates), `policy_files` (the policies in force,
+//!   keeping the last good version of a broken file) and `device` (this
+//!   machine's device key).
 //! - [`home`]: the state directory (keys, trust store, installed packages).
 //! - [`audit`]: the hash-chained, append-only audit log.
 //!
@@ -31,10 +33,12 @@ mod admin;
 pub mod audit;
 mod authn;
 mod authz;
+mod device;
 pub mod home;
 pub mod identity;
 mod install;
 pub mod oidc;
+mod policy_files;
 pub mod security;
 pub mod sqlite;
 

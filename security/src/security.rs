@@ -1,7 +1,8 @@
-//! The security model wired to the state directory: policy files loaded
-//! (keeping the last good version of a broken file), identities
-//! authenticated into a [`Subject`], and every decision made by the pure
-//! [`coderclaw_core::decision`] function and recorded in the audit log.
+//! The security model wired to the state directory: the policies in force
+//! (`policy_files`), this machine's device (`device`), identities
+//! authenticated into a [`Subject`] (`authn`), and every decision made by
+//! the pure [`coderclaw_core::decision`] function and recorded in the audit
+//! log (`authz`).
 //!
 //! Files:
 //!
@@ -21,16 +22,13 @@
 use crate::audit::{AuditEvent, AuditResult};
 use crate::home::Home;
 use crate::identity::{Device, IdentityError, IdentityStore};
-pub use crate::install::{InstallGates, Installed};
+pub use crate::install::{InstallGate, InstallGates, Installed};
 use crate::oidc::{OidcError, OidcVerifier};
-use coderclaw_core::Digest;
+pub use crate::policy_files::{PolicySet, PolicySource};
 use coderclaw_core::TrustLevel;
-use coderclaw_core::decision::{Policies, Subject};
-use coderclaw_core::keys::{KeyError, SecretKey};
-use coderclaw_core::policy::{OrgPolicy, PolicyError, RepoPolicy, SecurityConfig};
-use coderclaw_core::rbac::Roles;
-use serde_json::json;
-use std::os::unix::fs::DirBuilderExt;
+use coderclaw_core::decision::Subject;
+use coderclaw_core::keys::KeyError;
+use coderclaw_core::policy::PolicyError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -50,6 +48,29 @@ pub enum SecurityError {
     /// Refused, with every reason.
     #[error("denied: {0}")]
     Denied(String),
+    /// An install gate refused the package (the reason lists the change).
+    #[error("denied: {reason}")]
+    InstallRefused {
+        /// Which gate.
+        gate: InstallGate,
+        /// Why, with the versions and the capability difference.
+        reason: String,
+    },
+    /// A cached organisation policy from a registry cannot be read or no
+    /// longer verifies: nothing runs until it is fetched again.
+    #[error("denied: the cached organisation policy of `{namespace}` from registry {registry} {problem}")]
+    CachedPolicy {
+        /// The registry it came from.
+        registry: String,
+        /// Its namespace.
+        namespace: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No valid session where one is needed (none given while
+    /// `requireAuth` is on, or revoked or expired).
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
     /// The device key.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -75,66 +96,6 @@ pub enum SecurityError {
 /// The device id decisions see for a caller on another machine.
 pub const REMOTE_DEVICE: &str = "remote-peer";
 
-/// The organisation policies that configured registries distributed and
-/// this client cached (`coderclaw registry sync`), each verified again
-/// against the admin keys in `registries.<name>.namespace-keys`. A cached
-/// policy that fails verification stops the host: running without a
-/// policy the team set would fail open.
-fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
-    let cache = coderclaw_registry::cache::ClientCache::new(state);
-    let mut out = Vec::new();
-    for (name, entry) in &config.registries {
-        for (namespace, keys) in entry.admin_keys() {
-            let file = PathBuf::from(format!("registry {name}, namespace {namespace}"));
-            let refuse = |message: String| {
-                SecurityError::Denied(format!(
-                    "the cached organisation policy of `{namespace}` from registry {name} {message}: \
-                     run `coderclaw registry sync --registry {name}` to fetch it again"
-                ))
-            };
-            let Some(doc) = cache.policy(name, namespace).map_err(|e| refuse(format!("cannot be read ({e})")))? else {
-                continue;
-            };
-            let policy = doc.verify(namespace, &keys).map_err(|e| refuse(format!("is refused ({e})")))?;
-            out.push((file, policy.clone()));
-        }
-    }
-    Ok(out)
-}
-
-/// How one policy file was loaded.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PolicySource {
-    /// The file.
-    pub file: PathBuf,
-    /// `loaded`, `absent` or `kept-last-good`.
-    pub status: &'static str,
-    /// Why the last good version was kept.
-    pub problem: Option<String>,
-}
-
-/// The policies in force.
-#[derive(Debug, Clone)]
-pub struct PolicySet {
-    /// Security configuration.
-    pub config: SecurityConfig,
-    /// Its roles, resolved.
-    pub roles: Roles,
-    /// Organisation policy.
-    pub org: OrgPolicy,
-    /// Repository policy.
-    pub repo: RepoPolicy,
-    /// Where each came from.
-    pub sources: Vec<PolicySource>,
-}
-
-impl PolicySet {
-    /// The policies as the decision function takes them.
-    pub fn policies(&self) -> Policies<'_> {
-        Policies { config: &self.config, roles: &self.roles, repo: &self.repo, org: &self.org }
-    }
-}
-
 /// The security model bound to one state directory and workspace.
 pub struct Security {
     pub(crate) home: Arc<Home>,
@@ -154,24 +115,9 @@ impl Security {
     /// `workspace` (if any), and registers this machine's device.
     pub fn open(home: Arc<Home>, workspace: Option<&Path>) -> Result<Security, SecurityError> {
         let actor = crate::home::local_user();
-        let mut loader = Loader { home: &home, actor: &actor, sources: Vec::new() };
-        let (config, roles) = loader
-            .load(&home.root().join("config.yaml"), SecurityConfig::from_yaml)?
-            .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
-        let mut org = loader.load(&home.root().join("org-policy.yaml"), OrgPolicy::from_yaml)?.unwrap_or_default();
-        for (file, policy) in registry_org_policies(home.root(), &config)? {
-            org.merge(&policy);
-            loader.sources.push(PolicySource { file, status: "loaded", problem: None });
-        }
-        let repo = match workspace {
-            Some(w) => loader
-                .load(&w.join(".coderClaw").join("security.yaml"), |t, f| RepoPolicy::from_yaml(t, f, &roles))?
-                .unwrap_or_default(),
-            None => RepoPolicy::default(),
-        };
-        let policy = PolicySet { config, roles, org, repo, sources: loader.sources };
+        let policy = crate::policy_files::load(&home, &actor, workspace)?;
         let identity = IdentityStore::open(home.root())?;
-        let local_device = local_device(&home, &identity)?;
+        let local_device = crate::device::local_device(&home, &identity)?;
         let ident = &policy.config.identity;
         let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
         let workspace = workspace.map(Path::to_path_buf);
@@ -269,105 +215,4 @@ pub enum LocalSecret<'a> {
     Password(&'a str),
     /// A locally issued API token.
     Token(&'a str),
-}
-
-/// This machine's device: its key is created on first use.
-fn local_device(home: &Home, identity: &IdentityStore) -> Result<Device, SecurityError> {
-    let path = home.root().join("device.key");
-    let key = match SecretKey::read(&path) {
-        Ok(k) => k,
-        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            let k = SecretKey::generate()?;
-            k.write_new(&path)?;
-            k
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let public = key.public();
-    // Known already on every command but the first: a read, no write lock.
-    if let Ok(known) = identity.device(public.id().as_str()) {
-        return Ok(known);
-    }
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".into());
-    Ok(identity.register_device(public.id().as_str(), &name, &public.to_string(), true)?)
-}
-
-/// Loads policy files, keeping the last good version of a broken one.
-struct Loader<'a> {
-    home: &'a Home,
-    actor: &'a str,
-    sources: Vec<PolicySource>,
-}
-
-impl Loader<'_> {
-    fn load<T>(
-        &mut self,
-        file: &Path,
-        parse: impl Fn(&str, &str) -> Result<T, PolicyError>,
-    ) -> Result<Option<T>, SecurityError> {
-        let shown = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
-                return Ok(None);
-            }
-            Err(source) => return Err(SecurityError::Io { path: file.into(), source }),
-        };
-        let digest = Digest::of(text.as_bytes()).to_hex();
-        let dir = self.home.root().join("policy").join("last-good");
-        let keep = dir.join(format!("{}.yaml", &Digest::of(shown.as_bytes()).to_hex()[..16]));
-        match parse(&text, &shown) {
-            Ok(v) => {
-                let previous = std::fs::read(&keep).ok().map(|b| Digest::of(&b).to_hex());
-                if previous.as_deref() != Some(digest.as_str()) {
-                    save_last_good(&dir, &keep, &text)?;
-                    self.home.audit().append(
-                        AuditEvent::new("policy.load", AuditResult::Allowed, "policy", &shown)
-                            .user(self.actor)
-                            .reason("new policy version loaded")
-                            .metadata(json!({ "sha256": digest })),
-                    )?;
-                }
-                self.sources.push(PolicySource { file: file.into(), status: "loaded", problem: None });
-                Ok(Some(v))
-            }
-            Err(problem) => {
-                let kept = std::fs::read_to_string(&keep).ok().and_then(|t| parse(&t, &shown).ok());
-                let reason = match kept {
-                    Some(_) => format!("{problem}; keeping the last good version"),
-                    None => format!("{problem}; no last good version: refusing to run"),
-                };
-                self.home.audit().append(
-                    AuditEvent::new("policy.load", AuditResult::Error, "policy", &shown)
-                        .user(self.actor)
-                        .reason(&reason)
-                        .metadata(json!({ "sha256": digest })),
-                )?;
-                match kept {
-                    Some(v) => {
-                        tracing::warn!("policy file {shown} is invalid ({problem}); using its last good version");
-                        self.sources.push(PolicySource {
-                            file: file.into(),
-                            status: "kept-last-good",
-                            problem: Some(problem.to_string()),
-                        });
-                        Ok(Some(v))
-                    }
-                    None => Err(SecurityError::Policy(problem)),
-                }
-            }
-        }
-    }
-}
-
-fn save_last_good(dir: &Path, file: &Path, text: &str) -> Result<(), SecurityError> {
-    let io = |source| SecurityError::Io { path: file.to_path_buf(), source };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
-    // A crash never leaves a half-written "good" copy.
-    coderclaw_core::fsutil::write_durably_with_mode(file, text.as_bytes(), 0o600).map_err(io)
 }

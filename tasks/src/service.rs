@@ -106,7 +106,10 @@ impl From<EngineError> for RuntimeError {
 impl From<SecurityError> for RuntimeError {
     fn from(e: SecurityError) -> Self {
         let code = match &e {
-            SecurityError::Denied(_) => ErrorCode::Forbidden,
+            SecurityError::Denied(_) | SecurityError::InstallRefused { .. } | SecurityError::CachedPolicy { .. } => {
+                ErrorCode::Forbidden
+            }
+            SecurityError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             SecurityError::Identity(_) => ErrorCode::Unauthenticated,
             _ => ErrorCode::Internal,
         };
@@ -141,7 +144,11 @@ impl TaskService {
     /// without one, while `requireAuth` is off).
     pub fn authenticate(&self, token: Option<&str>) -> Result<Subject, RuntimeError> {
         self.security.subject(token).map_err(|e| {
-            let code = if token.is_none() || matches!(e, SecurityError::Identity(_) | SecurityError::Denied(_)) {
+            let code = if token.is_none()
+                || matches!(
+                    e,
+                    SecurityError::Identity(_) | SecurityError::Denied(_) | SecurityError::Unauthenticated(_)
+                ) {
                 ErrorCode::Unauthenticated
             } else {
                 ErrorCode::Internal

@@ -106,3 +106,36 @@ fn the_sandbox_reaches_no_policy_task_transport_or_registry_crate() {
     }
     assert_eq!(seen, BTreeSet::from(["coderclaw-core".to_owned()]), "the sandbox reaches {seen:?}");
 }
+
+#[test]
+fn library_messages_name_no_cli_command() {
+    // The libraries say what happened; which `coderclaw` command fixes it
+    // is the CLI's business (cli/src/hints.rs): an embedder or a remote
+    // client has no such command. Comments and the lockfile's own header
+    // (a file people read) may name commands.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root");
+    let mut found = Vec::new();
+    for krate in ["core", "sandbox", "security", "tasks", "transport", "host", "registry"] {
+        let mut dirs = vec![root.join(krate).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a source directory") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.trim_start();
+                    if code.starts_with("//") || code.contains("\"# ") {
+                        continue;
+                    }
+                    if code.contains("`coderclaw ") || code.contains("(coderclaw ") {
+                        found.push(format!("{}:{}: {}", path.strip_prefix(root).unwrap().display(), n + 1, code));
+                    }
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "library texts that name a CLI command:\n{}", found.join("\n"));
+}

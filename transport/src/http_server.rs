@@ -76,7 +76,7 @@ pub use coderclaw_net::RunningServer;
 pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<RunningServer, ServerError> {
     if config.mode == RuntimeMode::LocalOnly && !config.listen.ip().is_loopback() {
         return Err(ServerError::Config(format!(
-            "mode local-only binds loopback only, not {}: listen on 127.0.0.1 or use --mode remote-enabled",
+            "mode local-only binds loopback only, not {} (remote-enabled listens beyond it)",
             config.listen
         )));
     }
@@ -140,8 +140,7 @@ fn authenticate(
     let Some(token) = bearer(req)? else {
         return Err(err(
             ErrorCode::Unauthenticated,
-            "every call needs a session: send `Authorization: Bearer <token>` (get one with `coderclaw login`; \
-             the CLI sends --token or --session)",
+            "every call needs a session: send `Authorization: Bearer <token>`",
         ));
     };
     let subject = service.authenticate(Some(&token))?;

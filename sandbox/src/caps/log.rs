@@ -25,7 +25,7 @@ impl Host for RunState {
 
     async fn request_input(&mut self, prompt: String) -> Result<String, String> {
         let Some(task) = self.ctx.task.clone() else {
-            return Err("no one to ask: input can only be requested by a task (`coderclaw task submit`)".into());
+            return Err("no one to ask: input can only be requested when the skill runs as a task".into());
         };
         let prompt = truncate(prompt, MAX_MESSAGE_BYTES);
         tracing::info!(skill = %self.ctx.name, task = %task.task_id, "input requested");

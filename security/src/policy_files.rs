@@ -1,0 +1,178 @@
+//! The policy files in force: the security configuration, the
+//! organisation policy (local file and the signed ones registries
+//! distributed), and the repository policy. A broken file keeps its last
+//! good version (audited); with none, nothing runs.
+//!
+//! ```text
+//! <state>/config.yaml                    security configuration (optional)
+//! <state>/org-policy.yaml                organisation policy (optional)
+//! <workspace>/.coderClaw/security.yaml   repository policy (optional)
+//! <state>/policy/last-good/              last good copy of each policy file
+//! ```
+
+use crate::audit::{AuditEvent, AuditResult};
+use crate::home::Home;
+use crate::security::SecurityError;
+use coderclaw_core::Digest;
+use coderclaw_core::decision::Policies;
+use coderclaw_core::policy::{OrgPolicy, PolicyError, RepoPolicy, SecurityConfig};
+use coderclaw_core::rbac::Roles;
+use serde_json::json;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// How one policy file was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicySource {
+    /// The file.
+    pub file: PathBuf,
+    /// `loaded`, `absent` or `kept-last-good`.
+    pub status: &'static str,
+    /// Why the last good version was kept.
+    pub problem: Option<String>,
+}
+
+/// The policies in force.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    /// Security configuration.
+    pub config: SecurityConfig,
+    /// Its roles, resolved.
+    pub roles: Roles,
+    /// Organisation policy.
+    pub org: OrgPolicy,
+    /// Repository policy.
+    pub repo: RepoPolicy,
+    /// Where each came from.
+    pub sources: Vec<PolicySource>,
+}
+
+impl PolicySet {
+    /// The policies as the decision function takes them.
+    pub fn policies(&self) -> Policies<'_> {
+        Policies { config: &self.config, roles: &self.roles, repo: &self.repo, org: &self.org }
+    }
+}
+
+/// Loads the configuration, the organisation policies and the policy of
+/// `workspace` (if any), as `actor` for the audit log.
+pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result<PolicySet, SecurityError> {
+    let mut loader = Loader { home, actor, sources: Vec::new() };
+    let (config, roles) = loader
+        .load(&home.root().join("config.yaml"), SecurityConfig::from_yaml)?
+        .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
+    let mut org = loader.load(&home.root().join("org-policy.yaml"), OrgPolicy::from_yaml)?.unwrap_or_default();
+    for (file, policy) in registry_org_policies(home.root(), &config)? {
+        org.merge(&policy);
+        loader.sources.push(PolicySource { file, status: "loaded", problem: None });
+    }
+    let repo = match workspace {
+        Some(w) => loader
+            .load(&w.join(".coderClaw").join("security.yaml"), |t, f| RepoPolicy::from_yaml(t, f, &roles))?
+            .unwrap_or_default(),
+        None => RepoPolicy::default(),
+    };
+    Ok(PolicySet { config, roles, org, repo, sources: loader.sources })
+}
+
+/// The organisation policies that configured registries distributed and
+/// this client cached (`coderclaw registry sync`), each verified again
+/// against the admin keys in `registries.<name>.namespace-keys`. A cached
+/// policy that fails verification stops the host: running without a
+/// policy the team set would fail open.
+fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
+    let cache = coderclaw_registry::cache::ClientCache::new(state);
+    let mut out = Vec::new();
+    for (name, entry) in &config.registries {
+        for (namespace, keys) in entry.admin_keys() {
+            let file = PathBuf::from(format!("registry {name}, namespace {namespace}"));
+            let refuse = |problem: String| SecurityError::CachedPolicy {
+                registry: name.clone(),
+                namespace: namespace.to_owned(),
+                problem,
+            };
+            let Some(doc) = cache.policy(name, namespace).map_err(|e| refuse(format!("cannot be read ({e})")))? else {
+                continue;
+            };
+            let policy = doc.verify(namespace, &keys).map_err(|e| refuse(format!("is refused ({e})")))?;
+            out.push((file, policy.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// Loads policy files, keeping the last good version of a broken one.
+struct Loader<'a> {
+    home: &'a Home,
+    actor: &'a str,
+    sources: Vec<PolicySource>,
+}
+
+impl Loader<'_> {
+    fn load<T>(
+        &mut self,
+        file: &Path,
+        parse: impl Fn(&str, &str) -> Result<T, PolicyError>,
+    ) -> Result<Option<T>, SecurityError> {
+        let shown = file.display().to_string();
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
+                return Ok(None);
+            }
+            Err(source) => return Err(SecurityError::Io { path: file.into(), source }),
+        };
+        let digest = Digest::of(text.as_bytes()).to_hex();
+        let dir = self.home.root().join("policy").join("last-good");
+        let keep = dir.join(format!("{}.yaml", &Digest::of(shown.as_bytes()).to_hex()[..16]));
+        match parse(&text, &shown) {
+            Ok(v) => {
+                let previous = std::fs::read(&keep).ok().map(|b| Digest::of(&b).to_hex());
+                if previous.as_deref() != Some(digest.as_str()) {
+                    save_last_good(&dir, &keep, &text)?;
+                    self.home.audit().append(
+                        AuditEvent::new("policy.load", AuditResult::Allowed, "policy", &shown)
+                            .user(self.actor)
+                            .reason("new policy version loaded")
+                            .metadata(json!({ "sha256": digest })),
+                    )?;
+                }
+                self.sources.push(PolicySource { file: file.into(), status: "loaded", problem: None });
+                Ok(Some(v))
+            }
+            Err(problem) => {
+                let kept = std::fs::read_to_string(&keep).ok().and_then(|t| parse(&t, &shown).ok());
+                let reason = match kept {
+                    Some(_) => format!("{problem}; keeping the last good version"),
+                    None => format!("{problem}; no last good version: refusing to run"),
+                };
+                self.home.audit().append(
+                    AuditEvent::new("policy.load", AuditResult::Error, "policy", &shown)
+                        .user(self.actor)
+                        .reason(&reason)
+                        .metadata(json!({ "sha256": digest })),
+                )?;
+                match kept {
+                    Some(v) => {
+                        tracing::warn!("policy file {shown} is invalid ({problem}); using its last good version");
+                        self.sources.push(PolicySource {
+                            file: file.into(),
+                            status: "kept-last-good",
+                            problem: Some(problem.to_string()),
+                        });
+                        Ok(Some(v))
+                    }
+                    None => Err(SecurityError::Policy(problem)),
+                }
+            }
+        }
+    }
+}
+
+fn save_last_good(dir: &Path, file: &Path, text: &str) -> Result<(), SecurityError> {
+    let io = |source| SecurityError::Io { path: file.to_path_buf(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    // A crash never leaves a half-written "good" copy.
+    coderclaw_core::fsutil::write_durably_with_mode(file, text.as_bytes(), 0o600).map_err(io)
+}
