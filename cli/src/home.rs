@@ -1,42 +1,25 @@
-//! The state directory: `$CODERCLAW_HOME`, else `~/.coderclaw`.
+//! Opening the state directory (`$CODERCLAW_HOME`, else `~/.coderclaw`) and
+//! the security model for a command.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use coderclaw::home::Home;
 use coderclaw::security::Security;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::rbac::Permission;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-/// Every environment variable the CLI reads about its state, in one place.
-pub(crate) const ENV_HOME: &str = "CODERCLAW_HOME";
-
-pub(crate) fn state_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(ENV_HOME).filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(".coderclaw")),
-        None => bail!("cannot find a state directory: set {ENV_HOME} or HOME"),
-    }
-}
+pub(crate) use crate::settings::state_dir;
 
 /// Opens the state directory (keys, trust store, installed skills, caches).
 pub(crate) fn open() -> Result<Home> {
     Ok(Home::open(state_dir()?)?)
 }
 
-static SESSION: OnceLock<Option<String>> = OnceLock::new();
-
-/// Records the global --session / CODERCLAW_SESSION once, at start-up.
-pub(crate) fn set_session(token: Option<String>) {
-    let _ = SESSION.set(token.filter(|t| !t.is_empty()));
-}
-
 /// The session token to act in, if one was given. Without one the local
 /// OS user acts with `security.defaultRoles` (unless `requireAuth` is on).
 pub(crate) fn session() -> Option<&'static str> {
-    SESSION.get().and_then(|s| s.as_deref())
+    crate::settings::get().session.as_deref()
 }
 
 /// Opens the security model (no workspace policy) and checks that the

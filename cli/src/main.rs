@@ -18,6 +18,7 @@ mod policy;
 mod quickstart;
 mod registry;
 mod run;
+mod settings;
 mod task;
 mod trust;
 
@@ -124,7 +125,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    home::set_session(cli.session);
+    settings::install(settings::Settings::resolve(cli.session, &|k| std::env::var(k).ok()));
     let result = match cli.command {
         Command::Skill(SkillCommand::Run(args)) => run::main(args),
         Command::Skill(SkillCommand::Build(args)) => build::main(args),

@@ -90,10 +90,33 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let tree = source_tree(args.source.as_deref())?;
     eprintln!("building the example skills in {} (the first build takes a minute)…", tree.join("skills").display());
     let artifacts = build(&tree.join("skills"), true, args.json)?;
-    let find = |name: &str| -> Result<&Artifact> {
-        artifacts.iter().find(|a| a.name == name).with_context(|| format!("the build produced no {name}.wasm"))
-    };
-    // A private state directory: its own key, trust store and installs.
+    let state = install_examples(&tree, &artifacts)?;
+    let host = Host::builder().compiled_cache(state.compiled_cache_dir()).build()?;
+    let workspace = sample_workspace()?;
+    let steps = tour(&host, &state, &artifacts, &workspace)?;
+    let surprises = print_steps(&steps, args.json)?;
+    let stats = host.stats();
+    if !args.json {
+        println!(
+            "\n{} steps, {} as expected. Components compiled: {}, loaded from the compiled-code cache: {} (run again to see the cache).",
+            steps.len(),
+            steps.len() - surprises,
+            stats.compiled,
+            stats.disk_cache_hits
+        );
+        println!("sample workspace: {}", workspace.display());
+        println!("quickstart state (key, trust store, installed skills): {}", state.root().display());
+    }
+    Ok(if surprises == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn artifact<'a>(artifacts: &'a [Artifact], name: &str) -> Result<&'a Artifact> {
+    artifacts.iter().find(|a| a.name == name).with_context(|| format!("the build produced no {name}.wasm"))
+}
+
+/// A private state directory (its own key, trust store and installs) with
+/// the example skills signed and installed.
+fn install_examples(tree: &Path, artifacts: &[Artifact]) -> Result<Home> {
     let state = Home::open(home::state_dir()?.join("quickstart").join("home"))?;
     let key = match state.secret_key("quickstart") {
         Ok(k) => k,
@@ -106,37 +129,42 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let now = coderclaw_core::clock::now_secs();
     for crate_name in ["echo", "word-count", "shell-exec", "security-scanner", "code-reviewer"] {
         let manifest = crate::package::read_manifest(&tree.join("skills").join(crate_name).join("skill.toml"))?;
-        let component = std::fs::read(&find(&crate_name.replace('-', "_"))?.path)?;
+        let component = std::fs::read(&artifact(artifacts, &crate_name.replace('-', "_"))?.path)?;
         state.dangerous_install_ungated(&Package::sign(&manifest, component, &key, now).to_bytes())?;
     }
-    let host = Host::builder().compiled_cache(state.compiled_cache_dir()).build()?;
+    Ok(state)
+}
+
+/// What one step produced, and the capabilities the host denied on the way.
+type Outcome = (Result<Value, (&'static str, String)>, Vec<String>);
+
+fn run(runtime: &tokio::runtime::Runtime, host: &Host, skill: &Skill, input: Value, grant: &Grant) -> Outcome {
+    let events = Arc::new(CollectEvents::default());
+    let result = runtime.block_on(host.run_with_events(skill, &input.to_string(), grant, events.clone()));
+    let denials = events
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Capability { allowed: false, capability, detail, .. } => Some(format!("{capability}: {detail}")),
+            _ => None,
+        })
+        .collect();
+    let outcome = result.map(|o| serde_json::from_str(&o).unwrap_or(Value::String(o)));
+    (outcome.map_err(|e| (e.code(), e.to_string())), denials)
+}
+
+/// The steps: unsigned code refused, each example skill without and with
+/// the grant it needs, and the agent invoking two skills.
+fn tour(host: &Host, state: &Home, artifacts: &[Artifact], workspace: &Path) -> Result<Vec<Step>> {
     let load = |id: &str| -> Result<Skill> { Ok(host.load_verified(&state.load_installed(id)?)?) };
-    let workspace = sample_workspace()?;
-    let read = Grant::builder().dir(&workspace, ".", Access::Read);
+    let read = Grant::builder().dir(workspace, ".", Access::Read);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-
-    type Outcome = (Result<Value, (&'static str, String)>, Vec<String>);
-    let run = |skill: &Skill, input: Value, grant: &Grant| -> Outcome {
-        let events = Arc::new(CollectEvents::default());
-        let result = runtime.block_on(host.run_with_events(skill, &input.to_string(), grant, events.clone()));
-        let denials = events
-            .events()
-            .into_iter()
-            .filter_map(|e| match e.kind {
-                EventKind::Capability { allowed: false, capability, detail, .. } => {
-                    Some(format!("{capability}: {detail}"))
-                }
-                _ => None,
-            })
-            .collect();
-        let outcome = result.map(|o| serde_json::from_str(&o).unwrap_or(Value::String(o)));
-        (outcome.map_err(|e| (e.code(), e.to_string())), denials)
-    };
-
+    let run = |skill: &Skill, input: Value, grant: &Grant| run(&runtime, host, skill, input, grant);
     let mut steps = Vec::new();
     let mut step = |title, expect, (outcome, denials)| steps.push(Step { title, outcome, expect, denials });
 
-    let unsigned = host.load_file(&find("echo")?.path).map(|_| Value::Null).map_err(|e| (e.code(), e.to_string()));
+    let unsigned =
+        host.load_file(&artifact(artifacts, "echo")?.path).map(|_| Value::Null).map_err(|e| (e.code(), e.to_string()));
     step("an unsigned component is refused before it is compiled", Err(&["unsigned-refused"]), (unsigned, Vec::new()));
 
     let echo = load("team/echo")?;
@@ -175,9 +203,13 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
         run(&shell, ls.clone(), &read.clone().build()?),
     );
     step("shell-exec `ls` with --allow-shell ls", Ok(()), run(&shell, ls, &read.clone().shell("ls").build()?));
+    Ok(steps)
+}
 
-    let mut surprises = 0;
-    if args.json {
+/// Prints the steps (as one JSON array with `json`); returns how many did
+/// not go as expected.
+fn print_steps(steps: &[Step], json: bool) -> Result<usize> {
+    if json {
         let list: Vec<Value> = steps
             .iter()
             .map(|s| match &s.outcome {
@@ -189,10 +221,11 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
             .collect();
         print_json(&list)?;
     }
-    for s in &steps {
+    let mut surprises = 0;
+    for s in steps {
         let as_expected = s.as_expected();
         surprises += usize::from(!as_expected);
-        if args.json {
+        if json {
             continue;
         }
         println!("\n{} {}", if as_expected { "✓" } else { "✗ UNEXPECTED:" }, s.title);
@@ -204,19 +237,7 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
             println!("  host denied {d}");
         }
     }
-    let stats = host.stats();
-    if !args.json {
-        println!(
-            "\n{} steps, {} as expected. Components compiled: {}, loaded from the compiled-code cache: {} (run again to see the cache).",
-            steps.len(),
-            steps.len() - surprises,
-            stats.compiled,
-            stats.disk_cache_hits
-        );
-        println!("sample workspace: {}", workspace.display());
-        println!("quickstart state (key, trust store, installed skills): {}", state.root().display());
-    }
-    Ok(if surprises == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(surprises)
 }
 
 /// Pretty JSON, with long arrays cut so the tour stays readable.

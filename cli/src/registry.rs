@@ -276,72 +276,8 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Key(KeyCommand::Add { namespace, public_key, admin, data }) => {
-            let key = PublicKey::parse(&public_key)?;
-            let k = data.open()?.add_key(&namespace, &key, admin)?;
-            let role = if admin { "packages and the organisation policy" } else { "packages" };
-            println!("key {} may sign {role} of `{namespace}`", k.key_id);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Key(KeyCommand::List(NamespaceListArgs { namespace, data, json })) => {
-            let keys = data.open()?.keys(&namespace)?;
-            if json {
-                print_json(&keys)?;
-            } else {
-                for k in keys {
-                    let state = if k.revoked_at.is_some() {
-                        "revoked"
-                    } else if k.admin {
-                        "admin"
-                    } else {
-                        "signer"
-                    };
-                    println!("{}  {state:<8} {}", k.key_id, k.public_key);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Key(KeyCommand::Revoke { namespace, key_id, data }) => {
-            let k = data.open()?.revoke_key(&namespace, &key_id)?;
-            println!("revoked key {} of `{namespace}`", k.key_id);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Token(TokenCommand::Create { namespace, scope, expires, data, json }) => {
-            let (token, info) = data.open()?.create_token(&namespace, scope, expires)?;
-            if json {
-                print_json(&serde_json::json!({ "token": token, "info": info }))?;
-            } else {
-                println!("{token}");
-                eprintln!(
-                    "token {} ({} in `{namespace}`, expires {}): shown once, store it now",
-                    info.id,
-                    scope.as_str(),
-                    when(info.expires_at)
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Token(TokenCommand::List(NamespaceListArgs { namespace, data, json })) => {
-            let tokens = data.open()?.tokens(&namespace)?;
-            if json {
-                print_json(&tokens)?;
-            } else {
-                for t in tokens {
-                    let state = if t.revoked_at.is_some() {
-                        "revoked".to_owned()
-                    } else {
-                        format!("expires {}", when(t.expires_at))
-                    };
-                    println!("{}  {:<8} {state}", t.id, t.scope.as_str());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Token(TokenCommand::Revoke { id, data }) => {
-            let t = data.open()?.revoke_token(&id)?;
-            println!("revoked token {} ({} in `{}`)", t.id, t.scope.as_str(), t.namespace);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Key(cmd) => keys(cmd),
+        Command::Token(cmd) => tokens(cmd),
         Command::Policy(PolicyCommand::Publish { namespace, file, key, serial, registry }) => {
             policy_publish(&namespace, &file, &key, serial, &registry)
         }
@@ -387,6 +323,84 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             let reg = args.registry.open(None)?;
             let hits = crate::runtime()?.block_on(reg.client.agents(&args.namespace))?;
             print_hits(&hits, args.json)
+        }
+    }
+}
+
+/// `registry key add|list|revoke`.
+fn keys(cmd: KeyCommand) -> Result<ExitCode> {
+    match cmd {
+        KeyCommand::Add { namespace, public_key, admin, data } => {
+            let key = PublicKey::parse(&public_key)?;
+            let k = data.open()?.add_key(&namespace, &key, admin)?;
+            let role = if admin { "packages and the organisation policy" } else { "packages" };
+            println!("key {} may sign {role} of `{namespace}`", k.key_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::List(NamespaceListArgs { namespace, data, json }) => {
+            let keys = data.open()?.keys(&namespace)?;
+            if json {
+                print_json(&keys)?;
+            } else {
+                for k in keys {
+                    let state = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else if k.admin {
+                        "admin"
+                    } else {
+                        "signer"
+                    };
+                    println!("{}  {state:<8} {}", k.key_id, k.public_key);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyCommand::Revoke { namespace, key_id, data } => {
+            let k = data.open()?.revoke_key(&namespace, &key_id)?;
+            println!("revoked key {} of `{namespace}`", k.key_id);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `registry token create|list|revoke`.
+fn tokens(cmd: TokenCommand) -> Result<ExitCode> {
+    match cmd {
+        TokenCommand::Create { namespace, scope, expires, data, json } => {
+            let (token, info) = data.open()?.create_token(&namespace, scope, expires)?;
+            if json {
+                print_json(&serde_json::json!({ "token": token, "info": info }))?;
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "token {} ({} in `{namespace}`, expires {}): shown once, store it now",
+                    info.id,
+                    scope.as_str(),
+                    when(info.expires_at)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::List(NamespaceListArgs { namespace, data, json }) => {
+            let tokens = data.open()?.tokens(&namespace)?;
+            if json {
+                print_json(&tokens)?;
+            } else {
+                for t in tokens {
+                    let state = if t.revoked_at.is_some() {
+                        "revoked".to_owned()
+                    } else {
+                        format!("expires {}", when(t.expires_at))
+                    };
+                    println!("{}  {:<8} {state}", t.id, t.scope.as_str());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCommand::Revoke { id, data } => {
+            let t = data.open()?.revoke_token(&id)?;
+            println!("revoked token {} ({} in `{}`)", t.id, t.scope.as_str(), t.namespace);
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

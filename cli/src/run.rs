@@ -7,11 +7,12 @@ use crate::output::event_line;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::home::Home;
-use coderclaw::{CollectEvents, Error, EventSink, Host, NestedCaller, Planner, RunEvent, Skill};
-use coderclaw_core::decision::{Action, Offer, Reason, Target, grant_json};
+use coderclaw::security::Security;
+use coderclaw::{CollectEvents, Error, EventSink, Grant, Host, NestedCaller, Planner, RunEvent, Skill};
+use coderclaw_core::decision::{Action, Offer, Reason, Subject, Target, grant_json};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
 use serde_json::{Value, json};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,15 +111,7 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
             return Ok(report_denied(&args, &message, &[]));
         }
     };
-    let mut builder = Host::builder();
-    if !args.no_cache {
-        builder = builder.compiled_cache(security.home().compiled_cache_dir());
-    }
-    if args.dangerous_allow_unsigned {
-        tracing::warn!("--dangerous-allow-unsigned: unsigned components may run");
-        builder = builder.dangerous_allow_unsigned();
-    }
-    let host = builder.build()?;
+    let host = host(&args, &security)?;
     let started = Instant::now();
     let with_skill: Vec<(&str, Option<&str>)> = args
         .with_skill
@@ -133,17 +126,7 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
         Ok(l) => l,
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
     };
-    let offer = match &main.unsigned_offer {
-        Some(offer) => offer.clone(),
-        None if args.grant.any_capability() => bail!(
-            "{} is a signed skill: it gets what its manifest requests and policy allows, not --allow-read/\
-             --allow-write/--allow-http/--allow-shell (see `coderclaw policy check --skill {}`); use \
-             --workspace for its directory",
-            args.skill,
-            args.skill
-        ),
-        None => args.workspace.offer(&workspace, args.grant.env_values()?, args.grant.ceiling()),
-    };
+    let offer = offer(&args, &main, &workspace)?;
     let decision =
         security.decide(&subject, Target::from_manifest(&main.manifest), Action::Run, Some(&workspace), &offer)?;
     if !decision.allowed {
@@ -160,8 +143,56 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
     };
 
-    // Nested skills: those given with --with-skill, then the installed ones
-    // the agent's manifest lists. Each invocation is decided again.
+    if let Err(e) = register_nested(&args, &host, &security, &planner, &subject, &main_manifest, &with_skill)? {
+        return Ok(report_error(&args, &e, None, &[]));
+    }
+    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    run_and_print(&args, &host, &skill, &input, &decision.grant, &decision.narrowed, load_ms)
+}
+
+/// The host for this run: the compiled-code cache unless --no-cache, and
+/// unsigned code only with --dangerous-allow-unsigned.
+fn host(args: &Args, security: &Security) -> Result<Host> {
+    let mut builder = Host::builder();
+    if !args.no_cache {
+        builder = builder.compiled_cache(security.home().compiled_cache_dir());
+    }
+    if args.dangerous_allow_unsigned {
+        tracing::warn!("--dangerous-allow-unsigned: unsigned components may run");
+        builder = builder.dangerous_allow_unsigned();
+    }
+    Ok(builder.build()?)
+}
+
+/// What this caller offers the run: an unsigned build's --allow-* flags, or
+/// for a signed skill the workspace (its manifest asks for the rest).
+fn offer(args: &Args, main: &Loaded, workspace: &Path) -> Result<Offer> {
+    Ok(match &main.unsigned_offer {
+        Some(offer) => offer.clone(),
+        None if args.grant.any_capability() => bail!(
+            "{} is a signed skill: it gets what its manifest requests and policy allows, not --allow-read/\
+             --allow-write/--allow-http/--allow-shell (see `coderclaw policy check --skill {}`); use \
+             --workspace for its directory",
+            args.skill,
+            args.skill
+        ),
+        None => args.workspace.offer(workspace, args.grant.env_values()?, args.grant.ceiling()),
+    })
+}
+
+/// Registers the nested skills: those given with --with-skill, then the
+/// installed ones the agent's manifest lists. Each invocation is decided
+/// again, for this caller. The inner error is a load failure to report.
+fn register_nested(
+    args: &Args,
+    host: &Host,
+    security: &Security,
+    planner: &Planner,
+    subject: &Subject,
+    main_manifest: &Manifest,
+    with_skill: &[(&str, Option<&str>)],
+) -> Result<Result<(), Error>> {
     let mut nested: Vec<(String, Option<&str>)> = with_skill.iter().map(|(id, path)| (id.to_string(), *path)).collect();
     for id in &main_manifest.capabilities.skills {
         if !nested.iter().any(|(n, _)| n == id.as_str()) && security.home().info(id.as_str()).is_ok() {
@@ -170,31 +201,42 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     }
     for (id, path) in nested {
         SkillId::parse(&id).map_err(|e| anyhow::anyhow!("--with-skill: {e}"))?;
-        let child = match load(&host, security.home(), &id, path, &args.grant, &[]) {
+        let child = match load(host, security.home(), &id, path, &args.grant, &[]) {
             Ok(l) => l,
-            Err(e) => return Ok(report_error(&args, &e, None, &[])),
+            Err(e) => return Ok(Err(e)),
         };
         let manifest = child.manifest.clone();
-        let compiled = match child.compile(&host) {
+        let compiled = match child.compile(host) {
             Ok(s) => s,
-            Err(e) => return Ok(report_error(&args, &e, None, &[])),
+            Err(e) => return Ok(Err(e)),
         };
         planner.register_compiled(&id, compiled, manifest, NestedCaller::Fixed(subject.clone()));
     }
-    let grant = decision.grant;
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    Ok(Ok(()))
+}
 
+/// Runs the skill under `grant`, streaming its events to stderr (or
+/// collecting them for --json), and prints the output.
+fn run_and_print(
+    args: &Args,
+    host: &Host,
+    skill: &Skill,
+    input: &str,
+    grant: &Grant,
+    narrowed: &[String],
+    load_ms: f64,
+) -> Result<ExitCode> {
     let collected = Arc::new(CollectEvents::default());
     let sink: Arc<dyn EventSink> =
         if args.json { collected.clone() } else { Arc::new(|e: RunEvent| eprintln!("{}", event_line(&e))) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let run_started = Instant::now();
-    let result = runtime.block_on(host.run_with_events(&skill, &input, &grant, sink));
+    let result = runtime.block_on(host.run_with_events(skill, input, grant, sink));
     let run_ms = run_started.elapsed().as_secs_f64() * 1000.0;
     let events = collected.events();
     let output = match result {
         Ok(o) => o,
-        Err(e) => return Ok(report_error(&args, &e, Some(&skill), &events)),
+        Err(e) => return Ok(report_error(args, &e, Some(skill), &events)),
     };
     let parsed: Value = serde_json::from_str(&output).unwrap_or(Value::String(output));
     if args.json {
@@ -205,8 +247,8 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
             "load": skill.source(),
             "load_ms": load_ms,
             "run_ms": run_ms,
-            "grant": grant_json(&grant),
-            "narrowed": decision.narrowed,
+            "grant": grant_json(grant),
+            "narrowed": narrowed,
             "output": parsed,
             "events": events,
         });

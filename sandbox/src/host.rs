@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 /// Configures a [`Host`]. Every setting has a safe default:
@@ -471,35 +472,8 @@ impl HostInner {
                 host: self.clone(),
                 deadline: Instant::now() + timeout,
             });
-            let mut table = ResourceTable::new();
-            table.set_max_capacity(self.opts.max_resources);
             let events = ctx.clone();
-            let state = RunState {
-                wasi: wasi.ctx,
-                http: WasiHttpCtx::new(),
-                http_gate: HttpGate { ctx: ctx.clone() },
-                table,
-                limiter: RunLimiter {
-                    memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-                    memory_refused: false,
-                },
-                ctx,
-            };
-            let mut store = Store::new(&self.engine, state);
-            store.limiter(|s| &mut s.limiter);
-            store.set_hostcall_fuel(self.opts.hostcall_fuel);
-            // Every epoch tick the guest yields to tokio: a guest in a tight
-            // loop can then be cancelled by dropping its future (the task
-            // engine's cancel), and past its deadline it traps.
-            let deadline = Instant::now() + timeout;
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| {
-                Ok(if Instant::now() >= deadline {
-                    wasmtime::UpdateDeadline::Interrupt
-                } else {
-                    wasmtime::UpdateDeadline::Yield(1)
-                })
-            });
+            let mut store = self.store(ctx, wasi.ctx, limits.memory_bytes, Instant::now() + timeout);
 
             // The epoch deadline stops guest code that never yields; this
             // timer stops a guest that waits in a host call (HTTP, shell).
@@ -524,6 +498,39 @@ impl HostInner {
         }
         .instrument(span)
         .await
+    }
+
+    /// A store for one run: its WASI context and capabilities, the memory
+    /// limiter, hostcall fuel, and the epoch deadline.
+    fn store(&self, ctx: Arc<RunContext>, wasi: WasiCtx, memory_bytes: u64, deadline: Instant) -> Store<RunState> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.opts.max_resources);
+        let state = RunState {
+            wasi,
+            http: WasiHttpCtx::new(),
+            http_gate: HttpGate { ctx: ctx.clone() },
+            table,
+            limiter: RunLimiter {
+                memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+                memory_refused: false,
+            },
+            ctx,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(self.opts.hostcall_fuel);
+        // Every epoch tick the guest yields to tokio: a guest in a tight
+        // loop can then be cancelled by dropping its future (the task
+        // engine's cancel), and past its deadline it traps.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
+            })
+        });
+        store
     }
 }
 

@@ -15,7 +15,7 @@
 use coderclaw_core::Digest;
 use coderclaw_core::keys::{KeyId, PublicKey};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
-use coderclaw_core::package::{KeyLookup, Package, TrustedKey};
+use coderclaw_core::package::{KeyLookup, Package, TrustedKey, VerifiedPackage};
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_registry::api::{ApiError, ErrorCode, NamespaceKey, PackageInfo, PublishReply, SearchHit, VersionInfo};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -436,6 +436,43 @@ impl RegistryStore {
     /// namespace's keys. A version is published once: the same bytes again
     /// are accepted as a no-op, other bytes are `version_exists` forever.
     pub fn publish(&self, who: &TokenInfo, bytes: &[u8]) -> Result<PublishReply, ApiError> {
+        let (verified, namespace) = self.publishable(who, bytes)?;
+        let sha256 = Digest::of(bytes).to_hex();
+        let path = self.blob_path(&sha256);
+        let fresh_blob = !path.exists();
+        if fresh_blob {
+            coderclaw_core::fsutil::write_durably(&path, bytes).map_err(internal)?;
+        }
+        let m = verified.manifest();
+        let reply = PublishReply {
+            id: m.id.to_string(),
+            version: m.version.to_string(),
+            digest: verified.digest().to_hex(),
+            sha256: sha256.clone(),
+            signer: verified.signer().to_string(),
+            already_published: false,
+        };
+        let outcome = self.insert_version(&reply, m, &namespace, bytes.len());
+        if outcome.is_err() && fresh_blob {
+            // Remove the upload unless a concurrent publish of the same
+            // bytes committed a row naming it meanwhile (checked under the lock).
+            let _ = self.with_db(|db| {
+                let named: bool = db
+                    .query_row("SELECT EXISTS(SELECT 1 FROM packages WHERE sha256 = ?1)", [&sha256], |r| r.get(0))
+                    .map_err(internal)?;
+                if !named {
+                    let _ = fs::remove_file(&path);
+                }
+                Ok(())
+            });
+        }
+        outcome
+    }
+
+    /// Checks what `who` may publish: a publish token of the package's
+    /// namespace, a plain or pre-release version, signed by one of the
+    /// namespace's keys. Returns the verified package and its namespace.
+    fn publishable(&self, who: &TokenInfo, bytes: &[u8]) -> Result<(VerifiedPackage, String), ApiError> {
         if who.scope != Scope::Publish {
             return Err(err(
                 ErrorCode::InsufficientScope,
@@ -467,22 +504,19 @@ impl RegistryStore {
                 format!("{e} (the registry accepts keys added with `registry key add {namespace}`)"),
             )
         })?;
-        let sha256 = Digest::of(bytes).to_hex();
-        let path = self.blob_path(&sha256);
-        let fresh_blob = !path.exists();
-        if fresh_blob {
-            coderclaw_core::fsutil::write_durably(&path, bytes).map_err(internal)?;
-        }
-        let m = verified.manifest();
-        let reply = PublishReply {
-            id: m.id.to_string(),
-            version: m.version.to_string(),
-            digest: verified.digest().to_hex(),
-            sha256: sha256.clone(),
-            signer: verified.signer().to_string(),
-            already_published: false,
-        };
-        let outcome = self.with_db(|db| {
+        Ok((verified, namespace))
+    }
+
+    /// Records a new version (once: the same bytes again are a no-op, other
+    /// bytes are `version_exists`), bumping the registry's serial.
+    fn insert_version(
+        &self,
+        reply: &PublishReply,
+        m: &Manifest,
+        namespace: &str,
+        size: usize,
+    ) -> Result<PublishReply, ApiError> {
+        self.with_db(|db| {
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
             let existing: Option<String> = tx
                 .query_row(
@@ -493,7 +527,7 @@ impl RegistryStore {
                 .optional()
                 .map_err(internal)?;
             match existing {
-                Some(s) if s == sha256 => return Ok(PublishReply { already_published: true, ..reply.clone() }),
+                Some(s) if s == reply.sha256 => return Ok(PublishReply { already_published: true, ..reply.clone() }),
                 Some(_) => {
                     return Err(err(
                         ErrorCode::VersionExists,
@@ -516,8 +550,8 @@ impl RegistryStore {
                     m.kind.as_str(),
                     m.description,
                     reply.digest,
-                    sha256,
-                    bytes.len() as i64,
+                    reply.sha256,
+                    size as i64,
                     reply.signer,
                     serde_json::to_string(m).map_err(internal)?,
                     now() as i64,
@@ -527,21 +561,7 @@ impl RegistryStore {
             .map_err(internal)?;
             tx.commit().map_err(internal)?;
             Ok(reply.clone())
-        });
-        if outcome.is_err() && fresh_blob {
-            // Remove the upload unless a concurrent publish of the same
-            // bytes committed a row naming it meanwhile (checked under the lock).
-            let _ = self.with_db(|db| {
-                let named: bool = db
-                    .query_row("SELECT EXISTS(SELECT 1 FROM packages WHERE sha256 = ?1)", [&sha256], |r| r.get(0))
-                    .map_err(internal)?;
-                if !named {
-                    let _ = fs::remove_file(&path);
-                }
-                Ok(())
-            });
-        }
-        outcome
+        })
     }
 
     /// Marks `id` `version` yanked.
