@@ -4,9 +4,11 @@
 use coderclaw::home::HomeError;
 use coderclaw::identity::IdentityError;
 use coderclaw::security::{InstallGate, SecurityError};
+use coderclaw::tasks::http_server::ServerError;
 use coderclaw::tasks::{ErrorCode, RuntimeError};
 use coderclaw_core::keys::KeyError;
 use coderclaw_core::package::PackageError;
+use coderclaw_core::task::FailureCode;
 use coderclaw_registry::install::InstallError;
 
 /// A hint for the first error in `e`'s chain this module knows.
@@ -26,11 +28,24 @@ pub(crate) fn for_error(e: &anyhow::Error) -> Option<String> {
             sandbox(e)
         } else if let Some(e) = cause.downcast_ref::<InstallError>() {
             install(e)
+        } else if let Some(ServerError::LocalOnlyBeyondLoopback(_)) = cause.downcast_ref::<ServerError>() {
+            Some("listen on 127.0.0.1, or use --mode remote-enabled".into())
         } else if let Some(e) = cause.downcast_ref::<RuntimeError>() {
+            (e.code == ErrorCode::Unauthenticated).then(login)
+        } else if let Some(crate::task::CallError(e)) = cause.downcast_ref::<crate::task::CallError>() {
             (e.code == ErrorCode::Unauthenticated).then(login)
         } else {
             None
         }
+    })
+}
+
+/// A hint for a task's failure code.
+pub(crate) fn for_failure(code: FailureCode) -> Option<&'static str> {
+    Some(match code {
+        FailureCode::Unauthenticated => "log in with `coderclaw login` and pass --session or CODERCLAW_SESSION",
+        FailureCode::NotInstalled => "see `coderclaw skill list`; install it with `coderclaw skill install`",
+        _ => return None,
     })
 }
 
@@ -138,5 +153,27 @@ fn install(e: &InstallError) -> Option<String> {
         InstallError::Verification { reason, .. } => package(reason),
         InstallError::Target(e) => e.downcast_ref::<SecurityError>().and_then(security),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_errors_get_the_command_that_fixes_them_wherever_they_are_in_the_chain() {
+        let unauth = anyhow::Error::new(RuntimeError::new(ErrorCode::Unauthenticated, "no session"));
+        assert!(for_error(&unauth).unwrap().contains("coderclaw login"));
+        let not_installed = anyhow::Error::new(SecurityError::Home(HomeError::NotInstalled("team/x".into())));
+        assert!(for_error(&not_installed.context("running team/x")).unwrap().contains("coderclaw skill list"));
+        let unknown = PackageError::UnknownSigner { signers: "abc".into(), namespace: "team".into() };
+        let install =
+            InstallError::Verification { id: "team/x".into(), version: "1.0.0".parse().unwrap(), reason: unknown };
+        assert!(for_error(&anyhow::Error::new(install)).unwrap().contains("coderclaw trust add team"));
+        let gate = SecurityError::InstallRefused { gate: InstallGate::Rollback, reason: "older".into() };
+        let boxed = InstallError::Target(Box::new(gate));
+        assert!(for_error(&anyhow::Error::new(boxed)).unwrap().contains("--allow-downgrade"));
+        assert_eq!(for_error(&anyhow::anyhow!("something else")), None);
+        assert!(for_failure(FailureCode::NotInstalled).is_some() && for_failure(FailureCode::Trap).is_none());
     }
 }

@@ -58,7 +58,12 @@ impl RegistryArgs {
     /// The registry named by --registry, else `from_lockfile` (a lockfile's
     /// entry, which may only name a registry this user configured).
     pub(crate) fn open(&self, from_lockfile: Option<&str>) -> Result<Registry> {
-        let configured = configured_registries()?;
+        // A URL chosen on the command line needs no configuration (as
+        // before): a broken config.yaml does not block it.
+        let configured = match (self.registry.as_deref(), from_lockfile) {
+            (Some(url), _) if url.starts_with("http://") || url.starts_with("https://") => BTreeMap::new(),
+            _ => configured_registries()?,
+        };
         Registry::choose(self.registry.as_deref(), from_lockfile, &configured, self.token.clone(), self.ca.as_deref())
             .map_err(|e| {
                 let config = config_path().map(|p| p.display().to_string()).unwrap_or_else(|_| "config.yaml".into());

@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    settings::install(settings::Settings::resolve(cli.session, &|k| std::env::var(k).ok()));
+    settings::install(settings::Settings::resolve(cli.session, &|k| std::env::var_os(k)));
     let result = match cli.command {
         Command::Skill(SkillCommand::Run(args)) => run::main(args),
         Command::Skill(SkillCommand::Build(args)) => build::main(args),

@@ -6,6 +6,7 @@
 //! does not use it.
 
 use anyhow::{Result, anyhow};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -24,12 +25,14 @@ pub(crate) struct Settings {
 impl Settings {
     /// From the global `--session` (clap has already applied its
     /// environment variable) and `env`. Empty values count as unset.
-    pub(crate) fn resolve(session: Option<String>, env: &dyn Fn(&str) -> Option<String>) -> Settings {
-        let set = |v: Option<String>| v.filter(|v| !v.is_empty());
+    pub(crate) fn resolve(session: Option<String>, env: &dyn Fn(&str) -> Option<OsString>) -> Settings {
+        // Paths are OS strings: a state directory that is not UTF-8 is
+        // still the one the user named, never silently another.
+        let set = |v: Option<OsString>| v.filter(|v| !v.is_empty());
         let state_dir = set(env(ENV_HOME))
             .map(PathBuf::from)
             .or_else(|| set(env("HOME")).map(|home| PathBuf::from(home).join(".coderclaw")));
-        Settings { state_dir, session: set(session) }
+        Settings { state_dir, session: session.filter(|s| !s.is_empty()) }
     }
 }
 
@@ -42,7 +45,7 @@ pub(crate) fn install(settings: Settings) {
 
 /// The settings of this process.
 pub(crate) fn get() -> &'static Settings {
-    SETTINGS.get_or_init(|| Settings::resolve(None, &|k| std::env::var(k).ok()))
+    SETTINGS.get_or_init(|| Settings::resolve(None, &|k| std::env::var_os(k)))
 }
 
 /// The state directory, or why there is none.
@@ -54,8 +57,8 @@ pub(crate) fn state_dir() -> Result<PathBuf> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| OsString::from(v))
     }
 
     #[test]

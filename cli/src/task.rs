@@ -325,8 +325,21 @@ macro_rules! call {
     };
 }
 
+/// A runtime call's error as the CLI prints it: the message and its code,
+/// kept typed so `hints` can add the next command for the code.
+#[derive(Debug)]
+pub(crate) struct CallError(pub(crate) RuntimeError);
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0.message, self.0.code)
+    }
+}
+
+impl std::error::Error for CallError {}
+
 fn rt_err(e: RuntimeError) -> anyhow::Error {
-    anyhow::anyhow!("{} ({})", e.message, e.code)
+    anyhow::Error::new(CallError(e))
 }
 
 /// 0 completed; 4 stopped (cancelled, or by a limit or a crash, as
@@ -391,7 +404,10 @@ fn print_state(state: &TaskState, json: bool) -> Result<()> {
     }
     if let Some(e) = &state.error {
         println!("  error: [{}] {}", e.code, e.message);
-        for hint in e.reasons.iter().filter_map(|r| crate::hints::for_reason(r)) {
+        for hint in crate::hints::for_failure(e.code)
+            .into_iter()
+            .chain(e.reasons.iter().filter_map(|r| crate::hints::for_reason(r)))
+        {
             println!("  hint: {hint}");
         }
     }

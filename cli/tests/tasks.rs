@@ -126,6 +126,7 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
     let anonymous = cli.run(&["task", "list", "--remote", &url]);
     assert_eq!(anonymous.status.code(), Some(1));
     assert!(text(&anonymous.stderr).contains("unauthenticated"), "{}", text(&anonymous.stderr));
+    assert!(text(&anonymous.stderr).contains("hint: log in with `coderclaw login`"), "{}", text(&anonymous.stderr));
 
     // A task that waits for input (in flight when the server dies), and
     // acknowledged echo tasks.

@@ -62,7 +62,8 @@ pub trait InstallTarget {
     fn audit_refused(&self, id: &str, reason: &str) -> Result<(), TargetError>;
 }
 
-/// Why an install did not happen. Nothing was installed in every case.
+/// Why an install did not happen. Nothing was installed, except when the
+/// lockfile could not be written after the install ([`InstallError::Lockfile`]).
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// `id@req` does not parse.
@@ -399,7 +400,7 @@ impl<'a> Installer<'a> {
         }
         .await;
         if let Err(e) = &outcome {
-            let reason = format!("from registry {}: {e}", reg.name);
+            let reason = format!("from registry {}: {}", reg.name, with_sources(e));
             self.target.audit_refused(expected.id, &reason).map_err(InstallError::Target)?;
         }
         outcome
@@ -562,6 +563,17 @@ impl<'a> Installer<'a> {
         let accepted = self.install_package(&verified, &bytes)?;
         Ok(done(Action::Installed, note, accepted))
     }
+}
+
+/// `e` and its sources, as the audit log records a refusal.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 fn outcome(id: &str, version: String, action: Action, digest: String, accepted: Vec<String>) -> Outcome {

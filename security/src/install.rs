@@ -5,6 +5,7 @@
 use crate::security::{Security, SecurityError};
 use coderclaw_core::decision::Subject;
 pub use coderclaw_core::package::InstallGates;
+use coderclaw_core::package::{Package, VerifiedPackage};
 
 /// The install gate that refused a package.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +15,6 @@ pub enum InstallGate {
     /// More capabilities than the installed version, without `accept_capabilities`.
     CapabilityIncrease,
 }
-use coderclaw_core::package::{Package, VerifiedPackage};
 
 /// What an install did.
 #[derive(Debug, Clone)]

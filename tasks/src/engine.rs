@@ -125,8 +125,8 @@ pub(crate) struct Live {
     pub(crate) waiter: Option<oneshot::Sender<String>>,
 }
 
-/// The engine's shared state; [`TaskRun`](crate::TaskRun) and the writer's
-/// commit hook hold it too.
+/// The engine's shared state; [`TaskRun`] and open streams hold it too (the
+/// writer's commit hook and the dispatcher only weakly).
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn TaskStore>,
     executor: Arc<dyn TaskExecutor>,
@@ -285,6 +285,7 @@ impl TaskEngine {
         self.inner.get(id)?;
         let backlog = self.inner.store.events(id, 0)?.into();
         let state = StreamState {
+            _engine: self.inner.clone(),
             hub: self.inner.hub.clone(),
             store: self.inner.store.clone(),
             id: id.to_owned(),

@@ -54,6 +54,9 @@ impl Hub {
 /// One open stream: the backlog read from the store, then live events
 /// from the hub (re-reading the store when it lags behind).
 pub(crate) struct StreamState {
+    /// Keeps the engine (and so its dispatcher) alive while a stream is
+    /// open: a stream of a queued task must see it run.
+    pub(crate) _engine: Arc<crate::engine::Inner>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) store: Arc<dyn TaskStore>,
     pub(crate) id: String,

@@ -5,7 +5,7 @@
 //!   recovery after a restart; with the fair queue (`queue`), the stream hub
 //!   (`hub`), a running task's side (`run`: [`TaskRun`], event mapping,
 //!   WAITING) and session memory (`memory`).
-//! - [`TaskStore`] ([`store`]): where tasks live; [`SqliteTaskStore`]
+//! - [`TaskStore`] ([`store`]): where tasks live; the SQLite store
 //!   (`tasks.db`, group commit) is the embedded default.
 //! - [`TaskExecutor`]: what runs a task (the `coderclaw` facade provides the
 //!   one that runs installed skills in the sandbox).
@@ -30,4 +30,4 @@ pub mod store;
 pub use engine::{AuditHook, EngineConfig, EngineError, Owner, TaskEngine, TaskExecutor};
 pub use run::TaskRun;
 pub use service::{ErrorCode, RuntimeError, TaskService};
-pub use store::{SqliteTaskStore, StoreError, TaskStore};
+pub use store::{StoreError, TaskStore};

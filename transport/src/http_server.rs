@@ -65,6 +65,9 @@ pub enum ServerError {
     /// The configuration contradicts itself.
     #[error("{0}")]
     Config(String),
+    /// Mode local-only was asked to listen beyond loopback.
+    #[error("mode local-only binds loopback only, not {0}")]
+    LocalOnlyBeyondLoopback(std::net::SocketAddr),
     /// Binding or TLS setup failed.
     #[error("{0}")]
     Io(String),
@@ -75,10 +78,7 @@ pub use coderclaw_net::RunningServer;
 /// Binds and starts serving `service` in the background.
 pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<RunningServer, ServerError> {
     if config.mode == RuntimeMode::LocalOnly && !config.listen.ip().is_loopback() {
-        return Err(ServerError::Config(format!(
-            "mode local-only binds loopback only, not {} (remote-enabled listens beyond it)",
-            config.listen
-        )));
+        return Err(ServerError::LocalOnlyBeyondLoopback(config.listen));
     }
     let tls = match &config.tls {
         Some((cert, key)) => Some(coderclaw_net::tls::acceptor(cert, key).map_err(ServerError::Io)?),

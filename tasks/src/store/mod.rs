@@ -1,6 +1,7 @@
 //! The task store: tasks, their events and session memory, behind the
-//! [`TaskStore`] trait the engine uses. [`SqliteTaskStore`] (`tasks.db`) is
-//! the embedded default; a cluster backend implements the same trait.
+//! [`TaskStore`] trait the engine uses. `SqliteTaskStore` (`tasks.db`) is
+//! the embedded default, opened only by the engine (one writer per file);
+//! a cluster backend implements the same trait.
 //!
 //! The contract every backend keeps: writes are applied in the order they
 //! were queued; a durable write's receiver resolves only once it (and
@@ -10,7 +11,7 @@
 
 mod sqlite;
 
-pub use sqlite::SqliteTaskStore;
+pub(crate) use sqlite::SqliteTaskStore;
 
 use coderclaw_core::task::{TaskFilter, TaskState, TaskUpdateEvent};
 use tokio::sync::oneshot;

@@ -1,4 +1,4 @@
-//! [`SqliteTaskStore`]: tasks, their events and the skills' session memory
+//! `SqliteTaskStore`: tasks, their events and the skills' session memory
 //! in `tasks.db` (SQLite, WAL), the embedded default.
 //!
 //! Writes go through one writer thread that commits them in batches: it
@@ -80,7 +80,7 @@ struct Queued {
 }
 
 /// The task database.
-pub struct SqliteTaskStore {
+pub(crate) struct SqliteTaskStore {
     path: String,
     writes: Mutex<mpsc::Sender<Queued>>,
     reader: Mutex<Connection>,
@@ -91,7 +91,7 @@ const MAX_BATCH: usize = 4096;
 
 impl SqliteTaskStore {
     /// Opens (creating) `<dir>/tasks.db` and starts the writer thread.
-    pub fn open(dir: &Path, on_commit: Arc<OnCommit>) -> Result<Arc<SqliteTaskStore>, StoreError> {
+    pub(crate) fn open(dir: &Path, on_commit: Arc<OnCommit>) -> Result<Arc<SqliteTaskStore>, StoreError> {
         let file = dir.join("tasks.db");
         let path = file.display().to_string();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
