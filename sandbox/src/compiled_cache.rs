@@ -6,11 +6,23 @@
 //! holds (and, once packages are signed, has verified), only accepts files
 //! in a directory it created private to this user, and falls back to a
 //! fresh compile on any doubt.
+//!
+//! Each entry is also bound to its component digest by an HMAC-SHA256
+//! under a secret key kept beside the cache (`mac.key`, 0600, created on
+//! first use): an entry holds `tag ‖ artifact`, the tag covering the digest
+//! and the artifact. So another component's compiled code copied under a
+//! verified skill's name, an entry restored from another machine or an
+//! older backup made with another key, or a damaged entry, is recompiled,
+//! never run under the skill's identity. This does not protect against
+//! someone who can read the key (this user, or root): they can forge tags,
+//! just as they could replace the binary itself.
 
 use crate::Digest;
+use ring::hmac;
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -19,7 +31,15 @@ use wasmtime::component::Component;
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledCache {
     dir: PathBuf,
+    key: hmac::Key,
 }
+
+/// Bytes of an entry's tag.
+const TAG_BYTES: usize = 32;
+/// What a tag covers, before the digest and the artifact.
+const TAG_DOMAIN: &[u8] = b"coderclaw compiled code v1\x00";
+/// Largest entry read back: compiled code is a few times the component.
+const MAX_ENTRY_BYTES: u64 = 1 << 30;
 
 impl CompiledCache {
     /// Uses `root/<engine-compatibility-hash>/`, created 0700 if missing.
@@ -30,7 +50,16 @@ impl CompiledCache {
         engine.precompile_compatibility_hash().hash(&mut h);
         let dir = root.join(format!("{:016x}", h.finish()));
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        Ok(Self { dir })
+        let key = mac_key(&root.join("mac.key"))?;
+        Ok(Self { dir, key })
+    }
+
+    fn tag(&self, digest: &Digest, artifact: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(TAG_DOMAIN);
+        ctx.update(digest.to_hex().as_bytes());
+        ctx.update(artifact);
+        ctx.sign()
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -45,7 +74,25 @@ impl CompiledCache {
             tracing::warn!(path = %path.display(), why, "ignoring compiled-code cache entry");
             return None;
         }
-        match deserialize(engine, &path) {
+        let entry = match read_bounded(&path) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable compiled-code cache entry");
+                return None;
+            }
+        };
+        let bound = entry.len() > TAG_BYTES && {
+            let (tag, artifact) = entry.split_at(TAG_BYTES);
+            // Compared in constant time: the tag is the secret's witness.
+            let expected = self.tag(digest, artifact);
+            expected.as_ref().iter().zip(tag).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        };
+        if !bound {
+            tracing::warn!(path = %path.display(), "discarding a compiled-code cache entry not bound to this component");
+            let _ = fs::remove_file(&path);
+            return None;
+        }
+        match deserialize(engine, &entry[TAG_BYTES..]) {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled-code cache entry");
@@ -57,22 +104,66 @@ impl CompiledCache {
 
     /// Stores `component` under `digest` (0600; a reader never sees half a file).
     pub(crate) fn store(&self, digest: &Digest, component: &Component) -> Result<(), String> {
-        let bytes = component.serialize().map_err(|e| e.to_string())?;
+        let artifact = component.serialize().map_err(|e| e.to_string())?;
+        let mut entry = self.tag(digest, &artifact).as_ref().to_vec();
+        entry.extend_from_slice(&artifact);
         let path = self.path(digest);
-        coderclaw_core::fsutil::write_durably_with_mode(&path, &bytes, 0o600)
+        coderclaw_core::fsutil::write_durably_with_mode(&path, &entry, 0o600)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 }
 
-/// The audited `unsafe` call. Sound because the file (1) is named by the
-/// SHA-256 of the component bytes the caller holds, (2) was written by
-/// [`CompiledCache::store`] from wasmtime's own `serialize` into a
-/// directory only this user can write, and (3) wasmtime itself rejects
-/// artifacts from another version or configuration.
+/// The audited `unsafe` call. Sound because the bytes (1) come from the
+/// file named by the SHA-256 of the component bytes the caller holds,
+/// (2) carry a valid HMAC over that digest and themselves under this
+/// cache's secret key, so they were written by [`CompiledCache::store`]
+/// from wasmtime's own `serialize` for this component, in a directory only
+/// this user can write, and (3) wasmtime itself rejects artifacts from
+/// another version or configuration.
 #[allow(unsafe_code)]
-fn deserialize(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: see the function documentation.
-    unsafe { Component::deserialize_file(engine, path) }
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
+/// Reads an entry, refusing one larger than [`MAX_ENTRY_BYTES`].
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_ENTRY_BYTES {
+        return Err(std::io::Error::other("larger than any compiled component"));
+    }
+    Ok(bytes)
+}
+
+/// The cache's secret key: read from `path` (a regular file private to this
+/// user), or created there (0600) on first use.
+fn mac_key(path: &Path) -> std::io::Result<hmac::Key> {
+    use std::io::Write;
+    let invalid = |why: &str| std::io::Error::other(format!("{}: {why}", path.display()));
+    let mut secret = [0u8; 32];
+    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(mut f) => {
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| invalid("no randomness for the key"))?;
+            f.write_all(&secret)?;
+            f.sync_all()?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = fs::symlink_metadata(path)?;
+            if !meta.file_type().is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(invalid("not a regular file of this user"));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(invalid("readable or writable by group or others (it must be 0600)"));
+            }
+            let mut bytes = Vec::new();
+            fs::File::open(path)?.take(64).read_to_end(&mut bytes)?;
+            secret = bytes.try_into().map_err(|_| invalid("not a 32-byte key"))?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(hmac::Key::new(hmac::HMAC_SHA256, &secret))
 }
 
 fn private_to_us(dir: &Path) -> Result<(), &'static str> {

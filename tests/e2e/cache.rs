@@ -71,3 +71,45 @@ async fn a_different_component_never_matches_another_digest() {
     assert_eq!(host.stats().compiled, 2);
     assert_eq!(cached_files(cache.path()).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_components_compiled_code_under_a_skills_name_is_recompiled_not_run() {
+    // The attack: the cache file of `echo` replaced by the (valid, same
+    // user, 0600) compiled code of another component. Trusted by name,
+    // owner and mode alone, the other code would run as `echo`.
+    let cache = tempfile::tempdir().unwrap();
+    let host = fresh_host(cache.path());
+    let echo = host.load_file(guest("echo")).unwrap();
+    let other = host.load_file(guest("word-count")).unwrap();
+    let path_of = |skill: &coderclaw::Skill| {
+        cached_files(cache.path())
+            .into_iter()
+            .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(&skill.digest().to_hex()))
+            .unwrap()
+    };
+    std::fs::copy(path_of(&other), path_of(&echo)).unwrap();
+    std::fs::set_permissions(path_of(&echo), std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let host = fresh_host(cache.path());
+    let skill = host.load_file(guest("echo")).unwrap();
+    assert_eq!(skill.source(), LoadSource::Compiled, "a swapped entry is not loaded");
+    assert_eq!(host.run(&skill, "5", &Grant::deny_all()).await.unwrap(), r#"{"echo":5}"#);
+    // Recompiled and stored again, bound to echo: the next host loads it.
+    assert_eq!(fresh_host(cache.path()).load_file(guest("echo")).unwrap().source(), LoadSource::DiskCache);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_made_under_another_key_are_recompiled_and_a_key_others_can_read_is_refused() {
+    // A cache restored from another machine (or whose key was replaced)
+    // holds entries whose tags this key did not make.
+    let cache = tempfile::tempdir().unwrap();
+    fresh_host(cache.path()).load_file(guest("echo")).unwrap();
+    let key = cache.path().join("mac.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let host = fresh_host(cache.path());
+    assert_eq!(host.load_file(guest("echo")).unwrap().source(), LoadSource::Compiled);
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Host::builder().compiled_cache(cache.path()).dangerous_allow_unsigned().build().err().unwrap();
+    assert!(err.to_string().contains("mac.key") && err.to_string().contains("0600"), "{err}");
+}
