@@ -92,6 +92,15 @@ enum Component {
 }
 
 impl Loaded {
+    /// What the decision judges: unsigned code as such, whatever kind its
+    /// flags made it.
+    fn target(&self) -> Target<'_> {
+        match self.unsigned_offer {
+            Some(_) => Target::unsigned(&self.manifest),
+            None => Target::from_manifest(&self.manifest),
+        }
+    }
+
     fn compile(self, host: &Host) -> Result<Skill, Error> {
         match self.component {
             Component::Compiled(skill) => Ok(skill),
@@ -127,8 +136,7 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
         Err(e) => return Ok(report_error(&args, &e, None, &[])),
     };
     let offer = offer(&args, &main, &workspace)?;
-    let decision =
-        security.decide(&subject, Target::from_manifest(&main.manifest), Action::Run, Some(&workspace), &offer)?;
+    let decision = security.decide(&subject, main.target(), Action::Run, Some(&workspace), &offer)?;
     if !decision.allowed {
         return Ok(report_denied(&args, &format!("policy refuses {}", main.manifest.id), &decision.reasons));
     }
@@ -206,11 +214,12 @@ fn register_nested(
             Err(e) => return Ok(Err(e)),
         };
         let manifest = child.manifest.clone();
+        let unsigned = child.unsigned_offer.is_some();
         let compiled = match child.compile(host) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        planner.register_compiled(&id, compiled, manifest, NestedCaller::Fixed(subject.clone()));
+        planner.register_compiled(&id, compiled, manifest, unsigned, NestedCaller::Fixed(subject.clone()));
     }
     Ok(Ok(()))
 }

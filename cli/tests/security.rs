@@ -404,3 +404,36 @@ fn audit_as(cli: &Cli, session: &str, filter: &[&str]) -> Vec<Value> {
     args.extend_from_slice(filter);
     audit(cli, &args)
 }
+
+#[test]
+fn a_ci_session_cannot_run_unsigned_code_not_even_by_making_it_an_agent() {
+    // The attack: `--with-skill` made an unsigned component an agent, so it
+    // was decided as agent:invoke (which ci has) instead of skill:execute
+    // (which ci lacks). Unsigned code is now always a skill for the
+    // decision, and runs only for security.unsignedRoles.
+    let cli = Cli::new();
+    let echo = coderclaw_e2e::guest("echo").display().to_string();
+    let wc = coderclaw_e2e::guest("word-count").display().to_string();
+    assert_eq!(code(&cli.run(&["user", "add", "bot", "--role", "ci"])), 0);
+    let token = text(&cli.run(&["user", "token", "bot", "--expires", "1d"]).stdout).trim().to_owned();
+    let login = cli.run_stdin(&["login", "--user", "bot", "--token-stdin", "--json"], &token);
+    assert_eq!(code(&login), 0, "{}", text(&login.stderr));
+    let session: Value = serde_json::from_slice(&login.stdout).unwrap();
+    let session = session["token"].as_str().unwrap().to_owned();
+    let with_skill = format!("team/word-count={wc}");
+    for extra in [vec![], vec!["--with-skill", with_skill.as_str()]] {
+        let mut args =
+            vec!["skill", "run", echo.as_str(), "--dangerous-allow-unsigned", "--session", &session, "--json"];
+        args.extend(extra.iter().copied());
+        let out = cli.run(&args);
+        assert_eq!(code(&out), 3, "{:?}: {}", extra, text(&out.stdout));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reasons: Vec<&str> =
+            report["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+        assert!(reasons.contains(&"unsigned-not-allowed"), "{extra:?}: {reasons:?}");
+    }
+    // The refusal is audited, and local development is unchanged.
+    let denied = audit(&cli, &["--result", "denied", "--user", "bot"]);
+    assert!(denied.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("unsignedRoles")), "{denied:?}");
+    assert_eq!(code(&cli.run(&["skill", "run", &echo, "--dangerous-allow-unsigned"])), 0);
+}

@@ -77,6 +77,10 @@ pub struct Target<'a> {
     pub capabilities: &'a Capabilities,
     /// Requested limits.
     pub limits: &'a RequestedLimits,
+    /// Unsigned code (a development build run with
+    /// `--dangerous-allow-unsigned`): its manifest was written by the
+    /// caller, so its kind grants nothing.
+    pub unsigned: bool,
 }
 
 impl<'a> Target<'a> {
@@ -88,7 +92,14 @@ impl<'a> Target<'a> {
             dangerous: m.dangerous,
             capabilities: &m.capabilities,
             limits: &m.limits,
+            unsigned: false,
         }
+    }
+
+    /// An unsigned component described by `m` (built from the caller's
+    /// flags, not signed by anyone).
+    pub fn unsigned(m: &'a Manifest) -> Self {
+        Target { unsigned: true, ..Target::from_manifest(m) }
     }
 }
 
@@ -249,6 +260,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     check_session(subject, input.workspace, *policies, input.now_ms, &mut reasons);
     check_users_and_roles(subject, *policies, &mut reasons);
     check_run_permissions(input, &mut reasons);
+    check_unsigned(input, &mut reasons);
     check_enforced_trust(subject, *policies, &mut reasons);
     check_org_denied(input, &mut reasons);
     let entries = check_skill_policies(input, &mut reasons);
@@ -269,19 +281,38 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     }
 }
 
-/// A run needs `task:submit` and `skill:execute` or `agent:invoke`.
+/// A run needs `task:submit` and `skill:execute` or `agent:invoke`. Unsigned
+/// code always needs `skill:execute` (its kind is the caller's own claim:
+/// invoking skills must not turn it into an agent that skips it), plus
+/// `agent:invoke` when it invokes skills.
 fn check_run_permissions(input: &DecisionInput<'_>, reasons: &mut Vec<Reason>) {
     if input.action != Action::Run {
         return;
     }
-    let needed = match input.target.kind {
-        Kind::Skill => Permission::SkillExecute,
-        Kind::Agent => Permission::AgentInvoke,
+    let needed: &[Permission] = match (input.target.kind, input.target.unsigned) {
+        (Kind::Skill, _) => &[Permission::TaskSubmit, Permission::SkillExecute],
+        (Kind::Agent, false) => &[Permission::TaskSubmit, Permission::AgentInvoke],
+        (Kind::Agent, true) => &[Permission::TaskSubmit, Permission::SkillExecute, Permission::AgentInvoke],
     };
-    for p in [Permission::TaskSubmit, needed] {
+    for &p in needed {
         if !input.policies.roles.allows(&input.subject.roles, p) {
             reasons.push(missing_permission(input.subject, p));
         }
+    }
+}
+
+/// Unsigned code runs only for the roles `security.unsignedRoles` names.
+fn check_unsigned(input: &DecisionInput<'_>, reasons: &mut Vec<Reason>) {
+    let allowed = &input.policies.config.security.unsigned_roles;
+    if input.target.unsigned && !input.subject.roles.iter().any(|r| allowed.contains(r)) {
+        reasons.push(Reason {
+            code: "unsigned-not-allowed",
+            message: format!(
+                "unsigned code runs only for the roles security.unsignedRoles names [{}]; this caller has [{}]",
+                allowed.join(", "),
+                input.subject.roles.join(", ")
+            ),
+        });
     }
 }
 

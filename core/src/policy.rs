@@ -261,10 +261,18 @@ pub struct SecuritySection {
     /// names (default `deny`).
     #[serde(default)]
     pub dangerous_skills_without_policy: DangerousDefault,
+    /// Roles that may run unsigned code (`--dangerous-allow-unsigned`);
+    /// default `[developer, admin]`, so `ci` and `readonly` sessions never do.
+    #[serde(default = "default_unsigned_roles")]
+    pub unsigned_roles: Vec<String>,
 }
 
 fn default_roles() -> Vec<String> {
     vec!["developer".to_owned()]
+}
+
+fn default_unsigned_roles() -> Vec<String> {
+    vec!["developer".to_owned(), "admin".to_owned()]
 }
 
 impl Default for SecuritySection {
@@ -274,6 +282,7 @@ impl Default for SecuritySection {
             require_auth: false,
             default_roles: default_roles(),
             dangerous_skills_without_policy: DangerousDefault::Deny,
+            unsigned_roles: default_unsigned_roles(),
         }
     }
 }
@@ -430,6 +439,7 @@ impl SecurityConfig {
             invalid(key, e.to_string())
         })?;
         check_roles(&roles, &self.security.default_roles, "security.defaultRoles", file)?;
+        check_roles(&roles, &self.security.unsigned_roles, "security.unsignedRoles", file)?;
         for (name, r) in &self.registries {
             let key = format!("registries.{name}");
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {

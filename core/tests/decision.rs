@@ -77,13 +77,21 @@ struct Skill {
     dangerous: bool,
     caps: Capabilities,
     limits: RequestedLimits,
+    unsigned: bool,
 }
 
 impl Skill {
     fn plain(id: &str) -> Skill {
         let mut caps = Capabilities::default();
         caps.fs.insert(FsRequest { path: "workspace".into(), access: Access::Read });
-        Skill { id: id.into(), kind: Kind::Skill, dangerous: false, caps, limits: RequestedLimits::default() }
+        Skill {
+            id: id.into(),
+            kind: Kind::Skill,
+            dangerous: false,
+            caps,
+            limits: RequestedLimits::default(),
+            unsigned: false,
+        }
     }
     fn shell_exec() -> Skill {
         let mut s = Skill::plain("team/shell-exec");
@@ -101,6 +109,7 @@ impl Skill {
             dangerous: self.dangerous,
             capabilities: &self.caps,
             limits: &self.limits,
+            unsigned: self.unsigned,
         }
     }
 }
@@ -462,6 +471,7 @@ fn arb_skill() -> impl Strategy<Value = Skill> {
                 dangerous,
                 caps,
                 limits: RequestedLimits { memory: mem.map(|m| Size(m << 20)), timeout: None },
+                unsigned: false,
             }
         })
 }
@@ -591,4 +601,36 @@ fn merge(repo: &str, forbid: &str) -> String {
     p.agent_policies.extend(f.agent_policies);
     p.skill_policies.extend(f.skill_policies);
     serde_json::to_string(&p).unwrap() // JSON is YAML
+}
+
+#[test]
+fn unsigned_code_is_decided_as_a_skill_whatever_its_flags_made_it_and_only_for_unsigned_roles() {
+    let w = World::new("", "", "");
+    let unsigned_skill = Skill { unsigned: true, ..Skill::plain("local/tool") };
+    let unsigned_agent = Skill { kind: Kind::Agent, unsigned: true, ..Skill::plain("local/tool") };
+    let ci = who("bot", &["ci"], Trusted);
+    // The attack: `--with-skill` made the unsigned component an agent, so
+    // a ci session (agent:invoke, no skill:execute) ran code it could not
+    // run without the flag. As an agent it still needs skill:execute, and
+    // ci is not among the unsigned roles.
+    let d = w.decide(&ci, &unsigned_agent);
+    assert!(!d.allowed);
+    assert!(
+        codes(&d).contains(&"missing-permission") && codes(&d).contains(&"unsigned-not-allowed"),
+        "{:?}",
+        codes(&d)
+    );
+    assert_eq!(codes(&w.decide(&ci, &unsigned_skill)), ["missing-permission", "unsigned-not-allowed"]);
+    assert!(codes(&w.decide(&who("rita", &["readonly"], Trusted), &unsigned_skill)).contains(&"unsigned-not-allowed"));
+    // Local development is unchanged: developer and admin run unsigned builds.
+    assert!(w.decide(&who("dana", &["developer"], Trusted), &unsigned_skill).allowed);
+    assert!(w.decide(&who("dana", &["developer"], Trusted), &unsigned_agent).allowed);
+    assert!(w.decide(&who("ada", &["admin"], Trusted), &unsigned_agent).allowed);
+    // The same component signed is decided by its kind alone.
+    let signed_agent = Skill { unsigned: false, ..unsigned_agent.clone() };
+    assert!(!codes(&w.decide(&ci, &signed_agent)).contains(&"unsigned-not-allowed"));
+    // A host configuration can narrow the roles (an undefined role is refused when loading).
+    let strict = World::new("security:\n  unsignedRoles: [admin]\n", "", "");
+    assert!(!strict.decide(&who("dana", &["developer"], Trusted), &unsigned_skill).allowed);
+    assert!(SecurityConfig::from_yaml("security:\n  unsignedRoles: [wizard]\n", "config.yaml").is_err());
 }

@@ -110,14 +110,15 @@ impl Planner {
     pub fn register_nested(&self, id: &str, caller: NestedCaller) -> Result<(), TaskFailure> {
         let Ok(package) = self.security.home().load_installed(id) else { return Ok(()) };
         let skill = self.host.load_verified(&package).map_err(sandbox_failure)?;
-        self.register_compiled(id, skill, package.manifest().clone(), caller);
+        self.register_compiled(id, skill, package.manifest().clone(), false, caller);
         Ok(())
     }
 
     /// Makes an already compiled `skill` invocable as `id`, decided on
     /// `manifest` for `caller` at each invocation (and never wider than the
-    /// calling agent's grant: the sandbox checks that).
-    pub fn register_compiled(&self, id: &str, skill: Skill, manifest: Manifest, caller: NestedCaller) {
+    /// calling agent's grant: the sandbox checks that). `unsigned` code is
+    /// decided as such (`security.unsignedRoles`).
+    pub fn register_compiled(&self, id: &str, skill: Skill, manifest: Manifest, unsigned: bool, caller: NestedCaller) {
         let (security, workspace, offer) = (self.security.clone(), self.workspace.clone(), self.offer.clone());
         self.host.register_authorized(id, skill, move |call: &Caller<'_>| {
             let subject = match &caller {
@@ -128,7 +129,8 @@ impl Planner {
                 }
             };
             let action = Action::Nested { parent: call.agent.to_owned() };
-            match security.decide(&subject, Target::from_manifest(&manifest), action, Some(&workspace), &offer) {
+            let target = if unsigned { Target::unsigned(&manifest) } else { Target::from_manifest(&manifest) };
+            match security.decide(&subject, target, action, Some(&workspace), &offer) {
                 Ok(d) if d.allowed => Ok(d.grant),
                 Ok(d) => Err(d.reasons_text()),
                 Err(e) => Err(e.to_string()),

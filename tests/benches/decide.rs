@@ -78,7 +78,8 @@ fn main() {
         let started = Instant::now();
         for i in 0..n {
             let (id, kind) = &targets[i % targets.len()];
-            let target = Target { id, kind: *kind, dangerous: false, capabilities: &caps, limits: &limits };
+            let target =
+                Target { id, kind: *kind, dangerous: false, capabilities: &caps, limits: &limits, unsigned: false };
             let d = decide(&DecisionInput {
                 subject: &subjects[i % subjects.len()],
                 target,
