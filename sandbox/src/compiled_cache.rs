@@ -137,32 +137,41 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// The cache's secret key: read from `path` (a regular file private to this
-/// user), or created there (0600) on first use.
+/// user), or created there (0600) on first use. Created whole or not at
+/// all (a private temporary file hard-linked into place), so a process
+/// starting at the same moment reads either no key or the complete one.
 fn mac_key(path: &Path) -> std::io::Result<hmac::Key> {
     use std::io::Write;
     let invalid = |why: &str| std::io::Error::other(format!("{}: {why}", path.display()));
-    let mut secret = [0u8; 32];
-    match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(mut f) => {
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-                .map_err(|_| invalid("no randomness for the key"))?;
-            f.write_all(&secret)?;
-            f.sync_all()?;
+    if !path.exists() {
+        // The secret, and a name for the temporary file no other process
+        // or thread picks.
+        let mut random = [0u8; 40];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| invalid("no randomness for the key"))?;
+        let (secret, nonce) = random.split_at(32);
+        let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = path.with_extension(format!("key.{nonce}.tmp"));
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let written = f.write_all(secret).and_then(|()| f.sync_all()).and_then(|()| fs::hard_link(&tmp, path));
+        let _ = fs::remove_file(&tmp);
+        match written {
+            Ok(()) => return Ok(hmac::Key::new(hmac::HMAC_SHA256, secret)),
+            // Another process made it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = fs::symlink_metadata(path)?;
-            if !meta.file_type().is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
-                return Err(invalid("not a regular file of this user"));
-            }
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(invalid("readable or writable by group or others (it must be 0600)"));
-            }
-            let mut bytes = Vec::new();
-            fs::File::open(path)?.take(64).read_to_end(&mut bytes)?;
-            secret = bytes.try_into().map_err(|_| invalid("not a 32-byte key"))?;
-        }
-        Err(e) => return Err(e),
     }
+    let meta = fs::symlink_metadata(path)?;
+    if !meta.file_type().is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(invalid("not a regular file of this user"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(invalid("readable or writable by group or others (it must be 0600)"));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(64).read_to_end(&mut bytes)?;
+    let secret: [u8; 32] = bytes.try_into().map_err(|_| invalid("not a 32-byte key"))?;
     Ok(hmac::Key::new(hmac::HMAC_SHA256, &secret))
 }
 

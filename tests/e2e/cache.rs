@@ -113,3 +113,20 @@ async fn entries_made_under_another_key_are_recompiled_and_a_key_others_can_read
     let err = Host::builder().compiled_cache(cache.path()).dangerous_allow_unsigned().build().err().unwrap();
     assert!(err.to_string().contains("mac.key") && err.to_string().contains("0600"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_starting_together_on_a_fresh_cache_share_one_complete_key() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().to_path_buf();
+    let starts: Vec<_> = (0..8)
+        .map(|_| {
+            let dir = dir.clone();
+            std::thread::spawn(move || Host::builder().compiled_cache(dir).dangerous_allow_unsigned().build())
+        })
+        .collect();
+    let hosts: Vec<Host> = starts.into_iter().map(|t| t.join().unwrap().expect("every host starts")).collect();
+    assert_eq!(std::fs::read(dir.join("mac.key")).unwrap().len(), 32);
+    hosts[0].load_file(guest("echo")).unwrap();
+    // What one host stored, another (started at the same moment) trusts.
+    assert_eq!(hosts[7].load_file(guest("echo")).unwrap().source(), LoadSource::DiskCache);
+}
