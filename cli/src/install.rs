@@ -16,7 +16,7 @@ use coderclaw_core::rbac::Permission;
 use coderclaw_registry::cache::ClientCache;
 use coderclaw_registry::install::{InstallError, Installer, Outcome, parse_spec};
 use coderclaw_registry::lockfile::{LockedSkill, Lockfile};
-use coderclaw_registry::registries::{ChooseError, PolicySync, Registry, sync_policies};
+use coderclaw_registry::registries::{ChooseError, PolicySync, Registry, is_url, sync_policies};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,7 +61,7 @@ impl RegistryArgs {
         // A URL chosen on the command line needs no configuration (as
         // before): a broken config.yaml does not block it.
         let configured = match (self.registry.as_deref(), from_lockfile) {
-            (Some(url), _) if url.starts_with("http://") || url.starts_with("https://") => BTreeMap::new(),
+            (Some(url), _) if is_url(url) => BTreeMap::new(),
             _ => configured_registries()?,
         };
         Registry::choose(self.registry.as_deref(), from_lockfile, &configured, self.token.clone(), self.ca.as_deref())

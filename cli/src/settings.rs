@@ -63,10 +63,10 @@ mod tests {
 
     #[test]
     fn coderclaw_home_wins_over_home_and_empty_values_are_unset() {
-        let s = Settings::resolve(Some(String::new()), &env(&[(ENV_HOME, "/srv/cc"), ("HOME", "/home/a")]));
-        assert_eq!(s, Settings { state_dir: Some("/srv/cc".into()), session: None });
-        let s = Settings::resolve(Some("ccs_x".into()), &env(&[(ENV_HOME, ""), ("HOME", "/home/a")]));
-        assert_eq!(s.state_dir, Some(PathBuf::from("/home/a/.coderclaw")));
+        let s = Settings::resolve(Some(String::new()), &env(&[(ENV_HOME, "state/cc"), ("HOME", "users/alice")]));
+        assert_eq!(s, Settings { state_dir: Some("state/cc".into()), session: None });
+        let s = Settings::resolve(Some("ccs_x".into()), &env(&[(ENV_HOME, ""), ("HOME", "users/alice")]));
+        assert_eq!(s.state_dir, Some(PathBuf::from("users/alice/.coderclaw")));
         assert_eq!(s.session.as_deref(), Some("ccs_x"));
         assert_eq!(Settings::resolve(None, &env(&[])).state_dir, None);
     }

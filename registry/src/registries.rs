@@ -85,7 +85,8 @@ impl Registry {
     }
 }
 
-fn is_url(s: &str) -> bool {
+/// Whether `s` names a registry by URL rather than by a configured name.
+pub fn is_url(s: &str) -> bool {
     s.starts_with("http://") || s.starts_with("https://")
 }
 
