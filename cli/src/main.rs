@@ -5,6 +5,7 @@
 
 mod audit;
 mod build;
+mod doctor;
 mod grant_args;
 mod hints;
 mod home;
@@ -84,6 +85,10 @@ enum Command {
     Task(task::Command),
     Serve(task::ServeArgs),
     Status(task::StatusArgs),
+    /// Report what this machine can enforce: the kernel confinement of
+    /// shell.exec children (Landlock, namespaces, rlimits) against
+    /// `shell.confinement` in config.yaml.
+    Doctor(doctor::Args),
     /// Run and administer a team registry, or query one.
     ///
     /// A team runs one registry (`serve`); admins create namespaces (teams),
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
         Command::Task(cmd) => task::main(cmd),
         Command::Serve(args) => task::serve_main(args),
         Command::Status(args) => task::status(args),
+        Command::Doctor(args) => doctor::main(args),
         Command::Registry(cmd) => registry::main(cmd),
     };
     match result {

@@ -7,10 +7,11 @@ use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::security::Security;
 use coderclaw::tasks::http_server::{ServerConfig, serve};
-use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, RuntimeError};
+use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, MAX_EVENTS_PAGE, RuntimeError};
 use coderclaw::{LocalRuntime, OpenError};
 use coderclaw_core::Access;
 use coderclaw_core::decision::{Offer, OfferedDir};
+use coderclaw_core::fsutil::{FinalLink, MAX_CONFIG_BYTES, read_text_bounded};
 use coderclaw_core::runtime_config::{RuntimeConfig, RuntimeFile, RuntimeFlags};
 use coderclaw_core::task::{
     FailureCode, RuntimeMode, TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent,
@@ -181,7 +182,8 @@ fn config(flags: &RuntimeFlags, workspace: &Path) -> Result<RuntimeConfig> {
     let mut files = Vec::new();
     let project = workspace.join(".coderClaw/runtime.yaml");
     for path in [project.clone(), home::state_dir()?.join("runtime.yaml")] {
-        match std::fs::read_to_string(&path) {
+        let link = if path == project { FinalLink::Refuse } else { FinalLink::Follow };
+        match read_text_bounded(&path, MAX_CONFIG_BYTES, link) {
             Ok(text) => {
                 let name = path.display().to_string();
                 let file = RuntimeFile::from_yaml(&text, &name)?;
@@ -232,6 +234,7 @@ fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig
         max_concurrent_tasks: c.max_concurrent_tasks,
         task_timeout: Duration::from_millis(c.task_timeout_ms),
         mode: c.mode,
+        ..EngineConfig::default()
     };
     match LocalRuntime::builder_for(security).offer(offer).config(engine_config).exclusive().open() {
         Err(OpenError::Busy(root)) => bail!(
@@ -498,13 +501,25 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             })
         }
         Command::Events { id, target } => with_runtime(&target, false, async |rt| {
-            let events = call!(&rt, get_task_events(&id)).map_err(rt_err)?;
-            if target.json {
-                print_json(&events)?;
-            } else {
-                for e in &events {
-                    println!("{:>4} {}  {}", e.seq, e.timestamp_ms, progress_line(e, false));
+            // Page by page, printed as they come: a long history is never
+            // held whole (--json still prints one JSON array).
+            let mut after = 0;
+            let mut first = true;
+            loop {
+                let page = call!(&rt, get_task_events(&id, after, MAX_EVENTS_PAGE)).map_err(rt_err)?;
+                let Some(last) = page.last() else { break };
+                after = last.seq;
+                for e in &page {
+                    if target.json {
+                        println!("{}{}", if first { "[" } else { "," }, serde_json::to_string(e)?);
+                    } else {
+                        println!("{:>4} {}  {}", e.seq, e.timestamp_ms, progress_line(e, false));
+                    }
+                    first = false;
                 }
+            }
+            if target.json {
+                println!("{}", if first { "[]" } else { "]" });
             }
             Ok(ExitCode::SUCCESS)
         }),

@@ -437,3 +437,54 @@ fn a_ci_session_cannot_run_unsigned_code_not_even_by_making_it_an_agent() {
     assert!(denied.iter().any(|r| r["reason"].as_str().unwrap_or("").contains("unsignedRoles")), "{denied:?}");
     assert_eq!(code(&cli.run(&["skill", "run", &echo, "--dangerous-allow-unsigned"])), 0);
 }
+
+#[test]
+fn a_repository_policy_that_is_a_fifo_a_link_to_dev_zero_or_huge_is_refused_at_once_naming_it() {
+    let cli = Cli::new();
+    let echo = coderclaw_e2e::guest("echo").display().to_string();
+    let outside = tempfile::tempdir().unwrap();
+    let good = outside.path().join("policy.yaml");
+    std::fs::write(&good, "enforceTrust: false\n").unwrap();
+    type Make<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: [(&str, Make<'_>, &str); 4] = [
+        (
+            "fifo",
+            Box::new(|f| assert!(std::process::Command::new("mkfifo").arg(f).status().unwrap().success())),
+            "not a regular file",
+        ),
+        ("dev-zero", Box::new(|f| std::os::unix::fs::symlink("/dev/zero", f).unwrap()), "symbolic link"),
+        // A link out of the repository, even to a harmless file, is refused.
+        ("outside", Box::new(|f| std::os::unix::fs::symlink(&good, f).unwrap()), "symbolic link"),
+        ("huge", Box::new(|f| std::fs::write(f, "#".repeat(2 << 20)).unwrap()), "more than the 1048576 bytes"),
+    ];
+    for (name, make, why) in cases {
+        let ws = workspace();
+        std::fs::create_dir_all(ws.path().join(".coderClaw")).unwrap();
+        let file = ws.path().join(".coderClaw/security.yaml");
+        make(&file);
+        for runtime in [false, true] {
+            let started = std::time::Instant::now();
+            let out = if runtime {
+                // The same file as the project's runtime.yaml.
+                std::fs::rename(&file, ws.path().join(".coderClaw/runtime.yaml")).unwrap();
+                cli.run(&["task", "list", "--workspace", p(ws.path())])
+            } else {
+                cli.run(&[
+                    "skill",
+                    "run",
+                    &echo,
+                    "--dangerous-allow-unsigned",
+                    "--input",
+                    "1",
+                    "--workspace",
+                    p(ws.path()),
+                ])
+            };
+            let stderr = text(&out.stderr);
+            assert_ne!(code(&out), 0, "{name}: {stderr}");
+            let file = if runtime { "runtime.yaml" } else { "security.yaml" };
+            assert!(stderr.contains(file) && stderr.contains(why), "{name}: {stderr}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{name}: took {:?}", started.elapsed());
+        }
+    }
+}

@@ -270,7 +270,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     if !reasons.is_empty() {
         return Decision { allowed: false, grant: Grant::deny_all(), reasons, narrowed: Vec::new() };
     }
-    match build_grant(&input.target, input.offer) {
+    match build_grant(&input.target, input.offer, &entries, &input.policies.config.shell) {
         Ok((grant, narrowed)) => Decision { allowed: true, grant, reasons, narrowed },
         Err(message) => Decision {
             allowed: false,
@@ -531,7 +531,12 @@ fn check_enforced_trust(subject: &Subject, policies: Policies<'_>, reasons: &mut
 }
 
 /// The request intersected with the offer.
-fn build_grant(target: &Target<'_>, offer: &Offer) -> Result<(Grant, Vec<String>), String> {
+fn build_grant(
+    target: &Target<'_>,
+    offer: &Offer,
+    entries: &[&SkillPolicy],
+    shell: &crate::policy::ShellSection,
+) -> Result<(Grant, Vec<String>), String> {
     let caps = target.capabilities;
     let mut narrowed = Vec::new();
     let mut b: GrantBuilder = Grant::builder();
@@ -553,7 +558,15 @@ fn build_grant(target: &Target<'_>, offer: &Offer) -> Result<(Grant, Vec<String>
     }
     for program in &caps.shell {
         b = b.shell(program);
+        let rules = caps.shell_rules.get(program).into_iter();
+        for rule in rules.chain(entries.iter().filter_map(|e| e.shell_rules.get(program))) {
+            b = b.shell_rule(program, rule.clone());
+        }
+        if shell.network.contains(program) {
+            b = b.shell_network(program);
+        }
     }
+    b = b.confinement(shell.confinement);
     for skill in &caps.skills {
         b = b.skill(skill.as_str());
     }

@@ -39,3 +39,93 @@ pub fn write_durably_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io:
     }
     result
 }
+
+/// Largest configuration or policy file the host reads (1 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Whether [`read_text_bounded`] may follow a symbolic link at the end of
+/// the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalLink {
+    /// A file in a repository: a link (possibly out of the repository, to
+    /// `/dev/zero` or a FIFO) is refused.
+    Refuse,
+    /// A file in the user's own state directory: a link is followed, the
+    /// target must still be a regular file.
+    Follow,
+}
+
+/// Reads a UTF-8 text file of at most `max` bytes that must be a regular
+/// file: a FIFO, device, directory or (with [`FinalLink::Refuse`]) a
+/// symbolic link is refused without blocking, and a file growing while it
+/// is read stops at the bound. A missing file is `NotFound` as usual; every
+/// other refusal is `InvalidData` saying what the file is.
+pub fn read_text_bounded(path: &Path, max: u64, link: FinalLink) -> std::io::Result<String> {
+    use std::io::Read;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut options = std::fs::OpenOptions::new();
+    // Non-blocking, so opening a FIFO returns at once rather than waiting
+    // for a writer; reads of a regular file are unaffected.
+    let mut flags = libc_flags::O_NONBLOCK;
+    if link == FinalLink::Refuse {
+        flags |= libc_flags::O_NOFOLLOW;
+    }
+    options.read(true).custom_flags(flags);
+    let file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc_flags::ELOOP) => {
+            return Err(invalid("is a symbolic link; a repository's configuration must be a regular file".into()));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+        return Err(invalid(format!("is {kind}")));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!("is {} bytes, more than the {max} bytes allowed", meta.len())));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(invalid(format!("grew past the {max} bytes allowed while being read")));
+    }
+    String::from_utf8(bytes).map_err(|_| invalid("is not UTF-8 text".into()))
+}
+
+/// The few open(2) constants used above (Linux values; this crate has no
+/// libc dependency).
+mod libc_flags {
+    pub(super) const O_NONBLOCK: i32 = 0o4000;
+    pub(super) const O_NOFOLLOW: i32 = 0o400000;
+    pub(super) const ELOOP: i32 = 40;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bounded_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        assert_eq!(read_text_bounded(&file, 100, FinalLink::Refuse).unwrap(), "a: 1\n");
+        let err = read_text_bounded(&file, 3, FinalLink::Refuse).unwrap_err();
+        assert!(err.to_string().contains("more than the 3 bytes"), "{err}");
+
+        let link = dir.path().join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(read_text_bounded(&link, 100, FinalLink::Refuse).unwrap_err().to_string().contains("symbolic link"));
+        assert!(read_text_bounded(&link, 100, FinalLink::Follow).unwrap_err().to_string().contains("not a regular"));
+
+        let fifo = dir.path().join("fifo.yaml");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // Returns at once (no writer ever comes).
+        assert!(read_text_bounded(&fifo, 100, FinalLink::Follow).unwrap_err().to_string().contains("not a regular"));
+        assert!(read_text_bounded(dir.path(), 100, FinalLink::Follow).unwrap_err().to_string().contains("directory"));
+        let missing = read_text_bounded(&dir.path().join("none"), 100, FinalLink::Refuse).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
+}

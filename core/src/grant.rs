@@ -5,6 +5,7 @@
 //! the grant and from nothing else.
 
 use crate::pattern::HostPattern;
+use crate::shell_policy::{Confinement, ProgramRule};
 use crate::units::format_size;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,6 +92,14 @@ pub struct Grant {
     #[serde(default)]
     session_memory: bool,
     limits: Limits,
+    /// Per program, argument rules that must all pass (manifest and policy).
+    #[serde(default)]
+    shell_rules: BTreeMap<String, Vec<ProgramRule>>,
+    /// Programs whose children keep the host's network (host configuration).
+    #[serde(default)]
+    shell_network: BTreeSet<String>,
+    #[serde(default)]
+    confinement: Confinement,
 }
 
 /// A grant that cannot be built; each variant names the offending value.
@@ -180,6 +189,30 @@ impl GrantBuilder {
     /// Allow `shell.exec` of `program` (a bare name looked up on `PATH`, or an absolute path).
     pub fn shell(mut self, program: impl Into<String>) -> Self {
         self.grant.shell.insert(program.into());
+        self
+    }
+
+    /// Restrict the arguments `program` may be run with; every rule given
+    /// for a program must pass (see [`crate::shell_policy`]).
+    pub fn shell_rule(mut self, program: impl Into<String>, rule: ProgramRule) -> Self {
+        let rules = self.grant.shell_rules.entry(program.into()).or_default();
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
+        self
+    }
+
+    /// Let `program`'s children use the host's network (only the host
+    /// configuration grants this; default: a child has no network at all).
+    pub fn shell_network(mut self, program: impl Into<String>) -> Self {
+        self.grant.shell_network.insert(program.into());
+        self
+    }
+
+    /// How strictly the kernel must confine `shell.exec` children (default
+    /// [`Confinement::Required`]).
+    pub fn confinement(mut self, confinement: Confinement) -> Self {
+        self.grant.confinement = confinement;
         self
     }
 
@@ -333,6 +366,21 @@ impl Grant {
         &self.limits
     }
 
+    /// The argument rules for `program` (all must pass).
+    pub fn shell_rules(&self, program: &str) -> &[ProgramRule] {
+        self.shell_rules.get(program).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `program`'s children keep the host's network.
+    pub fn shell_network(&self, program: &str) -> bool {
+        self.shell_network.contains(program)
+    }
+
+    /// How strictly the kernel must confine `shell.exec` children.
+    pub fn confinement(&self) -> Confinement {
+        self.confinement
+    }
+
     /// Whether `shell.exec` may run `program` (exact match on the allowlist).
     pub fn allows_program(&self, program: &str) -> bool {
         self.shell.contains(program)
@@ -388,6 +436,17 @@ impl Grant {
             skills: self.skills.intersection(&parent.skills).cloned().collect(),
             session_memory: self.session_memory && parent.session_memory,
             limits: self.limits.min(&parent.limits),
+            // Both sides' rules apply; the stricter confinement wins.
+            shell_rules: {
+                let mut rules = self.shell_rules.clone();
+                for (program, extra) in &parent.shell_rules {
+                    let mine = rules.entry(program.clone()).or_default();
+                    mine.extend(extra.iter().filter(|r| !mine.contains(r)).cloned().collect::<Vec<_>>());
+                }
+                rules
+            },
+            shell_network: self.shell_network.intersection(&parent.shell_network).cloned().collect(),
+            confinement: self.confinement.min(parent.confinement),
         }
     }
 }
@@ -403,6 +462,9 @@ impl fmt::Debug for Grant {
             .field("skills", &self.skills)
             .field("session_memory", &self.session_memory)
             .field("limits", &self.limits)
+            .field("shell_rules", &self.shell_rules)
+            .field("shell_network", &self.shell_network)
+            .field("confinement", &self.confinement)
             .finish()
     }
 }
@@ -423,7 +485,21 @@ impl fmt::Display for Grant {
         writeln!(f, "fs:     {}", list(dirs))?;
         writeln!(f, "env:    {}", list(self.env.keys().cloned().collect()))?;
         writeln!(f, "http:   {}", list(self.http.iter().map(ToString::to_string).collect()))?;
-        writeln!(f, "shell:  {}", list(self.shell.iter().cloned().collect()))?;
+        let shell = self
+            .shell
+            .iter()
+            .map(|p| {
+                let mut s = p.clone();
+                if !self.shell_rules(p).is_empty() {
+                    s.push_str(" (argument rules)");
+                }
+                if self.shell_network(p) {
+                    s.push_str(" (network)");
+                }
+                s
+            })
+            .collect();
+        writeln!(f, "shell:  {}", list(shell))?;
         writeln!(f, "skills: {}", list(self.skills.iter().cloned().collect()))?;
         writeln!(f, "memory: {}", if self.session_memory { "session key-value store" } else { "none" })?;
         write!(

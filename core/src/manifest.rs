@@ -32,7 +32,7 @@ use crate::grant::{Access, is_skill_id};
 use crate::pattern::HostPattern;
 use crate::units::{parse_duration, parse_size};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use thiserror::Error;
 
@@ -169,6 +169,10 @@ pub struct Capabilities {
     /// Shell programs.
     #[serde(default)]
     pub shell: BTreeSet<String>,
+    /// Argument rules per shell program (they only restrict). Omitted from
+    /// the canonical form when empty, so older signatures still verify.
+    #[serde(default, rename = "shell-rules", skip_serializing_if = "BTreeMap::is_empty")]
+    pub shell_rules: BTreeMap<String, crate::shell_policy::ProgramRule>,
     /// Skills an agent invokes.
     #[serde(default)]
     pub skills: BTreeSet<SkillId>,
@@ -297,6 +301,9 @@ impl Manifest {
         }
         if let Some(p) = self.capabilities.shell.iter().find(|p| !crate::grant::is_program(p)) {
             return Err(format!("key `capabilities.shell`: {p:?} is not a program name or absolute path"));
+        }
+        if let Some(p) = self.capabilities.shell_rules.keys().find(|p| !self.capabilities.shell.contains(*p)) {
+            return Err(format!("key `capabilities.shell-rules.{p}`: `{p}` is not in `capabilities.shell`"));
         }
         for d in &self.capabilities.fs {
             if d.path.is_empty() || d.path.contains("..") {

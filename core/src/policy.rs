@@ -139,6 +139,10 @@ pub struct SkillPolicy {
     /// The device must be at least this trusted.
     #[serde(default)]
     pub trust_level: Option<TrustLevel>,
+    /// Argument rules per shell program, on top of the manifest's
+    /// (`shellRules: { git: { subcommands: [status, log] } }`).
+    #[serde(default)]
+    pub shell_rules: BTreeMap<String, crate::shell_policy::ProgramRule>,
 }
 
 /// The organisation policy file: one `organizationPolicy:` key.
@@ -209,6 +213,27 @@ pub struct SecurityConfig {
     /// Team registries by name, for `--registry <name>`.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryEntry>,
+    /// `shell:`: how `shell.exec` children are confined.
+    #[serde(default)]
+    pub shell: ShellSection,
+}
+
+/// `shell:` in the configuration.
+///
+/// ```yaml
+/// shell:
+///   confinement: required     # or best-effort: run without a layer the kernel lacks (audited)
+///   network: [git]            # programs whose children keep the host's network
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShellSection {
+    /// Default `required`.
+    #[serde(default)]
+    pub confinement: crate::shell_policy::Confinement,
+    /// Default none: a child has no network at all.
+    #[serde(default)]
+    pub network: Vec<String>,
 }
 
 /// One team registry the client knows.

@@ -634,3 +634,32 @@ fn unsigned_code_is_decided_as_a_skill_whatever_its_flags_made_it_and_only_for_u
     assert!(!strict.decide(&who("dana", &["developer"], Trusted), &unsigned_skill).allowed);
     assert!(SecurityConfig::from_yaml("security:\n  unsignedRoles: [wizard]\n", "config.yaml").is_err());
 }
+
+#[test]
+fn shell_rules_from_manifest_and_policy_both_apply_and_the_host_sets_confinement() {
+    use coderclaw_core::{Confinement, ProgramRule};
+    let repo = "skillPolicies:\n  - skillId: shell-exec\n    shellRules:\n      git: { subcommands: [status, log] }\n";
+    let config = "shell:\n  confinement: best-effort\n  network: [git]\n";
+    let w = World::new(config, repo, "");
+    let mut skill = Skill::shell_exec();
+    let manifest_rule = ProgramRule { subcommands: None, args: Some(vec!["*".into()]) };
+    skill.caps.shell_rules.insert("git".into(), manifest_rule.clone());
+    let d = w.decide(&who("dana", &["developer"], Verified), &skill);
+    assert!(d.allowed, "{:?}", d.reasons);
+    let rules = d.grant.shell_rules("git");
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert!(rules.contains(&manifest_rule));
+    assert!(rules.iter().any(|r| r.subcommands.as_ref().is_some_and(|s| s.contains("status") && s.len() == 2)));
+    assert!(d.grant.shell_network("git"));
+    assert_eq!(d.grant.confinement(), Confinement::BestEffort);
+
+    // Without host configuration: required confinement, no network.
+    let d = World::new("", repo, "").decide(&who("dana", &["developer"], Verified), &skill);
+    assert_eq!(d.grant.confinement(), Confinement::Required);
+    assert!(!d.grant.shell_network("git"));
+    // A misspelt rule key is an error naming it, not a silently wider rule.
+    let bad = "skillPolicies:\n  - skillId: shell-exec\n    shellRules:\n      git: { subcommand: [status] }\n";
+    let (_, roles) = SecurityConfig::from_yaml("", "config.yaml").unwrap();
+    let err = RepoPolicy::from_yaml(bad, "security.yaml", &roles).unwrap_err().to_string();
+    assert!(err.contains("subcommand"), "{err}");
+}

@@ -32,6 +32,7 @@ pub use plan::{NestedCaller, Planner, PreparedRun};
 
 /// The team registry's client and its secure install pipeline.
 pub use coderclaw_registry as registry;
+pub use coderclaw_sandbox::confine;
 pub use coderclaw_sandbox::{
     Access, Caller, CollectEvents, DEFAULT_MAX_MEMORY_BYTES, Digest, DiscardEvents, Error, EventKind, EventSink, Grant,
     GrantBuilder, GrantError, Host, HostBuilder, HostPattern, HostStats, Limits, LoadSource, LogLevel, RunEvent, Skill,

@@ -34,6 +34,7 @@
 mod bindings;
 mod caps;
 mod compiled_cache;
+pub mod confine;
 mod engine;
 mod error;
 mod host;

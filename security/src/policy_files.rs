@@ -15,6 +15,7 @@ use crate::home::Home;
 use crate::security::SecurityError;
 use coderclaw_core::Digest;
 use coderclaw_core::decision::Policies;
+use coderclaw_core::fsutil::{FinalLink, MAX_CONFIG_BYTES, read_text_bounded};
 use coderclaw_core::policy::{OrgPolicy, PolicyError, RepoPolicy, SecurityConfig};
 use coderclaw_core::rbac::Roles;
 use serde_json::json;
@@ -59,16 +60,19 @@ impl PolicySet {
 pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result<PolicySet, SecurityError> {
     let mut loader = Loader { home, actor, sources: Vec::new() };
     let (config, roles) = loader
-        .load(&home.root().join("config.yaml"), SecurityConfig::from_yaml)?
+        .load(&home.root().join("config.yaml"), FinalLink::Follow, SecurityConfig::from_yaml)?
         .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
-    let mut org = loader.load(&home.root().join("org-policy.yaml"), OrgPolicy::from_yaml)?.unwrap_or_default();
+    let mut org =
+        loader.load(&home.root().join("org-policy.yaml"), FinalLink::Follow, OrgPolicy::from_yaml)?.unwrap_or_default();
     for (file, policy) in registry_org_policies(home.root(), &config)? {
         org.merge(&policy);
         loader.sources.push(PolicySource { file, status: "loaded", problem: None });
     }
     let repo = match workspace {
         Some(w) => loader
-            .load(&w.join(".coderClaw").join("security.yaml"), |t, f| RepoPolicy::from_yaml(t, f, &roles))?
+            .load(&w.join(".coderClaw").join("security.yaml"), FinalLink::Refuse, |t, f| {
+                RepoPolicy::from_yaml(t, f, &roles)
+            })?
             .unwrap_or_default(),
         None => RepoPolicy::default(),
     };
@@ -112,10 +116,11 @@ impl Loader<'_> {
     fn load<T>(
         &mut self,
         file: &Path,
+        link: FinalLink,
         parse: impl Fn(&str, &str) -> Result<T, PolicyError>,
     ) -> Result<Option<T>, SecurityError> {
         let shown = file.display().to_string();
-        let text = match std::fs::read_to_string(file) {
+        let text = match read_text_bounded(file, MAX_CONFIG_BYTES, link) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });

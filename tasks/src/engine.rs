@@ -69,7 +69,18 @@ pub struct EngineConfig {
     pub task_timeout: Duration,
     /// Reported by [`TaskEngine::status`].
     pub mode: RuntimeMode,
+    /// Log, progress and capability events one task may store; past this
+    /// (or [`EngineConfig::max_event_bytes_per_task`]) they are counted and
+    /// dropped, and the task's history says how many ("truncated").
+    pub max_events_per_task: u64,
+    /// Bytes of event messages one task may store.
+    pub max_event_bytes_per_task: u64,
 }
+
+/// Longest message one event keeps.
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 16 * 1024;
+/// Most events one page of a task's history holds.
+pub const MAX_EVENTS_PAGE: u32 = 1000;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -78,6 +89,8 @@ impl Default for EngineConfig {
             max_concurrent_tasks: 10,
             task_timeout: Duration::from_secs(600),
             mode: RuntimeMode::LocalOnly,
+            max_events_per_task: 10_000,
+            max_event_bytes_per_task: 4 << 20,
         }
     }
 }
@@ -123,6 +136,21 @@ pub(crate) struct Live {
     pub(crate) task: StoredTask,
     abort: Option<AbortHandle>,
     pub(crate) waiter: Option<oneshot::Sender<String>>,
+    /// Run events stored and dropped so far (this process).
+    budget: EventBudget,
+}
+
+#[derive(Default)]
+struct EventBudget {
+    events: u64,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl Live {
+    fn new(task: StoredTask) -> Live {
+        Live { task, abort: None, waiter: None, budget: EventBudget::default() }
+    }
 }
 
 /// The engine's shared state; [`TaskRun`] and open streams hold it too (the
@@ -241,7 +269,7 @@ impl TaskEngine {
             let mut live = self.inner.lock_live();
             let ack =
                 self.inner.store.queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
-            live.insert(id.clone(), Live { task: stored, abort: None, waiter: None });
+            live.insert(id.clone(), Live::new(stored));
             ack
         };
         let durable = ack.await.unwrap_or_else(|_| Err("the task store's writer stopped".into()));
@@ -272,10 +300,11 @@ impl TaskEngine {
             .collect())
     }
 
-    /// A task's history, in order.
-    pub fn events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, EngineError> {
+    /// A page of a task's history: events with seq > `after`, in order,
+    /// at most `limit` (capped at [`MAX_EVENTS_PAGE`]).
+    pub fn events(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskUpdateEvent>, EngineError> {
         self.inner.get(id)?;
-        Ok(self.inner.store.events(id, 0)?)
+        Ok(self.inner.store.events(id, after, limit.clamp(1, MAX_EVENTS_PAGE))?)
     }
 
     /// The task's events from the first, live until it reaches a final
@@ -283,7 +312,8 @@ impl TaskEngine {
     pub fn stream(&self, id: &str) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, EngineError> {
         let rx = self.inner.hub.subscribe(id);
         self.inner.get(id)?;
-        let backlog = self.inner.store.events(id, 0)?.into();
+        // Bounded by the per-task event budget.
+        let backlog = self.inner.store.events(id, 0, u32::MAX)?.into();
         let state = StreamState {
             _engine: self.inner.clone(),
             hub: self.inner.hub.clone(),
@@ -428,6 +458,11 @@ impl Inner {
         f: impl FnOnce(&mut TaskState),
     ) -> Result<(), EngineError> {
         entry.task.state.status.transition(to)?;
+        if to.is_terminal() && entry.budget.dropped > 0 {
+            let dropped = entry.budget.dropped;
+            let data = json!({ "truncated": true, "dropped": dropped });
+            self.note(entry, TaskEventKind::Log, format!("truncated: {dropped} events dropped"), Some(data));
+        }
         self.update(entry, kind, message, data, |s| {
             s.status = to;
             let now = now_ms();
@@ -460,6 +495,32 @@ impl Inner {
         self.store.queue(Write::Task { task: row.clone(), event: Some(e) })?;
         entry.task = *row;
         Ok(())
+    }
+
+    /// Whether one more run event of `bytes` fits the task's budget. The
+    /// first refusal leaves a note saying why; the final one says how many
+    /// were dropped. Live lock held.
+    pub(crate) fn admit(&self, entry: &mut Live, bytes: usize) -> bool {
+        let b = &mut entry.budget;
+        let bytes = bytes as u64;
+        if b.dropped == 0
+            && b.events < self.config.max_events_per_task
+            && b.bytes.saturating_add(bytes) <= self.config.max_event_bytes_per_task
+        {
+            b.events += 1;
+            b.bytes += bytes;
+            return true;
+        }
+        b.dropped += 1;
+        if b.dropped == 1 {
+            let (max, max_bytes) = (self.config.max_events_per_task, self.config.max_event_bytes_per_task);
+            let message = format!(
+                "event limit reached ({max} events or {max_bytes} bytes per task): \
+                 further log, progress and capability events of this task are dropped"
+            );
+            self.note(entry, TaskEventKind::Log, message, Some(json!({ "truncated": true })));
+        }
+        false
     }
 
     /// Appends an event that does not change the row. Live lock held.
@@ -527,7 +588,7 @@ impl Inner {
             let status = stored.state.status;
             let (paused, resumable) = (stored.state.paused, stored.resumable);
             let mut live = self.lock_live();
-            let entry = live.entry(id.clone()).or_insert(Live { task: stored, abort: None, waiter: None });
+            let entry = live.entry(id.clone()).or_insert(Live::new(stored));
             match status {
                 TaskStatus::Pending => {
                     drop(live);

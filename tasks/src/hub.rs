@@ -92,12 +92,12 @@ pub(crate) async fn next_event(mut s: StreamState) -> Option<(TaskUpdateEvent, S
         let rx = s.rx.as_mut()?;
         match rx.recv().await {
             Ok(e) => s.backlog.push_back(e),
-            Err(broadcast::error::RecvError::Lagged(_)) => match s.store.events(&s.id, s.last) {
+            Err(broadcast::error::RecvError::Lagged(_)) => match s.store.events(&s.id, s.last, u32::MAX) {
                 Ok(missed) => s.backlog.extend(missed),
                 Err(_) => return None,
             },
             Err(broadcast::error::RecvError::Closed) => {
-                let rest = s.store.events(&s.id, s.last).unwrap_or_default();
+                let rest = s.store.events(&s.id, s.last, u32::MAX).unwrap_or_default();
                 if rest.is_empty() {
                     return None;
                 }

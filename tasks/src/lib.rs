@@ -27,7 +27,9 @@ mod run;
 mod service;
 pub mod store;
 
-pub use engine::{AuditHook, EngineConfig, EngineError, Owner, TaskEngine, TaskExecutor};
+pub use engine::{
+    AuditHook, EngineConfig, EngineError, MAX_EVENT_MESSAGE_BYTES, MAX_EVENTS_PAGE, Owner, TaskEngine, TaskExecutor,
+};
 pub use run::TaskRun;
 pub use service::{ErrorCode, RuntimeError, TaskService};
 pub use store::{StoreError, TaskStore};

@@ -2,9 +2,9 @@
 //! WAITING for input), the mapping of the run's events onto task events,
 //! and what the guest reaches through the task.
 
-use crate::engine::Inner;
+use crate::engine::{Inner, MAX_EVENT_MESSAGE_BYTES};
 use crate::memory::SessionMemory;
-use coderclaw_core::events::{EventKind, EventSink, RunEvent};
+use coderclaw_core::events::{EventKind, EventSink, RunEvent, truncate};
 use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{FailureCode, TaskEventKind, TaskFailure, TaskStatus};
 use coderclaw_core::task_link::{BoxFuture, MemoryFault, TaskLink, TaskServices};
@@ -46,10 +46,18 @@ impl TaskRun {
             if entry.task.state.status.is_terminal() {
                 return;
             }
+            let size = match &e.kind {
+                EventKind::Progress { message, .. } | EventKind::Log { message, .. } => message.len(),
+                EventKind::Capability { target, detail, .. } => target.len() + detail.len(),
+            };
+            if !inner.admit(entry, size.min(MAX_EVENT_MESSAGE_BYTES)) {
+                return;
+            }
+            let cut = |s: String| truncate(s, MAX_EVENT_MESSAGE_BYTES);
             let skill = json!({ "skill": &*e.skill, "depth": e.depth });
             match e.kind {
                 EventKind::Progress { fraction, message } => {
-                    let r = inner.update(entry, TaskEventKind::Progress, &message, Some(skill), |s| {
+                    let r = inner.update(entry, TaskEventKind::Progress, &cut(message), Some(skill), |s| {
                         s.progress = Some(fraction);
                     });
                     if let Err(err) = r {
@@ -58,16 +66,17 @@ impl TaskRun {
                 }
                 EventKind::Log { level, message } => {
                     let data = json!({ "skill": &*e.skill, "depth": e.depth, "level": level });
-                    inner.note(entry, TaskEventKind::Log, message, Some(data));
+                    inner.note(entry, TaskEventKind::Log, cut(message), Some(data));
                 }
                 EventKind::Capability { capability, target, allowed, detail } => {
                     let verdict = if allowed { "allowed" } else { "denied" };
+                    let target = cut(target);
                     let data = json!({ "skill": &*e.skill, "depth": e.depth, "capability": capability,
-                                       "target": target, "allowed": allowed });
+                                       "target": &target, "allowed": allowed });
                     inner.note(
                         entry,
                         TaskEventKind::Log,
-                        format!("{capability} {verdict}: {target}: {detail}"),
+                        cut(format!("{capability} {verdict}: {target}: {detail}")),
                         Some(data),
                     );
                 }

@@ -226,10 +226,17 @@ impl TaskService {
         Ok(self.engine.list(&filter)?)
     }
 
-    /// A task's history (`task:read`).
-    pub fn events(&self, who: &Subject, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
+    /// A page of a task's history: events after seq `after`, at most
+    /// `limit` (`task:read`).
+    pub fn events(
+        &self,
+        who: &Subject,
+        id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
         self.get(who, id)?;
-        Ok(self.engine.events(id)?)
+        Ok(self.engine.events(id, after, limit)?)
     }
 
     /// A task's events, live until it finishes (`task:read`).

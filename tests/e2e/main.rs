@@ -5,6 +5,7 @@
 mod audit;
 mod cache;
 mod capabilities;
+mod confinement;
 mod layers;
 mod limits;
 mod oidc;

@@ -48,7 +48,12 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     (
         "team/sleeper",
         "shell-exec",
-        "kind = \"skill\"\ndescription = \"runs sleep\"\ndangerous = true\n[capabilities]\nfs = [{ path = \"workspace\", access = \"read\" }]\nshell = [\"sh\", \"sleep\"]\n[limits]\ntimeout = \"120s\"\n",
+        concat!(
+            "kind = \"skill\"\ndescription = \"runs sleep\"\ndangerous = true\n[capabilities]\n",
+            "fs = [{ path = \"workspace\", access = \"read\" }]\nshell = [\"",
+            env!("CARGO_TARGET_TMPDIR"),
+            "/sleeper.sh\", \"sleep\"]\n[limits]\ntimeout = \"120s\"\n"
+        ),
     ),
 ];
 
@@ -158,7 +163,7 @@ async fn echo_completes_with_ordered_events<T: Transport>(rt: &CoderClawRuntime<
     let statuses: Vec<TaskStatus> =
         seen.iter().filter(|e| e.event == TaskEventKind::Status).map(|e| e.status).collect();
     assert_eq!(statuses, [TaskStatus::Planning, TaskStatus::Running, TaskStatus::Completed]);
-    assert_eq!(rt.get_task_events(&task.id).await.unwrap(), seen, "history equals the stream");
+    assert_eq!(rt.get_task_events(&task.id, 0, 1000).await.unwrap(), seen, "history equals the stream");
 }
 
 async fn cancel_stops_a_spinning_guest<T: Transport>(rt: &CoderClawRuntime<T>) {
@@ -186,7 +191,7 @@ async fn waiting_round_trip<T: Transport>(rt: &CoderClawRuntime<T>) {
     assert_eq!(done.output, Some(json!({ "answer": "yes" })));
     let err = rt.respond(&task.id, "again").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");
-    let events = rt.get_task_events(&task.id).await.unwrap();
+    let events = rt.get_task_events(&task.id, 0, 1000).await.unwrap();
     assert!(events.iter().any(|e| e.event == TaskEventKind::InputRequested));
     let provided = events.iter().find(|e| e.event == TaskEventKind::InputProvided).unwrap();
     assert_eq!(provided.message, "input provided (3 bytes)", "the answer itself is not in the history");
@@ -258,10 +263,16 @@ async fn cancel_kills_a_running_shell_childs_whole_process_group() {
     let f = fixture(Default::default());
     let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
     let marker = format!("60.{}", std::process::id());
-    // `sleep` is the shell's child, not the host's: killing only the direct
-    // child (kill_on_drop) would leave it running; the group kill does not.
-    let script = format!("sleep {marker} & wait");
-    let input = json!({ "program": "sh", "args": ["-c", script], "timeout_ms": 100_000 });
+    // `sleep` is the script's child, not the host's: killing only the direct
+    // child (kill_on_drop) would leave it running. (A shell is never run by
+    // shell.exec, so the script is a program of its own, outside the grant.)
+    let script = concat!(env!("CARGO_TARGET_TMPDIR"), "/sleeper.sh");
+    let tmp = format!("{script}.{}", std::process::id());
+    std::fs::write(&tmp, "#!/bin/sh\nsleep \"$1\" &\nwait\n").unwrap();
+    let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&tmp, mode).unwrap();
+    std::fs::rename(&tmp, script).unwrap();
+    let input = json!({ "program": script, "args": [marker], "timeout_ms": 100_000 });
     let task = rt.submit_task(TaskSubmitRequest::skill("team/sleeper", input)).await.unwrap();
     let start = Instant::now();
     while !sleep_exists(&marker) {
@@ -595,7 +606,7 @@ async fn another_session_cannot_answer_pause_or_watch_a_waiting_task() {
     wait_for(&as_alice, &t.id, TaskStatus::Waiting).await;
 
     assert_eq!(as_bob.respond(&t.id, "yes").await.unwrap_err().code, ErrorCode::NotFound);
-    assert_eq!(as_bob.get_task_events(&t.id).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(as_bob.get_task_events(&t.id, 0, 1000).await.unwrap_err().code, ErrorCode::NotFound);
     assert_eq!(as_bob.stream_task_updates(&t.id).await.err().map(|e| e.code), Some(ErrorCode::NotFound));
     assert_eq!(as_bob.cancel_task(&t.id).await.unwrap_err().code, ErrorCode::NotFound);
     let carol = f.service.authenticate(Some(&f.login("carol", &["developer"]))).unwrap();

@@ -165,8 +165,11 @@ impl Transport for HttpTransport {
         })
     }
 
-    fn get_task_events<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
-        Box::pin(async move { self.call(Method::GET, &task_path(id, "/events")?, None).await })
+    fn get_task_events<'a>(&'a self, id: &'a str, after: u64, limit: u32) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
+        Box::pin(async move {
+            let path = format!("{}?after={after}&limit={limit}", task_path(id, "/events")?);
+            self.call(Method::GET, &path, None).await
+        })
     }
 
     fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState> {

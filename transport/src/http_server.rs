@@ -18,7 +18,7 @@ use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitReques
 use coderclaw_net::Body;
 use coderclaw_net::server::{BodyError, bytes_response, json_response, query_pairs, read_body};
 use coderclaw_security::security::Security;
-use coderclaw_tasks::{ErrorCode, RuntimeError, TaskService};
+use coderclaw_tasks::{ErrorCode, MAX_EVENTS_PAGE, RuntimeError, TaskService};
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
@@ -190,7 +190,10 @@ async fn route(
             Ok(ok(&service.list(&who, filter)?))
         }
         (&Method::GET, ["v1", "tasks", id]) => Ok(ok(&service.get(&who, id)?)),
-        (&Method::GET, ["v1", "tasks", id, "events"]) => Ok(ok(&service.events(&who, id)?)),
+        (&Method::GET, ["v1", "tasks", id, "events"]) => {
+            let (after, limit) = parse_page(req.uri().query().unwrap_or(""))?;
+            Ok(ok(&service.events(&who, id, after, limit)?))
+        }
         (&Method::GET, ["v1", "tasks", id, "stream"]) => {
             let stream = service.stream(&who, id)?;
             let frames = stream.map(|e| {
@@ -219,6 +222,35 @@ async fn route(
         (_, ["v1", ..]) => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: see /v1/openapi.json"))),
         _ => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: the API lives under /v1"))),
     }
+}
+
+/// `?after=SEQ&limit=N` of the events endpoint (defaults 0 and 1000).
+fn parse_page(query: &str) -> Result<(u64, u32), RuntimeError> {
+    let (mut after, mut limit) = (0, MAX_EVENTS_PAGE);
+    for (k, v) in query_pairs(query) {
+        match k.as_str() {
+            "after" => {
+                after = v
+                    .parse()
+                    .map_err(|_| err(ErrorCode::InvalidRequest, format!("after `{v}` is not a sequence number")))?
+            }
+            "limit" => {
+                limit = v.parse().ok().filter(|l| (1..=MAX_EVENTS_PAGE).contains(l)).ok_or_else(|| {
+                    err(
+                        ErrorCode::InvalidRequest,
+                        format!("limit `{v}` is not a number between 1 and {MAX_EVENTS_PAGE}"),
+                    )
+                })?
+            }
+            other => {
+                return Err(err(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown query parameter `{other}`: use after, limit"),
+                ));
+            }
+        }
+    }
+    Ok((after, limit))
 }
 
 fn parse_filter(query: &str) -> Result<TaskFilter, RuntimeError> {

@@ -31,8 +31,9 @@ pub trait Transport: Send + Sync {
     fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool>;
     /// Tasks matching `filter`, newest first.
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>>;
-    /// A task's history.
-    fn get_task_events<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>>;
+    /// A page of a task's history: events after seq `after`, at most
+    /// `limit` (the server caps it at 1000). An empty page is the end.
+    fn get_task_events<'a>(&'a self, id: &'a str, after: u64, limit: u32) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>>;
     /// Answers a WAITING task's input request.
     fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState>;
     /// Installed agents.
@@ -81,9 +82,14 @@ impl<T: Transport> CoderClawRuntime<T> {
         self.transport.list_tasks(filter).await
     }
 
-    /// A task's history.
-    pub async fn get_task_events(&self, id: &str) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
-        self.transport.get_task_events(id).await
+    /// A page of a task's history (see [`Transport::get_task_events`]).
+    pub async fn get_task_events(
+        &self,
+        id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<TaskUpdateEvent>, RuntimeError> {
+        self.transport.get_task_events(id, after, limit).await
     }
 
     /// Answers a WAITING task.
@@ -182,8 +188,8 @@ impl Transport for LocalTransport {
         Box::pin(async move { self.service.list(&self.who()?, filter) })
     }
 
-    fn get_task_events<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
-        Box::pin(async move { self.service.events(&self.who()?, id) })
+    fn get_task_events<'a>(&'a self, id: &'a str, after: u64, limit: u32) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
+        Box::pin(async move { self.service.events(&self.who()?, id, after, limit) })
     }
 
     fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState> {

@@ -2,15 +2,20 @@
 //!
 //! Checked before anything runs: the program is on the grant's allowlist by
 //! exact name (a bare name is looked up only in absolute `PATH` directories
-//! outside every granted directory), and the working directory lies inside a granted directory
-//! (after canonicalisation, so symlinks cannot point it elsewhere). The
-//! child is started directly (no shell, arguments verbatim), in its own
-//! process group, with no stdin, only `PATH` and the grant's environment,
-//! stdout/stderr capped, and is killed with its whole group at the timeout.
+//! outside every granted directory), its arguments pass the argument policy
+//! (`coderclaw_core::shell_policy`), and the working directory lies inside a
+//! granted directory (after canonicalisation, so symlinks cannot point it
+//! elsewhere). The child is started directly (no shell, arguments verbatim),
+//! confined by the kernel (`crate::confine`: Landlock, namespaces, rlimits),
+//! with no stdin, only `PATH`, the grant's environment and git's protected
+//! config, stdout/stderr capped, and is killed at the timeout; its PID
+//! namespace takes every descendant with it.
 
 use crate::bindings::coderclaw::skill::shell::{Command, Host, Output, ShellError};
 use crate::caps::wasi::ResolvedDir;
+use crate::confine;
 use crate::state::{RunContext, RunState};
+use coderclaw_core::shell_policy;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::os::unix::fs::PermissionsExt;
@@ -26,18 +31,31 @@ impl Host for RunState {
             .chain(cmd.args.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" ");
-        let (program, cwd) = match authorize(&ctx, &cmd) {
+        let timeout = shell_timeout(&ctx, cmd.timeout_ms);
+        let prepared = authorize(&ctx, &cmd).and_then(|(program, cwd)| {
+            let mut command = command(&ctx, &cmd, &program, &cwd);
+            let dirs = ctx.grant.dirs().iter().map(|d| (d.host.as_path(), d.access)).collect();
+            let request = confine::Request {
+                dirs,
+                program: &program,
+                network: ctx.grant.shell_network(&cmd.program),
+                mode: ctx.grant.confinement(),
+                cpu_seconds: timeout.as_secs() + 1,
+            };
+            let confined = confine::confine(&mut command, &request)?;
+            Ok((command, program, confined))
+        });
+        let (command, program, confined) = match prepared {
             Ok(ok) => ok,
             Err(reason) => {
                 ctx.capability("shell", target, false, reason.clone());
                 return Err(ShellError::Denied(reason));
             }
         };
-        let timeout = shell_timeout(&ctx, cmd.timeout_ms);
-        let result = run(&ctx, &program, &cmd.args, &cwd, timeout).await;
+        let result = run(&ctx, command, &program, timeout).await;
         let detail = match &result {
-            Ok(o) => format!("exit code {:?}", o.exit_code),
-            Err(ShellError::TimedOut(m) | ShellError::Failed(m) | ShellError::Denied(m)) => m.clone(),
+            Ok(o) => format!("exit code {:?}; {confined}", o.exit_code),
+            Err(ShellError::TimedOut(m) | ShellError::Failed(m) | ShellError::Denied(m)) => format!("{m}; {confined}"),
         };
         ctx.capability("shell", target, true, detail);
         result
@@ -54,6 +72,13 @@ fn authorize(ctx: &RunContext, cmd: &Command) -> Result<(PathBuf, PathBuf), Stri
         } else {
             format!("program `{}` is not in this skill's shell grant ({})", cmd.program, allowed.join(", "))
         });
+    }
+    shell_policy::check_args(&cmd.program, &cmd.args, ctx.grant.shell_rules(&cmd.program))?;
+    if let Some(name) = ctx.grant.env().keys().find(|n| shell_policy::dangerous_env(n)) {
+        return Err(format!(
+            "environment variable {name} of this grant can make a program run other code, so shell.exec \
+             does not pass it to a child: remove it from the skill's env capability"
+        ));
     }
     let cwd = working_dir(&ctx.dirs, cmd.cwd.as_deref())?;
     let granted: Vec<&Path> = ctx.grant.dirs().iter().map(|d| d.host.as_path()).collect();
@@ -128,16 +153,12 @@ fn shell_timeout(ctx: &RunContext, asked_ms: Option<u64>) -> Duration {
     t.min(ctx.deadline.saturating_duration_since(Instant::now()))
 }
 
-async fn run(
-    ctx: &RunContext,
-    program: &Path,
-    args: &[String],
-    cwd: &Path,
-    timeout: Duration,
-) -> Result<Output, ShellError> {
+/// The child's command: arguments verbatim, no shell, no stdin, only
+/// `PATH`, the grant's environment and, for git, the protected config.
+fn command(ctx: &RunContext, cmd: &Command, program: &Path, cwd: &Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
     command
-        .args(args)
+        .args(&cmd.args)
         .current_dir(cwd)
         .env_clear()
         .envs(std::env::var_os("PATH").map(|p| (std::ffi::OsString::from("PATH"), p)))
@@ -147,6 +168,18 @@ async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if shell_policy::program_name(&cmd.program) == "git" {
+        command.envs(shell_policy::git_protected_env());
+    }
+    command
+}
+
+async fn run(
+    ctx: &RunContext,
+    mut command: tokio::process::Command,
+    program: &Path,
+    timeout: Duration,
+) -> Result<Output, ShellError> {
     let mut child =
         command.spawn().map_err(|e| ShellError::Failed(format!("cannot start {}: {e}", program.display())))?;
     let pid = child.id();

@@ -90,8 +90,8 @@ pub trait TaskStore: Send + Sync {
     fn list(&self, filter: &TaskFilter) -> Result<Vec<StoredTask>, StoreError>;
     /// Tasks not in a final status (for recovery), oldest first.
     fn unfinished(&self) -> Result<Vec<StoredTask>, StoreError>;
-    /// A task's events with seq > `after`, in order.
-    fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError>;
+    /// A task's events with seq > `after`, in order, at most `limit`.
+    fn events(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskUpdateEvent>, StoreError>;
     /// Counts by status: (queued, active, total).
     fn counts(&self) -> Result<(u64, u64, u64), StoreError>;
     /// A skill's memory value in a session.

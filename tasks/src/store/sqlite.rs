@@ -162,13 +162,14 @@ impl TaskStore for SqliteTaskStore {
         Ok(rows)
     }
 
-    fn events(&self, id: &str, after: u64) -> Result<Vec<TaskUpdateEvent>, StoreError> {
+    fn events(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskUpdateEvent>, StoreError> {
         self.read(|db| {
             let mut stmt = db.prepare_cached(
                 "SELECT task_id, seq, timestamp_ms, event, status, progress, message, data
-                 FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq",
+                 FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![id, after as i64], read_event)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows =
+                stmt.query_map(params![id, after as i64, limit], read_event)?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
     }
