@@ -260,6 +260,7 @@ fn run_and_print(
             "narrowed": narrowed,
             "output": parsed,
             "events": events,
+            "events_dropped": collected.dropped(),
         });
         print_json(&report)?;
     } else {

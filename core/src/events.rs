@@ -82,20 +82,46 @@ impl EventSink for DiscardEvents {
     fn emit(&self, _event: RunEvent) {}
 }
 
-/// Keeps every event in memory; handy for tests and short runs.
-#[derive(Debug, Default)]
-pub struct CollectEvents(Mutex<Vec<RunEvent>>);
+/// Keeps events in memory, at most a fixed number (the rest are counted);
+/// handy for tests and short runs.
+#[derive(Debug)]
+pub struct CollectEvents {
+    max: usize,
+    kept: Mutex<(Vec<RunEvent>, u64)>,
+}
+
+impl Default for CollectEvents {
+    /// Keeps up to 10,000 events.
+    fn default() -> Self {
+        Self::bounded(10_000)
+    }
+}
 
 impl CollectEvents {
-    /// A copy of the events so far.
+    /// Keeps the first `max` events and counts the rest.
+    pub fn bounded(max: usize) -> Self {
+        Self { max, kept: Mutex::new((Vec::new(), 0)) }
+    }
+
+    /// A copy of the events kept so far.
     pub fn events(&self) -> Vec<RunEvent> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// How many events were dropped past the bound.
+    pub fn dropped(&self) -> u64 {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 }
 
 impl EventSink for CollectEvents {
     fn emit(&self, event: RunEvent) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.0.len() < self.max {
+            kept.0.push(event);
+        } else {
+            kept.1 += 1;
+        }
     }
 }
 
@@ -116,4 +142,20 @@ pub fn truncate(mut s: String, max: usize) -> String {
         s.push_str("…[truncated]");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collected_events_are_bounded_and_the_rest_counted() {
+        let sink = CollectEvents::bounded(3);
+        for i in 0..10 {
+            let kind = EventKind::Log { level: LogLevel::Info, message: i.to_string() };
+            sink.emit(RunEvent { skill: "s".into(), depth: 0, kind });
+        }
+        assert_eq!(sink.events().len(), 3);
+        assert_eq!(sink.dropped(), 7);
+    }
 }

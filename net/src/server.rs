@@ -51,9 +51,49 @@ impl Drop for RunningServer {
     }
 }
 
+/// What one server allows its clients, so that slow, idle or too many
+/// connections cannot stop it serving the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Connections served at once; one more is answered `503` (plain HTTP)
+    /// or closed (TLS) at once, never left waiting.
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, including the wait for the
+    /// first request and between requests on a kept-alive connection.
+    pub header_timeout: std::time::Duration,
+    /// Longest TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+}
+
+impl Default for ServeLimits {
+    /// 1024 connections, 10 s for headers and for the TLS handshake.
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: std::time::Duration::from_secs(10),
+            handshake_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// Binds `listen` and serves every connection with `handler(peer, request)`
-/// in the background, over TLS when `tls` is given.
+/// in the background, over TLS when `tls` is given, under the default
+/// [`ServeLimits`].
 pub async fn serve<H, F>(
+    listen: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: H,
+) -> Result<RunningServer, String>
+where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_with(ServeLimits::default(), listen, tls, handler).await
+}
+
+/// [`serve`] under `limits`.
+pub async fn serve_with<H, F>(
+    limits: ServeLimits,
     listen: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: H,
@@ -66,31 +106,45 @@ where
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, mut stopped) = watch::channel(false);
     let is_tls = tls.is_some();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    Ok(a) => { backoff.reset(); a }
+                    Err(e) => { backoff.failed(&e).await; continue; }
                 },
                 _ = stopped.changed() => return,
             };
             let _ = tcp.set_nodelay(true);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse_busy(tcp, peer, is_tls));
+                continue;
+            };
             let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(peer, req).await) }
                 });
-                let http = hyper::server::conn::http1::Builder::new();
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
                 let result = match tls {
-                    Some(acceptor) => match acceptor.accept(tcp).await {
-                        Ok(stream) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
                         }
-                    },
+                    }
                     None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await,
                 };
                 if let Err(e) = result {
@@ -99,8 +153,68 @@ where
             });
         }
     });
-    tracing::info!(%addr, tls = is_tls, "serving");
+    tracing::info!(%addr, tls = is_tls, max_connections = limits.max_connections, "serving");
     Ok(RunningServer { addr, tls: is_tls, stop })
+}
+
+/// A connection over the cap: plain HTTP gets a `503` with `Retry-After`,
+/// TLS is closed (answering would need a handshake); either way at once.
+async fn refuse_busy(mut tcp: tokio::net::TcpStream, peer: SocketAddr, tls: bool) {
+    use tokio::io::AsyncWriteExt;
+    tracing::debug!(%peer, "connection refused: server at its connection limit");
+    if !tls {
+        let body =
+            "{\"error\":{\"code\":\"busy\",\"message\":\"the server is at its connection limit; retry shortly\"}}";
+        let reply = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        // Written, then the request read off (bounded) before closing, so
+        // the client sees the answer rather than a reset.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            use tokio::io::AsyncReadExt;
+            tcp.write_all(reply.as_bytes()).await?;
+            tcp.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            for _ in 0..16 {
+                if tcp.read(&mut sink).await? == 0 {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    }
+}
+
+/// Accept failures: out of descriptors or memory means waiting (each
+/// failure would otherwise return at once and spin, logging each time);
+/// logged once per second with the count.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    async fn failed(&mut self, e: &std::io::Error) {
+        self.failures += 1;
+        let now = std::time::Instant::now();
+        if self.logged.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1)) {
+            tracing::warn!(error = %e, failures = self.failures, "accept failed; backing off");
+            self.logged = Some(now);
+        }
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM: resources come back only when
+        // connections close. Anything else: a short pause all the same.
+        let exhausted = matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12));
+        let pause = if exhausted { 100u64 } else { 10 } * self.failures.min(10);
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
 }
 
 /// A reply with `bytes` as its body.
@@ -218,5 +332,42 @@ mod tests {
         assert_eq!(bearer_token(&req("Bearer abc ")).unwrap(), Some("abc".into()));
         assert!(bearer_token(&req("Basic abc")).is_err());
         assert_eq!(bearer_token(&Request::new(())).unwrap(), None);
+    }
+
+    /// One plain request on a new connection: the status code, or None if
+    /// the server closed without answering.
+    async fn status_of(addr: SocketAddr) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.ok()?;
+        let mut reply = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut reply)).await.ok()?.ok()?;
+        String::from_utf8_lossy(&reply).split(' ').nth(1)?.parse().ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idle_and_excess_connections_cannot_stop_a_legitimate_client() {
+        let ms = std::time::Duration::from_millis;
+        let limits = ServeLimits { max_connections: 8, header_timeout: ms(300), handshake_timeout: ms(300) };
+        let server = serve_with(limits, "127.0.0.1:0".parse().unwrap(), None, |_, _| async {
+            json_response(StatusCode::OK, &"ok")
+        })
+        .await
+        .unwrap();
+        assert_eq!(status_of(server.addr).await, Some(200));
+        // 200 half-open connections that never send a byte.
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+        }
+        tokio::time::sleep(ms(50)).await;
+        // Over the cap: answered 503 at once, not left hanging.
+        let started = std::time::Instant::now();
+        assert_eq!(status_of(server.addr).await, Some(503));
+        assert!(started.elapsed() < ms(250), "{:?}", started.elapsed());
+        // The idle ones are closed at the header timeout; a client gets in.
+        tokio::time::sleep(ms(500)).await;
+        assert_eq!(status_of(server.addr).await, Some(200));
+        drop(idle);
     }
 }

@@ -166,6 +166,51 @@ async fn echo_completes_with_ordered_events<T: Transport>(rt: &CoderClawRuntime<
     assert_eq!(rt.get_task_events(&task.id, 0, 1000).await.unwrap(), seen, "history equals the stream");
 }
 
+/// 12,000 log lines against the default budget of 10,000 events per task:
+/// the rest are counted and dropped, the history says so, and it reads in
+/// pages of at most 1000.
+async fn a_flood_of_log_lines_is_bounded_and_its_history_paged<T: Transport>(rt: &CoderClawRuntime<T>) {
+    let task =
+        rt.submit_task(TaskSubmitRequest::skill("team/forgetful", json!({ "flood": [12_000, 10] }))).await.unwrap();
+    let mut streamed = 0u64;
+    let done = rt.wait(&task.id, |_| streamed += 1).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+    let (mut all, mut after, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = rt.get_task_events(&task.id, after, 1000).await.unwrap();
+        assert!(page.len() <= 1000, "a page holds at most 1000 events, got {}", page.len());
+        let Some(last) = page.last() else { break };
+        assert!(page.first().unwrap().seq > after);
+        after = last.seq;
+        pages += 1;
+        all.extend(page);
+    }
+    assert_eq!(all.len() as u64, streamed, "the stream and the history agree");
+    let logs = all.iter().filter(|e| e.event == TaskEventKind::Log).count();
+    assert!((10_000..=10_003).contains(&logs), "{logs} log events kept");
+    assert!(pages >= 10, "{pages} pages");
+    let notes: Vec<&str> =
+        all.iter().map(|e| e.message.as_str()).filter(|m| m.contains("event limit reached")).collect();
+    assert_eq!(notes.len(), 1, "one note when the limit is reached");
+    let truncated = all.iter().rev().find(|e| e.message.starts_with("truncated:")).expect("a truncated event");
+    assert_eq!(truncated.message, "truncated: 2000 events dropped");
+    assert_eq!(all.last().unwrap().status, TaskStatus::Completed, "the final status is never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_byte_budget_and_the_message_cap_bound_a_task_of_big_lines() {
+    let f = fixture(EngineConfig { max_event_bytes_per_task: 200_000, ..Default::default() });
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let task =
+        rt.submit_task(TaskSubmitRequest::skill("team/forgetful", json!({ "flood": [300, 40_000] }))).await.unwrap();
+    assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+    let events = rt.get_task_events(&task.id, 0, 1000).await.unwrap();
+    let bytes: usize = events.iter().map(|e| e.message.len()).sum();
+    assert!(bytes < 250_000, "{bytes} bytes of messages kept for one task");
+    assert!(events.iter().all(|e| e.message.len() <= 16 * 1024 + 32), "a message is capped at 16 KiB");
+    assert!(events.iter().any(|e| e.message.starts_with("truncated: ")), "{:?}", events.last());
+}
+
 async fn cancel_stops_a_spinning_guest<T: Transport>(rt: &CoderClawRuntime<T>) {
     let task = rt.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
     wait_for(rt, &task.id, TaskStatus::Running).await;
@@ -241,6 +286,7 @@ macro_rules! both_transports {
 
 both_transports!(
     echo_completes_with_ordered_events,
+    a_flood_of_log_lines_is_bounded_and_its_history_paged,
     cancel_stops_a_spinning_guest,
     waiting_round_trip,
     bad_requests_are_refused
