@@ -488,3 +488,45 @@ fn a_repository_policy_that_is_a_fifo_a_link_to_dev_zero_or_huge_is_refused_at_o
         }
     }
 }
+
+#[test]
+fn state_and_registry_directories_others_can_write_are_refused_and_data_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let cli = Cli::new();
+    let home = cli.home.path();
+
+    // Others can write: refused, nothing created, the fix named.
+    set(home, 0o777);
+    let out = cli.run(&["key", "list"]);
+    let stderr = text(&out.stderr);
+    assert_ne!(code(&out), 0, "{stderr}");
+    assert!(stderr.contains("writable by other users") && stderr.contains("chmod go-w"), "{stderr}");
+    assert!(!home.join("state.db").exists(), "a database was created in a directory others can write");
+
+    // A pre-existing 0755 directory works; what coderclaw creates in it is private.
+    set(home, 0o755);
+    let out = cli.run(&["key", "generate", "--name", "k"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    for f in ["state.db", "audit.db"] {
+        assert_eq!(mode(&home.join(f)), 0o600, "{f}");
+    }
+    for d in ["keys", "packages", "cache"] {
+        assert_eq!(mode(&home.join(d)), 0o700, "{d}");
+    }
+
+    // A registry data directory: created 0700 with a 0600 database; one
+    // others can write is refused.
+    let data = tempfile::tempdir().unwrap();
+    let reg = data.path().join("reg");
+    let out = cli.run(&["registry", "namespace", "create", "team", "--owner", "alice", "--data", p(&reg)]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(mode(&reg), 0o700);
+    assert_eq!(mode(&reg.join("blobs")), 0o700);
+    assert_eq!(mode(&reg.join("registry.db")), 0o600);
+    set(&reg, 0o775);
+    let out = cli.run(&["registry", "namespace", "create", "other", "--owner", "alice", "--data", p(&reg)]);
+    assert_ne!(code(&out), 0);
+    assert!(text(&out.stderr).contains("chmod go-w"), "{}", text(&out.stderr));
+}

@@ -40,6 +40,65 @@ pub fn write_durably_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io:
     result
 }
 
+/// Creates `path` as an empty file only its owner can read and write, or,
+/// when it exists, takes away any group or other access it has. Used for
+/// SQLite files before they are opened (SQLite gives its journal and WAL
+/// files the database file's mode).
+pub fn ensure_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for file in [path.to_path_buf(), with_suffix(path, "-wal"), with_suffix(path, "-shm")] {
+                let Ok(meta) = std::fs::symlink_metadata(&file) else { continue };
+                let mode = meta.permissions().mode();
+                if meta.is_file() && mode & 0o077 != 0 {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
+}
+
+/// A data directory's mode, checked before anything is stored in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirAccess {
+    /// Only its owner can use it.
+    Private,
+    /// Others can list and read it (mode given): worth a warning.
+    ReadableByOthers(u32),
+}
+
+/// Creates `path` (mode 0700 for what is created) and checks it: a
+/// directory others can write is refused (they could swap databases, keys
+/// or packages), one others can read is reported.
+pub fn private_dir(path: &Path) -> Result<DirAccess, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by other users (mode {mode:03o}), who could replace what it holds: \
+             remove their write permission (chmod go-w {}) or use another directory",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(if mode & 0o044 != 0 { DirAccess::ReadableByOthers(mode) } else { DirAccess::Private })
+}
+
 /// Largest configuration or policy file the host reads (1 MiB).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -105,6 +164,30 @@ mod libc_flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_directories_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b");
+        assert_eq!(private_dir(&data).unwrap(), DirAccess::Private);
+        assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(private_dir(&data).unwrap(), DirAccess::ReadableByOthers(0o755));
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(private_dir(&data).unwrap_err().contains("chmod go-w"));
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        let db = data.join("x.db");
+        ensure_private_file(&db).unwrap();
+        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(data.join("x.db-wal"), "").unwrap();
+        std::fs::set_permissions(data.join("x.db-wal"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        ensure_private_file(&db).unwrap();
+        assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(data.join("x.db-wal")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn only_bounded_regular_files_are_read() {

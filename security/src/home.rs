@@ -39,6 +39,9 @@ pub enum HomeError {
         /// The error.
         source: std::io::Error,
     },
+    /// The state directory is writable by other users.
+    #[error("state directory {0}")]
+    UnsafeDir(String),
     /// The SQLite database failed.
     #[error("state database {path}: {source}")]
     Db {
@@ -165,6 +168,16 @@ impl Home {
     /// Opens (creating if needed, 0700) the state directory at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Home, HomeError> {
         let root = root.into();
+        match coderclaw_core::fsutil::private_dir(&root) {
+            Err(problem) => return Err(HomeError::UnsafeDir(problem)),
+            Ok(coderclaw_core::fsutil::DirAccess::ReadableByOthers(mode)) => tracing::warn!(
+                dir = %root.display(),
+                mode = format!("{mode:03o}"),
+                "the state directory is readable by other users; its databases are not (0600), \
+                 but consider chmod 700"
+            ),
+            Ok(_) => {}
+        }
         for dir in [root.clone(), root.join("keys"), root.join("packages"), root.join("cache")] {
             fs::DirBuilder::new()
                 .recursive(true)

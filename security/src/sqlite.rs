@@ -13,6 +13,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// commit to disk (`synchronous=FULL`) for records that must survive a
 /// power cut once acknowledged.
 pub fn open(path: &Path, durable: bool, schema: &str) -> rusqlite::Result<Connection> {
+    // Owner-only whatever the umask or the directory's mode.
+    coderclaw_core::fsutil::ensure_private_file(path).map_err(|e| {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN), Some(e.to_string()))
+    })?;
     let db = Connection::open(path)?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "foreign_keys", "ON")?;

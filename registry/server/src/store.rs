@@ -169,9 +169,22 @@ impl KeyLookup for NamespaceKeys {
 impl RegistryStore {
     /// Opens (creating) the data directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, ApiError> {
+        // Owner-only: private namespaces' packages and the token hashes live here.
         let blobs = dir.join("blobs");
-        fs::create_dir_all(&blobs).map_err(|e| internal(format!("{}: {e}", blobs.display())))?;
+        for d in [dir, blobs.as_path()] {
+            match coderclaw_core::fsutil::private_dir(d)
+                .map_err(|p| internal(format!("registry data directory {p}")))?
+            {
+                coderclaw_core::fsutil::DirAccess::ReadableByOthers(mode) => tracing::warn!(
+                    dir = %d.display(),
+                    mode = format!("{mode:03o}"),
+                    "the registry data directory is readable by other users; consider chmod 700"
+                ),
+                coderclaw_core::fsutil::DirAccess::Private => {}
+            }
+        }
         let path = dir.join("registry.db");
+        coderclaw_core::fsutil::ensure_private_file(&path).map_err(|e| internal(format!("{}: {e}", path.display())))?;
         let open = || -> rusqlite::Result<Connection> {
             let db = Connection::open(&path)?;
             db.pragma_update(None, "journal_mode", "WAL")?;
@@ -441,7 +454,7 @@ impl RegistryStore {
         let path = self.blob_path(&sha256);
         let fresh_blob = !path.exists();
         if fresh_blob {
-            coderclaw_core::fsutil::write_durably(&path, bytes).map_err(internal)?;
+            coderclaw_core::fsutil::write_durably_with_mode(&path, bytes, 0o600).map_err(internal)?;
         }
         let m = verified.manifest();
         let reply = PublishReply {
