@@ -523,10 +523,29 @@ fn organisation_policy_from_the_registry_is_verified_cached_and_enforced() {
 
     // The cached copy edited on this machine stops the host instead of
     // running without the team's policy.
-    let cached = dev.home.path().join("registry/policies/team-registry/team.json");
+    let cached = dev.home.path().join("policy/org/team-registry/team.json");
     let text_now = std::fs::read_to_string(&cached).unwrap();
     std::fs::write(&cached, text_now.replace("\"echo\"", "\"nothing\"")).unwrap();
     refused(&dev.run(&["skill", "list"]), "coderclaw registry sync");
+    std::fs::write(&cached, &text_now).unwrap();
+    ok(&dev.run(&["skill", "list"]));
+    db.execute("UPDATE org_policies SET document = replace(document, '\"nothing\"', '\"echo\"')", []).unwrap();
+
+    // The policy is state, not cache: clearing the download cache keeps it
+    // in force...
+    std::fs::remove_dir_all(dev.home.path().join("registry")).unwrap();
+    let echo_manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../skills/echo/skill.toml");
+    let check = |cli: &Cli| text(&cli.run(&["policy", "check", "--skill", echo_manifest, "--json"]).stdout);
+    assert!(check(&dev).contains("denied-skill"), "{}", check(&dev));
+    // ...and once enforced, its absence stops the host until a sync
+    // restores it, rather than silently lifting deniedSkills.
+    std::fs::remove_file(&cached).unwrap();
+    let out = dev.run(&["skill", "run", "team/echo", "--input", "1", "--workspace", p(ws.path())]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("stored copy is gone") && stderr.contains("coderclaw registry sync"), "{stderr}");
+    ok(&dev.run(&["registry", "sync", "--registry", "team-registry"]));
+    refused(&install("team/echo"), "denied by the organisation policy");
 }
 
 #[test]

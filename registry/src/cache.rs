@@ -6,8 +6,14 @@
 //! ```text
 //! <state>/registry/blobs/<sha256>.ccpkg
 //! <state>/registry/index/<registry>/<namespace>/<name>.json
-//! <state>/registry/policies/<registry>/<namespace>.json
+//! <state>/policy/org/<registry>/<namespace>.json     (state, not cache)
 //! ```
+//!
+//! An accepted organisation policy is state: it lives beside the other
+//! policies, not in the download cache, so clearing the cache does not lift
+//! it (and the security layer remembers that it was seen, so its absence
+//! stops the host until the registry restores it). Policies accepted by
+//! older versions under `<state>/registry/policies/` are still read.
 //!
 //! `<registry>` is the configured name, or `url-` and a hash of the URL.
 
@@ -72,6 +78,7 @@ pub enum CacheError {
 /// The cache under `<state>/registry`.
 pub struct ClientCache {
     root: PathBuf,
+    policies: PathBuf,
 }
 
 /// The cache directory name for a registry given by name or URL.
@@ -86,7 +93,7 @@ pub fn registry_key(name_or_url: &str) -> String {
 impl ClientCache {
     /// The cache of the state directory `state`.
     pub fn new(state: &Path) -> Self {
-        Self { root: state.join("registry") }
+        Self { root: state.join("registry"), policies: state.join("policy").join("org") }
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -166,19 +173,31 @@ impl ClientCache {
     }
 
     fn policy_path(&self, registry: &str, namespace: &str) -> PathBuf {
+        self.policies.join(registry_key(registry)).join(format!("{namespace}.json"))
+    }
+
+    fn legacy_policy_path(&self, registry: &str, namespace: &str) -> PathBuf {
         self.root.join("policies").join(registry_key(registry)).join(format!("{namespace}.json"))
     }
 
     /// The newest organisation policy of `namespace` seen from `registry`.
     pub fn policy(&self, registry: &str, namespace: &str) -> Result<Option<SignedOrgPolicy>, CacheError> {
-        Self::read_json(&self.policy_path(registry, namespace))
+        match Self::read_json(&self.policy_path(registry, namespace))? {
+            Some(doc) => Ok(Some(doc)),
+            None => Self::read_json(&self.legacy_policy_path(registry, namespace)),
+        }
     }
 
     /// Records a verified policy as the one in force, unless it is older
     /// than the one seen. A cached copy that does not parse is replaced.
     pub fn accept_policy(&self, registry: &str, doc: &SignedOrgPolicy) -> Result<(), CacheError> {
         let record = self.policy_path(registry, &doc.namespace);
-        if let Some(seen) = Self::seen::<SignedOrgPolicy>(&record)? {
+        let legacy = self.legacy_policy_path(registry, &doc.namespace);
+        let seen = match Self::seen::<SignedOrgPolicy>(&record)? {
+            Some(s) => Some(s),
+            None => Self::seen::<SignedOrgPolicy>(&legacy)?,
+        };
+        if let Some(seen) = seen {
             let what = || format!("the organisation policy of `{}`", doc.namespace);
             Self::no_rollback(what, registry, seen.serial, doc.serial, &record)?;
         }

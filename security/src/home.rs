@@ -21,7 +21,7 @@ use coderclaw_core::Digest;
 use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
 use coderclaw_core::manifest::{Manifest, SkillId};
 use coderclaw_core::package::{KeyLookup, Package, PackageError, TrustedKey, VerifiedPackage};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -149,6 +149,12 @@ CREATE TABLE IF NOT EXISTS key_namespaces (
     namespace   TEXT NOT NULL,
     PRIMARY KEY (key_id, namespace)
 );
+CREATE TABLE IF NOT EXISTS org_policies_seen (
+    registry    TEXT NOT NULL,
+    namespace   TEXT NOT NULL,
+    serial      INTEGER NOT NULL,
+    PRIMARY KEY (registry, namespace)
+);
 CREATE TABLE IF NOT EXISTS installed_skills (
     id               TEXT PRIMARY KEY,
     version          TEXT NOT NULL,
@@ -190,6 +196,33 @@ impl Home {
         let db = crate::sqlite::open(&db_path, false, SCHEMA).map_err(db_err)?;
         let audit = AuditLog::open(root.join("audit.db"))?;
         Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user() })
+    }
+
+    /// The serial of the newest organisation policy of `namespace` from
+    /// `registry` this state directory has enforced, if any.
+    pub fn org_policy_seen(&self, registry: &str, namespace: &str) -> Result<Option<u64>, HomeError> {
+        self.with_db(|db| {
+            db.query_row(
+                "SELECT serial FROM org_policies_seen WHERE registry = ?1 AND namespace = ?2",
+                rusqlite::params![registry, namespace],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        })
+        .map(|s| s.map(|s| s as u64))
+    }
+
+    /// Remembers that an organisation policy was enforced, so that its
+    /// stored copy going missing is noticed.
+    pub fn record_org_policy_seen(&self, registry: &str, namespace: &str, serial: u64) -> Result<(), HomeError> {
+        self.with_db(|db| {
+            db.execute(
+                "INSERT INTO org_policies_seen (registry, namespace, serial) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (registry, namespace) DO UPDATE SET serial = MAX(serial, excluded.serial)",
+                rusqlite::params![registry, namespace, serial as i64],
+            )
+            .map(|_| ())
+        })
     }
 
     /// The audit log of this state directory.

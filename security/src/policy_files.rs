@@ -64,7 +64,7 @@ pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result
         .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
     let mut org =
         loader.load(&home.root().join("org-policy.yaml"), FinalLink::Follow, OrgPolicy::from_yaml)?.unwrap_or_default();
-    for (file, policy) in registry_org_policies(home.root(), &config)? {
+    for (file, policy) in registry_org_policies(home, &config)? {
         org.merge(&policy);
         loader.sources.push(PolicySource { file, status: "loaded", problem: None });
     }
@@ -83,9 +83,10 @@ pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result
 /// this client cached (`coderclaw registry sync`), each verified again
 /// against the admin keys in `registries.<name>.namespace-keys`. A cached
 /// policy that fails verification stops the host: running without a
-/// policy the team set would fail open.
-fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
-    let cache = coderclaw_registry::cache::ClientCache::new(state);
+/// policy the team set would fail open. So does one that was enforced
+/// before and is gone now (a deleted state file).
+fn registry_org_policies(home: &Home, config: &SecurityConfig) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
+    let cache = coderclaw_registry::cache::ClientCache::new(home.root());
     let mut out = Vec::new();
     for (name, entry) in &config.registries {
         for (namespace, keys) in entry.admin_keys() {
@@ -96,9 +97,18 @@ fn registry_org_policies(state: &Path, config: &SecurityConfig) -> Result<Vec<(P
                 problem,
             };
             let Some(doc) = cache.policy(name, namespace).map_err(|e| refuse(format!("cannot be read ({e})")))? else {
+                if let Some(serial) = home.org_policy_seen(name, namespace)? {
+                    return Err(refuse(format!(
+                        "was enforced here before (serial {serial}) and its stored copy is gone; \
+                         nothing runs without it"
+                    )));
+                }
                 continue;
             };
             let policy = doc.verify(namespace, &keys).map_err(|e| refuse(format!("is refused ({e})")))?;
+            if home.org_policy_seen(name, namespace)?.is_none_or(|s| s < doc.serial) {
+                home.record_org_policy_seen(name, namespace, doc.serial)?;
+            }
             out.push((file, policy.clone()));
         }
     }
