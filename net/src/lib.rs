@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod server;
+pub mod throttle;
 pub mod tls;
 
 pub use client::{ClientError, HttpClient};

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The registry failed.
     Internal,
+    /// Too many failed authentications from this address.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -53,6 +55,7 @@ impl ErrorCode {
             ErrorCode::StalePolicy => "stale_policy",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Internal => "internal",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -66,6 +69,7 @@ impl ErrorCode {
             ErrorCode::VersionExists | ErrorCode::StalePolicy => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,
+            ErrorCode::RateLimited => 429,
         }
     }
 }

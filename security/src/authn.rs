@@ -11,6 +11,7 @@ use coderclaw_core::decision::Subject;
 use coderclaw_core::policy::Provider;
 use coderclaw_core::principal::{Origin, Principal, SessionKey};
 use serde_json::json;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,10 +20,67 @@ impl Security {
     /// unless `requireAuth` is on) the local OS user with `defaultRoles`.
     /// Unknown, expired and revoked sessions are refused and audited.
     pub fn subject(&self, session_token: Option<&str>) -> Result<Subject, SecurityError> {
+        self.subject_with(session_token, &mut |e| self.audit(e))
+    }
+
+    /// [`Security::subject`] for a token presented over the network by
+    /// `peer`. Failures are throttled per peer: after
+    /// [`FailureThrottle::LIMIT`](coderclaw_net::throttle::FailureThrottle::LIMIT)
+    /// in a minute the peer is refused ([`SecurityError::RateLimited`])
+    /// without its token being looked at. The audit log gets the first few
+    /// failures one by one, then one record when the limit is reached and
+    /// one with the count refused while limited, not one per attempt.
+    pub fn subject_from_peer(&self, session_token: Option<&str>, peer: IpAddr) -> Result<Subject, SecurityError> {
+        use coderclaw_net::throttle::Failure;
+        let (allowed, finished) = self.throttle.check(peer);
+        if let Some(f) = finished {
+            self.audit(
+                AuditEvent::new("auth.throttle", AuditResult::Denied, "peer", &f.peer.to_string())
+                    .device(REMOTE_DEVICE)
+                    .reason(format!("{} authentication attempts were refused unchecked while rate-limited", f.refused))
+                    .metadata(json!({ "refused": f.refused })),
+            )?;
+        }
+        if let Err(t) = allowed {
+            return Err(SecurityError::RateLimited { retry_after_secs: t.retry_after.as_secs().max(1) });
+        }
+        let mut held = None;
+        let result = self.subject_with(session_token, &mut |e| {
+            held = Some(e);
+            Ok(())
+        });
+        let Err(e) = result else { return result };
+        match self.throttle.failed(peer) {
+            Failure::Record => {
+                if let Some(event) = held {
+                    self.audit(event.metadata(json!({ "peer": peer.to_string() })))?;
+                }
+            }
+            Failure::LimitReached { failures, retry_after } => self.audit(
+                AuditEvent::new("auth.throttle", AuditResult::Denied, "peer", &peer.to_string())
+                    .device(REMOTE_DEVICE)
+                    .reason(format!(
+                        "{failures} failed authentications within a minute; further attempts are refused for {} s",
+                        retry_after.as_secs().max(1)
+                    ))
+                    .metadata(json!({ "failures": failures })),
+            )?,
+            Failure::Counted => {}
+        }
+        Err(e)
+    }
+
+    /// [`Security::subject`], handing the audit record of a refusal to
+    /// `audit` (which may write it, hold it or drop it).
+    fn subject_with(
+        &self,
+        session_token: Option<&str>,
+        audit: &mut dyn FnMut(AuditEvent) -> Result<(), SecurityError>,
+    ) -> Result<Subject, SecurityError> {
         let Some(token) = session_token else {
             if self.policy.config.security.require_auth {
                 let reason = "security.requireAuth is on and no session token was given";
-                self.audit(
+                audit(
                     AuditEvent::new("auth.session", AuditResult::Denied, "session", "-")
                         .user(&self.actor)
                         .device(&self.local_device.id)
@@ -42,7 +100,7 @@ impl Security {
         let session = match self.identity.session_by_token(token) {
             Ok(s) => s,
             Err(e) => {
-                self.audit(
+                audit(
                     AuditEvent::new("auth.session", AuditResult::Denied, "session", "-")
                         .device(&self.local_device.id)
                         .reason(format!("unknown or forged session token: {e}")),

@@ -83,6 +83,12 @@ pub enum SecurityError {
     /// The state directory.
     #[error(transparent)]
     Home(#[from] crate::home::HomeError),
+    /// Too many failed authentications from this network address.
+    #[error("too many failed authentications from this address: further attempts are refused for {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until attempts are checked again.
+        retry_after_secs: u64,
+    },
     /// A file in the state directory.
     #[error("{path}: {source}")]
     Io {
@@ -108,6 +114,8 @@ pub struct Security {
     pub(crate) workspace: Option<PathBuf>,
     /// One verifier, so a long-lived host fetches each issuer's keys once.
     pub(crate) oidc: OidcVerifier,
+    /// Failed authentications per network peer.
+    pub(crate) throttle: coderclaw_net::throttle::FailureThrottle,
 }
 
 impl Security {
@@ -121,7 +129,8 @@ impl Security {
         let ident = &policy.config.identity;
         let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
         let workspace = workspace.map(Path::to_path_buf);
-        Ok(Security { home, identity, policy, local_device, actor, workspace, oidc })
+        let throttle = Default::default();
+        Ok(Security { home, identity, policy, local_device, actor, workspace, oidc, throttle })
     }
 
     /// The state directory.

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     Internal,
     /// The server could not be reached (client side only).
     Unavailable,
+    /// Too many failed authentications from this address (HTTP 429).
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
+            ErrorCode::RateLimited => 429,
         }
     }
 }
@@ -82,12 +86,15 @@ pub struct RuntimeError {
     pub code: ErrorCode,
     /// What went wrong and what to do.
     pub message: String,
+    /// When to try again (with [`ErrorCode::RateLimited`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl RuntimeError {
     /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after_secs: None }
     }
 }
 
@@ -111,6 +118,11 @@ impl From<SecurityError> for RuntimeError {
             }
             SecurityError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             SecurityError::Identity(_) => ErrorCode::Unauthenticated,
+            SecurityError::RateLimited { retry_after_secs } => {
+                let mut r = RuntimeError::new(ErrorCode::RateLimited, e.to_string());
+                r.retry_after_secs = Some(*retry_after_secs);
+                return r;
+            }
             _ => ErrorCode::Internal,
         };
         RuntimeError::new(code, e.to_string())
@@ -143,7 +155,20 @@ impl TaskService {
     /// The subject behind a bearer session token (or the local owner
     /// without one, while `requireAuth` is off).
     pub fn authenticate(&self, token: Option<&str>) -> Result<Subject, RuntimeError> {
-        self.security.subject(token).map_err(|e| {
+        Self::auth_error(token, self.security.subject(token))
+    }
+
+    /// [`TaskService::authenticate`] for a token sent over the network by
+    /// `peer`: failures are throttled per peer and audited in aggregate.
+    pub fn authenticate_peer(&self, token: Option<&str>, peer: std::net::IpAddr) -> Result<Subject, RuntimeError> {
+        Self::auth_error(token, self.security.subject_from_peer(token, peer))
+    }
+
+    fn auth_error(token: Option<&str>, result: Result<Subject, SecurityError>) -> Result<Subject, RuntimeError> {
+        result.map_err(|e| {
+            if matches!(e, SecurityError::RateLimited { .. }) {
+                return e.into();
+            }
             let code = if token.is_none()
                 || matches!(
                     e,

@@ -229,3 +229,27 @@ async fn writes_need_the_right_scope_and_namespace_and_private_reads_a_token() {
     assert_eq!(f.client(Some(&ops_yank)).keys("team").await.unwrap_err().code(), Some(ErrorCode::NotFound));
     assert_eq!(f.client(Some(&f.read)).keys("team").await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guessing_tokens_is_throttled_per_peer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = RegistryFixture::start(RegistryConfig::default(), true).await;
+    let status = |token: String| async move {
+        let mut tcp = tokio::net::TcpStream::connect(f.server.addr).await.unwrap();
+        let req = format!(
+            "GET /v1/search?q=e HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        tcp.read_to_string(&mut reply).await.unwrap();
+        (reply.split(' ').nth(1).unwrap().parse::<u16>().unwrap(), reply.to_ascii_lowercase().contains("retry-after:"))
+    };
+    for i in 0..10 {
+        assert_eq!(status(format!("ccr_guess{i}")).await, (401, false), "guess {i}");
+    }
+    for i in 0..50 {
+        assert_eq!(status(format!("ccr_more{i}")).await, (429, true), "guess {i} after the limit");
+    }
+    // Refused unchecked while limited: the real token waits too.
+    assert_eq!(status(f.read.clone()).await.0, 429);
+}

@@ -756,3 +756,46 @@ async fn either_transport_serves_as_a_dyn_transport_including_pause_and_resume()
         assert_eq!(done.output, Some(json!({ "echo": { "via": name } })), "{name}");
     }
 }
+
+/// One raw GET with `token` from source address `from`: status and the
+/// Retry-After header.
+async fn raw_status(server: std::net::SocketAddr, from: &str, token: &str) -> (u16, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(server).await.unwrap();
+    let req =
+        format!("GET /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.unwrap();
+    let status = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    let retry = reply.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("retry-after: ").map(str::to_owned));
+    (status, retry)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_thousand_bad_tokens_are_throttled_per_peer_and_audited_in_aggregate() {
+    let f = fixture(Default::default());
+    let good = f.login("dev", &["developer"]);
+    let server = f.http().await;
+    let bad = CoderClawRuntime::new(HttpTransport::new(&server.url(), Some("ccs_guessed".into())).unwrap());
+    let before = f.home.audit().query(&AuditFilter::default()).unwrap().len();
+    let mut codes = std::collections::BTreeMap::new();
+    for _ in 0..5000 {
+        *codes.entry(bad.get_status().await.unwrap_err().code.as_str()).or_insert(0) += 1;
+    }
+    assert_eq!(codes.get("unauthenticated"), Some(&10), "{codes:?}");
+    assert_eq!(codes.get("rate_limited"), Some(&4990), "{codes:?}");
+    let written = f.home.audit().query(&AuditFilter::default()).unwrap().len() - before;
+    assert!(written <= 5, "{written} audit records for 5,000 bad tokens");
+    let throttle = f.home.audit().query(&AuditFilter { action: Some("auth.throttle".into()), ..Default::default() });
+    assert!(throttle.unwrap().iter().any(|r| r.reason.contains("10 failed authentications")));
+
+    // Over HTTP: 429 with Retry-After, even for a good token from that peer;
+    // another peer (127.0.0.2) is served.
+    let (status, retry) = raw_status(server.addr, "127.0.0.1", &good).await;
+    assert_eq!(status, 429);
+    assert!(retry.is_some_and(|s| (1..=60).contains(&s.trim().parse::<u64>().unwrap())));
+    assert_eq!(raw_status(server.addr, "127.0.0.2", &good).await.0, 200);
+}

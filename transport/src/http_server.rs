@@ -100,6 +100,9 @@ fn error_response(e: &RuntimeError) -> Response<Body> {
     if e.code == ErrorCode::Unauthenticated {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
+    if let Some(secs) = e.retry_after_secs {
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
     r
 }
 
@@ -143,7 +146,7 @@ fn authenticate(
             "every call needs a session: send `Authorization: Bearer <token>`",
         ));
     };
-    let subject = service.authenticate(Some(&token))?;
+    let subject = service.authenticate_peer(Some(&token), peer.ip())?;
     // A token proves the user, not the machine the call comes from.
     Ok(if peer.ip().is_loopback() { subject } else { Security::as_remote(subject) })
 }

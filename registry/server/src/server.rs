@@ -11,6 +11,7 @@ use bytes::Bytes;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_net::server::{BodyError, bearer_token, bytes_response, json_response, query_pairs, read_body};
+use coderclaw_net::throttle::FailureThrottle;
 use coderclaw_net::{Body, RunningServer};
 use coderclaw_registry::api::{ApiError, ErrorCode, YankRequest};
 use http::{Method, Request, Response, StatusCode, header};
@@ -48,9 +49,10 @@ pub async fn serve(store: Arc<RegistryStore>, config: RegistryConfig) -> Result<
     };
     let listen = config.listen;
     let config = Arc::new(config);
+    let throttle = Arc::new(FailureThrottle::default());
     coderclaw_net::serve(listen, tls, move |peer, req| {
-        let (store, config) = (store.clone(), config.clone());
-        async move { handle(store, &config, peer, req).await }
+        let (store, config, throttle) = (store.clone(), config.clone(), throttle.clone());
+        async move { handle(store, &config, &throttle, peer, req).await }
     })
     .await
 }
@@ -65,17 +67,21 @@ fn error_response(e: &ApiError) -> Response<Body> {
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     }
+    if e.code == ErrorCode::RateLimited {
+        r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(60u64));
+    }
     r
 }
 
 async fn handle(
     store: Arc<RegistryStore>,
     config: &RegistryConfig,
+    throttle: &FailureThrottle,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let span = tracing::info_span!("registry", method = %req.method(), path = %req.uri().path(), %peer);
-    match route(store, config, req).instrument(span).await {
+    match route(store, config, throttle, peer, req).instrument(span).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(code = ?e.code, message = %e.message, "refused");
@@ -143,6 +149,8 @@ fn search_params(query: &str) -> Result<(String, Option<Kind>, Option<String>), 
 async fn route(
     store: Arc<RegistryStore>,
     config: &RegistryConfig,
+    throttle: &FailureThrottle,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
@@ -156,8 +164,23 @@ async fn route(
     // needed: the caller should know its token is no good.
     let who = match bearer_token(&req).map_err(|m| err(ErrorCode::Unauthenticated, m))? {
         Some(t) => {
+            if let (Err(t), _) = throttle.check(peer.ip()) {
+                return Err(err(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many failed authentications from this address: further attempts are refused for {} s",
+                        t.retry_after.as_secs().max(1)
+                    ),
+                ));
+            }
             let store = store.clone();
-            Some(blocking(move || store.authenticate(&t)).await?)
+            let checked = blocking(move || store.authenticate(&t)).await;
+            if checked.is_err()
+                && let coderclaw_net::throttle::Failure::LimitReached { failures, .. } = throttle.failed(peer.ip())
+            {
+                tracing::warn!(%peer, failures, "failed registry authentications: refusing this peer for a while");
+            }
+            Some(checked?)
         }
         None => None,
     };
