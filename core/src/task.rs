@@ -316,11 +316,13 @@ pub enum FailureCode {
     HostRestarted,
     /// The host failed (a store, a package file, compilation).
     Internal,
+    /// Paused or WAITING for input longer than the host allows.
+    Expired,
 }
 
 impl FailureCode {
     /// Every code, in a stable order (for documentation and tests).
-    pub const ALL: [FailureCode; 11] = [
+    pub const ALL: [FailureCode; 12] = [
         FailureCode::Denied,
         FailureCode::Unauthenticated,
         FailureCode::NotInstalled,
@@ -332,6 +334,7 @@ impl FailureCode {
         FailureCode::Cancelled,
         FailureCode::HostRestarted,
         FailureCode::Internal,
+        FailureCode::Expired,
     ];
 
     /// The wire name (`memory-limit`).
@@ -348,6 +351,7 @@ impl FailureCode {
             FailureCode::Cancelled => "cancelled",
             FailureCode::HostRestarted => "host-restarted",
             FailureCode::Internal => "internal",
+            FailureCode::Expired => "expired",
         }
     }
 

@@ -27,7 +27,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::AbortHandle;
 
 /// Why an engine call failed.
@@ -52,6 +52,10 @@ pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The session holds as many unfinished tasks (or input bytes) as the
+    /// engine allows one session.
+    #[error("{0}")]
+    Quota(String),
 }
 
 /// How the engine runs. Defaults: 10 tasks at once, 10 minutes per task,
@@ -75,6 +79,14 @@ pub struct EngineConfig {
     pub max_events_per_task: u64,
     /// Bytes of event messages one task may store.
     pub max_event_bytes_per_task: u64,
+    /// Unfinished tasks (queued, running, waiting, paused) one session may
+    /// hold; a submission over it is refused.
+    pub max_unfinished_per_session: usize,
+    /// Bytes of input the unfinished tasks of one session may hold.
+    pub max_input_bytes_per_session: u64,
+    /// A task paused or WAITING for input longer than this fails with
+    /// failure code `expired`.
+    pub idle_expiry: Duration,
 }
 
 /// Longest message one event keeps.
@@ -91,6 +103,9 @@ impl Default for EngineConfig {
             mode: RuntimeMode::LocalOnly,
             max_events_per_task: 10_000,
             max_event_bytes_per_task: 4 << 20,
+            max_unfinished_per_session: 1000,
+            max_input_bytes_per_session: 64 << 20,
+            idle_expiry: Duration::from_secs(3600),
         }
     }
 }
@@ -138,6 +153,8 @@ pub(crate) struct Live {
     pub(crate) waiter: Option<oneshot::Sender<String>>,
     /// Run events stored and dropped so far (this process).
     budget: EventBudget,
+    /// Since when the task is paused or WAITING (this process).
+    pub(crate) idle_since: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -149,7 +166,8 @@ struct EventBudget {
 
 impl Live {
     fn new(task: StoredTask) -> Live {
-        Live { task, abort: None, waiter: None, budget: EventBudget::default() }
+        let idle_since = (task.state.paused || task.state.status == TaskStatus::Waiting).then(Instant::now);
+        Live { task, abort: None, waiter: None, budget: EventBudget::default(), idle_since }
     }
 }
 
@@ -162,8 +180,11 @@ pub(crate) struct Inner {
     audit: Option<AuditHook>,
     live: Mutex<HashMap<String, Live>>,
     queue: Mutex<Queue>,
-    wake: Notify,
+    pub(crate) wake: Notify,
     slots: Arc<Semaphore>,
+    /// Tasks answered after WAITING (which gave up their slot), served
+    /// before the queue.
+    pub(crate) resumes: Mutex<std::collections::VecDeque<oneshot::Sender<OwnedSemaphorePermit>>>,
     hub: Arc<Hub>,
     started: Instant,
 }
@@ -219,6 +240,7 @@ impl TaskEngine {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             slots,
+            resumes: Mutex::default(),
             hub,
             started: Instant::now(),
         });
@@ -227,6 +249,7 @@ impl TaskEngine {
         if run_queue {
             tokio::spawn(dispatch(Arc::downgrade(&inner)));
         }
+        tokio::spawn(expire_idle(Arc::downgrade(&inner)));
         Ok(TaskEngine { inner })
     }
 
@@ -267,6 +290,7 @@ impl TaskEngine {
         let stored = StoredTask { state: state.clone(), resumable, last_seq: 1 };
         let ack = {
             let mut live = self.inner.lock_live();
+            self.inner.check_quota(&live, &state)?;
             let ack =
                 self.inner.store.queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
             live.insert(id.clone(), Live::new(stored));
@@ -376,6 +400,7 @@ impl TaskEngine {
         if let Some(w) = entry.waiter.take() {
             let _ = w.send(answer);
         }
+        entry.idle_since = None;
         Ok(entry.task.state.clone())
     }
 
@@ -403,6 +428,7 @@ impl TaskEngine {
         }
         let kind = if paused { TaskEventKind::Paused } else { TaskEventKind::Resumed };
         self.inner.update(entry, kind, kind.as_str(), None, |s| s.paused = paused)?;
+        entry.idle_since = paused.then(Instant::now);
         Ok(entry.task.state.clone())
     }
 
@@ -495,6 +521,62 @@ impl Inner {
         self.store.queue(Write::Task { task: row.clone(), event: Some(e) })?;
         entry.task = *row;
         Ok(())
+    }
+
+    /// Refuses a submission that would take its session over its quotas.
+    /// Live lock held (`live` is every unfinished task).
+    fn check_quota(&self, live: &HashMap<String, Live>, new: &TaskState) -> Result<(), EngineError> {
+        let input_bytes = |s: &TaskState| s.input.to_string().len() as u64;
+        let mine = live.values().filter(|l| l.task.state.session_id == new.session_id);
+        let (count, bytes) = mine.fold((0usize, 0u64), |(n, b), l| (n + 1, b + input_bytes(&l.task.state)));
+        let (max, max_bytes) = (self.config.max_unfinished_per_session, self.config.max_input_bytes_per_session);
+        if count >= max {
+            return Err(EngineError::Quota(format!(
+                "this session has {count} unfinished tasks, the most one session may hold: wait for some to \
+                 finish or cancel them"
+            )));
+        }
+        if bytes + input_bytes(new) > max_bytes {
+            return Err(EngineError::Quota(format!(
+                "this session's unfinished tasks would hold more than {max_bytes} bytes of input: wait for some \
+                 to finish or cancel them"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails tasks paused or WAITING for longer than `idle_expiry`.
+    fn expire_idle(&self) {
+        let expiry = self.config.idle_expiry;
+        let expired: Vec<String> = self
+            .lock_live()
+            .iter()
+            .filter(|(_, l)| l.idle_since.is_some_and(|t| t.elapsed() >= expiry))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            let (abort, state) = {
+                let mut live = self.lock_live();
+                let Some(entry) = live.get_mut(&id) else { continue };
+                let waiting = entry.task.state.status == TaskStatus::Waiting;
+                let what = if waiting { "waiting for input" } else { "paused" };
+                let message = format!("expired: {what} longer than {expiry:?}");
+                let r = self.change(entry, TaskStatus::Failed, TaskEventKind::Status, &message, None, |s| {
+                    s.error = Some(TaskFailure::new(FailureCode::Expired, message.clone()));
+                    s.paused = false;
+                });
+                if r.is_err() {
+                    continue;
+                }
+                entry.waiter = None;
+                entry.idle_since = None;
+                (entry.abort.take(), entry.task.state.clone())
+            };
+            if let Some(abort) = abort {
+                abort.abort();
+            }
+            self.audit_outcome(&state);
+        }
     }
 
     /// Whether one more run event of `bytes` fits the task's budget. The
@@ -622,7 +704,7 @@ impl Inner {
 
     /// Starts queued task `id` on a slot, unless it was cancelled or
     /// paused meanwhile.
-    fn start(self: &Arc<Self>, id: String, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn start(self: &Arc<Self>, id: String, permit: OwnedSemaphorePermit) {
         let mut live = self.lock_live();
         let Some(entry) = live.get_mut(&id) else { return };
         if entry.task.state.status.is_terminal() || entry.task.state.paused || entry.abort.is_some() {
@@ -633,14 +715,15 @@ impl Inner {
         // Spawned under the lock: a cancel either sees the abort handle or
         // runs before the task starts (and then the run's first transition
         // fails).
+        // The run holds its slot; WAITING gives it up (see `TaskRun`).
+        let slot = Arc::new(Mutex::new(Some(permit)));
         let handle = tokio::spawn(async move {
-            let _permit = permit;
-            inner.run(task_id).await;
+            inner.run(task_id, slot).await;
         });
         entry.abort = Some(handle.abort_handle());
     }
 
-    async fn run(self: Arc<Self>, id: String) {
+    async fn run(self: Arc<Self>, id: String, slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>) {
         let state = {
             let mut live = self.lock_live();
             let Some(entry) = live.get_mut(&id) else { return };
@@ -653,7 +736,7 @@ impl Inner {
             }
             entry.task.state.clone()
         };
-        let run = TaskRun { inner: self.clone(), task_id: id.clone(), principal: Principal::of_task(&state) };
+        let run = TaskRun { inner: self.clone(), task_id: id.clone(), principal: Principal::of_task(&state), slot };
         let work = self.executor.execute(state, run);
         let timeout = self.config.task_timeout;
         let outcome = match tokio::time::timeout(timeout, AssertUnwindSafe(work).catch_unwind()).await {
@@ -689,19 +772,44 @@ async fn dispatch(weak: Weak<Inner>) {
         let Some(inner) = weak.upgrade() else { return };
         let slots = inner.slots.clone();
         drop(inner);
-        let Ok(permit) = slots.acquire_owned().await else { return };
+        let Ok(mut permit) = slots.acquire_owned().await else { return };
         let id = loop {
             let Some(inner) = weak.upgrade() else { return };
             let notified = inner.wake.notified();
+            // An answered task that gave up its slot while WAITING goes first.
+            let resumed = inner.resumes.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            if let Some(tx) = resumed {
+                match tx.send(permit) {
+                    Ok(()) => break None,
+                    // Cancelled meanwhile: the slot is still ours.
+                    Err(back) => {
+                        permit = back;
+                        continue;
+                    }
+                }
+            }
             let popped = inner.queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
             if let Some(id) = popped {
-                break id;
+                break Some((id, permit));
             }
             // Wake up now and then to notice the engine was dropped.
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         };
+        let Some((id, permit)) = id else { continue };
         let Some(inner) = weak.upgrade() else { return };
         inner.start(id, permit);
+    }
+}
+
+/// Fails tasks idle (paused, WAITING) past `idle_expiry`, checking every
+/// second or so until the engine is dropped.
+async fn expire_idle(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let every = (inner.config.idle_expiry / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        inner.expire_idle();
+        drop(inner);
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -9,8 +9,8 @@ use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{FailureCode, TaskEventKind, TaskFailure, TaskStatus};
 use coderclaw_core::task_link::{BoxFuture, MemoryFault, TaskLink, TaskServices};
 use serde_json::json;
-use std::sync::Arc;
-use tokio::sync::oneshot;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// A running task's handle on the engine, given to the executor.
 #[derive(Clone)]
@@ -18,6 +18,8 @@ pub struct TaskRun {
     pub(crate) inner: Arc<Inner>,
     pub(crate) task_id: String,
     pub(crate) principal: Principal,
+    /// The run slot this task holds (none while WAITING).
+    pub(crate) slot: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
 impl TaskRun {
@@ -105,9 +107,19 @@ impl TaskServices for TaskRun {
                     .map_err(|e| e.to_string())?;
                 let (tx, rx) = oneshot::channel();
                 entry.waiter = Some(tx);
+                entry.idle_since = Some(std::time::Instant::now());
                 rx
             };
-            rx.await.map_err(|_| "the task was cancelled while waiting for input".to_owned())
+            // A task waiting for a person gives its slot to the queue...
+            drop(run.slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+            let answer = rx.await.map_err(|_| "the task was cancelled while waiting for input".to_owned())?;
+            // ...and takes one back, ahead of the queue, once answered.
+            let (tx, back) = oneshot::channel();
+            run.inner.resumes.lock().unwrap_or_else(|p| p.into_inner()).push_back(tx);
+            run.inner.wake.notify_one();
+            let permit = back.await.map_err(|_| "the task engine stopped".to_owned())?;
+            *run.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+            Ok(answer)
         })
     }
 

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     Unavailable,
     /// Too many failed authentications from this address (HTTP 429).
     RateLimited,
+    /// The session holds as many unfinished tasks or input bytes as one
+    /// session may (HTTP 429).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -67,7 +71,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
         }
     }
 }
@@ -105,6 +109,7 @@ impl From<EngineError> for RuntimeError {
             EngineError::Illegal(_) | EngineError::Conflict(_) => ErrorCode::Conflict,
             EngineError::Invalid(_) => ErrorCode::InvalidRequest,
             EngineError::Store(_) | EngineError::NotStored(_) => ErrorCode::Internal,
+            EngineError::Quota(_) => ErrorCode::QuotaExceeded,
         };
         RuntimeError::new(code, e.to_string())
     }

@@ -799,3 +799,73 @@ async fn five_thousand_bad_tokens_are_throttled_per_peer_and_audited_in_aggregat
     assert!(retry.is_some_and(|s| (1..=60).contains(&s.trim().parse::<u64>().unwrap())));
     assert_eq!(raw_status(server.addr, "127.0.0.2", &good).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_waiting_for_input_give_up_their_slot_and_take_one_back_when_answered() {
+    let f = fixture(EngineConfig { max_concurrent_tasks: 2, ..Default::default() });
+    let alice = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(f.login("alice", &["developer"]))));
+    let bob = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(f.login("bob", &["developer"]))));
+    // Alice fills every slot with tasks that wait for a person.
+    let mut waiting = Vec::new();
+    for i in 0..2 {
+        let t = alice.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": format!("q{i}") }))).await;
+        waiting.push(t.unwrap().id);
+    }
+    for id in &waiting {
+        wait_for(&alice, id, TaskStatus::Waiting).await;
+    }
+    // Bob is not starved: his task runs while hers wait.
+    let echo = bob.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), bob.wait(&echo.id, |_| {})).await;
+    assert_eq!(done.expect("bob's task ran while alice's waited").unwrap().status, TaskStatus::Completed);
+    // Answered, hers take slots back and finish.
+    for id in &waiting {
+        alice.respond(id, "yes").await.unwrap();
+    }
+    for id in &waiting {
+        let done = alice.wait(id, |_| {}).await.unwrap();
+        assert_eq!(done.output, Some(json!({ "answer": "yes" })));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_and_waiting_tasks_expire() {
+    let f = fixture(EngineConfig { idle_expiry: Duration::from_millis(300), ..Default::default() });
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let asking = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "anyone?" }))).await.unwrap();
+    let mut paused = TaskSubmitRequest::skill("team/echo", json!(1));
+    paused.paused = true;
+    let paused = rt.submit_task(paused).await.unwrap();
+    for id in [&asking.id, &paused.id] {
+        let done = tokio::time::timeout(Duration::from_secs(10), rt.wait(id, |_| {})).await.unwrap().unwrap();
+        assert_eq!(done.status, TaskStatus::Failed);
+        let error = done.error.unwrap();
+        assert_eq!(error.code, coderclaw_core::task::FailureCode::Expired, "{error:?}");
+    }
+    assert_eq!(rt.respond(&asking.id, "late").await.unwrap_err().code, ErrorCode::Conflict);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_session_cannot_hold_more_than_its_quota_of_unfinished_tasks() {
+    let config =
+        EngineConfig { max_unfinished_per_session: 3, max_input_bytes_per_session: 10_000, ..Default::default() };
+    let f = fixture(config);
+    let alice = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(f.login("alice", &["developer"]))));
+    let bob = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(f.login("bob", &["developer"]))));
+    let paused = |input: serde_json::Value| {
+        let mut r = TaskSubmitRequest::skill("team/echo", input);
+        r.paused = true;
+        r
+    };
+    for _ in 0..3 {
+        alice.submit_task(paused(json!(1))).await.unwrap();
+    }
+    let err = alice.submit_task(paused(json!(1))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::QuotaExceeded, "{err}");
+    assert!(err.message.contains("3 unfinished tasks"), "{err}");
+    // Another session is not affected; input bytes count too.
+    bob.submit_task(paused(json!(1))).await.unwrap();
+    let err = bob.submit_task(paused(json!("x".repeat(20_000)))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::QuotaExceeded, "{err}");
+    assert!(err.message.contains("bytes of input"), "{err}");
+}
