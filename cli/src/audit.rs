@@ -2,9 +2,10 @@
 
 use crate::home;
 use crate::output::print_json;
+use anyhow::Context as _;
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use coderclaw::audit::{AuditError, AuditFilter, AuditResult};
+use coderclaw::audit::{AuditError, AuditFilter, AuditResult, VerifyReport, read_witness_file};
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::parse_duration;
 use std::process::ExitCode;
@@ -34,12 +35,60 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Recompute the hash chain; exits 1 naming the first tampered record.
+    /// Check the log: the hash chain, every signed checkpoint, and the heads
+    /// witnessed outside it (audit.witnessFile in config.yaml, and the
+    /// registry's with --registry or audit.witnessRegistry). Exits 1 naming
+    /// the first tampered record, or saying where the log was cut short.
     Verify {
+        #[command(flatten)]
+        witness: WitnessArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Write a signed checkpoint of the log now and have the team registry
+    /// witness it (append-only: it refuses a head that does not extend the
+    /// last one it saw for this device).
+    Witness {
+        #[command(flatten)]
+        witness: WitnessArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which registry witnesses this device's audit heads.
+#[derive(clap::Args, Debug)]
+pub(crate) struct WitnessArgs {
+    #[command(flatten)]
+    registry: crate::install::RegistryArgs,
+    /// The namespace whose token witnesses (default: the registry's only
+    /// namespace under `namespace-keys`).
+    #[arg(long)]
+    namespace: Option<String>,
+}
+
+impl WitnessArgs {
+    /// The registry and namespace, if one is named here or in config.yaml.
+    fn open(&self, configured: Option<&str>) -> Result<Option<(coderclaw::registry::registries::Registry, String)>> {
+        let mut args = self.registry.clone();
+        if args.registry.is_none() {
+            args.registry = configured.map(str::to_owned);
+        }
+        if args.registry.is_none() {
+            return Ok(None);
+        }
+        let reg = args.open(None)?;
+        let namespace = match (&self.namespace, &reg.entry) {
+            (Some(ns), _) => ns.clone(),
+            (None, Some(e)) if e.namespace_keys.len() == 1 => {
+                e.namespace_keys.keys().next().cloned().unwrap_or_default()
+            }
+            _ => bail!("say which namespace's token witnesses the audit log: pass --namespace"),
+        };
+        Ok(Some((reg, namespace)))
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -97,25 +146,94 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { json } => match home.audit().verify() {
-            Ok(n) => {
-                if json {
-                    println!("{}", serde_json::json!({"ok": true, "records": n}));
-                } else {
-                    println!("OK: {n} records, hash chain intact");
+        Command::Verify { witness, json } => {
+            let config = &security.policy().config.audit;
+            let mut heads = Vec::new();
+            if let Some(file) = &config.witness_file {
+                match read_witness_file(file) {
+                    Ok(found) => {
+                        heads.extend(found.into_iter().map(|h| (format!("witness file {}", file.display()), h)))
+                    }
+                    Err(problem) if file.exists() => bail!("{problem}"),
+                    Err(_) => {}
                 }
-                Ok(ExitCode::SUCCESS)
             }
-            Err(AuditError::Broken { seq, problem }) => {
-                if json {
-                    println!("{}", serde_json::json!({"ok": false, "record": seq, "problem": problem}));
-                } else {
-                    eprintln!("error: audit record {seq} has been tampered with: {problem}");
+            let device = security.local_device().id;
+            heads.retain(|(_, h)| h.device == device);
+            if let Some((reg, ns)) = witness.open(config.witness_registry.as_deref())? {
+                let head = crate::runtime()?
+                    .block_on(reg.client.audit_head(&ns, &device))
+                    .with_context(|| format!("cannot read the heads registry {} witnessed", reg.name))?;
+                heads.extend(head.map(|h| (format!("registry {}", reg.name), h)));
+            }
+            report_verify(home.audit().verify_against(&heads), json)
+        }
+        Command::Witness { witness, json } => {
+            let config = &security.policy().config.audit;
+            let Some((reg, ns)) = witness.open(config.witness_registry.as_deref())? else {
+                bail!("name the registry that witnesses: pass --registry or set audit.witnessRegistry in config.yaml");
+            };
+            let head =
+                home.audit().checkpoint()?.context("no checkpoint could be signed: the device key is missing")?;
+            crate::runtime()?
+                .block_on(reg.client.put_audit_head(&ns, &head))
+                .with_context(|| format!("registry {} did not witness record {}", reg.name, head.seq))?;
+            if json {
+                print_json(&serde_json::json!({ "witnessed": head.seq, "hash": head.hash, "registry": reg.name }))?;
+            } else {
+                println!("registry {} witnessed record {} ({})", reg.name, head.seq, &head.hash[..16]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report_verify(result: Result<VerifyReport, AuditError>, json: bool) -> Result<ExitCode> {
+    match result {
+        Ok(r) => {
+            if json {
+                print_json(&serde_json::json!({ "ok": true, "report": r, "records": r.records }))?;
+            } else {
+                println!(
+                    "OK: {} records, hash chain intact, {} signed checkpoints{}",
+                    r.records,
+                    r.checkpoints,
+                    r.last_checkpoint.map(|s| format!(" (newest signs record {s})")).unwrap_or_default()
+                );
+                for (witness, seq) in &r.witnessed {
+                    println!("   matches {witness} at record {seq}");
                 }
-                Ok(ExitCode::FAILURE)
+                if r.witnessed.is_empty() {
+                    println!(
+                        "   no witnessed head was checked: a log rewritten whole, or cut short, is only caught \
+                         against one (audit.witnessFile, audit witness --registry)"
+                    );
+                }
             }
-            Err(e) => Err(e.into()),
-        },
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(AuditError::Broken { seq, problem }) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "record": seq, "problem": problem}));
+            } else {
+                eprintln!("error: audit record {seq} has been tampered with: {problem}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(AuditError::Truncated { witness, witnessed, last }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "truncated": true, "record": witnessed, "last": last, "witness": witness})
+                );
+            } else {
+                eprintln!(
+                    "error: the audit log was cut short: {witness} saw record {witnessed}, the log ends at record {last}"
+                );
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

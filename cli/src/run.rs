@@ -8,8 +8,8 @@ use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::home::Home;
 use coderclaw::security::Security;
-use coderclaw::{CollectEvents, Error, EventSink, Grant, Host, NestedCaller, Planner, RunEvent, Skill};
-use coderclaw_core::decision::{Action, Offer, Reason, Subject, Target, grant_json};
+use coderclaw::{CollectEvents, Error, EventSink, Host, NestedCaller, Planner, RunEvent, Skill};
+use coderclaw_core::decision::{Action, Decision, Offer, Reason, Subject, Target, grant_json};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -156,7 +156,8 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     }
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
 
-    run_and_print(&args, &host, &skill, &input, &decision.grant, &decision.narrowed, load_ms)
+    let auditor = (security.clone(), subject.user.clone());
+    run_and_print(&args, &host, &skill, &input, &decision, load_ms, auditor)
 }
 
 /// The host for this run: the compiled-code cache unless --no-cache, and
@@ -231,13 +232,15 @@ fn run_and_print(
     host: &Host,
     skill: &Skill,
     input: &str,
-    grant: &Grant,
-    narrowed: &[String],
+    decision: &Decision,
     load_ms: f64,
+    (security, user): (Arc<Security>, String),
 ) -> Result<ExitCode> {
+    let (grant, narrowed) = (&decision.grant, &decision.narrowed);
     let collected = Arc::new(CollectEvents::default());
     let sink: Arc<dyn EventSink> =
         if args.json { collected.clone() } else { Arc::new(|e: RunEvent| eprintln!("{}", event_line(&e))) };
+    let sink = coderclaw::denial_audit::audit_denials(sink, security, None, user);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let run_started = Instant::now();
     let result = runtime.block_on(host.run_with_events(skill, input, grant, sink));

@@ -517,11 +517,14 @@ fn audit_query_shows_decisions_and_verify_names_a_tampered_record() {
     assert_eq!(ok.status.code(), Some(0));
     assert!(text(&ok.stdout).contains("hash chain intact"));
 
+    // The refused install rewritten as allowed is found at its record.
+    let seq = denied[0]["seq"].as_i64().unwrap();
     let db = cli.home.path().join("audit.db");
-    let edit =
-        Command::new("sqlite3").arg(&db).arg("UPDATE audit SET result = 'allowed' WHERE seq = 2").output().unwrap();
+    let sql = format!("UPDATE audit SET result = 'allowed' WHERE seq = {seq}");
+    let edit = Command::new("sqlite3").arg(&db).arg(sql).output().unwrap();
     assert!(edit.status.success(), "{}", text(&edit.stderr));
     let bad = cli.run(&["audit", "verify"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(text(&bad.stderr).contains("audit record 2 has been tampered with"), "{}", text(&bad.stderr));
+    let stderr = text(&bad.stderr);
+    assert!(stderr.contains(&format!("audit record {seq} has been tampered with")), "{stderr}");
 }

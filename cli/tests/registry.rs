@@ -659,3 +659,46 @@ fn a_lockfile_install_refuses_a_package_signed_by_another_key_than_locked() {
     refused(&dev.run(&["skill", "install", "--workspace", p(ws.path())]), "the lockfile says 0123456789abcdef");
     assert!(installed(&dev).is_empty());
 }
+
+#[test]
+fn audit_heads_witnessed_by_the_registry_and_a_file_catch_a_log_cut_short() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "read");
+    let dev = developer(&registry, &publisher, &["team"], true);
+    let heads = dev.home.path().join("witness/heads.jsonl");
+    std::fs::create_dir_all(heads.parent().unwrap()).unwrap();
+    let config = std::fs::read_to_string(dev.home.path().join("config.yaml")).unwrap();
+    let config = format!("{config}audit:\n  witnessFile: {}\n  witnessRegistry: team-registry\n", heads.display());
+    std::fs::write(dev.home.path().join("config.yaml"), config).unwrap();
+    for name in ["a", "b"] {
+        ok(&dev.run(&["key", "generate", "--name", name]));
+    }
+    let witnessed = ok(&dev.run(&["audit", "witness", "--token", &token, "--json"]));
+    let seq = serde_json::from_str::<Value>(&witnessed).unwrap()["witnessed"].as_u64().unwrap();
+    let verified = ok(&dev.run(&["audit", "verify", "--token", &token]));
+    assert!(verified.contains(&format!("matches registry team-registry at record {seq}")), "{verified}");
+    assert!(verified.contains("matches witness file"), "{verified}");
+    assert!(std::fs::read_to_string(&heads).unwrap().lines().count() >= 2, "key changes are checkpointed");
+
+    // The newest records deleted (the unkeyed chain alone still verifies).
+    let db = dev.home.path().join("audit.db");
+    let cut = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!("DELETE FROM audit WHERE seq > {}", seq - 3))
+        .output()
+        .unwrap();
+    assert!(cut.status.success(), "{}", text(&cut.stderr));
+    // Without witnesses the chain is intact, and says what it cannot see.
+    let blind = dev.run(&["audit", "verify", "--registry", "http://127.0.0.1:9", "--namespace", "x", "--json"]);
+    assert_ne!(blind.status.code(), Some(0), "an unreachable witness is an error, not a pass");
+    let out = dev.run(&["audit", "verify", "--token", &token]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cut short") && stderr.contains(&format!("saw record {seq}")), "{stderr}");
+    // And the registry will not take the shorter log's head.
+    let refused = dev.run(&["audit", "witness", "--token", &token]);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(text(&refused.stderr).contains("must extend"), "{}", text(&refused.stderr));
+}

@@ -530,3 +530,26 @@ fn state_and_registry_directories_others_can_write_are_refused_and_data_files_ar
     assert_ne!(code(&out), 0);
     assert!(text(&out.stderr).contains("chmod go-w"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn capability_denials_inside_a_run_are_audited_and_bounded_per_run() {
+    let cli = Cli::new();
+    let ws = workspace();
+    let hostile = coderclaw_e2e::guest("shell-without-grant").display().to_string();
+    let input = r#"{"program": "touch", "args": ["/tmp/never"]}"#;
+    let out = cli.run(&[
+        "skill",
+        "run",
+        &hostile,
+        "--dangerous-allow-unsigned",
+        "--input",
+        input,
+        "--workspace",
+        p(ws.path()),
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let denied = audit(&cli, &["--action", "capability.denied"]);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(denied[0]["resource_id"].as_str().unwrap().contains("shell_without_grant"), "{denied:?}");
+    assert!(denied[0]["reason"].as_str().unwrap().contains("shell touch /tmp/never"), "{denied:?}");
+}

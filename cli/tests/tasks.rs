@@ -89,9 +89,18 @@ fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    assert!(line.contains("serving http://127.0.0.1"), "{line}");
+    // Warnings (e.g. about the state directory's mode) may come first.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        seen.push_str(&line);
+        if line.contains("serving http://127.0.0.1") || line.is_empty() {
+            break;
+        }
+    }
+    assert!(seen.contains("serving http://127.0.0.1"), "{seen}");
     Server(child, format!("http://127.0.0.1:{port}"))
 }
 

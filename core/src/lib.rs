@@ -4,6 +4,7 @@
 //! format and signing keys; roles and permissions. Nothing here depends on
 //! wasmtime.
 
+pub mod audit_head;
 pub mod clock;
 pub mod decision;
 pub mod digest;

@@ -216,6 +216,27 @@ pub struct SecurityConfig {
     /// `shell:`: how `shell.exec` children are confined.
     #[serde(default)]
     pub shell: ShellSection,
+    /// `audit:`: where the audit log's signed heads are witnessed.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `audit:` in the configuration.
+///
+/// ```yaml
+/// audit:
+///   witnessFile: /var/log/coderclaw/audit-heads.jsonl   # a file this user may append to but should not rewrite
+///   witnessRegistry: team-registry                      # `audit witness` and `audit verify` use it
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditSection {
+    /// Every checkpoint's signed head is appended here (one JSON line).
+    #[serde(default)]
+    pub witness_file: Option<std::path::PathBuf>,
+    /// The team registry (a name under `registries:`) that witnesses heads.
+    #[serde(default)]
+    pub witness_registry: Option<String>,
 }
 
 /// `shell:` in the configuration.

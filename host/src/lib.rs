@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod denial_audit;
 mod install_target;
 mod local_runtime;
 mod plan;

@@ -45,6 +45,7 @@ impl TaskExecutor for SkillExecutor {
         let planner = self.planner.clone();
         Box::pin(async move {
             let input = task.input.to_string();
+            let (task_id, user) = (task.id.clone(), task.user.clone());
             let prepared = {
                 let planner = planner.clone();
                 tokio::task::spawn_blocking(move || prepare(&planner, &task)).await.map_err(|e| {
@@ -52,9 +53,10 @@ impl TaskExecutor for SkillExecutor {
                 })??
             };
             run.running()?;
+            let sink = crate::denial_audit::audit_denials(run.sink(), planner.security().clone(), Some(task_id), user);
             let output = planner
                 .host()
-                .run_for_task(&prepared.skill, &input, prepared.grant(), run.sink(), run.link())
+                .run_for_task(&prepared.skill, &input, prepared.grant(), sink, run.link())
                 .await
                 .map_err(sandbox_failure)?;
             Ok(serde_json::from_str(&output).unwrap_or(Value::String(output)))

@@ -5,6 +5,7 @@
 
 use crate::api::{ApiError, ErrorCode, NamespaceKey, PackageInfo, PublishReply, SearchHit, VersionInfo, YankRequest};
 use bytes::Bytes;
+use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_net::server::percent_encode;
@@ -179,6 +180,20 @@ impl RegistryClient {
     /// The signed organisation policy of `namespace`, `None` if it has none.
     pub async fn org_policy(&self, namespace: &str) -> Result<Option<SignedOrgPolicy>, RegistryClientError> {
         self.json(Method::GET, &format!("/v1/namespaces/{}/policy", percent_encode(namespace)), None).await
+    }
+
+    /// Has the registry witness a signed audit head of this device.
+    pub async fn put_audit_head(&self, namespace: &str, head: &SignedHead) -> Result<(), RegistryClientError> {
+        let body = serde_json::to_vec(head).map_err(|e| RegistryClientError::BadReply(e.to_string()))?;
+        let path = format!("/v1/namespaces/{}/audit-heads", percent_encode(namespace));
+        let _: serde_json::Value = self.json(Method::POST, &path, Some(body)).await?;
+        Ok(())
+    }
+
+    /// The newest audit head the registry witnessed for `device`.
+    pub async fn audit_head(&self, namespace: &str, device: &str) -> Result<Option<SignedHead>, RegistryClientError> {
+        let path = format!("/v1/namespaces/{}/audit-heads/{}", percent_encode(namespace), percent_encode(device));
+        self.json(Method::GET, &path, None).await
     }
 
     /// Publishes a signed organisation policy.

@@ -4,14 +4,25 @@
 //!
 //! Each record stores the SHA-256 of the previous record's hash and of its
 //! own fields, so editing, deleting or reordering any stored record breaks
-//! the chain at that record, and [`AuditLog::verify`] names it. Deleting
-//! the newest records leaves a shorter chain that still verifies: catching
-//! that needs the head (seq, hash) kept somewhere the attacker cannot write.
+//! the chain at that record, and [`AuditLog::verify`] names it.
+//!
+//! A chain alone cannot show that the newest records were deleted, or that
+//! every record was rewritten and the chain recomputed. So the log is
+//! checkpointed: every [`CHECKPOINT_EVERY`] records and after every trust,
+//! policy, device or registry change, an `audit.checkpoint` record carries
+//! the previous record's (seq, hash) signed with the device key
+//! ([`SignedHead`]); and each signed head is witnessed outside the file (a
+//! file the admin names, the team registry). [`AuditLog::verify_against`]
+//! checks the chain, every checkpoint's signature and key, and the
+//! witnessed heads: a witnessed head beyond the last record is truncation,
+//! one whose hash differs is a rewrite, reported at that record.
 //!
 //! Secrets never enter the log: metadata values under keys that look like
 //! credentials are replaced by `[redacted]`. Control characters in every
 //! string are escaped, so a log line cannot forge another or move the cursor.
 
+use coderclaw_core::audit_head::SignedHead;
+use coderclaw_core::keys::SecretKey;
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -172,12 +183,53 @@ pub enum AuditError {
         /// What does not match.
         problem: String,
     },
+    /// Records a witness saw are gone.
+    #[error("the audit log was cut short: {witness} saw record {witnessed}, the log ends at record {last}")]
+    Truncated {
+        /// Who saw it.
+        witness: String,
+        /// The record it saw.
+        witnessed: u64,
+        /// The last record present.
+        last: u64,
+    },
+}
+
+/// Records between two automatic checkpoints.
+pub const CHECKPOINT_EVERY: i64 = 100;
+
+/// Whether a record of `action` is followed by a checkpoint at once.
+fn checkpoints_after(action: &str) -> bool {
+    ["trust.", "policy.", "device.", "registry.", "key."].iter().any(|p| action.starts_with(p))
+}
+
+/// What signs checkpoints, and where their heads are witnessed.
+struct Checkpointer {
+    key: SecretKey,
+    device: String,
+    witness_file: Option<PathBuf>,
 }
 
 /// The audit log of one state directory.
 pub struct AuditLog {
     path: PathBuf,
     db: Mutex<Connection>,
+    checkpoints: Mutex<Option<Checkpointer>>,
+}
+
+/// What [`AuditLog::verify_against`] found in an intact log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records in the log.
+    pub records: u64,
+    /// Signed checkpoints among them.
+    pub checkpoints: u64,
+    /// The record the newest checkpoint signs.
+    pub last_checkpoint: Option<u64>,
+    /// The key the checkpoints are signed with.
+    pub key: Option<String>,
+    /// Witnessed heads checked, by witness: the newest record each saw.
+    pub witnessed: Vec<(String, u64)>,
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -300,7 +352,42 @@ impl AuditLog {
         let err = |source| AuditError::Db { path: path.clone(), source };
         // Durable: a record is on disk before `append` returns.
         let db = crate::sqlite::open(&path, true, SCHEMA).map_err(err)?;
-        Ok(AuditLog { path, db: Mutex::new(db) })
+        Ok(AuditLog { path, db: Mutex::new(db), checkpoints: Mutex::new(None) })
+    }
+
+    /// From now on, checkpoints are signed with `key` as device `device`.
+    pub fn enable_checkpoints(&self, key: SecretKey, device: &str) {
+        let mut c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let witness_file = c.take().and_then(|c| c.witness_file);
+        *c = Some(Checkpointer { key, device: device.to_owned(), witness_file });
+    }
+
+    /// Appends each checkpoint's signed head, one JSON line, to `file`.
+    pub fn set_witness_file(&self, file: Option<PathBuf>) {
+        if let Some(c) = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            c.witness_file = file;
+        }
+    }
+
+    /// The newest checkpoint's signed head, if any.
+    pub fn latest_head(&self) -> Result<Option<SignedHead>, AuditError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let meta: Option<String> = db
+            .query_row(
+                "SELECT metadata FROM audit WHERE action = 'audit.checkpoint' ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+            .map_err(|e| self.db_err(e))?;
+        Ok(meta.and_then(|m| serde_json::from_str(&m).ok()))
+    }
+
+    /// Writes a checkpoint now (the head of the log as it is).
+    pub fn checkpoint(&self) -> Result<Option<SignedHead>, AuditError> {
+        self.append(AuditEvent::new("audit.checkpoint.request", AuditResult::Allowed, "audit", "-"))?;
+        self.latest_head()
     }
 
     fn db_err(&self, source: rusqlite::Error) -> AuditError {
@@ -337,26 +424,45 @@ impl AuditLog {
             hash: String::new(),
         };
         record.hash = record_hash(&record);
-        tx.execute(
-            &format!("INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
-            params![
-                record.seq,
-                record.timestamp_ms,
-                record.action,
-                record.user,
-                record.device,
-                record.session,
-                record.resource_type,
-                record.resource_id,
-                record.result,
-                record.reason,
-                record.metadata,
-                record.prev_hash,
-                record.hash
-            ],
-        )
-        .map_err(|e| self.db_err(e))?;
+        insert(&tx, &record).map_err(|e| self.db_err(e))?;
+        // A checkpoint in the same transaction: the chain stays linear
+        // whoever appends, and no change is on disk without its checkpoint.
+        let head = {
+            let c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+            let due = seq % CHECKPOINT_EVERY == 0
+                || checkpoints_after(&record.action)
+                || record.action == "audit.checkpoint.request";
+            match c.as_ref().filter(|_| due) {
+                Some(c) => {
+                    let head = SignedHead::sign(&c.device, seq as u64, &record.hash, &c.key);
+                    let mut cp = AuditRecord {
+                        seq: seq + 1,
+                        timestamp_ms,
+                        action: "audit.checkpoint".into(),
+                        user: None,
+                        device: Some(escape(&c.device)),
+                        session: None,
+                        resource_type: "audit".into(),
+                        resource_id: escape(&c.device),
+                        result: "allowed".into(),
+                        reason: format!("signed head of record {seq}"),
+                        metadata: serde_json::to_string(&head).unwrap_or_default(),
+                        prev_hash: record.hash.clone(),
+                        hash: String::new(),
+                    };
+                    cp.hash = record_hash(&cp);
+                    insert(&tx, &cp).map_err(|e| self.db_err(e))?;
+                    Some((head, c.witness_file.clone()))
+                }
+                None => None,
+            }
+        };
         tx.commit().map_err(|e| self.db_err(e))?;
+        if let Some((head, Some(file))) = head
+            && let Err(e) = witness_to_file(&file, &head)
+        {
+            tracing::warn!(file = %file.display(), error = %e, "the audit head could not be witnessed to its file");
+        }
         Ok(record)
     }
 
@@ -395,6 +501,53 @@ impl AuditLog {
     /// Recomputes the whole chain. Returns the number of records, or the
     /// first record that does not match.
     pub fn verify(&self) -> Result<u64, AuditError> {
+        self.verify_against(&[]).map(|r| r.records)
+    }
+
+    /// [`AuditLog::verify`], plus every checkpoint (its head must be the
+    /// record before it, its signature valid, its key the first
+    /// checkpoint's) and the heads `witnessed` (by witness name): each must
+    /// be present with the same hash.
+    pub fn verify_against(&self, witnessed: &[(String, SignedHead)]) -> Result<VerifyReport, AuditError> {
+        let mut pending: Vec<&(String, SignedHead)> = witnessed.iter().collect();
+        pending.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
+        let mut report =
+            VerifyReport { records: 0, checkpoints: 0, last_checkpoint: None, key: None, witnessed: vec![] };
+        for (name, h) in witnessed {
+            if let Err(problem) = h.verify() {
+                return Err(AuditError::Broken { seq: h.seq as i64, problem: format!("{name}: {problem}") });
+            }
+        }
+        let mut prev: Option<AuditRecord> = None;
+        let last = self.walk(|r| {
+            if r.action == "audit.checkpoint" {
+                check_checkpoint(r, prev.as_ref(), &mut report)?;
+            }
+            while let Some((name, h)) = pending.last().filter(|(_, h)| h.seq as i64 <= r.seq) {
+                if h.seq as i64 == r.seq {
+                    if h.hash != r.hash {
+                        return Err(AuditError::Broken {
+                            seq: r.seq,
+                            problem: format!("it differs from the head {name} witnessed: the log was rewritten"),
+                        });
+                    }
+                    report.witnessed.push((name.clone(), h.seq));
+                }
+                pending.pop();
+            }
+            prev = Some(r.clone());
+            Ok(())
+        })?;
+        report.records = last;
+        if let Some((name, h)) = pending.first() {
+            return Err(AuditError::Truncated { witness: name.clone(), witnessed: h.seq, last });
+        }
+        Ok(report)
+    }
+
+    /// Walks the chain in order, checking links and hashes, calling `each`
+    /// on every good record. Returns the number of records.
+    fn walk(&self, mut each: impl FnMut(&AuditRecord) -> Result<(), AuditError>) -> Result<u64, AuditError> {
         let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = db.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq")).map_err(|e| self.db_err(e))?;
         let rows = stmt.query_map([], row_to_record).map_err(|e| self.db_err(e))?;
@@ -415,11 +568,82 @@ impl AuditLog {
             if record_hash(&r) != r.hash {
                 return Err(broken("its contents do not match its hash".into()));
             }
+            each(&r)?;
             expected_prev = r.hash.clone();
             count += 1;
         }
         Ok(count)
     }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, r: &AuditRecord) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!("INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            r.seq,
+            r.timestamp_ms,
+            r.action,
+            r.user,
+            r.device,
+            r.session,
+            r.resource_type,
+            r.resource_id,
+            r.result,
+            r.reason,
+            r.metadata,
+            r.prev_hash,
+            r.hash
+        ],
+    )
+    .map(|_| ())
+}
+
+/// A checkpoint must sign the record just before it, validly, with the
+/// key of the log's first checkpoint.
+fn check_checkpoint(r: &AuditRecord, prev: Option<&AuditRecord>, report: &mut VerifyReport) -> Result<(), AuditError> {
+    let broken = |problem: String| AuditError::Broken { seq: r.seq, problem };
+    let head: SignedHead =
+        serde_json::from_str(&r.metadata).map_err(|e| broken(format!("the checkpoint is unreadable ({e})")))?;
+    let key = head.verify().map_err(|p| broken(format!("checkpoint: {p}")))?;
+    let Some(prev) = prev.filter(|p| p.seq as u64 == head.seq && p.hash == head.hash) else {
+        return Err(broken(format!("the checkpoint signs record {}, which is not the record before it", head.seq)));
+    };
+    let key = key.to_string();
+    match &report.key {
+        Some(first) if *first != key => {
+            return Err(broken(format!("the checkpoint is signed by {key}, not by the log's key {first}")));
+        }
+        Some(_) => {}
+        None => report.key = Some(key),
+    }
+    report.checkpoints += 1;
+    report.last_checkpoint = Some(prev.seq as u64);
+    Ok(())
+}
+
+/// Appends `head` as one JSON line to `file`, durably.
+fn witness_to_file(file: &Path, head: &SignedHead) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file)?;
+    let mut line = serde_json::to_vec(head).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    f.write_all(&line)?;
+    f.sync_data()
+}
+
+/// The heads in a witness file (one JSON line each); unreadable lines are
+/// reported by line number.
+pub fn read_witness_file(file: &Path) -> Result<Vec<SignedHead>, String> {
+    let text = coderclaw_core::fsutil::read_text_bounded(file, 256 << 20, coderclaw_core::fsutil::FinalLink::Follow)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: not a signed head ({e})", file.display(), i + 1))
+        })
+        .collect()
 }
 
 #[cfg(test)]

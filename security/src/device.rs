@@ -6,8 +6,8 @@ use crate::identity::{Device, IdentityStore};
 use crate::security::SecurityError;
 use coderclaw_core::keys::{KeyError, SecretKey};
 
-/// This machine's device: its key is created on first use.
-pub(crate) fn local_device(home: &Home, identity: &IdentityStore) -> Result<Device, SecurityError> {
+/// This machine's device and its key (created on first use).
+pub(crate) fn local_device(home: &Home, identity: &IdentityStore) -> Result<(Device, SecretKey), SecurityError> {
     let path = home.root().join("device.key");
     let key = match SecretKey::read(&path) {
         Ok(k) => k,
@@ -21,12 +21,12 @@ pub(crate) fn local_device(home: &Home, identity: &IdentityStore) -> Result<Devi
     let public = key.public();
     // Known already on every command but the first: a read, no write lock.
     if let Ok(known) = identity.device(public.id().as_str()) {
-        return Ok(known);
+        return Ok((known, key));
     }
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "local".into());
-    Ok(identity.register_device(public.id().as_str(), &name, &public.to_string(), true)?)
+    Ok((identity.register_device(public.id().as_str(), &name, &public.to_string(), true)?, key))
 }

@@ -125,7 +125,10 @@ impl Security {
         let actor = crate::home::local_user();
         let policy = crate::policy_files::load(&home, &actor, workspace)?;
         let identity = IdentityStore::open(home.root())?;
-        let local_device = crate::device::local_device(&home, &identity)?;
+        let (local_device, device_key) = crate::device::local_device(&home, &identity)?;
+        // The device key signs the audit log's checkpoints.
+        home.audit().enable_checkpoints(device_key, &local_device.id);
+        home.audit().set_witness_file(policy.config.audit.witness_file.clone());
         let ident = &policy.config.identity;
         let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
         let workspace = workspace.map(Path::to_path_buf);

@@ -153,3 +153,120 @@ fn the_state_directory_audits_its_actions() {
     assert!(denied[1].reason.contains("revoked"), "{}", denied[1].reason);
     assert_eq!(log.verify().unwrap(), 6);
 }
+
+/// Rewrites every record from `from` on: record `from` gets `reason`, and
+/// the chain is recomputed after it. With `key`, checkpoints are re-signed
+/// too (an attacker who can also read the device key); without, they keep
+/// their old signed heads.
+fn rewrite(db: &std::path::Path, from: i64, reason: &str, key: Option<&SecretKey>) {
+    use coderclaw_core::audit_head::SignedHead;
+    let log = AuditLog::open(db).unwrap();
+    let mut records = log.query(&AuditFilter::default()).unwrap();
+    drop(log);
+    let conn = Connection::open(db).unwrap();
+    let mut prev = records.iter().find(|r| r.seq == from - 1).map(|r| r.hash.clone()).unwrap();
+    for r in records.iter_mut().filter(|r| r.seq >= from) {
+        if r.seq == from {
+            r.reason = reason.to_owned();
+        }
+        if r.action == "audit.checkpoint"
+            && let Some(key) = key
+        {
+            let old: SignedHead = serde_json::from_str(&r.metadata).unwrap();
+            r.metadata = serde_json::to_string(&SignedHead::sign(&old.device, old.seq, &prev, key)).unwrap();
+        }
+        r.prev_hash = prev.clone();
+        r.hash = r.computed_hash();
+        conn.execute(
+            "UPDATE audit SET reason = ?1, metadata = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?5",
+            rusqlite::params![r.reason, r.metadata, r.prev_hash, r.hash, r.seq],
+        )
+        .unwrap();
+        prev = r.hash.clone();
+    }
+}
+
+#[test]
+fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let heads = dir.path().join("heads.jsonl");
+    let seed = [9u8; 32];
+    let device = SecretKey::from_seed(seed).public().id().as_str().to_owned();
+    let open = || {
+        let log = AuditLog::open(&db).unwrap();
+        log.enable_checkpoints(SecretKey::from_seed(seed), &device);
+        log.set_witness_file(Some(heads.clone()));
+        log
+    };
+    let log = open();
+    for i in 0..250 {
+        log.append(AuditEvent::new("skill.run", AuditResult::Allowed, "skill", &format!("team/s{i}"))).unwrap();
+    }
+    log.append(AuditEvent::new("trust.add", AuditResult::Allowed, "key", "k1")).unwrap();
+    let witnessed = || -> Vec<(String, coderclaw_core::audit_head::SignedHead)> {
+        let found = coderclaw::audit::read_witness_file(&heads).unwrap();
+        found.into_iter().map(|h| ("the witness file".to_owned(), h)).collect()
+    };
+    let report = log.verify_against(&witnessed()).unwrap();
+    assert_eq!(report.checkpoints, 3, "every 100 records and after the trust change: {report:?}");
+    assert_eq!(report.witnessed.len(), 3, "{report:?}");
+    drop(log);
+    let pristine = std::fs::read(&db).unwrap();
+    let restore = || {
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(format!("audit.db{ext}")));
+        }
+        std::fs::write(&db, &pristine).unwrap();
+    };
+
+    // 1. The newest records deleted: the chain still verifies (what the
+    //    unkeyed chain alone allowed), the witnessed head does not.
+    Connection::open(&db).unwrap().execute("DELETE FROM audit WHERE seq > 150", []).unwrap();
+    let log = open();
+    assert_eq!(log.verify().unwrap(), 150, "the shorter chain is intact by itself");
+    match log.verify_against(&witnessed()) {
+        Err(AuditError::Truncated { witnessed, last, .. }) => assert_eq!((witnessed, last), (253, 150)),
+        other => panic!("truncation not reported: {other:?}"),
+    }
+    drop(log);
+
+    // 2. Every record from 5 on rewritten and the chain recomputed, by
+    //    someone who cannot read the device key: the checkpoints no longer
+    //    sign the records before them.
+    restore();
+    rewrite(&db, 5, "nothing to see", None);
+    match open().verify() {
+        Err(AuditError::Broken { seq, problem }) => {
+            assert_eq!(seq, 101, "{problem}");
+            assert!(problem.contains("not the record before it"), "{problem}");
+        }
+        other => panic!("a rewrite without the key passed: {other:?}"),
+    }
+
+    // 3. The same with the key, checkpoints re-signed: the log is
+    //    self-consistent, but differs from what the witness saw.
+    restore();
+    rewrite(&db, 5, "nothing to see", Some(&SecretKey::from_seed(seed)));
+    let log = open();
+    log.verify().expect("a full rewrite with the key is self-consistent");
+    match log.verify_against(&witnessed()) {
+        Err(AuditError::Broken { seq, problem }) => {
+            assert_eq!(seq, 100, "the first witnessed record: {problem}");
+            assert!(problem.contains("rewritten"), "{problem}");
+        }
+        other => panic!("a full rewrite passed the witness: {other:?}"),
+    }
+
+    // 4. Later records rewritten and their checkpoint re-signed with
+    //    another key: the log's key is its first checkpoint's.
+    restore();
+    rewrite(&db, 202, "x", Some(&SecretKey::from_seed([1; 32])));
+    match open().verify() {
+        Err(AuditError::Broken { seq, problem }) => {
+            assert_eq!(seq, 254, "{problem}");
+            assert!(problem.contains("not by the log's key"), "{problem}");
+        }
+        other => panic!("a checkpoint by another key passed: {other:?}"),
+    }
+}

@@ -253,3 +253,35 @@ async fn guessing_tokens_is_throttled_per_peer() {
     // Refused unchecked while limited: the real token waits too.
     assert_eq!(status(f.read.clone()).await.0, 429);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_witnesses_audit_heads_append_only() {
+    use coderclaw_core::audit_head::SignedHead;
+    let f = RegistryFixture::start(RegistryConfig::default(), false).await;
+    let key = SecretKey::from_seed([3; 32]);
+    let device = key.public().id().as_str().to_owned();
+    let head = |seq: u64, hash: &str| SignedHead::sign(&device, seq, hash, &key);
+    let client = f.client(Some(&f.read));
+    assert_eq!(client.audit_head("team", &device).await.unwrap(), None);
+    client.put_audit_head("team", &head(100, &"a".repeat(64))).await.unwrap();
+    client.put_audit_head("team", &head(100, &"a".repeat(64))).await.expect("the same head again is accepted");
+    client.put_audit_head("team", &head(200, &"b".repeat(64))).await.unwrap();
+    assert_eq!(client.audit_head("team", &device).await.unwrap(), Some(head(200, &"b".repeat(64))));
+
+    // A head that does not extend the last one (a log cut short, or
+    // rewritten at the same record), one by another key for this device,
+    // one without a token: refused, and the witnessed head stays.
+    let code = |e: coderclaw_registry::client::RegistryClientError| e.code();
+    let stale = client.put_audit_head("team", &head(150, &"c".repeat(64))).await.unwrap_err();
+    assert_eq!(code(stale), Some(ErrorCode::StalePolicy));
+    let rewritten = client.put_audit_head("team", &head(200, &"c".repeat(64))).await.unwrap_err();
+    assert_eq!(code(rewritten), Some(ErrorCode::StalePolicy));
+    let other = SignedHead::sign(&device, 300, &"d".repeat(64), &SecretKey::from_seed([4; 32]));
+    assert_eq!(code(client.put_audit_head("team", &other).await.unwrap_err()), Some(ErrorCode::SignatureRejected));
+    let mut tampered = head(300, &"d".repeat(64));
+    tampered.seq = 301;
+    assert_eq!(code(client.put_audit_head("team", &tampered).await.unwrap_err()), Some(ErrorCode::SignatureRejected));
+    let anonymous = f.client(None).put_audit_head("team", &head(400, &"e".repeat(64))).await.unwrap_err();
+    assert_eq!(code(anonymous), Some(ErrorCode::Unauthenticated));
+    assert_eq!(client.audit_head("team", &device).await.unwrap().unwrap().seq, 200);
+}

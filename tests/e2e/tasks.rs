@@ -869,3 +869,21 @@ async fn one_session_cannot_hold_more_than_its_quota_of_unfinished_tasks() {
     assert_eq!(err.code, ErrorCode::QuotaExceeded, "{err}");
     assert!(err.message.contains("bytes of input"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capability_denied_inside_a_task_is_an_audit_record_naming_skill_task_and_reason() {
+    let f = fixture(Default::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let input = json!({ "program": "env", "args": ["touch", "/tmp/x"] });
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/sleeper", input)).await.unwrap();
+    assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Failed);
+    let denials = f.home.audit().query(&AuditFilter { action: Some("capability.denied".into()), ..Default::default() });
+    let denials = denials.unwrap();
+    let record = denials.iter().find(|r| r.metadata.contains(&task.id)).expect("the denial is audited");
+    assert_eq!(record.resource_id, "team/sleeper");
+    assert_eq!(record.result, "denied");
+    assert!(
+        record.reason.contains("shell env touch /tmp/x") && record.reason.contains("not in this skill's shell grant"),
+        "{record:?}"
+    );
+}

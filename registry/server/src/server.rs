@@ -8,6 +8,7 @@
 
 use crate::store::{RegistryStore, TokenInfo};
 use bytes::Bytes;
+use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::signed_policy::SignedOrgPolicy;
 use coderclaw_net::server::{BodyError, bearer_token, bytes_response, json_response, query_pairs, read_body};
@@ -279,6 +280,24 @@ async fn route(
             let serial = doc.serial;
             blocking(move || store.put_org_policy(&who, &doc)).await?;
             ok(&serde_json::json!({ "namespace": ns, "serial": serial }))
+        }
+        (&Method::POST, ["v1", "namespaces", ns, "audit-heads"]) => {
+            let who = required(who)?;
+            let ns = ns.to_string();
+            let head: SignedHead = json(&body(req, 16 << 10).await?)?;
+            let seq = head.seq;
+            blocking(move || store.put_audit_head(&who, &ns, &head)).await?;
+            ok(&serde_json::json!({ "witnessed": seq }))
+        }
+        (&Method::GET, ["v1", "namespaces", ns, "audit-heads", device]) => {
+            let (ns, device) = (ns.to_string(), device.to_string());
+            // `null` when none was witnessed.
+            let head = blocking(move || {
+                can_read(&store, who.as_ref(), &ns)?;
+                store.audit_head(&ns, &device)
+            })
+            .await?;
+            ok(&head)
         }
         (_, ["v1", ..]) => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: see /v1/openapi.json"))),
         _ => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: the API lives under /v1"))),

@@ -13,6 +13,7 @@
 //! a fast hash is enough); the token itself is shown once, at creation.
 
 use coderclaw_core::Digest;
+use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::keys::{KeyId, PublicKey};
 use coderclaw_core::manifest::{Kind, Manifest, SkillId};
 use coderclaw_core::package::{KeyLookup, Package, TrustedKey, VerifiedPackage};
@@ -125,7 +126,18 @@ CREATE TABLE IF NOT EXISTS packages (
 CREATE TABLE IF NOT EXISTS org_policies (
     namespace TEXT PRIMARY KEY REFERENCES namespaces(name), serial INTEGER NOT NULL, document TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit_heads (
+    namespace   TEXT NOT NULL REFERENCES namespaces(name),
+    device      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    document    TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (namespace, device, seq)
+);
 ";
+
+/// Heads kept per device (the oldest are dropped past this).
+pub const MAX_HEADS_PER_DEVICE: i64 = 1000;
 
 fn now() -> u64 {
     coderclaw_core::clock::now_secs()
@@ -725,6 +737,86 @@ impl RegistryStore {
                 .map_err(internal)
         })?;
         doc.map(|d| serde_json::from_str(&d).map_err(internal)).transpose()
+    }
+
+    /// Witnesses a device's signed audit head, append-only: the head must be
+    /// signed by the device's own key (the device id is that key's id), and
+    /// extend the newest head this registry holds for the device (a higher
+    /// record number; the same record with the same hash is accepted again).
+    /// Any token of the namespace may witness.
+    pub fn put_audit_head(&self, who: &TokenInfo, namespace: &str, head: &SignedHead) -> Result<(), ApiError> {
+        if who.namespace != namespace {
+            return Err(err(
+                ErrorCode::WrongNamespace,
+                format!("token {} acts in `{}`, not `{namespace}`", who.id, who.namespace),
+            ));
+        }
+        let key = head.verify().map_err(|e| err(ErrorCode::SignatureRejected, e))?;
+        if key.id().as_str() != head.device {
+            return Err(err(
+                ErrorCode::SignatureRejected,
+                format!(
+                    "the head is for device {} but signed by key {}: a device signs its own log",
+                    head.device,
+                    key.id()
+                ),
+            ));
+        }
+        let text = serde_json::to_string(head).map_err(internal)?;
+        self.with_db(|db| {
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
+            let last: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT seq, document FROM audit_heads WHERE namespace = ?1 AND device = ?2 ORDER BY seq DESC LIMIT 1",
+                    params![namespace, head.device],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(internal)?;
+            if let Some((seq, doc)) = last {
+                let seen: SignedHead = serde_json::from_str(&doc).map_err(internal)?;
+                if seq as u64 == head.seq && seen.hash == head.hash {
+                    return Ok(());
+                }
+                if seq as u64 >= head.seq {
+                    return Err(err(
+                        ErrorCode::StalePolicy,
+                        format!(
+                            "this registry witnessed record {seq} of device {}: a head must extend it \
+                             (a lower or different head means the log was cut short or rewritten)",
+                            head.device
+                        ),
+                    ));
+                }
+            }
+            tx.execute(
+                "INSERT INTO audit_heads (namespace, device, seq, document, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![namespace, head.device, head.seq as i64, text, now() as i64],
+            )
+            .map_err(internal)?;
+            tx.execute(
+                "DELETE FROM audit_heads WHERE namespace = ?1 AND device = ?2 AND seq NOT IN
+                 (SELECT seq FROM audit_heads WHERE namespace = ?1 AND device = ?2 ORDER BY seq DESC LIMIT ?3)",
+                params![namespace, head.device, MAX_HEADS_PER_DEVICE],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)
+        })
+    }
+
+    /// The newest head witnessed for `device` in `namespace`.
+    pub fn audit_head(&self, namespace: &str, device: &str) -> Result<Option<SignedHead>, ApiError> {
+        self.with_db(|db| {
+            let doc: Option<String> = db
+                .query_row(
+                    "SELECT document FROM audit_heads WHERE namespace = ?1 AND device = ?2 ORDER BY seq DESC LIMIT 1",
+                    params![namespace, device],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(internal)?;
+            doc.map(|d| serde_json::from_str(&d).map_err(internal)).transpose()
+        })
     }
 
     /// Stores a new organisation policy: a publish token of the namespace,

@@ -1,0 +1,47 @@
+//! Capability denials inside a run (an HTTP host, a shell program or
+//! argument, a skill an agent may not invoke) become audit records with the
+//! skill, the task and the reason: the sandbox refuses them, this makes the
+//! attempt visible afterwards. A run records at most [`MAX_RECORDED`]
+//! denials one by one, then one record saying further ones are only in its
+//! events, so a guest cannot turn refusals into unbounded durable writes.
+
+use coderclaw_core::events::{EventKind, EventSink, RunEvent};
+use coderclaw_security::audit::{AuditEvent, AuditResult};
+use coderclaw_security::security::Security;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Denials recorded one by one per run.
+pub const MAX_RECORDED: u32 = 20;
+
+/// `inner`, plus an audit record for each capability denial of the run
+/// (task `task`, acting user `user`).
+pub fn audit_denials(
+    inner: Arc<dyn EventSink>,
+    security: Arc<Security>,
+    task: Option<String>,
+    user: String,
+) -> Arc<dyn EventSink> {
+    let seen = AtomicU32::new(0);
+    Arc::new(move |e: RunEvent| {
+        if let EventKind::Capability { capability, target, allowed: false, detail } = &e.kind {
+            let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+            let record = |reason: String| {
+                let event = AuditEvent::new("capability.denied", AuditResult::Denied, "skill", &e.skill)
+                    .user(&user)
+                    .reason(reason)
+                    .metadata(json!({ "task": task, "capability": capability, "target": target, "depth": e.depth }));
+                if let Err(err) = security.home().audit().append(event) {
+                    tracing::warn!(error = %err, "a capability denial could not be audited");
+                }
+            };
+            if n <= MAX_RECORDED {
+                record(format!("{capability} {target}: {detail}"));
+            } else if n == MAX_RECORDED + 1 {
+                record(format!("more than {MAX_RECORDED} denials in this run: further ones are in its events only"));
+            }
+        }
+        inner.emit(e);
+    })
+}
