@@ -553,3 +553,34 @@ fn capability_denials_inside_a_run_are_audited_and_bounded_per_run() {
     assert!(denied[0]["resource_id"].as_str().unwrap().contains("shell_without_grant"), "{denied:?}");
     assert!(denied[0]["reason"].as_str().unwrap().contains("shell touch /tmp/never"), "{denied:?}");
 }
+
+#[test]
+fn a_shell_child_given_the_hosts_network_is_audited_as_weakened() {
+    let cli = Cli::new();
+    std::fs::write(cli.home.path().join("config.yaml"), "shell:\n  network: [ls]\n").unwrap();
+    let ws = workspace();
+    write_policy(ws.path(), "skillPolicies:\n  - skillId: local/shell-exec\n    allowedRoles: [developer]\n");
+    let shell = coderclaw_e2e::guest("shell-exec").display().to_string();
+    let args = [
+        "skill",
+        "run",
+        &shell,
+        "--dangerous-allow-unsigned",
+        "--allow-shell",
+        "ls",
+        "--allow-read",
+        p(ws.path()),
+        "--input",
+        r#"{"program": "ls"}"#,
+        "--workspace",
+        p(ws.path()),
+    ];
+    let out = cli.run(&args);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let weakened = audit(&cli, &["--action", "capability.weakened"]);
+    assert_eq!(weakened.len(), 1, "{weakened:?}");
+    assert!(
+        weakened[0]["reason"].as_str().unwrap().contains("network granted by the host configuration"),
+        "{weakened:?}"
+    );
+}

@@ -4,6 +4,8 @@
 //! attempt visible afterwards. A run records at most [`MAX_RECORDED`]
 //! denials one by one, then one record saying further ones are only in its
 //! events, so a guest cannot turn refusals into unbounded durable writes.
+//! A shell child that kept the host's network (`shell.network`) or ran
+//! best-effort confined is recorded as `capability.weakened`.
 
 use coderclaw_core::events::{EventKind, EventSink, RunEvent};
 use coderclaw_security::audit::{AuditEvent, AuditResult};
@@ -25,6 +27,21 @@ pub fn audit_denials(
 ) -> Arc<dyn EventSink> {
     let seen = AtomicU32::new(0);
     Arc::new(move |e: RunEvent| {
+        // Also audited: a shell child the host let keep its network, or ran
+        // with weaker confinement than required (best-effort).
+        let notable = |detail: &str| detail.contains("network granted") || detail.contains("best-effort");
+        if let EventKind::Capability { capability, target, allowed: true, detail } = &e.kind
+            && notable(detail)
+            && seen.fetch_add(1, Ordering::Relaxed) < MAX_RECORDED
+        {
+            let event = AuditEvent::new("capability.weakened", AuditResult::Allowed, "skill", &e.skill)
+                .user(&user)
+                .reason(format!("{capability} {target}: {detail}"))
+                .metadata(json!({ "task": task, "capability": capability, "target": target, "depth": e.depth }));
+            if let Err(err) = security.home().audit().append(event) {
+                tracing::warn!(error = %err, "a weakened capability could not be audited");
+            }
+        }
         if let EventKind::Capability { capability, target, allowed: false, detail } = &e.kind {
             let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
             let record = |reason: String| {

@@ -87,7 +87,10 @@ impl Lockfile {
 
     /// Reads the lockfile at `path`; an absent file is an empty lockfile.
     pub fn read(path: &Path) -> Result<Self, LockfileError> {
-        let text = match std::fs::read_to_string(path) {
+        // A repository's file: regular, no final symlink, bounded.
+        let link = coderclaw_core::fsutil::FinalLink::Refuse;
+        let text = match coderclaw_core::fsutil::read_text_bounded(path, coderclaw_core::fsutil::MAX_CONFIG_BYTES, link)
+        {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => return Err(LockfileError::Io { path: path.into(), source }),
