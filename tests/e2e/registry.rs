@@ -147,6 +147,8 @@ async fn the_openapi_document_describes_every_route() {
         ("/v1/namespaces/{namespace}/keys", "get"),
         ("/v1/namespaces/{namespace}/policy", "get"),
         ("/v1/namespaces/{namespace}/policy", "put"),
+        ("/v1/namespaces/{namespace}/audit-heads", "post"),
+        ("/v1/namespaces/{namespace}/audit-heads/{device}", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
     }
@@ -154,7 +156,7 @@ async fn the_openapi_document_describes_every_route() {
     assert_eq!(coderclaw_e2e::unrouted_operations(&f.server.url(), Some(&f.publish), &doc).await, Vec::<String>::new());
     let codes = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"].as_array().expect("error codes");
     let all: Vec<&str> = codes.iter().filter_map(|c| c.as_str()).collect();
-    assert_eq!(all.len(), 13, "every ErrorCode is documented: {all:?}");
+    assert_eq!(all.len(), 14, "every ErrorCode is documented: {all:?}");
     for code in all {
         let parsed: ErrorCode = serde_json::from_value(code.into()).unwrap_or_else(|_| panic!("{code} is a real code"));
         assert_eq!(parsed.as_str(), code);
