@@ -558,8 +558,19 @@ fn build_grant(
     }
     for program in &caps.shell {
         b = b.shell(program);
-        let rules = caps.shell_rules.get(program).into_iter();
-        for rule in rules.chain(entries.iter().filter_map(|e| e.shell_rules.get(program))) {
+        // Rules are given by program name; a manifest naming `/usr/bin/git`
+        // still gets the policy's `git` rules.
+        let name = crate::shell_policy::program_name(program);
+        let named = |rules: &'_ BTreeMap<String, crate::shell_policy::ProgramRule>| {
+            rules
+                .iter()
+                .filter(|(p, _)| crate::shell_policy::program_name(p) == name)
+                .map(|(_, r)| r.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut all = named(&caps.shell_rules);
+        all.extend(entries.iter().flat_map(|e| named(&e.shell_rules)));
+        for rule in all {
             b = b.shell_rule(program, rule.clone());
         }
         if shell.network.contains(program) {

@@ -366,9 +366,15 @@ impl Grant {
         &self.limits
     }
 
-    /// The argument rules for `program` (all must pass).
-    pub fn shell_rules(&self, program: &str) -> &[ProgramRule] {
-        self.shell_rules.get(program).map_or(&[], Vec::as_slice)
+    /// The argument rules for `program` (all must pass): those given for
+    /// any spelling of it (`git` and `/usr/bin/git` are one program here).
+    pub fn shell_rules(&self, program: &str) -> Vec<&ProgramRule> {
+        let name = crate::shell_policy::program_name(program);
+        self.shell_rules
+            .iter()
+            .filter(|(p, _)| crate::shell_policy::program_name(p) == name)
+            .flat_map(|(_, rules)| rules)
+            .collect()
     }
 
     /// Whether `program`'s children keep the host's network.

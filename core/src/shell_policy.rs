@@ -131,7 +131,6 @@ const GIT_BUILTINS: &[&str] = &[
     "clone",
     "commit",
     "commit-tree",
-    "config",
     "count-objects",
     "describe",
     "diff",
@@ -223,7 +222,17 @@ pub fn git_protected_env() -> Vec<(String, String)> {
         ("diff.external", ""),
         ("core.gitProxy", ""),
         ("protocol.ext.allow", "never"),
+        // Local and ssh transports run `remote.<name>.uploadpack` from the
+        // repository's config; http(s) runs nothing.
+        ("protocol.file.allow", "never"),
         ("uploadpack.packObjectsHook", ""),
+        ("gpg.program", "false"),
+        ("gpg.ssh.program", "false"),
+        ("gpg.x509.program", "false"),
+        ("commit.gpgSign", "false"),
+        ("tag.gpgSign", "false"),
+        ("log.showSignature", "false"),
+        ("core.alternateRefsCommand", ""),
     ];
     let mut env = vec![
         ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
@@ -283,8 +292,11 @@ impl ProgramRule {
 }
 
 fn builtin(name: &str, args: &[String]) -> Result<(), String> {
-    if LAUNCHERS.contains(&name) {
+    if LAUNCHERS.contains(&name) || name.starts_with("ld-linux") || name.starts_with("ld.so") {
         return Err(format!("`{name}` runs other programs, so it is never run by shell.exec"));
+    }
+    if name.starts_with("git-") {
+        return Err(format!("`{name}` is a part of git: run it as `git` with a subcommand, under git's checks"));
     }
     let refuse = |arg: &str, why: &str| Err(format!("`{name} {arg}` is refused: {why}"));
     match name {
@@ -311,7 +323,7 @@ fn builtin(name: &str, args: &[String]) -> Result<(), String> {
             ];
             let old_style = args.first().filter(|a| !a.starts_with('-')).map(String::as_str);
             match args.iter().map(String::as_str).find(|a| {
-                long.iter().any(|l| a.starts_with(l))
+                long.iter().any(|l| names_long_option(a, l))
                     || short_cluster_has(a, &['I', 'F'])
                     || old_style == Some(a) && a.contains(['I', 'F'])
             }) {
@@ -320,7 +332,8 @@ fn builtin(name: &str, args: &[String]) -> Result<(), String> {
             }
         }
         "rsync" => match args.iter().map(String::as_str).find(|a| {
-            ["--rsh", "--rsync-path", "--config"].iter().any(|l| a.starts_with(l)) || short_cluster_has(a, &['e'])
+            ["--rsh", "--rsync-path", "--config"].iter().any(|l| names_long_option(a, l))
+                || short_cluster_has(a, &['e'])
         }) {
             Some(a) => refuse(a, "it runs a program named in the arguments"),
             None => Ok(()),
@@ -329,35 +342,62 @@ fn builtin(name: &str, args: &[String]) -> Result<(), String> {
     }
 }
 
-/// git: no global option that points it at other config, programs or
-/// repositories; a built-in subcommand only; no option that names a
-/// program to run.
+/// Global options git may be given before its subcommand: none of them
+/// takes a separate value (which could be mistaken for the subcommand) or
+/// points git at other configuration, programs or repositories.
+const GIT_GLOBALS: &[&str] = &[
+    "--no-pager",
+    "-P",
+    "--paginate",
+    "-p",
+    "--no-replace-objects",
+    "--literal-pathspecs",
+    "--glob-pathspecs",
+    "--noglob-pathspecs",
+    "--icase-pathspecs",
+    "--no-optional-locks",
+    "--no-advice",
+    "--version",
+];
+
+/// Long options that name a program for git to run, or configuration or
+/// templates that can: refused in full, with `=value`, or abbreviated (git
+/// accepts any unique prefix).
+const GIT_FORBIDDEN_LONG: &[&str] = &["--upload-pack", "--receive-pack", "--exec", "--config", "--template"];
+
+/// Whether `arg` is `long`, `long=…`, or an abbreviation of it that git or
+/// GNU tar could expand to it (at least two letters after `--`).
+fn names_long_option(arg: &str, long: &str) -> bool {
+    let name = arg.split_once('=').map_or(arg, |(n, _)| n);
+    name.starts_with("--") && name.len() >= 4 && long.starts_with(name)
+}
+
+/// git: only allowlisted global options; a built-in subcommand; no option
+/// that names a program to run, abbreviated or not.
 fn git(args: &[String]) -> Result<(), String> {
     let refuse = |arg: &str, why: &str| Err(format!("`git {arg}` is refused: {why}"));
     let mut sub = None;
     for (i, arg) in args.iter().enumerate() {
         let a = arg.as_str();
-        let global = sub.is_none();
-        let short_c = a == "-c" || (a.starts_with("-c") && !a.starts_with("--"));
-        if (global || matches!(sub, Some((_, "clone")))) && short_c || a.starts_with("--config") {
-            return refuse(a, "configuration from the command line can make git run any program");
+        if sub.is_none() {
+            if !a.starts_with('-') {
+                sub = Some((i, a));
+                continue;
+            }
+            if !GIT_GLOBALS.contains(&a) {
+                return refuse(
+                    a,
+                    "before the subcommand only options that point git at nothing else are allowed \
+                     (configuration, other programs, repositories or namespaces are refused)",
+                );
+            }
+            continue;
         }
-        if global
-            && (a.starts_with("--exec-path") || a == "-C" || a.starts_with("--git-dir") || a.starts_with("--work-tree"))
-        {
-            return refuse(a, "it points git at other programs or another repository");
-        }
-        if a.starts_with("--upload-pack") || a.starts_with("--receive-pack") || a.starts_with("--exec") {
-            return refuse(a, "it names a program for git to run");
-        }
-        if a.starts_with("--template") {
-            return refuse(a, "a template directory can install hooks");
+        if let Some(long) = GIT_FORBIDDEN_LONG.iter().find(|l| names_long_option(a, l)) {
+            return refuse(a, &format!("{long} names a program for git to run, or configuration or hooks that can"));
         }
         if a.contains("ext::") || a.contains("fd::") {
             return refuse(a, "the ext:: and fd:: transports run programs");
-        }
-        if global && !a.starts_with('-') {
-            sub = Some((i, a));
         }
     }
     let Some((at, sub)) = sub else { return Ok(()) };
@@ -368,13 +408,20 @@ fn git(args: &[String]) -> Result<(), String> {
         return refuse(sub, "not a git subcommand shell.exec runs (aliases from a repository's config are never run)");
     }
     let rest = &args[at + 1..];
-    if sub == "rebase" && rest.iter().any(|a| a == "-x" || a.starts_with("--exec") || short_cluster_has(a, &['x'])) {
-        return refuse("rebase -x", "it runs a command after each commit");
-    }
-    if matches!(sub, "clone" | "fetch" | "pull" | "ls-remote" | "archive")
-        && rest.iter().any(|a| a == "-u" || a.starts_with("--remote") && sub == "archive")
+    let short = |flags: &[char]| rest.iter().find(|a| short_cluster_has(a, flags)).map(String::as_str);
+    // Short options with their value attached (`-ucmd`) or in a cluster.
+    if sub == "rebase"
+        && let Some(a) = short(&['x'])
     {
-        return refuse(sub, "it names a program for git to run on the remote side");
+        return refuse(a, "rebase -x runs a command after each commit");
+    }
+    if matches!(sub, "clone" | "fetch" | "pull" | "ls-remote")
+        && let Some(a) = short(&['u', 'c'])
+    {
+        return refuse(a, "-u names a program to run on the remote side and -c sets configuration");
+    }
+    if sub == "archive" && rest.iter().any(|a| names_long_option(a, "--remote")) {
+        return refuse("archive --remote", "it runs a program on the remote side");
     }
     Ok(())
 }
@@ -426,8 +473,23 @@ mod tests {
         assert!(refused("git", &["--config-env=core.sshCommand=X", "fetch"]).contains("--config-env"));
         assert!(refused("/usr/bin/git", &["--exec-path=/tmp", "status"]).contains("--exec-path"));
         assert!(refused("git", &["-C", "/root", "status"]).contains("-C"));
+        // A global option's separate value is not taken for the subcommand.
+        assert!(refused("git", &["--namespace", "status", "clone", "-u", "id", "/r", "o"]).contains("--namespace"));
+        assert!(refused("git", &["--attr-source", "status", "log"]).contains("--attr-source"));
+        // Abbreviated and stuck forms.
+        assert!(refused("git", &["clone", "--upload-p=touch /tmp/m", "x"]).contains("--upload-p"));
+        assert!(refused("git", &["push", "--receive=id", "x"]).contains("--receive"));
+        assert!(refused("git", &["ls-remote", "--exe=id", "x"]).contains("--exe"));
+        assert!(refused("git", &["init", "--templ=/tmp/t"]).contains("--templ"));
+        assert!(refused("git", &["clone", "-ucmd", "x"]).contains("-ucmd"));
+        assert!(refused("git", &["clone", "-qu", "cmd", "x"]).contains("-qu"));
+        assert!(refused("git", &["config", "core.pager", "id"]).contains("config"));
+        assert!(refused("/usr/lib/git-core/git-clone", &["-u", "id", "x"]).contains("part of git"));
+        assert!(refused("/lib64/ld-linux-x86-64.so.2", &["/ws/x"]).contains("runs other programs"));
+        assert!(refused("tar", &["-cf", "/dev/null", "--to-com=id", "."]).contains("--to-com"));
+        assert!(refused("tar", &["-cf", "/dev/null", "--checkpoint-a=exec=id", "."]).contains("--checkpoint-a"));
         assert!(refused("git", &["clone", "--upload-pack=touch /tmp/m", "x"]).contains("--upload-pack"));
-        assert!(refused("git", &["clone", "-u", "touch /tmp/m", "x"]).contains("clone"));
+        assert!(refused("git", &["clone", "-u", "touch /tmp/m", "x"]).contains("-u"));
         assert!(refused("git", &["clone", "-c", "core.sshCommand=id", "x"]).contains("-c"));
         assert!(refused("git", &["clone", "ext::sh -c touch% /tmp/m", "x"]).contains("ext::"));
         assert!(refused("git", &["st"]).contains("aliases"));
@@ -449,6 +511,8 @@ mod tests {
             ("git", &["status"][..]),
             ("git", &["log", "--oneline", "-n", "5"]),
             ("git", &["--no-pager", "diff", "--cached"]),
+            ("git", &["log", "--exclude=x", "--all"]),
+            ("git", &["fetch", "--update-shallow"]),
             ("git", &["clean", "-xdn"]),
             ("git", &["grep", "-c", "fn"]),
             ("find", &[".", "-name", "*.rs"]),

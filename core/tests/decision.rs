@@ -648,7 +648,7 @@ fn shell_rules_from_manifest_and_policy_both_apply_and_the_host_sets_confinement
     assert!(d.allowed, "{:?}", d.reasons);
     let rules = d.grant.shell_rules("git");
     assert_eq!(rules.len(), 2, "{rules:?}");
-    assert!(rules.contains(&manifest_rule));
+    assert!(rules.contains(&&manifest_rule));
     assert!(rules.iter().any(|r| r.subcommands.as_ref().is_some_and(|s| s.contains("status") && s.len() == 2)));
     assert!(d.grant.shell_network("git"));
     assert_eq!(d.grant.confinement(), Confinement::BestEffort);

@@ -15,6 +15,9 @@
 //!   namespace, unless the program has network). The program is PID 1 of its
 //!   PID namespace, so when it exits, is killed at the timeout or by a
 //!   cancel, the kernel kills every descendant, `setsid` or not.
+//! - **seccomp** (x86_64): no unix-socket `socket()` (Landlock ABI 6 scopes
+//!   only abstract sockets; a pathname socket such as the session bus or
+//!   docker.sock would reach outside), no `io_uring`, no new namespaces.
 //! - **rlimits**: processes, file size, CPU time; no core files.
 //! - `no_new_privs`: set-user-id programs gain nothing.
 //!
@@ -167,6 +170,14 @@ pub(crate) fn confine(cmd: &mut tokio::process::Command, req: &Request<'_>) -> R
             missing.join(" and ")
         ));
     }
+    // A git child runs what the repository's config and attributes name
+    // (filters, textconv): only the kernel confines those.
+    if !missing.is_empty() && coderclaw_core::shell_policy::program_name(&req.program.to_string_lossy()) == "git" {
+        return Err(format!(
+            "git is run only fully confined (a repository can make it run programs); this kernel lacks {}",
+            missing.join(" and ")
+        ));
+    }
     let namespaces = support.namespaces.is_ok();
     let level = if req.mode == Confinement::Required { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
     let ruleset = if support.landlock_abi > 0 {
@@ -174,8 +185,9 @@ pub(crate) fn confine(cmd: &mut tokio::process::Command, req: &Request<'_>) -> R
     } else {
         None
     };
-    let plan =
+    let mut plan =
         ChildPlan::new(ruleset.flatten(), namespaces, !req.network, [MAX_PROCESSES, MAX_FILE_BYTES, req.cpu_seconds]);
+    plan.seccomp = seccomp_filter();
     // SAFETY: `in_child` only makes async-signal-safe system calls (see there).
     unsafe {
         cmd.pre_exec(move || plan.in_child());
@@ -250,6 +262,8 @@ struct ChildPlan {
     gid_map: Vec<u8>,
     /// Processes, file bytes, CPU seconds (0: leave as is).
     limits: [u64; 3],
+    /// The seccomp program, if this architecture has one.
+    seccomp: Option<Vec<libc::sock_filter>>,
 }
 
 impl ChildPlan {
@@ -264,6 +278,7 @@ impl ChildPlan {
             uid_map: format!("{uid} {uid} 1").into_bytes(),
             gid_map: format!("{gid} {gid} 1").into_bytes(),
             limits,
+            seccomp: None,
         }
     }
 
@@ -294,6 +309,15 @@ impl ChildPlan {
         if let Some(fd) = &self.ruleset {
             // SAFETY: a plain system call on a ruleset descriptor we own.
             if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd.as_raw_fd(), 0u32) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if let Some(filter) = &self.seccomp {
+            let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+            // SAFETY: `prog` points at a valid filter that outlives the call.
+            if unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) }
+                != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
         }
@@ -338,6 +362,59 @@ fn become_init() -> std::io::Result<()> {
             }
         }
     }
+}
+
+/// The seccomp program: refuse `socket(AF_UNIX, …)` (EACCES), `io_uring`
+/// and `unshare` (EPERM), `clone` with namespace flags (EPERM), `clone3`
+/// (ENOSYS, so libc falls back to `clone`), the x32 ABI; allow the rest.
+#[cfg(target_arch = "x86_64")]
+fn seccomp_filter() -> Option<Vec<libc::sock_filter>> {
+    const LD_ABS: u16 = 0x20;
+    const JEQ: u16 = 0x05 | 0x10;
+    const JGE: u16 = 0x05 | 0x30;
+    const JSET: u16 = 0x05 | 0x40;
+    const RET: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const KILL: u32 = 0x8000_0000;
+    const ALLOW: u32 = 0x7fff_0000;
+    let errno = |e: i32| 0x0005_0000 | (e as u32 & 0xffff);
+    let stmt = |code, k| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let jump = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    let ns_flags = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP) as u32;
+    let nr = |n: libc::c_long| n as u32;
+    Some(vec![
+        stmt(LD_ABS, 4),                               // 0: arch
+        jump(JEQ, AUDIT_ARCH_X86_64, 1, 0),            // 1
+        stmt(RET, KILL),                               // 2
+        stmt(LD_ABS, 0),                               // 3: syscall number
+        jump(JGE, 0x4000_0000, 0, 1),                  // 4: x32
+        stmt(RET, errno(libc::ENOSYS)),                // 5
+        jump(JEQ, nr(libc::SYS_io_uring_setup), 1, 0), // 6 -> 8 / 7
+        jump(JEQ, nr(libc::SYS_unshare), 0, 1),        // 7 -> 8 / 9
+        stmt(RET, errno(libc::EPERM)),                 // 8
+        jump(JEQ, nr(libc::SYS_clone3), 0, 1),         // 9 -> 10 / 11
+        stmt(RET, errno(libc::ENOSYS)),                // 10
+        jump(JEQ, nr(libc::SYS_clone), 0, 3),          // 11 -> 12 / 15
+        stmt(LD_ABS, 16),                              // 12: flags (low half)
+        jump(JSET, ns_flags, 0, 5),                    // 13 -> 14 / 19
+        stmt(RET, errno(libc::EPERM)),                 // 14
+        jump(JEQ, nr(libc::SYS_socket), 0, 3),         // 15 -> 16 / 19
+        stmt(LD_ABS, 16),                              // 16: domain
+        jump(JEQ, libc::AF_UNIX as u32, 0, 1),         // 17 -> 18 / 19
+        stmt(RET, errno(libc::EACCES)),                // 18
+        stmt(RET, ALLOW),                              // 19
+    ])
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn seccomp_filter() -> Option<Vec<libc::sock_filter>> {
+    None
 }
 
 fn _exit(code: i32) -> ! {

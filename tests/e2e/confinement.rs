@@ -234,3 +234,23 @@ async fn no_descendant_outlives_the_call_setsid_or_not() {
     assert!(tokio::time::timeout(Duration::from_millis(1500), run).await.is_err(), "the run ended by itself");
     assert_all_gone(&tag, "cancel").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_cannot_reach_pathname_unix_sockets_or_make_namespaces() {
+    // A listening socket outside the grant, like the session bus or docker.sock.
+    let outside = tempfile::tempdir().unwrap();
+    let path = outside.path().join("bus.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let ws = workspace();
+    let perl = "/usr/bin/perl";
+    let grant = Grant::builder().dir(ws.path(), ".", Access::Read).shell(perl).build().unwrap();
+    let connect = "use IO::Socket::UNIX; IO::Socket::UNIX->new(Peer => $ARGV[0]) ? print 'connected' : print 'refused'";
+    let out = exec(&grant, perl, &["-e", connect, path.to_str().unwrap()]).await;
+    assert_eq!(out["ran"], true, "{out}");
+    assert_eq!(out["stdout"], "refused", "{out}");
+    assert!(listener.accept().is_err(), "the listener saw a connection from a shell.exec child");
+    // unshare(CLONE_NEWUSER) is refused: no nested namespaces.
+    let out = exec(&grant, perl, &["-e", "print syscall(272, 0x10000000)"]).await;
+    assert_eq!(out["stdout"], "-1", "{out}");
+}
