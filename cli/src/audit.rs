@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 use coderclaw::audit::{AuditError, AuditFilter, AuditResult, VerifyReport, read_witness_file};
+use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::parse_duration;
 use std::process::ExitCode;
@@ -147,32 +148,23 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { witness, json } => {
-            let config = &security.policy().config.audit;
-            let mut heads = Vec::new();
-            if let Some(file) = &config.witness_file {
-                match read_witness_file(file) {
-                    Ok(found) => {
-                        heads.extend(found.into_iter().map(|h| (format!("witness file {}", file.display()), h)))
-                    }
-                    Err(problem) if file.exists() => bail!("{problem}"),
-                    Err(_) => {}
-                }
-            }
             let device = security.local_device().id;
-            heads.retain(|(_, h)| h.device == device);
-            if let Some((reg, ns)) = witness.open(config.witness_registry.as_deref())? {
-                let head = crate::runtime()?
-                    .block_on(reg.client.audit_head(&ns, &device))
-                    .with_context(|| format!("cannot read the heads registry {} witnessed", reg.name))?;
-                heads.extend(head.map(|h| (format!("registry {}", reg.name), h)));
-            }
-            report_verify(home.audit().verify_against(&heads), json)
+            let registry = witness.open(security.policy().config.audit.witness_registry.as_deref())?;
+            let heads = witnessed_heads(&security, registry.as_ref().map(|(r, ns)| (r, ns.as_str())), &device)?;
+            report_verify(home.audit().verify_against(&heads, Some(&device)), json)
         }
         Command::Witness { witness, json } => {
-            let config = &security.policy().config.audit;
-            let Some((reg, ns)) = witness.open(config.witness_registry.as_deref())? else {
+            let Some((reg, ns)) = witness.open(security.policy().config.audit.witness_registry.as_deref())? else {
                 bail!("name the registry that witnesses: pass --registry or set audit.witnessRegistry in config.yaml");
             };
+            // A log that no longer matches what was witnessed is not
+            // witnessed again: that would bless the rewrite.
+            let device = security.local_device().id;
+            let heads = witnessed_heads(&security, Some((&reg, &ns)), &device)?;
+            if let Err(e) = home.audit().verify_against(&heads, Some(&device)) {
+                report_verify(Err(e), json)?;
+                bail!("the audit log does not verify: it was not witnessed (see `coderclaw audit verify`)");
+            }
             let head =
                 home.audit().checkpoint()?.context("no checkpoint could be signed: the device key is missing")?;
             crate::runtime()?
@@ -186,6 +178,31 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The heads of this device's log witnessed outside it: the witness file's
+/// and every one the registry holds (not only its newest).
+fn witnessed_heads(
+    security: &coderclaw::security::Security,
+    registry: Option<(&coderclaw::registry::registries::Registry, &str)>,
+    device: &str,
+) -> Result<Vec<(String, SignedHead)>> {
+    let mut heads = Vec::new();
+    if let Some(file) = &security.policy().config.audit.witness_file {
+        match read_witness_file(file) {
+            Ok(found) => heads.extend(found.into_iter().map(|h| (format!("witness file {}", file.display()), h))),
+            Err(problem) if file.exists() => bail!("{problem}"),
+            Err(_) => {}
+        }
+    }
+    heads.retain(|(_, h)| h.device == device);
+    if let Some((reg, ns)) = registry {
+        let history = crate::runtime()?
+            .block_on(reg.client.audit_head_history(ns, device))
+            .with_context(|| format!("cannot read the heads registry {} witnessed", reg.name))?;
+        heads.extend(history.into_iter().map(|h| (format!("registry {}", reg.name), h)));
+    }
+    Ok(heads)
 }
 
 fn report_verify(result: Result<VerifyReport, AuditError>, json: bool) -> Result<ExitCode> {
@@ -202,6 +219,12 @@ fn report_verify(result: Result<VerifyReport, AuditError>, json: bool) -> Result
                 );
                 for (witness, seq) in &r.witnessed {
                     println!("   matches {witness} at record {seq}");
+                }
+                if r.checkpoints == 0 && r.records > 0 {
+                    println!(
+                        "   warning: no signed checkpoint: records written before checkpoints existed, or a log \
+                         rewritten whole without them; only a witnessed head tells these apart"
+                    );
                 }
                 if r.witnessed.is_empty() {
                     println!(

@@ -81,13 +81,23 @@ pub enum DirAccess {
 /// directory others can write is refused (they could swap databases, keys
 /// or packages), one others can read is reported.
 pub fn private_dir(path: &Path) -> Result<DirAccess, String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mode = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.permissions().mode() & 0o777;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        // Its owner can change its mode and contents at will.
+        return Err(format!(
+            "{} belongs to another user (uid {}), who could replace what it holds: use a directory of your own",
+            path.display(),
+            meta.uid()
+        ));
+    }
     if mode & 0o022 != 0 {
         return Err(format!(
             "{} is writable by other users (mode {mode:03o}), who could replace what it holds: \
@@ -125,14 +135,14 @@ pub fn read_text_bounded(path: &Path, max: u64, link: FinalLink) -> std::io::Res
     let mut options = std::fs::OpenOptions::new();
     // Non-blocking, so opening a FIFO returns at once rather than waiting
     // for a writer; reads of a regular file are unaffected.
-    let mut flags = libc_flags::O_NONBLOCK;
+    let mut flags = libc::O_NONBLOCK;
     if link == FinalLink::Refuse {
-        flags |= libc_flags::O_NOFOLLOW;
+        flags |= libc::O_NOFOLLOW;
     }
     options.read(true).custom_flags(flags);
     let file = match options.open(path) {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc_flags::ELOOP) => {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(invalid("is a symbolic link; a repository's configuration must be a regular file".into()));
         }
         Err(e) => return Err(e),
@@ -151,14 +161,6 @@ pub fn read_text_bounded(path: &Path, max: u64, link: FinalLink) -> std::io::Res
         return Err(invalid(format!("grew past the {max} bytes allowed while being read")));
     }
     String::from_utf8(bytes).map_err(|_| invalid("is not UTF-8 text".into()))
-}
-
-/// The few open(2) constants used above (Linux values; this crate has no
-/// libc dependency).
-mod libc_flags {
-    pub(super) const O_NONBLOCK: i32 = 0o4000;
-    pub(super) const O_NOFOLLOW: i32 = 0o400000;
-    pub(super) const ELOOP: i32 = 40;
 }
 
 #[cfg(test)]
@@ -187,6 +189,20 @@ mod tests {
         ensure_private_file(&db).unwrap();
         assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(data.join("x.db-wal")).unwrap().permissions().mode() & 0o777, 0o600);
+
+        // A directory of another user, mode 0700 or not, is theirs to change.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        let other = if nix::unistd::geteuid().is_root() { 65534 } else { 0 };
+        match nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(other)), None) {
+            Ok(()) if other != 0 => {
+                let e = private_dir(&theirs).unwrap_err();
+                assert!(e.contains("belongs to another user"), "{e}");
+            }
+            // Root's own directories pass (root can change anything anyway);
+            // an unprivileged user cannot give a directory away to test it.
+            _ => eprintln!("skipped the other-owner case: not running as root"),
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Denials recorded one by one per run.
+/// Denials recorded one by one per run; as many weakened capabilities,
+/// counted apart (so that children run with the network cannot use up the
+/// budget that records denials).
 pub const MAX_RECORDED: u32 = 20;
 
 /// `inner`, plus an audit record for each capability denial of the run
@@ -25,14 +27,14 @@ pub fn audit_denials(
     task: Option<String>,
     user: String,
 ) -> Arc<dyn EventSink> {
-    let seen = AtomicU32::new(0);
+    let (weakened, denied) = (AtomicU32::new(0), AtomicU32::new(0));
     Arc::new(move |e: RunEvent| {
         // Also audited: a shell child the host let keep its network, or ran
         // with weaker confinement than required (best-effort).
         let notable = |detail: &str| detail.contains("network granted") || detail.contains("best-effort");
         if let EventKind::Capability { capability, target, allowed: true, detail } = &e.kind
             && notable(detail)
-            && seen.fetch_add(1, Ordering::Relaxed) < MAX_RECORDED
+            && weakened.fetch_add(1, Ordering::Relaxed) < MAX_RECORDED
         {
             let event = AuditEvent::new("capability.weakened", AuditResult::Allowed, "skill", &e.skill)
                 .user(&user)
@@ -43,7 +45,7 @@ pub fn audit_denials(
             }
         }
         if let EventKind::Capability { capability, target, allowed: false, detail } = &e.kind {
-            let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = denied.fetch_add(1, Ordering::Relaxed) + 1;
             let record = |reason: String| {
                 let event = AuditEvent::new("capability.denied", AuditResult::Denied, "skill", &e.skill)
                     .user(&user)

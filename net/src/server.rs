@@ -107,6 +107,9 @@ where
     let (stop, mut stopped) = watch::channel(false);
     let is_tls = tls.is_some();
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Refusals are bounded too (each lives up to a second): past these, a
+    // connection over the cap is just closed.
+    let refusals = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     tokio::spawn(async move {
         let mut backoff = AcceptBackoff::default();
         loop {
@@ -119,7 +122,15 @@ where
             };
             let _ = tcp.set_nodelay(true);
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tokio::spawn(refuse_busy(tcp, peer, is_tls));
+                match refusals.clone().try_acquire_owned() {
+                    Ok(refusal) => {
+                        tokio::spawn(async move {
+                            refuse_busy(tcp, peer, is_tls).await;
+                            drop(refusal);
+                        });
+                    }
+                    Err(_) => tracing::debug!(%peer, "connection closed: server at its connection limit"),
+                }
                 continue;
             };
             let (handler, tls) = (handler.clone(), tls.clone());
@@ -156,6 +167,9 @@ where
     tracing::info!(%addr, tls = is_tls, max_connections = limits.max_connections, "serving");
     Ok(RunningServer { addr, tls: is_tls, stop })
 }
+
+/// Connections over the cap answered at once; more are closed unanswered.
+const MAX_REFUSALS: usize = 1024;
 
 /// A connection over the cap: plain HTTP gets a `503` with `Retry-After`,
 /// TLS is closed (answering would need a handshake); either way at once.

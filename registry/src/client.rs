@@ -196,6 +196,17 @@ impl RegistryClient {
         self.json(Method::GET, &path, None).await
     }
 
+    /// Every audit head the registry holds for `device`, oldest first.
+    pub async fn audit_head_history(
+        &self,
+        namespace: &str,
+        device: &str,
+    ) -> Result<Vec<SignedHead>, RegistryClientError> {
+        let path =
+            format!("/v1/namespaces/{}/audit-heads/{}/history", percent_encode(namespace), percent_encode(device));
+        self.json(Method::GET, &path, None).await
+    }
+
     /// Publishes a signed organisation policy.
     pub async fn put_org_policy(&self, doc: &SignedOrgPolicy) -> Result<(), RegistryClientError> {
         let body = serde_json::to_vec(doc).map_err(|e| RegistryClientError::BadReply(e.to_string()))?;

@@ -203,6 +203,13 @@ fn checkpoints_after(action: &str) -> bool {
     ["trust.", "policy.", "device.", "registry.", "key."].iter().any(|p| action.starts_with(p))
 }
 
+/// Whether `r` is followed by a checkpoint in the same transaction (when
+/// checkpoints are enabled).
+fn checkpoint_due(r: &AuditRecord) -> bool {
+    r.action != "audit.checkpoint"
+        && (r.seq % CHECKPOINT_EVERY == 0 || checkpoints_after(&r.action) || r.action == "audit.checkpoint.request")
+}
+
 /// What signs checkpoints, and where their heads are witnessed.
 struct Checkpointer {
     key: SecretKey,
@@ -429,9 +436,7 @@ impl AuditLog {
         // whoever appends, and no change is on disk without its checkpoint.
         let head = {
             let c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-            let due = seq % CHECKPOINT_EVERY == 0
-                || checkpoints_after(&record.action)
-                || record.action == "audit.checkpoint.request";
+            let due = checkpoint_due(&record);
             match c.as_ref().filter(|_| due) {
                 Some(c) => {
                     let head = SignedHead::sign(&c.device, seq as u64, &record.hash, &c.key);
@@ -501,14 +506,21 @@ impl AuditLog {
     /// Recomputes the whole chain. Returns the number of records, or the
     /// first record that does not match.
     pub fn verify(&self) -> Result<u64, AuditError> {
-        self.verify_against(&[]).map(|r| r.records)
+        self.verify_against(&[], None).map(|r| r.records)
     }
 
     /// [`AuditLog::verify`], plus every checkpoint (its head must be the
     /// record before it, its signature valid, its key the first
-    /// checkpoint's) and the heads `witnessed` (by witness name): each must
-    /// be present with the same hash.
-    pub fn verify_against(&self, witnessed: &[(String, SignedHead)]) -> Result<VerifyReport, AuditError> {
+    /// checkpoint's, and that of device `expected_device` when given), the
+    /// checkpoint schedule (from the first checkpoint on, every record that
+    /// is due one is followed by one: a rewrite of the log's tail cannot drop
+    /// them) and the heads `witnessed` (by witness name): each must be
+    /// present with the same hash.
+    pub fn verify_against(
+        &self,
+        witnessed: &[(String, SignedHead)],
+        expected_device: Option<&str>,
+    ) -> Result<VerifyReport, AuditError> {
         let mut pending: Vec<&(String, SignedHead)> = witnessed.iter().collect();
         pending.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
         let mut report =
@@ -521,7 +533,12 @@ impl AuditLog {
         let mut prev: Option<AuditRecord> = None;
         let last = self.walk(|r| {
             if r.action == "audit.checkpoint" {
-                check_checkpoint(r, prev.as_ref(), &mut report)?;
+                check_checkpoint(r, prev.as_ref(), expected_device, &mut report)?;
+            } else if let Some(p) = prev.as_ref().filter(|p| report.checkpoints > 0 && checkpoint_due(p)) {
+                return Err(AuditError::Broken {
+                    seq: r.seq,
+                    problem: format!("record {} is due a signed checkpoint, and this record is not one", p.seq),
+                });
             }
             while let Some((name, h)) = pending.last().filter(|(_, h)| h.seq as i64 <= r.seq) {
                 if h.seq as i64 == r.seq {
@@ -541,6 +558,12 @@ impl AuditLog {
         report.records = last;
         if let Some((name, h)) = pending.first() {
             return Err(AuditError::Truncated { witness: name.clone(), witnessed: h.seq, last });
+        }
+        if let Some(p) = prev.as_ref().filter(|p| report.checkpoints > 0 && checkpoint_due(p)) {
+            return Err(AuditError::Broken {
+                seq: p.seq,
+                problem: "the log ends at a record that is due a signed checkpoint: its checkpoint was removed".into(),
+            });
         }
         Ok(report)
     }
@@ -599,8 +622,13 @@ fn insert(tx: &rusqlite::Transaction<'_>, r: &AuditRecord) -> rusqlite::Result<(
 }
 
 /// A checkpoint must sign the record just before it, validly, with the
-/// key of the log's first checkpoint.
-fn check_checkpoint(r: &AuditRecord, prev: Option<&AuditRecord>, report: &mut VerifyReport) -> Result<(), AuditError> {
+/// key of the log's first checkpoint (and of `expected_device`, if given).
+fn check_checkpoint(
+    r: &AuditRecord,
+    prev: Option<&AuditRecord>,
+    expected_device: Option<&str>,
+    report: &mut VerifyReport,
+) -> Result<(), AuditError> {
     let broken = |problem: String| AuditError::Broken { seq: r.seq, problem };
     let head: SignedHead =
         serde_json::from_str(&r.metadata).map_err(|e| broken(format!("the checkpoint is unreadable ({e})")))?;
@@ -608,6 +636,12 @@ fn check_checkpoint(r: &AuditRecord, prev: Option<&AuditRecord>, report: &mut Ve
     let Some(prev) = prev.filter(|p| p.seq as u64 == head.seq && p.hash == head.hash) else {
         return Err(broken(format!("the checkpoint signs record {}, which is not the record before it", head.seq)));
     };
+    if let Some(device) = expected_device.filter(|d| key.id().as_str() != *d) {
+        return Err(broken(format!(
+            "the checkpoint is signed by {key}, not by this machine's device key {device}: \
+             the log was rewritten with another key, or it belongs to another device"
+        )));
+    }
     let key = key.to_string();
     match &report.key {
         Some(first) if *first != key => {

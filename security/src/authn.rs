@@ -35,7 +35,7 @@ impl Security {
         let (allowed, finished) = self.throttle.check(peer);
         if let Some(f) = finished {
             self.audit(
-                AuditEvent::new("auth.throttle", AuditResult::Denied, "peer", &f.peer.to_string())
+                AuditEvent::new("auth.throttle", AuditResult::Denied, "peer", &f.peer)
                     .device(REMOTE_DEVICE)
                     .reason(format!("{} authentication attempts were refused unchecked while rate-limited", f.refused))
                     .metadata(json!({ "refused": f.refused })),

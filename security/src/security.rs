@@ -123,11 +123,12 @@ impl Security {
     /// `workspace` (if any), and registers this machine's device.
     pub fn open(home: Arc<Home>, workspace: Option<&Path>) -> Result<Security, SecurityError> {
         let actor = crate::home::local_user();
-        let policy = crate::policy_files::load(&home, &actor, workspace)?;
         let identity = IdentityStore::open(home.root())?;
         let (local_device, device_key) = crate::device::local_device(&home, &identity)?;
-        // The device key signs the audit log's checkpoints.
+        // The device key signs the audit log's checkpoints; enabled before
+        // the policy load so its `policy.*` records are checkpointed too.
         home.audit().enable_checkpoints(device_key, &local_device.id);
+        let policy = crate::policy_files::load(&home, &actor, workspace)?;
         home.audit().set_witness_file(policy.config.audit.witness_file.clone());
         let ident = &policy.config.identity;
         let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());

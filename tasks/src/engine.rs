@@ -155,6 +155,8 @@ pub(crate) struct Live {
     budget: EventBudget,
     /// Since when the task is paused or WAITING (this process).
     pub(crate) idle_since: Option<Instant>,
+    /// Its input's size as JSON text, for the session quota.
+    input_bytes: u64,
 }
 
 #[derive(Default)]
@@ -167,8 +169,13 @@ struct EventBudget {
 impl Live {
     fn new(task: StoredTask) -> Live {
         let idle_since = (task.state.paused || task.state.status == TaskStatus::Waiting).then(Instant::now);
-        Live { task, abort: None, waiter: None, budget: EventBudget::default(), idle_since }
+        let input_bytes = input_bytes(&task.state);
+        Live { task, abort: None, waiter: None, budget: EventBudget::default(), idle_since, input_bytes }
     }
+}
+
+fn input_bytes(s: &TaskState) -> u64 {
+    s.input.to_string().len() as u64
 }
 
 /// The engine's shared state; [`TaskRun`] and open streams hold it too (the
@@ -484,6 +491,10 @@ impl Inner {
         f: impl FnOnce(&mut TaskState),
     ) -> Result<(), EngineError> {
         entry.task.state.status.transition(to)?;
+        if to != TaskStatus::Waiting {
+            // Running again (answered, or re-run after a restart): not idle.
+            entry.idle_since = None;
+        }
         if to.is_terminal() && entry.budget.dropped > 0 {
             let dropped = entry.budget.dropped;
             let data = json!({ "truncated": true, "dropped": dropped });
@@ -526,9 +537,8 @@ impl Inner {
     /// Refuses a submission that would take its session over its quotas.
     /// Live lock held (`live` is every unfinished task).
     fn check_quota(&self, live: &HashMap<String, Live>, new: &TaskState) -> Result<(), EngineError> {
-        let input_bytes = |s: &TaskState| s.input.to_string().len() as u64;
         let mine = live.values().filter(|l| l.task.state.session_id == new.session_id);
-        let (count, bytes) = mine.fold((0usize, 0u64), |(n, b), l| (n + 1, b + input_bytes(&l.task.state)));
+        let (count, bytes) = mine.fold((0usize, 0u64), |(n, b), l| (n + 1, b + l.input_bytes));
         let (max, max_bytes) = (self.config.max_unfinished_per_session, self.config.max_input_bytes_per_session);
         if count >= max {
             return Err(EngineError::Quota(format!(
@@ -557,7 +567,11 @@ impl Inner {
         for id in expired {
             let (abort, state) = {
                 let mut live = self.lock_live();
-                let Some(entry) = live.get_mut(&id) else { continue };
+                // Re-checked under the lock: answered or resumed meanwhile, it stays.
+                let Some(entry) = live.get_mut(&id).filter(|l| l.idle_since.is_some_and(|t| t.elapsed() >= expiry))
+                else {
+                    continue;
+                };
                 let waiting = entry.task.state.status == TaskStatus::Waiting;
                 let what = if waiting { "waiting for input" } else { "paused" };
                 let message = format!("expired: {what} longer than {expiry:?}");

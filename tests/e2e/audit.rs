@@ -208,7 +208,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
         let found = coderclaw::audit::read_witness_file(&heads).unwrap();
         found.into_iter().map(|h| ("the witness file".to_owned(), h)).collect()
     };
-    let report = log.verify_against(&witnessed()).unwrap();
+    let report = log.verify_against(&witnessed(), Some(&device)).unwrap();
     assert_eq!(report.checkpoints, 3, "every 100 records and after the trust change: {report:?}");
     assert_eq!(report.witnessed.len(), 3, "{report:?}");
     drop(log);
@@ -225,7 +225,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     Connection::open(&db).unwrap().execute("DELETE FROM audit WHERE seq > 150", []).unwrap();
     let log = open();
     assert_eq!(log.verify().unwrap(), 150, "the shorter chain is intact by itself");
-    match log.verify_against(&witnessed()) {
+    match log.verify_against(&witnessed(), Some(&device)) {
         Err(AuditError::Truncated { witnessed, last, .. }) => assert_eq!((witnessed, last), (253, 150)),
         other => panic!("truncation not reported: {other:?}"),
     }
@@ -250,13 +250,14 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     rewrite(&db, 5, "nothing to see", Some(&SecretKey::from_seed(seed)));
     let log = open();
     log.verify().expect("a full rewrite with the key is self-consistent");
-    match log.verify_against(&witnessed()) {
+    match log.verify_against(&witnessed(), Some(&device)) {
         Err(AuditError::Broken { seq, problem }) => {
             assert_eq!(seq, 100, "the first witnessed record: {problem}");
             assert!(problem.contains("rewritten"), "{problem}");
         }
         other => panic!("a full rewrite passed the witness: {other:?}"),
     }
+    drop(log);
 
     // 4. Later records rewritten and their checkpoint re-signed with
     //    another key: the log's key is its first checkpoint's.
@@ -268,5 +269,29 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
             assert!(problem.contains("not by the log's key"), "{problem}");
         }
         other => panic!("a checkpoint by another key passed: {other:?}"),
+    }
+
+    // 5. The trust change's checkpoint cut off the end (the change kept, its
+    //    signed head gone): the schedule says record 253 is followed by one.
+    restore();
+    Connection::open(&db).unwrap().execute("DELETE FROM audit WHERE seq > 253", []).unwrap();
+    match open().verify() {
+        Err(AuditError::Broken { seq, problem }) => {
+            assert_eq!(seq, 253, "{problem}");
+            assert!(problem.contains("due a signed checkpoint"), "{problem}");
+        }
+        other => panic!("a removed checkpoint passed: {other:?}"),
+    }
+
+    // 6. The log of another device (or one re-signed with a fresh key from
+    //    the start) presented as this machine's: its checkpoints are not
+    //    signed by this device's key.
+    restore();
+    match open().verify_against(&[], Some("some-other-device")) {
+        Err(AuditError::Broken { seq, problem }) => {
+            assert_eq!(seq, 101, "{problem}");
+            assert!(problem.contains("not by this machine's device key"), "{problem}");
+        }
+        other => panic!("a log signed by another device passed: {other:?}"),
     }
 }

@@ -149,6 +149,7 @@ async fn the_openapi_document_describes_every_route() {
         ("/v1/namespaces/{namespace}/policy", "put"),
         ("/v1/namespaces/{namespace}/audit-heads", "post"),
         ("/v1/namespaces/{namespace}/audit-heads/{device}", "get"),
+        ("/v1/namespaces/{namespace}/audit-heads/{device}/history", "get"),
     ] {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
     }
@@ -286,4 +287,9 @@ async fn the_registry_witnesses_audit_heads_append_only() {
     let anonymous = f.client(None).put_audit_head("team", &head(400, &"e".repeat(64))).await.unwrap_err();
     assert_eq!(code(anonymous), Some(ErrorCode::Unauthenticated));
     assert_eq!(client.audit_head("team", &device).await.unwrap().unwrap().seq, 200);
+    // The history keeps the older heads: a key holder who rewrote the log
+    // and witnessed a new head is still contradicted by them.
+    let history = client.audit_head_history("team", &device).await.unwrap();
+    assert_eq!(history, vec![head(100, &"a".repeat(64)), head(200, &"b".repeat(64))]);
+    assert_eq!(client.audit_head_history("team", "no-such-device").await.unwrap(), vec![]);
 }

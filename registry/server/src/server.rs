@@ -299,6 +299,15 @@ async fn route(
             .await?;
             ok(&head)
         }
+        (&Method::GET, ["v1", "namespaces", ns, "audit-heads", device, "history"]) => {
+            let (ns, device) = (ns.to_string(), device.to_string());
+            let heads = blocking(move || {
+                can_read(&store, who.as_ref(), &ns)?;
+                store.audit_head_history(&ns, &device)
+            })
+            .await?;
+            ok(&heads)
+        }
         (_, ["v1", ..]) => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: see /v1/openapi.json"))),
         _ => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: the API lives under /v1"))),
     }

@@ -139,6 +139,10 @@ CREATE TABLE IF NOT EXISTS audit_heads (
 /// Heads kept per device (the oldest are dropped past this).
 pub const MAX_HEADS_PER_DEVICE: i64 = 1000;
 
+/// Devices whose heads one namespace holds: a token holder cannot grow the
+/// table without bound by signing heads with fresh keys.
+pub const MAX_DEVICES_PER_NAMESPACE: i64 = 10_000;
+
 fn now() -> u64 {
     coderclaw_core::clock::now_secs()
 }
@@ -762,6 +766,9 @@ impl RegistryStore {
                 ),
             ));
         }
+        let Ok(seq) = i64::try_from(head.seq) else {
+            return Err(err(ErrorCode::InvalidRequest, format!("record number {} is out of range", head.seq)));
+        };
         let text = serde_json::to_string(head).map_err(internal)?;
         self.with_db(|db| {
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
@@ -788,10 +795,27 @@ impl RegistryStore {
                         ),
                     ));
                 }
+            } else {
+                let devices: i64 = tx
+                    .query_row(
+                        "SELECT COUNT(DISTINCT device) FROM audit_heads WHERE namespace = ?1",
+                        params![namespace],
+                        |r| r.get(0),
+                    )
+                    .map_err(internal)?;
+                if devices >= MAX_DEVICES_PER_NAMESPACE {
+                    return Err(err(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "namespace `{namespace}` already holds the audit heads of {devices} devices, \
+                             the most it keeps: a new device cannot be witnessed here"
+                        ),
+                    ));
+                }
             }
             tx.execute(
                 "INSERT INTO audit_heads (namespace, device, seq, document, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![namespace, head.device, head.seq as i64, text, now() as i64],
+                params![namespace, head.device, seq, text, now() as i64],
             )
             .map_err(internal)?;
             tx.execute(
@@ -816,6 +840,22 @@ impl RegistryStore {
                 .optional()
                 .map_err(internal)?;
             doc.map(|d| serde_json::from_str(&d).map_err(internal)).transpose()
+        })
+    }
+
+    /// The heads witnessed for `device` in `namespace`, oldest first (at
+    /// most [`MAX_HEADS_PER_DEVICE`]): a log rewritten by someone holding
+    /// the device key, who then witnessed a new head, still contradicts the
+    /// older ones.
+    pub fn audit_head_history(&self, namespace: &str, device: &str) -> Result<Vec<SignedHead>, ApiError> {
+        self.with_db(|db| {
+            let mut stmt = db
+                .prepare("SELECT document FROM audit_heads WHERE namespace = ?1 AND device = ?2 ORDER BY seq LIMIT ?3")
+                .map_err(internal)?;
+            let docs = stmt
+                .query_map(params![namespace, device, MAX_HEADS_PER_DEVICE], |r| r.get::<_, String>(0))
+                .map_err(internal)?;
+            docs.map(|d| serde_json::from_str(&d.map_err(internal)?).map_err(internal)).collect()
         })
     }
 
@@ -862,5 +902,51 @@ impl RegistryStore {
             .map_err(internal)?;
             tx.commit().map_err(internal)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coderclaw_core::keys::SecretKey;
+
+    #[test]
+    fn audit_heads_are_bounded_per_namespace_and_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RegistryStore::open(dir.path()).unwrap();
+        store.create_namespace("team", &["alice".into()], true).unwrap();
+        let (_, who) = store.create_token("team", Scope::Read, None).unwrap();
+        let key = SecretKey::from_seed([7; 32]);
+        let device = key.public().id().as_str().to_owned();
+        store.put_audit_head(&who, "team", &SignedHead::sign(&device, 10, &"a".repeat(64), &key)).unwrap();
+
+        // Beyond i64: refused, not wrapped into a negative record number.
+        let huge = SignedHead::sign(&device, u64::MAX, &"b".repeat(64), &key);
+        let e = store.put_audit_head(&who, "team", &huge).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{}", e.message);
+
+        // Fill the namespace with other devices' heads up to the cap.
+        store
+            .with_db(|db| {
+                let tx = db.transaction().map_err(internal)?;
+                for i in 1..MAX_DEVICES_PER_NAMESPACE {
+                    tx.execute(
+                        "INSERT INTO audit_heads (namespace, device, seq, document, received_at) VALUES ('team', ?1, 1, '{}', 0)",
+                        params![format!("filler-{i}")],
+                    )
+                    .map_err(internal)?;
+                }
+                tx.commit().map_err(internal)
+            })
+            .unwrap();
+        let fresh = SecretKey::from_seed([8; 32]);
+        let head = SignedHead::sign(fresh.public().id().as_str(), 1, &"c".repeat(64), &fresh);
+        let e = store.put_audit_head(&who, "team", &head).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("10000 devices"), "{}", e.message);
+        // A device already witnessed goes on.
+        store.put_audit_head(&who, "team", &SignedHead::sign(&device, 20, &"d".repeat(64), &key)).unwrap();
+        let history = store.audit_head_history("team", &device).unwrap();
+        assert_eq!(history.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![10, 20]);
     }
 }
