@@ -26,8 +26,9 @@ use coderclaw_core::keys::SecretKey;
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use thiserror::Error;
 
 /// How an audited action ended.
@@ -183,6 +184,9 @@ pub enum AuditError {
         /// What does not match.
         problem: String,
     },
+    /// The commit that carried this record failed without an answer.
+    #[error("the audit record was not written: the commit carrying it failed unexpectedly")]
+    Lost,
     /// Records a witness saw are gone.
     #[error("the audit log was cut short: {witness} saw record {witnessed}, the log ends at record {last}")]
     Truncated {
@@ -222,6 +226,28 @@ pub struct AuditLog {
     path: PathBuf,
     db: Mutex<Connection>,
     checkpoints: Mutex<Option<Checkpointer>>,
+    group: Mutex<GroupCommit>,
+    committed: Condvar,
+}
+
+/// Held by the thread committing a batch; lets the next one lead when it
+/// is done, even by a panic.
+struct Committing<'a>(&'a AuditLog);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.group.lock().unwrap_or_else(|p| p.into_inner()).committing = false;
+        self.0.committed.notify_all();
+    }
+}
+
+/// Appends waiting for the next commit, and the results of the last ones.
+#[derive(Default)]
+struct GroupCommit {
+    next_ticket: u64,
+    pending: Vec<(u64, AuditEvent)>,
+    done: HashMap<u64, Result<AuditRecord, AuditError>>,
+    committing: bool,
 }
 
 /// What [`AuditLog::verify_against`] found in an intact log.
@@ -359,7 +385,13 @@ impl AuditLog {
         let err = |source| AuditError::Db { path: path.clone(), source };
         // Durable: a record is on disk before `append` returns.
         let db = crate::sqlite::open(&path, true, SCHEMA).map_err(err)?;
-        Ok(AuditLog { path, db: Mutex::new(db), checkpoints: Mutex::new(None) })
+        Ok(AuditLog {
+            path,
+            db: Mutex::new(db),
+            checkpoints: Mutex::new(None),
+            group: Mutex::new(GroupCommit::default()),
+            committed: Condvar::new(),
+        })
     }
 
     /// From now on, checkpoints are signed with `key` as device `device`.
@@ -402,7 +434,56 @@ impl AuditLog {
     }
 
     /// Appends one record, chained to the last, and commits it durably.
+    ///
+    /// Group commit: appends from several threads at once go into one
+    /// transaction and one fsync. The first caller to find no commit in
+    /// progress commits everything queued meanwhile (in queue order, one
+    /// chain); the others wait for that commit, so each returns only once
+    /// its own record is on disk.
     pub fn append(&self, e: AuditEvent) -> Result<AuditRecord, AuditError> {
+        let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        let ticket = g.next_ticket;
+        g.next_ticket += 1;
+        g.pending.push((ticket, e));
+        loop {
+            if let Some(done) = g.done.remove(&ticket) {
+                return done;
+            }
+            if !g.committing {
+                if !g.pending.iter().any(|(t, _)| *t == ticket) {
+                    // Taken by a commit that panicked, never answered.
+                    return Err(AuditError::Lost);
+                }
+                g.committing = true;
+                let batch = std::mem::take(&mut g.pending);
+                drop(g);
+                let leader = Committing(self);
+                let results = self.commit_batch(batch);
+                self.group.lock().unwrap_or_else(|p| p.into_inner()).done.extend(results);
+                drop(leader);
+                g = self.group.lock().unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            g = self.committed.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Commits `batch` in one transaction. If that fails, each event is
+    /// tried alone, so every caller gets its own record or its own error.
+    fn commit_batch(&self, batch: Vec<(u64, AuditEvent)>) -> Vec<(u64, Result<AuditRecord, AuditError>)> {
+        let _span = tracing::trace_span!("audit.commit", records = batch.len()).entered();
+        if batch.len() > 1 {
+            let events: Vec<AuditEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
+            if let Ok(records) = self.write(events) {
+                return batch.into_iter().map(|(t, _)| t).zip(records.into_iter().map(Ok)).collect();
+            }
+        }
+        batch.into_iter().map(|(t, e)| (t, self.write(vec![e]).map(|mut r| r.remove(0)))).collect()
+    }
+
+    /// Chains and inserts `events` (each followed by its checkpoint when
+    /// due) in one durable transaction; returns their records in order.
+    fn write(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>, AuditError> {
         let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.db_err(e))?;
         let last: Option<(i64, String)> = tx
@@ -410,65 +491,72 @@ impl AuditLog {
             .map(Some)
             .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
             .map_err(|e| self.db_err(e))?;
-        let (seq, prev_hash) = match last {
+        let (mut seq, mut prev_hash) = match last {
             Some((seq, hash)) => (seq + 1, hash),
             None => (1, GENESIS.to_owned()),
         };
         let timestamp_ms = coderclaw_core::clock::now_ms() as i64;
-        let mut record = AuditRecord {
-            seq,
-            timestamp_ms,
-            action: escape(&e.action),
-            user: e.user.as_deref().map(escape),
-            device: e.device.as_deref().map(escape),
-            session: e.session.as_deref().map(escape),
-            resource_type: escape(&e.resource_type),
-            resource_id: escape(&e.resource_id),
-            result: e.result.as_str().to_owned(),
-            reason: escape(&e.reason),
-            metadata: sanitise(e.metadata).to_string(),
-            prev_hash,
-            hash: String::new(),
-        };
-        record.hash = record_hash(&record);
-        insert(&tx, &record).map_err(|e| self.db_err(e))?;
-        // A checkpoint in the same transaction: the chain stays linear
-        // whoever appends, and no change is on disk without its checkpoint.
-        let head = {
-            let c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-            let due = checkpoint_due(&record);
-            match c.as_ref().filter(|_| due) {
-                Some(c) => {
-                    let head = SignedHead::sign(&c.device, seq as u64, &record.hash, &c.key);
-                    let mut cp = AuditRecord {
-                        seq: seq + 1,
-                        timestamp_ms,
-                        action: "audit.checkpoint".into(),
-                        user: None,
-                        device: Some(escape(&c.device)),
-                        session: None,
-                        resource_type: "audit".into(),
-                        resource_id: escape(&c.device),
-                        result: "allowed".into(),
-                        reason: format!("signed head of record {seq}"),
-                        metadata: serde_json::to_string(&head).unwrap_or_default(),
-                        prev_hash: record.hash.clone(),
-                        hash: String::new(),
-                    };
-                    cp.hash = record_hash(&cp);
-                    insert(&tx, &cp).map_err(|e| self.db_err(e))?;
-                    Some((head, c.witness_file.clone()))
-                }
-                None => None,
+        let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut records = Vec::with_capacity(events.len());
+        let mut heads = Vec::new();
+        for e in events {
+            let mut record = AuditRecord {
+                seq,
+                timestamp_ms,
+                action: escape(&e.action),
+                user: e.user.as_deref().map(escape),
+                device: e.device.as_deref().map(escape),
+                session: e.session.as_deref().map(escape),
+                resource_type: escape(&e.resource_type),
+                resource_id: escape(&e.resource_id),
+                result: e.result.as_str().to_owned(),
+                reason: escape(&e.reason),
+                metadata: sanitise(e.metadata).to_string(),
+                prev_hash: std::mem::take(&mut prev_hash),
+                hash: String::new(),
+            };
+            record.hash = record_hash(&record);
+            insert(&tx, &record).map_err(|e| self.db_err(e))?;
+            prev_hash = record.hash.clone();
+            seq += 1;
+            // A checkpoint in the same transaction: the chain stays linear
+            // whoever appends, and no change is on disk without its checkpoint.
+            if let Some(c) = checkpoints.as_ref().filter(|_| checkpoint_due(&record)) {
+                let head = SignedHead::sign(&c.device, record.seq as u64, &record.hash, &c.key);
+                let mut cp = AuditRecord {
+                    seq,
+                    timestamp_ms,
+                    action: "audit.checkpoint".into(),
+                    user: None,
+                    device: Some(escape(&c.device)),
+                    session: None,
+                    resource_type: "audit".into(),
+                    resource_id: escape(&c.device),
+                    result: "allowed".into(),
+                    reason: format!("signed head of record {}", record.seq),
+                    metadata: serde_json::to_string(&head).unwrap_or_default(),
+                    prev_hash: std::mem::take(&mut prev_hash),
+                    hash: String::new(),
+                };
+                cp.hash = record_hash(&cp);
+                insert(&tx, &cp).map_err(|e| self.db_err(e))?;
+                prev_hash = cp.hash;
+                seq += 1;
+                heads.push(head);
             }
-        };
-        tx.commit().map_err(|e| self.db_err(e))?;
-        if let Some((head, Some(file))) = head
-            && let Err(e) = witness_to_file(&file, &head)
-        {
-            tracing::warn!(file = %file.display(), error = %e, "the audit head could not be witnessed to its file");
+            records.push(record);
         }
-        Ok(record)
+        let witness_file = checkpoints.as_ref().and_then(|c| c.witness_file.clone());
+        drop(checkpoints);
+        tx.commit().map_err(|e| self.db_err(e))?;
+        if let Some(file) = witness_file {
+            for head in &heads {
+                if let Err(e) = witness_to_file(&file, head) {
+                    tracing::warn!(file = %file.display(), error = %e, "the audit head could not be witnessed to its file");
+                }
+            }
+        }
+        Ok(records)
     }
 
     /// Records matching `filter`, oldest first.

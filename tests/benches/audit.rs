@@ -1,5 +1,6 @@
-//! Audit log append rate with durable commits (WAL, synchronous=FULL), one
-//! writer and four; and the cost of verifying the chain. Prints figures.
+//! Audit log append rate with durable commits (WAL, synchronous=FULL): one
+//! writer, four with a handle each, and 4 and 64 threads sharing one handle
+//! (group commit); and the cost of verifying the chain. Prints figures.
 //!
 //! `cargo bench -p coderclaw-e2e --bench audit`
 
@@ -13,40 +14,50 @@ fn event(i: usize) -> AuditEvent {
         .metadata(serde_json::json!({ "digest": "ab".repeat(32) }))
 }
 
-fn main() {
-    for writers in [1usize, 4] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.db");
-        AuditLog::open(&path).unwrap();
-        let per_writer = 2000 / writers;
-        // Writers open their handles first; only the appends are timed.
-        let ready = std::sync::Arc::new(std::sync::Barrier::new(writers + 1));
-        let handles: Vec<_> = (0..writers)
-            .map(|_| {
-                let (path, ready) = (path.clone(), ready.clone());
-                std::thread::spawn(move || {
-                    let log = AuditLog::open(&path).unwrap();
-                    ready.wait();
-                    for i in 0..per_writer {
-                        log.append(event(i)).unwrap();
-                    }
-                })
+/// `writers` threads appending `total` records between them, each through
+/// its own handle (as separate processes would) or all through one (as the
+/// threads of one server do: their appends are group-committed).
+fn append_rate(writers: usize, shared: bool, total: usize) -> std::path::PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let path = dir.join("audit.db");
+    let one = std::sync::Arc::new(AuditLog::open(&path).unwrap());
+    let per_writer = total / writers;
+    // Writers open their handles first; only the appends are timed.
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(writers + 1));
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let (path, ready, one) = (path.clone(), ready.clone(), one.clone());
+            std::thread::spawn(move || {
+                let log = if shared { one } else { std::sync::Arc::new(AuditLog::open(&path).unwrap()) };
+                ready.wait();
+                for i in 0..per_writer {
+                    log.append(event(i)).unwrap();
+                }
             })
-            .collect();
-        ready.wait();
-        let started = Instant::now();
-        for h in handles {
-            h.join().unwrap();
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let total = per_writer * writers;
-        println!(
-            "audit append, durable, {writers} writer(s): {:>8.0} records/s ({total} records)",
-            total as f64 / secs
-        );
+        })
+        .collect();
+    ready.wait();
+    let started = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let how = if shared { "one shared handle" } else { "a handle each" };
+    println!(
+        "audit append, durable, {writers} writer(s), {how}: {:>8.0} records/s ({} records)",
+        (per_writer * writers) as f64 / secs,
+        per_writer * writers
+    );
+    path
+}
+
+fn main() {
+    for (writers, shared, total) in [(1, true, 2000), (4, false, 2000), (4, true, 20_000), (64, true, 20_000)] {
+        let path = append_rate(writers, shared, total);
         let log = AuditLog::open(&path).unwrap();
         let t = Instant::now();
         let n = log.verify().unwrap();
-        println!("audit verify of {n} records: {:?}", t.elapsed());
+        println!("   audit verify of {n} records: {:?}", t.elapsed());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

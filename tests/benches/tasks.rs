@@ -32,16 +32,27 @@ fn setup(dir: &std::path::Path) -> Arc<TaskService> {
     )
     .unwrap();
     let host = Host::builder().compiled_cache(home.compiled_cache_dir()).max_instances(256).build().unwrap();
-    let config = EngineConfig { max_concurrent_tasks: 64, ..Default::default() };
+    // One session submits every task at once: its quota of unfinished tasks
+    // (1000 by default) is raised to the whole run.
+    let config = EngineConfig { max_concurrent_tasks: 64, max_unfinished_per_session: 1_000_000, ..Default::default() };
     LocalRuntime::builder(home).config(config).host(host).open().unwrap().service().clone()
 }
 
-async fn end_to_end<T: Transport + 'static>(rt: Arc<CoderClawRuntime<T>>, n: usize, label: &str) {
+/// `n` tasks, each submitted and awaited; at most `clients` at once (the
+/// HTTP bench: 64 keep-alive clients), or all at once with `None`.
+async fn end_to_end<T: Transport + 'static>(
+    rt: Arc<CoderClawRuntime<T>>,
+    n: usize,
+    clients: Option<usize>,
+    label: &str,
+) {
     let start = Instant::now();
     let mut handles = Vec::new();
+    let clients = Arc::new(tokio::sync::Semaphore::new(clients.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS)));
     for i in 0..n {
-        let rt = rt.clone();
+        let (rt, clients) = (rt.clone(), clients.clone());
         handles.push(tokio::spawn(async move {
+            let _client = clients.acquire_owned().await.unwrap();
             let t0 = Instant::now();
             let t = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap();
             let ack = t0.elapsed();
@@ -71,8 +82,8 @@ fn main() {
         let service = setup(dir.path());
         // Warm the compiled-code cache.
         let local = Arc::new(CoderClawRuntime::new(LocalTransport::new(service.clone(), None)));
-        end_to_end(local.clone(), 50, "warm-up").await;
-        end_to_end(local, n, "local transport").await;
+        end_to_end(local.clone(), 50, None, "warm-up").await;
+        end_to_end(local, n, None, "local transport").await;
 
         let dir = tempfile::tempdir().unwrap();
         let service = setup(dir.path());
@@ -88,11 +99,12 @@ fn main() {
         let (_, token) =
             security.login_local("bench", LocalSecret::Password("bench password"), None, None, None).unwrap();
         let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
-        end_to_end(http.clone(), 50, "warm-up").await;
-        end_to_end(http.clone(), n, "HTTP transport (loopback)").await;
+        end_to_end(http.clone(), 50, Some(64), "warm-up").await;
+        end_to_end(http.clone(), n, Some(64), "HTTP transport (loopback, 64 clients)").await;
 
-        // SSE fan-out: 1,000 subscribers of one task.
-        let subscribers = 1000;
+        // SSE fan-out: 900 subscribers of one task (under the server's
+        // default cap of 1024 connections, with the clients' pool open).
+        let subscribers = 900;
         let mut req = TaskSubmitRequest::skill("team/echo", json!("fan-out"));
         req.paused = true;
         let task = http.submit_task(req).await.unwrap();

@@ -120,6 +120,41 @@ fn ten_thousand_concurrent_appends_form_one_valid_chain() {
 }
 
 #[test]
+fn group_committed_appends_from_threads_sharing_a_handle_form_one_checkpointed_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = [5u8; 32];
+    let device = SecretKey::from_seed(seed).public().id().as_str().to_owned();
+    let log = std::sync::Arc::new(AuditLog::open(dir.path().join("audit.db")).unwrap());
+    log.enable_checkpoints(SecretKey::from_seed(seed), &device);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                (0..250)
+                    .map(|i| {
+                        // Every 50th a trust change: checkpointed inside its batch.
+                        let action = if i % 50 == 0 { "trust.add" } else { "task.state" };
+                        let r = log
+                            .append(AuditEvent::new(action, AuditResult::Allowed, "task", &format!("{t}-{i}")))
+                            .unwrap();
+                        assert_eq!(r.resource_id, format!("{t}-{i}"), "each caller gets its own record");
+                        r.seq
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seqs: Vec<i64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 4000, "no two callers got the same record");
+    let report = log.verify_against(&[], Some(&device)).unwrap();
+    // 80 trust changes, plus one every 100 records.
+    assert!(report.checkpoints >= 80, "{report:?}");
+    assert_eq!(report.records, 4000 + report.checkpoints);
+}
+
+#[test]
 fn the_state_directory_audits_its_actions() {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::open(dir.path()).unwrap();
