@@ -230,14 +230,19 @@ pub struct AuditLog {
     committed: Condvar,
 }
 
-/// Held by the thread committing a batch; lets the next one lead when it
-/// is done, even by a panic.
-struct Committing<'a>(&'a AuditLog);
+/// Held by the thread committing a batch: when dropped (after the commit,
+/// or by a panic) it publishes the results and lets the next one lead.
+struct Committing<'a> {
+    log: &'a AuditLog,
+    results: Vec<(u64, Result<AuditRecord, AuditError>)>,
+}
 
 impl Drop for Committing<'_> {
     fn drop(&mut self) {
-        self.0.group.lock().unwrap_or_else(|p| p.into_inner()).committing = false;
-        self.0.committed.notify_all();
+        let mut g = self.log.group.lock().unwrap_or_else(|p| p.into_inner());
+        g.done.extend(self.results.drain(..));
+        g.committing = false;
+        self.log.committed.notify_all();
     }
 }
 
@@ -457,9 +462,8 @@ impl AuditLog {
                 g.committing = true;
                 let batch = std::mem::take(&mut g.pending);
                 drop(g);
-                let leader = Committing(self);
-                let results = self.commit_batch(batch);
-                self.group.lock().unwrap_or_else(|p| p.into_inner()).done.extend(results);
+                let mut leader = Committing { log: self, results: Vec::new() };
+                leader.results = self.commit_batch(batch);
                 drop(leader);
                 g = self.group.lock().unwrap_or_else(|p| p.into_inner());
                 continue;
@@ -472,18 +476,18 @@ impl AuditLog {
     /// tried alone, so every caller gets its own record or its own error.
     fn commit_batch(&self, batch: Vec<(u64, AuditEvent)>) -> Vec<(u64, Result<AuditRecord, AuditError>)> {
         let _span = tracing::trace_span!("audit.commit", records = batch.len()).entered();
-        if batch.len() > 1 {
-            let events: Vec<AuditEvent> = batch.iter().map(|(_, e)| e.clone()).collect();
-            if let Ok(records) = self.write(events) {
-                return batch.into_iter().map(|(t, _)| t).zip(records.into_iter().map(Ok)).collect();
-            }
+        let events: Vec<&AuditEvent> = batch.iter().map(|(_, e)| e).collect();
+        if batch.len() > 1
+            && let Ok(records) = self.write(&events)
+        {
+            return batch.iter().map(|(t, _)| *t).zip(records.into_iter().map(Ok)).collect();
         }
-        batch.into_iter().map(|(t, e)| (t, self.write(vec![e]).map(|mut r| r.remove(0)))).collect()
+        batch.iter().map(|(t, e)| (*t, self.write(&[e]).map(|mut r| r.remove(0)))).collect()
     }
 
     /// Chains and inserts `events` (each followed by its checkpoint when
     /// due) in one durable transaction; returns their records in order.
-    fn write(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditRecord>, AuditError> {
+    fn write(&self, events: &[&AuditEvent]) -> Result<Vec<AuditRecord>, AuditError> {
         let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.db_err(e))?;
         let last: Option<(i64, String)> = tx
@@ -511,7 +515,7 @@ impl AuditLog {
                 resource_id: escape(&e.resource_id),
                 result: e.result.as_str().to_owned(),
                 reason: escape(&e.reason),
-                metadata: sanitise(e.metadata).to_string(),
+                metadata: sanitise(e.metadata.clone()).to_string(),
                 prev_hash: std::mem::take(&mut prev_hash),
                 hash: String::new(),
             };

@@ -195,6 +195,14 @@ impl Home {
         let db_err = |source| HomeError::Db { path: db_path.clone(), source };
         let db = crate::sqlite::open(&db_path, false, SCHEMA).map_err(db_err)?;
         let audit = AuditLog::open(root.join("audit.db"))?;
+        // Every handle on a state directory that has a device signs its
+        // checkpoints, not only those the security service opens: a record
+        // due one and written without it would read as a removed checkpoint.
+        // (A missing or unsafe key is the security service's to report.)
+        if let Ok(key) = SecretKey::read(&root.join("device.key")) {
+            let device = key.public().id();
+            audit.enable_checkpoints(key, device.as_str());
+        }
         Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user() })
     }
 

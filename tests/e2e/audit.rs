@@ -9,6 +9,7 @@ use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::Package;
 use rusqlite::Connection;
 use serde_json::json;
+use std::sync::Arc;
 
 fn ten_records(dir: &std::path::Path) -> AuditLog {
     let log = AuditLog::open(dir.join("audit.db")).unwrap();
@@ -155,6 +156,19 @@ fn group_committed_appends_from_threads_sharing_a_handle_form_one_checkpointed_c
 }
 
 #[test]
+fn a_state_directory_opened_without_the_security_service_still_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Arc::new(Home::open(dir.path()).unwrap());
+    let device = coderclaw::security::Security::open(home, None).unwrap().local_device().id;
+    // An embedder's own handle on the same directory makes a trust change.
+    let home = Home::open(dir.path()).unwrap();
+    home.trust_add("team", &SecretKey::from_seed([2; 32]).public()).unwrap();
+    let report = home.audit().verify_against(&[], Some(&device)).unwrap();
+    let last = home.audit().query(&AuditFilter { limit: Some(1), ..Default::default() }).unwrap();
+    assert_eq!(last[0].action, "audit.checkpoint", "the trust change is checkpointed: {report:?}");
+}
+
+#[test]
 fn the_state_directory_audits_its_actions() {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::open(dir.path()).unwrap();
@@ -221,6 +235,18 @@ fn rewrite(db: &std::path::Path, from: i64, reason: &str, key: Option<&SecretKey
     }
 }
 
+/// `result` reports record `seq` tampered with, saying `text`; `what` names
+/// the attack that would otherwise have passed.
+fn assert_broken<T: std::fmt::Debug>(result: Result<T, AuditError>, seq: i64, text: &str, what: &str) {
+    match result {
+        Err(AuditError::Broken { seq: at, problem }) => {
+            assert_eq!(at, seq, "{problem}");
+            assert!(problem.contains(text), "{problem}");
+        }
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
 #[test]
 fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,13 +297,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     //    sign the records before them.
     restore();
     rewrite(&db, 5, "nothing to see", None);
-    match open().verify() {
-        Err(AuditError::Broken { seq, problem }) => {
-            assert_eq!(seq, 101, "{problem}");
-            assert!(problem.contains("not the record before it"), "{problem}");
-        }
-        other => panic!("a rewrite without the key passed: {other:?}"),
-    }
+    assert_broken(open().verify(), 101, "not the record before it", "a rewrite without the key passed");
 
     // 3. The same with the key, checkpoints re-signed: the log is
     //    self-consistent, but differs from what the witness saw.
@@ -285,48 +305,34 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     rewrite(&db, 5, "nothing to see", Some(&SecretKey::from_seed(seed)));
     let log = open();
     log.verify().expect("a full rewrite with the key is self-consistent");
-    match log.verify_against(&witnessed(), Some(&device)) {
-        Err(AuditError::Broken { seq, problem }) => {
-            assert_eq!(seq, 100, "the first witnessed record: {problem}");
-            assert!(problem.contains("rewritten"), "{problem}");
-        }
-        other => panic!("a full rewrite passed the witness: {other:?}"),
-    }
+    assert_broken(
+        log.verify_against(&witnessed(), Some(&device)),
+        100,
+        "rewritten",
+        "a full rewrite passed the witness",
+    );
     drop(log);
 
     // 4. Later records rewritten and their checkpoint re-signed with
     //    another key: the log's key is its first checkpoint's.
     restore();
     rewrite(&db, 202, "x", Some(&SecretKey::from_seed([1; 32])));
-    match open().verify() {
-        Err(AuditError::Broken { seq, problem }) => {
-            assert_eq!(seq, 254, "{problem}");
-            assert!(problem.contains("not by the log's key"), "{problem}");
-        }
-        other => panic!("a checkpoint by another key passed: {other:?}"),
-    }
+    assert_broken(open().verify(), 254, "not by the log's key", "a checkpoint by another key passed");
 
     // 5. The trust change's checkpoint cut off the end (the change kept, its
     //    signed head gone): the schedule says record 253 is followed by one.
     restore();
     Connection::open(&db).unwrap().execute("DELETE FROM audit WHERE seq > 253", []).unwrap();
-    match open().verify() {
-        Err(AuditError::Broken { seq, problem }) => {
-            assert_eq!(seq, 253, "{problem}");
-            assert!(problem.contains("due a signed checkpoint"), "{problem}");
-        }
-        other => panic!("a removed checkpoint passed: {other:?}"),
-    }
+    assert_broken(open().verify(), 253, "due a signed checkpoint", "a removed checkpoint passed");
 
     // 6. The log of another device (or one re-signed with a fresh key from
     //    the start) presented as this machine's: its checkpoints are not
     //    signed by this device's key.
     restore();
-    match open().verify_against(&[], Some("some-other-device")) {
-        Err(AuditError::Broken { seq, problem }) => {
-            assert_eq!(seq, 101, "{problem}");
-            assert!(problem.contains("not by this machine's device key"), "{problem}");
-        }
-        other => panic!("a log signed by another device passed: {other:?}"),
-    }
+    assert_broken(
+        open().verify_against(&[], Some("some-other-device")),
+        101,
+        "not by this machine's device key",
+        "a log signed by another device passed",
+    );
 }
