@@ -156,7 +156,7 @@ fn run(runtime: &tokio::runtime::Runtime, host: &Host, skill: &Skill, input: Val
 /// The steps: unsigned code refused, each example skill without and with
 /// the grant it needs, and the agent invoking two skills.
 fn tour(host: &Host, state: &Home, artifacts: &[Artifact], workspace: &Path) -> Result<Vec<Step>> {
-    let load = |id: &str| -> Result<Skill> { Ok(host.load_verified(&state.load_installed(id)?)?) };
+    let load = |id: &str| -> Result<Skill> { Ok(host.load_verified(&*state.load_installed(id)?)?) };
     let read = Grant::builder().dir(workspace, ".", Access::Read);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let run = |skill: &Skill, input: Value, grant: &Grant| run(&runtime, host, skill, input, grant);

@@ -88,7 +88,7 @@ struct Loaded {
 /// the host's refusal of unsigned code comes first).
 enum Component {
     Compiled(Skill),
-    Verified(Box<coderclaw::VerifiedPackage>),
+    Verified(std::sync::Arc<coderclaw::VerifiedPackage>),
 }
 
 impl Loaded {
@@ -306,7 +306,7 @@ fn load(
         None => match home.load_installed(skill) {
             Ok(package) => {
                 let manifest = package.manifest().clone();
-                Ok(Loaded { component: Component::Verified(Box::new(package)), manifest, unsigned_offer: None })
+                Ok(Loaded { component: Component::Verified(package), manifest, unsigned_offer: None })
             }
             Err(e) => {
                 let message = crate::hints::with_hint(e.to_string(), crate::hints::home(&e));

@@ -187,6 +187,83 @@ fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verif
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
 }
 
+/// At full load: 64 clients submitting 5,000 tasks, the server killed
+/// with SIGKILL midway. After a restart every acknowledged task is there
+/// and final, and the audit chain verifies.
+#[test]
+fn kill_9_at_full_load_loses_no_acknowledged_task() {
+    use coderclaw::tasks::{CoderClawRuntime, ErrorCode, HttpTransport};
+    use coderclaw_core::task::TaskSubmitRequest;
+    use std::sync::{Arc, Mutex};
+
+    let cli = Cli::new();
+    let tmp = tempfile::tempdir().unwrap();
+    install_signed(&cli, tmp.path());
+    let ws = p(tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = start_server(&cli, ws, port);
+    let url = server.1.clone();
+    let token = login(&cli);
+    let (total, clients, kill_after) = (5000usize, 64usize, 2000usize);
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&url, Some(token.clone())).unwrap()));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..clients {
+            let (rt, next, acknowledged) = (rt.clone(), next.clone(), acknowledged.clone());
+            workers.push(tokio::spawn(async move {
+                let mut i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                while i < total {
+                    match rt.submit_task(TaskSubmitRequest::skill("team/echo", serde_json::json!(i))).await {
+                        Ok(t) => acknowledged.lock().unwrap().push(t.id),
+                        // The session's quota of unfinished tasks: again, later.
+                        Err(e) if e.code == ErrorCode::QuotaExceeded => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        // The server is gone: what was not acknowledged may be lost.
+                        Err(_) => return,
+                    }
+                    i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        let start = Instant::now();
+        while acknowledged.lock().unwrap().len() < kill_after {
+            assert!(start.elapsed() < Duration::from_secs(120), "the load never got going");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        nix_kill9(server.0.id());
+        for w in workers {
+            w.await.unwrap();
+        }
+    });
+    let _ = server.0.wait();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= kill_after && acknowledged.len() < total, "killed midway: {}", acknowledged.len());
+
+    let _server = start_server(&cli, ws, port);
+    runtime.block_on(async {
+        let rt = CoderClawRuntime::new(HttpTransport::new(&url, Some(token.clone())).unwrap());
+        let start = Instant::now();
+        for id in &acknowledged {
+            loop {
+                let t =
+                    rt.get_task_state(id).await.unwrap().unwrap_or_else(|| panic!("acknowledged task {id} is missing"));
+                if t.status.is_terminal() {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(120), "task {id} left {}", t.status);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let out = cli.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+}
+
 fn nix_kill9(pid: u32) {
     let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     assert!(status.success());

@@ -14,7 +14,7 @@
 //! let home = Home::open(std::env::var("CODERCLAW_HOME")?)?;
 //! let host = Host::builder().compiled_cache(home.compiled_cache_dir()).build()?;
 //! // Verified against the trust store before anything is compiled.
-//! let scanner = host.load_verified(&home.load_installed("team/security-scanner")?)?;
+//! let scanner = host.load_verified(&*home.load_installed("team/security-scanner")?)?;
 //! let grant = Grant::builder().dir("./repo", ".", Access::Read).build()?;
 //! let report = host.run(&scanner, r#"{"path": "."}"#, &grant).await?;
 //! println!("{report}");

@@ -152,9 +152,12 @@ impl LocalRuntimeBuilder {
         let executor = SkillExecutor::new(security.clone(), host, workspace, self.offer);
         let audit_home = security.shared_home().clone();
         let audit = Arc::new(move |e| {
-            if let Err(err) = audit_home.audit().append(e) {
-                tracing::error!(error = %err, "audit record lost");
-            }
+            let durable = audit_home.audit().append_durable(e);
+            Box::pin(async move {
+                if let Err(err) = durable.await {
+                    tracing::error!(error = %err, "audit record lost");
+                }
+            }) as coderclaw_core::task_link::BoxFuture<()>
         });
         let engine = TaskEngine::open(&root, executor, self.config, Some(audit))?;
         Ok(LocalRuntime { service: TaskService::new(engine, security.clone()), security, _lock: lock })

@@ -76,20 +76,32 @@ impl Planner {
         kind: Option<Kind>,
         nested: NestedCaller,
     ) -> Result<PreparedRun, TaskFailure> {
-        let package = self.security.home().load_installed(id).map_err(|e| {
-            let code =
-                if matches!(e, HomeError::NotInstalled(_)) { FailureCode::NotInstalled } else { FailureCode::Internal };
-            TaskFailure::new(code, e.to_string())
-        })?;
+        let package =
+            tracing::debug_span!("plan.load").in_scope(|| self.security.home().load_installed(id)).map_err(|e| {
+                let code = match &e {
+                    HomeError::NotInstalled(_) => FailureCode::NotInstalled,
+                    // Refused by the trust store: not a host failure.
+                    HomeError::Package(_) | HomeError::StoredPackageMismatch { .. } => FailureCode::Denied,
+                    _ => FailureCode::Internal,
+                };
+                TaskFailure::new(code, e.to_string())
+            })?;
         let manifest = package.manifest();
         if kind.is_some_and(|k| k != manifest.kind) {
             let (article, kind) = if manifest.kind == Kind::Agent { ("an", "agent") } else { ("a", "skill") };
             let message = format!("{id} is {article} {kind}: submit it as {kind} (--{kind} {id})");
             return Err(TaskFailure::new(FailureCode::NotInstalled, message));
         }
-        let decision = self
-            .security
-            .decide(subject, Target::from_manifest(manifest), Action::Run, Some(&self.workspace), &self.offer)
+        let decision = tracing::debug_span!("plan.decide")
+            .in_scope(|| {
+                self.security.decide(
+                    subject,
+                    Target::from_manifest(manifest),
+                    Action::Run,
+                    Some(&self.workspace),
+                    &self.offer,
+                )
+            })
             .map_err(|e| TaskFailure::new(FailureCode::Internal, e.to_string()))?;
         if !decision.allowed {
             let message = format!("policy refuses {id}: {}", decision.reasons_text());

@@ -31,7 +31,7 @@ impl SkillExecutor {
 /// Everything up to the first guest instruction; blocking (SQLite,
 /// signature check, compilation).
 fn prepare(planner: &Planner, task: &TaskState) -> Result<crate::plan::PreparedRun, TaskFailure> {
-    let subject = planner.revalidate(&Principal::of_task(task))?;
+    let subject = tracing::debug_span!("plan.session").in_scope(|| planner.revalidate(&Principal::of_task(task)))?;
     planner.prepare(&subject, task.target.id(), Some(task.target.kind()), NestedCaller::Task)
 }
 

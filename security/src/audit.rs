@@ -26,10 +26,10 @@ use coderclaw_core::keys::SecretKey;
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use thiserror::Error;
+use tokio::sync::oneshot;
 
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -187,6 +187,14 @@ pub enum AuditError {
     /// The commit that carried this record failed without an answer.
     #[error("the audit record was not written: the commit carrying it failed unexpectedly")]
     Lost,
+    /// The writer thread could not be started.
+    #[error("audit log {}: cannot start its writer thread: {source}", path.display())]
+    Thread {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Records a witness saw are gone.
     #[error("the audit log was cut short: {witness} saw record {witnessed}, the log ends at record {last}")]
     Truncated {
@@ -222,37 +230,81 @@ struct Checkpointer {
 }
 
 /// The audit log of one state directory.
+///
+/// Appends go to one writer thread per handle that commits whatever is
+/// queued in one transaction and one fsync (group commit), in queue order,
+/// one chain; each caller learns its own record only once it is on disk.
 pub struct AuditLog {
-    path: PathBuf,
-    db: Mutex<Connection>,
-    checkpoints: Mutex<Option<Checkpointer>>,
-    group: Mutex<GroupCommit>,
-    committed: Condvar,
+    log: Arc<Log>,
+    /// None only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// Held by the thread committing a batch: when dropped (after the commit,
-/// or by a panic) it publishes the results and lets the next one lead.
-struct Committing<'a> {
-    log: &'a AuditLog,
-    results: Vec<(u64, Result<AuditRecord, AuditError>)>,
-}
-
-impl Drop for Committing<'_> {
+impl Drop for AuditLog {
+    /// Waits for the writer to commit what is queued and let go of the
+    /// database, so that the file is closed (its WAL checkpointed) when the
+    /// last handle is gone, as callers copying or replacing it expect.
     fn drop(&mut self) {
-        let mut g = self.log.group.lock().unwrap_or_else(|p| p.into_inner());
-        g.done.extend(self.results.drain(..));
-        g.committing = false;
-        self.log.committed.notify_all();
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
-/// Appends waiting for the next commit, and the results of the last ones.
-#[derive(Default)]
-struct GroupCommit {
-    next_ticket: u64,
-    pending: Vec<(u64, AuditEvent)>,
-    done: HashMap<u64, Result<AuditRecord, AuditError>>,
-    committing: bool,
+/// What the writer thread and the readers share.
+struct Log {
+    path: PathBuf,
+    db: Mutex<Connection>,
+    checkpoints: Mutex<Option<Checkpointer>>,
+}
+
+/// One record to append, and who waits for it.
+struct Job {
+    event: AuditEvent,
+    reply: Reply,
+}
+
+enum Reply {
+    /// A thread blocked in [`AuditLog::append`].
+    Blocking(mpsc::SyncSender<Result<AuditRecord, AuditError>>),
+    /// A future from [`AuditLog::append_durable`].
+    Async(oneshot::Sender<Result<AuditRecord, AuditError>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<AuditRecord, AuditError>) {
+        let _ = match self {
+            Reply::Blocking(tx) => tx.send(result).map_err(|_| ()),
+            Reply::Async(tx) => tx.send(result).map_err(|_| ()),
+        };
+    }
+}
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Commits what is queued, batch after batch, until every handle is gone.
+/// A batch whose commit panics is answered with [`AuditError::Lost`]
+/// (its senders dropped) and the writer goes on.
+fn writer_loop(log: Arc<Log>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<&AuditEvent> = batch.iter().map(|j| &j.event).collect();
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.commit_batch(&events)));
+        drop(events);
+        match committed {
+            Ok(results) => batch.into_iter().zip(results).for_each(|(job, r)| job.reply.send(r)),
+            Err(_) => tracing::error!(records = batch.len(), "audit commit panicked: its records are lost"),
+        }
+    }
 }
 
 /// What [`AuditLog::verify_against`] found in an intact log.
@@ -390,32 +442,33 @@ impl AuditLog {
         let err = |source| AuditError::Db { path: path.clone(), source };
         // Durable: a record is on disk before `append` returns.
         let db = crate::sqlite::open(&path, true, SCHEMA).map_err(err)?;
-        Ok(AuditLog {
-            path,
-            db: Mutex::new(db),
-            checkpoints: Mutex::new(None),
-            group: Mutex::new(GroupCommit::default()),
-            committed: Condvar::new(),
-        })
+        let log = Arc::new(Log { path, db: Mutex::new(db), checkpoints: Mutex::new(None) });
+        let (jobs, queue) = mpsc::channel();
+        let shared = log.clone();
+        let writer = std::thread::Builder::new()
+            .name("coderclaw-audit-writer".into())
+            .spawn(move || writer_loop(shared, queue))
+            .map_err(|e| AuditError::Thread { path: log.path.clone(), source: e })?;
+        Ok(AuditLog { log, jobs: Some(jobs), writer: Some(writer) })
     }
 
     /// From now on, checkpoints are signed with `key` as device `device`.
     pub fn enable_checkpoints(&self, key: SecretKey, device: &str) {
-        let mut c = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.log.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
         let witness_file = c.take().and_then(|c| c.witness_file);
         *c = Some(Checkpointer { key, device: device.to_owned(), witness_file });
     }
 
     /// Appends each checkpoint's signed head, one JSON line, to `file`.
     pub fn set_witness_file(&self, file: Option<PathBuf>) {
-        if let Some(c) = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(c) = self.log.checkpoints.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             c.witness_file = file;
         }
     }
 
     /// The newest checkpoint's signed head, if any.
     pub fn latest_head(&self) -> Result<Option<SignedHead>, AuditError> {
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.log.db.lock().unwrap_or_else(|p| p.into_inner());
         let meta: Option<String> = db
             .query_row(
                 "SELECT metadata FROM audit WHERE action = 'audit.checkpoint' ORDER BY seq DESC LIMIT 1",
@@ -434,55 +487,55 @@ impl AuditLog {
         self.latest_head()
     }
 
+    /// Appends one record, chained to the last, and returns once it is on
+    /// disk. Appends from several threads at once share one transaction
+    /// and one fsync.
+    pub fn append(&self, e: AuditEvent) -> Result<AuditRecord, AuditError> {
+        let _span = tracing::debug_span!("audit.append").entered();
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.queue(Job { event: e, reply: Reply::Blocking(tx) })?;
+        rx.recv().unwrap_or(Err(AuditError::Lost))
+    }
+
+    /// [`AuditLog::append`] without blocking a thread: queued now, in
+    /// order with every other append; the future resolves once the record
+    /// is on disk.
+    pub fn append_durable(
+        &self,
+        e: AuditEvent,
+    ) -> impl std::future::Future<Output = Result<AuditRecord, AuditError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.queue(Job { event: e, reply: Reply::Async(tx) });
+        async move {
+            queued?;
+            rx.await.unwrap_or(Err(AuditError::Lost))
+        }
+    }
+
+    fn queue(&self, job: Job) -> Result<(), AuditError> {
+        self.jobs.as_ref().ok_or(AuditError::Lost)?.send(job).map_err(|_| AuditError::Lost)
+    }
+
+    fn db_err(&self, source: rusqlite::Error) -> AuditError {
+        self.log.db_err(source)
+    }
+}
+
+impl Log {
     fn db_err(&self, source: rusqlite::Error) -> AuditError {
         AuditError::Db { path: self.path.clone(), source }
     }
 
-    /// Appends one record, chained to the last, and commits it durably.
-    ///
-    /// Group commit: appends from several threads at once go into one
-    /// transaction and one fsync. The first caller to find no commit in
-    /// progress commits everything queued meanwhile (in queue order, one
-    /// chain); the others wait for that commit, so each returns only once
-    /// its own record is on disk.
-    pub fn append(&self, e: AuditEvent) -> Result<AuditRecord, AuditError> {
-        let mut g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-        let ticket = g.next_ticket;
-        g.next_ticket += 1;
-        g.pending.push((ticket, e));
-        loop {
-            if let Some(done) = g.done.remove(&ticket) {
-                return done;
-            }
-            if !g.committing {
-                if !g.pending.iter().any(|(t, _)| *t == ticket) {
-                    // Taken by a commit that panicked, never answered.
-                    return Err(AuditError::Lost);
-                }
-                g.committing = true;
-                let batch = std::mem::take(&mut g.pending);
-                drop(g);
-                let mut leader = Committing { log: self, results: Vec::new() };
-                leader.results = self.commit_batch(batch);
-                drop(leader);
-                g = self.group.lock().unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            g = self.committed.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Commits `batch` in one transaction. If that fails, each event is
+    /// Commits `events` in one transaction. If that fails, each event is
     /// tried alone, so every caller gets its own record or its own error.
-    fn commit_batch(&self, batch: Vec<(u64, AuditEvent)>) -> Vec<(u64, Result<AuditRecord, AuditError>)> {
-        let _span = tracing::trace_span!("audit.commit", records = batch.len()).entered();
-        let events: Vec<&AuditEvent> = batch.iter().map(|(_, e)| e).collect();
-        if batch.len() > 1
-            && let Ok(records) = self.write(&events)
+    fn commit_batch(&self, events: &[&AuditEvent]) -> Vec<Result<AuditRecord, AuditError>> {
+        let _span = tracing::debug_span!("audit.commit", records = events.len()).entered();
+        if events.len() > 1
+            && let Ok(records) = self.write(events)
         {
-            return batch.iter().map(|(t, _)| *t).zip(records.into_iter().map(Ok)).collect();
+            return records.into_iter().map(Ok).collect();
         }
-        batch.iter().map(|(t, e)| (*t, self.write(&[e]).map(|mut r| r.remove(0)))).collect()
+        events.iter().map(|e| self.write(&[e]).map(|mut r| r.remove(0))).collect()
     }
 
     /// Chains and inserts `events` (each followed by its checkpoint when
@@ -562,10 +615,12 @@ impl AuditLog {
         }
         Ok(records)
     }
+}
 
+impl AuditLog {
     /// Records matching `filter`, oldest first.
     pub fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.log.db.lock().unwrap_or_else(|p| p.into_inner());
         let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(u) = &filter.user {
@@ -663,7 +718,7 @@ impl AuditLog {
     /// Walks the chain in order, checking links and hashes, calling `each`
     /// on every good record. Returns the number of records.
     fn walk(&self, mut each: impl FnMut(&AuditRecord) -> Result<(), AuditError>) -> Result<u64, AuditError> {
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.log.db.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = db.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq")).map_err(|e| self.db_err(e))?;
         let rows = stmt.query_map([], row_to_record).map_err(|e| self.db_err(e))?;
         let mut expected_prev = GENESIS.to_owned();

@@ -9,6 +9,16 @@ use coderclaw_core::rbac::Permission;
 use serde_json::json;
 use std::path::Path;
 
+/// A permission check answered, its audit record queued; see
+/// [`Security::check_queued`].
+#[must_use = "await `durable` before acting on the answer"]
+pub struct QueuedCheck {
+    /// Allowed, or why not.
+    pub answer: Result<(), SecurityError>,
+    /// Resolves once the check's record is on disk.
+    pub durable: coderclaw_core::task_link::BoxFuture<Result<(), SecurityError>>,
+}
+
 impl Security {
     /// Decides a run (or a nested invocation) and records the decision.
     pub fn decide(
@@ -76,6 +86,29 @@ impl Security {
         let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
         self.audit(self.event(action, result, subject, resource.0, resource.1).reason(&reason))?;
         if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) }
+    }
+
+    /// [`Security::check`] with the record always written, for a caller
+    /// that must not block a thread on it: the answer is known at once and
+    /// the record queued at once (in order with every other); `durable`
+    /// resolves once it is on disk. Act on the answer, and tell the client,
+    /// only after that.
+    pub fn check_queued(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+    ) -> QueuedCheck {
+        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
+        let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
+        let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
+        let record = self.event(action, result, subject, resource.0, resource.1).reason(&reason);
+        let queued = self.home.audit().append_durable(record);
+        QueuedCheck {
+            answer: if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) },
+            durable: Box::pin(async move { queued.await.map(|_| ()).map_err(SecurityError::from) }),
+        }
     }
 
     /// Managing the state directory (trust store, installs, keys, users,

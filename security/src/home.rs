@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// What can go wrong with the state directory.
@@ -135,7 +135,49 @@ pub struct Home {
     db: Mutex<Connection>,
     audit: AuditLog,
     actor: String,
+    /// Packages verified since the trust store and the installed skills
+    /// last changed (by anyone: see [`crate::sqlite::generation_schema`]).
+    verified: Mutex<VerifiedCache>,
 }
+
+/// Verified packages by skill id, valid while the generation of `state.db`
+/// reads `generation` and each package file is the one that was read.
+#[derive(Default)]
+struct VerifiedCache {
+    generation: i64,
+    packages: std::collections::HashMap<String, (FileIdentity, Arc<VerifiedPackage>)>,
+}
+
+/// Most verified packages kept in memory (one per installed skill used).
+const MAX_VERIFIED_CACHED: usize = 1024;
+
+/// What tells one file apart from its replacement without reading it: a
+/// rename puts another inode there, a write in place moves the change time
+/// (which no unprivileged call can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(meta: &fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The tables whose changes invalidate verified packages.
+const GENERATION_TABLES: &[&str] = &["trusted_keys", "key_namespaces", "installed_skills"];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS trusted_keys (
@@ -193,7 +235,8 @@ impl Home {
         }
         let db_path = root.join("state.db");
         let db_err = |source| HomeError::Db { path: db_path.clone(), source };
-        let db = crate::sqlite::open(&db_path, false, SCHEMA).map_err(db_err)?;
+        let schema = format!("{SCHEMA}{}", crate::sqlite::generation_schema(GENERATION_TABLES));
+        let db = crate::sqlite::open(&db_path, false, &schema).map_err(db_err)?;
         let audit = AuditLog::open(root.join("audit.db"))?;
         // Every handle on a state directory that has a device signs its
         // checkpoints, not only those the security service opens: a record
@@ -203,7 +246,7 @@ impl Home {
             let device = key.public().id();
             audit.enable_checkpoints(key, device.as_str());
         }
-        Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user() })
+        Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user(), verified: Mutex::default() })
     }
 
     /// The serial of the newest organisation policy of `namespace` from
@@ -562,23 +605,57 @@ impl Home {
         Ok(skill)
     }
 
-    /// Reads the installed package of `id` and verifies it again against
-    /// the trust store as it is now (so revocation takes effect).
-    pub fn load_installed(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
+    /// The installed package of `id`, verified against the trust store as
+    /// it is now: a revocation, a trust change, a reinstall or a removal
+    /// since the last verification (by this process or another) is seen at
+    /// once, and so is a package file replaced on disk. Otherwise the
+    /// package verified last time is returned without reading anything but
+    /// the state's generation and the file's metadata. Each verification
+    /// (and each refusal) is audited.
+    pub fn load_installed(&self, id: &str) -> Result<Arc<VerifiedPackage>, HomeError> {
+        let generation = self.with_db(|db| crate::sqlite::generation(db))?;
+        let cached = {
+            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation != generation {
+                *cache = VerifiedCache { generation, packages: Default::default() };
+            }
+            cache.packages.get(id).map(|(file, package)| (*file, package.clone()))
+        };
+        if let Some((file, package)) = cached
+            && fs::metadata(self.package_path(&package.digest())).is_ok_and(|m| FileIdentity::of(&m) == file)
+        {
+            return Ok(package);
+        }
         let outcome = self.load_installed_unaudited(id);
-        self.audited("skill.verify", ("skill", id), outcome, |p| {
+        let (file, package) = self.audited("skill.verify", ("skill", id), outcome, |(_, p)| {
             (
                 format!("signature valid, signer {} trusted", p.signer()),
                 serde_json::json!({ "digest": p.digest().to_hex() }),
             )
-        })
+        })?;
+        let package = Arc::new(package);
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        // Kept only if nothing changed while it was being verified.
+        if cache.generation == generation {
+            if cache.packages.len() >= MAX_VERIFIED_CACHED {
+                cache.packages.clear();
+            }
+            cache.packages.insert(id.to_owned(), (file, package.clone()));
+        }
+        Ok(package)
     }
 
-    fn load_installed_unaudited(&self, id: &str) -> Result<VerifiedPackage, HomeError> {
+    fn load_installed_unaudited(&self, id: &str) -> Result<(FileIdentity, VerifiedPackage), HomeError> {
+        let read = tracing::debug_span!("skill.read").entered();
         let skill = self.info(id)?;
         let path = self.package_path(&skill.digest);
-        let bytes = fs::read(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
-        let verified = Package::parse(&bytes)?.verify(self)?;
+        let io = |source| HomeError::Io { path: path.clone(), source };
+        let mut file = fs::File::open(&path).map_err(io)?;
+        let identity = FileIdentity::of(&file.metadata().map_err(io)?);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
+        drop(read);
+        let verified = tracing::debug_span!("skill.verify").in_scope(|| Package::parse(&bytes)?.verify(self))?;
         // A validly signed but different package (another skill, an older
         // version) swapped into the file is not what was installed.
         if verified.digest() != skill.digest || verified.manifest().id.as_str() != id {
@@ -587,7 +664,7 @@ impl Home {
                 found: format!("{} {}", verified.manifest().id, verified.manifest().version),
             });
         }
-        Ok(verified)
+        Ok((identity, verified))
     }
 }
 

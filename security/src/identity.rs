@@ -175,6 +175,33 @@ pub struct ApiToken {
 pub struct IdentityStore {
     path: PathBuf,
     db: Mutex<Connection>,
+    /// Sessions and devices read since `identity.db` last changed (by
+    /// anyone: see [`crate::sqlite::generation_schema`]).
+    cache: Mutex<IdentityCache>,
+}
+
+/// What was read from `identity.db` at one generation. Only rows that
+/// exist are kept (an unknown token is looked up every time), at most
+/// [`MAX_IDENTITY_CACHED`] of each.
+#[derive(Default)]
+struct IdentityCache {
+    generation: i64,
+    sessions: std::collections::HashMap<String, Session>,
+    /// Session id by token hash.
+    by_token: std::collections::HashMap<String, String>,
+    devices: std::collections::HashMap<String, Device>,
+}
+
+const MAX_IDENTITY_CACHED: usize = 4096;
+
+/// The tables whose changes invalidate the cache.
+const GENERATION_TABLES: &[&str] = &["users", "api_tokens", "devices", "sessions"];
+
+fn insert_bounded<V>(map: &mut std::collections::HashMap<String, V>, key: String, value: V) {
+    if map.len() >= MAX_IDENTITY_CACHED {
+        map.clear();
+    }
+    map.insert(key, value);
 }
 
 const SCHEMA: &str = "
@@ -240,8 +267,26 @@ impl IdentityStore {
     pub fn open(dir: &Path) -> Result<IdentityStore, IdentityError> {
         let path = dir.join("identity.db");
         let err = |source| IdentityError::Db { path: path.clone(), source };
-        let db = crate::sqlite::open(&path, false, SCHEMA).map_err(err)?;
-        Ok(IdentityStore { path, db: Mutex::new(db) })
+        let schema = format!("{SCHEMA}{}", crate::sqlite::generation_schema(GENERATION_TABLES));
+        let db = crate::sqlite::open(&path, false, &schema).map_err(err)?;
+        Ok(IdentityStore { path, db: Mutex::new(db), cache: Mutex::default() })
+    }
+
+    /// The cache, emptied first if `identity.db` changed since it was
+    /// filled; one query. The cache lock is taken under the database lock
+    /// so a fill cannot interleave with a change being noticed.
+    fn with_cache<T>(
+        &self,
+        f: impl FnOnce(&Connection, &mut IdentityCache) -> rusqlite::Result<T>,
+    ) -> Result<T, IdentityError> {
+        self.with_db(|db| {
+            let generation = crate::sqlite::generation(db)?;
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation != generation {
+                *cache = IdentityCache { generation, ..Default::default() };
+            }
+            f(db, &mut cache)
+        })
     }
 
     fn with_db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, IdentityError> {
@@ -400,13 +445,18 @@ impl IdentityStore {
 
     /// One device.
     pub fn device(&self, id: &str) -> Result<Device, IdentityError> {
-        self.with_db(|db| {
-            db.query_row(
-                "SELECT id, name, public_key, trust, local, created_at_ms FROM devices WHERE id = ?1",
-                [id],
-                device_row,
-            )
-            .optional()
+        self.with_cache(|db, cache| {
+            if let Some(d) = cache.devices.get(id) {
+                return Ok(Some(d.clone()));
+            }
+            let device = db
+                .prepare_cached("SELECT id, name, public_key, trust, local, created_at_ms FROM devices WHERE id = ?1")?
+                .query_row([id], device_row)
+                .optional()?;
+            if let Some(d) = &device {
+                insert_bounded(&mut cache.devices, id.to_owned(), d.clone());
+            }
+            Ok(device)
         })?
         .ok_or_else(|| IdentityError::NoSuchDevice(id.to_owned()))
     }
@@ -479,13 +529,20 @@ impl IdentityStore {
     /// the decision function refuses them again for embedders that build a
     /// `Subject` themselves).
     pub fn session_by_token(&self, token: &str) -> Result<Session, IdentityError> {
-        self.with_db(|db| {
-            db.query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"),
-                [sha256_hex(token)],
-                session_row,
-            )
-            .optional()
+        let hash = sha256_hex(token);
+        self.with_cache(|db, cache| {
+            if let Some(s) = cache.by_token.get(&hash).and_then(|id| cache.sessions.get(id)) {
+                return Ok(Some(s.clone()));
+            }
+            let session = db
+                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"))?
+                .query_row([&hash], session_row)
+                .optional()?;
+            if let Some(s) = &session {
+                insert_bounded(&mut cache.by_token, hash, s.id.clone());
+                insert_bounded(&mut cache.sessions, s.id.clone(), s.clone());
+            }
+            Ok(session)
         })?
         .ok_or(IdentityError::UnknownSession)
     }
@@ -502,8 +559,18 @@ impl IdentityStore {
 
     /// One session by id.
     pub fn session(&self, id: &str) -> Result<Session, IdentityError> {
-        self.with_db(|db| {
-            db.query_row(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"), [id], session_row).optional()
+        self.with_cache(|db, cache| {
+            if let Some(s) = cache.sessions.get(id) {
+                return Ok(Some(s.clone()));
+            }
+            let session = db
+                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"))?
+                .query_row([id], session_row)
+                .optional()?;
+            if let Some(s) = &session {
+                insert_bounded(&mut cache.sessions, id.to_owned(), s.clone());
+            }
+            Ok(session)
         })?
         .ok_or_else(|| IdentityError::NoSuchSession(id.to_owned()))
     }

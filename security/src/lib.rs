@@ -42,4 +42,5 @@ mod policy_files;
 pub mod security;
 pub mod sqlite;
 
+pub use authz::QueuedCheck;
 pub use security::{Security, SecurityError};

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +128,9 @@ pub trait TaskExecutor: Send + Sync + 'static {
     }
 }
 
-/// Records engine-level audit events (task outcomes, recovery).
-pub type AuditHook = Arc<dyn Fn(AuditEvent) + Send + Sync>;
+/// Records engine-level audit events (task outcomes, recovery): queues the
+/// record at once, in order; the future resolves once it is on disk.
+pub type AuditHook = Arc<dyn Fn(AuditEvent) -> BoxFuture<()> + Send + Sync>;
 
 /// Who a submission belongs to.
 #[derive(Debug, Clone)]
@@ -303,7 +305,10 @@ impl TaskEngine {
             live.insert(id.clone(), Live::new(stored));
             ack
         };
-        let durable = ack.await.unwrap_or_else(|_| Err("the task store's writer stopped".into()));
+        let durable = ack
+            .instrument(tracing::debug_span!("persist"))
+            .await
+            .unwrap_or_else(|_| Err("the task store's writer stopped".into()));
         if let Err(e) = durable {
             self.inner.lock_live().remove(&id);
             return Err(EngineError::NotStored(e));
@@ -382,7 +387,8 @@ impl TaskEngine {
         if let Some(abort) = abort {
             abort.abort();
         }
-        self.inner.audit_outcome(&cancelled);
+        // Queued now, behind the run's own records; durable in the background.
+        tokio::spawn(self.inner.audit_outcome(&cancelled));
         Ok(true)
     }
 
@@ -589,7 +595,7 @@ impl Inner {
             if let Some(abort) = abort {
                 abort.abort();
             }
-            self.audit_outcome(&state);
+            tokio::spawn(self.audit_outcome(&state));
         }
     }
 
@@ -659,8 +665,10 @@ impl Inner {
         }
     }
 
-    fn audit_outcome(&self, t: &TaskState) {
-        let Some(audit) = &self.audit else { return };
+    /// Queues the record of a task's outcome; the future resolves once it
+    /// is on disk.
+    fn audit_outcome(&self, t: &TaskState) -> BoxFuture<()> {
+        let Some(audit) = &self.audit else { return Box::pin(std::future::ready(())) };
         let result = match t.status {
             TaskStatus::Completed => AuditResult::Allowed,
             _ => AuditResult::Error,
@@ -674,7 +682,7 @@ impl Inner {
         if let Some(err) = &t.error {
             e = e.reason(&err.message);
         }
-        audit(e);
+        audit(e)
     }
 
     fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
@@ -709,7 +717,7 @@ impl Inner {
                     })?;
                     let state = entry.task.state.clone();
                     drop(live);
-                    self.audit_outcome(&state);
+                    tokio::spawn(self.audit_outcome(&state));
                 }
             }
         }
@@ -774,7 +782,7 @@ impl Inner {
             }
         };
         match done {
-            Ok(state) => self.audit_outcome(&state),
+            Ok(state) => self.audit_outcome(&state).instrument(tracing::debug_span!("outcome.audit")).await,
             // Cancelled meanwhile: the cancellation stands.
             Err(e) => tracing::debug!(task = %id, error = %e, "outcome dropped"),
         }

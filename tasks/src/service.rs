@@ -160,12 +160,14 @@ impl TaskService {
     /// The subject behind a bearer session token (or the local owner
     /// without one, while `requireAuth` is off).
     pub fn authenticate(&self, token: Option<&str>) -> Result<Subject, RuntimeError> {
+        let _span = tracing::debug_span!("authenticate").entered();
         Self::auth_error(token, self.security.subject(token))
     }
 
     /// [`TaskService::authenticate`] for a token sent over the network by
     /// `peer`: failures are throttled per peer and audited in aggregate.
     pub fn authenticate_peer(&self, token: Option<&str>, peer: std::net::IpAddr) -> Result<Subject, RuntimeError> {
+        let _span = tracing::debug_span!("authenticate").entered();
         Self::auth_error(token, self.security.subject_from_peer(token, peer))
     }
 
@@ -218,16 +220,31 @@ impl TaskService {
     /// `agent:invoke`). Durable when it returns.
     pub async fn submit(&self, who: &Subject, req: TaskSubmitRequest) -> Result<TaskState, RuntimeError> {
         let target = req.target().map_err(|m| RuntimeError::new(ErrorCode::InvalidRequest, m))?;
-        self.require(who, Permission::TaskSubmit, "task.submit", target.id(), true)?;
+        let check = self.security.check_queued(who, Permission::TaskSubmit, "task.submit", ("task", target.id()));
+        if let Err(denied) = check.answer {
+            check.durable.await?;
+            return Err(denied.into());
+        }
         let run = match target {
             TaskTarget::Skill(_) => Permission::SkillExecute,
             TaskTarget::Agent(_) => Permission::AgentInvoke,
         };
-        self.require(who, run, "task.submit", target.id(), false)?;
+        if let Err(denied) = self.require(who, run, "task.submit", target.id(), false) {
+            check.durable.await?;
+            return Err(denied);
+        }
         // The task keeps where it came from: the executor decides it again
         // later from the session, which does not know the caller's machine.
         let owner = Owner { principal: Security::principal(who), user: who.user.clone() };
-        let state = self.engine.submit(req, &owner).await?;
+        // The task is stored while its record is being written; neither is
+        // acknowledged before both are on disk.
+        let (stored, audited) = tokio::join!(self.engine.submit(req, &owner), check.durable);
+        let state = stored?;
+        if let Err(e) = audited {
+            // Not acknowledged: it must not run either.
+            let _ = self.engine.cancel(&state.id, "its submission could not be audited");
+            return Err(e.into());
+        }
         Ok(state)
     }
 

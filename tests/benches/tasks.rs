@@ -1,7 +1,9 @@
 //! Task engine throughput: submit → COMPLETED with the signed `echo` skill,
 //! durable (group-committed SQLite WAL), via the in-process transport and
 //! over HTTP on loopback; p50/p99 submission (acknowledgement) latency;
-//! SSE fan-out to many subscribers of one task. Prints figures.
+//! SSE fan-out to many subscribers of one task; one task alone, with the
+//! median time of each stage (from the engine's tracing spans); the
+//! server's memory after many tasks. Prints figures.
 //!
 //! cargo bench -p coderclaw-e2e --bench tasks [-- N]
 
@@ -17,8 +19,71 @@ use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use coderclaw_e2e::guest;
 use futures_util::StreamExt;
 use serde_json::json;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::span;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Wall time of every span closed while `on`, by span name.
+#[derive(Default)]
+struct StageTimes {
+    on: AtomicBool,
+    samples: Mutex<HashMap<&'static str, Vec<Duration>>>,
+}
+
+struct Opened(Instant);
+
+struct StageLayer(Arc<StageTimes>);
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for StageLayer {
+    fn on_new_span(&self, _: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        if self.0.on.load(Ordering::Relaxed)
+            && let Some(span) = ctx.span(id)
+        {
+            span.extensions_mut().insert(Opened(Instant::now()));
+        }
+    }
+
+    fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        let Some(opened) = span.extensions().get::<Opened>().map(|o| o.0) else { return };
+        let mut samples = self.0.samples.lock().unwrap();
+        samples.entry(span.name()).or_default().push(opened.elapsed());
+    }
+}
+
+/// The stages of one task, in order, as (span name, what it is).
+const STAGES: &[(&str, &str)] = &[
+    ("authenticate", "authenticate (token → subject)"),
+    ("persist", "persist + ack (tasks.db commit)"),
+    ("plan.session", "plan: session check"),
+    ("skill.read", "plan: load (row + package file; cache miss)"),
+    ("skill.verify", "plan: verify (digest + signature; cache miss)"),
+    ("plan.load", "plan: load + verify (cached: generation + stat)"),
+    ("plan.decide", "plan: decide (audited)"),
+    ("load", "plan: compiled skill (memory cache)"),
+    ("instantiate", "instantiate"),
+    ("call", "run (guest call)"),
+    ("outcome.audit", "outcome audited"),
+    ("tasks.commit", "tasks.db batch commit (each)"),
+    ("audit.append", "audit append, blocking, durable (each)"),
+    ("audit.commit", "audit batch commit (each)"),
+];
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Resident memory of this process, from /proc (KiB).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
 
 fn setup(dir: &std::path::Path) -> Arc<TaskService> {
     let key = SecretKey::from_seed(*b"coderclaw test key: team--------");
@@ -74,8 +139,33 @@ async fn end_to_end<T: Transport + 'static>(
     coderclaw_e2e::print_latency(&format!("{label}: submit acknowledged"), acks);
 }
 
+/// One task at a time, `n` times: submit → COMPLETED latency, and the
+/// median of each stage.
+async fn one_at_a_time<T: Transport + 'static>(rt: &CoderClawRuntime<T>, n: usize, times: &StageTimes, label: &str) {
+    times.samples.lock().unwrap().clear();
+    times.on.store(true, Ordering::Relaxed);
+    let mut total = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        let t = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap();
+        let done = rt.wait(&t.id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+        total.push(t0.elapsed());
+    }
+    times.on.store(false, Ordering::Relaxed);
+    coderclaw_e2e::print_latency(&format!("{label}: one task alone, submit→COMPLETED"), total);
+    let mut samples = std::mem::take(&mut *times.samples.lock().unwrap());
+    for (name, what) in STAGES {
+        if let Some(v) = samples.remove(name) {
+            println!("    {what:<42} median {:>9.1?}  ({} per task)", median(v.clone()), v.len() as f64 / n as f64);
+        }
+    }
+}
+
 fn main() {
     let n: usize = std::env::args().filter_map(|a| a.parse().ok()).next().unwrap_or(2000);
+    let times = Arc::new(StageTimes::default());
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(StageLayer(times.clone()))).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
@@ -83,7 +173,19 @@ fn main() {
         // Warm the compiled-code cache.
         let local = Arc::new(CoderClawRuntime::new(LocalTransport::new(service.clone(), None)));
         end_to_end(local.clone(), 50, None, "warm-up").await;
-        end_to_end(local, n, None, "local transport").await;
+        one_at_a_time(&local, 300, &times, "local").await;
+        end_to_end(local.clone(), n, None, "local transport").await;
+        let rss_before = rss_kib();
+        let memory_rounds = 5;
+        for _ in 0..memory_rounds {
+            end_to_end(local.clone(), n, None, "local transport (memory round)").await;
+        }
+        println!(
+            "memory: resident {} KiB before, {} KiB after {} more tasks",
+            rss_before,
+            rss_kib(),
+            n * memory_rounds
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let service = setup(dir.path());
@@ -100,6 +202,7 @@ fn main() {
             security.login_local("bench", LocalSecret::Password("bench password"), None, None, None).unwrap();
         let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
         end_to_end(http.clone(), 50, Some(64), "warm-up").await;
+        one_at_a_time(&http, 300, &times, "HTTP").await;
         end_to_end(http.clone(), n, Some(64), "HTTP transport (loopback, 64 clients)").await;
 
         // SSE fan-out: 900 subscribers of one task (under the server's

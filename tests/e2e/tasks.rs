@@ -887,3 +887,99 @@ async fn a_capability_denied_inside_a_task_is_an_audit_record_naming_skill_task_
         "{record:?}"
     );
 }
+
+/// Submits echo for `rt` and waits for its end.
+async fn echo_once<T: Transport>(rt: &CoderClawRuntime<T>) -> coderclaw_core::task::TaskState {
+    let t = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("x"))).await.unwrap();
+    rt.wait(&t.id, |_| {}).await.unwrap()
+}
+
+/// The task failed with `code`; its message.
+fn failed_with(done: coderclaw_core::task::TaskState, code: FailureCode) -> String {
+    let error = done.error.expect("an error");
+    assert_eq!((done.status, error.code), (TaskStatus::Failed, code), "{}", error.message);
+    error.message
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_revoked_by_another_process_stops_the_very_next_task() {
+    let f = fixture(EngineConfig::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "verified once, then cached");
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed);
+    // Another handle on the state directory: its own SQLite connection, as
+    // `coderclaw trust revoke` in another process has.
+    let other = Home::open(f.home.root()).unwrap();
+    other.trust_revoke(&team_key().public().id().to_string()).unwrap();
+    let message = failed_with(echo_once(&rt).await, FailureCode::Denied);
+    assert!(message.contains("revoked"), "{message}");
+    failed_with(echo_once(&rt).await, FailureCode::Denied);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_package_file_replaced_on_disk_is_refused_at_the_next_task() {
+    let f = fixture(EngineConfig::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed);
+    let digest = f.home.info("team/echo").unwrap().digest;
+    let file = f.home.root().join("packages").join(format!("{}.ccpkg", digest.to_hex()));
+    let original = std::fs::read(&file).unwrap();
+
+    // 1. Written in place, same length, one byte of the component changed.
+    let mut tampered = original.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xff;
+    std::fs::write(&file, &tampered).unwrap();
+    failed_with(echo_once(&rt).await, FailureCode::Denied);
+    std::fs::write(&file, &original).unwrap();
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "the installed bytes back");
+
+    // 2. Renamed over it: another validly signed package (a newer version).
+    let manifest = Manifest::from_toml(
+        "id = \"team/echo\"\nversion = \"2.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n",
+        "team/echo",
+    )
+    .unwrap();
+    let newer = Package::sign(&manifest, std::fs::read(guest("echo")).unwrap(), &team_key(), 1_763_000_000);
+    let swap = file.with_extension("swap");
+    std::fs::write(&swap, newer.to_bytes()).unwrap();
+    std::fs::rename(&swap, &file).unwrap();
+    let message = failed_with(echo_once(&rt).await, FailureCode::Denied);
+    assert!(message.contains("2.0.0"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_revoked_or_expired_elsewhere_is_refused_at_the_next_task() {
+    let f = fixture(EngineConfig::default());
+    let identity_db = f.home.root().join("identity.db");
+    for how in ["revoked", "expired"] {
+        let user = format!("dev-{how}");
+        let token = f.login(&user, &["developer"]);
+        let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), Some(token)));
+        assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed);
+        let mut later = TaskSubmitRequest::skill("team/echo", json!("later"));
+        later.paused = true;
+        let later = rt.submit_task(later).await.unwrap();
+        // As the sqlite3 shell or another coderclaw process would: the
+        // triggers count the change, so the cached session is dropped.
+        let change = if how == "revoked" {
+            "UPDATE sessions SET revoked_at_ms = 1 WHERE user = ?1"
+        } else {
+            "UPDATE sessions SET expires_at_ms = 1 WHERE user = ?1"
+        };
+        assert_eq!(rusqlite::Connection::open(&identity_db).unwrap().execute(change, [&user]).unwrap(), 1);
+        let refused = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("now"))).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Unauthenticated, "{how}: {}", refused.message);
+        assert!(refused.message.contains(how), "{}", refused.message);
+        // The task submitted before is refused when it would start.
+        f.engine.resume(&later.id).unwrap();
+        let start = Instant::now();
+        let mut done = f.engine.get(&later.id).unwrap();
+        while !done.status.is_terminal() {
+            assert!(start.elapsed() < Duration::from_secs(30), "never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            done = f.engine.get(&later.id).unwrap();
+        }
+        failed_with(done, FailureCode::Unauthenticated);
+    }
+}

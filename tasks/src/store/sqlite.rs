@@ -310,7 +310,7 @@ fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_co
                 Err(_) => break,
             }
         }
-        let result = commit(&mut db, &batch);
+        let result = tracing::debug_span!("tasks.commit", writes = batch.len()).in_scope(|| commit(&mut db, &batch));
         if let Err(e) = &result {
             tracing::error!(path, error = %e, writes = batch.len(), "task store commit failed");
         }
@@ -333,15 +333,31 @@ fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_co
 }
 
 fn commit(db: &mut Connection, batch: &[Queued]) -> Result<(), String> {
+    // A task that changed several times within the batch (submitted,
+    // planned, run and finished together) gets its row written once, as it
+    // is last; every event is kept.
+    let mut last_row: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, q) in batch.iter().enumerate() {
+        if let Write::Task { task, .. } = &q.write {
+            last_row.insert(&task.state.id, i);
+        }
+    }
     let tx = db.transaction().map_err(|e| e.to_string())?;
-    for q in batch {
-        apply(&tx, &q.write).map_err(|e| e.to_string())?;
+    for (i, q) in batch.iter().enumerate() {
+        let row = match &q.write {
+            Write::Task { task, .. } => last_row.get(task.state.id.as_str()) == Some(&i),
+            _ => false,
+        };
+        apply(&tx, &q.write, row).map_err(|e| e.to_string())?;
     }
     tx.commit().map_err(|e| e.to_string())
 }
 
-fn apply(db: &Connection, write: &Write) -> rusqlite::Result<()> {
+/// Applies `write`; a task row only when `row` (the task's last in the batch).
+fn apply(db: &Connection, write: &Write, row: bool) -> rusqlite::Result<()> {
     match write {
+        Write::Task { event: Some(e), .. } if !row => insert_event(db, e)?,
+        Write::Task { event: None, .. } if !row => {}
         Write::Task { task, event } => {
             let s = &task.state;
             let json = |v: &Value| v.to_string();
