@@ -104,6 +104,15 @@ fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
     Server(child, format!("http://127.0.0.1:{port}"))
 }
 
+/// The signed skills installed, a server on a free port, and a developer's
+/// token: (port, server, token).
+fn serve_signed(cli: &Cli, workspace: &std::path::Path) -> (u16, Server, String) {
+    install_signed(cli, workspace);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = start_server(cli, p(workspace), port);
+    (port, server, login(cli))
+}
+
 /// A developer session token (the HTTP API answers nobody without one).
 fn login(cli: &Cli) -> String {
     let added = cli.run_stdin(&["user", "add", "dev", "--role", "developer", "--password-stdin"], "dev password\n");
@@ -124,14 +133,10 @@ fn remote_json(cli: &Cli, url: &str, token: &str, args: &[&str]) -> Value {
 
 #[test]
 fn kill_9_mid_task_then_restart_leaves_nothing_hanging_and_the_audit_chain_verifies() {
-    let cli = Cli::new();
-    let tmp = tempfile::tempdir().unwrap();
-    install_signed(&cli, tmp.path());
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
     let ws = p(tmp.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = start_server(&cli, ws, port);
+    let (port, mut server, token) = serve_signed(&cli, tmp.path());
     let url = server.1.clone();
-    let token = login(&cli);
     let anonymous = cli.run(&["task", "list", "--remote", &url]);
     assert_eq!(anonymous.status.code(), Some(1));
     assert!(text(&anonymous.stderr).contains("unauthenticated"), "{}", text(&anonymous.stderr));
@@ -196,14 +201,10 @@ fn kill_9_at_full_load_loses_no_acknowledged_task() {
     use coderclaw_core::task::TaskSubmitRequest;
     use std::sync::{Arc, Mutex};
 
-    let cli = Cli::new();
-    let tmp = tempfile::tempdir().unwrap();
-    install_signed(&cli, tmp.path());
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
     let ws = p(tmp.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = start_server(&cli, ws, port);
+    let (port, mut server, token) = serve_signed(&cli, tmp.path());
     let url = server.1.clone();
-    let token = login(&cli);
     let (total, clients, kill_after) = (5000usize, 64usize, 2000usize);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
