@@ -78,14 +78,27 @@ impl Security {
         resource: (&str, &str),
         audit_allowed: bool,
     ) -> Result<(), SecurityError> {
-        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
-        if d.allowed && !audit_allowed {
+        let (answer, record) = self.checked(subject, permission, action, resource);
+        if answer.is_ok() && !audit_allowed {
             return Ok(());
         }
+        self.audit(record)?;
+        answer
+    }
+
+    /// The answer to a permission check and the record that says so.
+    fn checked(
+        &self,
+        subject: &Subject,
+        permission: Permission,
+        action: &str,
+        resource: (&str, &str),
+    ) -> (Result<(), SecurityError>, crate::audit::AuditEvent) {
+        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
         let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
         let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
-        self.audit(self.event(action, result, subject, resource.0, resource.1).reason(&reason))?;
-        if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) }
+        let record = self.event(action, result, subject, resource.0, resource.1).reason(&reason);
+        (if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) }, record)
     }
 
     /// [`Security::check`] with the record always written, for a caller
@@ -100,15 +113,9 @@ impl Security {
         action: &str,
         resource: (&str, &str),
     ) -> QueuedCheck {
-        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
-        let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
-        let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
-        let record = self.event(action, result, subject, resource.0, resource.1).reason(&reason);
+        let (answer, record) = self.checked(subject, permission, action, resource);
         let queued = self.home.audit().append_durable(record);
-        QueuedCheck {
-            answer: if d.allowed { Ok(()) } else { Err(SecurityError::Denied(reason)) },
-            durable: Box::pin(async move { queued.await.map(|_| ()).map_err(SecurityError::from) }),
-        }
+        QueuedCheck { answer, durable: Box::pin(async move { queued.await.map(|_| ()).map_err(SecurityError::from) }) }
     }
 
     /// Managing the state directory (trust store, installs, keys, users,
