@@ -149,12 +149,12 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
         }
         Command::Verify { witness, json } => {
             let device = security.local_device().id;
-            let registry = witness.open(security.policy().config.audit.witness_registry.as_deref())?;
+            let registry = witness.open(security.policy()?.config.audit.witness_registry.as_deref())?;
             let heads = witnessed_heads(&security, registry.as_ref().map(|(r, ns)| (r, ns.as_str())), &device)?;
             report_verify(home.audit().verify_against(&heads, Some(&device)), json)
         }
         Command::Witness { witness, json } => {
-            let Some((reg, ns)) = witness.open(security.policy().config.audit.witness_registry.as_deref())? else {
+            let Some((reg, ns)) = witness.open(security.policy()?.config.audit.witness_registry.as_deref())? else {
                 bail!("name the registry that witnesses: pass --registry or set audit.witnessRegistry in config.yaml");
             };
             // A log that no longer matches what was witnessed is not
@@ -188,7 +188,7 @@ fn witnessed_heads(
     device: &str,
 ) -> Result<Vec<(String, SignedHead)>> {
     let mut heads = Vec::new();
-    if let Some(file) = &security.policy().config.audit.witness_file {
+    if let Some(file) = &security.policy()?.config.audit.witness_file {
         match read_witness_file(file) {
             Ok(found) => heads.extend(found.into_iter().map(|h| (format!("witness file {}", file.display()), h))),
             Err(problem) if file.exists() => bail!("{problem}"),

@@ -23,7 +23,7 @@ pub(crate) struct Args {
 
 pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let security = home::open_security(None)?;
-    let shell = security.policy().policies().config.shell.clone();
+    let shell = security.policy()?.policies().config.shell.clone();
     let support = confine::support();
     let missing = support.missing();
     let verdict = match (missing.is_empty(), shell.confinement) {

@@ -51,7 +51,7 @@ pub(crate) fn open_security(workspace: Option<&Path>) -> Result<Arc<Security>> {
 /// Fails on the first role name the configuration does not define.
 pub(crate) fn check_roles(security: &Security, roles: &[String]) -> Result<()> {
     for r in roles {
-        security.policy().roles.permissions(r).map_err(|e| anyhow::anyhow!("{e}"))?;
+        security.policy()?.roles.permissions(r).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(())
 }

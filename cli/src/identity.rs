@@ -207,7 +207,7 @@ pub(crate) fn user(cmd: UserCommand) -> Result<ExitCode> {
     match cmd {
         UserCommand::Add { name, roles, password_stdin } => {
             let by = security.subject(home::session())?;
-            let roles = if roles.is_empty() { security.policy().config.security.default_roles.clone() } else { roles };
+            let roles = if roles.is_empty() { security.policy()?.config.security.default_roles.clone() } else { roles };
             // Also checked by add_user; first here so a doomed command never asks for a password.
             home::check_roles(&security, &roles)?;
             let password = password_stdin.then(|| read_secret("password")).transpose()?;

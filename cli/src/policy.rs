@@ -75,7 +75,7 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     };
     // As `skill run` without --allow-env: requested variables show as not passed.
     let offer = args.workspace.offer(&workspace, BTreeMap::new(), HOST_MAX);
-    let policy = security.policy();
+    let policy = security.policy()?;
     let d = decide(&DecisionInput {
         subject: &subject,
         target: Target::from_manifest(&manifest),

@@ -283,9 +283,9 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Show { json }) => {
             let security = home::open_checked(Permission::ConfigRead, "policy.show", ("policy", "organisation"))?;
-            let org = &security.policy().org;
+            let org = &security.policy()?.org;
             if json {
-                print_json(&serde_json::json!({ "policy": org, "sources": security.policy().sources }))?;
+                print_json(&serde_json::json!({ "policy": org, "sources": security.policy()?.sources }))?;
             } else {
                 println!("organisation policy in force (local org-policy.yaml and registry policies merged):");
                 println!("  enforceTrust:      {}", org.enforce_trust.unwrap_or(false));

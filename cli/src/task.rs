@@ -201,7 +201,7 @@ fn config(flags: &RuntimeFlags, workspace: &Path) -> Result<RuntimeConfig> {
 
 /// The security section of runtime.yaml must agree with config.yaml.
 fn check_security(c: &RuntimeConfig, security: &Security) -> Result<()> {
-    let enforced = &security.policy().config.security;
+    let enforced = &security.policy()?.config.security;
     let s = &c.security;
     let mismatch = |key: &str, here: String, there: String| {
         anyhow::anyhow!(

@@ -228,3 +228,40 @@ mod tests {
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 }
+
+/// What tells one file apart from its replacement without reading it: a
+/// rename puts another inode there, a write in place moves the change time
+/// (which no unprivileged call can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    /// The identity of the file `meta` describes.
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity of whatever is at `path` now (the link itself, not its
+    /// target, for [`FinalLink::Refuse`] files), or `None` when nothing can
+    /// be seen there.
+    pub fn at(path: &Path, link: FinalLink) -> Option<FileIdentity> {
+        let meta = match link {
+            FinalLink::Follow => std::fs::metadata(path),
+            FinalLink::Refuse => std::fs::symlink_metadata(path),
+        };
+        meta.ok().map(|m| FileIdentity::of(&m))
+    }
+}

@@ -180,6 +180,12 @@ impl ClientCache {
         self.root.join("policies").join(registry_key(registry)).join(format!("{namespace}.json"))
     }
 
+    /// The files [`ClientCache::policy`] reads for `namespace` from
+    /// `registry`: a change to either is a change of the policy in force.
+    pub fn policy_files(&self, registry: &str, namespace: &str) -> [PathBuf; 2] {
+        [self.policy_path(registry, namespace), self.legacy_policy_path(registry, namespace)]
+    }
+
     /// The newest organisation policy of `namespace` seen from `registry`.
     pub fn policy(&self, registry: &str, namespace: &str) -> Result<Option<SignedOrgPolicy>, CacheError> {
         match Self::read_json(&self.policy_path(registry, namespace))? {

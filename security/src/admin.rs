@@ -24,7 +24,7 @@ impl Security {
         // A role no configuration defines would be a user no check can
         // reason about: refused before anything is stored.
         for role in roles {
-            self.policy().roles.permissions(role)?;
+            self.policy()?.roles.permissions(role)?;
         }
         let user = self.identity.add_user(name, roles, password)?;
         self.audit_done(by, "user.add", ("user", name), &format!("roles [{}]", roles.join(", ")))?;

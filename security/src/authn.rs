@@ -78,7 +78,7 @@ impl Security {
         audit: &mut dyn FnMut(AuditEvent) -> Result<(), SecurityError>,
     ) -> Result<Subject, SecurityError> {
         let Some(token) = session_token else {
-            if self.policy.config.security.require_auth {
+            if self.policy()?.config.security.require_auth {
                 let reason = "security.requireAuth is on and no session token was given";
                 audit(
                     AuditEvent::new("auth.session", AuditResult::Denied, "session", "-")
@@ -90,7 +90,7 @@ impl Security {
             }
             return Ok(Subject {
                 user: self.actor.clone(),
-                roles: self.policy.config.security.default_roles.clone(),
+                roles: self.policy()?.config.security.default_roles.clone(),
                 device: self.local_device.id.clone(),
                 device_trust: self.effective_trust(&self.local_device),
                 session: None,
@@ -184,7 +184,7 @@ impl Security {
     // --- authentication ---
 
     pub(crate) fn provider_enabled(&self, p: Provider) -> Result<(), SecurityError> {
-        if self.policy.config.identity.providers.contains(&p) {
+        if self.policy()?.config.identity.providers.contains(&p) {
             Ok(())
         } else {
             Err(SecurityError::Denied(format!(
@@ -222,13 +222,16 @@ impl Security {
                 return Err(e);
             }
         };
-        self.start_session(&user_record.name, &user_record.roles, roles, scope, self.session_expiry(ttl), method)
+        self.start_session(&user_record.name, &user_record.roles, roles, scope, self.session_expiry(ttl)?, method)
     }
 
     /// When a session started now with `ttl` (or the configured TTL) ends.
-    pub(crate) fn session_expiry(&self, ttl: Option<Duration>) -> u64 {
-        let ttl = ttl.map_or(self.policy.config.identity.session_ttl.0, |t| t.as_millis() as u64);
-        now_ms().saturating_add(ttl)
+    pub(crate) fn session_expiry(&self, ttl: Option<Duration>) -> Result<u64, SecurityError> {
+        let ttl = match ttl {
+            Some(t) => t.as_millis() as u64,
+            None => self.policy()?.config.identity.session_ttl.0,
+        };
+        Ok(now_ms().saturating_add(ttl))
     }
 
     pub(crate) fn start_session(
@@ -296,9 +299,12 @@ impl Security {
                 return Err(e.into());
             }
         };
-        let held = issuer.roles.clone().unwrap_or_else(|| self.policy.config.security.default_roles.clone());
+        let held = match &issuer.roles {
+            Some(r) => r.clone(),
+            None => self.policy()?.config.security.default_roles.clone(),
+        };
         // A session never outlives the token it was made from.
-        let expires_at_ms = self.session_expiry(ttl).min(who.expires_at_ms);
+        let expires_at_ms = self.session_expiry(ttl)?.min(who.expires_at_ms);
         self.start_session(&who.user, &held, roles, scope, expires_at_ms, &format!("oidc:{}", who.issuer))
     }
 }

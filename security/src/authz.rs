@@ -29,12 +29,13 @@ impl Security {
         workspace: Option<&Path>,
         offer: &Offer,
     ) -> Result<Decision, SecurityError> {
+        let policy = self.policy()?;
         let d = decision::decide(&DecisionInput {
             subject,
             target,
             action: action.clone(),
             workspace,
-            policies: self.policy.policies(),
+            policies: policy.policies(),
             offer,
             now_ms: now_ms(),
         });
@@ -94,7 +95,15 @@ impl Security {
         action: &str,
         resource: (&str, &str),
     ) -> (Result<(), SecurityError>, crate::audit::AuditEvent) {
-        let d = check_permission(subject, permission, self.workspace.as_deref(), self.policy.policies(), now_ms());
+        let policy = match self.policy() {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("no policy in force: {e}");
+                let record = self.event(action, AuditResult::Denied, subject, resource.0, resource.1).reason(&reason);
+                return (Err(e), record);
+            }
+        };
+        let d = check_permission(subject, permission, self.workspace.as_deref(), policy.policies(), now_ms());
         let result = if d.allowed { AuditResult::Allowed } else { AuditResult::Denied };
         let reason = if d.allowed { format!("{permission} granted") } else { d.reasons_text() };
         let record = self.event(action, result, subject, resource.0, resource.1).reason(&reason);
@@ -130,7 +139,7 @@ impl Security {
         action: &str,
         resource: (&str, &str),
     ) -> Result<(), SecurityError> {
-        if subject.session.is_none() && !self.policy.config.security.require_auth {
+        if subject.session.is_none() && !self.policy()?.config.security.require_auth {
             return Ok(());
         }
         self.require(subject, permission, action, resource)

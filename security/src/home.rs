@@ -18,6 +18,7 @@
 
 use crate::audit::{AuditEvent, AuditLog, AuditResult};
 use coderclaw_core::Digest;
+use coderclaw_core::fsutil::FileIdentity;
 use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
 use coderclaw_core::manifest::{Manifest, SkillId};
 use coderclaw_core::package::{KeyLookup, Package, PackageError, TrustedKey, VerifiedPackage};
@@ -150,31 +151,6 @@ struct VerifiedCache {
 
 /// Most verified packages kept in memory (one per installed skill used).
 const MAX_VERIFIED_CACHED: usize = 1024;
-
-/// What tells one file apart from its replacement without reading it: a
-/// rename puts another inode there, a write in place moves the change time
-/// (which no unprivileged call can set back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileIdentity {
-    fn of(meta: &fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-}
 
 /// The tables whose changes invalidate verified packages.
 const GENERATION_TABLES: &[&str] = &["trusted_keys", "key_namespaces", "installed_skills"];

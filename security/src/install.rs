@@ -92,7 +92,7 @@ impl Security {
 
     /// Refuses, and audits, `action` on a skill the organisation denies.
     pub fn check_not_denied(&self, by: &Subject, action: &str, id: &str) -> Result<(), SecurityError> {
-        if let Some(d) = self.policy.org.denies(id) {
+        if let Some(d) = self.policy()?.org.denies(id) {
             let reason = format!("{id} is denied by the organisation policy (deniedSkills: {d})");
             self.audit_refused(by, action, ("skill", id), &reason)?;
             return Err(SecurityError::Denied(reason));
@@ -103,7 +103,8 @@ impl Security {
     /// The organisation's `requiredSkills` entries no installed skill satisfies.
     pub fn missing_required_skills(&self) -> Result<Vec<String>, SecurityError> {
         let installed = self.home.installed()?;
-        let org = &self.policy.org;
+        let policy = self.policy()?;
+        let org = &policy.org;
         Ok(org
             .required_skills
             .iter()
@@ -114,7 +115,7 @@ impl Security {
 
     /// Uninstalls a skill, refusing one the organisation policy requires.
     pub fn remove_skill(&self, by: &Subject, id: &str) -> Result<crate::home::InstalledSkill, SecurityError> {
-        if let Some(r) = self.policy.org.requires(id) {
+        if let Some(r) = self.policy()?.org.requires(id) {
             let reason = format!("{id} is required by the organisation policy (requiredSkills: {r})");
             self.audit_refused(by, "skill.remove", ("skill", id), &reason)?;
             return Err(SecurityError::Denied(format!("{reason} and cannot be removed")));

@@ -15,7 +15,7 @@ use crate::home::Home;
 use crate::security::SecurityError;
 use coderclaw_core::Digest;
 use coderclaw_core::decision::Policies;
-use coderclaw_core::fsutil::{FinalLink, MAX_CONFIG_BYTES, read_text_bounded};
+use coderclaw_core::fsutil::{FileIdentity, FinalLink, MAX_CONFIG_BYTES, read_text_bounded};
 use coderclaw_core::policy::{OrgPolicy, PolicyError, RepoPolicy, SecurityConfig};
 use coderclaw_core::rbac::Roles;
 use serde_json::json;
@@ -46,6 +46,17 @@ pub struct PolicySet {
     pub repo: RepoPolicy,
     /// Where each came from.
     pub sources: Vec<PolicySource>,
+    /// Every file this set was read from (or found absent), as it was seen
+    /// just before the read.
+    watched: Vec<Watched>,
+}
+
+/// One file a policy set depends on.
+#[derive(Debug, Clone)]
+struct Watched {
+    file: PathBuf,
+    link: FinalLink,
+    seen: Option<FileIdentity>,
 }
 
 impl PolicySet {
@@ -53,18 +64,24 @@ impl PolicySet {
     pub fn policies(&self) -> Policies<'_> {
         Policies { config: &self.config, roles: &self.roles, repo: &self.repo, org: &self.org }
     }
+
+    /// Whether any file this set was read from has been written, replaced,
+    /// created or removed since: one `stat` per file, no read.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.watched.iter().any(|w| FileIdentity::at(&w.file, w.link) != w.seen)
+    }
 }
 
 /// Loads the configuration, the organisation policies and the policy of
 /// `workspace` (if any), as `actor` for the audit log.
 pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result<PolicySet, SecurityError> {
-    let mut loader = Loader { home, actor, sources: Vec::new() };
+    let mut loader = Loader { home, actor, sources: Vec::new(), watched: Vec::new() };
     let (config, roles) = loader
         .load(&home.root().join("config.yaml"), FinalLink::Follow, SecurityConfig::from_yaml)?
         .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
     let mut org =
         loader.load(&home.root().join("org-policy.yaml"), FinalLink::Follow, OrgPolicy::from_yaml)?.unwrap_or_default();
-    for (file, policy) in registry_org_policies(home, &config)? {
+    for (file, policy) in registry_org_policies(home, &config, &mut loader.watched)? {
         org.merge(&policy);
         loader.sources.push(PolicySource { file, status: "loaded", problem: None });
     }
@@ -76,7 +93,8 @@ pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result
             .unwrap_or_default(),
         None => RepoPolicy::default(),
     };
-    Ok(PolicySet { config, roles, org, repo, sources: loader.sources })
+    let Loader { sources, watched, .. } = loader;
+    Ok(PolicySet { config, roles, org, repo, sources, watched })
 }
 
 /// The organisation policies that configured registries distributed and
@@ -85,11 +103,18 @@ pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result
 /// policy that fails verification stops the host: running without a
 /// policy the team set would fail open. So does one that was enforced
 /// before and is gone now (a deleted state file).
-fn registry_org_policies(home: &Home, config: &SecurityConfig) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
+fn registry_org_policies(
+    home: &Home,
+    config: &SecurityConfig,
+    watched: &mut Vec<Watched>,
+) -> Result<Vec<(PathBuf, OrgPolicy)>, SecurityError> {
     let cache = coderclaw_registry::cache::ClientCache::new(home.root());
     let mut out = Vec::new();
     for (name, entry) in &config.registries {
         for (namespace, keys) in entry.admin_keys() {
+            for file in cache.policy_files(name, namespace) {
+                watched.push(Watched::now(file, FinalLink::Follow));
+            }
             let file = PathBuf::from(format!("registry {name}, namespace {namespace}"));
             let refuse = |problem: String| SecurityError::CachedPolicy {
                 registry: name.clone(),
@@ -120,6 +145,14 @@ struct Loader<'a> {
     home: &'a Home,
     actor: &'a str,
     sources: Vec<PolicySource>,
+    watched: Vec<Watched>,
+}
+
+impl Watched {
+    fn now(file: PathBuf, link: FinalLink) -> Watched {
+        let seen = FileIdentity::at(&file, link);
+        Watched { file, link, seen }
+    }
 }
 
 impl Loader<'_> {
@@ -130,6 +163,8 @@ impl Loader<'_> {
         parse: impl Fn(&str, &str) -> Result<T, PolicyError>,
     ) -> Result<Option<T>, SecurityError> {
         let shown = file.display().to_string();
+        // Seen before the read: a change after it makes the set stale.
+        self.watched.push(Watched::now(file.to_path_buf(), link));
         let text = match read_text_bounded(file, MAX_CONFIG_BYTES, link) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -106,7 +106,10 @@ pub const REMOTE_DEVICE: &str = "remote-peer";
 pub struct Security {
     pub(crate) home: Arc<Home>,
     pub(crate) identity: IdentityStore,
-    pub(crate) policy: PolicySet,
+    /// The policies in force, read again when one of their files changes.
+    policy: std::sync::RwLock<Arc<PolicySet>>,
+    /// Held while the policies are read again, so one reload runs at a time.
+    policy_reload: std::sync::Mutex<()>,
     pub(crate) local_device: Device,
     pub(crate) actor: String,
     /// The workspace whose policy was loaded: where permission checks of a
@@ -134,7 +137,8 @@ impl Security {
         let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
         let workspace = workspace.map(Path::to_path_buf);
         let throttle = Default::default();
-        Ok(Security { home, identity, policy, local_device, actor, workspace, oidc, throttle })
+        let (policy, policy_reload) = (std::sync::RwLock::new(Arc::new(policy)), Default::default());
+        Ok(Security { home, identity, policy, policy_reload, local_device, actor, workspace, oidc, throttle })
     }
 
     /// The state directory.
@@ -152,9 +156,30 @@ impl Security {
         self.workspace.as_deref()
     }
 
-    /// The policies in force.
-    pub fn policy(&self) -> &PolicySet {
-        &self.policy
+    /// The policies in force now. Each call looks at every policy file
+    /// (one `stat` each); when one was written, replaced, created or removed
+    /// since it was read, all are read again (and a new version audited as at
+    /// start), so an edited policy holds from the next task on. A file that
+    /// no longer parses keeps its last good version; with none, this is the
+    /// error and nothing is allowed until the file is fixed.
+    pub fn policy(&self) -> Result<Arc<PolicySet>, SecurityError> {
+        let read = |lock: &std::sync::RwLock<Arc<PolicySet>>| {
+            lock.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        };
+        let current = read(&self.policy);
+        if !current.is_stale() {
+            return Ok(current);
+        }
+        let _one = self.policy_reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = read(&self.policy);
+        if !current.is_stale() {
+            return Ok(current);
+        }
+        let _span = tracing::info_span!("policy.reload").entered();
+        let fresh = Arc::new(crate::policy_files::load(&self.home, &self.actor, self.workspace.as_deref())?);
+        self.home.audit().set_witness_file(fresh.config.audit.witness_file.clone());
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
     }
 
     /// The raw identity store. Reads and writes here skip the permission
@@ -174,12 +199,10 @@ impl Security {
 
     /// A device's trust as decisions see it: `autoTrustLocal` makes the
     /// local device `trusted` whatever is stored.
+    /// Without a policy in force, nothing is trusted beyond what is stored.
     pub fn effective_trust(&self, device: &Device) -> TrustLevel {
-        if device.local && self.policy.config.device_trust.auto_trust_local {
-            TrustLevel::Trusted
-        } else {
-            device.trust
-        }
+        let auto = self.policy().is_ok_and(|p| p.config.device_trust.auto_trust_local);
+        if device.local && auto { TrustLevel::Trusted } else { device.trust }
     }
 
     pub(crate) fn audit(&self, event: AuditEvent) -> Result<(), SecurityError> {

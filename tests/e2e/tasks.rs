@@ -983,3 +983,43 @@ async fn a_session_revoked_or_expired_elsewhere_is_refused_at_the_next_task() {
         failed_with(done, FailureCode::Unauthenticated);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_file_edited_while_running_holds_from_the_next_task() {
+    let f = fixture(EngineConfig::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed);
+    let org = f.home.root().join("org-policy.yaml");
+    let repo = f.workspace.path().join(".coderClaw/security.yaml");
+    let config = f.home.root().join("config.yaml");
+
+    // The organisation denies the skill: created, then removed.
+    std::fs::write(&org, "organizationPolicy:\n  deniedSkills: [team/echo]\n").unwrap();
+    let message = failed_with(echo_once(&rt).await, FailureCode::Denied);
+    assert!(message.contains("team/echo"), "{message}");
+    std::fs::remove_file(&org).unwrap();
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "the denial is gone with its file");
+
+    // The repository restricts it to a role the local user does not hold.
+    let before = std::fs::read_to_string(&repo).unwrap();
+    std::fs::write(&repo, format!("{before}  - skillId: team/echo\n    allowedRoles: [admin]\n")).unwrap();
+    failed_with(echo_once(&rt).await, FailureCode::Denied);
+    std::fs::write(&repo, &before).unwrap();
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed);
+
+    // The configuration starts requiring a session: the session-less
+    // submission is refused before anything is stored.
+    std::fs::write(&config, "security:\n  requireAuth: true\n").unwrap();
+    let refused = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("x"))).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unauthenticated, "{}", refused.message);
+
+    // A configuration that does not parse and never had a good version:
+    // nothing is allowed until it is fixed.
+    std::fs::remove_file(&config).unwrap();
+    std::fs::remove_dir_all(f.home.root().join("policy/last-good")).unwrap();
+    std::fs::write(&config, "security: [unclosed\n").unwrap();
+    let refused = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("x"))).await.unwrap_err();
+    assert!(refused.message.contains("config.yaml"), "{}", refused.message);
+    std::fs::remove_file(&config).unwrap();
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "fixed by removing it");
+}
