@@ -13,6 +13,7 @@ use coderclaw_security::home::HomeError;
 use coderclaw_security::security::{Security, SecurityError};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Who nested invocations are decided for.
 #[derive(Clone)]
@@ -76,43 +77,100 @@ impl Planner {
         kind: Option<Kind>,
         nested: NestedCaller,
     ) -> Result<PreparedRun, TaskFailure> {
-        let package =
-            tracing::debug_span!("plan.load").in_scope(|| self.security.home().load_installed(id)).map_err(|e| {
-                let code = match &e {
-                    HomeError::NotInstalled(_) => FailureCode::NotInstalled,
-                    // Refused by the trust store: not a host failure.
-                    HomeError::Package(_) | HomeError::StoredPackageMismatch { .. } => FailureCode::Denied,
-                    _ => FailureCode::Internal,
-                };
-                TaskFailure::new(code, e.to_string())
-            })?;
-        let manifest = package.manifest();
-        if kind.is_some_and(|k| k != manifest.kind) {
-            let (article, kind) = if manifest.kind == Kind::Agent { ("an", "agent") } else { ("a", "skill") };
-            let message = format!("{id} is {article} {kind}: submit it as {kind} (--{kind} {id})");
-            return Err(TaskFailure::new(FailureCode::NotInstalled, message));
-        }
+        let package = tracing::debug_span!("plan.load")
+            .in_scope(|| self.security.home().load_installed(id))
+            .map_err(package_failure)?;
+        check_kind(id, package.manifest(), kind)?;
         let decision = tracing::debug_span!("plan.decide")
             .in_scope(|| {
                 self.security.decide(
                     subject,
-                    Target::from_manifest(manifest),
+                    Target::from_manifest(package.manifest()),
                     Action::Run,
                     Some(&self.workspace),
                     &self.offer,
                 )
             })
-            .map_err(|e| TaskFailure::new(FailureCode::Internal, e.to_string()))?;
+            .map_err(internal)?;
         if !decision.allowed {
-            let message = format!("policy refuses {id}: {}", decision.reasons_text());
-            let codes = decision.reasons.iter().map(|r| r.code);
-            return Err(TaskFailure::new(FailureCode::Denied, message).with_reasons(codes));
+            return Err(refused(id, &decision));
         }
         let skill = self.host.load_verified(&package).map_err(sandbox_failure)?;
-        for child in &manifest.capabilities.skills {
+        for child in &package.manifest().capabilities.skills {
             self.register_nested(child.as_str(), nested.clone())?;
         }
         Ok(PreparedRun { skill, decision })
+    }
+
+    /// [`Planner::prepare`] for a task, on an async worker: the same checks
+    /// in the same order, and the run starts only once the decision's record
+    /// is on disk, but nothing holds a thread while waiting for it. Only what
+    /// must block goes to the blocking pool: verifying a package (first use,
+    /// or after a trust or install change) and loading compiled code not yet
+    /// in memory (and an agent's nested skills).
+    pub async fn prepare_task(
+        self: &Arc<Self>,
+        subject: &Subject,
+        id: &str,
+        kind: Option<Kind>,
+    ) -> Result<PreparedRun, TaskFailure> {
+        let cached = tracing::debug_span!("plan.load")
+            .in_scope(|| self.security.home().cached_installed(id))
+            .map_err(package_failure)?;
+        let package = match cached {
+            Some(p) => p,
+            None => {
+                let owned = id.to_owned();
+                self.blocking(move |p| p.security.home().load_installed(&owned)).await?.map_err(package_failure)?
+            }
+        };
+        check_kind(id, package.manifest(), kind)?;
+        let decision = async {
+            let queued = self
+                .security
+                .decide_queued(
+                    subject,
+                    Target::from_manifest(package.manifest()),
+                    Action::Run,
+                    Some(&self.workspace),
+                    &self.offer,
+                )
+                .map_err(internal)?;
+            queued.durable.await.map_err(internal)?;
+            Ok::<_, TaskFailure>(queued.answer)
+        }
+        .instrument(tracing::debug_span!("plan.decide"))
+        .await?;
+        if !decision.allowed {
+            return Err(refused(id, &decision));
+        }
+        let agent = !package.manifest().capabilities.skills.is_empty();
+        let in_memory = if agent { None } else { tracing::debug_span!("load").in_scope(|| self.host.loaded(&package)) };
+        let skill = match in_memory {
+            Some(skill) => skill,
+            None => {
+                self.blocking(move |p| {
+                    let skill = p.host.load_verified(&package).map_err(sandbox_failure)?;
+                    for child in &package.manifest().capabilities.skills {
+                        p.register_nested(child.as_str(), NestedCaller::Task)?;
+                    }
+                    Ok(skill)
+                })
+                .await??
+            }
+        };
+        Ok(PreparedRun { skill, decision })
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Planner) -> T + Send + 'static,
+    ) -> Result<T, TaskFailure> {
+        let planner = self.clone();
+        tokio::task::spawn_blocking(move || f(&planner))
+            .await
+            .map_err(|e| TaskFailure::new(FailureCode::Internal, format!("internal error while planning: {e}")))
     }
 
     /// Makes installed skill `id` invocable by agents through
@@ -164,6 +222,36 @@ impl Planner {
             TaskFailure::new(code, e.to_string())
         })
     }
+}
+
+/// Why an installed package cannot be loaded, as a task failure.
+fn package_failure(e: HomeError) -> TaskFailure {
+    let code = match &e {
+        HomeError::NotInstalled(_) => FailureCode::NotInstalled,
+        // Refused by the trust store: not a host failure.
+        HomeError::Package(_) | HomeError::StoredPackageMismatch { .. } => FailureCode::Denied,
+        _ => FailureCode::Internal,
+    };
+    TaskFailure::new(code, e.to_string())
+}
+
+/// Refuses a skill submitted as an agent, or an agent as a skill.
+fn check_kind(id: &str, manifest: &Manifest, kind: Option<Kind>) -> Result<(), TaskFailure> {
+    if kind.is_none_or(|k| k == manifest.kind) {
+        return Ok(());
+    }
+    let (article, kind) = if manifest.kind == Kind::Agent { ("an", "agent") } else { ("a", "skill") };
+    let message = format!("{id} is {article} {kind}: submit it as {kind} (--{kind} {id})");
+    Err(TaskFailure::new(FailureCode::NotInstalled, message))
+}
+
+fn refused(id: &str, decision: &Decision) -> TaskFailure {
+    let message = format!("policy refuses {id}: {}", decision.reasons_text());
+    TaskFailure::new(FailureCode::Denied, message).with_reasons(decision.reasons.iter().map(|r| r.code))
+}
+
+fn internal(e: SecurityError) -> TaskFailure {
+    TaskFailure::new(FailureCode::Internal, e.to_string())
 }
 
 /// A sandbox error as a task failure, with its kind.

@@ -3,10 +3,10 @@
 //! (audited) and compiles, and the run gets exactly the decided grant. An
 //! agent's nested `skills.invoke` calls are decided for the same principal.
 
-use crate::plan::{NestedCaller, Planner, sandbox_failure};
+use crate::plan::{Planner, sandbox_failure};
 use coderclaw_core::decision::Offer;
 use coderclaw_core::principal::Principal;
-use coderclaw_core::task::{FailureCode, SkillInfo, TaskFailure, TaskState, TaskTarget};
+use coderclaw_core::task::{SkillInfo, TaskFailure, TaskState, TaskTarget};
 use coderclaw_core::task_link::BoxFuture;
 use coderclaw_sandbox::Host;
 use coderclaw_security::security::Security;
@@ -28,17 +28,14 @@ impl SkillExecutor {
     }
 }
 
-/// Everything up to the first guest instruction; blocking (SQLite,
-/// signature check, compilation).
-fn prepare(planner: &Planner, task: &TaskState) -> Result<crate::plan::PreparedRun, TaskFailure> {
-    let subject = tracing::debug_span!("plan.session").in_scope(|| planner.revalidate(&Principal::of_task(task)))?;
-    planner.prepare(&subject, task.target.id(), Some(task.target.kind()), NestedCaller::Task)
-}
-
 impl TaskExecutor for SkillExecutor {
     fn resumable(&self, target: &TaskTarget) -> bool {
-        let info = self.planner.security().home().info(target.id());
-        info.is_ok_and(|i| i.manifest.resumable)
+        let home = self.planner.security().home();
+        // Asked at every submission: the verified package answers without a read.
+        if let Ok(Some(package)) = home.cached_installed(target.id()) {
+            return package.manifest().resumable;
+        }
+        home.info(target.id()).is_ok_and(|i| i.manifest.resumable)
     }
 
     fn execute(&self, task: TaskState, run: TaskRun) -> BoxFuture<Result<Value, TaskFailure>> {
@@ -46,12 +43,9 @@ impl TaskExecutor for SkillExecutor {
         Box::pin(async move {
             let input = task.input.to_string();
             let (task_id, user) = (task.id.clone(), task.user.clone());
-            let prepared = {
-                let planner = planner.clone();
-                tokio::task::spawn_blocking(move || prepare(&planner, &task)).await.map_err(|e| {
-                    TaskFailure::new(FailureCode::Internal, format!("internal error while planning: {e}"))
-                })??
-            };
+            let subject =
+                tracing::debug_span!("plan.session").in_scope(|| planner.revalidate(&Principal::of_task(&task)))?;
+            let prepared = planner.prepare_task(&subject, task.target.id(), Some(task.target.kind())).await?;
             run.running()?;
             let sink = crate::denial_audit::audit_denials(run.sink(), planner.security().clone(), Some(task_id), user);
             let output = planner

@@ -257,6 +257,20 @@ impl Host {
         self.load_checked(package.manifest().id.as_str(), package.component(), package.component_digest())
     }
 
+    /// The compiled skill for `package` if this host holds it in memory
+    /// already (so nothing is read or compiled, and nothing blocks);
+    /// `None` otherwise: call [`Host::load_verified`].
+    pub fn loaded(&self, package: &VerifiedPackage) -> Option<Skill> {
+        self.in_memory(package.manifest().id.as_str(), &package.component_digest())
+    }
+
+    fn in_memory(&self, name: &str, digest: &Digest) -> Option<Skill> {
+        let inner = &self.inner;
+        let skill = inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()?;
+        inner.stats.memory_cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(Skill { name: name.into(), source: LoadSource::Memory, ..skill })
+    }
+
     /// Loads an unsigned component file. Refused unless the builder called
     /// [`HostBuilder::dangerous_allow_unsigned`] (see [`Host::load_bytes`]).
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<Skill, Error> {
@@ -295,11 +309,10 @@ impl Host {
     fn load_checked(&self, name: &str, bytes: &[u8], digest: Digest) -> Result<Skill, Error> {
         let span = tracing::info_span!("load", skill = name, digest = %digest);
         let _enter = span.enter();
-        let inner = &self.inner;
-        if let Some(skill) = inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
-            inner.stats.memory_cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Skill { name: name.into(), source: LoadSource::Memory, ..skill.clone() });
+        if let Some(skill) = self.in_memory(name, &digest) {
+            return Ok(skill);
         }
+        let inner = &self.inner;
         check_header(name, bytes)?;
         let cached = inner.cache.as_ref().and_then(|c| c.load(&inner.engine, &digest));
         let (component, source) = match cached {

@@ -78,7 +78,9 @@ impl Security {
         audit: &mut dyn FnMut(AuditEvent) -> Result<(), SecurityError>,
     ) -> Result<Subject, SecurityError> {
         let Some(token) = session_token else {
-            if self.policy()?.config.security.require_auth {
+            // One look at the policy files for the whole answer.
+            let policy = self.policy()?;
+            if policy.config.security.require_auth {
                 let reason = "security.requireAuth is on and no session token was given";
                 audit(
                     AuditEvent::new("auth.session", AuditResult::Denied, "session", "-")
@@ -90,9 +92,9 @@ impl Security {
             }
             return Ok(Subject {
                 user: self.actor.clone(),
-                roles: self.policy()?.config.security.default_roles.clone(),
+                roles: policy.config.security.default_roles.clone(),
                 device: self.local_device.id.clone(),
-                device_trust: self.effective_trust(&self.local_device),
+                device_trust: crate::security::trust_under(&policy, &self.local_device),
                 session: None,
                 origin: Origin::Local,
             });

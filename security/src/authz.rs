@@ -9,15 +9,18 @@ use coderclaw_core::rbac::Permission;
 use serde_json::json;
 use std::path::Path;
 
-/// A permission check answered, its audit record queued; see
-/// [`Security::check_queued`].
+/// An answer given, its audit record queued; see [`Security::check_queued`]
+/// and [`Security::decide_queued`].
 #[must_use = "await `durable` before acting on the answer"]
-pub struct QueuedCheck {
-    /// Allowed, or why not.
-    pub answer: Result<(), SecurityError>,
-    /// Resolves once the check's record is on disk.
+pub struct Queued<T> {
+    /// The answer.
+    pub answer: T,
+    /// Resolves once the answer's record is on disk.
     pub durable: coderclaw_core::task_link::BoxFuture<Result<(), SecurityError>>,
 }
+
+/// A permission check answered (allowed, or why not), its record queued.
+pub type QueuedCheck = Queued<Result<(), SecurityError>>;
 
 impl Security {
     /// Decides a run (or a nested invocation) and records the decision.
@@ -29,6 +32,36 @@ impl Security {
         workspace: Option<&Path>,
         offer: &Offer,
     ) -> Result<Decision, SecurityError> {
+        let (d, record) = self.decided(subject, target, action, workspace, offer)?;
+        self.audit(record)?;
+        Ok(d)
+    }
+
+    /// [`Security::decide`] for a caller that must not block a thread on
+    /// the record: the decision is made and its record queued at once (in
+    /// order with every other); `durable` resolves once it is on disk.
+    /// Start the run only after that.
+    pub fn decide_queued(
+        &self,
+        subject: &Subject,
+        target: Target<'_>,
+        action: Action,
+        workspace: Option<&Path>,
+        offer: &Offer,
+    ) -> Result<Queued<Decision>, SecurityError> {
+        let (answer, record) = self.decided(subject, target, action, workspace, offer)?;
+        Ok(Queued { answer, durable: self.queue_record(record) })
+    }
+
+    /// A decision and the record that says so.
+    fn decided(
+        &self,
+        subject: &Subject,
+        target: Target<'_>,
+        action: Action,
+        workspace: Option<&Path>,
+        offer: &Offer,
+    ) -> Result<(Decision, crate::audit::AuditEvent), SecurityError> {
         let policy = self.policy()?;
         let d = decision::decide(&DecisionInput {
             subject,
@@ -54,8 +87,16 @@ impl Security {
             "device_trust": subject.device_trust,
             "roles": subject.roles,
         });
-        self.audit(self.event(name, result, subject, "skill", target.id).reason(reason).metadata(metadata))?;
-        Ok(d)
+        Ok((d, self.event(name, result, subject, "skill", target.id).reason(reason).metadata(metadata)))
+    }
+
+    /// Queues `record`; the future resolves once it is on disk.
+    fn queue_record(
+        &self,
+        record: crate::audit::AuditEvent,
+    ) -> coderclaw_core::task_link::BoxFuture<Result<(), SecurityError>> {
+        let queued = self.home.audit().append_durable(record);
+        Box::pin(async move { queued.await.map(|_| ()).map_err(SecurityError::from) })
     }
 
     /// Checks a permission for an action on a resource and records it.
@@ -123,8 +164,7 @@ impl Security {
         resource: (&str, &str),
     ) -> QueuedCheck {
         let (answer, record) = self.checked(subject, permission, action, resource);
-        let queued = self.home.audit().append_durable(record);
-        QueuedCheck { answer, durable: Box::pin(async move { queued.await.map(|_| ()).map_err(SecurityError::from) }) }
+        Queued { answer, durable: self.queue_record(record) }
     }
 
     /// Managing the state directory (trust store, installs, keys, users,

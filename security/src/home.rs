@@ -589,17 +589,8 @@ impl Home {
     /// the state's generation and the file's metadata. Each verification
     /// (and each refusal) is audited.
     pub fn load_installed(&self, id: &str) -> Result<Arc<VerifiedPackage>, HomeError> {
-        let generation = self.with_db(|db| crate::sqlite::generation(db))?;
-        let cached = {
-            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.generation != generation {
-                *cache = VerifiedCache { generation, packages: Default::default() };
-            }
-            cache.packages.get(id).map(|(file, package)| (*file, package.clone()))
-        };
-        if let Some((file, package)) = cached
-            && fs::metadata(self.package_path(&package.digest())).is_ok_and(|m| FileIdentity::of(&m) == file)
-        {
+        let (cached, generation) = self.cached(id)?;
+        if let Some(package) = cached {
             return Ok(package);
         }
         let outcome = self.load_installed_unaudited(id);
@@ -619,6 +610,31 @@ impl Home {
             cache.packages.insert(id.to_owned(), (file, package.clone()));
         }
         Ok(package)
+    }
+
+    /// [`Home::load_installed`] when it needs neither to read the package
+    /// nor to verify it (nothing changed since the last verification): the
+    /// same checks, one generation query and one `stat`, so it does not
+    /// block. `None` when it would have to verify: call `load_installed`.
+    pub fn cached_installed(&self, id: &str) -> Result<Option<Arc<VerifiedPackage>>, HomeError> {
+        Ok(self.cached(id)?.0)
+    }
+
+    /// The package verified last time if it still holds, and the
+    /// generation it was checked against.
+    fn cached(&self, id: &str) -> Result<(Option<Arc<VerifiedPackage>>, i64), HomeError> {
+        let generation = self.with_db(|db| crate::sqlite::generation(db))?;
+        let cached = {
+            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.generation != generation {
+                *cache = VerifiedCache { generation, packages: Default::default() };
+            }
+            cache.packages.get(id).map(|(file, package)| (*file, package.clone()))
+        };
+        let holds = cached.filter(|(file, package)| {
+            fs::metadata(self.package_path(&package.digest())).is_ok_and(|m| FileIdentity::of(&m) == *file)
+        });
+        Ok((holds.map(|(_, package)| package), generation))
     }
 
     fn load_installed_unaudited(&self, id: &str) -> Result<(FileIdentity, VerifiedPackage), HomeError> {

@@ -42,5 +42,5 @@ mod policy_files;
 pub mod security;
 pub mod sqlite;
 
-pub use authz::QueuedCheck;
+pub use authz::{Queued, QueuedCheck};
 pub use security::{Security, SecurityError};

@@ -201,8 +201,10 @@ impl Security {
     /// local device `trusted` whatever is stored.
     /// Without a policy in force, nothing is trusted beyond what is stored.
     pub fn effective_trust(&self, device: &Device) -> TrustLevel {
-        let auto = self.policy().is_ok_and(|p| p.config.device_trust.auto_trust_local);
-        if device.local && auto { TrustLevel::Trusted } else { device.trust }
+        match self.policy() {
+            Ok(policy) => trust_under(&policy, device),
+            Err(_) => device.trust,
+        }
     }
 
     pub(crate) fn audit(&self, event: AuditEvent) -> Result<(), SecurityError> {
@@ -242,6 +244,11 @@ impl Security {
     ) -> Result<(), SecurityError> {
         self.audit(self.event(action, AuditResult::Denied, by, resource.0, resource.1).reason(reason))
     }
+}
+
+/// `device`'s trust under `policy` (see [`Security::effective_trust`]).
+pub(crate) fn trust_under(policy: &PolicySet, device: &Device) -> TrustLevel {
+    if device.local && policy.config.device_trust.auto_trust_local { TrustLevel::Trusted } else { device.trust }
 }
 
 /// A local credential.

@@ -9,6 +9,7 @@
 //! its final event is on disk.
 
 use crate::hub::{Hub, StreamState, next_event};
+use crate::live::{Finished, Live, LiveTasks, input_bytes};
 use crate::queue::Queue;
 use crate::run::TaskRun;
 use crate::store::{OnCommit, SqliteTaskStore, StoreError, StoredTask, TaskStore, Write};
@@ -22,13 +23,11 @@ use coderclaw_core::task_link::BoxFuture;
 use coderclaw_security::audit::{AuditEvent, AuditResult};
 use futures_util::{FutureExt, Stream};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 /// Why an engine call failed.
@@ -147,39 +146,6 @@ pub struct TaskEngine {
     inner: Arc<Inner>,
 }
 
-/// A task not yet final: its row as last queued, how to stop its run, and
-/// who waits for its input.
-pub(crate) struct Live {
-    pub(crate) task: StoredTask,
-    abort: Option<AbortHandle>,
-    pub(crate) waiter: Option<oneshot::Sender<String>>,
-    /// Run events stored and dropped so far (this process).
-    budget: EventBudget,
-    /// Since when the task is paused or WAITING (this process).
-    pub(crate) idle_since: Option<Instant>,
-    /// Its input's size as JSON text, for the session quota.
-    input_bytes: u64,
-}
-
-#[derive(Default)]
-struct EventBudget {
-    events: u64,
-    bytes: u64,
-    dropped: u64,
-}
-
-impl Live {
-    fn new(task: StoredTask) -> Live {
-        let idle_since = (task.state.paused || task.state.status == TaskStatus::Waiting).then(Instant::now);
-        let input_bytes = input_bytes(&task.state);
-        Live { task, abort: None, waiter: None, budget: EventBudget::default(), idle_since, input_bytes }
-    }
-}
-
-fn input_bytes(s: &TaskState) -> u64 {
-    s.input.to_string().len() as u64
-}
-
 /// The engine's shared state; [`TaskRun`] and open streams hold it too (the
 /// writer's commit hook and the dispatcher only weakly).
 pub(crate) struct Inner {
@@ -187,7 +153,9 @@ pub(crate) struct Inner {
     executor: Arc<dyn TaskExecutor>,
     config: EngineConfig,
     audit: Option<AuditHook>,
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<LiveTasks>,
+    /// The tasks that finished last, as stored.
+    finished: Mutex<Finished>,
     queue: Mutex<Queue>,
     pub(crate) wake: Notify,
     slots: Arc<Semaphore>,
@@ -245,7 +213,8 @@ impl TaskEngine {
             executor,
             config,
             audit,
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::default(),
+            finished: Mutex::default(),
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             slots,
@@ -302,7 +271,7 @@ impl TaskEngine {
             self.inner.check_quota(&live, &state)?;
             let ack =
                 self.inner.store.queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
-            live.insert(id.clone(), Live::new(stored));
+            live.insert(id.clone(), Live::submitted(stored));
             ack
         };
         let durable = ack
@@ -348,8 +317,13 @@ impl TaskEngine {
     pub fn stream(&self, id: &str) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, EngineError> {
         let rx = self.inner.hub.subscribe(id);
         self.inner.get(id)?;
-        // Bounded by the per-task event budget.
-        let backlog = self.inner.store.events(id, 0, u32::MAX)?.into();
+        // Read after subscribing: whatever commits in between comes twice
+        // and is dropped by seq. From the store bounded by the per-task
+        // event budget.
+        let backlog = match self.inner.history(id) {
+            Some(events) => events,
+            None => self.inner.store.events(id, 0, u32::MAX)?.into(),
+        };
         let state = StreamState {
             _engine: self.inner.clone(),
             hub: self.inner.hub.clone(),
@@ -469,13 +443,16 @@ impl TaskEngine {
 }
 
 impl Inner {
-    pub(crate) fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    pub(crate) fn lock_live(&self) -> std::sync::MutexGuard<'_, LiveTasks> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get(&self, id: &str) -> Result<StoredTask, EngineError> {
         if let Some(l) = self.lock_live().get(id) {
             return Ok(l.task.clone());
+        }
+        if let Some(t) = self.finished.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(t.clone());
         }
         self.store.get(id)?.ok_or_else(|| EngineError::NotFound(id.to_owned()))
     }
@@ -542,9 +519,9 @@ impl Inner {
 
     /// Refuses a submission that would take its session over its quotas.
     /// Live lock held (`live` is every unfinished task).
-    fn check_quota(&self, live: &HashMap<String, Live>, new: &TaskState) -> Result<(), EngineError> {
-        let mine = live.values().filter(|l| l.task.state.session_id == new.session_id);
-        let (count, bytes) = mine.fold((0usize, 0u64), |(n, b), l| (n + 1, b + l.input_bytes));
+    fn check_quota(&self, live: &LiveTasks, new: &TaskState) -> Result<(), EngineError> {
+        let load = live.load(&new.session_id);
+        let (count, bytes) = (load.tasks, load.input_bytes);
         let (max, max_bytes) = (self.config.max_unfinished_per_session, self.config.max_input_bytes_per_session);
         if count >= max {
             return Err(EngineError::Quota(format!(
@@ -652,37 +629,35 @@ impl Inner {
     /// Called by the writer after each commit: forget tasks whose final
     /// event is now on disk.
     fn committed(&self, events: &[TaskUpdateEvent]) {
-        let finals: Vec<&str> = events
-            .iter()
-            .filter(|e| e.event == TaskEventKind::Status && e.status.is_terminal())
-            .map(|e| e.task_id.as_str())
-            .collect();
-        if !finals.is_empty() {
-            let mut live = self.lock_live();
-            for id in finals {
-                live.remove(id);
+        let mut live = self.lock_live();
+        let mut finals = Vec::new();
+        for e in events {
+            if e.event == TaskEventKind::Status && e.status.is_terminal() {
+                finals.push(e.task_id.as_str());
+            } else if let Some(entry) = live.get_mut(&e.task_id) {
+                entry.committed(e);
             }
         }
+        if !finals.is_empty() {
+            let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+            for id in finals {
+                if let Some(task) = live.remove(id) {
+                    finished.keep(task);
+                }
+            }
+        }
+    }
+
+    /// Every committed event of live task `id`, if all are in memory.
+    pub(crate) fn history(&self, id: &str) -> Option<std::collections::VecDeque<TaskUpdateEvent>> {
+        self.lock_live().get(id)?.history().map(|h| h.iter().cloned().collect())
     }
 
     /// Queues the record of a task's outcome; the future resolves once it
     /// is on disk.
     fn audit_outcome(&self, t: &TaskState) -> BoxFuture<()> {
         let Some(audit) = &self.audit else { return Box::pin(std::future::ready(())) };
-        let result = match t.status {
-            TaskStatus::Completed => AuditResult::Allowed,
-            _ => AuditResult::Error,
-        };
-        let mut e = AuditEvent::new(&format!("task.{}", t.status.as_str().to_ascii_lowercase()), result, "task", &t.id)
-            .user(&t.user)
-            .metadata(json!({ "target": t.target.id(), "kind": t.target.kind() }));
-        if let Some(session) = Principal::of_task(t).key.session_id() {
-            e = e.session(session);
-        }
-        if let Some(err) = &t.error {
-            e = e.reason(&err.message);
-        }
-        audit(e)
+        audit(outcome_event(t, t.status, t.error.as_ref()))
     }
 
     fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
@@ -692,7 +667,7 @@ impl Inner {
             let status = stored.state.status;
             let (paused, resumable) = (stored.state.paused, stored.resumable);
             let mut live = self.lock_live();
-            let entry = live.entry(id.clone()).or_insert(Live::new(stored));
+            let entry = live.insert(id.clone(), Live::new(stored));
             match status {
                 TaskStatus::Pending => {
                     drop(live);
@@ -772,6 +747,12 @@ impl Inner {
                 format!("timed out after {timeout:?} (deployment.taskTimeout)"),
             )),
         };
+        // The outcome's record is on disk before the outcome is stored or
+        // streamed: no client sees a result the audit log could lose. (A
+        // cancel landing meanwhile still wins; the log then holds both.)
+        if let Some(record) = self.outcome_record(&id, &outcome) {
+            record.instrument(tracing::debug_span!("outcome.audit")).await;
+        }
         let done = match outcome {
             Ok(output) => self.transition(&id, TaskStatus::Completed, "completed", Some(output.clone()), |s| {
                 s.output = Some(output);
@@ -781,12 +762,45 @@ impl Inner {
                 self.transition(&id, TaskStatus::Failed, &error.message, None, |s| s.error = Some(error.clone()))
             }
         };
-        match done {
-            Ok(state) => self.audit_outcome(&state).instrument(tracing::debug_span!("outcome.audit")).await,
+        if let Err(e) = done {
             // Cancelled meanwhile: the cancellation stands.
-            Err(e) => tracing::debug!(task = %id, error = %e, "outcome dropped"),
+            tracing::debug!(task = %id, error = %e, "outcome dropped");
         }
     }
+
+    /// Queues the record of the outcome task `id` is about to get, unless
+    /// it is no longer live or already final (cancelled meanwhile).
+    fn outcome_record(&self, id: &str, outcome: &Result<Value, TaskFailure>) -> Option<BoxFuture<()>> {
+        let audit = self.audit.as_ref()?;
+        let (status, error) = match outcome {
+            Ok(_) => (TaskStatus::Completed, None),
+            Err(error) => (TaskStatus::Failed, Some(error)),
+        };
+        let event = {
+            let live = self.lock_live();
+            let entry = live.get(id).filter(|l| !l.task.state.status.is_terminal())?;
+            outcome_event(&entry.task.state, status, error)
+        };
+        Some(audit(event))
+    }
+}
+
+/// The record of task `t` ending `status` (with `error`).
+fn outcome_event(t: &TaskState, status: TaskStatus, error: Option<&TaskFailure>) -> AuditEvent {
+    let result = match status {
+        TaskStatus::Completed => AuditResult::Allowed,
+        _ => AuditResult::Error,
+    };
+    let mut e = AuditEvent::new(&format!("task.{}", status.as_str().to_ascii_lowercase()), result, "task", &t.id)
+        .user(&t.user)
+        .metadata(json!({ "target": t.target.id(), "kind": t.target.kind() }));
+    if let Some(session) = Principal::of_task(t).key.session_id() {
+        e = e.session(session);
+    }
+    if let Some(err) = error {
+        e = e.reason(&err.message);
+    }
+    e
 }
 
 async fn dispatch(weak: Weak<Inner>) {

@@ -3,7 +3,7 @@
 //!
 //! - [`TaskEngine`] (`engine`): the state machine, cancel and pause,
 //!   recovery after a restart; with the fair queue (`queue`), the stream hub
-//!   (`hub`), a running task's side (`run`: [`TaskRun`], event mapping,
+//!   (`hub`), the live tasks and session loads (`live`), a running task's side (`run`: [`TaskRun`], event mapping,
 //!   WAITING) and session memory (`memory`).
 //! - [`TaskStore`] ([`store`]): where tasks live; the SQLite store
 //!   (`tasks.db`, group commit) is the embedded default.
@@ -21,6 +21,7 @@
 
 mod engine;
 mod hub;
+mod live;
 mod memory;
 mod queue;
 mod run;

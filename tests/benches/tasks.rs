@@ -5,7 +5,10 @@
 //! median time of each stage (from the engine's tracing spans); the
 //! server's memory after many tasks. Prints figures.
 //!
-//! cargo bench -p coderclaw-e2e --bench tasks [-- N]
+//! cargo bench -p coderclaw-e2e --bench tasks [-- N] [PHASE ...]
+//!
+//! PHASE picks parts to run (all by default): `alone` (one task at a time,
+//! with stages), `local`, `memory`, `http`, `fanout`; for profiling one.
 
 use coderclaw::home::Home;
 use coderclaw::security::LocalSecret;
@@ -26,6 +29,10 @@ use std::time::{Duration, Instant};
 use tracing::span;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+
+// As the `coderclaw` binary: the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Wall time of every span closed while `on`, by span name.
 #[derive(Default)]
@@ -164,6 +171,9 @@ async fn one_at_a_time<T: Transport + 'static>(rt: &CoderClawRuntime<T>, n: usiz
 
 fn main() {
     let n: usize = std::env::args().filter_map(|a| a.parse().ok()).next().unwrap_or(2000);
+    let picked: Vec<String> =
+        std::env::args().skip(1).filter(|a| !a.starts_with('-') && a.parse::<usize>().is_err()).collect();
+    let run = |phase: &str| picked.is_empty() || picked.iter().any(|p| p == phase);
     let times = Arc::new(StageTimes::default());
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(StageLayer(times.clone()))).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -173,19 +183,28 @@ fn main() {
         // Warm the compiled-code cache.
         let local = Arc::new(CoderClawRuntime::new(LocalTransport::new(service.clone(), None)));
         end_to_end(local.clone(), 50, None, "warm-up").await;
-        one_at_a_time(&local, 300, &times, "local").await;
-        end_to_end(local.clone(), n, None, "local transport").await;
-        let rss_before = rss_kib();
-        let memory_rounds = 5;
-        for _ in 0..memory_rounds {
-            end_to_end(local.clone(), n, None, "local transport (memory round)").await;
+        if run("alone") {
+            one_at_a_time(&local, 300, &times, "local").await;
         }
-        println!(
-            "memory: resident {} KiB before, {} KiB after {} more tasks",
-            rss_before,
-            rss_kib(),
-            n * memory_rounds
-        );
+        if run("local") {
+            end_to_end(local.clone(), n, None, "local transport").await;
+        }
+        if run("memory") {
+            let rss_before = rss_kib();
+            let memory_rounds = 5;
+            for _ in 0..memory_rounds {
+                end_to_end(local.clone(), n, None, "local transport (memory round)").await;
+            }
+            println!(
+                "memory: resident {} KiB before, {} KiB after {} more tasks",
+                rss_before,
+                rss_kib(),
+                n * memory_rounds
+            );
+        }
+        if !(run("alone") || run("http") || run("fanout")) {
+            return;
+        }
 
         let dir = tempfile::tempdir().unwrap();
         let service = setup(dir.path());
@@ -202,8 +221,15 @@ fn main() {
             security.login_local("bench", LocalSecret::Password("bench password"), None, None, None).unwrap();
         let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
         end_to_end(http.clone(), 50, Some(64), "warm-up").await;
-        one_at_a_time(&http, 300, &times, "HTTP").await;
-        end_to_end(http.clone(), n, Some(64), "HTTP transport (loopback, 64 clients)").await;
+        if run("alone") {
+            one_at_a_time(&http, 300, &times, "HTTP").await;
+        }
+        if run("http") {
+            end_to_end(http.clone(), n, Some(64), "HTTP transport (loopback, 64 clients)").await;
+        }
+        if !run("fanout") {
+            return;
+        }
 
         // SSE fan-out: 900 subscribers of one task (under the server's
         // default cap of 1024 connections, with the clients' pool open).

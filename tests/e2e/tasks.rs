@@ -1023,3 +1023,33 @@ async fn a_policy_file_edited_while_running_holds_from_the_next_task() {
     std::fs::remove_file(&config).unwrap();
     assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "fixed by removing it");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_client_sees_an_outcome_before_its_audit_record_is_on_disk() {
+    let f = fixture(EngineConfig { max_concurrent_tasks: 32, ..Default::default() });
+    let rt = Arc::new(CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None)));
+    let mut clients = Vec::new();
+    for i in 0..200 {
+        let (rt, home) = (rt.clone(), f.home.clone());
+        clients.push(tokio::spawn(async move {
+            // Every other one names a skill that is not installed and fails
+            // at plan time: both outcomes count.
+            let skill = if i % 2 == 0 { "team/echo" } else { "team/not-installed" };
+            let t = rt.submit_task(TaskSubmitRequest::skill(skill, json!(i))).await.unwrap();
+            let mut updates = rt.stream_task_updates(&t.id).await.unwrap();
+            while let Some(e) = updates.next().await {
+                let e = e.unwrap();
+                if !e.status.is_terminal() {
+                    continue;
+                }
+                let action = format!("task.{}", e.status.as_str().to_ascii_lowercase());
+                let filter = AuditFilter { action: Some(action.clone()), ..Default::default() };
+                let on_disk = home.audit().query(&filter).unwrap();
+                assert!(on_disk.iter().any(|r| r.resource_id == t.id), "{} streamed {action} before its record", t.id);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+}

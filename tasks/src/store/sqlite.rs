@@ -130,7 +130,10 @@ impl TaskStore for SqliteTaskStore {
 
     fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
         self.read(|db| {
-            db.query_row(&format!("SELECT {COLUMNS} FROM tasks t WHERE id = ?1"), [id], read_task).optional()
+            // Prepared once per connection: a client waiting for its task reads it at the end.
+            static GET: std::sync::LazyLock<String> =
+                std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM tasks t WHERE id = ?1"));
+            db.prepare_cached(&GET)?.query_row([id], read_task).optional()
         })
     }
 
