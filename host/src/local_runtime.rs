@@ -154,10 +154,11 @@ impl LocalRuntimeBuilder {
         let audit = Arc::new(move |e| {
             let durable = audit_home.audit().append_durable(e);
             Box::pin(async move {
-                if let Err(err) = durable.await {
+                durable.await.map(|_| ()).map_err(|err| {
                     tracing::error!(error = %err, "audit record lost");
-                }
-            }) as coderclaw_core::task_link::BoxFuture<()>
+                    err.to_string()
+                })
+            }) as coderclaw_core::task_link::BoxFuture<Result<(), String>>
         });
         let engine = TaskEngine::open(&root, executor, self.config, Some(audit))?;
         Ok(LocalRuntime { service: TaskService::new(engine, security.clone()), security, _lock: lock })

@@ -250,8 +250,16 @@ fn refused(id: &str, decision: &Decision) -> TaskFailure {
     TaskFailure::new(FailureCode::Denied, message).with_reasons(decision.reasons.iter().map(|r| r.code))
 }
 
+/// A decision that could not be made: refused when no policy is in force
+/// (the policy load was audited), a host failure otherwise.
 fn internal(e: SecurityError) -> TaskFailure {
-    TaskFailure::new(FailureCode::Internal, e.to_string())
+    let code = match e {
+        SecurityError::Policy(_) | SecurityError::NoPolicy(_) | SecurityError::CachedPolicy { .. } => {
+            FailureCode::Denied
+        }
+        _ => FailureCode::Internal,
+    };
+    TaskFailure::new(code, e.to_string())
 }
 
 /// A sandbox error as a task failure, with its kind.

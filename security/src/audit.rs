@@ -239,6 +239,7 @@ pub struct AuditLog {
     /// None only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    _wal: crate::sqlite::WalCheckpointer,
 }
 
 impl Drop for AuditLog {
@@ -442,6 +443,7 @@ impl AuditLog {
         let err = |source| AuditError::Db { path: path.clone(), source };
         // Durable: a record is on disk before `append` returns.
         let db = crate::sqlite::open(&path, true, SCHEMA).map_err(err)?;
+        let wal = crate::sqlite::WalCheckpointer::start(&path, &db, "coderclaw-audit").map_err(err)?;
         let log = Arc::new(Log { path, db: Mutex::new(db), checkpoints: Mutex::new(None) });
         let (jobs, queue) = mpsc::channel();
         let shared = log.clone();
@@ -449,7 +451,7 @@ impl AuditLog {
             .name("coderclaw-audit-writer".into())
             .spawn(move || writer_loop(shared, queue))
             .map_err(|e| AuditError::Thread { path: log.path.clone(), source: e })?;
-        Ok(AuditLog { log, jobs: Some(jobs), writer: Some(writer) })
+        Ok(AuditLog { log, jobs: Some(jobs), writer: Some(writer), _wal: wal })
     }
 
     /// From now on, checkpoints are signed with `key` as device `device`.

@@ -159,6 +159,13 @@ impl OidcVerifier {
         OidcVerifier { issuers, enabled, keys: Arc::default() }
     }
 
+    /// This verifier for other `issuers` and `enabled` providers (the
+    /// configuration changed), keeping the keys fetched so far: they are
+    /// cached per issuer URL, and an issuer removed is no longer consulted.
+    pub fn reconfigured(&self, issuers: Vec<OidcIssuer>, enabled: Vec<coderclaw_core::policy::Provider>) -> Self {
+        OidcVerifier { issuers, enabled, keys: self.keys.clone() }
+    }
+
     /// Validates `token`; returns the identity and the issuer entry.
     pub async fn verify(&self, token: &str) -> Result<(OidcIdentity, OidcIssuer), OidcError> {
         let mut parts = token.trim().split('.');

@@ -46,9 +46,23 @@ pub struct PolicySet {
     pub repo: RepoPolicy,
     /// Where each came from.
     pub sources: Vec<PolicySource>,
-    /// Every file this set was read from (or found absent), as it was seen
-    /// just before the read.
-    watched: Vec<Watched>,
+}
+
+/// Every file a load read (or found absent), as it was when read: what
+/// tells whether the answer of that load still holds.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Watchlist {
+    files: Vec<Watched>,
+    /// A file kept changing while it was read: look again next time.
+    unsettled: bool,
+}
+
+impl Watchlist {
+    /// Whether any file has been written, replaced, created or removed
+    /// since: one `stat` per file, no read.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.unsettled || self.files.iter().any(|w| FileIdentity::at(&w.file, w.link) != w.seen)
+    }
 }
 
 /// One file a policy set depends on.
@@ -64,24 +78,29 @@ impl PolicySet {
     pub fn policies(&self) -> Policies<'_> {
         Policies { config: &self.config, roles: &self.roles, repo: &self.repo, org: &self.org }
     }
-
-    /// Whether any file this set was read from has been written, replaced,
-    /// created or removed since: one `stat` per file, no read.
-    pub(crate) fn is_stale(&self) -> bool {
-        self.watched.iter().any(|w| FileIdentity::at(&w.file, w.link) != w.seen)
-    }
 }
 
 /// Loads the configuration, the organisation policies and the policy of
-/// `workspace` (if any), as `actor` for the audit log.
-pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result<PolicySet, SecurityError> {
-    let mut loader = Loader { home, actor, sources: Vec::new(), watched: Vec::new() };
+/// `workspace` (if any), as `actor` for the audit log; with the files the
+/// answer (a set, or why there is none) depends on.
+pub(crate) fn load(
+    home: &Home,
+    actor: &str,
+    workspace: Option<&Path>,
+) -> (Result<PolicySet, SecurityError>, Watchlist) {
+    let mut loader = Loader { home, actor, sources: Vec::new(), watched: Watchlist::default() };
+    let set = load_with(&mut loader, workspace);
+    (set, loader.watched)
+}
+
+fn load_with(loader: &mut Loader<'_>, workspace: Option<&Path>) -> Result<PolicySet, SecurityError> {
+    let home = loader.home;
     let (config, roles) = loader
         .load(&home.root().join("config.yaml"), FinalLink::Follow, SecurityConfig::from_yaml)?
         .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
     let mut org =
         loader.load(&home.root().join("org-policy.yaml"), FinalLink::Follow, OrgPolicy::from_yaml)?.unwrap_or_default();
-    for (file, policy) in registry_org_policies(home, &config, &mut loader.watched)? {
+    for (file, policy) in registry_org_policies(home, &config, &mut loader.watched.files)? {
         org.merge(&policy);
         loader.sources.push(PolicySource { file, status: "loaded", problem: None });
     }
@@ -93,8 +112,7 @@ pub(crate) fn load(home: &Home, actor: &str, workspace: Option<&Path>) -> Result
             .unwrap_or_default(),
         None => RepoPolicy::default(),
     };
-    let Loader { sources, watched, .. } = loader;
-    Ok(PolicySet { config, roles, org, repo, sources, watched })
+    Ok(PolicySet { config, roles, org, repo, sources: std::mem::take(&mut loader.sources) })
 }
 
 /// The organisation policies that configured registries distributed and
@@ -145,7 +163,7 @@ struct Loader<'a> {
     home: &'a Home,
     actor: &'a str,
     sources: Vec<PolicySource>,
-    watched: Vec<Watched>,
+    watched: Watchlist,
 }
 
 impl Watched {
@@ -155,7 +173,38 @@ impl Watched {
     }
 }
 
+/// Reads of a file that changes while being read, before giving up.
+const SETTLE_ATTEMPTS: usize = 3;
+
+/// How long an emptied policy file is given to be written before it is
+/// read again.
+const EMPTIED_SETTLE: std::time::Duration = std::time::Duration::from_millis(25);
+
 impl Loader<'_> {
+    /// The text of `file` (`None` when absent), read while it did not
+    /// change: its identity is the same before and after the read, and that
+    /// identity is what the watchlist holds.
+    fn read_settled(&mut self, file: &Path, link: FinalLink) -> Result<Option<String>, SecurityError> {
+        for _ in 0..SETTLE_ATTEMPTS {
+            let before = Watched::now(file.to_path_buf(), link);
+            let text = match read_text_bounded(file, MAX_CONFIG_BYTES, link) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    self.watched.files.push(before);
+                    return Err(SecurityError::Io { path: file.into(), source });
+                }
+            };
+            if FileIdentity::at(file, link) == before.seen {
+                self.watched.files.push(before);
+                return Ok(text);
+            }
+        }
+        self.watched.unsettled = true;
+        let source = std::io::Error::other(format!("it kept changing while being read ({SETTLE_ATTEMPTS} tries)"));
+        Err(SecurityError::Io { path: file.into(), source })
+    }
+
     fn load<T>(
         &mut self,
         file: &Path,
@@ -163,19 +212,25 @@ impl Loader<'_> {
         parse: impl Fn(&str, &str) -> Result<T, PolicyError>,
     ) -> Result<Option<T>, SecurityError> {
         let shown = file.display().to_string();
-        // Seen before the read: a change after it makes the set stale.
-        self.watched.push(Watched::now(file.to_path_buf(), link));
-        let text = match read_text_bounded(file, MAX_CONFIG_BYTES, link) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
-                return Ok(None);
-            }
-            Err(source) => return Err(SecurityError::Io { path: file.into(), source }),
-        };
-        let digest = Digest::of(text.as_bytes()).to_hex();
         let dir = self.home.root().join("policy").join("last-good");
         let keep = dir.join(format!("{}.yaml", &Digest::of(shown.as_bytes()).to_hex()[..16]));
+        let Some(mut text) = self.read_settled(file, link)? else {
+            self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
+            return Ok(None);
+        };
+        // An edit that truncates and then writes (`>`, most editors) can be
+        // read in between, and an empty file is all defaults: one that held
+        // a policy before is read again once the edit has had time to land.
+        if text.trim().is_empty() && std::fs::read_to_string(&keep).is_ok_and(|t| !t.trim().is_empty()) {
+            std::thread::sleep(EMPTIED_SETTLE);
+            self.watched.files.pop();
+            let Some(again) = self.read_settled(file, link)? else {
+                self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
+                return Ok(None);
+            };
+            text = again;
+        }
+        let digest = Digest::of(text.as_bytes()).to_hex();
         match parse(&text, &shown) {
             Ok(v) => {
                 let previous = std::fs::read(&keep).ok().map(|b| Digest::of(&b).to_hex());

@@ -39,6 +39,10 @@ pub enum SecurityError {
     /// A policy file is broken and there is no last good version to keep.
     #[error("{0}\n(no earlier good version of this file is known, so nothing runs until it is fixed)")]
     Policy(PolicyError),
+    /// A policy file changed while running and no policy could be loaded
+    /// from it (the first refusal said why in full).
+    #[error("denied: no policy in force ({0}); nothing is allowed until the file is fixed")]
+    NoPolicy(String),
     /// Identity storage or authentication.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -106,8 +110,9 @@ pub const REMOTE_DEVICE: &str = "remote-peer";
 pub struct Security {
     pub(crate) home: Arc<Home>,
     pub(crate) identity: IdentityStore,
-    /// The policies in force, read again when one of their files changes.
-    policy: std::sync::RwLock<Arc<PolicySet>>,
+    /// The policies in force (or why there are none), read again when one
+    /// of their files changes.
+    policy: std::sync::RwLock<InForce>,
     /// Held while the policies are read again, so one reload runs at a time.
     policy_reload: std::sync::Mutex<()>,
     pub(crate) local_device: Device,
@@ -115,8 +120,9 @@ pub struct Security {
     /// The workspace whose policy was loaded: where permission checks of a
     /// scoped session are judged.
     pub(crate) workspace: Option<PathBuf>,
-    /// One verifier, so a long-lived host fetches each issuer's keys once.
-    pub(crate) oidc: OidcVerifier,
+    /// One verifier, so a long-lived host fetches each issuer's keys once;
+    /// replaced (keeping the keys) when the configuration changes.
+    oidc: std::sync::RwLock<OidcVerifier>,
     /// Failed authentications per network peer.
     pub(crate) throttle: coderclaw_net::throttle::FailureThrottle,
 }
@@ -131,13 +137,15 @@ impl Security {
         // The device key signs the audit log's checkpoints; enabled before
         // the policy load so its `policy.*` records are checkpointed too.
         home.audit().enable_checkpoints(device_key, &local_device.id);
-        let policy = crate::policy_files::load(&home, &actor, workspace)?;
+        let (policy, watched) = crate::policy_files::load(&home, &actor, workspace);
+        let policy = Arc::new(policy?);
         home.audit().set_witness_file(policy.config.audit.witness_file.clone());
         let ident = &policy.config.identity;
-        let oidc = OidcVerifier::new(ident.oidc.clone(), ident.providers.clone());
+        let oidc = std::sync::RwLock::new(OidcVerifier::new(ident.oidc.clone(), ident.providers.clone()));
         let workspace = workspace.map(Path::to_path_buf);
         let throttle = Default::default();
-        let (policy, policy_reload) = (std::sync::RwLock::new(Arc::new(policy)), Default::default());
+        let in_force = InForce { set: Ok(policy), watched };
+        let (policy, policy_reload) = (std::sync::RwLock::new(in_force), Default::default());
         Ok(Security { home, identity, policy, policy_reload, local_device, actor, workspace, oidc, throttle })
     }
 
@@ -161,25 +169,48 @@ impl Security {
     /// since it was read, all are read again (and a new version audited as at
     /// start), so an edited policy holds from the next task on. A file that
     /// no longer parses keeps its last good version; with none, this is the
-    /// error and nothing is allowed until the file is fixed.
+    /// error and nothing is allowed until a policy file changes again (the
+    /// failure is remembered, so it is read and audited once, not per call).
     pub fn policy(&self) -> Result<Arc<PolicySet>, SecurityError> {
-        let read = |lock: &std::sync::RwLock<Arc<PolicySet>>| {
-            lock.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        let current = || {
+            let in_force = self.policy.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (!in_force.watched.is_stale()).then(|| in_force.answer())
         };
-        let current = read(&self.policy);
-        if !current.is_stale() {
-            return Ok(current);
+        if let Some(answer) = current() {
+            return answer;
         }
         let _one = self.policy_reload.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = read(&self.policy);
-        if !current.is_stale() {
-            return Ok(current);
+        if let Some(answer) = current() {
+            return answer;
         }
         let _span = tracing::info_span!("policy.reload").entered();
-        let fresh = Arc::new(crate::policy_files::load(&self.home, &self.actor, self.workspace.as_deref())?);
-        self.home.audit().set_witness_file(fresh.config.audit.witness_file.clone());
-        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
-        Ok(fresh)
+        let (fresh, watched) = crate::policy_files::load(&self.home, &self.actor, self.workspace.as_deref());
+        let (set, answer) = match fresh {
+            Ok(set) => {
+                let set = Arc::new(set);
+                self.home.audit().set_witness_file(set.config.audit.witness_file.clone());
+                self.oidc_reconfigure(&set);
+                (Ok(set.clone()), Ok(set))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no policy in force: nothing is allowed until it is fixed");
+                (Err(e.to_string()), Err(e))
+            }
+        };
+        *self.policy.write().unwrap_or_else(std::sync::PoisonError::into_inner) = InForce { set, watched };
+        answer
+    }
+
+    /// The OIDC verifier for the configuration in force.
+    pub(crate) fn oidc(&self) -> Result<OidcVerifier, SecurityError> {
+        self.policy()?;
+        Ok(self.oidc.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
+    fn oidc_reconfigure(&self, set: &PolicySet) {
+        let mut oidc = self.oidc.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ident = &set.config.identity;
+        *oidc = oidc.reconfigured(ident.oidc.clone(), ident.providers.clone());
     }
 
     /// The raw identity store. Reads and writes here skip the permission
@@ -243,6 +274,19 @@ impl Security {
         reason: &str,
     ) -> Result<(), SecurityError> {
         self.audit(self.event(action, AuditResult::Denied, by, resource.0, resource.1).reason(reason))
+    }
+}
+
+/// The answer of the last policy load, and the files it depends on.
+struct InForce {
+    /// The policies, or why none could be loaded.
+    set: Result<Arc<PolicySet>, String>,
+    watched: crate::policy_files::Watchlist,
+}
+
+impl InForce {
+    fn answer(&self) -> Result<Arc<PolicySet>, SecurityError> {
+        self.set.clone().map_err(SecurityError::NoPolicy)
     }
 }
 

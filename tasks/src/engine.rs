@@ -128,8 +128,9 @@ pub trait TaskExecutor: Send + Sync + 'static {
 }
 
 /// Records engine-level audit events (task outcomes, recovery): queues the
-/// record at once, in order; the future resolves once it is on disk.
-pub type AuditHook = Arc<dyn Fn(AuditEvent) -> BoxFuture<()> + Send + Sync>;
+/// record at once, in order; the future resolves once it is on disk, or
+/// with why it could not be written.
+pub type AuditHook = Arc<dyn Fn(AuditEvent) -> BoxFuture<Result<(), String>> + Send + Sync>;
 
 /// Who a submission belongs to.
 #[derive(Debug, Clone)]
@@ -348,7 +349,8 @@ impl TaskEngine {
                 self.inner.get(id)?;
                 return Ok(false);
             };
-            if entry.task.state.status.is_terminal() {
+            // Finishing: its outcome is being recorded and will stand.
+            if entry.task.state.status.is_terminal() || entry.finishing {
                 return Ok(false);
             }
             let message = if reason.is_empty() { "cancelled".to_owned() } else { format!("cancelled: {reason}") };
@@ -657,7 +659,11 @@ impl Inner {
     /// is on disk.
     fn audit_outcome(&self, t: &TaskState) -> BoxFuture<()> {
         let Some(audit) = &self.audit else { return Box::pin(std::future::ready(())) };
-        audit(outcome_event(t, t.status, t.error.as_ref()))
+        // Already reported by the hook; the outcome was stored before.
+        let record = audit(outcome_event(t, t.status, t.error.as_ref()));
+        Box::pin(async move {
+            let _ = record.await;
+        })
     }
 
     fn recover(self: &Arc<Self>) -> Result<(), EngineError> {
@@ -748,10 +754,14 @@ impl Inner {
             )),
         };
         // The outcome's record is on disk before the outcome is stored or
-        // streamed: no client sees a result the audit log could lose. (A
-        // cancel landing meanwhile still wins; the log then holds both.)
-        if let Some(record) = self.outcome_record(&id, &outcome) {
-            record.instrument(tracing::debug_span!("outcome.audit")).await;
+        // streamed: no client sees a result the audit log could lose. A
+        // record that cannot be written fails the task instead.
+        let mut outcome = outcome;
+        if let Some(record) = self.outcome_record(&id, &outcome)
+            && let Err(e) = record.instrument(tracing::debug_span!("outcome.audit")).await
+        {
+            let message = format!("internal error: the outcome could not be recorded in the audit log ({e})");
+            outcome = Err(TaskFailure::new(FailureCode::Internal, message));
         }
         let done = match outcome {
             Ok(output) => self.transition(&id, TaskStatus::Completed, "completed", Some(output.clone()), |s| {
@@ -769,16 +779,18 @@ impl Inner {
     }
 
     /// Queues the record of the outcome task `id` is about to get, unless
-    /// it is no longer live or already final (cancelled meanwhile).
-    fn outcome_record(&self, id: &str, outcome: &Result<Value, TaskFailure>) -> Option<BoxFuture<()>> {
+    /// it is no longer live or already final (cancelled meanwhile); from
+    /// here on the task is finishing and a cancel no longer applies.
+    fn outcome_record(&self, id: &str, outcome: &Result<Value, TaskFailure>) -> Option<BoxFuture<Result<(), String>>> {
         let audit = self.audit.as_ref()?;
         let (status, error) = match outcome {
             Ok(_) => (TaskStatus::Completed, None),
             Err(error) => (TaskStatus::Failed, Some(error)),
         };
         let event = {
-            let live = self.lock_live();
-            let entry = live.get(id).filter(|l| !l.task.state.status.is_terminal())?;
+            let mut live = self.lock_live();
+            let entry = live.get_mut(id).filter(|l| !l.task.state.status.is_terminal())?;
+            entry.finishing = true;
             outcome_event(&entry.task.state, status, error)
         };
         Some(audit(event))

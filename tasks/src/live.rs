@@ -19,8 +19,14 @@ pub(crate) struct Live {
     pub(crate) budget: EventBudget,
     /// Since when the task is paused or WAITING (this process).
     pub(crate) idle_since: Option<Instant>,
+    /// Its run returned and its outcome is being recorded: no longer
+    /// cancellable.
+    pub(crate) finishing: bool,
     /// Its input's size as JSON text, for the session quota.
     input_bytes: u64,
+    /// The session it counts against, as when it entered (the row's copy
+    /// is replaced with every change).
+    session: String,
     /// Its committed events, while few and small: a new stream replays
     /// them without reading the store.
     history: Option<Vec<TaskUpdateEvent>>,
@@ -54,13 +60,16 @@ impl Live {
     fn with_history(task: StoredTask, history: Option<Vec<TaskUpdateEvent>>) -> Live {
         let idle_since = (task.state.paused || task.state.status == TaskStatus::Waiting).then(Instant::now);
         let input_bytes = input_bytes(&task.state);
+        let session = task.state.session_id.clone();
         Live {
             task,
             abort: None,
             waiter: None,
             budget: EventBudget::default(),
             idle_since,
+            finishing: false,
             input_bytes,
+            session,
             history,
             history_bytes: 0,
         }
@@ -87,7 +96,7 @@ impl Live {
 
 /// The size of a task's input as JSON text.
 pub(crate) fn input_bytes(s: &TaskState) -> u64 {
-    s.input.to_string().len() as u64
+    json_len(&s.input)
 }
 
 /// What one session's unfinished tasks hold.
@@ -129,7 +138,7 @@ impl LiveTasks {
         match self.tasks.entry(id) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let load = self.load.entry(live.task.state.session_id.clone()).or_default();
+                let load = self.load.entry(live.session.clone()).or_default();
                 load.tasks += 1;
                 load.input_bytes += live.input_bytes;
                 v.insert(live)
@@ -139,12 +148,12 @@ impl LiveTasks {
 
     pub(crate) fn remove(&mut self, id: &str) -> Option<Live> {
         let live = self.tasks.remove(id)?;
-        let session = &live.task.state.session_id;
-        if let Some(load) = self.load.get_mut(session) {
-            load.tasks -= 1;
-            load.input_bytes -= live.input_bytes;
+        if let Some(load) = self.load.get_mut(&live.session) {
+            debug_assert!(load.tasks > 0 && load.input_bytes >= live.input_bytes, "session load drifted");
+            load.tasks = load.tasks.saturating_sub(1);
+            load.input_bytes = load.input_bytes.saturating_sub(live.input_bytes);
             if load.tasks == 0 {
-                self.load.remove(session);
+                self.load.remove(&live.session);
             }
         }
         Some(live)
@@ -175,8 +184,10 @@ impl Finished {
     /// Keeps `live`, the task as it finished (its row; not its history),
     /// dropping the oldest as needed.
     pub(crate) fn keep(&mut self, live: Live) {
-        let output = live.task.state.output.as_ref().map_or(0, json_len);
-        let size = live.input_bytes + output;
+        let s = &live.task.state;
+        let output = s.output.as_ref().map_or(0, json_len);
+        let error = s.error.as_ref().map_or(0, |e| e.message.len() as u64);
+        let size = live.input_bytes + output + json_len(&s.metadata) + s.description.len() as u64 + error;
         if size > MAX_FINISHED_BYTES / 8 {
             return;
         }
@@ -194,7 +205,7 @@ impl Finished {
 }
 
 /// The length of `v` as JSON text, without building the text.
-fn json_len(v: &serde_json::Value) -> u64 {
+fn json_len(v: &impl serde::Serialize) -> u64 {
     struct Count(u64);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -289,7 +300,7 @@ mod tests {
         assert!(done.get("big").is_none());
         // Bytes: tasks of just under an eighth of the bound each; at most
         // eight fit, the oldest make room.
-        let eighth = "y".repeat((MAX_FINISHED_BYTES / 8 - 2) as usize);
+        let eighth = "y".repeat((MAX_FINISHED_BYTES / 8 - 16) as usize);
         for i in 0..12 {
             done.keep(task(&format!("q{i}"), "s", &eighth));
         }

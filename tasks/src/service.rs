@@ -118,9 +118,10 @@ impl From<EngineError> for RuntimeError {
 impl From<SecurityError> for RuntimeError {
     fn from(e: SecurityError) -> Self {
         let code = match &e {
-            SecurityError::Denied(_) | SecurityError::InstallRefused { .. } | SecurityError::CachedPolicy { .. } => {
-                ErrorCode::Forbidden
-            }
+            SecurityError::Denied(_)
+            | SecurityError::InstallRefused { .. }
+            | SecurityError::CachedPolicy { .. }
+            | SecurityError::NoPolicy(_) => ErrorCode::Forbidden,
             SecurityError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             SecurityError::Identity(_) => ErrorCode::Unauthenticated,
             SecurityError::RateLimited { retry_after_secs } => {

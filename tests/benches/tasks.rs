@@ -80,11 +80,6 @@ const STAGES: &[(&str, &str)] = &[
     ("audit.commit", "audit batch commit (each)"),
 ];
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// Resident memory of this process, from /proc (KiB).
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -161,10 +156,23 @@ async fn one_at_a_time<T: Transport + 'static>(rt: &CoderClawRuntime<T>, n: usiz
     }
     times.on.store(false, Ordering::Relaxed);
     coderclaw_e2e::print_latency(&format!("{label}: one task alone, submit→COMPLETED"), total);
+    print_stages(times, n);
+}
+
+/// The median and p99 of each stage recorded since the samples were
+/// cleared, and how often it ran per task.
+fn print_stages(times: &StageTimes, n: usize) {
     let mut samples = std::mem::take(&mut *times.samples.lock().unwrap());
     for (name, what) in STAGES {
-        if let Some(v) = samples.remove(name) {
-            println!("    {what:<42} median {:>9.1?}  ({} per task)", median(v.clone()), v.len() as f64 / n as f64);
+        if let Some(mut v) = samples.remove(name) {
+            v.sort();
+            let p99 = v[(v.len() * 99 / 100).min(v.len() - 1)];
+            println!(
+                "    {what:<46} median {:>9.1?}  p99 {:>9.1?}  ({:.2} per task)",
+                v[v.len() / 2],
+                p99,
+                v.len() as f64 / n as f64
+            );
         }
     }
 }
@@ -187,7 +195,16 @@ fn main() {
             one_at_a_time(&local, 300, &times, "local").await;
         }
         if run("local") {
-            end_to_end(local.clone(), n, None, "local transport").await;
+            end_to_end(local.clone(), n, None, "local transport, all submitted at once").await;
+            // Acknowledgement latency at full load: as many clients as keep
+            // the engine saturated, each submitting its next task once its
+            // last one is done (all at once measures the burst's queue).
+            times.samples.lock().unwrap().clear();
+            times.on.store(true, Ordering::Relaxed);
+            end_to_end(local.clone(), n, Some(64), "local transport, 64 clients").await;
+            times.on.store(false, Ordering::Relaxed);
+            println!("  stages at full load:");
+            print_stages(&times, n);
         }
         if run("memory") {
             let rss_before = rss_kib();

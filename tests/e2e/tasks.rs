@@ -1020,8 +1020,36 @@ async fn a_policy_file_edited_while_running_holds_from_the_next_task() {
     std::fs::write(&config, "security: [unclosed\n").unwrap();
     let refused = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("x"))).await.unwrap_err();
     assert!(refused.message.contains("config.yaml"), "{}", refused.message);
+    // Remembered: refused again without reading or auditing it again.
+    let loads = || {
+        let filter = AuditFilter { action: Some("policy.load".into()), ..Default::default() };
+        f.home.audit().query(&filter).unwrap().len()
+    };
+    let audited = loads();
+    for _ in 0..20 {
+        let refused = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("x"))).await.unwrap_err();
+        assert!(refused.message.contains("no policy in force"), "{}", refused.message);
+    }
+    assert_eq!(loads(), audited, "a broken file is read and audited once, not per call");
+    // An edit that truncates and then writes, seen in between: the empty
+    // file where a policy was is read again before it counts as defaults.
+    std::fs::write(&org, "organizationPolicy:\n  deniedSkills: [team/echo]\n").unwrap();
     std::fs::remove_file(&config).unwrap();
-    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "fixed by removing it");
+    failed_with(echo_once(&rt).await, FailureCode::Denied);
+    std::fs::write(&org, "").unwrap();
+    let writer = {
+        let org = org.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::write(&org, "organizationPolicy:\n  deniedSkills: [team/echo, team/other]\n").unwrap();
+        })
+    };
+    failed_with(echo_once(&rt).await, FailureCode::Denied);
+    writer.join().unwrap();
+    std::fs::remove_file(&org).unwrap();
+    // An empty file that never held a policy is the defaults.
+    std::fs::write(&config, "").unwrap();
+    assert_eq!(echo_once(&rt).await.status, TaskStatus::Completed, "fixed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -98,11 +98,15 @@ impl SqliteTaskStore {
         let writer = sqlite::open(&file, true, SCHEMA).map_err(err)?;
         add_missing_columns(&writer).map_err(err)?;
         let reader = sqlite::open(&file, false, "").map_err(err)?;
+        let wal = sqlite::WalCheckpointer::start(&file, &writer, "coderclaw-tasks").map_err(err)?;
         let (tx, rx) = mpsc::channel::<Queued>();
         let thread_path = path.clone();
         std::thread::Builder::new()
             .name("coderclaw-task-writer".into())
-            .spawn(move || writer_loop(writer, rx, &thread_path, &*on_commit))
+            .spawn(move || {
+                writer_loop(writer, rx, &thread_path, &*on_commit);
+                drop(wal);
+            })
             .map_err(|e| StoreError::Thread(e.to_string()))?;
         Ok(Arc::new(SqliteTaskStore { path, writes: Mutex::new(tx), reader: Mutex::new(reader) }))
     }
