@@ -25,6 +25,18 @@ pub enum NestedCaller {
     Task,
 }
 
+/// Where a nested skill's code came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Installed here with this digest: checked against the trust store at
+    /// each call.
+    Installed(coderclaw_core::Digest),
+    /// Signed, loaded by the caller (`skill run --with-skill`).
+    Loaded,
+    /// Unsigned code the operator allowed.
+    Unsigned,
+}
+
 /// A run that policy allowed, ready to start.
 pub struct PreparedRun {
     /// The compiled skill.
@@ -174,13 +186,16 @@ impl Planner {
     }
 
     /// Makes installed skill `id` invocable by agents through
-    /// `skills.invoke`; each invocation is decided for `caller`. A skill
-    /// that is not installed is left out: the agent's invoke is then
+    /// `skills.invoke`; each invocation is decided for `caller`, and checked
+    /// against the trust store again (a nested skill whose key was revoked,
+    /// or that was removed or reinstalled, is refused at its next call). A
+    /// skill that is not installed is left out: the agent's invoke is then
     /// refused with that reason.
     pub fn register_nested(&self, id: &str, caller: NestedCaller) -> Result<(), TaskFailure> {
         let Ok(package) = self.security.home().load_installed(id) else { return Ok(()) };
         let skill = self.host.load_verified(&package).map_err(sandbox_failure)?;
-        self.register_compiled(id, skill, package.manifest().clone(), false, caller);
+        let origin = Origin::Installed(package.digest());
+        self.register(id, skill, package.manifest().clone(), origin, caller);
         Ok(())
     }
 
@@ -189,8 +204,21 @@ impl Planner {
     /// calling agent's grant: the sandbox checks that). `unsigned` code is
     /// decided as such (`security.unsignedRoles`).
     pub fn register_compiled(&self, id: &str, skill: Skill, manifest: Manifest, unsigned: bool, caller: NestedCaller) {
+        let origin = if unsigned { Origin::Unsigned } else { Origin::Loaded };
+        self.register(id, skill, manifest, origin, caller);
+    }
+
+    fn register(&self, id: &str, skill: Skill, manifest: Manifest, origin: Origin, caller: NestedCaller) {
         let (security, workspace, offer) = (self.security.clone(), self.workspace.clone(), self.offer.clone());
+        let owned = id.to_owned();
         self.host.register_authorized(id, skill, move |call: &Caller<'_>| {
+            if let Origin::Installed(digest) = origin {
+                let now = security.home().load_installed(&owned).map_err(|e| e.to_string())?;
+                if now.digest() != digest {
+                    let version = &now.manifest().version;
+                    return Err(format!("{owned} was reinstalled ({version}) since this agent started: run it again"));
+                }
+            }
             let subject = match &caller {
                 NestedCaller::Fixed(subject) => subject.clone(),
                 NestedCaller::Task => {
@@ -199,7 +227,8 @@ impl Planner {
                 }
             };
             let action = Action::Nested { parent: call.agent.to_owned() };
-            let target = if unsigned { Target::unsigned(&manifest) } else { Target::from_manifest(&manifest) };
+            let target =
+                if origin == Origin::Unsigned { Target::unsigned(&manifest) } else { Target::from_manifest(&manifest) };
             match security.decide(&subject, target, action, Some(&workspace), &offer) {
                 Ok(d) if d.allowed => Ok(d.grant),
                 Ok(d) => Err(d.reasons_text()),

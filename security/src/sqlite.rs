@@ -61,15 +61,17 @@ pub fn generation(db: &Connection) -> rusqlite::Result<i64> {
 /// 4 KiB pages).
 pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
-/// How often a [`WalCheckpointer`] moves committed pages.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// How often a [`WalCheckpointer`] moves committed pages: often enough
+/// that one checkpoint stays small at full load, rarely enough that its
+/// fsync seldom lands beside a commit of a lone task.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Moves the committed pages of a WAL database into its main file from a
-/// thread and connection of its own (a passive checkpoint, which never
-/// blocks a writer), so the database's writer does not stop for it: done
-/// by the writer at SQLite's default threshold, checkpoints took a fifth of
-/// the task store's writer time and made its slowest commits ten times
-/// the median. Stops (and joins) when dropped.
+/// thread and connection of its own (a passive checkpoint every 250 ms,
+/// which never blocks a writer), so the database's writer does not stop
+/// for it: done by the writer at SQLite's default threshold, checkpoints
+/// took a fifth of the task store's writer time and made its slowest
+/// commits ten times the median. Stops (and joins) when dropped.
 pub struct WalCheckpointer {
     stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     thread: Option<std::thread::JoinHandle<()>>,

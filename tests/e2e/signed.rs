@@ -27,7 +27,7 @@ fn manifest(skill: &str) -> Manifest {
     Manifest::from_toml(&std::fs::read_to_string(&path).unwrap(), &path.display().to_string()).unwrap()
 }
 
-fn package(skill: &str, key: &SecretKey) -> Vec<u8> {
+pub(crate) fn package(skill: &str, key: &SecretKey) -> Vec<u8> {
     Package::sign(&manifest(skill), std::fs::read(guest(skill)).unwrap(), key, 1_763_000_000).to_bytes()
 }
 

@@ -1081,3 +1081,27 @@ async fn no_client_sees_an_outcome_before_its_audit_record_is_on_disk() {
         c.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nested_skill_whose_key_is_revoked_is_refused_at_the_agents_next_task() {
+    let f = fixture(EngineConfig::default());
+    // The agent and its nested skills are signed by different keys, so
+    // revoking one leaves the agent itself loadable.
+    let tools = SecretKey::from_seed(*b"coderclaw test key: tools-------");
+    f.home.trust_add("team", &tools.public()).unwrap();
+    f.home.dangerous_install_ungated(&crate::signed::package("code-reviewer", &team_key())).unwrap();
+    for skill in ["security-scanner", "word-count"] {
+        f.home.dangerous_install_ungated(&crate::signed::package(skill, &tools)).unwrap();
+    }
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let review = || async {
+        let t = rt.submit_task(TaskSubmitRequest::agent("team/code-reviewer", json!({}))).await.unwrap();
+        rt.wait(&t.id, |_| {}).await.unwrap()
+    };
+    let first = review().await;
+    assert_eq!(first.status, TaskStatus::Completed, "{:?}", first.error);
+    f.home.trust_revoke(&tools.public().id().to_string()).unwrap();
+    let second = review().await;
+    let seen = format!("{:?} {:?}", second.error, second.output);
+    assert!(seen.contains("revoked"), "the nested call is refused for the revoked key: {seen}");
+}
