@@ -12,6 +12,7 @@ mod home;
 mod identity;
 mod install;
 mod keys;
+mod mcp;
 mod new;
 mod output;
 mod package;
@@ -89,6 +90,7 @@ enum Command {
     #[command(subcommand)]
     Task(task::Command),
     Serve(task::ServeArgs),
+    Mcp(mcp::Args),
     Status(task::StatusArgs),
     /// Report what this machine can enforce: the kernel confinement of
     /// shell.exec children (Landlock, namespaces, rlimits) against
@@ -161,6 +163,7 @@ fn main() -> ExitCode {
         Command::Quickstart(args) => quickstart::main(args),
         Command::Task(cmd) => task::main(cmd),
         Command::Serve(args) => task::serve_main(args),
+        Command::Mcp(args) => mcp::main(args),
         Command::Status(args) => task::status(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Registry(cmd) => registry::main(cmd),

@@ -246,6 +246,13 @@ fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig
     }
 }
 
+/// The local engine for `workspace` under the configuration in force, as
+/// `coderclaw mcp` runs it.
+pub(crate) fn open_local_engine(workspace: &Path, write: bool, run_queue: bool) -> Result<LocalRuntime> {
+    let c = config(&RuntimeFlags::default(), workspace)?;
+    open_engine(workspace, write, run_queue, &c)
+}
+
 pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     let workspace = home::workspace(args.workspace.as_deref())?;
     let flags = RuntimeFlags {

@@ -114,6 +114,15 @@ impl Planner {
         Ok(PreparedRun { skill, decision })
     }
 
+    /// What [`Planner::prepare`] would decide for `subject` now, without
+    /// recording, compiling or running anything (the package is verified as
+    /// for a run).
+    pub fn preview(&self, subject: &Subject, id: &str) -> Result<Decision, TaskFailure> {
+        let package = self.security.home().load_installed(id).map_err(package_failure)?;
+        let target = Target::from_manifest(package.manifest());
+        self.security.preview(subject, target, Action::Run, Some(&self.workspace), &self.offer).map_err(internal)
+    }
+
     /// [`Planner::prepare`] for a task, on an async worker: the same checks
     /// in the same order, and the run starts only once the decision's record
     /// is on disk, but nothing holds a thread while waiting for it. Only what

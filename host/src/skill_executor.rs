@@ -4,7 +4,7 @@
 //! agent's nested `skills.invoke` calls are decided for the same principal.
 
 use crate::plan::{Planner, sandbox_failure};
-use coderclaw_core::decision::Offer;
+use coderclaw_core::decision::{Decision, Offer, Subject};
 use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{SkillInfo, TaskFailure, TaskState, TaskTarget};
 use coderclaw_core::task_link::BoxFuture;
@@ -71,6 +71,10 @@ impl TaskExecutor for SkillExecutor {
                 input_schema: i.manifest.input_schema.clone(),
             })
             .collect()
+    }
+
+    fn preview(&self, subject: &Subject, id: &str) -> Option<Result<Decision, String>> {
+        Some(self.planner.preview(subject, id).map_err(|e| e.message))
     }
 
     fn missing_required_skills(&self) -> Vec<String> {

@@ -53,6 +53,20 @@ impl Security {
         Ok(Queued { answer, durable: self.queue_record(record) })
     }
 
+    /// What [`Security::decide`] would answer now, without recording it:
+    /// for showing a caller what it may run (an MCP tool list), never for
+    /// letting anything run.
+    pub fn preview(
+        &self,
+        subject: &Subject,
+        target: Target<'_>,
+        action: Action,
+        workspace: Option<&Path>,
+        offer: &Offer,
+    ) -> Result<Decision, SecurityError> {
+        Ok(self.decided(subject, target, action, workspace, offer)?.0)
+    }
+
     /// A decision and the record that says so.
     fn decided(
         &self,

@@ -14,6 +14,7 @@ use crate::queue::Queue;
 use crate::run::TaskRun;
 use crate::store::{OnCommit, SqliteTaskStore, StoreError, StoredTask, TaskStore, Write};
 use coderclaw_core::clock::now_ms;
+use coderclaw_core::decision::{Decision, Subject};
 use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{
     FailureCode, IllegalTransition, RuntimeMode, RuntimeStatus, SkillInfo, TaskEventKind, TaskFailure, TaskFilter,
@@ -124,6 +125,12 @@ pub trait TaskExecutor: Send + Sync + 'static {
     /// Organisation-required skills that are not installed.
     fn missing_required_skills(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// What running installed `id` as `subject` would be decided now,
+    /// unrecorded; `None` when this executor cannot tell.
+    fn preview(&self, subject: &Subject, id: &str) -> Option<Result<Decision, String>> {
+        let _ = (subject, id);
+        None
     }
 }
 
@@ -424,6 +431,11 @@ impl TaskEngine {
     /// What can be run.
     pub fn skills(&self) -> Vec<SkillInfo> {
         self.inner.executor.skills()
+    }
+
+    /// See [`TaskExecutor::preview`].
+    pub fn preview(&self, subject: &Subject, id: &str) -> Option<Result<Decision, String>> {
+        self.inner.executor.preview(subject, id)
     }
 
     /// Health and load.

@@ -4,7 +4,7 @@
 //! transports (in-process and HTTP) go through here.
 
 use crate::engine::{EngineError, Owner, TaskEngine};
-use coderclaw_core::decision::Subject;
+use coderclaw_core::decision::{Decision, Subject};
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::principal::Principal;
 use coderclaw_core::rbac::Permission;
@@ -134,6 +134,10 @@ impl From<SecurityError> for RuntimeError {
         RuntimeError::new(code, e.to_string())
     }
 }
+
+/// What running a skill would be decided now (unrecorded), or why that
+/// cannot be told.
+pub type Preview = Result<Decision, String>;
 
 /// The authorised task API.
 pub struct TaskService {
@@ -333,6 +337,28 @@ impl TaskService {
     pub fn agents(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
         self.require(who, Permission::TaskRead, "agent.list", "-", false)?;
         Ok(self.engine.skills().into_iter().filter(|s| s.kind == Kind::Agent).collect())
+    }
+
+    /// Every installed skill and agent with what running it as `who` would
+    /// be decided now (unrecorded): what an MCP client is offered as tools.
+    /// Needs `task:read`; a caller without `task:submit` sees everything
+    /// refused.
+    pub fn runnable(&self, who: &Subject) -> Result<Vec<(SkillInfo, Preview)>, RuntimeError> {
+        self.require(who, Permission::TaskRead, "tool.list", "-", false)?;
+        let may_submit = self.security.check(who, Permission::TaskSubmit, "tool.list", ("task", "-"), false).is_ok();
+        Ok(self
+            .engine
+            .skills()
+            .into_iter()
+            .map(|s| {
+                let decided = if may_submit {
+                    self.engine.preview(who, &s.id).unwrap_or_else(|| Err("this host cannot preview decisions".into()))
+                } else {
+                    Err("this session may not submit tasks (no task:submit)".to_owned())
+                };
+                (s, decided)
+            })
+            .collect())
     }
 
     /// Health and load (any authenticated session).

@@ -5,6 +5,7 @@
 //!   respond, pause, resume, list, events, skills and status; object-safe.
 //! - [`LocalTransport`]: in-process, straight to a `TaskService`.
 //! - [`HttpTransport`] and [`http_server`]: REST + SSE over hyper.
+//! - [`mcp`]: installed skills as Model Context Protocol tools (stdio).
 //!
 //! ```no_run
 //! use coderclaw_transport::{CoderClawRuntime, HttpTransport};
@@ -17,6 +18,7 @@
 
 mod http_client;
 pub mod http_server;
+pub mod mcp;
 mod runtime;
 
 pub use http_client::HttpTransport;

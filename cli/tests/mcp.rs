@@ -1,0 +1,126 @@
+//! `coderclaw mcp` driven by the official Rust MCP SDK's client over the
+//! real binary's stdio: the tools offered are exactly the skills policy
+//! lets this caller run, described from their signed manifests; a call is
+//! a task; a refused skill is absent and refused by name.
+
+mod common;
+
+use common::{Cli, p, sign, text, trusted_key};
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use serde_json::{Value, json};
+
+fn installed(cli: &Cli, dir: &std::path::Path) {
+    trusted_key(cli, "team-key", "team");
+    for skill in ["echo", "word-count", "shell-exec"] {
+        let pkg = sign(cli, skill, "team-key", dir);
+        let out = cli.run(&["skill", "install", p(&pkg)]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}
+
+fn manifest_schema(skill: &str) -> Value {
+    let text = std::fs::read_to_string(common::manifest_path(skill)).unwrap();
+    let manifest = coderclaw_core::manifest::Manifest::from_toml(&text, skill).unwrap();
+    manifest.input_schema
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_client_sees_the_allowed_skills_as_tools_and_calls_them_as_tasks() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    installed(&cli, tmp.path());
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("notes.txt"), "one two\nthree\n").unwrap();
+
+    // Why each skill is offered or not, without a client.
+    let listed = cli.run(&["mcp", "--list", "--json", "--workspace", p(ws.path())]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed.stderr));
+    let entries: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let shell = entries.as_array().unwrap().iter().find(|e| e["id"] == "team/shell-exec").unwrap();
+    assert!(shell["left_out"].as_str().unwrap().contains("dangerous"), "{shell}");
+
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_coderclaw")).configure(|c| {
+        c.args(["mcp", "--workspace", p(ws.path())]).env("CODERCLAW_HOME", cli.home.path()).env_remove("CODERCLAW_LOG");
+    });
+    let client = ().serve(TokioChildProcess::new(command).unwrap()).await.unwrap();
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().map(|s| s.name.as_str()), Some("coderclaw"));
+
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["team_echo", "team_word-count"], "the dangerous shell-exec is not offered");
+    let word_count = tools.iter().find(|t| t.name == "team_word-count").unwrap();
+    assert_eq!(Value::Object((*word_count.input_schema).clone()), manifest_schema("word-count"));
+    let hints = word_count.annotations.as_ref().unwrap();
+    assert_eq!(hints.read_only_hint, Some(true), "a read-only workspace grant");
+
+    let counted = client.call_tool(CallToolRequestParams::new("team_word-count")).await.unwrap();
+    assert_ne!(counted.is_error, Some(true), "{counted:?}");
+    assert_eq!(counted.structured_content.as_ref().unwrap()["files"], 1, "{counted:?}");
+
+    let echoed = client
+        .call_tool(CallToolRequestParams::new("team_echo").with_arguments(json!({"x": 1}).as_object().unwrap().clone()))
+        .await
+        .unwrap();
+    assert_eq!(echoed.structured_content, Some(json!({"echo": {"x": 1}})));
+
+    // A refused skill called by name anyway: a tool error naming why.
+    let refused = client.call_tool(CallToolRequestParams::new("team_shell-exec")).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    let why = serde_json::to_string(&refused.content).unwrap();
+    assert!(why.contains("denied") && why.contains("dangerous"), "{why}");
+
+    // An unknown tool is a protocol error, and the session goes on.
+    let unknown = client.call_tool(CallToolRequestParams::new("team_nothing")).await;
+    assert!(matches!(unknown, Err(rmcp::ServiceError::McpError(_))), "{unknown:?}");
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
+
+    // Each call was an audited task.
+    client.cancel().await.unwrap();
+    let tasks = cli.run(&["task", "list", "--json", "--workspace", p(ws.path())]);
+    let tasks: Value = serde_json::from_slice(&tasks.stdout).unwrap();
+    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks}");
+    let audit = cli.run(&["audit", "verify"]);
+    assert_eq!(audit.status.code(), Some(0), "{}", text(&audit.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_the_client_abandons_cancels_its_task_within_a_second() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    trusted_key(&cli, "team-key", "team");
+    let manifest = tmp.path().join("spin.toml");
+    std::fs::write(
+        &manifest,
+        "id = \"team/spin\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"spins\"\n[limits]\ntimeout = \"300s\"\n",
+    )
+    .unwrap();
+    let pkg = common::sign_with(&cli, "infinite-loop", "team-key", &manifest, tmp.path());
+    let out = cli.run(&["skill", "install", p(&pkg)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let ws = tempfile::tempdir().unwrap();
+    let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_coderclaw")).configure(|c| {
+        c.args(["mcp", "--workspace", p(ws.path())]).env("CODERCLAW_HOME", cli.home.path()).env_remove("CODERCLAW_LOG");
+    });
+    let client = ().serve(TokioChildProcess::new(command).unwrap()).await.unwrap();
+    // Dropping the call sends notifications/cancelled.
+    let call = client.call_tool(CallToolRequestParams::new("team_spin"));
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), call).await.is_err(), "it spins");
+    let cancelled_at = std::time::Instant::now();
+    // The engine belongs to the MCP server while it runs: watch the audit log.
+    loop {
+        let records = cli.run(&["audit", "query", "--action", "task.cancelled", "--json"]);
+        let records: Value = serde_json::from_slice(&records.stdout).unwrap_or(json!([]));
+        if records.as_array().is_some_and(|r| r.len() == 1) {
+            break;
+        }
+        assert!(cancelled_at.elapsed() < std::time::Duration::from_secs(1), "not cancelled within 1 s: {records}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The session is still usable after the cancellation.
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 1);
+    client.cancel().await.unwrap();
+    let tasks = cli.run(&["task", "list", "--json", "--workspace", p(ws.path())]);
+    let tasks: Value = serde_json::from_slice(&tasks.stdout).unwrap();
+    assert_eq!(tasks[0]["status"], "CANCELLED", "{tasks}");
+}
