@@ -124,3 +124,44 @@ async fn a_call_the_client_abandons_cancels_its_task_within_a_second() {
     let tasks: Value = serde_json::from_slice(&tasks.stdout).unwrap();
     assert_eq!(tasks[0]["status"], "CANCELLED", "{tasks}");
 }
+
+/// A Python with the official MCP SDK: a virtual environment made once
+/// under the target directory (`python3 -m venv`, `pip install mcp` from
+/// PyPI), reused by later runs.
+fn python_with_mcp_sdk() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-python-sdk");
+    let python = venv.join("bin/python");
+    let ready = venv.join("installed-mcp-2.3.0");
+    if ready.exists() {
+        return python;
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
+            panic!("{} cannot run ({e}): this test needs python3 with venv and pip", program.display())
+        });
+        assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out.stderr));
+    };
+    run(std::path::Path::new("python3"), &["-m", "venv", venv.to_str().unwrap()]);
+    run(&python, &["-m", "pip", "install", "--quiet", "mcp==2.3.0"]);
+    std::fs::write(&ready, "").unwrap();
+    python
+}
+
+#[test]
+fn the_official_python_sdk_lists_and_calls_the_tools_over_stdio() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    installed(&cli, tmp.path());
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("notes.txt"), "one two\nthree\n").unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
+    let out = std::process::Command::new(python_with_mcp_sdk())
+        .args([p(&script), env!("CARGO_BIN_EXE_coderclaw"), p(ws.path())])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["tools"], json!(["team_echo", "team_word-count"]));
+    assert_eq!(seen["word_count_schema"], manifest_schema("word-count"), "the schema as signed");
+    assert_eq!(seen["counted"]["files"], 1);
+}

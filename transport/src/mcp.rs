@@ -212,10 +212,7 @@ pub fn tool_name(id: &str, taken: &mut BTreeSet<String>) -> String {
 /// The tool for `info`, described from its signed manifest, with hints
 /// from the grant policy decided (never wider than the grant).
 fn tool(name: &str, info: &SkillInfo, d: &Decision) -> Tool {
-    let schema = match &info.input_schema {
-        Value::Object(o) if !o.is_empty() => o.clone(),
-        _ => serde_json::Map::from_iter([("type".to_owned(), json!("object"))]),
-    };
+    let schema = input_schema(&info.input_schema);
     let grant = &d.grant;
     let writes = grant.dirs().iter().any(|dir| dir.access != Access::Read);
     let shell = !grant.shell().is_empty();
@@ -227,6 +224,22 @@ fn tool(name: &str, info: &SkillInfo, d: &Decision) -> Tool {
     let description =
         format!("{} ({} {}, run by coderclaw as a sandboxed task)", info.description, info.id, info.version);
     Tool::new_with_raw(name.to_owned(), Some(description.into()), Arc::new(schema)).annotate(annotations)
+}
+
+/// The manifest's input schema as MCP takes it: tool arguments are always
+/// a JSON object, so a schema for anything else (echo takes any value)
+/// becomes an object schema that keeps its description.
+fn input_schema(manifest: &Value) -> serde_json::Map<String, Value> {
+    match manifest {
+        Value::Object(o) if o.get("type") == Some(&json!("object")) => o.clone(),
+        other => {
+            let mut schema = serde_json::Map::from_iter([("type".to_owned(), json!("object"))]);
+            if let Some(d) = other.get("description") {
+                schema.insert("description".into(), d.clone());
+            }
+            schema
+        }
+    }
 }
 
 fn protocol_error(e: RuntimeError) -> ErrorData {
@@ -285,5 +298,28 @@ impl ServerHandler for McpServer {
                     .into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_names_are_valid_and_never_collide() {
+        let mut taken = BTreeSet::new();
+        assert_eq!(tool_name("team/word-count", &mut taken), "team_word-count");
+        assert_eq!(tool_name("team_word-count", &mut taken), "team_word-count_2");
+        assert_eq!(tool_name("team/word count", &mut taken), "team_word_count");
+        assert_eq!(tool_name("team/word-count", &mut taken), "team_word-count_3");
+    }
+
+    #[test]
+    fn every_input_schema_is_an_object_schema() {
+        let object = json!({"type": "object", "properties": {"path": {"type": "string"}}});
+        assert_eq!(Value::Object(input_schema(&object)), object);
+        let any = json!({"description": "Any JSON value"});
+        assert_eq!(Value::Object(input_schema(&any)), json!({"type": "object", "description": "Any JSON value"}));
+        assert_eq!(Value::Object(input_schema(&json!({"type": "string"}))), json!({"type": "object"}));
     }
 }
