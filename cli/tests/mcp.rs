@@ -165,3 +165,24 @@ fn the_official_python_sdk_lists_and_calls_the_tools_over_stdio() {
     assert_eq!(seen["word_count_schema"], manifest_schema("word-count"), "the schema as signed");
     assert_eq!(seen["counted"]["files"], 1);
 }
+
+#[test]
+fn a_session_that_may_not_submit_tasks_is_offered_no_tools() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    installed(&cli, tmp.path());
+    let added = cli.run_stdin(&["user", "add", "reader", "--role", "readonly", "--password-stdin"], "read only pw\n");
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let login = cli.run_stdin(&["login", "--user", "reader", "--password-stdin", "--json"], "read only pw");
+    assert_eq!(login.status.code(), Some(0), "{}", text(&login.stderr));
+    let token: Value = serde_json::from_slice(&login.stdout).unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let token = token["token"].as_str().unwrap();
+    let listed = cli.run(&["--session", token, "mcp", "--list", "--json", "--workspace", p(ws.path())]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed.stderr));
+    let entries: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    for e in entries {
+        assert!(e["left_out"].as_str().is_some_and(|w| w.contains("task:submit")), "{e}");
+    }
+}

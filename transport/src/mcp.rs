@@ -104,7 +104,8 @@ impl McpServer {
         let mut updates = Box::pin(self.service.stream(who, &task.id)?);
         let progress = context.meta.get_progress_token();
         // Cancels the task if this future is dropped (the client went away).
-        let guard = CancelOnDrop { service: self.service.clone(), who: who.clone(), id: task.id.clone(), armed: true };
+        let mut guard =
+            CancelOnDrop { service: self.service.clone(), who: who.clone(), id: task.id.clone(), armed: true };
         let mut cancelled = false;
         loop {
             tokio::select! {
@@ -126,7 +127,6 @@ impl McpServer {
                 },
             }
         }
-        let mut guard = guard;
         guard.armed = false;
         let done = self.service.get(who, &task.id)?;
         Ok(match (done.status, done.output, done.error) {
