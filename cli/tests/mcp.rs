@@ -76,11 +76,21 @@ async fn an_mcp_client_sees_the_allowed_skills_as_tools_and_calls_them_as_tasks(
     assert!(matches!(unknown, Err(rmcp::ServiceError::McpError(_))), "{unknown:?}");
     assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
 
-    // Each call was an audited task.
+    // Each call was an audited task, the refused one too.
     client.cancel().await.unwrap();
     let tasks = cli.run(&["task", "list", "--json", "--workspace", p(ws.path())]);
     let tasks: Value = serde_json::from_slice(&tasks.stdout).unwrap();
-    assert_eq!(tasks.as_array().unwrap().len(), 2, "{tasks}");
+    let mut ended: Vec<(String, String)> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["target"]["skill"].as_str().unwrap_or("?").to_owned(), t["status"].as_str().unwrap().to_owned()))
+        .collect();
+    ended.sort();
+    let refused = tasks.as_array().unwrap().iter().find(|t| t["status"] == "FAILED").unwrap();
+    assert_eq!(refused["error"]["code"], "denied", "{refused}");
+    let expected = [("team/echo", "COMPLETED"), ("team/shell-exec", "FAILED"), ("team/word-count", "COMPLETED")];
+    assert_eq!(ended, expected.map(|(a, b)| (a.to_owned(), b.to_owned())), "{tasks}");
     let audit = cli.run(&["audit", "verify"]);
     assert_eq!(audit.status.code(), Some(0), "{}", text(&audit.stderr));
 }

@@ -184,7 +184,13 @@ impl Loader<'_> {
     /// The text of `file` (`None` when absent), read while it did not
     /// change: its identity is the same before and after the read, and that
     /// identity is what the watchlist holds.
-    fn read_settled(&mut self, file: &Path, link: FinalLink) -> Result<Option<String>, SecurityError> {
+    ///
+    /// An edit that truncates and then writes (`>`, most editors) can be
+    /// read in between, and an empty file is all defaults: when the file
+    /// `held` a policy before, an empty read is taken only once it stays
+    /// empty [`EMPTIED_SETTLE`] later.
+    fn read_settled(&mut self, file: &Path, link: FinalLink, held: bool) -> Result<Option<String>, SecurityError> {
+        let mut waited = false;
         for _ in 0..SETTLE_ATTEMPTS {
             let before = Watched::now(file.to_path_buf(), link);
             let text = match read_text_bounded(file, MAX_CONFIG_BYTES, link) {
@@ -195,10 +201,16 @@ impl Loader<'_> {
                     return Err(SecurityError::Io { path: file.into(), source });
                 }
             };
-            if FileIdentity::at(file, link) == before.seen {
-                self.watched.files.push(before);
-                return Ok(text);
+            if FileIdentity::at(file, link) != before.seen {
+                continue;
             }
+            if held && !waited && text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                waited = true;
+                std::thread::sleep(EMPTIED_SETTLE);
+                continue;
+            }
+            self.watched.files.push(before);
+            return Ok(text);
         }
         self.watched.unsettled = true;
         let source = std::io::Error::other(format!("it kept changing while being read ({SETTLE_ATTEMPTS} tries)"));
@@ -214,22 +226,11 @@ impl Loader<'_> {
         let shown = file.display().to_string();
         let dir = self.home.root().join("policy").join("last-good");
         let keep = dir.join(format!("{}.yaml", &Digest::of(shown.as_bytes()).to_hex()[..16]));
-        let Some(mut text) = self.read_settled(file, link)? else {
+        let held = std::fs::read_to_string(&keep).is_ok_and(|t| !t.trim().is_empty());
+        let Some(text) = self.read_settled(file, link, held)? else {
             self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
             return Ok(None);
         };
-        // An edit that truncates and then writes (`>`, most editors) can be
-        // read in between, and an empty file is all defaults: one that held
-        // a policy before is read again once the edit has had time to land.
-        if text.trim().is_empty() && std::fs::read_to_string(&keep).is_ok_and(|t| !t.trim().is_empty()) {
-            std::thread::sleep(EMPTIED_SETTLE);
-            self.watched.files.pop();
-            let Some(again) = self.read_settled(file, link)? else {
-                self.sources.push(PolicySource { file: file.into(), status: "absent", problem: None });
-                return Ok(None);
-            };
-            text = again;
-        }
         let digest = Digest::of(text.as_bytes()).to_hex();
         match parse(&text, &shown) {
             Ok(v) => {

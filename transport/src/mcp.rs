@@ -61,13 +61,10 @@ impl McpServer {
     /// id order: what `tools/list` answers and `coderclaw mcp --list` shows.
     pub fn entries(&self) -> Result<Vec<ToolEntry>, RuntimeError> {
         let who = self.who()?;
-        let mut runnable = self.service.runnable(&who)?;
-        runnable.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        let mut taken = BTreeSet::new();
+        let runnable = named(self.service.runnable(&who)?, |(info, _)| &info.id);
         Ok(runnable
             .into_iter()
-            .map(|(info, decided)| {
-                let name = tool_name(&info.id, &mut taken);
+            .map(|(name, (info, decided))| {
                 let (tool, left_out) = match decided {
                     Ok(d) if d.allowed => (Some(tool(&name, &info, &d)), None),
                     Ok(d) => (None, Some(d.reasons_text())),
@@ -76,6 +73,14 @@ impl McpServer {
                 ToolEntry { name, id: info.id, kind: info.kind, left_out, tool }
             })
             .collect())
+    }
+
+    /// The installed skill or agent tool `name` stands for, without deciding
+    /// anything: the call's task is decided (and audited) as any other.
+    fn target(&self, who: &Subject, name: &str) -> Result<Option<SkillInfo>, RuntimeError> {
+        let mut installed = self.service.skills(who)?;
+        installed.extend(self.service.agents(who)?);
+        Ok(named(installed, |info| &info.id).into_iter().find(|(n, _)| n == name).map(|(_, info)| info))
     }
 
     /// Serves MCP over this process's stdin and stdout until the client
@@ -92,13 +97,13 @@ impl McpServer {
     async fn call(
         &self,
         who: &Subject,
-        entry: &ToolEntry,
+        target: &SkillInfo,
         arguments: Value,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, RuntimeError> {
-        let req = match entry.kind {
-            Kind::Agent => TaskSubmitRequest::agent(&entry.id, arguments),
-            Kind::Skill => TaskSubmitRequest::skill(&entry.id, arguments),
+        let req = match target.kind {
+            Kind::Agent => TaskSubmitRequest::agent(&target.id, arguments),
+            Kind::Skill => TaskSubmitRequest::skill(&target.id, arguments),
         };
         let task = self.service.submit(who, req).await?;
         let mut updates = Box::pin(self.service.stream(who, &task.id)?);
@@ -194,6 +199,14 @@ async fn forward(peer: &Peer<RoleServer>, progress: Option<rmcp::model::Progress
     }
 }
 
+/// `items` in id order, each with its tool name: the same names for the
+/// same installed set, whoever asks and whatever policy allows.
+fn named<T>(mut items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<(String, T)> {
+    items.sort_by(|a, b| id(a).cmp(id(b)));
+    let mut taken = BTreeSet::new();
+    items.into_iter().map(|item| (tool_name(id(&item), &mut taken), item)).collect()
+}
+
 /// The tool name for `id`: MCP names allow letters, digits, `_`, `-` and
 /// `.`, so the namespace separator becomes `_`; a name already taken (two
 /// ids that map alike) gets the first free `_2`, `_3`, ...
@@ -279,19 +292,16 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let who = self.who().map_err(protocol_error)?;
-        let entries = self.entries().map_err(protocol_error)?;
-        let Some(entry) = entries.iter().find(|e| e.name == request.name) else {
+        let Some(target) = self.target(&who, &request.name).map_err(protocol_error)? else {
             return Err(ErrorData::invalid_params(
                 format!("no tool `{}`: list the tools to see what is installed", request.name),
                 None,
             ));
         };
-        if let Some(why) = &entry.left_out {
-            let text = format!("denied: policy does not let you run {}: {why}", entry.id);
-            return Ok(CallToolResult::error(vec![ContentBlock::text(text)]).into());
-        }
+        // A skill left out of the list, called by name anyway, is refused by
+        // its task's decision: a tool error with the reasons, and audited.
         let arguments = Value::Object(request.arguments.unwrap_or_default());
-        match self.call(&who, entry, arguments, &context).await {
+        match self.call(&who, &target, arguments, &context).await {
             Ok(result) => Ok(result.into()),
             Err(e) => {
                 Ok(CallToolResult::error(vec![ContentBlock::text(format!("{}: {}", e.code.as_str(), e.message))])
