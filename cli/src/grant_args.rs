@@ -164,6 +164,7 @@ impl GrantArgs {
             dangerous: false,
             resumable: false,
             input_schema: serde_json::json!({ "type": "object" }),
+            output_schema: None,
             capabilities: caps,
             limits,
         };

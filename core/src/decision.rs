@@ -49,6 +49,10 @@ pub struct Subject {
     pub session: Option<SessionFacts>,
     /// Where the caller is: another machine counts as an untrusted device.
     pub origin: Origin,
+    /// The program the caller used, as it named itself (an MCP client's
+    /// name and version). Recorded in the audit log; never proof of
+    /// anything, so no decision reads it.
+    pub client: Option<String>,
 }
 
 /// What the decision needs to know about a session.

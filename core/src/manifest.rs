@@ -265,6 +265,12 @@ pub struct Manifest {
     /// JSON Schema of the input.
     #[serde(default = "any_object")]
     pub input_schema: serde_json::Value,
+    /// JSON Schema of the output, when declared (an object schema: what
+    /// MCP clients are told to expect as the tool's structured result).
+    /// Omitted from the canonical form when absent, so older signatures
+    /// still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
     /// What it asks for.
     #[serde(default)]
     pub capabilities: Capabilities,
@@ -293,6 +299,9 @@ impl Manifest {
         }
         if !self.input_schema.is_object() {
             return Err("key `input-schema`: must be a table (a JSON Schema object)".into());
+        }
+        if self.output_schema.as_ref().is_some_and(|o| o.get("type") != Some(&serde_json::json!("object"))) {
+            return Err("key `output-schema`: must be a table with type = \"object\" (skills return objects)".into());
         }
         // The same rules a grant enforces, so a manifest that signs is one
         // the host can grant.

@@ -169,6 +169,11 @@ pub struct TaskSubmitRequest {
     pub paused: bool,
 }
 
+/// The metadata key naming the program that submitted a task, as it
+/// named itself (`mcp:claude-code 1.2.0`); the audit records of its run
+/// carry it.
+pub const CLIENT_METADATA: &str = "client";
+
 /// Longest `description` accepted.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 
@@ -475,6 +480,9 @@ pub struct SkillInfo {
     pub resumable: bool,
     /// JSON Schema of the input.
     pub input_schema: Value,
+    /// JSON Schema of the output, when the manifest declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
 }
 
 /// How a runtime accepts work.

@@ -122,6 +122,7 @@ fn who(user: &str, roles: &[&str], trust: TrustLevel) -> Subject {
         device_trust: trust,
         session: None,
         origin: Origin::Local,
+        client: None,
     }
 }
 
@@ -443,6 +444,7 @@ fn arb_subject() -> impl Strategy<Value = Subject> {
         device_trust: [Untrusted, Verified, Trusted][t],
         session: None,
         origin: Origin::Local,
+        client: None,
     })
 }
 

@@ -112,9 +112,13 @@ impl AuditEvent {
         self.reason = reason.into();
         self
     }
-    /// Extra facts (JSON). Credential-like keys are redacted.
+    /// Extra facts (JSON). Credential-like keys are redacted. Objects add
+    /// to the facts already set (the caller's client, say).
     pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
-        self.metadata = metadata;
+        match (&mut self.metadata, metadata) {
+            (serde_json::Value::Object(have), serde_json::Value::Object(more)) => have.extend(more),
+            (have, more) => *have = more,
+        }
         self
     }
 }

@@ -97,6 +97,7 @@ impl Security {
                 device_trust: crate::security::trust_under(&policy, &self.local_device),
                 session: None,
                 origin: Origin::Local,
+                client: None,
             });
         };
         let session = match self.identity.session_by_token(token) {
@@ -180,6 +181,7 @@ impl Security {
             device_trust: self.effective_trust(&device),
             session: Some(session.facts()),
             origin: Origin::Local,
+            client: None,
         })
     }
 

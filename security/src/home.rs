@@ -520,6 +520,13 @@ impl Home {
         self.root.join("packages").join(format!("{}.ccpkg", digest.to_hex()))
     }
 
+    /// A number that changes whenever the trust store or the installed
+    /// skills change, by this process or any other: what a client that
+    /// lists the installed skills watches to know when to list them again.
+    pub fn generation(&self) -> Result<i64, HomeError> {
+        self.with_db(|db| crate::sqlite::generation(db))
+    }
+
     /// Every installed skill, by id.
     pub fn installed(&self) -> Result<Vec<InstalledSkill>, HomeError> {
         self.query_installed(None)

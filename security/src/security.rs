@@ -248,6 +248,9 @@ impl Security {
         if let Some(session) = &s.session {
             e = e.session(&session.id);
         }
+        if let Some(client) = &s.client {
+            e = e.metadata(serde_json::json!({ "client": client }));
+        }
         e
     }
 

@@ -304,10 +304,17 @@ impl TaskService {
 
     /// Cancels a task (`task:cancel`); false when it had already finished.
     pub fn cancel(&self, who: &Subject, id: &str) -> Result<bool, RuntimeError> {
+        self.cancel_because(who, id, &format!("by {}", who.user))
+    }
+
+    /// [`TaskService::cancel`], saying why (kept with the task and in the
+    /// audit log): a transport that gives up on a task on its caller's
+    /// behalf (an input request its client cannot answer).
+    pub fn cancel_because(&self, who: &Subject, id: &str, reason: &str) -> Result<bool, RuntimeError> {
         // Visibility first: an "allowed" record must not precede a refusal.
         self.visible(who, id)?;
         self.require(who, Permission::TaskCancel, "task.cancel", id, true)?;
-        Ok(self.engine.cancel(id, &format!("by {}", who.user))?)
+        Ok(self.engine.cancel(id, reason)?)
     }
 
     /// Answers a WAITING task (`task:submit`). The answer itself is not

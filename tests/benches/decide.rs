@@ -69,6 +69,7 @@ fn main() {
             device_trust: [TrustLevel::Untrusted, TrustLevel::Verified, TrustLevel::Trusted][i % 3],
             session: None,
             origin: Origin::Local,
+            client: None,
         })
         .collect();
 
