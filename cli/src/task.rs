@@ -7,6 +7,7 @@ use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::security::Security;
 use coderclaw::tasks::http_server::{ServerConfig, serve};
+use coderclaw::tasks::mcp::http::McpHttpConfig;
 use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, MAX_EVENTS_PAGE, RuntimeError};
 use coderclaw::{LocalRuntime, OpenError};
 use coderclaw_core::Access;
@@ -138,7 +139,8 @@ pub(crate) struct SubmitArgs {
     pub target: Target,
 }
 
-/// Run the task engine and serve the HTTP API (REST + Server-Sent Events).
+/// Run the task engine and serve the HTTP API (REST + Server-Sent Events)
+/// and MCP (Streamable HTTP at /mcp, for AI agents on other machines).
 ///
 /// Every call needs a session token (`coderclaw login`), in both modes.
 /// local-only (the default) binds loopback only and refuses remote peers;
@@ -168,6 +170,18 @@ pub(crate) struct ServeArgs {
     /// Let tasks write the workspace (default read-only).
     #[arg(long)]
     pub workspace_write: bool,
+    /// Also accept this Host at /mcp (NAME or NAME:PORT; repeatable): the
+    /// name remote MCP clients reach this server by. Loopback names and the
+    /// listen address are always accepted; other Hosts are refused (DNS
+    /// rebinding).
+    #[arg(long = "mcp-allowed-host", value_name = "HOST")]
+    pub mcp_allowed_hosts: Vec<String>,
+    /// Also accept requests at /mcp from web pages of this origin
+    /// (SCHEME://HOST:PORT, or :* for any port; repeatable). By default
+    /// only this server's own origins; requests without Origin (not from a
+    /// browser) always pass.
+    #[arg(long = "mcp-allowed-origin", value_name = "ORIGIN")]
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 /// Print the runtime's status: version, uptime, tasks, mode, health, and
@@ -273,7 +287,10 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     rt.block_on(async {
         let local = open_engine(&workspace, args.workspace_write, true, &c)?;
         let tls = args.tls_cert.clone().zip(args.tls_key.clone());
-        let server_config = ServerConfig { listen, mode: c.mode, tls, ..ServerConfig::default() };
+        let mut mcp = McpHttpConfig::for_listen(listen, tls.is_some());
+        mcp.allowed_hosts.extend(args.mcp_allowed_hosts.iter().cloned());
+        mcp.allowed_origins.extend(args.mcp_allowed_origins.iter().cloned());
+        let server_config = ServerConfig { listen, mode: c.mode, tls, mcp: Some(mcp), ..ServerConfig::default() };
         let server = serve(local.service().clone(), server_config).await?;
         eprintln!(
             "coderclaw serving {} ({}, {} tasks at once, state {})",

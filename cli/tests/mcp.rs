@@ -8,7 +8,8 @@ mod common;
 use common::{Cli, p, sign, text, trusted_key};
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{ConfigureCommandExt, StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
 fn installed(cli: &Cli, dir: &std::path::Path) {
@@ -20,10 +21,37 @@ fn installed(cli: &Cli, dir: &std::path::Path) {
     }
 }
 
-fn manifest_schema(skill: &str) -> Value {
+/// Signs component `skill` as `id` (a one-line description and limits);
+/// returns the package.
+fn signed_as(cli: &Cli, skill: &str, id: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let name = id.rsplit('/').next().unwrap();
+    let manifest = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "id = \"{id}\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"{name}\"\n[limits]\ntimeout = \"300s\"\n"
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let signed = common::sign_with(cli, skill, "team-key", &manifest, dir);
+    let pkg = dir.join(format!("{name}.ccpkg"));
+    std::fs::rename(signed, &pkg).unwrap();
+    pkg
+}
+
+fn install(cli: &Cli, pkg: &std::path::Path) {
+    let out = cli.run(&["skill", "install", p(pkg)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+fn manifest(skill: &str) -> coderclaw_core::manifest::Manifest {
     let text = std::fs::read_to_string(common::manifest_path(skill)).unwrap();
-    let manifest = coderclaw_core::manifest::Manifest::from_toml(&text, skill).unwrap();
-    manifest.input_schema
+    coderclaw_core::manifest::Manifest::from_toml(&text, skill).unwrap()
+}
+
+fn manifest_schema(skill: &str) -> Value {
+    manifest(skill).input_schema
+}
+
+fn manifest_output_schema(skill: &str) -> Value {
+    manifest(skill).output_schema.expect("an output schema")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,7 +77,8 @@ async fn an_mcp_client_sees_the_allowed_skills_as_tools_and_calls_them_as_tasks(
 
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["team_echo", "team_word-count"], "the dangerous shell-exec is not offered");
+    let helpers = ["coderclaw_policy_check", "coderclaw_task_status"];
+    assert_eq!(names, ["team_echo", "team_word-count", helpers[0], helpers[1]], "shell-exec is not offered");
     let word_count = tools.iter().find(|t| t.name == "team_word-count").unwrap();
     assert_eq!(Value::Object((*word_count.input_schema).clone()), manifest_schema("word-count"));
     let hints = word_count.annotations.as_ref().unwrap();
@@ -74,7 +103,7 @@ async fn an_mcp_client_sees_the_allowed_skills_as_tools_and_calls_them_as_tasks(
     // An unknown tool is a protocol error, and the session goes on.
     let unknown = client.call_tool(CallToolRequestParams::new("team_nothing")).await;
     assert!(matches!(unknown, Err(rmcp::ServiceError::McpError(_))), "{unknown:?}");
-    assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
 
     // Each call was an audited task, the refused one too.
     client.cancel().await.unwrap();
@@ -99,15 +128,7 @@ async fn an_mcp_client_sees_the_allowed_skills_as_tools_and_calls_them_as_tasks(
 async fn a_call_the_client_abandons_cancels_its_task_within_a_second() {
     let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
     trusted_key(&cli, "team-key", "team");
-    let manifest = tmp.path().join("spin.toml");
-    std::fs::write(
-        &manifest,
-        "id = \"team/spin\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"spins\"\n[limits]\ntimeout = \"300s\"\n",
-    )
-    .unwrap();
-    let pkg = common::sign_with(&cli, "infinite-loop", "team-key", &manifest, tmp.path());
-    let out = cli.run(&["skill", "install", p(&pkg)]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    install(&cli, &signed_as(&cli, "infinite-loop", "team/spin", tmp.path()));
     let ws = tempfile::tempdir().unwrap();
     let command = tokio::process::Command::new(env!("CARGO_BIN_EXE_coderclaw")).configure(|c| {
         c.args(["mcp", "--workspace", p(ws.path())]).env("CODERCLAW_HOME", cli.home.path()).env_remove("CODERCLAW_LOG");
@@ -128,7 +149,7 @@ async fn a_call_the_client_abandons_cancels_its_task_within_a_second() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     // The session is still usable after the cancellation.
-    assert_eq!(client.list_all_tools().await.unwrap().len(), 1);
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 3, "spin and the two helpers");
     client.cancel().await.unwrap();
     let tasks = cli.run(&["task", "list", "--json", "--workspace", p(ws.path())]);
     let tasks: Value = serde_json::from_slice(&tasks.stdout).unwrap();
@@ -157,23 +178,92 @@ fn python_with_mcp_sdk() -> std::path::PathBuf {
     python
 }
 
-#[test]
-fn the_official_python_sdk_lists_and_calls_the_tools_over_stdio() {
-    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
-    installed(&cli, tmp.path());
+/// Everything the Python client expects installed (see mcp_client.py),
+/// a workspace with one text file, and the package it installs itself.
+fn python_fixture(cli: &Cli, dir: &std::path::Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    installed(cli, dir);
+    install(cli, &signed_as(cli, "asker", "team/asker", dir));
+    install(cli, &signed_as(cli, "infinite-loop", "team/spin", dir));
     let ws = tempfile::tempdir().unwrap();
     std::fs::write(ws.path().join("notes.txt"), "one two\nthree\n").unwrap();
+    (ws, signed_as(cli, "echo", "team/extra", dir))
+}
+
+/// Runs the official Python SDK's client with `args`; what it saw.
+fn python_client(cli: &Cli, args: &[&str]) -> Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mcp_client.py");
     let out = std::process::Command::new(python_with_mcp_sdk())
-        .args([p(&script), env!("CARGO_BIN_EXE_coderclaw"), p(ws.path())])
+        .arg(&script)
+        .args(args)
         .env("CODERCLAW_HOME", cli.home.path())
+        .env_remove("CODERCLAW_LOG")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(seen["tools"], json!(["team_echo", "team_word-count"]));
+    let word_count_output = manifest_output_schema("word-count");
     assert_eq!(seen["word_count_schema"], manifest_schema("word-count"), "the schema as signed");
+    assert_eq!(seen["word_count_output_schema"], word_count_output, "the output schema as signed");
     assert_eq!(seen["counted"]["files"], 1);
+    assert!(seen["cancelled_within_s"].as_f64().unwrap() < 1.0, "{seen}");
+    seen
+}
+
+#[test]
+fn the_official_python_sdk_drives_coderclaw_mcp_over_stdio() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let (ws, extra) = python_fixture(&cli, tmp.path());
+    let seen = python_client(&cli, &["stdio", env!("CARGO_BIN_EXE_coderclaw"), p(ws.path()), p(&extra)]);
+    assert_eq!(seen["progress"][0][0], 0.5, "{seen}");
+}
+
+#[test]
+fn the_official_python_sdk_drives_coderclaw_serve_over_streamable_http() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let (ws, extra) = python_fixture(&cli, tmp.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = common::start_server(&cli, p(ws.path()), port);
+    let token = common::login(&cli);
+    let url = format!("{}/mcp", server.1);
+    let seen = python_client(&cli, &["http", env!("CARGO_BIN_EXE_coderclaw"), &url, &token, p(&extra)]);
+    assert_eq!(seen["progress"][0][0], 0.5, "{seen}");
+    // Every call was audited under the client's name.
+    let submitted = cli.run(&["audit", "query", "--action", "task.submit", "--json"]);
+    let submitted: Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    let records = submitted.as_array().unwrap();
+    assert!(records.len() >= 4, "{submitted}");
+    for r in records {
+        assert!(r["metadata"].to_string().contains("mcp:"), "named client: {r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rmcp_over_streamable_http_against_coderclaw_serve() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    installed(&cli, tmp.path());
+    let ws = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = common::start_server(&cli, p(ws.path()), port);
+    let token = common::login(&cli);
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.1)).auth_header(token);
+    let client = ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["team_echo", "team_word-count", "coderclaw_policy_check", "coderclaw_task_status"]);
+    let args = json!({"x": [1, 2]}).as_object().unwrap().clone();
+    let echoed = client.call_tool(CallToolRequestParams::new("team_echo").with_arguments(args)).await.unwrap();
+    assert_eq!(echoed.structured_content, Some(json!({"echo": {"x": [1, 2]}})));
+    let why = client
+        .call_tool(
+            CallToolRequestParams::new("coderclaw_policy_check")
+                .with_arguments(json!({"tool": "team/shell-exec"}).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    let why = why.structured_content.unwrap();
+    assert_eq!(why["allowed"], false, "{why}");
+    assert!(why["explanation"].as_str().unwrap().contains("dangerous"), "{why}");
+    client.cancel().await.unwrap();
 }
 
 #[test]

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{Cli, p, sign, sign_with, text, trusted_key, workspace};
+use common::{Cli, Server, login, p, sign, sign_with, start_server, text, trusted_key, workspace};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn install_signed(cli: &Cli, dir: &std::path::Path) {
@@ -72,38 +71,6 @@ fn a_local_submit_runs_to_the_end_and_its_exit_code_says_how_it_ended() {
     assert_eq!((status["totalTasks"].as_u64(), status["healthy"].as_bool()), (Some(3), Some(true)));
 }
 
-struct Server(Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workspace", ws])
-        .env("CODERCLAW_HOME", cli.home.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Warnings (e.g. about the state directory's mode) may come first.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    for _ in 0..20 {
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        seen.push_str(&line);
-        if line.contains("serving http://127.0.0.1") || line.is_empty() {
-            break;
-        }
-    }
-    assert!(seen.contains("serving http://127.0.0.1"), "{seen}");
-    Server(child, format!("http://127.0.0.1:{port}"))
-}
-
 /// The signed skills installed, a server on a free port, and a developer's
 /// token: (port, server, token).
 fn serve_signed(cli: &Cli, workspace: &std::path::Path) -> (u16, Server, String) {
@@ -111,16 +78,6 @@ fn serve_signed(cli: &Cli, workspace: &std::path::Path) -> (u16, Server, String)
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let server = start_server(cli, p(workspace), port);
     (port, server, login(cli))
-}
-
-/// A developer session token (the HTTP API answers nobody without one).
-fn login(cli: &Cli) -> String {
-    let added = cli.run_stdin(&["user", "add", "dev", "--role", "developer", "--password-stdin"], "dev password\n");
-    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
-    let out = cli.run_stdin(&["login", "--user", "dev", "--password-stdin", "--json"], "dev password");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let session: Value = serde_json::from_slice(&out.stdout).unwrap();
-    session["token"].as_str().unwrap().to_owned()
 }
 
 fn remote_json(cli: &Cli, url: &str, token: &str, args: &[&str]) -> Value {

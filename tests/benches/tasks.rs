@@ -10,16 +10,9 @@
 //! PHASE picks parts to run (all by default): `alone` (one task at a time,
 //! with stages), `local`, `memory`, `http`, `fanout`; for profiling one.
 
-use coderclaw::home::Home;
-use coderclaw::security::LocalSecret;
 use coderclaw::tasks::http_server::{ServerConfig, serve};
-use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, TaskService, Transport};
-use coderclaw::{Host, LocalRuntime};
-use coderclaw_core::keys::SecretKey;
-use coderclaw_core::manifest::Manifest;
-use coderclaw_core::package::Package;
+use coderclaw::tasks::{CoderClawRuntime, HttpTransport, LocalTransport, Transport};
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
-use coderclaw_e2e::guest;
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::HashMap;
@@ -85,24 +78,6 @@ fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
-fn setup(dir: &std::path::Path) -> Arc<TaskService> {
-    let key = SecretKey::from_seed(*b"coderclaw test key: team--------");
-    let home = Arc::new(Home::open(dir).unwrap());
-    home.trust_add("team", &key.public()).unwrap();
-    let manifest =
-        Manifest::from_toml("id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"e\"\n", "echo")
-            .unwrap();
-    home.dangerous_install_ungated(
-        &Package::sign(&manifest, std::fs::read(guest("echo")).unwrap(), &key, 1).to_bytes(),
-    )
-    .unwrap();
-    let host = Host::builder().compiled_cache(home.compiled_cache_dir()).max_instances(256).build().unwrap();
-    // One session submits every task at once: its quota of unfinished tasks
-    // (1000 by default) is raised to the whole run.
-    let config = EngineConfig { max_concurrent_tasks: 64, max_unfinished_per_session: 1_000_000, ..Default::default() };
-    LocalRuntime::builder(home).config(config).host(host).open().unwrap().service().clone()
 }
 
 /// `n` tasks, each submitted and awaited; at most `clients` at once (the
@@ -187,7 +162,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let service = setup(dir.path());
+        let service = coderclaw_e2e::echo_service(dir.path());
         // Warm the compiled-code cache.
         let local = Arc::new(CoderClawRuntime::new(LocalTransport::new(service.clone(), None)));
         end_to_end(local.clone(), 50, None, "warm-up").await;
@@ -224,18 +199,12 @@ fn main() {
         }
 
         let dir = tempfile::tempdir().unwrap();
-        let service = setup(dir.path());
+        let service = coderclaw_e2e::echo_service(dir.path());
         let server =
             serve(service.clone(), ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() })
                 .await
                 .unwrap();
-        let security = service.security();
-        security
-            .dangerous_identity_store()
-            .add_user("bench", &["developer".to_owned()], Some("bench password"))
-            .unwrap();
-        let (_, token) =
-            security.login_local("bench", LocalSecret::Password("bench password"), None, None, None).unwrap();
+        let token = coderclaw_e2e::developer_token(&service);
         let http = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
         end_to_end(http.clone(), 50, Some(64), "warm-up").await;
         if run("alone") {

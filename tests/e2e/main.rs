@@ -8,6 +8,7 @@ mod capabilities;
 mod confinement;
 mod layers;
 mod limits;
+mod mcp;
 mod oidc;
 mod registry;
 mod signed;

@@ -80,7 +80,7 @@ pub(crate) fn fixture(config: EngineConfig) -> Fixture {
 }
 
 /// A fixture whose repository policy also has `extra` at the top level.
-fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture {
+pub(crate) fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::create_dir(workspace.path().join(".coderClaw")).unwrap();

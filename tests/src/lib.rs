@@ -207,3 +207,39 @@ pub async fn unrouted_operations(base_url: &str, token: Option<&str>, doc: &serd
     }
     missing
 }
+
+/// A task service in state directory `dir` with the signed `echo` skill
+/// installed and a session allowed to submit a million unfinished tasks:
+/// the benches' engine.
+pub fn echo_service(dir: &std::path::Path) -> Arc<coderclaw::tasks::TaskService> {
+    use coderclaw_core::keys::SecretKey;
+    use coderclaw_core::manifest::Manifest;
+    use coderclaw_core::package::Package;
+    let key = SecretKey::from_seed(*b"coderclaw test key: team--------");
+    let home = Arc::new(coderclaw::home::Home::open(dir).unwrap());
+    home.trust_add("team", &key.public()).unwrap();
+    let manifest =
+        Manifest::from_toml("id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"e\"\n", "echo")
+            .unwrap();
+    home.dangerous_install_ungated(
+        &Package::sign(&manifest, std::fs::read(guest("echo")).unwrap(), &key, 1).to_bytes(),
+    )
+    .unwrap();
+    let host = coderclaw::Host::builder().compiled_cache(home.compiled_cache_dir()).max_instances(256).build().unwrap();
+    // One session submits every task at once: its quota of unfinished tasks
+    // (1000 by default) is raised to the whole run.
+    let config = coderclaw::tasks::EngineConfig {
+        max_concurrent_tasks: 64,
+        max_unfinished_per_session: 1_000_000,
+        ..Default::default()
+    };
+    coderclaw::LocalRuntime::builder(home).config(config).host(host).open().unwrap().service().clone()
+}
+
+/// A developer's session token on `service`.
+pub fn developer_token(service: &coderclaw::tasks::TaskService) -> String {
+    let security = service.security();
+    security.dangerous_identity_store().add_user("bench", &["developer".to_owned()], Some("bench password")).unwrap();
+    let secret = coderclaw::security::LocalSecret::Password("bench password");
+    security.login_local("bench", secret, None, None, None).unwrap().1
+}

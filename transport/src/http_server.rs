@@ -11,7 +11,11 @@
 //! binds loopback only and refuses peers that are not on this machine;
 //! `remote-enabled` accepts them. TLS (rustls) when a certificate and key
 //! are configured.
+//!
+//! `/mcp` serves the Model Context Protocol over Streamable HTTP
+//! ([`crate::mcp::http`]), behind the same authentication.
 
+use crate::mcp::http::{McpHttp, McpHttpConfig};
 use bytes::Bytes;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitRequest};
@@ -46,6 +50,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// PEM certificate chain and private key: serve https.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where MCP at `/mcp` accepts requests from (default: see
+    /// [`McpHttpConfig::for_listen`]).
+    pub mcp: Option<McpHttpConfig>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +62,7 @@ impl Default for ServerConfig {
             mode: RuntimeMode::LocalOnly,
             max_body_bytes: 1 << 20,
             tls: None,
+            mcp: None,
         }
     }
 }
@@ -85,10 +93,12 @@ pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<Ru
         None => None,
     };
     let listen = config.listen;
+    let mcp_config = config.mcp.clone().unwrap_or_else(|| McpHttpConfig::for_listen(listen, tls.is_some()));
+    let mcp = Arc::new(McpHttp::new(service.clone(), &mcp_config, config.max_body_bytes));
     let config = Arc::new(config);
     coderclaw_net::serve(listen, tls, move |peer, req| {
-        let (service, config) = (service.clone(), config.clone());
-        async move { handle(&service, &config, peer, req).await }
+        let (service, config, mcp) = (service.clone(), config.clone(), mcp.clone());
+        async move { handle(&service, &config, &mcp, peer, req).await }
     })
     .await
     .map_err(ServerError::Io)
@@ -117,11 +127,12 @@ fn err(code: ErrorCode, message: impl Into<String>) -> RuntimeError {
 async fn handle(
     service: &TaskService,
     config: &ServerConfig,
+    mcp: &McpHttp,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), %peer);
-    match route(service, config, peer, req).instrument(span).await {
+    match route(service, config, mcp, peer, req).instrument(span).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
@@ -169,6 +180,7 @@ struct InputBody {
 async fn route(
     service: &TaskService,
     config: &ServerConfig,
+    mcp: &McpHttp,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, RuntimeError> {
@@ -180,6 +192,7 @@ async fn route(
     }
     let who = authenticate(service, config, peer, &req)?;
     match (&method, segments.as_slice()) {
+        (_, ["mcp"]) => mcp.handle(who, req).await,
         (&Method::GET, ["v1", "status"]) => Ok(ok(&service.status(&who))),
         (&Method::GET, ["v1", "skills"]) => Ok(ok(&service.skills(&who)?)),
         (&Method::GET, ["v1", "agents"]) => Ok(ok(&service.agents(&who)?)),
@@ -223,7 +236,7 @@ async fn route(
         (&Method::POST, ["v1", "tasks", id, "pause"]) => Ok(ok(&service.set_paused(&who, id, true)?)),
         (&Method::POST, ["v1", "tasks", id, "resume"]) => Ok(ok(&service.set_paused(&who, id, false)?)),
         (_, ["v1", ..]) => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: see /v1/openapi.json"))),
-        _ => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: the API lives under /v1"))),
+        _ => Err(err(ErrorCode::NotFound, format!("no route {method} {path}: the API lives under /v1, MCP at /mcp"))),
     }
 }
 

@@ -4,9 +4,9 @@
 
 use coderclaw_e2e::guest;
 use serde_json::Value;
-use std::io::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 pub(crate) struct Cli {
     pub home: tempfile::TempDir,
@@ -113,4 +113,48 @@ pub(crate) fn sign_with(cli: &Cli, skill: &str, key: &str, manifest: &Path, dir:
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("sha256:"));
     out_path
+}
+
+/// A `coderclaw serve` child process, killed when dropped; its base URL.
+pub(crate) struct Server(pub Child, pub String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `coderclaw serve` on `port` in workspace `ws`, once it listens.
+pub(crate) fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workspace", ws])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Warnings (e.g. about the state directory's mode) may come first.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for _ in 0..20 {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        seen.push_str(&line);
+        if line.contains("serving http://127.0.0.1") || line.is_empty() {
+            break;
+        }
+    }
+    assert!(seen.contains("serving http://127.0.0.1"), "{seen}");
+    Server(child, format!("http://127.0.0.1:{port}"))
+}
+
+/// A developer session token (the HTTP API answers nobody without one).
+pub(crate) fn login(cli: &Cli) -> String {
+    let added = cli.run_stdin(&["user", "add", "dev", "--role", "developer", "--password-stdin"], "dev password\n");
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let out = cli.run_stdin(&["login", "--user", "dev", "--password-stdin", "--json"], "dev password");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let session: Value = serde_json::from_slice(&out.stdout).unwrap();
+    session["token"].as_str().unwrap().to_owned()
 }

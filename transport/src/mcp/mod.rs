@@ -4,24 +4,28 @@
 //! decided, audited, durable, cancellable). Nothing here grants, trusts,
 //! installs or changes policy: a model cannot widen its own sandbox.
 //!
-//! Served over stdio by `coderclaw mcp` ([`McpServer::serve_stdio`]).
+//! Served over stdio by `coderclaw mcp` ([`McpServer::serve_stdio`]) and
+//! over Streamable HTTP at `/mcp` of `coderclaw serve` ([`http`]).
 
-use coderclaw_core::Access;
-use coderclaw_core::decision::{Decision, Subject};
+mod call;
+pub mod http;
+pub mod tools;
+mod watch;
+
+use coderclaw_core::decision::Subject;
 use coderclaw_core::manifest::Kind;
-use coderclaw_core::task::{SkillInfo, TaskEventKind, TaskStatus, TaskSubmitRequest, TaskUpdateEvent};
-use coderclaw_tasks::{RuntimeError, TaskService};
-use futures_util::StreamExt;
+use coderclaw_core::task::SkillInfo;
+use coderclaw_tasks::{ErrorCode, RuntimeError, TaskService};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData, Extensions, Implementation,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer};
 use rmcp::{Peer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeSet;
 use std::sync::Arc;
+use tools::{POLICY_CHECK, TASK_STATUS, named};
 
 /// One installed skill or agent as this caller sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -39,34 +43,87 @@ pub struct ToolEntry {
     pub tool: Option<Tool>,
 }
 
-/// The MCP server for one caller: the holder of `token`, or the local
-/// user without one.
+/// Who the calls of a connection are made by.
+#[derive(Clone)]
+enum Caller {
+    /// The holder of this token, or the local user without one (stdio).
+    Token(Option<String>),
+    /// A subject the embedder authenticated (an in-process transport).
+    Fixed(Box<Subject>),
+    /// Whoever each HTTP request authenticated as ([`http::Authenticated`]);
+    /// a request without one is refused, never taken as the local user.
+    PerRequest,
+}
+
+/// The MCP server for one connection.
 #[derive(Clone)]
 pub struct McpServer {
     service: Arc<TaskService>,
-    token: Option<String>,
+    caller: Caller,
+    /// Held while a handler of this connection exists: the tool list
+    /// watcher stops when it is gone.
+    alive: Arc<()>,
 }
 
+/// Longest client name kept for the audit log.
+const MAX_CLIENT_NAME: usize = 128;
+
 impl McpServer {
-    /// Serves `service` as the holder of `token`.
+    /// Serves `service` as the holder of `token` (or the local user).
     pub fn new(service: Arc<TaskService>, token: Option<String>) -> Self {
-        McpServer { service, token }
+        McpServer { service, caller: Caller::Token(token), alive: Arc::new(()) }
     }
 
-    fn who(&self) -> Result<Subject, RuntimeError> {
-        self.service.authenticate(self.token.as_deref())
+    /// Serves `service` to `who`, authenticated by the embedder: for an
+    /// in-process transport (the caller is who the embedder says; a
+    /// caller on another machine must be [`Security::as_remote`]).
+    ///
+    /// [`Security::as_remote`]: coderclaw_security::security::Security::as_remote
+    pub fn for_subject(service: Arc<TaskService>, who: Subject) -> Self {
+        McpServer { service, caller: Caller::Fixed(Box::new(who)), alive: Arc::new(()) }
+    }
+
+    /// Serves `service` to whoever each HTTP request authenticated as.
+    fn per_request(service: Arc<TaskService>) -> Self {
+        McpServer { service, caller: Caller::PerRequest, alive: Arc::new(()) }
+    }
+
+    /// The caller of a request, with the client's name for the audit log.
+    fn who(&self, extensions: &Extensions, peer: &Peer<RoleServer>) -> Result<Subject, RuntimeError> {
+        let mut who = match &self.caller {
+            Caller::Token(token) => self.service.authenticate(token.as_deref())?,
+            Caller::Fixed(who) => (**who).clone(),
+            Caller::PerRequest => extensions
+                .get::<::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<http::Authenticated>())
+                .map(|a| a.0.clone())
+                .ok_or_else(|| RuntimeError::new(ErrorCode::Unauthenticated, "this MCP request carries no session"))?,
+        };
+        who.client = peer.peer_info().map(|info| client_name(&info.client_info));
+        Ok(who)
     }
 
     /// Every installed skill and agent, offered or left out (and why), in
-    /// id order: what `tools/list` answers and `coderclaw mcp --list` shows.
+    /// id order, for the holder of the token this server was made with:
+    /// what `coderclaw mcp --list` shows.
     pub fn entries(&self) -> Result<Vec<ToolEntry>, RuntimeError> {
-        let who = self.who()?;
-        let runnable = named(self.service.runnable(&who)?, |(info, _)| &info.id);
+        match &self.caller {
+            Caller::Token(token) => self.entries_for(&self.service.authenticate(token.as_deref())?),
+            Caller::Fixed(who) => self.entries_for(who),
+            Caller::PerRequest => {
+                Err(RuntimeError::new(ErrorCode::Unauthenticated, "entries of an HTTP connection need a request"))
+            }
+        }
+    }
+
+    /// [`McpServer::entries`] for `who`: what `tools/list` answers.
+    fn entries_for(&self, who: &Subject) -> Result<Vec<ToolEntry>, RuntimeError> {
+        let runnable = named(self.service.runnable(who)?, |(info, _)| &info.id);
         Ok(runnable
             .into_iter()
             .map(|(name, (info, decided))| {
                 let (tool, left_out) = match decided {
-                    Ok(d) if d.allowed => (Some(tool(&name, &info, &d)), None),
+                    Ok(d) if d.allowed => (Some(tools::skill_tool(&name, &info, &d)), None),
                     Ok(d) => (None, Some(d.reasons_text())),
                     Err(e) => (None, Some(e)),
                 };
@@ -91,176 +148,66 @@ impl McpServer {
         Ok(())
     }
 
-    /// Runs `entry` with `arguments` as a task and answers with its outcome;
-    /// forwards progress and logs while it runs and cancels it when the
-    /// client cancels the call (or goes away).
-    async fn call(
-        &self,
-        who: &Subject,
-        target: &SkillInfo,
-        arguments: Value,
-        context: &RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, RuntimeError> {
-        let req = match target.kind {
-            Kind::Agent => TaskSubmitRequest::agent(&target.id, arguments),
-            Kind::Skill => TaskSubmitRequest::skill(&target.id, arguments),
+    /// `coderclaw_policy_check`: the decision a call of `tool` (a tool
+    /// name or a skill id) would get now, unrecorded.
+    fn policy_check(&self, who: &Subject, arguments: &serde_json::Map<String, Value>) -> Result<Value, String> {
+        let asked = string_argument(arguments, "tool")?;
+        let runnable = named(self.service.runnable(who).map_err(|e| e.message)?, |(info, _)| &info.id);
+        let Some((name, (info, decided))) = runnable.into_iter().find(|(n, (i, _))| n == asked || i.id == asked) else {
+            return Err(format!("no tool or installed skill `{asked}`: list the tools to see what is installed"));
         };
-        let task = self.service.submit(who, req).await?;
-        let mut updates = Box::pin(self.service.stream(who, &task.id)?);
-        let progress = context.meta.get_progress_token();
-        // Cancels the task if this future is dropped (the client went away).
-        let mut guard =
-            CancelOnDrop { service: self.service.clone(), who: who.clone(), id: task.id.clone(), armed: true };
-        let mut cancelled = false;
-        loop {
-            tokio::select! {
-                // The stream then ends with the CANCELLED status.
-                _ = context.ct.cancelled(), if !cancelled => {
-                    cancelled = true;
-                    self.service.cancel(who, &task.id)?;
-                }
-                next = updates.next() => match next {
-                    Some(e) => {
-                        if e.status == TaskStatus::Waiting {
-                            let why = "the skill asked for input, which this MCP connection cannot answer";
-                            self.service.cancel(who, &task.id)?;
-                            return Ok(CallToolResult::error(vec![ContentBlock::text(why)]));
-                        }
-                        forward(&context.peer, progress.clone(), &e).await;
-                    }
-                    None => break,
-                },
-            }
-        }
-        guard.armed = false;
-        let done = self.service.get(who, &task.id)?;
-        Ok(match (done.status, done.output, done.error) {
-            (TaskStatus::Completed, Some(output), _) => {
-                let mut result = CallToolResult::success(vec![ContentBlock::text(output.to_string())]);
-                // Structured content is an object by the protocol.
-                if output.is_object() {
-                    result.structured_content = Some(output);
-                }
-                result
-            }
-            (status, _, error) => {
-                let (code, message) =
-                    error.map_or(("internal", format!("the task ended {status}")), |e| (e.code.as_str(), e.message));
-                let mut result = CallToolResult::error(vec![ContentBlock::text(format!("{code}: {message}"))]);
-                result.structured_content = Some(json!({ "task": task.id, "status": status, "failure": code }));
-                result
-            }
+        Ok(match decided {
+            Ok(d) => json!({
+                "tool": name,
+                "id": info.id,
+                "version": info.version,
+                "allowed": d.allowed,
+                "reasons": d.reasons,
+                "explanation": d.reasons_text(),
+                "grant": coderclaw_core::decision::grant_json(&d.grant),
+                "narrowed": d.narrowed,
+                "device_trust": who.device_trust,
+                "roles": who.roles,
+            }),
+            Err(why) => json!({ "tool": name, "id": info.id, "allowed": false, "explanation": why }),
         })
     }
-}
 
-/// Cancels the task of a call whose future was dropped before its end.
-struct CancelOnDrop {
-    service: Arc<TaskService>,
-    who: Subject,
-    id: String,
-    armed: bool,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = self.service.cancel(&self.who, &self.id);
-        }
+    /// `coderclaw_task_status`: one of the caller's tasks.
+    fn task_status(&self, who: &Subject, arguments: &serde_json::Map<String, Value>) -> Result<Value, String> {
+        let id = string_argument(arguments, "task")?;
+        let state = self.service.get(who, id).map_err(|e| format!("{}: {}", e.code.as_str(), e.message))?;
+        serde_json::to_value(state).map_err(|e| e.to_string())
     }
 }
 
-/// A run event as an MCP notification: progress when the client asked for
-/// it (sent a progress token), logs as log messages (deprecated by a newer
-/// protocol revision, still what current clients show).
-#[allow(deprecated)]
-async fn forward(peer: &Peer<RoleServer>, progress: Option<rmcp::model::ProgressToken>, e: &TaskUpdateEvent) {
-    match e.event {
-        TaskEventKind::Progress => {
-            if let (Some(token), Some(p)) = (progress, e.progress) {
-                let mut n = ProgressNotificationParam::new(token, f64::from(p));
-                n.total = Some(1.0);
-                n.message = Some(e.message.clone()).filter(|m| !m.is_empty());
-                let _ = peer.notify_progress(n).await;
-            }
-        }
-        TaskEventKind::Log => {
-            use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
-            let level = match e.data.as_ref().and_then(|d| d.get("level")).and_then(Value::as_str) {
-                Some("error") => LoggingLevel::Error,
-                Some("warn") => LoggingLevel::Warning,
-                Some("debug") | Some("trace") => LoggingLevel::Debug,
-                _ => LoggingLevel::Info,
-            };
-            let n = LoggingMessageNotificationParam::new(level, json!(e.message)).with_logger(e.task_id.clone());
-            let _ = peer.notify_logging_message(n).await;
-        }
-        _ => {}
-    }
+/// `name` as the client named itself, for the audit log: printable, short.
+fn client_name(info: &Implementation) -> String {
+    let named = format!("mcp:{} {}", info.name, info.version);
+    named.chars().filter(|c| !c.is_control()).take(MAX_CLIENT_NAME).collect()
 }
 
-/// `items` in id order, each with its tool name: the same names for the
-/// same installed set, whoever asks and whatever policy allows.
-fn named<T>(mut items: Vec<T>, id: impl Fn(&T) -> &String) -> Vec<(String, T)> {
-    items.sort_by(|a, b| id(a).cmp(id(b)));
-    let mut taken = BTreeSet::new();
-    items.into_iter().map(|item| (tool_name(id(&item), &mut taken), item)).collect()
-}
-
-/// The tool name for `id`: MCP names allow letters, digits, `_`, `-` and
-/// `.`, so the namespace separator becomes `_`; a name already taken (two
-/// ids that map alike) gets the first free `_2`, `_3`, ...
-pub fn tool_name(id: &str, taken: &mut BTreeSet<String>) -> String {
-    let base: String =
-        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-    let mut name = base.clone();
-    let mut n = 2;
-    while !taken.insert(name.clone()) {
-        name = format!("{base}_{n}");
-        n += 1;
-    }
-    name
-}
-
-/// The tool for `info`, described from its signed manifest, with hints
-/// from the grant policy decided (never wider than the grant).
-fn tool(name: &str, info: &SkillInfo, d: &Decision) -> Tool {
-    let schema = input_schema(&info.input_schema);
-    let grant = &d.grant;
-    let writes = grant.dirs().iter().any(|dir| dir.access != Access::Read);
-    let shell = !grant.shell().is_empty();
-    let http = !grant.http().is_empty();
-    let annotations = ToolAnnotations::new()
-        .read_only(!writes && !shell && !http)
-        .destructive(info.dangerous || writes || shell)
-        .open_world(http);
-    let description =
-        format!("{} ({} {}, run by coderclaw as a sandboxed task)", info.description, info.id, info.version);
-    Tool::new_with_raw(name.to_owned(), Some(description.into()), Arc::new(schema)).annotate(annotations)
-}
-
-/// The manifest's input schema as MCP takes it: tool arguments are always
-/// a JSON object, so a schema for anything else (echo takes any value)
-/// becomes an object schema that keeps its description.
-fn input_schema(manifest: &Value) -> serde_json::Map<String, Value> {
-    match manifest {
-        Value::Object(o) if o.get("type") == Some(&json!("object")) => o.clone(),
-        other => {
-            let mut schema = serde_json::Map::from_iter([("type".to_owned(), json!("object"))]);
-            if let Some(d) = other.get("description") {
-                schema.insert("description".into(), d.clone());
-            }
-            schema
-        }
-    }
+fn string_argument<'a>(arguments: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, String> {
+    arguments.get(key).and_then(Value::as_str).ok_or_else(|| format!("argument `{key}` (a string) is required"))
 }
 
 fn protocol_error(e: RuntimeError) -> ErrorData {
-    use coderclaw_tasks::ErrorCode;
     match e.code {
         ErrorCode::Unauthenticated | ErrorCode::Forbidden => ErrorData::invalid_request(e.message, None),
         ErrorCode::InvalidRequest | ErrorCode::NotFound => ErrorData::invalid_params(e.message, None),
         _ => ErrorData::internal_error(e.message, None),
+    }
+}
+
+/// A helper tool's answer: its JSON as structured content and text.
+fn helper_result(answer: Result<Value, String>) -> CallToolResult {
+    match answer {
+        Ok(value) => {
+            let mut result = CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
+            result.structured_content = Some(value);
+            result
+        }
+        Err(why) => CallToolResult::error(vec![ContentBlock::text(why)]),
     }
 }
 
@@ -269,21 +216,34 @@ impl ServerHandler for McpServer {
     // clients show for a tool's log lines.
     #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_logging().build())
+        let capabilities = ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_logging();
+        ServerConfig::new(capabilities.build())
             .with_server_info(Implementation::new("coderclaw", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Each tool is a signed WebAssembly skill run by coderclaw in a sandbox with the grant its \
-                 policy decides for you; every call is an audited task.",
+                 policy decides for you; every call is an audited task. coderclaw_policy_check explains a \
+                 decision; coderclaw_task_status reads a task.",
             )
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        watch::spawn(self.service.clone(), context.peer, Arc::downgrade(&self.alive));
     }
 
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let entries = self.entries().map_err(protocol_error)?;
-        Ok(ListToolsResult::with_all_items(entries.into_iter().filter_map(|e| e.tool).collect()))
+        let who = self.who(&context.extensions, &context.peer).map_err(protocol_error)?;
+        let entries = self.entries_for(&who).map_err(protocol_error)?;
+        let mut offered: Vec<Tool> = entries.into_iter().filter_map(|e| e.tool).collect();
+        // A caller who may run nothing is offered nothing (the helpers stay
+        // callable by name, and `coderclaw mcp --list` says why).
+        if !offered.is_empty() {
+            offered.extend(tools::helper_tools());
+        }
+        Ok(ListToolsResult::with_all_items(offered))
     }
 
     async fn call_tool(
@@ -291,7 +251,13 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let who = self.who().map_err(protocol_error)?;
+        let who = self.who(&context.extensions, &context.peer).map_err(protocol_error)?;
+        let arguments = request.arguments.unwrap_or_default();
+        match request.name.as_ref() {
+            POLICY_CHECK => return Ok(helper_result(self.policy_check(&who, &arguments)).into()),
+            TASK_STATUS => return Ok(helper_result(self.task_status(&who, &arguments)).into()),
+            _ => {}
+        }
         let Some(target) = self.target(&who, &request.name).map_err(protocol_error)? else {
             return Err(ErrorData::invalid_params(
                 format!("no tool `{}`: list the tools to see what is installed", request.name),
@@ -300,36 +266,12 @@ impl ServerHandler for McpServer {
         };
         // A skill left out of the list, called by name anyway, is refused by
         // its task's decision: a tool error with the reasons, and audited.
-        let arguments = Value::Object(request.arguments.unwrap_or_default());
-        match self.call(&who, &target, arguments, &context).await {
+        match call::call(&self.service, &who, &target, Value::Object(arguments), &context).await {
             Ok(result) => Ok(result.into()),
             Err(e) => {
                 Ok(CallToolResult::error(vec![ContentBlock::text(format!("{}: {}", e.code.as_str(), e.message))])
                     .into())
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tool_names_are_valid_and_never_collide() {
-        let mut taken = BTreeSet::new();
-        assert_eq!(tool_name("team/word-count", &mut taken), "team_word-count");
-        assert_eq!(tool_name("team_word-count", &mut taken), "team_word-count_2");
-        assert_eq!(tool_name("team/word count", &mut taken), "team_word_count");
-        assert_eq!(tool_name("team/word-count", &mut taken), "team_word-count_3");
-    }
-
-    #[test]
-    fn every_input_schema_is_an_object_schema() {
-        let object = json!({"type": "object", "properties": {"path": {"type": "string"}}});
-        assert_eq!(Value::Object(input_schema(&object)), object);
-        let any = json!({"description": "Any JSON value"});
-        assert_eq!(Value::Object(input_schema(&any)), json!({"type": "object", "description": "Any JSON value"}));
-        assert_eq!(Value::Object(input_schema(&json!({"type": "string"}))), json!({"type": "object"}));
     }
 }
