@@ -103,6 +103,12 @@ async fn an_mcp_client_sees_the_allowed_skills_as_tools_and_calls_them_as_tasks(
     // An unknown tool is a protocol error, and the session goes on.
     let unknown = client.call_tool(CallToolRequestParams::new("team_nothing")).await;
     assert!(matches!(unknown, Err(rmcp::ServiceError::McpError(_))), "{unknown:?}");
+    // So are arguments the signed schema refuses, and no task is made.
+    let args = json!({"path": 5, "surprise": true}).as_object().unwrap().clone();
+    let wrong = client.call_tool(CallToolRequestParams::new("team_word-count").with_arguments(args)).await;
+    let Err(rmcp::ServiceError::McpError(e)) = wrong else { panic!("{wrong:?}") };
+    assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+    assert!(e.message.contains("/path") && e.message.contains("surprise"), "{}", e.message);
     assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
 
     // Each call was an audited task, the refused one too.

@@ -174,6 +174,21 @@ pub struct TaskSubmitRequest {
 /// carry it.
 pub const CLIENT_METADATA: &str = "client";
 
+/// Longest client name kept.
+pub const MAX_CLIENT_NAME: usize = 128;
+
+/// A client's name as kept in audit records: self-declared, so only
+/// printable characters (no control, bidirectional or zero-width ones that
+/// could make a record read as something else), at most
+/// [`MAX_CLIENT_NAME`] of them; `None` when nothing is left.
+pub fn client_label(declared: &str) -> Option<String> {
+    let invisible =
+        |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
+    let label: String = declared.chars().filter(|&c| !c.is_control() && !invisible(c)).take(MAX_CLIENT_NAME).collect();
+    let label = label.trim();
+    (!label.is_empty()).then(|| label.to_owned())
+}
+
 /// Longest `description` accepted.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
 
@@ -545,6 +560,14 @@ pub struct RuntimeStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_client_label_keeps_printable_characters_only_and_is_short() {
+        assert_eq!(super::client_label("mcp:claude-code 2.1.0").as_deref(), Some("mcp:claude-code 2.1.0"));
+        assert_eq!(super::client_label("evil\u{202e}gpj.exe\n\u{200b}x").as_deref(), Some("evilgpj.exex"));
+        assert_eq!(super::client_label(&"a".repeat(10_000)).map(|l| l.len()), Some(super::MAX_CLIENT_NAME));
+        assert_eq!(super::client_label(" \u{feff}\t"), None);
+    }
+
     use super::*;
     use TaskStatus::*;
 

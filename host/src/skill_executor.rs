@@ -6,7 +6,7 @@
 use crate::plan::{Planner, sandbox_failure};
 use coderclaw_core::decision::{Decision, Offer, Subject};
 use coderclaw_core::principal::Principal;
-use coderclaw_core::task::{CLIENT_METADATA, SkillInfo, TaskFailure, TaskState, TaskTarget};
+use coderclaw_core::task::{CLIENT_METADATA, SkillInfo, TaskFailure, TaskState, TaskTarget, client_label};
 use coderclaw_core::task_link::BoxFuture;
 use coderclaw_sandbox::Host;
 use coderclaw_security::security::Security;
@@ -46,7 +46,7 @@ impl TaskExecutor for SkillExecutor {
             let mut subject =
                 tracing::debug_span!("plan.session").in_scope(|| planner.revalidate(&Principal::of_task(&task)))?;
             // The submitter's program, as it named itself, for the audit log.
-            subject.client = task.metadata.get(CLIENT_METADATA).and_then(Value::as_str).map(str::to_owned);
+            subject.client = task.metadata.get(CLIENT_METADATA).and_then(Value::as_str).and_then(client_label);
             let prepared = planner.prepare_task(&subject, task.target.id(), Some(task.target.kind())).await?;
             run.running()?;
             let sink = crate::denial_audit::audit_denials(run.sink(), planner.security().clone(), Some(task_id), user);

@@ -304,17 +304,27 @@ impl TaskService {
 
     /// Cancels a task (`task:cancel`); false when it had already finished.
     pub fn cancel(&self, who: &Subject, id: &str) -> Result<bool, RuntimeError> {
-        self.cancel_because(who, id, &format!("by {}", who.user))
-    }
-
-    /// [`TaskService::cancel`], saying why (kept with the task and in the
-    /// audit log): a transport that gives up on a task on its caller's
-    /// behalf (an input request its client cannot answer).
-    pub fn cancel_because(&self, who: &Subject, id: &str, reason: &str) -> Result<bool, RuntimeError> {
         // Visibility first: an "allowed" record must not precede a refusal.
         self.visible(who, id)?;
         self.require(who, Permission::TaskCancel, "task.cancel", id, true)?;
-        Ok(self.engine.cancel(id, reason)?)
+        Ok(self.engine.cancel(id, &format!("by {}", who.user))?)
+    }
+
+    /// Gives up on a task a transport submitted for `who` in the call it is
+    /// serving, saying why (the client went away, cancelled the call, or
+    /// cannot answer the task's question). Needs no `task:cancel`: the call
+    /// that submitted it ends, and a task nobody waits for must not hold a
+    /// slot until its timeout. Only `who`'s own task; audited.
+    pub fn abandon(&self, who: &Subject, id: &str, reason: &str) -> Result<bool, RuntimeError> {
+        let task = self.engine.get(id)?;
+        if Principal::of_task(&task).key != Security::principal(who).key {
+            return Err(RuntimeError::new(ErrorCode::NotFound, format!("no task {id}")));
+        }
+        let abandoned = self.engine.cancel(id, reason)?;
+        if abandoned {
+            self.security.audit_done(who, "task.abandon", ("task", id), reason)?;
+        }
+        Ok(abandoned)
     }
 
     /// Answers a WAITING task (`task:submit`). The answer itself is not
@@ -344,6 +354,13 @@ impl TaskService {
     pub fn agents(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
         self.require(who, Permission::TaskRead, "agent.list", "-", false)?;
         Ok(self.engine.skills().into_iter().filter(|s| s.kind == Kind::Agent).collect())
+    }
+
+    /// What running installed skill or agent `id` as `who` would be decided
+    /// now, unrecorded (`None`: this host cannot preview). For a
+    /// transport's own checks; the task it then submits is decided again.
+    pub fn preview(&self, who: &Subject, id: &str) -> Option<Preview> {
+        self.engine.preview(who, id)
     }
 
     /// Every installed skill and agent with what running it as `who` would

@@ -113,6 +113,18 @@ async fn a_caller_from_another_machine_is_offered_nothing_and_refused_as_an_untr
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_session_without_skill_execute_sees_no_tools_and_is_refused_by_name() {
+    let f = fixture(EngineConfig::default());
+    // The built-in `ci` role may submit tasks and invoke agents, not run skills.
+    let ci = f.service.authenticate(Some(&f.login("pipeline", &["ci"]))).unwrap();
+    let client = connect(&f, ci, Agent::default()).await;
+    assert_eq!(names(&client).await, Vec::<String>::new());
+    let refused = client.call_tool(call("team_echo", json!({}))).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(text_of(&refused).contains("skill:execute"), "{}", text_of(&refused));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_skill_question_is_asked_of_the_user_through_elicitation_or_the_task_is_cancelled_saying_why() {
     let f = fixture(EngineConfig::default());
     let who = developer(&f);
@@ -161,6 +173,10 @@ async fn the_client_is_told_when_the_tools_change_and_a_removed_skill_is_gone_fr
     let client = connect(&f, developer(&f), agent.clone()).await;
     assert!(names(&client).await.contains(&"team_crasher".to_owned()));
     let changed = || agent.changed.load(Ordering::SeqCst);
+    // Saying "initialized" again does not start another watcher.
+    for _ in 0..3 {
+        client.peer().notify_initialized().await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(changed(), 0, "nothing changed, nothing said");
 
@@ -171,6 +187,8 @@ async fn the_client_is_told_when_the_tools_change_and_a_removed_skill_is_gone_fr
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!names(&client).await.contains(&"team_crasher".to_owned()), "gone from the list");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(changed(), 1, "one change, one notification (one watcher)");
 
     // Revoking the team's key leaves nothing runnable.
     let key = f.home.trust_list().unwrap().into_iter().next().unwrap();
@@ -249,6 +267,20 @@ async fn mcp_over_http_needs_a_session_refuses_forged_hosts_and_origins_and_keep
     let headers = [("mcp-session-id", session.as_str()), ("mcp-protocol-version", "2025-11-25")];
     let (status, _, body) = post(&url, Some(&mallory), &headers, list).await;
     assert_eq!(status, 404, "another caller's session: {body}");
+    let http = reqwest::Client::new();
+    let as_mallory = |method: reqwest::Method| {
+        http.request(method, &url)
+            .bearer_auth(&mallory)
+            .header("mcp-session-id", &session)
+            .header("accept", "text/event-stream")
+    };
+    let listen = as_mallory(reqwest::Method::GET).send().await.unwrap();
+    assert_eq!(listen.status(), 404, "nobody reads another caller's notifications");
+    let close = as_mallory(reqwest::Method::DELETE).send().await.unwrap();
+    assert_eq!(close.status(), 404, "nobody closes another caller's session");
+    let made_up = [("mcp-session-id", "00000000-0000-4000-8000-000000000000"), ("mcp-protocol-version", "2025-11-25")];
+    let (status, _, _) = post(&url, Some(&alice), &made_up, list).await;
+    assert_eq!(status, 404, "an id nobody was given");
     let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
     let (status, _, body) = post(&url, Some(&alice), &headers, initialized).await;
     assert!(status == 202 || status == 200, "{status} {body}");

@@ -2,6 +2,7 @@
 //! forwarded as notifications, its input requests asked of the user
 //! through elicitation, cancelled when the client cancels or goes away.
 
+use super::arguments::Schemas;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::task::{CLIENT_METADATA, SkillInfo, TaskEventKind, TaskStatus, TaskSubmitRequest, TaskUpdateEvent};
@@ -25,6 +26,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// its outcome.
 pub(super) async fn call(
     service: &Arc<TaskService>,
+    schemas: &Schemas,
     who: &Subject,
     target: &SkillInfo,
     arguments: Value,
@@ -38,35 +40,44 @@ pub(super) async fn call(
         req.metadata.insert(CLIENT_METADATA.to_owned(), json!(client));
     }
     let task = service.submit(who, req).await?;
+    // Gives the task up if this future is dropped (the client went away).
+    let mut guard = AbandonOnDrop { service: service.clone(), who: who.clone(), id: task.id.clone(), armed: true };
     let mut updates = Box::pin(service.stream(who, &task.id)?);
     let progress = context.meta.get_progress_token();
-    // Cancels the task if this future is dropped (the client went away).
-    let mut guard = CancelOnDrop { service: service.clone(), who: who.clone(), id: task.id.clone(), armed: true };
-    let mut cancelled = false;
+    let mut asking: Option<Question<'_>> = None;
+    let mut given_up = false;
     loop {
         tokio::select! {
             // The stream then ends with the CANCELLED status.
-            _ = context.ct.cancelled(), if !cancelled => {
-                cancelled = true;
-                service.cancel_because(who, &task.id, "the MCP client cancelled the call")?;
+            _ = context.ct.cancelled(), if !given_up => {
+                given_up = true;
+                asking = None;
+                service.abandon(who, &task.id, "the MCP client cancelled the call")?;
+            }
+            answered = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
+                asking = None;
+                match answered {
+                    Ok(answer) => {
+                        service.respond(who, &task.id, answer)?;
+                    }
+                    Err(why) => {
+                        given_up = true;
+                        service.abandon(who, &task.id, &why)?;
+                    }
+                }
             }
             next = updates.next() => match next {
                 Some(e) if e.event == TaskEventKind::InputRequested => {
-                    let answered = tokio::select! {
-                        answer = ask(&context.peer, &e.message) => answer,
-                        _ = context.ct.cancelled() => Err("the MCP client cancelled the call".to_owned()),
-                    };
-                    match answered {
-                        Ok(answer) => {
-                            service.respond(who, &task.id, answer)?;
-                        }
-                        Err(why) => {
-                            cancelled = true;
-                            service.cancel_because(who, &task.id, &why)?;
-                        }
-                    }
+                    asking = Some(Box::pin(ask(&context.peer, e.message.clone())));
                 }
-                Some(e) => forward(&context.peer, progress.clone(), &e).await,
+                Some(e) => {
+                    // Ended while its question was open (timed out, cancelled
+                    // elsewhere): the question no longer matters.
+                    if e.status.is_terminal() {
+                        asking = None;
+                    }
+                    forward(&context.peer, progress.clone(), &e).await;
+                }
                 None => break,
             },
         }
@@ -74,6 +85,22 @@ pub(super) async fn call(
     guard.armed = false;
     let done = service.get(who, &task.id)?;
     Ok(match (done.status, done.output, done.error) {
+        (TaskStatus::Completed, Some(output), _) if target.output_schema.is_some() && !output.is_object() => {
+            CallToolResult::error(vec![ContentBlock::text(format!(
+                "{} returned {output}, not the object its output schema declares",
+                target.id
+            ))])
+        }
+        (TaskStatus::Completed, Some(output), _)
+            if let Some(problems) = target.output_schema.as_ref().map(|s| schemas.mismatches(s, &output))
+                && !problems.is_empty() =>
+        {
+            CallToolResult::error(vec![ContentBlock::text(format!(
+                "{}'s output does not match its declared output schema: {}",
+                target.id,
+                problems.join("; ")
+            ))])
+        }
         (TaskStatus::Completed, Some(output), _) => {
             let mut result = CallToolResult::success(vec![ContentBlock::text(output.to_string())]);
             // Structured content is an object by the protocol.
@@ -92,9 +119,12 @@ pub(super) async fn call(
     })
 }
 
+/// A question being asked of the user: the answer, or why there is none.
+type Question<'a> = std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
 /// Asks the user the skill's question through the client (a form with one
 /// string field, `answer`); the answer, or why there is none.
-async fn ask(peer: &Peer<RoleServer>, prompt: &str) -> Result<String, String> {
+async fn ask(peer: &Peer<RoleServer>, prompt: String) -> Result<String, String> {
     if !peer.supported_elicitation_modes().contains(&ElicitationMode::Form) {
         return Err(format!(
             "the skill asked for input ({prompt:?}) and this MCP client cannot ask its user (no elicitation support)"
@@ -105,8 +135,7 @@ async fn ask(peer: &Peer<RoleServer>, prompt: &str) -> Result<String, String> {
         .description("The skill's question, answered by you")
         .build()
         .map_err(|e| format!("cannot ask for input: {e}"))?;
-    let params =
-        ElicitRequestParams::FormElicitationParams { meta: None, message: prompt.to_owned(), requested_schema: schema };
+    let params = ElicitRequestParams::FormElicitationParams { meta: None, message: prompt, requested_schema: schema };
     let asked = peer.create_elicitation_with_timeout(params, Some(ANSWER_TIMEOUT)).await;
     let response = match asked {
         Ok(r) => r,
@@ -127,18 +156,18 @@ async fn ask(peer: &Peer<RoleServer>, prompt: &str) -> Result<String, String> {
     }
 }
 
-/// Cancels the task of a call whose future was dropped before its end.
-struct CancelOnDrop {
+/// Gives up the task of a call whose future was dropped before its end.
+struct AbandonOnDrop {
     service: Arc<TaskService>,
     who: Subject,
     id: String,
     armed: bool,
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.service.cancel_because(&self.who, &self.id, "the MCP client went away");
+            let _ = self.service.abandon(&self.who, &self.id, "the MCP client went away");
         }
     }
 }

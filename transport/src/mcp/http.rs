@@ -42,8 +42,9 @@ pub struct McpHttpConfig {
     /// without `Origin` (not from a browser) passes. Default: this
     /// server's own origins only.
     pub allowed_origins: Vec<String>,
-    /// Open MCP sessions at most; an `initialize` beyond is refused (503)
-    /// until one closes or expires (5 minutes idle).
+    /// Open MCP sessions at most (and [`MAX_SESSIONS_PER_CALLER`] per
+    /// caller); an `initialize` beyond is refused (503) until one closes or
+    /// expires (5 minutes idle).
     pub max_sessions: usize,
 }
 
@@ -74,6 +75,8 @@ pub struct McpHttp {
     sessions: Arc<LocalSessionManager>,
     /// Which caller's session opened each MCP session.
     owners: Mutex<HashMap<String, SessionKey>>,
+    /// Sessions being opened (an `initialize` not yet answered), by caller.
+    opening: Mutex<HashMap<SessionKey, usize>>,
     max_sessions: usize,
 }
 
@@ -86,12 +89,19 @@ impl McpHttp {
             .with_allowed_origins(config.allowed_origins.clone())
             .enforce_origin_validation()
             .with_max_request_body_bytes(max_body_bytes);
+        let schemas = Arc::new(super::arguments::Schemas::default());
         let mcp = StreamableHttpService::new(
-            move || Ok(McpServer::per_request(service.clone())),
+            move || Ok(McpServer::per_request(service.clone(), schemas.clone())),
             sessions.clone(),
             transport,
         );
-        McpHttp { mcp, sessions, owners: Mutex::new(HashMap::new()), max_sessions: config.max_sessions }
+        McpHttp {
+            mcp,
+            sessions,
+            owners: Mutex::default(),
+            opening: Mutex::default(),
+            max_sessions: config.max_sessions,
+        }
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionKey>> {
@@ -102,54 +112,87 @@ impl McpHttp {
     pub async fn handle(&self, who: Subject, mut req: Request<Incoming>) -> Result<Response<Body>, RuntimeError> {
         let owner = Security::principal(&who).key;
         let session = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        match &session {
-            Some(id) if self.owners().get(id).is_some_and(|o| *o != owner) => {
+        // A session is recorded before its id is answered, so an id this
+        // caller did not open is one it must not use: fail closed.
+        let opening = match &session {
+            Some(id) if self.owners().get(id) != Some(&owner) => {
                 return Err(RuntimeError::new(
                     ErrorCode::NotFound,
                     format!("no MCP session {id}: initialize a new one"),
                 ));
             }
-            None if req.method() == Method::POST => self.make_room().await?,
-            _ => {}
-        }
+            None if req.method() == Method::POST => Some(self.reserve(&owner).await?),
+            _ => None,
+        };
         let method = req.method().clone();
-        req.extensions_mut().insert(super::http::Authenticated(who));
+        req.extensions_mut().insert(Authenticated(who));
         let response = self.mcp.handle(req).await;
         let opened = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut owners = self.owners();
         match (session, opened) {
             (None, Some(id)) => {
-                self.owners().insert(id, owner);
+                owners.insert(id, owner);
             }
             (Some(id), _) if method == Method::DELETE && response.status().is_success() => {
-                self.owners().remove(&id);
+                owners.remove(&id);
             }
             _ => {}
         }
+        drop(owners);
+        drop(opening);
         Ok(response)
     }
 
-    /// Forgets sessions that closed or expired; refuses a new one when
-    /// `max_sessions` are open.
-    async fn make_room(&self) -> Result<(), RuntimeError> {
-        if self.owners().len() < self.max_sessions {
-            return Ok(());
-        }
+    /// Room for one more session for `owner`, held by the returned guard
+    /// until its `initialize` is answered (so concurrent ones count): at
+    /// most `max_sessions` open in all and [`MAX_SESSIONS_PER_CALLER`] per
+    /// caller. Sessions that closed or expired are forgotten first.
+    async fn reserve(&self, owner: &SessionKey) -> Result<Opening<'_>, RuntimeError> {
         let open: std::collections::HashSet<String> =
             self.sessions.sessions.read().await.keys().map(|id| id.to_string()).collect();
         let mut owners = self.owners();
         owners.retain(|id, _| open.contains(id));
-        if owners.len() >= self.max_sessions {
-            let mut e = RuntimeError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "{} MCP sessions are open, the most this server keeps: close one (DELETE /mcp) or wait for \
-                     an idle one to expire",
-                    owners.len()
-                ),
-            );
+        let mut opening = self.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total = open.len() + opening.values().sum::<usize>();
+        let mine = owners.values().filter(|o| *o == owner).count() + opening.get(owner).copied().unwrap_or(0);
+        let refuse = |message: String| {
+            let mut e = RuntimeError::new(ErrorCode::Unavailable, message);
             e.retry_after_secs = Some(5);
-            return Err(e);
+            Err(e)
+        };
+        if total >= self.max_sessions {
+            return refuse(format!(
+                "{total} MCP sessions are open, the most this server keeps: close one (DELETE /mcp) or wait for an \
+                 idle one to expire"
+            ));
         }
-        Ok(())
+        if mine >= MAX_SESSIONS_PER_CALLER {
+            return refuse(format!(
+                "this session has {mine} MCP sessions open, the most one caller may: close one (DELETE /mcp)"
+            ));
+        }
+        *opening.entry(owner.clone()).or_default() += 1;
+        Ok(Opening { http: self, owner: owner.clone() })
+    }
+}
+
+/// MCP sessions one caller may have open at once.
+pub const MAX_SESSIONS_PER_CALLER: usize = 16;
+
+/// A session being opened, counted until its `initialize` is answered.
+struct Opening<'a> {
+    http: &'a McpHttp,
+    owner: SessionKey,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut opening = self.http.opening.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = opening.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                opening.remove(&self.owner);
+            }
+        }
     }
 }

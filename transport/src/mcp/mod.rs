@@ -7,6 +7,7 @@
 //! Served over stdio by `coderclaw mcp` ([`McpServer::serve_stdio`]) and
 //! over Streamable HTTP at `/mcp` of `coderclaw serve` ([`http`]).
 
+mod arguments;
 mod call;
 pub mod http;
 pub mod tools;
@@ -25,6 +26,7 @@ use rmcp::{Peer, ServerHandler, ServiceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tools::{POLICY_CHECK, TASK_STATUS, named};
 
 /// One installed skill or agent as this caller sees it.
@@ -63,15 +65,21 @@ pub struct McpServer {
     /// Held while a handler of this connection exists: the tool list
     /// watcher stops when it is gone.
     alive: Arc<()>,
+    /// The input schemas calls are checked against.
+    schemas: Arc<arguments::Schemas>,
+    /// Whether this connection's tool list watcher was started (once,
+    /// however often the client says it is initialized).
+    watching: Arc<AtomicBool>,
 }
 
-/// Longest client name kept for the audit log.
-const MAX_CLIENT_NAME: usize = 128;
-
 impl McpServer {
+    fn make(service: Arc<TaskService>, caller: Caller, schemas: Arc<arguments::Schemas>) -> Self {
+        McpServer { service, caller, alive: Arc::new(()), schemas, watching: Default::default() }
+    }
+
     /// Serves `service` as the holder of `token` (or the local user).
     pub fn new(service: Arc<TaskService>, token: Option<String>) -> Self {
-        McpServer { service, caller: Caller::Token(token), alive: Arc::new(()) }
+        Self::make(service, Caller::Token(token), Default::default())
     }
 
     /// Serves `service` to `who`, authenticated by the embedder: for an
@@ -80,12 +88,12 @@ impl McpServer {
     ///
     /// [`Security::as_remote`]: coderclaw_security::security::Security::as_remote
     pub fn for_subject(service: Arc<TaskService>, who: Subject) -> Self {
-        McpServer { service, caller: Caller::Fixed(Box::new(who)), alive: Arc::new(()) }
+        Self::make(service, Caller::Fixed(Box::new(who)), Default::default())
     }
 
     /// Serves `service` to whoever each HTTP request authenticated as.
-    fn per_request(service: Arc<TaskService>) -> Self {
-        McpServer { service, caller: Caller::PerRequest, alive: Arc::new(()) }
+    fn per_request(service: Arc<TaskService>, schemas: Arc<arguments::Schemas>) -> Self {
+        Self::make(service, Caller::PerRequest, schemas)
     }
 
     /// The caller of a request, with the client's name for the audit log.
@@ -99,7 +107,7 @@ impl McpServer {
                 .map(|a| a.0.clone())
                 .ok_or_else(|| RuntimeError::new(ErrorCode::Unauthenticated, "this MCP request carries no session"))?,
         };
-        who.client = peer.peer_info().map(|info| client_name(&info.client_info));
+        who.client = peer.peer_info().and_then(|info| client_name(&info.client_info));
         Ok(who)
     }
 
@@ -181,10 +189,9 @@ impl McpServer {
     }
 }
 
-/// `name` as the client named itself, for the audit log: printable, short.
-fn client_name(info: &Implementation) -> String {
-    let named = format!("mcp:{} {}", info.name, info.version);
-    named.chars().filter(|c| !c.is_control()).take(MAX_CLIENT_NAME).collect()
+/// The client as it named itself, for the audit log.
+fn client_name(info: &Implementation) -> Option<String> {
+    coderclaw_core::task::client_label(&format!("mcp:{} {}", info.name, info.version))
 }
 
 fn string_argument<'a>(arguments: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, String> {
@@ -227,6 +234,9 @@ impl ServerHandler for McpServer {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if self.watching.swap(true, Ordering::SeqCst) {
+            return;
+        }
         watch::spawn(self.service.clone(), context.peer, Arc::downgrade(&self.alive));
     }
 
@@ -264,9 +274,14 @@ impl ServerHandler for McpServer {
                 None,
             ));
         };
+        let arguments = Value::Object(arguments);
         // A skill left out of the list, called by name anyway, is refused by
-        // its task's decision: a tool error with the reasons, and audited.
-        match call::call(&self.service, &who, &target, Value::Object(arguments), &context).await {
+        // its task's decision: a tool error with the reasons, and audited;
+        // its schema is not told. An offered one's arguments must match it.
+        if matches!(self.service.preview(&who, &target.id), Some(Ok(d)) if d.allowed) {
+            self.schemas.check(&request.name, &target.input_schema, &arguments)?;
+        }
+        match call::call(&self.service, &self.schemas, &who, &target, arguments, &context).await {
             Ok(result) => Ok(result.into()),
             Err(e) => {
                 Ok(CallToolResult::error(vec![ContentBlock::text(format!("{}: {}", e.code.as_str(), e.message))])
