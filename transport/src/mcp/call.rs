@@ -52,17 +52,21 @@ pub(super) async fn call(
             _ = context.ct.cancelled(), if !given_up => {
                 given_up = true;
                 asking = None;
-                service.abandon(who, &task.id, "the MCP client cancelled the call")?;
+                give_up(service, who, &task.id, "the MCP client cancelled the call");
             }
             answered = async { asking.as_mut().expect("guarded").await }, if asking.is_some() => {
                 asking = None;
                 match answered {
+                    // The stream says how it goes on (or that the task
+                    // ended meanwhile, so the answer came too late).
                     Ok(answer) => {
-                        service.respond(who, &task.id, answer)?;
+                        if let Err(e) = service.respond(who, &task.id, answer) {
+                            tracing::debug!(task = %task.id, error = %e.message, "the answer was not taken");
+                        }
                     }
                     Err(why) => {
                         given_up = true;
-                        service.abandon(who, &task.id, &why)?;
+                        give_up(service, who, &task.id, &why);
                     }
                 }
             }
@@ -156,6 +160,14 @@ async fn ask(peer: &Peer<RoleServer>, prompt: String) -> Result<String, String> 
     }
 }
 
+/// Gives up `id` for `who`, saying why; a task that ended meanwhile needs
+/// nothing more (the stream then reports how it ended).
+fn give_up(service: &TaskService, who: &Subject, id: &str, why: &str) {
+    if let Err(e) = service.abandon(who, id, why) {
+        tracing::debug!(task = %id, error = %e.message, "the task was not given up");
+    }
+}
+
 /// Gives up the task of a call whose future was dropped before its end.
 struct AbandonOnDrop {
     service: Arc<TaskService>,
@@ -167,7 +179,7 @@ struct AbandonOnDrop {
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.service.abandon(&self.who, &self.id, "the MCP client went away");
+            give_up(&self.service, &self.who, &self.id, "the MCP client went away");
         }
     }
 }
