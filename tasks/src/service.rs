@@ -344,6 +344,12 @@ impl TaskService {
         Ok(if paused { self.engine.pause(id)? } else { self.engine.resume(id)? })
     }
 
+    /// Installed skills and agents (`task:read`).
+    pub fn installed(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
+        self.require(who, Permission::TaskRead, "skill.list", "-", false)?;
+        Ok(self.engine.skills())
+    }
+
     /// Installed skills (`task:read`).
     pub fn skills(&self, who: &Subject) -> Result<Vec<SkillInfo>, RuntimeError> {
         self.require(who, Permission::TaskRead, "skill.list", "-", false)?;

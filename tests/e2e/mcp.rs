@@ -7,11 +7,12 @@
 use crate::tasks::{Fixture, fixture, fixture_with_policy};
 use coderclaw::audit::AuditFilter;
 use coderclaw::security::Security;
-use coderclaw::tasks::EngineConfig;
 use coderclaw::tasks::http_server::{RunningServer, ServerConfig, serve};
 use coderclaw::tasks::mcp::McpServer;
 use coderclaw::tasks::mcp::http::McpHttpConfig;
+use coderclaw::tasks::{EngineConfig, ErrorCode};
 use coderclaw_core::decision::Subject;
+use coderclaw_core::task::TaskSubmitRequest;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
     ErrorData, Implementation,
@@ -110,6 +111,22 @@ async fn a_caller_from_another_machine_is_offered_nothing_and_refused_as_an_untr
     let why = remote.call_tool(call("coderclaw_policy_check", json!({"tool": "team_echo"}))).await.unwrap();
     let why = why.structured_content.unwrap();
     assert_eq!((why["allowed"].clone(), why["device_trust"].clone()), (json!(false), json!("untrusted")), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_caller_that_submitted_a_task_can_give_it_up() {
+    let f = fixture(EngineConfig::default());
+    let alice = f.service.authenticate(Some(&f.login("alice", &["developer"]))).unwrap();
+    let bob = f.service.authenticate(Some(&f.login("bob", &["developer"]))).unwrap();
+    let task = f.service.submit(&alice, TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    let refused = f.service.abandon(&bob, &task.id, "not mine").unwrap_err();
+    assert_eq!(refused.code, ErrorCode::NotFound, "another session's task does not exist for it");
+    assert!(!f.service.get(&alice, &task.id).unwrap().status.is_terminal(), "still running");
+    assert!(f.service.abandon(&alice, &task.id, "the MCP client went away").unwrap());
+    let records =
+        f.home.audit().query(&AuditFilter { action: Some("task.abandon".into()), ..AuditFilter::default() }).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].reason, "the MCP client went away");
 }
 
 #[tokio::test(flavor = "multi_thread")]

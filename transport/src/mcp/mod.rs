@@ -140,12 +140,12 @@ impl McpServer {
             .collect())
     }
 
-    /// The installed skill or agent tool `name` stands for, without deciding
-    /// anything: the call's task is decided (and audited) as any other.
-    fn target(&self, who: &Subject, name: &str) -> Result<Option<SkillInfo>, RuntimeError> {
-        let mut installed = self.service.skills(who)?;
-        installed.extend(self.service.agents(who)?);
-        Ok(named(installed, |info| &info.id).into_iter().find(|(n, _)| n == name).map(|(_, info)| info))
+    /// The installed skill or agent tool `name` stands for (or, `or_id`,
+    /// the one with that id), with its tool name, without deciding
+    /// anything: a call's task is decided (and audited) as any other.
+    fn target(&self, who: &Subject, name: &str, or_id: bool) -> Result<Option<(String, SkillInfo)>, RuntimeError> {
+        let installed = named(self.service.installed(who)?, |info| &info.id);
+        Ok(installed.into_iter().find(|(n, info)| n == name || (or_id && info.id == name)))
     }
 
     /// Serves MCP over this process's stdin and stdout until the client
@@ -160,10 +160,10 @@ impl McpServer {
     /// name or a skill id) would get now, unrecorded.
     fn policy_check(&self, who: &Subject, arguments: &serde_json::Map<String, Value>) -> Result<Value, String> {
         let asked = string_argument(arguments, "tool")?;
-        let runnable = named(self.service.runnable(who).map_err(|e| e.message)?, |(info, _)| &info.id);
-        let Some((name, (info, decided))) = runnable.into_iter().find(|(n, (i, _))| n == asked || i.id == asked) else {
+        let Some((name, info)) = self.target(who, asked, true).map_err(|e| e.message)? else {
             return Err(format!("no tool or installed skill `{asked}`: list the tools to see what is installed"));
         };
+        let decided = self.service.preview(who, &info.id).unwrap_or_else(|| Err("this host cannot preview".into()));
         Ok(match decided {
             Ok(d) => json!({
                 "tool": name,
@@ -268,7 +268,7 @@ impl ServerHandler for McpServer {
             TASK_STATUS => return Ok(helper_result(self.task_status(&who, &arguments)).into()),
             _ => {}
         }
-        let Some(target) = self.target(&who, &request.name).map_err(protocol_error)? else {
+        let Some((_, target)) = self.target(&who, &request.name, false).map_err(protocol_error)? else {
             return Err(ErrorData::invalid_params(
                 format!("no tool `{}`: list the tools to see what is installed", request.name),
                 None,

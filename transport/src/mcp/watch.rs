@@ -39,7 +39,7 @@ impl Seen {
 /// is gone or the client stops listening.
 pub(super) fn spawn(service: Arc<TaskService>, peer: Peer<RoleServer>, alive: Weak<()>) {
     tokio::spawn(async move {
-        let mut seen = Seen::now(service.security());
+        let mut seen: Option<Seen> = None;
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -52,8 +52,14 @@ pub(super) fn spawn(service: Arc<TaskService>, peer: Peer<RoleServer>, alive: We
             let Ok(now) = tokio::task::spawn_blocking(move || Seen::now(svc.security())).await else {
                 return;
             };
-            if !now.same(&seen) {
-                seen = now;
+            // The first look (at once: an interval's first tick is immediate)
+            // is what the client listed against.
+            let Some(before) = &seen else {
+                seen = Some(now);
+                continue;
+            };
+            if !now.same(before) {
+                seen = Some(now);
                 tracing::debug!("the offered tools may have changed: telling the client");
                 if peer.notify_tool_list_changed().await.is_err() {
                     return;
