@@ -6,9 +6,10 @@ use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::security::Security;
+use coderclaw::tasks::grpc::server::{GrpcConfig, serve as serve_grpc};
 use coderclaw::tasks::http_server::{ServerConfig, serve};
 use coderclaw::tasks::mcp::http::McpHttpConfig;
-use coderclaw::tasks::{CoderClawRuntime, EngineConfig, HttpTransport, LocalTransport, MAX_EVENTS_PAGE, RuntimeError};
+use coderclaw::tasks::{CoderClawRuntime, EngineConfig, LocalTransport, MAX_EVENTS_PAGE, RuntimeError, Transport};
 use coderclaw::{LocalRuntime, OpenError};
 use coderclaw_core::Access;
 use coderclaw_core::decision::{Offer, OfferedDir};
@@ -21,20 +22,23 @@ use futures_util::StreamExt;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the task commands send their calls.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct Target {
     /// Talk to the `coderclaw serve` at URL instead of running the engine
-    /// in this process (env CODERCLAW_REMOTE, or transport.url in
-    /// $CODERCLAW_HOME/runtime.yaml; a repository's may not set it).
+    /// in this process: http(s)://HOST:PORT (REST + SSE), ws(s)://HOST:PORT
+    /// (WebSocket) or grpc(s)://HOST:PORT (gRPC, with serve --grpc-listen).
+    /// Env CODERCLAW_REMOTE, or transport.url in
+    /// $CODERCLAW_HOME/runtime.yaml; a repository's may not set it.
     #[arg(long, value_name = "URL")]
     pub remote: Option<String>,
     /// Session token for --remote (default: the global --session).
     #[arg(long, value_name = "TOKEN", env = "CODERCLAW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Trust this CA certificate (PEM) for an https --remote.
+    /// Trust this CA certificate (PEM) for an https, wss or grpcs --remote.
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// The workspace local tasks run in (default: the current directory).
@@ -139,8 +143,9 @@ pub(crate) struct SubmitArgs {
     pub target: Target,
 }
 
-/// Run the task engine and serve the HTTP API (REST + Server-Sent Events)
-/// and MCP (Streamable HTTP at /mcp, for AI agents on other machines).
+/// Run the task engine and serve the HTTP API (REST + Server-Sent Events),
+/// WebSocket (/v1/ws), MCP (Streamable HTTP at /mcp, for AI agents on other
+/// machines) and, with --grpc-listen, gRPC.
 ///
 /// Every call needs a session token (`coderclaw login`), in both modes.
 /// local-only (the default) binds loopback only and refuses remote peers;
@@ -182,6 +187,12 @@ pub(crate) struct ServeArgs {
     /// browser) always pass.
     #[arg(long = "mcp-allowed-origin", value_name = "ORIGIN")]
     pub mcp_allowed_origins: Vec<String>,
+    /// Also serve gRPC on ADDR (e.g. 127.0.0.1:7421): coderclaw.v1.Runtime
+    /// (transport/proto/coderclaw/v1/runtime.proto) with the standard
+    /// health and reflection services; TLS with --tls-cert/--tls-key as for
+    /// HTTP. Clients use --remote grpc://ADDR (grpcs:// with TLS).
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
 }
 
 /// Print the runtime's status: version, uptime, tasks, mode, health, and
@@ -283,6 +294,10 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         bail!("mode remote-enabled with deployment.allowRemoteSessions: false contradicts itself: pick one");
     }
     let listen = c.listen.parse().with_context(|| format!("--listen {}: expected IP:PORT", c.listen))?;
+    let grpc_listen: Option<std::net::SocketAddr> = match &args.grpc_listen {
+        Some(a) => Some(a.parse().with_context(|| format!("--grpc-listen {a}: expected IP:PORT"))?),
+        None => None,
+    };
     let rt = crate::runtime()?;
     rt.block_on(async {
         let local = open_engine(&workspace, args.workspace_write, true, &c)?;
@@ -290,11 +305,22 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         let mut mcp = McpHttpConfig::for_listen(listen, tls.is_some());
         mcp.allowed_hosts.extend(args.mcp_allowed_hosts.iter().cloned());
         mcp.allowed_origins.extend(args.mcp_allowed_origins.iter().cloned());
-        let server_config = ServerConfig { listen, mode: c.mode, tls, mcp: Some(mcp), ..ServerConfig::default() };
+        let server_config =
+            ServerConfig { listen, mode: c.mode, tls: tls.clone(), mcp: Some(mcp), ..ServerConfig::default() };
         let server = serve(local.service().clone(), server_config).await?;
+        let grpc = match &grpc_listen {
+            Some(addr) => {
+                let config = GrpcConfig { listen: *addr, mode: c.mode, tls: tls.clone(), ..GrpcConfig::default() };
+                Some(serve_grpc(local.service().clone(), config).await?)
+            }
+            None => None,
+        };
+        let ws = server.url().replacen("http", "ws", 1);
+        let grpc_url = grpc.as_ref().map(|g| format!(", gRPC {}://{}", if g.tls { "grpcs" } else { "grpc" }, g.addr));
         eprintln!(
-            "coderclaw serving {} ({}, {} tasks at once, state {})",
+            "coderclaw serving {} (WebSocket {ws}/v1/ws{}; {}, {} tasks at once, state {})",
             server.url(),
+            grpc_url.unwrap_or_default(),
             c.mode.as_str(),
             c.max_concurrent_tasks,
             local.security().home().root().display()
@@ -302,6 +328,9 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         eprintln!("shutting down");
         server.shutdown();
+        if let Some(grpc) = grpc {
+            grpc.shutdown();
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -324,8 +353,8 @@ fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime
         match &c.remote_url {
             Some(url) => {
                 let token = target.token.clone().or_else(|| home::session().map(str::to_owned));
-                let transport = HttpTransport::with_ca(url, token, target.ca.as_deref())?;
-                f(Runtime::Http(CoderClawRuntime::new(transport))).await
+                let transport = coderclaw::tasks::connect(url, token, target.ca.as_deref())?;
+                f(Runtime::Remote(CoderClawRuntime::new(transport))).await
             }
             None => {
                 let local = open_engine(&workspace, false, run_queue, &c)?;
@@ -340,14 +369,14 @@ fn with_runtime<T>(target: &Target, run_queue: bool, f: impl AsyncFnOnce(Runtime
 /// Either runtime, so one command body serves both.
 enum Runtime {
     Local(CoderClawRuntime<LocalTransport>),
-    Http(CoderClawRuntime<HttpTransport>),
+    Remote(CoderClawRuntime<Arc<dyn Transport>>),
 }
 
 macro_rules! call {
     ($rt:expr, $m:ident ( $($arg:expr),* )) => {
         match $rt {
             Runtime::Local(r) => r.$m($($arg),*).await,
-            Runtime::Http(r) => r.$m($($arg),*).await,
+            Runtime::Remote(r) => r.$m($($arg),*).await,
         }
     };
 }
@@ -464,7 +493,7 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
         let task = call!(&rt, submit_task(req)).map_err(rt_err)?;
         // A local engine lives only as long as this command: it follows the
         // task to its end even without --wait.
-        if !args.wait && matches!(rt, Runtime::Http(_)) {
+        if !args.wait && matches!(rt, Runtime::Remote(_)) {
             print_state(&task, args.target.json)?;
             return Ok(ExitCode::SUCCESS);
         }

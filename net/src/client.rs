@@ -2,6 +2,7 @@
 //! reused. https is verified against the web PKI roots plus, optionally, a
 //! CA file (see [`crate::tls::connector`]).
 
+use crate::endpoint::{Endpoint, Schemes};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -10,9 +11,6 @@ use hyper::client::conn::http1::SendRequest;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// Connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -45,16 +43,19 @@ pub enum ClientError {
 
 /// A client of the server at one base URL.
 pub struct HttpClient {
-    host: String,
-    port: u16,
-    authority: String,
-    /// Path prefix of the base URL (no trailing `/`), prepended to every request.
-    base_path: String,
-    tls: Option<tokio_rustls::TlsConnector>,
+    endpoint: Endpoint,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
     /// Limit on a whole [`HttpClient::fetch`] (request and reply).
     fetch_timeout: Option<Duration>,
 }
+
+/// Whether a reply says its connection closes after it.
+fn closes(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|v| v.eq_ignore_ascii_case("close")))
+}
+
+/// The schemes of HTTP.
+pub const HTTP_SCHEMES: Schemes = Schemes { plain: "http", secure: "https", plain_port: 80, secure_port: 443 };
 
 /// A reply whose body has not been read yet; give it back with
 /// [`HttpClient::release`] once the body is read to its end so the
@@ -72,19 +73,8 @@ impl HttpClient {
     /// A client of `url` (`http://127.0.0.1:7420`, `https://host/prefix`);
     /// `ca` is an extra PEM CA file trusted for https.
     pub fn new(url: &str, ca: Option<&Path>) -> Result<Self, ClientError> {
-        let bad = |message: String| ClientError::BadUrl { url: url.to_owned(), message };
-        let uri: http::Uri = url.parse().map_err(|e| bad(format!("not a URL: {e}")))?;
-        let host = uri.host().ok_or_else(|| bad("the URL has no host".into()))?.to_owned();
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad("use an http:// or https:// URL".into())),
-        };
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let tls = if https { Some(crate::tls::connector(ca).map_err(bad)?) } else { None };
-        let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-        let base_path = uri.path_and_query().map_or("", |p| p.as_str()).trim_end_matches('/').to_owned();
-        Ok(Self { host, port, authority, base_path, tls, idle: Mutex::new(Vec::new()), fetch_timeout: None })
+        let endpoint = Endpoint::parse(url, HTTP_SCHEMES, ca, &[])?;
+        Ok(Self { endpoint, idle: Mutex::new(Vec::new()), fetch_timeout: None })
     }
 
     /// Limits each [`HttpClient::fetch`] to `limit`, so a server that
@@ -96,38 +86,27 @@ impl HttpClient {
 
     /// Whether this client speaks https.
     pub fn is_https(&self) -> bool {
-        self.tls.is_some()
+        self.endpoint.is_tls()
     }
 
     /// Whether the server is this machine (`localhost` or a loopback address).
     pub fn is_loopback(&self) -> bool {
-        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
-        bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        self.endpoint.is_loopback()
     }
 
-    /// Refuses to carry a credential in clear text to another machine:
-    /// a client that will send `Authorization` must use https, or plain
-    /// http only to loopback. Every coderclaw client calls this before it
-    /// attaches a token.
+    /// Refuses to carry a credential in clear text to another machine
+    /// (see [`Endpoint::check_credentials_allowed`]).
     pub fn check_credentials_allowed(&self) -> Result<(), ClientError> {
-        if self.is_https() || self.is_loopback() {
-            return Ok(());
-        }
-        Err(ClientError::BadUrl {
-            url: format!("http://{}", self.authority),
-            message: "a token is never sent over plain http to another machine: use https (plain http only to \
-                      localhost)"
-                .into(),
-        })
+        self.endpoint.check_credentials_allowed()
     }
 
     /// A request builder for `path` (below the base URL) with `Host` set.
     pub fn request(&self, method: Method, path: &str) -> http::request::Builder {
-        let full = match (self.base_path.as_str(), path) {
+        let full = match (self.endpoint.path.as_str(), path) {
             ("", "") => "/".to_owned(),
             (base, p) => format!("{base}{p}"),
         };
-        Request::builder().method(method).uri(full).header(header::HOST, &self.authority)
+        Request::builder().method(method).uri(full).header(header::HOST, &self.endpoint.authority)
     }
 
     /// Adds `Authorization: Bearer <token>` when there is a token.
@@ -142,36 +121,16 @@ impl HttpClient {
     }
 
     fn down(&self, message: String) -> ClientError {
-        ClientError::Unreachable { authority: self.authority.clone(), message }
+        ClientError::Unreachable { authority: self.endpoint.authority.clone(), message }
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let tcp =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((self.host.as_str(), self.port)))
-                .await
-                .map_err(|_| self.down("connect timed out".into()))?
-                .map_err(|e| self.down(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        let builder = hyper::client::conn::http1::Builder::new();
-        let sender = match &self.tls {
-            Some(tls) => {
-                let name =
-                    rustls::pki_types::ServerName::try_from(self.host.clone()).map_err(|e| self.down(e.to_string()))?;
-                let stream = tls.connect(name, tcp).await.map_err(|e| self.down(format!("TLS: {e}")))?;
-                let (sender, conn) = builder
-                    .handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| self.down(e.to_string()))?;
-                tokio::spawn(conn);
-                sender
-            }
-            None => {
-                let (sender, conn) =
-                    builder.handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| self.down(e.to_string()))?;
-                tokio::spawn(conn);
-                sender
-            }
-        };
+        let io = self.endpoint.connect().await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| self.down(e.to_string()))?;
+        tokio::spawn(conn);
         Ok(sender)
     }
 
@@ -222,9 +181,13 @@ impl HttpClient {
         let bytes = Limited::new(body, max_reply)
             .collect()
             .await
-            .map_err(|e| ClientError::Reply { authority: self.authority.clone(), message: e.to_string() })?
+            .map_err(|e| ClientError::Reply { authority: self.endpoint.authority.clone(), message: e.to_string() })?
             .to_bytes();
-        self.release(connection);
+        // A server that answered without reading the request (a 413) closes
+        // the connection after the reply: it cannot carry the next request.
+        if !closes(&parts.headers) {
+            self.release(connection);
+        }
         Ok((parts, bytes))
     }
 }

@@ -28,6 +28,13 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// A server bound at `addr` that its accept loop (run by the caller)
+    /// stops when the receiver sees `true`.
+    pub fn new(addr: SocketAddr, tls: bool) -> (Self, watch::Receiver<bool>) {
+        let (stop, stopped) = watch::channel(false);
+        (Self { addr, tls, stop }, stopped)
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:7420`.
     pub fn url(&self) -> String {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
@@ -135,6 +142,8 @@ where
             };
             let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
+                // Held while hyper serves the connection: an upgraded one
+                // (WebSocket) leaves it, and its protocol bounds its sockets.
                 let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| {
                     let handler = handler.clone();
@@ -145,7 +154,9 @@ where
                 let result = match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await,
+                            Ok(Ok(stream)) => {
+                                http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).with_upgrades().await
+                            }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
@@ -156,7 +167,7 @@ where
                             }
                         }
                     }
-                    None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await,
+                    None => http.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).with_upgrades().await,
                 };
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended");

@@ -8,10 +8,12 @@
 //! cargo bench -p coderclaw-e2e --bench tasks [-- N] [PHASE ...]
 //!
 //! PHASE picks parts to run (all by default): `alone` (one task at a time,
-//! with stages), `local`, `memory`, `http`, `fanout`; for profiling one.
+//! with stages), `local`, `memory`, `http`, `fanout`, `transports` (HTTP,
+//! WebSocket and gRPC side by side, 64 clients with a connection each);
+//! for profiling one.
 
 use coderclaw::tasks::http_server::{ServerConfig, serve};
-use coderclaw::tasks::{CoderClawRuntime, HttpTransport, LocalTransport, Transport};
+use coderclaw::tasks::{CoderClawRuntime, GrpcTransport, HttpTransport, LocalTransport, Transport, WsTransport};
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -116,6 +118,46 @@ async fn end_to_end<T: Transport + 'static>(
     coderclaw_e2e::print_latency(&format!("{label}: submit acknowledged"), acks);
 }
 
+/// `clients` clients, each with its own connection (made by `connect`),
+/// each submitting its next task once its last one is COMPLETED, `n` tasks
+/// in all: tasks/s, and the p50/p99 of the acknowledgement and of submit →
+/// COMPLETED.
+async fn clients_each_connected(connect: impl Fn() -> Arc<dyn Transport>, clients: usize, n: usize, label: &str) {
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let rt = CoderClawRuntime::new(connect());
+        let share = n / clients + usize::from(c < n % clients);
+        handles.push(tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(share);
+            let mut totals = Vec::with_capacity(share);
+            for i in 0..share {
+                let t0 = Instant::now();
+                let t = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap();
+                acks.push(t0.elapsed());
+                let done = rt.wait(&t.id, |_| {}).await.unwrap();
+                assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+                totals.push(t0.elapsed());
+            }
+            (acks, totals)
+        }));
+    }
+    let (mut acks, mut totals) = (Vec::new(), Vec::new());
+    for h in handles {
+        let (a, t) = h.await.unwrap();
+        acks.extend(a);
+        totals.extend(t);
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "{label}: {n} tasks by {clients} clients in {:.2}s = {:.0} tasks/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    coderclaw_e2e::print_latency(&format!("{label}: submit acknowledged"), acks);
+    coderclaw_e2e::print_latency(&format!("{label}: submit→COMPLETED"), totals);
+}
+
 /// One task at a time, `n` times: submit → COMPLETED latency, and the
 /// median of each stage.
 async fn one_at_a_time<T: Transport + 'static>(rt: &CoderClawRuntime<T>, n: usize, times: &StageTimes, label: &str) {
@@ -194,6 +236,9 @@ fn main() {
                 n * memory_rounds
             );
         }
+        if run("transports") {
+            transports(n).await;
+        }
         if !(run("alone") || run("http") || run("fanout")) {
             return;
         }
@@ -250,4 +295,31 @@ fn main() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     });
+}
+
+/// HTTP, WebSocket and gRPC against one server process each, 64 clients
+/// with a connection of their own (as 64 CI jobs would be), in turn.
+async fn transports(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = coderclaw_e2e::echo_service(dir.path());
+    let server = serve(service.clone(), ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() })
+        .await
+        .unwrap();
+    let grpc_config =
+        coderclaw::tasks::grpc::server::GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+    let grpc = coderclaw::tasks::grpc::server::serve(service.clone(), grpc_config).await.unwrap();
+    let token = coderclaw_e2e::developer_token(&service);
+    let (http_url, ws_url, grpc_url) =
+        (server.url(), server.url().replace("http://", "ws://"), format!("grpc://{}", grpc.addr));
+    let kinds: [(&str, Box<dyn Fn() -> Arc<dyn Transport>>); 3] = [
+        ("HTTP + SSE", Box::new(|| Arc::new(HttpTransport::new(&http_url, Some(token.clone())).unwrap()))),
+        ("WebSocket", Box::new(|| Arc::new(WsTransport::new(&ws_url, Some(token.clone()), None).unwrap()))),
+        ("gRPC", Box::new(|| Arc::new(GrpcTransport::new(&grpc_url, Some(token.clone()), None).unwrap()))),
+    ];
+    for (label, connect) in &kinds {
+        clients_each_connected(connect, 64, 256, &format!("{label} warm-up")).await;
+    }
+    for (label, connect) in &kinds {
+        clients_each_connected(connect, 64, n, &format!("{label} (loopback, 64 clients)")).await;
+    }
 }

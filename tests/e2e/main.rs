@@ -14,6 +14,7 @@ mod registry;
 mod signed;
 mod skills;
 mod tasks;
+mod transports;
 
 use coderclaw::{Error, Grant, Host, Skill};
 use coderclaw_e2e::guest;

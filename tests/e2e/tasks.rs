@@ -1,15 +1,17 @@
 //! The task engine end to end: real signed packages in a real state
 //! directory, the security model deciding every run, tasks persisted in
 //! SQLite. The scenario bodies are written once against the `Transport`
-//! trait and run over the in-process transport and over HTTP (a real hyper
-//! server on loopback).
+//! trait and run over the in-process transport, HTTP + SSE and WebSocket
+//! (a real hyper server on loopback) and gRPC (a real tonic server).
 
 use coderclaw::audit::AuditFilter;
 use coderclaw::home::Home;
 use coderclaw::security::{LocalSecret, Security};
+use coderclaw::tasks::grpc::server::GrpcConfig;
 use coderclaw::tasks::http_server::{RunningServer, ServerConfig, serve};
 use coderclaw::tasks::{
-    CoderClawRuntime, EngineConfig, ErrorCode, HttpTransport, LocalTransport, TaskEngine, TaskService, Transport,
+    CoderClawRuntime, EngineConfig, ErrorCode, GrpcTransport, HttpTransport, LocalTransport, TaskEngine, TaskService,
+    Transport, WsTransport,
 };
 use coderclaw::{Host, LocalRuntime};
 use coderclaw_core::decision::{Offer, OfferedDir};
@@ -126,6 +128,11 @@ impl Fixture {
     pub(crate) async fn http(&self) -> RunningServer {
         let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..ServerConfig::default() };
         serve(self.service.clone(), config).await.unwrap()
+    }
+
+    pub(crate) async fn grpc(&self) -> RunningServer {
+        let config = GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), ..GrpcConfig::default() };
+        coderclaw::tasks::grpc::server::serve(self.service.clone(), config).await.unwrap()
     }
 }
 
@@ -261,35 +268,175 @@ fn uuid_version(id: &str) -> Option<char> {
     (id.len() == 36).then(|| id.chars().nth(14)).flatten()
 }
 
-macro_rules! both_transports {
-    ($($name:ident),*) => {
-        mod local {
+/// Which transport a scenario runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Local,
+    Http,
+    Ws,
+    Grpc,
+}
+
+/// A fixture served over one transport: clients holding any token.
+pub(crate) struct Harness {
+    pub f: Fixture,
+    pub via: Via,
+    /// The base URL of the transport (empty for local).
+    pub url: String,
+    _servers: Vec<RunningServer>,
+}
+
+impl Harness {
+    pub(crate) async fn start(via: Via, config: EngineConfig) -> Self {
+        let f = fixture(config);
+        let (url, servers) = match via {
+            Via::Local => (String::new(), vec![]),
+            Via::Http => {
+                let s = f.http().await;
+                (s.url(), vec![s])
+            }
+            Via::Ws => {
+                let s = f.http().await;
+                (s.url().replace("http://", "ws://"), vec![s])
+            }
+            Via::Grpc => {
+                let s = f.grpc().await;
+                (format!("grpc://{}", s.addr), vec![s])
+            }
+        };
+        Self { f, via, url, _servers: servers }
+    }
+
+    /// A client acting with `token` (locally, no token is the local owner).
+    pub(crate) fn connect(&self, token: Option<&str>) -> CoderClawRuntime<Arc<dyn Transport>> {
+        let token = token.map(str::to_owned);
+        let transport: Arc<dyn Transport> = match self.via {
+            Via::Local => Arc::new(LocalTransport::new(self.f.service.clone(), token)),
+            Via::Http => Arc::new(HttpTransport::new(&self.url, token).unwrap()),
+            Via::Ws => Arc::new(WsTransport::new(&self.url, token, None).unwrap()),
+            Via::Grpc => Arc::new(GrpcTransport::new(&self.url, token, None).unwrap()),
+        };
+        CoderClawRuntime::new(transport)
+    }
+
+    /// A new user with `roles`, and a client holding their session.
+    pub(crate) fn user(&self, name: &str, roles: &[&str]) -> CoderClawRuntime<Arc<dyn Transport>> {
+        self.connect(Some(&self.f.login(name, roles)))
+    }
+}
+
+/// One session cannot see, follow, answer, pause or cancel another's task,
+/// and does not find it in its list.
+async fn sessions_are_isolated(h: &Harness) {
+    let alice = h.user("alice", &["developer"]);
+    let bob = h.user("bob", &["developer"]);
+    let task = alice.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "secret?" }))).await.unwrap();
+    wait_for(&alice, &task.id, TaskStatus::Waiting).await;
+    assert_eq!(bob.get_task_state(&task.id).await.unwrap(), None);
+    assert_eq!(bob.stream_task_updates(&task.id).await.err().unwrap().code, ErrorCode::NotFound);
+    assert_eq!(bob.respond(&task.id, "yes").await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(bob.cancel_task(&task.id).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(bob.pause_task(&task.id).await.unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(bob.get_task_events(&task.id, 0, 10).await.unwrap_err().code, ErrorCode::NotFound);
+    assert!(bob.list_tasks(TaskFilter::default()).await.unwrap().iter().all(|t| t.id != task.id));
+    let theirs = TaskFilter { session: Some(task.session_id.clone()), ..Default::default() };
+    assert!(bob.list_tasks(theirs).await.unwrap_or_default().iter().all(|t| t.id != task.id));
+    assert_eq!(alice.get_task_state(&task.id).await.unwrap().unwrap().status, TaskStatus::Waiting);
+    alice.respond(&task.id, "mine").await.unwrap();
+    assert_eq!(alice.wait(&task.id, |_| {}).await.unwrap().output, Some(json!({ "answer": "mine" })));
+}
+
+/// 401, 403, 404, 413 and 400, each with its stable code.
+async fn refusals_have_stable_codes(h: &Harness) {
+    let forged = h.connect(Some("ccs_forged"));
+    assert_eq!(forged.get_status().await.unwrap_err().code, ErrorCode::Unauthenticated);
+    let err = forged.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unauthenticated, "{err}");
+    if h.via != Via::Local {
+        // Loopback is not an identity: without a token nothing is answered.
+        let anonymous = h.connect(None);
+        let err = anonymous.list_tasks(TaskFilter::default()).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated, "{err}");
+    }
+    let reader = h.user("reader", &["readonly"]);
+    let err = reader.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+    let dev = h.user("dev", &["developer"]);
+    assert_eq!(dev.get_task_state("0b9ea3ee-86a1-4a8f-9d0b-7a3f3f3f3f3f").await.unwrap(), None);
+    assert_eq!(dev.cancel_task("0b9ea3ee-86a1-4a8f-9d0b-7a3f3f3f3f3f").await.unwrap_err().code, ErrorCode::NotFound);
+    let both =
+        TaskSubmitRequest { agent_id: Some("team/echo".into()), ..TaskSubmitRequest::skill("team/echo", json!(1)) };
+    let err = dev.submit_task(both).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest, "{err}");
+    if h.via != Via::Local {
+        // Over the 1 MiB request limit of every network transport.
+        let big = TaskSubmitRequest::skill("team/echo", json!("x".repeat(2 << 20)));
+        let err = dev.submit_task(big).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::PayloadTooLarge, "{err}");
+    }
+    // Still usable after every refusal.
+    assert_eq!(echo_once(&dev).await.status, TaskStatus::Completed);
+}
+
+/// 1,000 submissions at once: each stored once, each run once.
+async fn a_thousand_concurrent_submissions_each_run_once(h: &Harness) {
+    let rt = Arc::new(h.user("dev", &["developer"]));
+    let mut handles = Vec::new();
+    for i in 0..1000 {
+        let rt = rt.clone();
+        handles.push(tokio::spawn(async move {
+            rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap().id
+        }));
+    }
+    let mut ids = Vec::new();
+    for h in handles {
+        ids.push(h.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 1000);
+    for id in &ids {
+        let done = rt.wait(id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+    }
+    let all = h.f.engine.list(&TaskFilter { limit: Some(1000), ..Default::default() }).unwrap();
+    assert_eq!(all.len(), 1000);
+    assert!(all.iter().all(|t| t.status == TaskStatus::Completed));
+}
+
+/// The scenario suite, unchanged over every transport: the client-only
+/// scenarios with a developer's session, the harness ones with the fixture.
+macro_rules! every_transport {
+    (clients: [$($client:ident),*], harness: [$($harness:ident),*]) => {
+        every_transport!(@via local, Local, [$($client),*], [$($harness),*]);
+        every_transport!(@via http, Http, [$($client),*], [$($harness),*]);
+        every_transport!(@via ws, Ws, [$($client),*], [$($harness),*]);
+        every_transport!(@via grpc, Grpc, [$($client),*], [$($harness),*]);
+    };
+    (@via $module:ident, $via:ident, [$($client:ident),*], [$($harness:ident),*]) => {
+        mod $module {
             $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() {
-                let f = super::fixture(Default::default());
-                let rt = super::CoderClawRuntime::new(super::LocalTransport::new(f.service.clone(), None));
-                super::$name(&rt).await;
+            async fn $client() {
+                let h = super::Harness::start(super::Via::$via, Default::default()).await;
+                super::$client(&h.user("dev", &["developer"])).await;
             })*
-        }
-        mod http {
             $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() {
-                let f = super::fixture(Default::default());
-                let server = f.http().await;
-                let token = f.login("dev", &["developer"]);
-                let rt = super::CoderClawRuntime::new(super::HttpTransport::new(&server.url(), Some(token)).unwrap());
-                super::$name(&rt).await;
+            async fn $harness() {
+                let config = super::EngineConfig { max_concurrent_tasks: 16, ..Default::default() };
+                super::$harness(&super::Harness::start(super::Via::$via, config).await).await;
             })*
         }
     };
 }
 
-both_transports!(
-    echo_completes_with_ordered_events,
-    a_flood_of_log_lines_is_bounded_and_its_history_paged,
-    cancel_stops_a_spinning_guest,
-    waiting_round_trip,
-    bad_requests_are_refused
+every_transport!(
+    clients: [
+        echo_completes_with_ordered_events,
+        a_flood_of_log_lines_is_bounded_and_its_history_paged,
+        cancel_stops_a_spinning_guest,
+        waiting_round_trip,
+        bad_requests_are_refused
+    ],
+    harness: [sessions_are_isolated, refusals_have_stable_codes, a_thousand_concurrent_submissions_each_run_once]
 );
 
 // ---- engine-specific ----
@@ -461,34 +608,6 @@ async fn local_only_will_not_listen_beyond_loopback() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_thousand_concurrent_http_submissions_each_run_exactly_once() {
-    let f = fixture(EngineConfig { max_concurrent_tasks: 16, ..Default::default() });
-    let server = f.http().await;
-    let token = f.login("dev", &["developer"]);
-    let rt = Arc::new(CoderClawRuntime::new(HttpTransport::new(&server.url(), Some(token)).unwrap()));
-    let mut handles = Vec::new();
-    for i in 0..1000 {
-        let rt = rt.clone();
-        handles.push(tokio::spawn(async move {
-            rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap().id
-        }));
-    }
-    let mut ids = Vec::new();
-    for h in handles {
-        ids.push(h.await.unwrap());
-    }
-    let unique: std::collections::HashSet<_> = ids.iter().collect();
-    assert_eq!(unique.len(), 1000);
-    for id in &ids {
-        let done = rt.wait(id, |_| {}).await.unwrap();
-        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
-    }
-    let all = f.engine.list(&TaskFilter { limit: Some(1000), ..Default::default() }).unwrap();
-    assert_eq!(all.len(), 1000);
-    assert!(all.iter().all(|t| t.status == TaskStatus::Completed));
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
     let f = fixture(Default::default());
     let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
@@ -550,6 +669,7 @@ async fn the_committed_openapi_document_covers_every_route() {
         "/v1/agents",
         "/v1/skills",
         "/v1/status",
+        "/v1/ws",
     ] {
         assert!(paths.contains_key(route), "{route} is documented");
     }

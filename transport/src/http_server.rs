@@ -13,15 +13,16 @@
 //! are configured.
 //!
 //! `/mcp` serves the Model Context Protocol over Streamable HTTP
-//! ([`crate::mcp::http`]), behind the same authentication.
+//! ([`crate::mcp::http`]) and `/v1/ws` upgrades to the WebSocket protocol
+//! ([`crate::ws`]), both behind the same authentication.
 
 use crate::mcp::http::{McpHttp, McpHttpConfig};
+use crate::ws::server::{Authenticator, WsConfig, WsServer};
 use bytes::Bytes;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::task::{RuntimeMode, TaskFilter, TaskStatus, TaskSubmitRequest};
 use coderclaw_net::Body;
 use coderclaw_net::server::{BodyError, bytes_response, json_response, query_pairs, read_body};
-use coderclaw_security::security::Security;
 use coderclaw_tasks::{ErrorCode, MAX_EVENTS_PAGE, RuntimeError, TaskService};
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
@@ -53,6 +54,9 @@ pub struct ServerConfig {
     /// Where MCP at `/mcp` accepts requests from (default: see
     /// [`McpHttpConfig::for_listen`]).
     pub mcp: Option<McpHttpConfig>,
+    /// Bounds of the WebSocket endpoint (default:
+    /// [`WsConfig::for_body_limit`] of `max_body_bytes`).
+    pub ws: Option<WsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +67,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             tls: None,
             mcp: None,
+            ws: None,
         }
     }
 }
@@ -95,13 +100,21 @@ pub async fn serve(service: Arc<TaskService>, config: ServerConfig) -> Result<Ru
     let listen = config.listen;
     let mcp_config = config.mcp.clone().unwrap_or_else(|| McpHttpConfig::for_listen(listen, tls.is_some()));
     let mcp = Arc::new(McpHttp::new(service.clone(), &mcp_config, config.max_body_bytes));
+    let ws_config = config.ws.unwrap_or_else(|| WsConfig::for_body_limit(config.max_body_bytes));
+    let adapters = Arc::new(Adapters { mcp, ws: WsServer::new(service.clone(), ws_config) });
     let config = Arc::new(config);
     coderclaw_net::serve(listen, tls, move |peer, req| {
-        let (service, config, mcp) = (service.clone(), config.clone(), mcp.clone());
-        async move { handle(&service, &config, &mcp, peer, req).await }
+        let (service, config, adapters) = (service.clone(), config.clone(), adapters.clone());
+        async move { handle(&service, &config, &adapters, peer, req).await }
     })
     .await
     .map_err(ServerError::Io)
+}
+
+/// The protocols served beside REST on the same port.
+struct Adapters {
+    mcp: Arc<McpHttp>,
+    ws: WsServer,
 }
 
 fn error_response(e: &RuntimeError) -> Response<Body> {
@@ -127,12 +140,12 @@ fn err(code: ErrorCode, message: impl Into<String>) -> RuntimeError {
 async fn handle(
     service: &TaskService,
     config: &ServerConfig,
-    mcp: &McpHttp,
+    adapters: &Adapters,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), %peer);
-    match route(service, config, mcp, peer, req).instrument(span).await {
+    match route(service, config, adapters, peer, req).instrument(span).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
@@ -148,18 +161,27 @@ fn authenticate(
     peer: SocketAddr,
     req: &Request<Incoming>,
 ) -> Result<Subject, RuntimeError> {
-    if config.mode == RuntimeMode::LocalOnly && !peer.ip().is_loopback() {
-        return Err(err(ErrorCode::Forbidden, "this server is local-only: remote sessions are refused"));
-    }
-    let Some(token) = bearer(req)? else {
-        return Err(err(
-            ErrorCode::Unauthenticated,
-            "every call needs a session: send `Authorization: Bearer <token>`",
-        ));
+    crate::auth::authenticate(service, config.mode, peer, bearer(req)?.as_deref())
+}
+
+/// `GET /v1/ws`: authenticated like any call (the token in `Authorization`,
+/// or from a browser as the subprotocol `coderclaw.bearer.<token>`) before
+/// the upgrade, and again at every call on the socket.
+fn websocket(
+    service: &TaskService,
+    config: &ServerConfig,
+    ws: &WsServer,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, RuntimeError> {
+    let token = match bearer(&req)? {
+        Some(token) => Some(token),
+        None => WsServer::token_from_subprotocols(req.headers()),
     };
-    let subject = service.authenticate_peer(Some(&token), peer.ip())?;
-    // A token proves the user, not the machine the call comes from.
-    Ok(if peer.ip().is_loopback() { subject } else { Security::as_remote(subject) })
+    crate::auth::authenticate(service, config.mode, peer, token.as_deref())?;
+    let mode = config.mode;
+    let auth: Authenticator = Arc::new(move |service| crate::auth::authenticate(service, mode, peer, token.as_deref()));
+    ws.upgrade(req, auth)
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>, max: usize) -> Result<T, RuntimeError> {
@@ -180,7 +202,7 @@ struct InputBody {
 async fn route(
     service: &TaskService,
     config: &ServerConfig,
-    mcp: &McpHttp,
+    adapters: &Adapters,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, RuntimeError> {
@@ -190,9 +212,12 @@ async fn route(
     if segments == ["v1", "openapi.json"] && method == Method::GET {
         return Ok(bytes_response(StatusCode::OK, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())));
     }
+    if segments == ["v1", "ws"] && method == Method::GET {
+        return websocket(service, config, &adapters.ws, peer, req);
+    }
     let who = authenticate(service, config, peer, &req)?;
     match (&method, segments.as_slice()) {
-        (_, ["mcp"]) => mcp.handle(who, req).await,
+        (_, ["mcp"]) => adapters.mcp.handle(who, req).await,
         (&Method::GET, ["v1", "status"]) => Ok(ok(&service.status(&who))),
         (&Method::GET, ["v1", "skills"]) => Ok(ok(&service.skills(&who)?)),
         (&Method::GET, ["v1", "agents"]) => Ok(ok(&service.agents(&who)?)),

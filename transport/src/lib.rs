@@ -5,7 +5,12 @@
 //!   respond, pause, resume, list, events, skills and status; object-safe.
 //! - [`LocalTransport`]: in-process, straight to a `TaskService`.
 //! - [`HttpTransport`] and [`http_server`]: REST + SSE over hyper.
-//! - [`mcp`]: installed skills as Model Context Protocol tools (stdio).
+//! - [`WsTransport`] and [`ws`]: JSON messages over one WebSocket
+//!   (`GET /v1/ws` on the HTTP server), many tasks per socket.
+//! - [`GrpcTransport`] and [`grpc`]: `coderclaw.v1.Runtime` over tonic, on
+//!   its own port, with the standard health and reflection services.
+//! - [`mcp`]: installed skills as Model Context Protocol tools (stdio and
+//!   Streamable HTTP).
 //!
 //! ```no_run
 //! use coderclaw_transport::{CoderClawRuntime, HttpTransport};
@@ -16,10 +21,15 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
+pub mod grpc;
 mod http_client;
 pub mod http_server;
 pub mod mcp;
 mod runtime;
+pub mod ws;
 
+pub use grpc::GrpcTransport;
 pub use http_client::HttpTransport;
-pub use runtime::{CoderClawRuntime, LocalTransport, RuntimeFuture, Transport, UpdateStream};
+pub use runtime::{CoderClawRuntime, LocalTransport, RuntimeFuture, Transport, UpdateStream, connect};
+pub use ws::WsTransport;

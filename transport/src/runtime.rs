@@ -46,6 +46,72 @@ pub trait Transport: Send + Sync {
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState>;
 }
 
+/// The transport a URL names: `http://`/`https://` (REST + SSE),
+/// `ws://`/`wss://` (WebSocket) or `grpc://`/`grpcs://` (gRPC), acting with
+/// session `token`; `ca` is an extra PEM CA trusted for TLS.
+pub fn connect(
+    url: &str,
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> Result<Arc<dyn Transport>, RuntimeError> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    Ok(match scheme {
+        "http" | "https" => Arc::new(crate::HttpTransport::with_ca(url, token, ca)?),
+        "ws" | "wss" => Arc::new(crate::WsTransport::new(url, token, ca)?),
+        "grpc" | "grpcs" => Arc::new(crate::GrpcTransport::new(url, token, ca)?),
+        _ => {
+            return Err(RuntimeError::new(
+                coderclaw_tasks::ErrorCode::InvalidRequest,
+                format!("`{url}`: use an http(s)://, ws(s):// or grpc(s):// URL"),
+            ));
+        }
+    })
+}
+
+/// A shared or boxed transport is one too, so `CoderClawRuntime<Arc<dyn
+/// Transport>>` holds whichever transport a URL named.
+macro_rules! forward_transport {
+    ($($ptr:ident),*) => {$(
+        impl<T: Transport + ?Sized> Transport for $ptr<T> {
+            fn submit_task<'a>(&'a self, req: TaskSubmitRequest) -> RuntimeFuture<'a, TaskState> {
+                (**self).submit_task(req)
+            }
+            fn get_task_state<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, Option<TaskState>> {
+                (**self).get_task_state(id)
+            }
+            fn stream_task_updates<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, UpdateStream> {
+                (**self).stream_task_updates(id)
+            }
+            fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool> {
+                (**self).cancel_task(id)
+            }
+            fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
+                (**self).list_tasks(filter)
+            }
+            fn get_task_events<'a>(&'a self, id: &'a str, after: u64, limit: u32) -> RuntimeFuture<'a, Vec<TaskUpdateEvent>> {
+                (**self).get_task_events(id, after, limit)
+            }
+            fn respond<'a>(&'a self, id: &'a str, answer: &'a str) -> RuntimeFuture<'a, TaskState> {
+                (**self).respond(id, answer)
+            }
+            fn list_agents<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>> {
+                (**self).list_agents()
+            }
+            fn list_skills<'a>(&'a self) -> RuntimeFuture<'a, Vec<SkillInfo>> {
+                (**self).list_skills()
+            }
+            fn get_status<'a>(&'a self) -> RuntimeFuture<'a, RuntimeStatus> {
+                (**self).get_status()
+            }
+            fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
+                (**self).set_paused(id, paused)
+            }
+        }
+    )*};
+}
+
+forward_transport!(Arc, Box);
+
 /// The runtime a client holds: a transport plus conveniences.
 pub struct CoderClawRuntime<T: Transport> {
     transport: T,

@@ -127,8 +127,14 @@ impl Drop for Server {
 
 /// Starts `coderclaw serve` on `port` in workspace `ws`, once it listens.
 pub(crate) fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
+    start_server_with(cli, ws, port, &[])
+}
+
+/// [`start_server`] with more flags for `serve`.
+pub(crate) fn start_server_with(cli: &Cli, ws: &str, port: u16, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workspace", ws])
+        .args(extra)
         .env("CODERCLAW_HOME", cli.home.path())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -147,6 +153,11 @@ pub(crate) fn start_server(cli: &Cli, ws: &str, port: u16) -> Server {
     }
     assert!(seen.contains("serving http://127.0.0.1"), "{seen}");
     Server(child, format!("http://127.0.0.1:{port}"))
+}
+
+/// A free loopback port.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A developer session token (the HTTP API answers nobody without one).

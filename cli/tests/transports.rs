@@ -1,0 +1,164 @@
+//! The WebSocket and gRPC transports through the real binary: the task
+//! commands with `--remote ws://…` and `--remote grpc://…` against
+//! `coderclaw serve --grpc-listen`, and clients nobody here wrote (Python's
+//! `websockets`, `grpcio`, `grpcio-health-checking` and `grpcio-reflection`
+//! from PyPI) submitting and streaming a task.
+
+mod common;
+
+use common::{Cli, Server, free_port, login, p, sign, sign_with, start_server_with, text, trusted_key};
+use serde_json::{Value, json};
+
+fn install_signed(cli: &Cli, dir: &std::path::Path) {
+    trusted_key(cli, "team-key", "team");
+    let echo = sign(cli, "echo", "team-key", dir);
+    let manifest = dir.join("spin.toml");
+    std::fs::write(&manifest, "id = \"team/spin\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"spins\"\n[limits]\ntimeout = \"300s\"\n").unwrap();
+    let spin = sign_with(cli, "infinite-loop", "team-key", &manifest, dir);
+    for pkg in [echo, spin] {
+        let out = cli.run(&["skill", "install", p(&pkg)]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+}
+
+/// A server with REST, WebSocket and gRPC; its HTTP URL, gRPC address and
+/// a developer token.
+fn serve_all(cli: &Cli, dir: &std::path::Path) -> (Server, String, String) {
+    install_signed(cli, dir);
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let server = start_server_with(cli, p(dir), free_port(), &["--grpc-listen", &grpc]);
+    (server, grpc, login(cli))
+}
+
+fn remote(cli: &Cli, url: &str, token: &str, args: &[&str]) -> (i32, Value, String) {
+    let mut all = args.to_vec();
+    all.extend(["--remote", url, "--token", token, "--json"]);
+    let out = cli.run(&all);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json, text(&out.stderr))
+}
+
+#[test]
+fn the_task_commands_work_over_websocket_and_grpc() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let (server, grpc, token) = serve_all(&cli, tmp.path());
+    let ws = server.1.replace("http://", "ws://");
+    for url in [ws.as_str(), &format!("grpc://{grpc}")] {
+        let (code, done, err) = remote(
+            &cli,
+            url,
+            &token,
+            &["task", "submit", "--skill", "team/echo", "--input", "{\"n\": 12345678901234567890}", "--wait"],
+        );
+        assert_eq!(code, 0, "{url}: {err}");
+        assert_eq!(done["status"], "COMPLETED", "{url}: {done}");
+        assert_eq!(done["output"], json!({ "echo": { "n": 12345678901234567890u64 } }), "{url}: every digit kept");
+        let id = done["id"].as_str().unwrap();
+        let (code, state, err) = remote(&cli, url, &token, &["task", "status", id]);
+        assert_eq!((code, &state["status"]), (0, &json!("COMPLETED")), "{url}: {err}");
+        let (code, list, err) = remote(&cli, url, &token, &["task", "list"]);
+        assert_eq!(code, 0, "{url}: {err}");
+        assert!(list.as_array().unwrap().iter().any(|t| t["id"] == id), "{url}: {list}");
+
+        // A spinning task cancelled over the same transport.
+        let (code, spin, err) = remote(&cli, url, &token, &["task", "submit", "--skill", "team/spin", "--input", "{}"]);
+        assert_eq!(code, 0, "{url}: {err}");
+        let id = spin["id"].as_str().unwrap();
+        let (code, _, err) = remote(&cli, url, &token, &["task", "cancel", id]);
+        assert_eq!(code, 0, "{url}: {err}");
+        let (_, state, _) = remote(&cli, url, &token, &["task", "status", id]);
+        assert_eq!(state["status"], "CANCELLED", "{url}: {state}");
+
+        // A forged token is refused with the REST code, and the CLI says so.
+        let (code, _, err) = remote(&cli, url, "ccs_forged", &["task", "list"]);
+        assert_ne!(code, 0, "{url}");
+        assert!(err.contains("unauthenticated"), "{url}: {err}");
+    }
+    let (code, _, err) = remote(&cli, "ftp://127.0.0.1:1", &token, &["task", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("http(s)://, ws(s):// or grpc(s)://"), "{err}");
+}
+
+/// A Python with the clients from PyPI: a virtual environment made once
+/// under the target directory, reused by later runs.
+fn python_with_clients() -> std::path::PathBuf {
+    const PACKAGES: [&str; 5] = [
+        "websockets==17.4",
+        "grpcio==1.85.1",
+        "grpcio-tools==1.85.1",
+        "grpcio-health-checking==1.85.1",
+        "grpcio-reflection==1.85.1",
+    ];
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("transport-python-clients");
+    let python = venv.join("bin/python");
+    let ready = venv.join(format!("installed-{}", PACKAGES.join(",")));
+    if ready.exists() {
+        return python;
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
+            panic!("{} cannot run ({e}): this test needs python3 with venv and pip", program.display())
+        });
+        assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out.stderr));
+    };
+    run(std::path::Path::new("python3"), &["-m", "venv", venv.to_str().unwrap()]);
+    let mut install = vec!["-m", "pip", "install", "--quiet"];
+    install.extend(PACKAGES);
+    run(&python, &install);
+    std::fs::write(&ready, "").unwrap();
+    python
+}
+
+fn python_client(args: &[&str]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/transport_clients.py");
+    let out = std::process::Command::new(python_with_clients()).arg(&script).args(args).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_streamed_to_completion(seen: &Value) {
+    assert_eq!(seen["submitted_status"].as_str().unwrap().trim_start_matches("TASK_STATUS_"), "PENDING", "{seen}");
+    let statuses: Vec<&str> = seen["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().trim_start_matches("TASK_STATUS_"))
+        .collect();
+    assert_eq!(statuses, ["PLANNING", "RUNNING", "COMPLETED"], "{seen}");
+    let seqs: Vec<u64> = seen["seqs"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "in order: {seen}");
+    assert_eq!(seen["output"], json!({ "echo": { "from": "python" } }), "{seen}");
+    assert_eq!(seen["usable_after_errors"], true, "{seen}");
+}
+
+#[test]
+fn pythons_websockets_package_submits_and_streams_a_task() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let (server, _, token) = serve_all(&cli, tmp.path());
+    let seen = python_client(&["ws", &server.1, &token]);
+    assert_streamed_to_completion(&seen);
+    assert_eq!(seen["subprotocol"], "coderclaw.v1", "{seen}");
+    assert_eq!(seen["browser_subprotocol"], "coderclaw.v1", "the token is never echoed: {seen}");
+    assert_eq!(seen["browser_status"], "result", "{seen}");
+    assert_eq!(seen["malformed"], "invalid_request", "{seen}");
+    assert_eq!(seen["unknown_op"], "invalid_request", "{seen}");
+    assert_eq!(seen["not_found"], "not_found", "{seen}");
+    assert_eq!(seen["anonymous"], 401, "refused before the upgrade: {seen}");
+}
+
+#[test]
+fn pythons_grpcio_submits_and_streams_a_task_and_finds_health_and_reflection() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let (_server, grpc, token) = serve_all(&cli, tmp.path());
+    let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../transport/proto");
+    let seen = python_client(&["grpc", &grpc, &token, p(&proto)]);
+    assert_streamed_to_completion(&seen);
+    assert_eq!(seen["anonymous"], "UNAUTHENTICATED", "{seen}");
+    assert_eq!(seen["not_found"], "NOT_FOUND", "{seen}");
+    assert_eq!(seen["bad_input"], "INVALID_ARGUMENT", "{seen}");
+    assert_eq!(seen["health"], "SERVING", "{seen}");
+    let services: Vec<&str> =
+        seen["reflected_services"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(services.contains(&"coderclaw.v1.Runtime") && services.contains(&"grpc.health.v1.Health"), "{seen}");
+    assert_eq!(seen["reflected_file"], "coderclaw/v1/runtime.proto", "{seen}");
+}

@@ -1,0 +1,263 @@
+//! The WebSocket and gRPC adapters from the attacker's side: refused before
+//! any work without a session, a session revoked while its socket or
+//! channel is open, malformed and oversized messages, a slow reader, the
+//! per-socket subscription bound, and TLS (wss, grpcs). The shared
+//! scenario suite over all four transports is in `tasks.rs`.
+
+use crate::tasks::{Harness, Via, fixture};
+use coderclaw::tasks::grpc::server::GrpcConfig;
+use coderclaw::tasks::http_server::{ServerConfig, serve};
+use coderclaw::tasks::ws::server::WsConfig;
+use coderclaw::tasks::{CoderClawRuntime, ErrorCode, WsTransport};
+use coderclaw_core::task::{TaskFilter, TaskStatus, TaskSubmitRequest};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::ClientRequestBuilder;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A raw WebSocket to `/v1/ws` on `addr` with `token`, over a socket whose
+/// receive buffer is `recv_buffer` bytes when given.
+async fn raw_socket(addr: std::net::SocketAddr, token: &str, recv_buffer: Option<u32>) -> Socket {
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        tcp.set_recv_buffer_size(size).unwrap();
+    }
+    let tcp = tcp.connect(addr).await.unwrap();
+    let uri: http::Uri = format!("ws://{addr}/v1/ws").parse().unwrap();
+    let request = ClientRequestBuilder::new(uri)
+        .with_sub_protocol("coderclaw.v1")
+        .with_header("Authorization", format!("Bearer {token}"));
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .max_message_size(Some(64 << 20));
+    tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await.unwrap().0
+}
+
+/// The next text message as JSON (pings and pongs skipped).
+async fn next_json(ws: &mut Socket) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a reply within 10 s") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversized_websocket_messages_get_typed_errors_and_the_socket_stays_usable() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let server = f.http().await;
+    let mut ws = raw_socket(server.addr, &token, None).await;
+    let cases: Vec<(Message, Value, &str)> = vec![
+        (Message::text("{nope"), Value::Null, "not JSON"),
+        (Message::text("[1, 2]"), Value::Null, "JSON object"),
+        (Message::text(r#"{"op": "status"}"#), Value::Null, "no `id`"),
+        (Message::text(r#"{"id": "a", "op": "launch"}"#), json!("a"), "launch"),
+        (Message::text(r#"{"id": "b", "op": "get", "taskId": "x", "evil": 1}"#), json!("b"), "evil"),
+        (
+            Message::text(r#"{"id": "c", "op": "submit", "task": {"skillId": "team/echo", "agentId": "team/echo"}}"#),
+            json!("c"),
+            "not both",
+        ),
+        (Message::Binary(vec![0u8; 16].into()), Value::Null, "text messages"),
+    ];
+    for (message, id, says) in cases {
+        ws.send(message).await.unwrap();
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["error"]["code"], "invalid_request", "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains(says), "{says}: {reply}");
+    }
+    // Over the 1 MiB request limit: refused by id, and the socket goes on.
+    let big = json!({ "id": 7, "op": "submit", "task": { "skillId": "team/echo", "input": "x".repeat(1_500_000) } });
+    ws.send(Message::text(big.to_string())).await.unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!(
+        (reply["id"].clone(), reply["error"]["code"].clone()),
+        (json!(7), json!("payload_too_large")),
+        "{reply}"
+    );
+    ws.send(Message::text(r#"{"id": 8, "op": "status"}"#)).await.unwrap();
+    let reply = next_json(&mut ws).await;
+    assert_eq!((reply["type"].clone(), reply["result"]["healthy"].clone()), (json!("result"), json!(true)), "{reply}");
+    assert!(f.engine.list(&TaskFilter::default()).unwrap().is_empty(), "no refused message made a task");
+    // Beyond four times the limit the frame itself is refused: close 1009.
+    let _ = ws.send(Message::text("x".repeat(5 << 20))).await;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1009));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_reader_that_does_not_read_is_disconnected_not_buffered() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let ws_config = WsConfig { send_timeout: Duration::from_millis(300), ..WsConfig::for_body_limit(1 << 20) };
+    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ws: Some(ws_config), ..Default::default() };
+    let server = serve(f.service.clone(), config).await.unwrap();
+    // A task with about 4 MiB of events, followed 16 times on one socket
+    // that reads nothing through a 4 KiB receive buffer.
+    let rt =
+        CoderClawRuntime::new(WsTransport::new(&format!("ws://{}", server.addr), Some(token.clone()), None).unwrap());
+    let flood =
+        rt.submit_task(TaskSubmitRequest::skill("team/forgetful", json!({ "flood": [300, 14_000] }))).await.unwrap();
+    let done = rt.wait(&flood.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    let total = rt.get_task_events(&flood.id, 0, 1000).await.unwrap().len();
+    let mut slow = raw_socket(server.addr, &token, Some(4096)).await;
+    for i in 0..16 {
+        let subscribe = json!({ "id": i, "op": "subscribe", "taskId": flood.id });
+        slow.send(Message::text(subscribe.to_string())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Now read: what was in flight arrives, then the socket ends, long
+    // before all 16 × `total` events.
+    let start = Instant::now();
+    let mut events = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), slow.next()).await.expect("the server ended the socket") {
+            Some(Ok(Message::Text(t))) => {
+                let m: Value = serde_json::from_str(&t).unwrap();
+                if m["type"] == "event" {
+                    events += 1;
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still reading after 20 s: {events} events");
+    }
+    assert!(events < 16 * total, "{events} of {} events delivered to a reader that stopped", 16 * total);
+    // The server serves others meanwhile.
+    let other = CoderClawRuntime::new(WsTransport::new(&format!("ws://{}", server.addr), Some(token), None).unwrap());
+    assert!(other.get_status().await.unwrap().healthy);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_follows_a_bounded_number_of_tasks() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let ws_config = WsConfig { max_subscriptions: 2, ..WsConfig::for_body_limit(1 << 20) };
+    let config = ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ws: Some(ws_config), ..Default::default() };
+    let server = serve(f.service.clone(), config).await.unwrap();
+    let rt = CoderClawRuntime::new(WsTransport::new(&format!("ws://{}", server.addr), Some(token), None).unwrap());
+    let paused = TaskSubmitRequest { paused: true, ..TaskSubmitRequest::skill("team/echo", json!(1)) };
+    let task = rt.submit_task(paused).await.unwrap();
+    let first = rt.stream_task_updates(&task.id).await.unwrap();
+    let _second = rt.stream_task_updates(&task.id).await.unwrap();
+    let third = rt.stream_task_updates(&task.id).await.err().expect("a third is refused");
+    assert_eq!(third.code, ErrorCode::QuotaExceeded, "{third}");
+    // Dropping a stream unsubscribes it, which frees its slot.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        match rt.stream_task_updates(&task.id).await {
+            Ok(_) => break,
+            Err(e) if e.code == ErrorCode::QuotaExceeded && start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the freed slot was not given back: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_session_nothing_is_done_on_either_transport() {
+    let h = Harness::start(Via::Grpc, Default::default()).await;
+    let server = h.f.http().await;
+    // The WebSocket upgrade is refused before it happens.
+    for token in [None, Some("ccs_forged")] {
+        let addr = server.addr;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let uri: http::Uri = format!("ws://{addr}/v1/ws").parse().unwrap();
+        let mut request = ClientRequestBuilder::new(uri).with_sub_protocol("coderclaw.v1");
+        if let Some(t) = token {
+            request = request.with_header("Authorization", format!("Bearer {t}"));
+        }
+        match tokio_tungstenite::client_async(request, tcp).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401, "{token:?}");
+                let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], "unauthenticated");
+            }
+            other => panic!("{token:?}: the upgrade was not refused: {:?}", other.map(|r| r.1.status())),
+        }
+    }
+    // A browser offering only its token as a subprotocol (no coderclaw.v1)
+    // is refused too: the server would have to echo the token.
+    let token = h.f.login("dev", &["developer"]);
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let uri: http::Uri = format!("ws://{}/v1/ws", server.addr).parse().unwrap();
+    let request = ClientRequestBuilder::new(uri).with_sub_protocol(format!("coderclaw.bearer.{token}"));
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("upgraded without coderclaw.v1: {:?}", other.map(|r| r.1.status())),
+    }
+    // gRPC: no token, a forged one, a malformed header.
+    for token in [None, Some("ccs_forged".to_owned())] {
+        let rt = h.connect(token.as_deref());
+        let err = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated, "{token:?}: {err}");
+    }
+    assert!(h.f.engine.list(&TaskFilter::default()).unwrap().is_empty(), "no task was made");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_revoked_while_its_socket_or_channel_is_open_is_refused_at_the_next_call() {
+    for via in [Via::Ws, Via::Grpc] {
+        let h = Harness::start(via, Default::default()).await;
+        let token = h.f.login("dev", &["developer"]);
+        let rt = h.connect(Some(&token));
+        assert!(rt.get_status().await.unwrap().healthy, "{via:?}");
+        let session = h.f.service.authenticate(Some(&token)).unwrap();
+        h.f.service.security().dangerous_identity_store().revoke_session(&session.session.unwrap().id).unwrap();
+        let err = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated, "{via:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wss_and_grpcs_serve_clients_that_trust_the_ca_and_no_others() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let tls = Some((cert_file.clone(), key_file));
+    let http = serve(
+        f.service.clone(),
+        ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), tls: tls.clone(), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    let grpc_config = GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), tls, ..Default::default() };
+    let grpc = coderclaw::tasks::grpc::server::serve(f.service.clone(), grpc_config).await.unwrap();
+    let urls = [format!("wss://localhost:{}", http.addr.port()), format!("grpcs://localhost:{}", grpc.addr.port())];
+    for url in &urls {
+        let rt = CoderClawRuntime::new(coderclaw::tasks::connect(url, Some(token.clone()), Some(&cert_file)).unwrap());
+        let task = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!("tls"))).await.unwrap();
+        assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Completed, "{url}");
+        let untrusting = CoderClawRuntime::new(coderclaw::tasks::connect(url, Some(token.clone()), None).unwrap());
+        let err = untrusting.get_status().await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unavailable, "{url}: {err}");
+    }
+    // Plain ws:// or grpc:// with a token to another machine is refused by the client.
+    for url in ["ws://192.0.2.1:7420", "grpc://192.0.2.1:7421"] {
+        let refused = coderclaw::tasks::connect(url, Some(token.clone()), None).err().expect("refused");
+        assert_eq!(refused.code, ErrorCode::InvalidRequest, "{url}");
+        assert!(refused.message.contains("clear text"), "{url}: {refused}");
+    }
+}
