@@ -80,8 +80,14 @@ fn the_task_commands_work_over_websocket_and_grpc() {
 }
 
 /// A Python with the clients from PyPI: a virtual environment made once
-/// under the target directory, reused by later runs.
+/// under the target directory, reused by later runs (and made by one test
+/// at a time: the tests of this binary run in parallel).
 fn python_with_clients() -> std::path::PathBuf {
+    static MADE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(make_python_with_clients).clone()
+}
+
+fn make_python_with_clients() -> std::path::PathBuf {
     const PACKAGES: [&str; 5] = [
         "websockets==17.4",
         "grpcio==1.85.1",

@@ -13,7 +13,7 @@
 //! for profiling one.
 
 use coderclaw::tasks::http_server::{ServerConfig, serve};
-use coderclaw::tasks::{CoderClawRuntime, GrpcTransport, HttpTransport, LocalTransport, Transport, WsTransport};
+use coderclaw::tasks::{CoderClawRuntime, HttpTransport, LocalTransport, Transport};
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -309,17 +309,19 @@ async fn transports(n: usize) {
         coderclaw::tasks::grpc::server::GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     let grpc = coderclaw::tasks::grpc::server::serve(service.clone(), grpc_config).await.unwrap();
     let token = coderclaw_e2e::developer_token(&service);
-    let (http_url, ws_url, grpc_url) =
-        (server.url(), server.url().replace("http://", "ws://"), format!("grpc://{}", grpc.addr));
-    let kinds: [(&str, Box<dyn Fn() -> Arc<dyn Transport>>); 3] = [
-        ("HTTP + SSE", Box::new(|| Arc::new(HttpTransport::new(&http_url, Some(token.clone())).unwrap()))),
-        ("WebSocket", Box::new(|| Arc::new(WsTransport::new(&ws_url, Some(token.clone()), None).unwrap()))),
-        ("gRPC", Box::new(|| Arc::new(GrpcTransport::new(&grpc_url, Some(token.clone()), None).unwrap()))),
+    let kinds = [
+        ("HTTP + SSE", server.url()),
+        ("WebSocket", server.url().replace("http://", "ws://")),
+        ("gRPC", format!("grpc://{}", grpc.addr)),
     ];
-    for (label, connect) in &kinds {
-        clients_each_connected(connect, 64, 256, &format!("{label} warm-up")).await;
+    let connect = |url: &str| {
+        let (url, token) = (url.to_owned(), token.clone());
+        move || coderclaw::tasks::connect(&url, Some(token.clone()), None).unwrap()
+    };
+    for (label, url) in &kinds {
+        clients_each_connected(connect(url), 64, 256, &format!("{label} warm-up")).await;
     }
-    for (label, connect) in &kinds {
-        clients_each_connected(connect, 64, n, &format!("{label} (loopback, 64 clients)")).await;
+    for (label, url) in &kinds {
+        clients_each_connected(connect(url), 64, n, &format!("{label} (loopback, 64 clients)")).await;
     }
 }
