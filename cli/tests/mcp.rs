@@ -162,26 +162,9 @@ async fn a_call_the_client_abandons_cancels_its_task_within_a_second() {
     assert_eq!(tasks[0]["status"], "CANCELLED", "{tasks}");
 }
 
-/// A Python with the official MCP SDK: a virtual environment made once
-/// under the target directory (`python3 -m venv`, `pip install mcp` from
-/// PyPI), reused by later runs.
+/// A Python with the official MCP SDK from PyPI.
 fn python_with_mcp_sdk() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-python-sdk");
-    let python = venv.join("bin/python");
-    let ready = venv.join("installed-mcp-2.3.0");
-    if ready.exists() {
-        return python;
-    }
-    let run = |program: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
-            panic!("{} cannot run ({e}): this test needs python3 with venv and pip", program.display())
-        });
-        assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out.stderr));
-    };
-    run(std::path::Path::new("python3"), &["-m", "venv", venv.to_str().unwrap()]);
-    run(&python, &["-m", "pip", "install", "--quiet", "mcp==2.3.0"]);
-    std::fs::write(&ready, "").unwrap();
-    python
+    common::python_venv("mcp-python-sdk", &["mcp==2.3.0"])
 }
 
 /// Everything the Python client expects installed (see mcp_client.py),

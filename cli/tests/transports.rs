@@ -79,40 +79,18 @@ fn the_task_commands_work_over_websocket_and_grpc() {
     assert!(err.contains("http(s)://, ws(s):// or grpc(s)://"), "{err}");
 }
 
-/// A Python with the clients from PyPI: a virtual environment made once
-/// under the target directory, reused by later runs (and made by one test
-/// at a time: the tests of this binary run in parallel).
+/// A Python with the clients from PyPI.
 fn python_with_clients() -> std::path::PathBuf {
-    static MADE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    MADE.get_or_init(make_python_with_clients).clone()
-}
-
-fn make_python_with_clients() -> std::path::PathBuf {
-    const PACKAGES: [&str; 5] = [
-        "websockets==17.4",
-        "grpcio==1.85.1",
-        "grpcio-tools==1.85.1",
-        "grpcio-health-checking==1.85.1",
-        "grpcio-reflection==1.85.1",
-    ];
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("transport-python-clients");
-    let python = venv.join("bin/python");
-    let ready = venv.join(format!("installed-{}", PACKAGES.join(",")));
-    if ready.exists() {
-        return python;
-    }
-    let run = |program: &std::path::Path, args: &[&str]| {
-        let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
-            panic!("{} cannot run ({e}): this test needs python3 with venv and pip", program.display())
-        });
-        assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out.stderr));
-    };
-    run(std::path::Path::new("python3"), &["-m", "venv", venv.to_str().unwrap()]);
-    let mut install = vec!["-m", "pip", "install", "--quiet"];
-    install.extend(PACKAGES);
-    run(&python, &install);
-    std::fs::write(&ready, "").unwrap();
-    python
+    common::python_venv(
+        "transport-python-clients",
+        &[
+            "websockets==17.4",
+            "grpcio==1.85.1",
+            "grpcio-tools==1.85.1",
+            "grpcio-health-checking==1.85.1",
+            "grpcio-reflection==1.85.1",
+        ],
+    )
 }
 
 fn python_client(args: &[&str]) -> Value {

@@ -26,6 +26,7 @@ pub struct Endpoint {
     pub authority: String,
     /// The URL's path and query (no trailing `/`; empty for none).
     pub path: String,
+    schemes: Schemes,
     tls: Option<tokio_rustls::TlsConnector>,
 }
 
@@ -60,7 +61,7 @@ impl Endpoint {
         let tls = if secure { Some(crate::tls::connector_for(ca, alpn).map_err(bad)?) } else { None };
         let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
         let path = uri.path_and_query().map_or("", |p| p.as_str()).trim_end_matches('/').to_owned();
-        Ok(Self { host, port, authority, path, tls })
+        Ok(Self { host, port, authority, path, schemes, tls })
     }
 
     /// Whether connections are TLS.
@@ -80,11 +81,13 @@ impl Endpoint {
         if self.is_tls() || self.is_loopback() {
             return Ok(());
         }
+        let Schemes { plain, secure, .. } = self.schemes;
         Err(ClientError::BadUrl {
-            url: self.authority.clone(),
-            message: "a token is never sent in clear text to another machine: use TLS (https, wss, grpcs; plain \
-                      only to localhost)"
-                .into(),
+            url: format!("{plain}://{}", self.authority),
+            message: format!(
+                "a token is never sent over plain {plain} to another machine: use {secure} (plain {plain} only to \
+                 localhost)"
+            ),
         })
     }
 

@@ -136,6 +136,16 @@ impl Fixture {
     }
 }
 
+/// A self-signed certificate for `localhost` and its key, as PEM files in
+/// `dir`: (certificate, key).
+pub(crate) fn self_signed_localhost(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
 /// Waits until the task reaches `status` (polling the transport).
 async fn wait_for<T: Transport>(rt: &CoderClawRuntime<T>, id: &str, status: TaskStatus) {
     let start = Instant::now();
@@ -713,11 +723,8 @@ async fn input_and_session_memory_are_refused_outside_a_task() {
 async fn tls_serves_https_that_a_client_trusting_the_ca_can_use_and_others_cannot() {
     let f = fixture(Default::default());
     let token = f.login("dev", &["developer"]);
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = self_signed_localhost(dir.path());
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: Some((cert_file.clone(), key_file)),

@@ -4,7 +4,7 @@
 //! per-socket subscription bound, and TLS (wss, grpcs). The shared
 //! scenario suite over all four transports is in `tasks.rs`.
 
-use crate::tasks::{Harness, Via, fixture};
+use crate::tasks::{Harness, Via, fixture, self_signed_localhost};
 use coderclaw::tasks::grpc::server::GrpcConfig;
 use coderclaw::tasks::http_server::{ServerConfig, serve};
 use coderclaw::tasks::ws::server::WsConfig;
@@ -231,11 +231,8 @@ async fn a_session_revoked_while_its_socket_or_channel_is_open_is_refused_at_the
 async fn wss_and_grpcs_serve_clients_that_trust_the_ca_and_no_others() {
     let f = fixture(Default::default());
     let token = f.login("dev", &["developer"]);
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let (cert_file, key_file) = self_signed_localhost(dir.path());
     let tls = Some((cert_file.clone(), key_file));
     let http = serve(
         f.service.clone(),
@@ -258,6 +255,6 @@ async fn wss_and_grpcs_serve_clients_that_trust_the_ca_and_no_others() {
     for url in ["ws://192.0.2.1:7420", "grpc://192.0.2.1:7421"] {
         let refused = coderclaw::tasks::connect(url, Some(token.clone()), None).err().expect("refused");
         assert_eq!(refused.code, ErrorCode::InvalidRequest, "{url}");
-        assert!(refused.message.contains("clear text"), "{url}: {refused}");
+        assert!(refused.message.contains("never sent over plain"), "{url}: {refused}");
     }
 }

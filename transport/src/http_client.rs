@@ -3,10 +3,10 @@
 //! https is verified against the web PKI roots plus, optionally, a CA file
 //! (for a team server with its own certificate).
 
-use crate::runtime::{RuntimeFuture, Transport, UpdateStream};
+use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
 use bytes::{Buf, Bytes, BytesMut};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
-use coderclaw_net::client::{ClientError, HttpClient, Pending};
+use coderclaw_net::client::{HttpClient, Pending};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,14 +30,6 @@ struct Client {
     token: Option<String>,
 }
 
-fn unavailable(e: ClientError) -> RuntimeError {
-    let code = match e {
-        ClientError::BadUrl { .. } => ErrorCode::InvalidRequest,
-        _ => ErrorCode::Unavailable,
-    };
-    RuntimeError::new(code, e.to_string())
-}
-
 impl HttpTransport {
     /// A client of the server at `url` (`http://127.0.0.1:7420`) acting
     /// with session `token`.
@@ -48,9 +40,9 @@ impl HttpTransport {
     /// Like [`HttpTransport::new`], also trusting the CA certificates in
     /// the PEM file `ca` for https.
     pub fn with_ca(url: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, RuntimeError> {
-        let http = HttpClient::new(url, ca).map_err(unavailable)?;
+        let http = HttpClient::new(url, ca).map_err(client_error)?;
         if token.is_some() {
-            http.check_credentials_allowed().map_err(unavailable)?;
+            http.check_credentials_allowed().map_err(client_error)?;
         }
         Ok(Self { inner: Arc::new(Client { http, token }) })
     }
@@ -68,7 +60,7 @@ impl HttpTransport {
 
     /// Sends a request whose reply body the caller reads (an event stream).
     async fn send(&self, method: Method, path: &str) -> Result<Pending, RuntimeError> {
-        self.inner.http.send(self.request(method, path, None)?).await.map_err(unavailable)
+        self.inner.http.send(self.request(method, path, None)?).await.map_err(client_error)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -78,7 +70,7 @@ impl HttpTransport {
         body: Option<Vec<u8>>,
     ) -> Result<T, RuntimeError> {
         let request = self.request(method, path, body)?;
-        let (parts, bytes) = self.inner.http.fetch(request, MAX_REPLY_BYTES).await.map_err(unavailable)?;
+        let (parts, bytes) = self.inner.http.fetch(request, MAX_REPLY_BYTES).await.map_err(client_error)?;
         if !parts.status.is_success() {
             return Err(reply_error(parts.status, &bytes));
         }

@@ -126,6 +126,11 @@ fn error_response(e: &RuntimeError) -> Response<Body> {
     if let Some(secs) = e.retry_after_secs {
         r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
+    if e.code == ErrorCode::PayloadTooLarge {
+        // The rest of the body is not read: the connection cannot carry
+        // another request, and saying so keeps clients from reusing it.
+        r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
     r
 }
 

@@ -46,6 +46,16 @@ pub trait Transport: Send + Sync {
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState>;
 }
 
+/// A client's connection failure as a runtime error: a URL that cannot be
+/// used is the caller's `invalid_request`, anything else `unavailable`.
+pub(crate) fn client_error(e: coderclaw_net::ClientError) -> RuntimeError {
+    let code = match e {
+        coderclaw_net::ClientError::BadUrl { .. } => coderclaw_tasks::ErrorCode::InvalidRequest,
+        _ => coderclaw_tasks::ErrorCode::Unavailable,
+    };
+    RuntimeError::new(code, e.to_string())
+}
+
 /// The transport a URL names: `http://`/`https://` (REST + SSE),
 /// `ws://`/`wss://` (WebSocket) or `grpc://`/`grpcs://` (gRPC), acting with
 /// session `token`; `ca` is an extra PEM CA trusted for TLS.

@@ -169,3 +169,29 @@ pub(crate) fn login(cli: &Cli) -> String {
     let session: Value = serde_json::from_slice(&out.stdout).unwrap();
     session["token"].as_str().unwrap().to_owned()
 }
+
+/// A Python virtual environment under the target directory named `name`
+/// with `packages` from PyPI, made once and reused by later runs (and by
+/// one test at a time); its interpreter.
+pub(crate) fn python_venv(name: &str, packages: &[&str]) -> std::path::PathBuf {
+    static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MAKING.lock().unwrap_or_else(|p| p.into_inner());
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let ready = venv.join(format!("installed-{}", packages.join(",")));
+    if ready.exists() {
+        return python;
+    }
+    let run = |program: &Path, args: &[&str]| {
+        let out = Command::new(program).args(args).output().unwrap_or_else(|e| {
+            panic!("{} cannot run ({e}): this test needs python3 with venv and pip", program.display())
+        });
+        assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out.stderr));
+    };
+    run(Path::new("python3"), &["-m", "venv", venv.to_str().unwrap()]);
+    let mut install = vec!["-m", "pip", "install", "--quiet"];
+    install.extend(packages);
+    run(&python, &install);
+    std::fs::write(&ready, "").unwrap();
+    python
+}

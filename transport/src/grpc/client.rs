@@ -6,9 +6,8 @@
 use super::convert::{event_from, filter_to, runtime_status_from, skill_from, submit_to, task_from};
 use super::proto::runtime_client::RuntimeClient;
 use super::{error_of, proto};
-use crate::runtime::{RuntimeFuture, Transport, UpdateStream};
+use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
-use coderclaw_net::ClientError;
 use coderclaw_net::endpoint::{Endpoint, Schemes};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use futures_util::StreamExt;
@@ -40,14 +39,6 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(req)
     }
-}
-
-fn client_error(e: ClientError) -> RuntimeError {
-    let code = match e {
-        ClientError::BadUrl { .. } => ErrorCode::InvalidRequest,
-        _ => ErrorCode::Unavailable,
-    };
-    RuntimeError::new(code, e.to_string())
 }
 
 impl GrpcTransport {

@@ -5,9 +5,8 @@
 //! flight with `unavailable`, and the next call opens a new one.
 
 use super::{Op, Request, SUBPROTOCOL, ServerMessage};
-use crate::runtime::{RuntimeFuture, Transport, UpdateStream};
+use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
-use coderclaw_net::ClientError;
 use coderclaw_net::endpoint::{Endpoint, Schemes};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use futures_util::{SinkExt, StreamExt};
@@ -66,14 +65,6 @@ struct Routes {
 
 fn unavailable(message: impl Into<String>) -> RuntimeError {
     RuntimeError::new(ErrorCode::Unavailable, message)
-}
-
-fn client_error(e: ClientError) -> RuntimeError {
-    let code = match e {
-        ClientError::BadUrl { .. } => ErrorCode::InvalidRequest,
-        _ => ErrorCode::Unavailable,
-    };
-    RuntimeError::new(code, e.to_string())
 }
 
 impl WsTransport {
