@@ -137,8 +137,15 @@ pub(crate) struct SubmitArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub metadata: Vec<String>,
     /// Follow the task to its end, with live progress; exit 0 only on COMPLETED.
+    /// Interrupted (Ctrl-C, or SIGTERM as when a CI job is cancelled), the
+    /// task is given up: cancelled, audited as task.abandon (no task:cancel
+    /// needed for the session's own task); exit 130 or 143.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait against a server: when interrupted, leave the task running
+    /// and say how to follow it.
+    #[arg(long, requires = "wait")]
+    pub detach: bool,
     #[command(flatten)]
     pub target: Target,
 }
@@ -490,6 +497,11 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
         req.metadata.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
     }
     with_runtime(&args.target, true, async |rt| {
+        if args.detach && matches!(rt, Runtime::Local(_)) {
+            bail!("--detach needs --remote: a task of the in-process engine ends with this command");
+        }
+        // Listening before submitting: a signal from now on is seen, not fatal.
+        let interrupted = interrupted()?;
         let task = call!(&rt, submit_task(req)).map_err(rt_err)?;
         // A local engine lives only as long as this command: it follows the
         // task to its end even without --wait.
@@ -500,10 +512,45 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
         if !args.target.json {
             eprintln!("task {} submitted", task.id);
         }
-        let done = follow(&rt, &task.id, args.target.json).await?;
+        let done = tokio::select! {
+            done = follow(&rt, &task.id, args.target.json) => done?,
+            signal = interrupted => return give_up(&rt, &task.id, signal, args.detach).await,
+        };
         print_state(&done, args.target.json)?;
         Ok(exit_for(&done))
     })
+}
+
+/// Resolves with the name of the first SIGINT or SIGTERM.
+fn interrupted() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
+}
+
+/// The waiting command was interrupted by `signal`: gives the task up
+/// unless `detach`; exits as a shell reports the signal (130, 143).
+async fn give_up(rt: &Runtime, id: &str, signal: &str, detach: bool) -> Result<ExitCode> {
+    let code = ExitCode::from(if signal == "SIGINT" { 130 } else { 143 });
+    if detach {
+        eprintln!("{signal}: detached; task {id} keeps running (follow it with `coderclaw task watch {id}`)");
+        return Ok(code);
+    }
+    let reason = format!("the submitting command was interrupted ({signal})");
+    match call!(rt, abandon_task(id, &reason)) {
+        Ok(true) => eprintln!("{signal}: task {id} cancelled"),
+        Ok(false) => eprintln!("{signal}: task {id} had already finished"),
+        Err(e) => eprintln!(
+            "{signal}: task {id} could not be cancelled ({e}): it may still run; `coderclaw task cancel {id}` stops it"
+        ),
+    }
+    Ok(code)
 }
 
 pub(crate) fn main(cmd: Command) -> Result<ExitCode> {

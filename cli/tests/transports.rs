@@ -146,3 +146,76 @@ fn pythons_grpcio_submits_and_streams_a_task_and_finds_health_and_reflection() {
     assert!(services.contains(&"coderclaw.v1.Runtime") && services.contains(&"grpc.health.v1.Health"), "{seen}");
     assert_eq!(seen["reflected_file"], "coderclaw/v1/runtime.proto", "{seen}");
 }
+
+/// Sends `signal` (`TERM`, `INT`) to `pid`.
+fn kill(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Waits for the one RUNNING task of the session; its id.
+fn running_task(cli: &Cli, url: &str, token: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, tasks, _) = remote(cli, url, token, &["task", "list", "--status", "RUNNING"]);
+        if let Some(id) = tasks.as_array().and_then(|t| t.first()).and_then(|t| t["id"].as_str()) {
+            return id.to_owned();
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "no task started running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_interrupted_wait_gives_its_task_up_unless_detached() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let (server, grpc, token) = serve_all(&cli, tmp.path());
+    let ws = server.1.replace("http://", "ws://");
+    let cases =
+        [(format!("grpc://{grpc}"), "TERM", false, 143), (ws, "INT", true, 130), (server.1.clone(), "INT", false, 130)];
+    for (url, signal, detach, exit) in cases {
+        let mut args = vec![
+            "task",
+            "submit",
+            "--skill",
+            "team/spin",
+            "--input",
+            "{}",
+            "--wait",
+            "--remote",
+            &url,
+            "--token",
+            &token,
+        ];
+        if detach {
+            args.push("--detach");
+        }
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+            .args(&args)
+            .env("CODERCLAW_HOME", cli.home.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let id = running_task(&cli, &url, &token);
+        kill(signal, child.id());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(exit), "{url} {signal}: {stderr}");
+        let (_, state, _) = remote(&cli, &url, &token, &["task", "status", &id]);
+        if detach {
+            assert!(stderr.contains("detached") && stderr.contains(&id), "{url}: {stderr}");
+            assert_eq!(state["status"], "RUNNING", "{url}: a detached task keeps running: {state}");
+            let (code, _, err) = remote(&cli, &url, &token, &["task", "cancel", &id]);
+            assert_eq!(code, 0, "{err}");
+        } else {
+            assert!(stderr.contains(&format!("SIG{signal}: task {id} cancelled")), "{url}: {stderr}");
+            assert_eq!(state["status"], "CANCELLED", "{url}: {state}");
+            let reason = state["error"]["message"].as_str().unwrap_or_default();
+            assert!(reason.contains(&format!("interrupted (SIG{signal})")), "{url}: {state}");
+        }
+    }
+    let audit = cli.run(&["audit", "query", "--action", "task.abandon", "--json"]);
+    let records: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(records.as_array().map(Vec::len), Some(2), "each give-up audited: {records}");
+}

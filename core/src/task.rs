@@ -182,11 +182,18 @@ pub const MAX_CLIENT_NAME: usize = 128;
 /// could make a record read as something else), at most
 /// [`MAX_CLIENT_NAME`] of them; `None` when nothing is left.
 pub fn client_label(declared: &str) -> Option<String> {
+    printable(declared, MAX_CLIENT_NAME)
+}
+
+/// Text a client chose, as kept in records: printable characters only (no
+/// control, bidirectional or zero-width ones), at most `max` of them,
+/// trimmed; `None` when nothing is left.
+pub fn printable(text: &str, max: usize) -> Option<String> {
     let invisible =
         |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
-    let label: String = declared.chars().filter(|&c| !c.is_control() && !invisible(c)).take(MAX_CLIENT_NAME).collect();
-    let label = label.trim();
-    (!label.is_empty()).then(|| label.to_owned())
+    let kept: String = text.chars().filter(|&c| !c.is_control() && !invisible(c)).take(max).collect();
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_owned())
 }
 
 /// Longest `description` accepted.

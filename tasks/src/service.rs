@@ -135,6 +135,9 @@ impl From<SecurityError> for RuntimeError {
     }
 }
 
+/// Longest reason kept when a session gives up its task.
+const MAX_ABANDON_REASON: usize = 512;
+
 /// What running a skill would be decided now (unrecorded), or why that
 /// cannot be told.
 pub type Preview = Result<Decision, String>;
@@ -315,7 +318,13 @@ impl TaskService {
     /// cannot answer the task's question). Needs no `task:cancel`: the call
     /// that submitted it ends, and a task nobody waits for must not hold a
     /// slot until its timeout. Only `who`'s own task; audited.
+    ///
+    /// The reason may come from a client: it is kept printable (see
+    /// [`coderclaw_core::task::printable`]), at most 512 characters.
     pub fn abandon(&self, who: &Subject, id: &str, reason: &str) -> Result<bool, RuntimeError> {
+        let reason = coderclaw_core::task::printable(reason, MAX_ABANDON_REASON)
+            .unwrap_or_else(|| "abandoned by its session".to_owned());
+        let reason = reason.as_str();
         let task = self.engine.get(id)?;
         if Principal::of_task(&task).key != Security::principal(who).key {
             return Err(RuntimeError::new(ErrorCode::NotFound, format!("no task {id}")));

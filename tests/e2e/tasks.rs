@@ -356,6 +356,28 @@ async fn sessions_are_isolated(h: &Harness) {
     assert_eq!(alice.wait(&task.id, |_| {}).await.unwrap().output, Some(json!({ "answer": "mine" })));
 }
 
+/// A session gives up its own task (saying why, audited), and no other
+/// session can.
+async fn a_session_gives_up_its_own_task_and_no_other(h: &Harness) {
+    let alice = h.user("alice", &["developer"]);
+    let bob = h.user("bob", &["developer"]);
+    let task = alice.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    wait_for(&alice, &task.id, TaskStatus::Running).await;
+    let err = bob.abandon_task(&task.id, "not mine").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+    assert_eq!(alice.get_task_state(&task.id).await.unwrap().unwrap().status, TaskStatus::Running);
+    assert!(alice.abandon_task(&task.id, "the job was cancelled\u{202e}\n").await.unwrap());
+    let done = alice.wait(&task.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Cancelled);
+    let message = done.error.unwrap().message;
+    assert!(message.contains("the job was cancelled") && !message.contains('\u{202e}'), "{message}");
+    assert!(!alice.abandon_task(&task.id, "again").await.unwrap(), "a finished task is not given up again");
+    let audit = AuditFilter { action: Some("task.abandon".into()), ..Default::default() };
+    let records = h.f.home.audit().query(&audit).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].user.as_deref(), Some("alice"));
+}
+
 /// 401, 403, 404, 413 and 400, each with its stable code.
 async fn refusals_have_stable_codes(h: &Harness) {
     let forged = h.connect(Some("ccs_forged"));
@@ -446,7 +468,12 @@ every_transport!(
         waiting_round_trip,
         bad_requests_are_refused
     ],
-    harness: [sessions_are_isolated, refusals_have_stable_codes, a_thousand_concurrent_submissions_each_run_once]
+    harness: [
+        sessions_are_isolated,
+        refusals_have_stable_codes,
+        a_session_gives_up_its_own_task_and_no_other,
+        a_thousand_concurrent_submissions_each_run_once
+    ]
 );
 
 // ---- engine-specific ----
@@ -673,6 +700,7 @@ async fn the_committed_openapi_document_covers_every_route() {
         "/v1/tasks/{id}/events",
         "/v1/tasks/{id}/stream",
         "/v1/tasks/{id}/cancel",
+        "/v1/tasks/{id}/abandon",
         "/v1/tasks/{id}/input",
         "/v1/tasks/{id}/pause",
         "/v1/tasks/{id}/resume",

@@ -140,6 +140,18 @@ impl Transport for HttpTransport {
         })
     }
 
+    fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool> {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct Reply {
+                abandoned: bool,
+            }
+            let body = json!({ "reason": reason }).to_string().into_bytes();
+            let r: Reply = self.call(Method::POST, &task_path(id, "/abandon")?, Some(body)).await?;
+            Ok(r.abandoned)
+        })
+    }
+
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
         Box::pin(async move {
             let mut query = Vec::new();

@@ -204,6 +204,12 @@ struct InputBody {
     answer: String,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbandonBody {
+    reason: String,
+}
+
 async fn route(
     service: &TaskService,
     config: &ServerConfig,
@@ -257,6 +263,12 @@ async fn route(
             let cancelled = service.cancel(&who, id)?;
             let state = service.get(&who, id)?;
             Ok(ok(&json!({ "cancelled": cancelled, "task": state })))
+        }
+        (&Method::POST, ["v1", "tasks", id, "abandon"]) => {
+            let id = id.to_string();
+            let body: AbandonBody = read_json(req, config.max_body_bytes).await?;
+            let abandoned = service.abandon(&who, &id, &body.reason)?;
+            Ok(ok(&json!({ "abandoned": abandoned, "task": service.get(&who, &id)? })))
         }
         (&Method::POST, ["v1", "tasks", id, "input"]) => {
             let id = id.to_string();

@@ -29,6 +29,11 @@ pub trait Transport: Send + Sync {
     fn stream_task_updates<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, UpdateStream>;
     /// Cancels a task; false when it had already finished.
     fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool>;
+    /// Gives up a task this session submitted, saying why (the submitting
+    /// command was interrupted); needs no `task:cancel`, only the same
+    /// session, and is audited as `task.abandon`. False when it had
+    /// already finished.
+    fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool>;
     /// Tasks matching `filter`, newest first.
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>>;
     /// A page of a task's history: events after seq `after`, at most
@@ -95,6 +100,9 @@ macro_rules! forward_transport {
             fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool> {
                 (**self).cancel_task(id)
             }
+            fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool> {
+                (**self).abandon_task(id, reason)
+            }
             fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
                 (**self).list_tasks(filter)
             }
@@ -151,6 +159,11 @@ impl<T: Transport> CoderClawRuntime<T> {
     /// Cancels a task.
     pub async fn cancel_task(&self, id: &str) -> Result<bool, RuntimeError> {
         self.transport.cancel_task(id).await
+    }
+
+    /// Gives up a task this session submitted (see [`Transport::abandon_task`]).
+    pub async fn abandon_task(&self, id: &str, reason: &str) -> Result<bool, RuntimeError> {
+        self.transport.abandon_task(id, reason).await
     }
 
     /// Tasks matching `filter`.
@@ -258,6 +271,10 @@ impl Transport for LocalTransport {
 
     fn cancel_task<'a>(&'a self, id: &'a str) -> RuntimeFuture<'a, bool> {
         Box::pin(async move { self.service.cancel(&self.who()?, id) })
+    }
+
+    fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool> {
+        Box::pin(async move { self.service.abandon(&self.who()?, id, reason) })
     }
 
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {

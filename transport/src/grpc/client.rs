@@ -115,6 +115,14 @@ impl Transport for GrpcTransport {
         })
     }
 
+    fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool> {
+        Box::pin(async move {
+            let req = proto::AbandonTaskRequest { task_id: id.to_owned(), reason: reason.to_owned() };
+            let reply = self.client().abandon_task(req).await.map_err(|s| error_of(&s))?;
+            Ok(reply.into_inner().abandoned)
+        })
+    }
+
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
         Box::pin(async move {
             let reply = self.client().list_tasks(filter_to(filter)).await.map_err(|s| error_of(&s))?;

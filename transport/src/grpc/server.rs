@@ -293,6 +293,14 @@ impl Runtime for GrpcRuntime {
         ok(proto::CancelTaskResponse { cancelled, task: Some(task_to(task)) })
     }
 
+    async fn abandon_task(&self, req: Request<proto::AbandonTaskRequest>) -> Reply<proto::AbandonTaskResponse> {
+        let who = self.who(&req)?;
+        let r = req.get_ref();
+        let abandoned = self.service.abandon(&who, &r.task_id, &r.reason).map_err(status_of)?;
+        let task = self.service.get(&who, &r.task_id).map_err(status_of)?;
+        ok(proto::AbandonTaskResponse { abandoned, task: Some(task_to(task)) })
+    }
+
     async fn respond_to_task(&self, req: Request<proto::RespondRequest>) -> Reply<proto::Task> {
         let who = self.who(&req)?;
         let r = req.into_inner();

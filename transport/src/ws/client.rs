@@ -302,6 +302,17 @@ impl Transport for WsTransport {
         })
     }
 
+    fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool> {
+        Box::pin(async move {
+            #[derive(serde::Deserialize)]
+            struct Reply {
+                abandoned: bool,
+            }
+            let r: Reply = self.call(Op::Abandon { task_id: id.to_owned(), reason: reason.to_owned() }).await?;
+            Ok(r.abandoned)
+        })
+    }
+
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {
         Box::pin(self.call(Op::List { filter }))
     }

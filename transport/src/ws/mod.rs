@@ -83,6 +83,14 @@ pub enum Op {
         /// The task.
         task_id: String,
     },
+    /// Give up a task this session submitted, saying why; the result is
+    /// `{"abandoned": bool, "task": state}`.
+    Abandon {
+        /// The task.
+        task_id: String,
+        /// Why (kept with the task and in the audit record).
+        reason: String,
+    },
     /// Answer a WAITING task's question.
     Respond {
         /// The task.
@@ -189,7 +197,7 @@ pub fn parse_request(text: &str) -> (Value, Result<Op, String>) {
     let op = serde_json::from_value::<Op>(Value::Object(object)).map_err(|e| {
         format!(
             "not a request this server knows: {e} (ops: submit, get, list, events, subscribe, unsubscribe, \
-             cancel, respond, pause, resume, skills, agents, status)"
+             cancel, abandon, respond, pause, resume, skills, agents, status)"
         )
     });
     (id, op)

@@ -380,6 +380,10 @@ impl Socket {
                 let cancelled = s.cancel(&who, &task_id)?;
                 json!({ "cancelled": cancelled, "task": s.get(&who, &task_id)? })
             }
+            Op::Abandon { task_id, reason } => {
+                let abandoned = s.abandon(&who, &task_id, &reason)?;
+                json!({ "abandoned": abandoned, "task": s.get(&who, &task_id)? })
+            }
             Op::Respond { task_id, answer } => to_value(&s.respond(&who, &task_id, answer)?),
             Op::Pause { task_id } => to_value(&s.set_paused(&who, &task_id, true)?),
             Op::Resume { task_id } => to_value(&s.set_paused(&who, &task_id, false)?),
