@@ -62,11 +62,22 @@ pub(crate) struct LoginArgs {
     /// Print the session as JSON (with the token) instead of the bare token.
     #[arg(long)]
     pub json: bool,
+    /// Log in at the `coderclaw serve` at URL (https, or http on this
+    /// machine) instead of in this state directory: the token is the
+    /// server's, for `--remote` calls (no shell on the server needed).
+    #[arg(long, value_name = "URL", conflicts_with = "scope")]
+    pub remote: Option<String>,
+    /// Trust this CA certificate (PEM) for an https --remote.
+    #[arg(long, value_name = "FILE", requires = "remote")]
+    pub ca: Option<PathBuf>,
 }
 
 pub(crate) fn login(args: LoginArgs) -> Result<ExitCode> {
     if !(args.password_stdin || args.token_stdin || args.oidc_stdin) {
         bail!("say how to authenticate: --password-stdin, --token-stdin or --oidc-stdin");
+    }
+    if let Some(url) = &args.remote {
+        return login_remote(&args, url);
     }
     let security = home::open_security(None)?;
     let scope = args.scope.as_deref().map(|s| home::workspace(Some(s))).transpose()?;
@@ -93,6 +104,46 @@ pub(crate) fn login(args: LoginArgs) -> Result<ExitCode> {
             human_ms(session.expires_at_ms.saturating_sub(session.created_at_ms))
         );
         println!("{token}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `login --remote`: `POST /v1/sessions` on the server.
+fn login_remote(args: &LoginArgs, url: &str) -> Result<ExitCode> {
+    let secret = read_secret(if args.password_stdin { "password" } else { "token" })?;
+    let mut request = coderclaw::tasks::LoginRequest {
+        roles: args.roles.clone(),
+        ttl_secs: args.ttl.map(|t| t.as_secs().max(1)),
+        ..Default::default()
+    };
+    if args.oidc_stdin {
+        request.id_token = Some(secret);
+    } else {
+        request.user = args.user.clone();
+        if args.password_stdin {
+            request.password = Some(secret);
+        } else {
+            request.api_token = Some(secret);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reply = rt
+        .block_on(coderclaw::tasks::login_remote(url, args.ca.as_deref(), &request))
+        .map_err(crate::task::CallError)?;
+    if args.json {
+        print_json(&json!({ "token": reply.token, "session": reply.session }))?;
+    } else {
+        let s = &reply.session;
+        let roles: Vec<&str> = s["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+        let left = s["expires_at_ms"].as_u64().unwrap_or(0).saturating_sub(s["created_at_ms"].as_u64().unwrap_or(0));
+        eprintln!(
+            "session {} for {} with roles [{}] at {url}, expires in {}",
+            s["id"].as_str().unwrap_or("?"),
+            s["user"].as_str().unwrap_or("?"),
+            roles.join(", "),
+            human_ms(left)
+        );
+        println!("{}", reply.token);
     }
     Ok(ExitCode::SUCCESS)
 }

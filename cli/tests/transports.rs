@@ -219,3 +219,23 @@ fn an_interrupted_wait_gives_its_task_up_unless_detached() {
     let records: Value = serde_json::from_slice(&audit.stdout).unwrap();
     assert_eq!(records.as_array().map(Vec::len), Some(2), "each give-up audited: {records}");
 }
+
+#[test]
+fn login_over_the_network_gives_a_token_for_remote_calls() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    install_signed(&cli, tmp.path());
+    let server = common::start_server(&cli, p(tmp.path()), free_port());
+    let added = cli.run_stdin(&["user", "add", "ci-bot", "--role", "developer", "--password-stdin"], "bot password\n");
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let out = cli.run_stdin(&["login", "--remote", &server.1, "--user", "ci-bot", "--password-stdin"], "bot password");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("for ci-bot with roles [developer]"), "{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+    let (code, done, err) =
+        remote(&cli, &server.1, &token, &["task", "submit", "--skill", "team/echo", "--input", "1", "--wait"]);
+    assert_eq!((code, &done["status"]), (0, &json!("COMPLETED")), "{err}");
+    assert_eq!(done["user"], "ci-bot");
+    let wrong = cli.run_stdin(&["login", "--remote", &server.1, "--user", "ci-bot", "--password-stdin"], "guess");
+    assert_ne!(wrong.status.code(), Some(0));
+    assert!(text(&wrong.stderr).contains("unauthenticated"), "{}", text(&wrong.stderr));
+}

@@ -4,7 +4,7 @@
 
 use crate::audit::{AuditEvent, AuditResult};
 use crate::identity::{IdentityError, Session};
-use crate::security::{LocalSecret, REMOTE_DEVICE, Security, SecurityError};
+use crate::security::{LocalSecret, REMOTE_DEVICE, RemoteLogin, Security, SecurityError};
 use coderclaw_core::TrustLevel;
 use coderclaw_core::clock::now_ms;
 use coderclaw_core::decision::Subject;
@@ -31,7 +31,20 @@ impl Security {
     /// failures one by one, then one record when the limit is reached and
     /// one with the count refused while limited, not one per attempt.
     pub fn subject_from_peer(&self, session_token: Option<&str>, peer: IpAddr) -> Result<Subject, SecurityError> {
-        use coderclaw_net::throttle::Failure;
+        self.throttle_check(peer)?;
+        let mut held = None;
+        let result = self.subject_with(session_token, &mut |e| {
+            held = Some(e);
+            Ok(())
+        });
+        let Err(e) = result else { return result };
+        self.throttle_failed(peer, held.map(|event| event.metadata(json!({ "peer": peer.to_string() }))))?;
+        Err(e)
+    }
+
+    /// Refuses `peer` while it is rate-limited for failed authentications
+    /// (auditing the end of a limited window once, with its count).
+    fn throttle_check(&self, peer: IpAddr) -> Result<(), SecurityError> {
         let (allowed, finished) = self.throttle.check(peer);
         if let Some(f) = finished {
             self.audit(
@@ -41,21 +54,19 @@ impl Security {
                     .metadata(json!({ "refused": f.refused })),
             )?;
         }
-        if let Err(t) = allowed {
-            return Err(SecurityError::RateLimited { retry_after_secs: t.retry_after.as_secs().max(1) });
-        }
-        let mut held = None;
-        let result = self.subject_with(session_token, &mut |e| {
-            held = Some(e);
-            Ok(())
-        });
-        let Err(e) = result else { return result };
+        allowed.map_err(|t| SecurityError::RateLimited { retry_after_secs: t.retry_after.as_secs().max(1) })
+    }
+
+    /// Counts a failed authentication by `peer`: its record (`held`, if the
+    /// failure has one not yet written) while under the limit, one record
+    /// when the limit is reached, nothing after.
+    fn throttle_failed(&self, peer: IpAddr, held: Option<AuditEvent>) -> Result<(), SecurityError> {
+        use coderclaw_net::throttle::Failure;
         match self.throttle.failed(peer) {
-            Failure::Record => {
-                if let Some(event) = held {
-                    self.audit(event.metadata(json!({ "peer": peer.to_string() })))?;
-                }
-            }
+            Failure::Record => match held {
+                Some(event) => self.audit(event),
+                None => Ok(()),
+            },
             Failure::LimitReached { failures, retry_after } => self.audit(
                 AuditEvent::new("auth.throttle", AuditResult::Denied, "peer", &peer.to_string())
                     .device(REMOTE_DEVICE)
@@ -64,10 +75,31 @@ impl Security {
                         retry_after.as_secs().max(1)
                     ))
                     .metadata(json!({ "failures": failures })),
-            )?,
-            Failure::Counted => {}
+            ),
+            Failure::Counted => Ok(()),
         }
-        Err(e)
+    }
+
+    /// Logs in for a client at `peer` on the network (`POST /v1/sessions`):
+    /// [`Security::login_local`] or [`Security::login_oidc`] without a
+    /// scope, throttled per peer like bearer tokens (each attempt under the
+    /// limit is audited by the login itself).
+    pub async fn login_from_peer(
+        &self,
+        peer: IpAddr,
+        login: RemoteLogin<'_>,
+        roles: Option<&[String]>,
+        ttl: Option<Duration>,
+    ) -> Result<(Session, String), SecurityError> {
+        self.throttle_check(peer)?;
+        let result = match login {
+            RemoteLogin::Local { user, secret } => self.login_local(user, secret, roles, None, ttl),
+            RemoteLogin::Oidc { id_token } => self.login_oidc(id_token, roles, None, ttl).await,
+        };
+        if result.is_err() {
+            self.throttle_failed(peer, None)?;
+        }
+        result
     }
 
     /// [`Security::subject`], handing the audit record of a refusal to

@@ -306,3 +306,20 @@ pub enum LocalSecret<'a> {
     /// A locally issued API token.
     Token(&'a str),
 }
+
+/// How a client on the network logs in (no `Debug`: it holds a secret).
+#[derive(Clone, Copy)]
+pub enum RemoteLogin<'a> {
+    /// A local user with a password or an API token.
+    Local {
+        /// The user.
+        user: &'a str,
+        /// Their password or API token.
+        secret: LocalSecret<'a>,
+    },
+    /// An OIDC ID token from a configured issuer.
+    Oidc {
+        /// The ID token (a JWT).
+        id_token: &'a str,
+    },
+}

@@ -701,6 +701,7 @@ async fn the_committed_openapi_document_covers_every_route() {
         "/v1/tasks/{id}/stream",
         "/v1/tasks/{id}/cancel",
         "/v1/tasks/{id}/abandon",
+        "/v1/sessions",
         "/v1/tasks/{id}/input",
         "/v1/tasks/{id}/pause",
         "/v1/tasks/{id}/resume",

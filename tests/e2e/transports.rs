@@ -258,3 +258,68 @@ async fn wss_and_grpcs_serve_clients_that_trust_the_ca_and_no_others() {
         assert!(refused.message.contains("never sent over plain"), "{url}: {refused}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_had_over_the_network_with_a_password_and_guesses_are_throttled() {
+    use coderclaw::tasks::{LoginRequest, login_remote};
+    let f = fixture(Default::default());
+    let store = f.service.security().dangerous_identity_store();
+    store.add_user("dev", &["developer".to_owned()], Some("correct horse battery")).unwrap();
+    let server = f.http().await;
+    let url = server.url();
+    let with = |password: &str| LoginRequest {
+        user: Some("dev".into()),
+        password: Some(password.into()),
+        ..Default::default()
+    };
+    let reply = login_remote(&url, None, &with("correct horse battery")).await.unwrap();
+    assert_eq!(reply.session["user"], "dev");
+    assert_eq!(reply.session["method"], "password");
+    // The token works on every transport of the server.
+    let rt = CoderClawRuntime::new(coderclaw::tasks::connect(&url, Some(reply.token.clone()), None).unwrap());
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
+    assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+
+    // Malformed requests say what to send, and count as nothing.
+    let both = LoginRequest { api_token: Some("x".into()), ..with("y") };
+    assert_eq!(login_remote(&url, None, &both).await.unwrap_err().code, ErrorCode::InvalidRequest);
+    let oidc_with_user =
+        LoginRequest { user: Some("dev".into()), id_token: Some("a.b.c".into()), ..Default::default() };
+    assert_eq!(login_remote(&url, None, &oidc_with_user).await.unwrap_err().code, ErrorCode::InvalidRequest);
+    let not_held = LoginRequest { roles: vec!["admin".into()], ..with("correct horse battery") };
+    assert_eq!(login_remote(&url, None, &not_held).await.unwrap_err().code, ErrorCode::Unauthenticated);
+
+    // Guessing: refused, then rate-limited, and then even the right
+    // password waits (the limit is per peer, checked before the password).
+    let mut limited = false;
+    for _ in 0..12 {
+        let e = login_remote(&url, None, &with("wrong")).await.unwrap_err();
+        match e.code {
+            ErrorCode::Unauthenticated => {}
+            ErrorCode::RateLimited => {
+                limited = true;
+                assert!(e.retry_after_secs.is_some(), "{e:?}");
+            }
+            other => panic!("{other}: {e}"),
+        }
+    }
+    assert!(limited, "twelve wrong passwords within a minute are throttled");
+    let e = login_remote(&url, None, &with("correct horse battery")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::RateLimited, "{e}");
+    let audit = coderclaw::audit::AuditFilter { action: Some("auth.login".into()), ..Default::default() };
+    let denied = f.home.audit().query(&audit).unwrap().into_iter().filter(|r| r.result == "denied").count();
+    assert!((10..=12).contains(&denied), "each attempt under the limit audited, none past it: {denied}");
+
+    // A credential never crosses the network in clear text: plain http
+    // from another machine is refused before the password is looked at.
+    let remote_peer: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let mode = coderclaw_core::task::RuntimeMode::RemoteEnabled;
+    let e = coderclaw::tasks::login::login(&f.service, mode, false, remote_peer, with("correct horse battery"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    assert!(e.message.contains("log in over https"), "{e}");
+    // And the client will not send one there.
+    let e = login_remote("http://192.0.2.7:7420", None, &with("x")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
+}

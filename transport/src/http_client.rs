@@ -72,7 +72,7 @@ impl HttpTransport {
         let request = self.request(method, path, body)?;
         let (parts, bytes) = self.inner.http.fetch(request, MAX_REPLY_BYTES).await.map_err(client_error)?;
         if !parts.status.is_success() {
-            return Err(reply_error(parts.status, &bytes));
+            return Err(reply_error(&parts, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             RuntimeError::new(ErrorCode::Internal, format!("the server's reply is not what this client expects: {e}"))
@@ -80,14 +80,19 @@ impl HttpTransport {
     }
 }
 
-fn reply_error(status: StatusCode, body: &[u8]) -> RuntimeError {
+/// The error a failed reply stands for: the server's own, with its
+/// `Retry-After`.
+pub(crate) fn reply_error(parts: &http::response::Parts, body: &[u8]) -> RuntimeError {
     #[derive(serde::Deserialize)]
     struct Envelope {
         error: RuntimeError,
     }
-    serde_json::from_slice::<Envelope>(body).map(|e| e.error).unwrap_or_else(|_| {
-        RuntimeError::new(ErrorCode::Internal, format!("HTTP {status}: {}", String::from_utf8_lossy(body)))
-    })
+    let mut e = serde_json::from_slice::<Envelope>(body).map(|e| e.error).unwrap_or_else(|_| {
+        RuntimeError::new(ErrorCode::Internal, format!("HTTP {}: {}", parts.status, String::from_utf8_lossy(body)))
+    });
+    let retry = parts.headers.get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    e.retry_after_secs = e.retry_after_secs.or(retry);
+    e
 }
 
 fn task_path(id: &str, rest: &str) -> Result<String, RuntimeError> {
@@ -122,7 +127,7 @@ impl Transport for HttpTransport {
             if !parts.status.is_success() {
                 let bytes =
                     Limited::new(body, MAX_REPLY_BYTES).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                return Err(reply_error(parts.status, &bytes));
+                return Err(reply_error(&parts, &bytes));
             }
             let state = SseState { body, buf: BytesMut::new(), done: false };
             Ok(Box::pin(futures_util::stream::unfold(state, next_sse_event)) as UpdateStream)

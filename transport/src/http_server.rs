@@ -223,6 +223,11 @@ async fn route(
     if segments == ["v1", "openapi.json"] && method == Method::GET {
         return Ok(bytes_response(StatusCode::OK, "application/json", Bytes::from_static(OPENAPI_JSON.as_bytes())));
     }
+    if segments == ["v1", "sessions"] && method == Method::POST {
+        let body: crate::login::LoginRequest = read_json(req, config.max_body_bytes).await?;
+        let reply = crate::login::login(service, config.mode, config.tls.is_some(), peer, body).await?;
+        return Ok(json_response(StatusCode::CREATED, &reply));
+    }
     if segments == ["v1", "ws"] && method == Method::GET {
         return websocket(service, config, &adapters.ws, peer, req);
     }

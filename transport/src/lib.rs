@@ -25,11 +25,13 @@ mod auth;
 pub mod grpc;
 mod http_client;
 pub mod http_server;
+pub mod login;
 pub mod mcp;
 mod runtime;
 pub mod ws;
 
 pub use grpc::GrpcTransport;
 pub use http_client::HttpTransport;
+pub use login::{LoginReply, LoginRequest, login_remote};
 pub use runtime::{CoderClawRuntime, LocalTransport, RuntimeFuture, Transport, UpdateStream, connect};
 pub use ws::WsTransport;
