@@ -38,8 +38,9 @@ fn read_secret(what: &str) -> Result<String> {
 ///   printf '%s' "$ID_TOKEN" | coderclaw login --oidc-stdin
 #[derive(clap::Args, Debug)]
 pub(crate) struct LoginArgs {
-    /// The local user (not needed with --oidc-stdin: the token names them).
-    #[arg(long, required_unless_present = "oidc_stdin")]
+    /// The local user (not needed with --oidc-stdin or --github-actions: the
+    /// token names them).
+    #[arg(long, required_unless_present_any = ["oidc_stdin", "github_actions"])]
     pub user: Option<String>,
     /// Read the password from stdin.
     #[arg(long, conflicts_with_all = ["token_stdin", "oidc_stdin"])]
@@ -50,6 +51,17 @@ pub(crate) struct LoginArgs {
     /// Read an OIDC ID token from stdin (issuers: identity.oidc in config.yaml).
     #[arg(long)]
     pub oidc_stdin: bool,
+    /// Keyless CI login, inside a GitHub Actions job whose workflow grants
+    /// `permissions: id-token: write`: asks the runner for the workflow's
+    /// OIDC ID token (ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN) and logs in with
+    /// it, so the job stores no secret. The issuer (provider: github in
+    /// identity.oidc) maps the token's claims to roles with roleRules, e.g.
+    /// only refs/heads/main of org/repo gets `ci`.
+    #[arg(long, conflicts_with_all = ["password_stdin", "token_stdin", "oidc_stdin", "user"])]
+    pub github_actions: bool,
+    /// The audience asked of the runner (the issuer's `audience`).
+    #[arg(long, requires = "github_actions", default_value = "coderclaw")]
+    pub audience: String,
     /// Hold only these of the user's roles in the session (repeatable).
     #[arg(long = "role", value_name = "ROLE")]
     pub roles: Vec<String>,
@@ -73,17 +85,22 @@ pub(crate) struct LoginArgs {
 }
 
 pub(crate) fn login(args: LoginArgs) -> Result<ExitCode> {
-    if !(args.password_stdin || args.token_stdin || args.oidc_stdin) {
-        bail!("say how to authenticate: --password-stdin, --token-stdin or --oidc-stdin");
+    if !(args.password_stdin || args.token_stdin || args.oidc_stdin || args.github_actions) {
+        bail!("say how to authenticate: --password-stdin, --token-stdin, --oidc-stdin or --github-actions");
     }
+    let secret = if args.github_actions {
+        github_actions_token(&args.audience)?
+    } else {
+        read_secret(if args.password_stdin { "password" } else { "token" })?
+    };
+    let oidc = args.oidc_stdin || args.github_actions;
     if let Some(url) = &args.remote {
-        return login_remote(&args, url);
+        return login_remote(&args, url, secret, oidc);
     }
     let security = home::open_security(None)?;
     let scope = args.scope.as_deref().map(|s| home::workspace(Some(s))).transpose()?;
     let roles = (!args.roles.is_empty()).then_some(args.roles.as_slice());
-    let secret = read_secret(if args.password_stdin { "password" } else { "token" })?;
-    let result = if args.oidc_stdin {
+    let result = if oidc {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(security.login_oidc(&secret, roles, scope.as_deref(), args.ttl))
     } else {
@@ -108,15 +125,30 @@ pub(crate) fn login(args: LoginArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The workflow's OIDC ID token from the GitHub Actions runner.
+fn github_actions_token(audience: &str) -> Result<String> {
+    use coderclaw::oidc::{GITHUB_ACTIONS_REQUEST_TOKEN, GITHUB_ACTIONS_REQUEST_URL};
+    let var = |name: &str| {
+        std::env::var(name).ok().filter(|v| !v.is_empty()).with_context(|| {
+            format!(
+                "{name} is not set: --github-actions works inside a GitHub Actions job whose workflow grants \
+                 `permissions: id-token: write`"
+            )
+        })
+    };
+    let (url, token) = (var(GITHUB_ACTIONS_REQUEST_URL)?, var(GITHUB_ACTIONS_REQUEST_TOKEN)?);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(rt.block_on(coderclaw::oidc::github_actions_id_token(&url, &token, audience))?)
+}
+
 /// `login --remote`: `POST /v1/sessions` on the server.
-fn login_remote(args: &LoginArgs, url: &str) -> Result<ExitCode> {
-    let secret = read_secret(if args.password_stdin { "password" } else { "token" })?;
+fn login_remote(args: &LoginArgs, url: &str, secret: String, oidc: bool) -> Result<ExitCode> {
     let mut request = coderclaw::tasks::LoginRequest {
         roles: args.roles.clone(),
         ttl_secs: args.ttl.map(|t| t.as_secs().max(1)),
         ..Default::default()
     };
-    if args.oidc_stdin {
+    if oidc {
         request.id_token = Some(secret);
     } else {
         request.user = args.user.clone();

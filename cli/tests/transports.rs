@@ -239,3 +239,19 @@ fn login_over_the_network_gives_a_token_for_remote_calls() {
     assert_ne!(wrong.status.code(), Some(0));
     assert!(text(&wrong.stderr).contains("unauthenticated"), "{}", text(&wrong.stderr));
 }
+
+#[test]
+fn github_actions_login_outside_a_job_says_what_it_needs() {
+    let cli = Cli::new();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coderclaw"));
+    let out = cmd
+        .args(["login", "--github-actions"])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .env_remove("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("ACTIONS_ID_TOKEN_REQUEST_URL") && err.contains("id-token: write"), "{err}");
+}

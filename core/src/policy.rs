@@ -419,8 +419,32 @@ pub struct OidcIssuer {
     #[serde(default)]
     pub jwks_uri: Option<String>,
     /// Roles of identities from this issuer (default: `security.defaultRoles`).
+    /// Ignored when `roleRules` are given.
     #[serde(default)]
     pub roles: Option<Vec<String>>,
+    /// Roles by the token's signed claims (e.g. a GitHub Actions token's
+    /// `repository`, `ref`, `workflow`, `environment`): an identity holds
+    /// the roles of every rule all of whose claims it carries, and one that
+    /// matches no rule is refused. Empty: `roles` for everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_rules: Vec<ClaimRule>,
+}
+
+/// Roles for the identities whose token carries every one of `claims`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    /// Claim name → the exact value it must have (`ref: refs/heads/main`).
+    pub claims: std::collections::BTreeMap<String, String>,
+    /// The roles given.
+    pub roles: Vec<String>,
+}
+
+impl ClaimRule {
+    /// Whether `claims` (a token's string claims) has every claim of this rule.
+    pub fn matches(&self, claims: &std::collections::BTreeMap<String, String>) -> bool {
+        !self.claims.is_empty() && self.claims.iter().all(|(k, v)| claims.get(k) == Some(v))
+    }
 }
 
 fn default_provider_oidc() -> Provider {
@@ -428,6 +452,24 @@ fn default_provider_oidc() -> Provider {
 }
 
 impl OidcIssuer {
+    /// The roles an identity with these signed `claims` holds under
+    /// `roleRules` (every matching rule's, in order, once each); `None`
+    /// when the issuer has no rules (then `roles` apply).
+    pub fn roles_by_claims(&self, claims: &std::collections::BTreeMap<String, String>) -> Option<Vec<String>> {
+        if self.role_rules.is_empty() {
+            return None;
+        }
+        let mut roles: Vec<String> = Vec::new();
+        for rule in self.role_rules.iter().filter(|r| r.matches(claims)) {
+            for role in &rule.roles {
+                if !roles.contains(role) {
+                    roles.push(role.clone());
+                }
+            }
+        }
+        Some(roles)
+    }
+
     /// The issuer URL, with the well-known ones filled in.
     pub fn issuer_url(&self) -> Option<&str> {
         self.issuer.as_deref().or(match self.provider {

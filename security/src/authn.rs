@@ -338,12 +338,44 @@ impl Security {
                 return Err(e.into());
             }
         };
-        let held = match &issuer.roles {
-            Some(r) => r.clone(),
-            None => self.policy()?.config.security.default_roles.clone(),
+        let held = match (issuer.roles_by_claims(&who.claims), &issuer.roles) {
+            (Some(by_claims), _) if by_claims.is_empty() => {
+                let e = SecurityError::Denied(format!(
+                    "no roleRules of OIDC issuer `{}` match this token ({}): it holds no role here",
+                    issuer.name,
+                    rule_claims(&issuer, &who.claims)
+                ));
+                self.audit_login(
+                    &who.user,
+                    &format!("oidc:{}", who.issuer),
+                    AuditResult::Denied,
+                    &e.to_string(),
+                    None,
+                )?;
+                return Err(e);
+            }
+            (Some(by_claims), _) => by_claims,
+            (None, Some(r)) => r.clone(),
+            (None, None) => self.policy()?.config.security.default_roles.clone(),
         };
         // A session never outlives the token it was made from.
         let expires_at_ms = self.session_expiry(ttl)?.min(who.expires_at_ms);
         self.start_session(&who.user, &held, roles, scope, expires_at_ms, &format!("oidc:{}", who.issuer))
     }
+}
+
+/// The token's values of the claims `issuer`'s rules look at, for a refusal
+/// that says what the token carried (`repository=org/x, ref=refs/heads/dev`).
+fn rule_claims(
+    issuer: &coderclaw_core::policy::OidcIssuer,
+    claims: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let mut names: Vec<&String> = issuer.role_rules.iter().flat_map(|r| r.claims.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| format!("{n}={}", claims.get(n).map_or("(none)", String::as_str)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

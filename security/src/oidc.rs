@@ -97,6 +97,9 @@ pub struct OidcIdentity {
     pub user: String,
     /// Expiry of the token, Unix milliseconds.
     pub expires_at_ms: u64,
+    /// The token's string claims (`sub`, `repository`, `ref`, ...), signed,
+    /// for the issuer's role rules.
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +123,9 @@ struct Claims {
     exp: u64,
     nbf: Option<u64>,
     email: Option<String>,
+    /// Every other claim (role rules match the string ones).
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,12 +219,22 @@ impl OidcVerifier {
         if claims.nbf.is_some_and(|nbf| nbf.saturating_mul(1000) > now + LEEWAY_MS) {
             return Err(OidcError::NotYetValid);
         }
+        let mut strings: std::collections::BTreeMap<String, String> = claims
+            .other
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect();
+        strings.insert("sub".into(), claims.sub.clone());
         let identity = OidcIdentity {
             issuer: issuer.name.clone(),
             user: format!("{}:{}", issuer.name, claims.sub),
             subject: claims.sub,
             email: claims.email,
             expires_at_ms: exp_ms,
+            claims: strings,
         };
         Ok((identity, issuer.clone()))
     }
@@ -299,4 +315,40 @@ async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
         return Err(fail(format!("HTTP {}", parts.status)));
     }
     Ok(body.to_vec())
+}
+
+/// The environment variables a GitHub Actions runner sets for a job with
+/// `permissions: id-token: write`.
+pub const GITHUB_ACTIONS_REQUEST_URL: &str = "ACTIONS_ID_TOKEN_REQUEST_URL";
+/// See [`GITHUB_ACTIONS_REQUEST_URL`].
+pub const GITHUB_ACTIONS_REQUEST_TOKEN: &str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+
+/// Asks the GitHub Actions runner for the workflow's OIDC ID token with
+/// `audience` (`request_url` and `request_token` from the job's
+/// environment): no stored secret needed. The request token travels over
+/// https, or plain http only to loopback.
+pub async fn github_actions_id_token(
+    request_url: &str,
+    request_token: &str,
+    audience: &str,
+) -> Result<String, OidcError> {
+    let sep = if request_url.contains('?') { '&' } else { '?' };
+    let url = format!("{request_url}{sep}audience={}", coderclaw_net::server::percent_encode(audience));
+    let fail = |message: String| OidcError::Fetch { url: request_url.to_owned(), message };
+    let client = HttpClient::new(&url, None).map_err(|e| fail(e.to_string()))?.with_fetch_timeout(FETCH_TIMEOUT);
+    client.check_credentials_allowed().map_err(|e| fail(e.to_string()))?;
+    let request = HttpClient::bearer(client.request(hyper::Method::GET, ""), Some(request_token))
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| fail(e.to_string()))?;
+    let (parts, body) = client.fetch(request, MAX_DOCUMENT_BYTES).await.map_err(|e| fail(e.to_string()))?;
+    if !parts.status.is_success() {
+        return Err(fail(format!("the runner answered HTTP {}", parts.status)));
+    }
+    #[derive(Deserialize)]
+    struct Reply {
+        value: String,
+    }
+    let reply: Reply = serde_json::from_slice(&body).map_err(|e| fail(format!("not the runner's token reply: {e}")))?;
+    Ok(reply.value)
 }

@@ -78,6 +78,7 @@ impl Issuer {
             audience: AUDIENCE.into(),
             jwks_uri: None,
             roles: Some(vec!["ci".into()]),
+            role_rules: vec![],
         }
     }
 
@@ -205,4 +206,97 @@ async fn oidc_login_creates_a_session_with_the_issuers_roles_and_is_audited() {
     assert!(logins[1].reason.contains("audience"));
     assert!(!logins.iter().any(|r| r.metadata.contains(&token) || r.reason.contains(&token)));
     assert_eq!(home.audit().verify().unwrap(), home.audit().query(&AuditFilter::default()).unwrap().len() as u64);
+}
+
+/// GitHub's issuer: tokens name it; its keys here come from the loopback
+/// JWKS through `jwksUri`.
+const GITHUB: &str = "https://token.actions.githubusercontent.com";
+
+/// A token shaped like a GitHub Actions workflow's (GitHub's claim set).
+fn github_claims(repository: &str, git_ref: &str, audience: &str) -> Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let owner = repository.split('/').next().unwrap();
+    json!({
+        "jti": "b1c2", "sub": format!("repo:{repository}:ref:{git_ref}"), "aud": audience,
+        "ref": git_ref, "sha": "5e1f0c1", "repository": repository, "repository_owner": owner,
+        "repository_id": "74", "repository_owner_id": "65", "repository_visibility": "private",
+        "run_id": "9", "run_number": "3", "run_attempt": "1", "actor": "octocat", "actor_id": "1",
+        "workflow": "CI", "workflow_ref": format!("{repository}/.github/workflows/ci.yml@{git_ref}"),
+        "job_workflow_ref": format!("{repository}/.github/workflows/ci.yml@{git_ref}"),
+        "head_ref": "", "base_ref": "", "event_name": "push", "ref_type": "branch", "ref_protected": "true",
+        "runner_environment": "github-hosted", "iss": GITHUB, "nbf": now - 5, "iat": now, "exp": now + 300
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_actions_keyless_login_maps_the_workflows_claims_to_roles() {
+    let issuer = Arc::new(Issuer::start().await);
+    // The runner's token endpoint: it checks its request token and signs
+    // for the audience asked, as the workflow in `workflow` would be.
+    let workflow = Arc::new(std::sync::Mutex::new(("org/repo".to_owned(), "refs/heads/main".to_owned())));
+    let (signer, state) = (issuer.clone(), workflow.clone());
+    let runner = coderclaw_net::serve("127.0.0.1:0".parse().unwrap(), None, move |_, req| {
+        let (signer, state) = (signer.clone(), state.clone());
+        async move {
+            let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer runner-request-token");
+            if !authorized {
+                return coderclaw_net::server::json_response(http::StatusCode::UNAUTHORIZED, &json!({}));
+            }
+            let query = req.uri().query().unwrap_or_default();
+            let audience = coderclaw_net::server::query_pairs(query)
+                .into_iter()
+                .find(|(k, _)| k == "audience")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            assert!(query.contains("api-version=2.0"), "the runner's own query is kept: {query}");
+            let (repository, git_ref) = state.lock().unwrap().clone();
+            let token = signer.token("RS256", "rs", &github_claims(&repository, &git_ref, &audience), false);
+            coderclaw_net::server::json_response(http::StatusCode::OK, &json!({ "count": 1, "value": token }))
+        }
+    })
+    .await
+    .unwrap();
+    let request_url = format!("{}/_apis/distributedtask/idtoken?api-version=2.0", runner.url());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "identity:\n  providers: [local, github]\n  oidc:\n    - name: gh\n      provider: github\n      audience: coderclaw\n      \
+         jwksUri: {}/keys\n      roleRules:\n        - claims: {{ repository: org/repo, ref: refs/heads/main }}\n          roles: [ci]\n",
+        issuer.server.url()
+    );
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    let home = Arc::new(Home::open(dir.path()).unwrap());
+    let security = Security::open(home.clone(), None).unwrap();
+    let fetch = |audience: &'static str| {
+        let url = request_url.clone();
+        async move { coderclaw::oidc::github_actions_id_token(&url, "runner-request-token", audience).await }
+    };
+
+    let token = fetch("coderclaw").await.unwrap();
+    let (session, _) = security.login_oidc(&token, None, None, None).await.unwrap();
+    assert_eq!(session.user, "gh:repo:org/repo:ref:refs/heads/main");
+    assert_eq!(session.roles, ["ci"]);
+    assert_eq!(session.method, "oidc:gh");
+
+    // Another branch, another repository, another audience: refused.
+    for (repository, git_ref, says) in
+        [("org/repo", "refs/heads/dev", "ref=refs/heads/dev"), ("evil/repo", "refs/heads/main", "repository=evil/repo")]
+    {
+        *workflow.lock().unwrap() = (repository.into(), git_ref.into());
+        let token = fetch("coderclaw").await.unwrap();
+        let e = security.login_oidc(&token, None, None, None).await.unwrap_err();
+        assert!(e.to_string().contains("no roleRules") && e.to_string().contains(says), "{e}");
+    }
+    *workflow.lock().unwrap() = ("org/repo".into(), "refs/heads/main".into());
+    let other_audience = fetch("someone-else").await.unwrap();
+    let e = security.login_oidc(&other_audience, None, None, None).await.unwrap_err();
+    assert!(e.to_string().contains("audience"), "{e}");
+    // The runner refuses a wrong request token; nothing to log in with.
+    let e = coderclaw::oidc::github_actions_id_token(&request_url, "guess", "coderclaw").await.unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+
+    let logins = home.audit().query(&AuditFilter { action: Some("auth.login".into()), ..Default::default() }).unwrap();
+    let results: Vec<&str> = logins.iter().map(|r| r.result.as_str()).collect();
+    assert_eq!(results, ["allowed", "denied", "denied", "denied"], "{logins:#?}");
+    assert!(logins[1].reason.contains("refs/heads/dev"), "{:?}", logins[1]);
 }

@@ -8,7 +8,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
 use coderclaw_net::client::{HttpClient, Pending};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
-use http::{Method, Request, StatusCode, header};
+use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
