@@ -9,7 +9,8 @@
 //!
 //! PHASE picks parts to run (all by default): `alone` (one task at a time,
 //! with stages), `local`, `memory`, `http`, `fanout`, `transports` (HTTP,
-//! WebSocket and gRPC side by side, 64 clients with a connection each);
+//! WebSocket and gRPC side by side, 64 clients with a connection each;
+//! `transports:http`, `transports:websocket`, `transports:grpc` for one);
 //! for profiling one.
 
 use coderclaw::tasks::http_server::{ServerConfig, serve};
@@ -237,7 +238,13 @@ fn main() {
             );
         }
         if run("transports") {
-            transports(n).await;
+            transports(n, None).await;
+        }
+        for only in ["HTTP + SSE", "WebSocket", "gRPC"] {
+            let phase = format!("transports:{}", only.split(' ').next().unwrap().to_lowercase());
+            if picked.contains(&phase) {
+                transports(n, Some(only)).await;
+            }
         }
         if !(run("alone") || run("http") || run("fanout")) {
             return;
@@ -299,7 +306,7 @@ fn main() {
 
 /// HTTP, WebSocket and gRPC against one server process each, 64 clients
 /// with a connection of their own (as 64 CI jobs would be), in turn.
-async fn transports(n: usize) {
+async fn transports(n: usize, only: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let service = coderclaw_e2e::echo_service(dir.path());
     let server = serve(service.clone(), ServerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() })
@@ -309,11 +316,12 @@ async fn transports(n: usize) {
         coderclaw::tasks::grpc::server::GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     let grpc = coderclaw::tasks::grpc::server::serve(service.clone(), grpc_config).await.unwrap();
     let token = coderclaw_e2e::developer_token(&service);
-    let kinds = [
+    let mut kinds = vec![
         ("HTTP + SSE", server.url()),
         ("WebSocket", server.url().replace("http://", "ws://")),
         ("gRPC", format!("grpc://{}", grpc.addr)),
     ];
+    kinds.retain(|(label, _)| only.is_none_or(|o| o == *label));
     let connect = |url: &str| {
         let (url, token) = (url.to_owned(), token.clone());
         move || coderclaw::tasks::connect(&url, Some(token.clone()), None).unwrap()
