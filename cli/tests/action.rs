@@ -157,3 +157,68 @@ fn local_only_runs_the_in_process_engine_on_the_runner() {
     assert_eq!(serde_json::from_str::<Value>(&step.outputs["output"]).unwrap(), json!({ "echo": [1, 2] }));
     assert!(step.summary.contains("team/echo"), "{}", step.summary);
 }
+
+/// README's hand-written CI step: its `env` and `run`, as GitHub would run
+/// them (the expressions filled in, the secrets and server this test's).
+fn readme_ci_step() -> (Vec<String>, String) {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let after = readme.split("A CI job (GitHub Actions) that fails when the task fails, by hand:").nth(1).unwrap();
+    let yaml = after.split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+    let steps: Vec<Value> = serde_saphyr::from_str(yaml).unwrap();
+    let env: Vec<String> = steps[0]["env"].as_object().unwrap().keys().cloned().collect();
+    let run = steps[0]["run"].as_str().unwrap().replace("${{ github.event.number }}", "7");
+    (env, run)
+}
+
+#[test]
+fn the_readmes_ci_recipe_runs_verbatim_with_a_ci_session() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    trusted_key(&cli, "team-key", "team");
+    for skill in ["word-count", "security-scanner", "code-reviewer"] {
+        let out = cli.run(&["skill", "install", p(&sign(&cli, skill, "team-key", tmp.path()))]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    std::fs::write(tmp.path().join("notes.md"), "one two three\n").unwrap();
+    let server = start_server(&cli, p(tmp.path()), free_port());
+    let added = cli.run_stdin(&["user", "add", "ci-bot", "--role", "ci", "--password-stdin"], "ci password\n");
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let session = cli.run_stdin(&["login", "--user", "ci-bot", "--password-stdin"], "ci password");
+    let token = text(&session.stdout).trim().to_owned();
+
+    let (env, run) = readme_ci_step();
+    assert_eq!(env, ["CODERCLAW_REMOTE", "CODERCLAW_TOKEN"], "the recipe's environment");
+    let bin = Path::new(env!("CARGO_BIN_EXE_coderclaw")).parent().unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["-e", "-c", &run])
+        .current_dir(tmp.path())
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("CODERCLAW_HOME", tempfile::tempdir().unwrap().path())
+        .env("CODERCLAW_REMOTE", &server.1)
+        .env("CODERCLAW_TOKEN", &token)
+        .output()
+        .unwrap();
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the recipe as written: {log}");
+    assert!(log.contains("COMPLETED"), "{log}");
+
+    // The same session may not run the skill directly: the recipe's choice
+    // of an agent is the point.
+    let direct = cli.run(&[
+        "task",
+        "submit",
+        "--skill",
+        "team/security-scanner",
+        "--wait",
+        "--remote",
+        &server.1,
+        "--token",
+        &token,
+    ]);
+    assert_ne!(direct.status.code(), Some(0));
+    assert!(text(&direct.stderr).contains("skill:execute"), "{}", text(&direct.stderr));
+    // The nested calls were decided for the agent and audited.
+    let audit = cli.run(&["audit", "query", "--action", "skill.invoke", "--json"]);
+    let records: Value = serde_json::from_slice(&audit.stdout).unwrap_or(json!([]));
+    let nested: Vec<&Value> = records.as_array().into_iter().flatten().collect();
+    assert!(nested.len() >= 2 && nested.iter().all(|r| r["result"] == "allowed"), "{records}");
+}
