@@ -16,20 +16,12 @@
 //!   cargo run -p coderclaw-examples --example remote -- COMPONENT.wasm SKILL.toml [INPUT]
 
 use anyhow::{Context, bail};
-use coderclaw::home::Home;
-use coderclaw::security::{InstallGates, Security};
 use coderclaw::tasks::grpc::server::GrpcConfig;
 use coderclaw::tasks::http_server::ServerConfig;
 use coderclaw::tasks::{CoderClawRuntime, LoginRequest};
-use coderclaw::{Access, LocalRuntime};
-use coderclaw_core::decision::{Offer, OfferedDir};
-use coderclaw_core::keys::SecretKey;
-use coderclaw_core::manifest::Manifest;
-use coderclaw_core::package::Package;
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use futures_util::StreamExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -77,21 +69,8 @@ async fn submit(url: &str, token: &str, skill: &str, input: &str) -> anyhow::Res
 /// A server on loopback with the skill in `component` + `manifest`, a user
 /// who logs in over the network, and the task over every transport.
 async fn demo(component: PathBuf, manifest_file: PathBuf, input: &str) -> anyhow::Result<()> {
-    let workspace = std::env::current_dir()?;
-    let state = tempfile::tempdir()?;
-    let home = Arc::new(Home::open(state.path())?);
-    let manifest = Manifest::from_toml(&std::fs::read_to_string(&manifest_file)?, &manifest_file.to_string_lossy())?;
-    let key = SecretKey::generate()?;
-    home.trust_add(manifest.id.namespace(), &key.public())?;
-    let package = Package::sign(&manifest, std::fs::read(&component)?, &key, coderclaw_core::clock::now_secs());
-    let security = Arc::new(Security::open(home.clone(), Some(&workspace))?);
-    security.install(&security.subject(None)?, &package.to_bytes(), InstallGates::default())?;
-    security.dangerous_identity_store().add_user("demo", &["developer".to_owned()], Some("demo password"))?;
-
-    let dir = OfferedDir { host: workspace.clone(), guest: ".".into(), access: Access::Read };
-    let offer =
-        Offer { dirs: [("workspace".to_owned(), dir)].into(), env: Default::default(), ceiling: Default::default() };
-    let local = LocalRuntime::builder_for(security).workspace(&workspace).offer(offer).open()?;
+    let (local, manifest, _state) = coderclaw_examples::signed_runtime(&component, &manifest_file)?;
+    local.security().dangerous_identity_store().add_user("demo", &["developer".to_owned()], Some("demo password"))?;
     let loopback = "127.0.0.1:0".parse()?;
     let http = coderclaw::tasks::http_server::serve(
         local.service().clone(),
