@@ -22,14 +22,9 @@ input="${INPUT_INPUT:-}"
 submit=(task submit "${target[@]}" --input "$input" --description "${INPUT_TASK:-}"
   --meta "source=github-actions" --meta "github-run=${GITHUB_REPOSITORY:-}#${GITHUB_RUN_ID:-}/${GITHUB_JOB:-}")
 
+remote=()
 case "${INPUT_MODE:-local-only}" in
-  local-only)
-    # The in-process engine runs the task to its end; then it is the newest.
-    set +e
-    coderclaw "${submit[@]}" --wait
-    set -e
-    state=$(coderclaw task list --limit 1 --json | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)[0]))')
-    ;;
+  local-only) ;;
   remote-enabled)
     [ -n "${INPUT_REMOTE:-}" ] || fail "mode remote-enabled needs the remote input (the server's URL)"
     token="${INPUT_TOKEN:-}"
@@ -38,17 +33,27 @@ case "${INPUT_MODE:-local-only}" in
       token=$(coderclaw login --github-actions --audience "${INPUT_AUDIENCE:-coderclaw}" --remote "$INPUT_REMOTE")
     fi
     echo "::add-mask::$token"
-    remote=(--remote "$INPUT_REMOTE" --token "$token")
-    id=$(coderclaw "${submit[@]}" "${remote[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-    echo "task $id submitted to $INPUT_REMOTE"
-    # Progress into the log; an interrupted job (SIGTERM) gives the task up.
-    set +e
-    coderclaw task watch "$id" "${remote[@]}"
-    set -e
-    state=$(coderclaw task status "$id" "${remote[@]}" --json)
+    # In the environment, not on command lines other processes can read.
+    export CODERCLAW_TOKEN="$token"
+    remote=(--remote "$INPUT_REMOTE")
     ;;
   *) fail "mode must be local-only or remote-enabled, not ${INPUT_MODE}";;
 esac
+
+# Progress streams into the log as it happens. The task's own messages are
+# not workflow commands: they run with commands stopped. A cancelled job's
+# SIGINT/SIGTERM reaches coderclaw, which gives the task up.
+log=$(mktemp)
+resume=$(python3 -c 'import uuid; print(uuid.uuid4().hex)')
+echo "::stop-commands::$resume"
+set +e
+coderclaw "${submit[@]}" "${remote[@]}" --wait 2>&1 | tee "$log"
+set -e
+echo "::$resume::"
+id=$(sed -n 's/^task \([0-9a-f-]*\) submitted$/\1/p' "$log" | head -n 1)
+rm -f "$log"
+[ -n "$id" ] || fail "the task was not submitted (the log above says why)"
+state=$(coderclaw task status "$id" "${remote[@]}" --json)
 
 STATE="$state" python3 - <<'PY'
 import json, os, uuid

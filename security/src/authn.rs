@@ -92,6 +92,9 @@ impl Security {
         ttl: Option<Duration>,
     ) -> Result<(Session, String), SecurityError> {
         self.throttle_check(peer)?;
+        // A client may ask for a shorter session, never a longer one.
+        let configured = Duration::from_millis(self.policy()?.config.identity.session_ttl.0);
+        let ttl = Some(ttl.map_or(configured, |t| t.min(configured)));
         let result = match login {
             RemoteLogin::Local { user, secret } => self.login_local(user, secret, roles, None, ttl),
             RemoteLogin::Oidc { id_token } => self.login_oidc(id_token, roles, None, ttl).await,
@@ -264,7 +267,7 @@ impl Security {
     /// When a session started now with `ttl` (or the configured TTL) ends.
     pub(crate) fn session_expiry(&self, ttl: Option<Duration>) -> Result<u64, SecurityError> {
         let ttl = match ttl {
-            Some(t) => t.as_millis() as u64,
+            Some(t) => u64::try_from(t.as_millis()).unwrap_or(u64::MAX),
             None => self.policy()?.config.identity.session_ttl.0,
         };
         Ok(now_ms().saturating_add(ttl))
@@ -338,6 +341,17 @@ impl Security {
                 return Err(e.into());
             }
         };
+        // Any repository's workflow can get a GitHub token for any audience:
+        // only rules on its claims (repository, ref, ...) say whose it is.
+        if issuer.provider == coderclaw_core::policy::Provider::Github && issuer.role_rules.is_empty() {
+            let e = SecurityError::Denied(format!(
+                "OIDC issuer `{}` is GitHub Actions without roleRules: every repository's workflows get such tokens, \
+                 so identity.oidc must map their claims (repository, ref, ...) to roles with roleRules",
+                issuer.name
+            ));
+            self.audit_login(&who.user, &format!("oidc:{}", who.issuer), AuditResult::Denied, &e.to_string(), None)?;
+            return Err(e);
+        }
         let held = match (issuer.roles_by_claims(&who.claims), &issuer.roles) {
             (Some(by_claims), _) if by_claims.is_empty() => {
                 let e = SecurityError::Denied(format!(

@@ -41,7 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "coderclaw-e2e",
         &["coderclaw", "coderclaw-core", "coderclaw-net", "coderclaw-registry", "coderclaw-registry-server"],
     ),
-    ("coderclaw-examples", &[]),
+    ("coderclaw-examples", &["coderclaw", "coderclaw-core"]),
 ];
 
 /// Our crates' dependencies on our crates, by package name.

@@ -298,5 +298,17 @@ async fn github_actions_keyless_login_maps_the_workflows_claims_to_roles() {
     let logins = home.audit().query(&AuditFilter { action: Some("auth.login".into()), ..Default::default() }).unwrap();
     let results: Vec<&str> = logins.iter().map(|r| r.result.as_str()).collect();
     assert_eq!(results, ["allowed", "denied", "denied", "denied"], "{logins:#?}");
+
+    // A GitHub issuer without roleRules would let every repository in: refused.
+    let open_dir = tempfile::tempdir().unwrap();
+    let open = format!(
+        "identity:\n  providers: [local, github]\n  oidc:\n    - name: gh\n      provider: github\n      audience: coderclaw\n      \
+         jwksUri: {}/keys\n      roles: [ci]\n",
+        issuer.server.url()
+    );
+    std::fs::write(open_dir.path().join("config.yaml"), open).unwrap();
+    let open_security = Security::open(Arc::new(Home::open(open_dir.path()).unwrap()), None).unwrap();
+    let e = open_security.login_oidc(&fetch("coderclaw").await.unwrap(), None, None, None).await.unwrap_err();
+    assert!(e.to_string().contains("without roleRules"), "{e}");
     assert!(logins[1].reason.contains("refs/heads/dev"), "{:?}", logins[1]);
 }

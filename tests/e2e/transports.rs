@@ -225,6 +225,19 @@ async fn a_session_revoked_while_its_socket_or_channel_is_open_is_refused_at_the
         let err = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Unauthenticated, "{via:?}: {err}");
     }
+    // A WebSocket subscription of a session revoked meanwhile ends, saying
+    // why, even while its task sends nothing.
+    let h = Harness::start(Via::Ws, Default::default()).await;
+    let token = h.f.login("dev", &["developer"]);
+    let rt = h.connect(Some(&token));
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    let mut stream = rt.stream_task_updates(&task.id).await.unwrap();
+    while stream.next().await.unwrap().unwrap().status != TaskStatus::Running {}
+    let session = h.f.service.authenticate(Some(&token)).unwrap();
+    h.f.service.security().dangerous_identity_store().revoke_session(&session.session.unwrap().id).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("the subscription ended");
+    assert_eq!(ended.unwrap().unwrap_err().code, ErrorCode::Unauthenticated);
+    h.f.engine.cancel(&task.id, "test over").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -272,6 +285,15 @@ async fn a_session_is_had_over_the_network_with_a_password_and_guesses_are_throt
         password: Some(password.into()),
         ..Default::default()
     };
+    // A client may shorten its session, never lengthen it past the configured TTL.
+    let ten_years = LoginRequest { ttl_secs: Some(10 * 365 * 24 * 3600), ..with("correct horse battery") };
+    let long = login_remote(&url, None, &ten_years).await.unwrap();
+    let lifetime = long.session["expires_at_ms"].as_u64().unwrap() - long.session["created_at_ms"].as_u64().unwrap();
+    assert!(lifetime <= 30 * 24 * 3600 * 1000, "{lifetime} ms");
+    let short = LoginRequest { ttl_secs: Some(60), ..with("correct horse battery") };
+    let short = login_remote(&url, None, &short).await.unwrap();
+    let lifetime = short.session["expires_at_ms"].as_u64().unwrap() - short.session["created_at_ms"].as_u64().unwrap();
+    assert!(lifetime <= 60_000, "{lifetime} ms");
     let reply = login_remote(&url, None, &with("correct horse battery")).await.unwrap();
     assert_eq!(reply.session["user"], "dev");
     assert_eq!(reply.session["method"], "password");

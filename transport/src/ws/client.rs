@@ -35,6 +35,13 @@ const STREAM_BUFFER: usize = 4096;
 /// ids start at 1.
 const UNANSWERED: u64 = 0;
 
+/// Longest WebSocket handshake after the connection is open.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A socket from which nothing (not even the server's pings, every 15 s)
+/// arrives for this long is taken as dead.
+const SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Messages queued for the socket's writer.
 const OUTBOUND: usize = 256;
 
@@ -106,8 +113,10 @@ impl WsTransport {
         let io = c.endpoint.connect().await.map_err(client_error)?;
         let config =
             WebSocketConfig::default().max_message_size(Some(MAX_REPLY_BYTES)).max_frame_size(Some(MAX_REPLY_BYTES));
-        let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(config))
+        let handshake = tokio_tungstenite::client_async_with_config(request, io, Some(config));
+        let (ws, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
+            .map_err(|_| unavailable(format!("{} did not complete the WebSocket handshake", c.endpoint.authority)))?
             .map_err(|e| handshake_error(&c.endpoint.authority, e))?;
         let (mut sink, mut stream) = ws.split();
         let (out, mut queued) = mpsc::channel::<Message>(OUTBOUND);
@@ -123,9 +132,12 @@ impl WsTransport {
         let reader = socket.clone();
         tokio::spawn(async move {
             let why = loop {
-                match stream.next().await {
+                let Ok(next) = tokio::time::timeout(SILENCE_LIMIT, stream.next()).await else {
+                    break format!("nothing from the server for {SILENCE_LIMIT:?}");
+                };
+                match next {
                     Some(Ok(Message::Text(text))) => match serde_json::from_str::<ServerMessage>(&text) {
-                        Ok(m) => reader.route(m).await,
+                        Ok(m) => reader.route(m),
                         Err(e) => break format!("the server sent a message this client cannot read: {e}"),
                     },
                     Some(Ok(Message::Close(frame))) => {
@@ -202,7 +214,7 @@ impl Socket {
         self.out.send(Message::text(text)).await.map_err(|_| unavailable("the socket closed"))
     }
 
-    async fn route(&self, message: ServerMessage) {
+    fn route(&self, message: ServerMessage) {
         let key = |v: &Value| v.as_u64();
         match message {
             ServerMessage::Result { ref id, .. } | ServerMessage::Error { ref id, .. } => {
@@ -221,7 +233,9 @@ impl Socket {
                     // Full or dropped: either way this stream is over.
                     self.routes(|r| r.streams.remove(&id));
                     let _ = tx.try_send(Err(unavailable("the stream fell behind and was ended; read it again")));
-                    let _ = self.send(UNANSWERED, Op::Unsubscribe { subscription }).await;
+                    // Never waiting here: the reader must keep routing replies.
+                    let request = Request { id: json!(UNANSWERED), op: Op::Unsubscribe { subscription } };
+                    let _ = self.out.try_send(Message::text(serde_json::to_string(&request).unwrap_or_default()));
                 }
             }
             ServerMessage::End { subscription, error } => {

@@ -71,6 +71,9 @@ impl WsConfig {
     }
 }
 
+/// How often a live subscription checks its session again.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Messages queued for one socket's writer.
 const OUTBOUND: usize = 256;
 
@@ -421,9 +424,23 @@ impl Socket {
         if !queue(&out, &reply(id.clone(), json!({ "subscribed": task_id })), &closing, timeout).await {
             return;
         }
-        while let Some(event) = stream.next().await {
-            if !queue(&out, &ServerMessage::Event { subscription: id.clone(), event }, &closing, timeout).await {
-                return;
+        // The session is checked again every second while the subscription
+        // lives: a revoked or expired one ends it, saying why.
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        loop {
+            tokio::select! {
+                next = stream.next() => {
+                    let Some(event) = next else { break };
+                    if !queue(&out, &ServerMessage::Event { subscription: id.clone(), event }, &closing, timeout).await {
+                        return;
+                    }
+                }
+                _ = recheck.tick() => {
+                    if let Err(e) = self.who() {
+                        queue(&out, &ServerMessage::End { subscription: id, error: Some(e) }, &closing, timeout).await;
+                        return;
+                    }
+                }
             }
         }
         queue(&out, &ServerMessage::End { subscription: id, error: None }, &closing, timeout).await;
