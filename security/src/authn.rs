@@ -99,7 +99,11 @@ impl Security {
             RemoteLogin::Local { user, secret } => self.login_local(user, secret, roles, None, ttl),
             RemoteLogin::Oidc { id_token } => self.login_oidc(id_token, roles, None, ttl).await,
         };
-        if result.is_err() {
+        // Only a refused credential counts: an issuer that cannot be reached
+        // says nothing about the caller.
+        if let Err(e) = &result
+            && !matches!(e, SecurityError::Oidc(crate::oidc::OidcError::Fetch { .. }))
+        {
             self.throttle_failed(peer, None)?;
         }
         result

@@ -321,7 +321,11 @@ impl TaskService {
     ///
     /// The reason may come from a client: it is kept printable (see
     /// [`coderclaw_core::task::printable`]), at most 512 characters.
-    pub fn abandon(&self, who: &Subject, id: &str, reason: &str) -> Result<bool, RuntimeError> {
+    ///
+    /// Returns whether it was given up (false: it had already finished) and
+    /// its state, which the session may see without `task:read`: it is the
+    /// answer to its own request.
+    pub fn abandon(&self, who: &Subject, id: &str, reason: &str) -> Result<(bool, TaskState), RuntimeError> {
         let reason = coderclaw_core::task::printable(reason, MAX_ABANDON_REASON)
             .unwrap_or_else(|| "abandoned by its session".to_owned());
         let reason = reason.as_str();
@@ -333,7 +337,7 @@ impl TaskService {
         if abandoned {
             self.security.audit_done(who, "task.abandon", ("task", id), reason)?;
         }
-        Ok(abandoned)
+        Ok((abandoned, self.engine.get(id)?))
     }
 
     /// Answers a WAITING task (`task:submit`). The answer itself is not

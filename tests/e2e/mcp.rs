@@ -122,7 +122,7 @@ async fn only_the_caller_that_submitted_a_task_can_give_it_up() {
     let refused = f.service.abandon(&bob, &task.id, "not mine").unwrap_err();
     assert_eq!(refused.code, ErrorCode::NotFound, "another session's task does not exist for it");
     assert!(!f.service.get(&alice, &task.id).unwrap().status.is_terminal(), "still running");
-    assert!(f.service.abandon(&alice, &task.id, "the MCP client went away").unwrap());
+    assert!(f.service.abandon(&alice, &task.id, "the MCP client went away").unwrap().0);
     let records =
         f.home.audit().query(&AuditFilter { action: Some("task.abandon".into()), ..AuditFilter::default() }).unwrap();
     assert_eq!(records.len(), 1);

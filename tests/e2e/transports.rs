@@ -345,3 +345,27 @@ async fn a_session_is_had_over_the_network_with_a_password_and_guesses_are_throt
     let e = login_remote("http://192.0.2.7:7420", None, &with("x")).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_issuer_is_unavailable_not_a_wrong_login_and_is_not_throttled() {
+    use base64::Engine as _;
+    use coderclaw::tasks::{LoginRequest, login_remote};
+    let f = fixture(Default::default());
+    // An issuer whose keys cannot be fetched (nothing listens on port 1).
+    std::fs::write(
+        f.home.root().join("config.yaml"),
+        "identity:\n  providers: [local, oidc]\n  oidc:\n    - name: corp\n      issuer: http://127.0.0.1:1\n      \
+         audience: coderclaw\n      jwksUri: http://127.0.0.1:1/keys\n      roles: [ci]\n",
+    )
+    .unwrap();
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = json!({ "iss": "http://127.0.0.1:1", "sub": "x", "aud": "coderclaw", "exp": 4_000_000_000u64 });
+    let token = format!("{}.{}.{}", b64(json!({ "alg": "RS256", "kid": "k" })), b64(claims), b64(json!("sig")));
+    let server = f.http().await;
+    let request = LoginRequest { id_token: Some(token), ..Default::default() };
+    for _ in 0..12 {
+        let e = login_remote(&server.url(), None, &request).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+        assert_eq!(e.retry_after_secs, Some(5), "{e:?}");
+    }
+}

@@ -272,8 +272,8 @@ async fn route(
         (&Method::POST, ["v1", "tasks", id, "abandon"]) => {
             let id = id.to_string();
             let body: AbandonBody = read_json(req, config.max_body_bytes).await?;
-            let abandoned = service.abandon(&who, &id, &body.reason)?;
-            Ok(ok(&json!({ "abandoned": abandoned, "task": service.get(&who, &id)? })))
+            let (abandoned, task) = service.abandon(&who, &id, &body.reason)?;
+            Ok(ok(&json!({ "abandoned": abandoned, "task": task })))
         }
         (&Method::POST, ["v1", "tasks", id, "input"]) => {
             let id = id.to_string();

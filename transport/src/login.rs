@@ -114,6 +114,12 @@ pub async fn login(
 fn login_error(e: SecurityError) -> RuntimeError {
     match e {
         SecurityError::RateLimited { .. } => e.into(),
+        // The issuer's keys could not be fetched: not the caller's fault.
+        SecurityError::Oidc(coderclaw_security::oidc::OidcError::Fetch { .. }) => {
+            let mut r = RuntimeError::new(ErrorCode::Unavailable, e.to_string());
+            r.retry_after_secs = Some(5);
+            r
+        }
         SecurityError::Identity(_)
         | SecurityError::Oidc(_)
         | SecurityError::Unauthenticated(_)

@@ -274,7 +274,7 @@ impl Transport for LocalTransport {
     }
 
     fn abandon_task<'a>(&'a self, id: &'a str, reason: &'a str) -> RuntimeFuture<'a, bool> {
-        Box::pin(async move { self.service.abandon(&self.who()?, id, reason) })
+        Box::pin(async move { Ok(self.service.abandon(&self.who()?, id, reason)?.0) })
     }
 
     fn list_tasks<'a>(&'a self, filter: TaskFilter) -> RuntimeFuture<'a, Vec<TaskState>> {

@@ -296,8 +296,7 @@ impl Runtime for GrpcRuntime {
     async fn abandon_task(&self, req: Request<proto::AbandonTaskRequest>) -> Reply<proto::AbandonTaskResponse> {
         let who = self.who(&req)?;
         let r = req.get_ref();
-        let abandoned = self.service.abandon(&who, &r.task_id, &r.reason).map_err(status_of)?;
-        let task = self.service.get(&who, &r.task_id).map_err(status_of)?;
+        let (abandoned, task) = self.service.abandon(&who, &r.task_id, &r.reason).map_err(status_of)?;
         ok(proto::AbandonTaskResponse { abandoned, task: Some(task_to(task)) })
     }
 

@@ -384,8 +384,8 @@ impl Socket {
                 json!({ "cancelled": cancelled, "task": s.get(&who, &task_id)? })
             }
             Op::Abandon { task_id, reason } => {
-                let abandoned = s.abandon(&who, &task_id, &reason)?;
-                json!({ "abandoned": abandoned, "task": s.get(&who, &task_id)? })
+                let (abandoned, task) = s.abandon(&who, &task_id, &reason)?;
+                json!({ "abandoned": abandoned, "task": task })
             }
             Op::Respond { task_id, answer } => to_value(&s.respond(&who, &task_id, answer)?),
             Op::Pause { task_id } => to_value(&s.set_paused(&who, &task_id, true)?),
