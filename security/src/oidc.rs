@@ -286,27 +286,29 @@ async fn fetch_jwks(issuer: &OidcIssuer) -> Result<Vec<Jwk>, OidcError> {
         None => {
             let base = issuer.issuer_url().unwrap_or_default().trim_end_matches('/');
             let url = format!("{base}/.well-known/openid-configuration");
-            let doc: Discovery = serde_json::from_slice(&fetch(&url).await?)
+            let doc: Discovery = serde_json::from_slice(&fetch(&url, None, "signing keys").await?)
                 .map_err(|e| OidcError::Fetch { url, message: format!("not a discovery document: {e}") })?;
             doc.jwks_uri
         }
     };
-    let jwks: Jwks = serde_json::from_slice(&fetch(&uri).await?)
+    let jwks: Jwks = serde_json::from_slice(&fetch(&uri, None, "signing keys").await?)
         .map_err(|e| OidcError::Fetch { url: uri.clone(), message: format!("not a JWKS document: {e}") })?;
     Ok(jwks.keys)
 }
 
-/// GETs `url`: https verified against the web PKI roots, or http to loopback.
-async fn fetch(url: &str) -> Result<Vec<u8>, OidcError> {
+/// GETs `url` (with `bearer`, if given): https verified against the web
+/// PKI roots, or http to loopback only. `what` names what is fetched, for
+/// the refusal.
+async fn fetch(url: &str, bearer: Option<&str>, what: &str) -> Result<Vec<u8>, OidcError> {
     let fail = |message: String| OidcError::Fetch { url: url.to_owned(), message };
     let client = HttpClient::new(url, None).map_err(|e| fail(e.to_string()))?.with_fetch_timeout(FETCH_TIMEOUT);
-    // Keys fetched in clear text could be swapped by anyone on the path:
-    // plain http only to this machine (a local test or sidecar issuer).
+    // Keys fetched in clear text could be swapped, and a bearer token read,
+    // by anyone on the path: plain http only to this machine (a local test
+    // or sidecar).
     if !client.is_https() && !client.is_loopback() {
-        return Err(fail("signing keys are fetched over https only (http only on loopback)".into()));
+        return Err(fail(format!("{what} are fetched over https only (http only on loopback)")));
     }
-    let request = client
-        .request(hyper::Method::GET, "")
+    let request = HttpClient::bearer(client.request(hyper::Method::GET, ""), bearer)
         .header(hyper::header::ACCEPT, "application/json")
         .body(Full::new(Bytes::new()))
         .map_err(|e| fail(e.to_string()))?;
@@ -334,17 +336,8 @@ pub async fn github_actions_id_token(
 ) -> Result<String, OidcError> {
     let sep = if request_url.contains('?') { '&' } else { '?' };
     let url = format!("{request_url}{sep}audience={}", coderclaw_net::server::percent_encode(audience));
+    let body = fetch(&url, Some(request_token), "ID tokens").await?;
     let fail = |message: String| OidcError::Fetch { url: request_url.to_owned(), message };
-    let client = HttpClient::new(&url, None).map_err(|e| fail(e.to_string()))?.with_fetch_timeout(FETCH_TIMEOUT);
-    client.check_credentials_allowed().map_err(|e| fail(e.to_string()))?;
-    let request = HttpClient::bearer(client.request(hyper::Method::GET, ""), Some(request_token))
-        .header(hyper::header::ACCEPT, "application/json")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| fail(e.to_string()))?;
-    let (parts, body) = client.fetch(request, MAX_DOCUMENT_BYTES).await.map_err(|e| fail(e.to_string()))?;
-    if !parts.status.is_success() {
-        return Err(fail(format!("the runner answered HTTP {}", parts.status)));
-    }
     #[derive(Deserialize)]
     struct Reply {
         value: String,

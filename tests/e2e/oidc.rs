@@ -294,6 +294,11 @@ async fn github_actions_keyless_login_maps_the_workflows_claims_to_roles() {
     // The runner refuses a wrong request token; nothing to log in with.
     let e = coderclaw::oidc::github_actions_id_token(&request_url, "guess", "coderclaw").await.unwrap_err();
     assert!(e.to_string().contains("401"), "{e}");
+    // The runner's request token never goes over plain http to another machine.
+    let e = coderclaw::oidc::github_actions_id_token("http://runner.example/idtoken", "secret", "coderclaw")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("https only"), "{e}");
 
     let logins = home.audit().query(&AuditFilter { action: Some("auth.login".into()), ..Default::default() }).unwrap();
     let results: Vec<&str> = logins.iter().map(|r| r.result.as_str()).collect();

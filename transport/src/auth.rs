@@ -17,9 +17,7 @@ pub(crate) fn authenticate(
     peer: SocketAddr,
     token: Option<&str>,
 ) -> Result<Subject, RuntimeError> {
-    if mode == RuntimeMode::LocalOnly && !peer.ip().is_loopback() {
-        return Err(RuntimeError::new(ErrorCode::Forbidden, "this server is local-only: remote sessions are refused"));
-    }
+    peer_allowed(mode, peer)?;
     let Some(token) = token else {
         return Err(RuntimeError::new(
             ErrorCode::Unauthenticated,
@@ -29,4 +27,13 @@ pub(crate) fn authenticate(
     let subject = service.authenticate_peer(Some(token), peer.ip())?;
     // A token proves the user, not the machine the call comes from.
     Ok(if peer.ip().is_loopback() { subject } else { Security::as_remote(subject) })
+}
+
+/// Whether a server in `mode` serves `peer` at all: local-only refuses
+/// other machines, before any credential is looked at.
+pub(crate) fn peer_allowed(mode: RuntimeMode, peer: SocketAddr) -> Result<(), RuntimeError> {
+    if mode == RuntimeMode::LocalOnly && !peer.ip().is_loopback() {
+        return Err(RuntimeError::new(ErrorCode::Forbidden, "this server is local-only: remote sessions are refused"));
+    }
+    Ok(())
 }

@@ -91,11 +91,8 @@ pub async fn login(
     peer: SocketAddr,
     body: LoginRequest,
 ) -> Result<LoginReply, RuntimeError> {
-    let loopback = peer.ip().is_loopback();
-    if mode == coderclaw_core::task::RuntimeMode::LocalOnly && !loopback {
-        return Err(RuntimeError::new(ErrorCode::Forbidden, "this server is local-only: remote sessions are refused"));
-    }
-    if !tls && !loopback {
+    crate::auth::peer_allowed(mode, peer)?;
+    if !tls && !peer.ip().is_loopback() {
         return Err(RuntimeError::new(
             ErrorCode::Forbidden,
             "log in over https: this server speaks plain http, and a credential must not cross the network in clear \

@@ -233,9 +233,7 @@ impl Socket {
                     // Full or dropped: either way this stream is over.
                     self.routes(|r| r.streams.remove(&id));
                     let _ = tx.try_send(Err(unavailable("the stream fell behind and was ended; read it again")));
-                    // Never waiting here: the reader must keep routing replies.
-                    let request = Request { id: json!(UNANSWERED), op: Op::Unsubscribe { subscription } };
-                    let _ = self.out.try_send(Message::text(serde_json::to_string(&request).unwrap_or_default()));
+                    self.unsubscribe(subscription);
                 }
             }
             ServerMessage::End { subscription, error } => {
@@ -247,6 +245,14 @@ impl Socket {
                 }
             }
         }
+    }
+
+    /// Asks the server to end `subscription`, without waiting (the reader
+    /// must keep routing replies; a full queue means the socket is failing
+    /// anyway). Nobody waits for the answer.
+    fn unsubscribe(&self, subscription: Value) {
+        let request = Request { id: json!(UNANSWERED), op: Op::Unsubscribe { subscription } };
+        let _ = self.out.try_send(Message::text(serde_json::to_string(&request).unwrap_or_default()));
     }
 
     fn routes<T>(&self, f: impl FnOnce(&mut Routes) -> T) -> Option<T> {
@@ -366,12 +372,7 @@ struct Unsubscribe {
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
         if self.socket.routes(|r| r.streams.remove(&self.sub)).flatten().is_some() {
-            let text = serde_json::to_string(&Request {
-                id: json!(UNANSWERED),
-                op: Op::Unsubscribe { subscription: json!(self.sub) },
-            })
-            .unwrap_or_default();
-            let _ = self.socket.out.try_send(Message::text(text));
+            self.socket.unsubscribe(json!(self.sub));
         }
     }
 }
