@@ -15,7 +15,7 @@ use coderclaw::tasks::{
     CoderClawRuntime, ErrorCode, LocalTransport, RuntimeError, RuntimeFuture, Transport, UpdateStream,
 };
 use coderclaw_core::task::{
-    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent,
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -104,6 +104,10 @@ impl<T: Transport> Transport for Measured<T> {
     }
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
         self.measure("set_paused", false, move || self.inner.set_paused(id, paused))
+    }
+    fn upload_workspace<'a>(&'a self, tar: coderclaw::tasks::Bytes) -> RuntimeFuture<'a, UploadInfo> {
+        // The same bytes give the same digest: sending them again is harmless.
+        self.measure("upload_workspace", true, move || self.inner.upload_workspace(tar.clone()))
     }
 }
 

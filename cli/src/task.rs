@@ -17,6 +17,7 @@ use coderclaw_core::fsutil::{FinalLink, MAX_CONFIG_BYTES, read_text_bounded};
 use coderclaw_core::runtime_config::{RuntimeConfig, RuntimeFile, RuntimeFlags};
 use coderclaw_core::task::{
     FailureCode, RuntimeMode, TaskEventKind, TaskFilter, TaskState, TaskStatus, TaskSubmitRequest, TaskUpdateEvent,
+    WorkspaceRef,
 };
 use futures_util::StreamExt;
 use std::io::IsTerminal;
@@ -146,9 +147,25 @@ pub(crate) struct SubmitArgs {
     /// and say how to follow it.
     #[arg(long, requires = "wait")]
     pub detach: bool,
+    /// With --remote: run in this workspace of the server (one of
+    /// `workspaces:` in its config.yaml that your roles may use). Without it
+    /// or --workspace-upload a remote task runs in the directory the server
+    /// was started in, never in your checkout.
+    #[arg(long, value_name = "NAME")]
+    pub server_workspace: Option<String>,
+    /// With --remote: send a snapshot of the workspace (--workspace DIR, or
+    /// the current directory) and run the task on it: what git would track
+    /// (.gitignore honoured, .git and symbolic links left out), read-only,
+    /// deleted on the server when the task ends.
+    #[arg(long, conflicts_with = "server_workspace")]
+    pub workspace_upload: bool,
     #[command(flatten)]
     pub target: Target,
 }
+
+/// Largest snapshot this client builds; the server's own limit
+/// (uploads.maxBytes) is usually lower and it says so.
+const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 /// Run the task engine and serve the HTTP API (REST + Server-Sent Events),
 /// WebSocket (/v1/ws), MCP (Streamable HTTP at /mcp, for AI agents on other
@@ -496,9 +513,24 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
         let (k, v) = m.split_once('=').with_context(|| format!("--meta {m}: expected KEY=VALUE"))?;
         req.metadata.insert(k.to_owned(), serde_json::Value::String(v.to_owned()));
     }
+    if args.workspace_upload || args.server_workspace.is_some() {
+        let (_, c) = resolve(&args.target)?;
+        if c.remote_url.is_none() {
+            let flag = if args.workspace_upload { "--workspace-upload" } else { "--server-workspace" };
+            bail!("{flag} needs --remote (or CODERCLAW_REMOTE): a local task runs in --workspace DIR itself");
+        }
+    }
     with_runtime(&args.target, true, async |rt| {
         if args.detach && matches!(rt, Runtime::Local(_)) {
             bail!("--detach needs --remote: a task of the in-process engine ends with this command");
+        }
+        if let Some(name) = &args.server_workspace {
+            req.workspace = Some(WorkspaceRef::Name(name.clone()));
+        }
+        if let (true, Runtime::Remote(remote)) = (args.workspace_upload, &rt) {
+            let dir = home::workspace(args.target.workspace.as_deref())?;
+            let digest = upload_snapshot(remote, &dir, args.target.json).await?;
+            req.workspace = Some(WorkspaceRef::Upload(digest));
         }
         // Listening before submitting: a signal from now on is seen, not fatal.
         let interrupted = interrupted()?;
@@ -519,6 +551,29 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
         print_state(&done, args.target.json)?;
         Ok(exit_for(&done))
     })
+}
+
+/// Sends a snapshot of `dir` to the server; its digest.
+async fn upload_snapshot(rt: &CoderClawRuntime<Arc<dyn Transport>>, dir: &Path, quiet: bool) -> Result<String> {
+    let owned = dir.to_path_buf();
+    let snapshot = tokio::task::spawn_blocking(move || coderclaw::snapshot::snapshot(&owned, MAX_SNAPSHOT_BYTES))
+        .await
+        .context("building the snapshot")??;
+    if !quiet {
+        let size = coderclaw_core::units::format_size(snapshot.tar.len() as u64);
+        eprintln!("uploading {}: {} files, {size} (.gitignore honoured)", dir.display(), snapshot.files);
+        if !snapshot.skipped.is_empty() {
+            let shown: Vec<String> = snapshot.skipped.iter().take(5).map(|p| p.display().to_string()).collect();
+            let more = snapshot.skipped.len().saturating_sub(shown.len());
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            eprintln!("left out (symbolic links and special files): {}{more}", shown.join(", "));
+        }
+    }
+    let info = rt.upload_workspace(snapshot.tar.into()).await.map_err(rt_err)?;
+    if !quiet {
+        eprintln!("uploaded {}", info.digest);
+    }
+    Ok(info.digest)
 }
 
 /// Resolves with the name of the first SIGINT or SIGTERM.

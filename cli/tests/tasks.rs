@@ -245,3 +245,87 @@ fn a_repository_cannot_redirect_tasks_and_local_respond_is_refused_before_anythi
     assert!(text(&out.stderr).contains("waits in the process that runs it"), "{}", text(&out.stderr));
     assert!(!cli.home.path().join("tasks.db").exists(), "no engine was opened");
 }
+
+/// A remote task runs on the server, not on the client's checkout: on a
+/// named server workspace, or on an uploaded snapshot of what git would
+/// track, which is deleted when the task ends.
+#[test]
+fn a_remote_task_names_its_workspace_or_uploads_a_snapshot() {
+    let cli = Cli::new();
+    let server_ws = workspace();
+    let (port, _server, token) = serve_signed(&cli, server_ws.path());
+    let wc = sign(&cli, "word-count", "team-key", server_ws.path());
+    let out = cli.run(&["skill", "install", p(&wc)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let url = format!("http://127.0.0.1:{port}");
+
+    let checkout = tempfile::tempdir().unwrap();
+    std::fs::write(checkout.path().join("a.txt"), "one two three\n").unwrap();
+    std::fs::write(checkout.path().join(".gitignore"), "private.txt\n").unwrap();
+    std::fs::write(checkout.path().join("private.txt"), "do not send\n").unwrap();
+    let submit = |extra: &[&str]| {
+        let mut args =
+            vec!["task", "submit", "--skill", "team/word-count", "--wait", "--remote", &url, "--token", &token];
+        args.extend(extra);
+        cli.run(&args)
+    };
+    let out = submit(&["--workspace-upload", "--workspace", p(checkout.path()), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files: Vec<&str> =
+        done["output"]["per_file"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert!(files.iter().any(|f| f.ends_with("a.txt")), "{files:?}");
+    assert!(!files.iter().any(|f| f.contains("private")), ".gitignore is honoured: {files:?}");
+    assert!(done["workspace"]["upload"].as_str().unwrap().starts_with("sha256:"), "{done}");
+    let out = submit(&["--workspace-upload", "--workspace", p(checkout.path())]);
+    let said = text(&out.stderr);
+    assert!(said.contains("uploading") && said.contains("2 files") && said.contains("uploaded sha256:"), "{said}");
+    let uploads = cli.home.path().join("uploads");
+    let kept = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&uploads)
+            .unwrap()
+            .filter_map(|u| u.ok())
+            .filter(|u| !u.file_name().to_string_lossy().starts_with('.'))
+            .flat_map(|u| std::fs::read_dir(u.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.path()))
+            .collect()
+    };
+    for _ in 0..100 {
+        if kept().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kept = kept();
+    assert!(kept.is_empty(), "uploads outlived their tasks: {kept:?}");
+
+    // A named workspace of the server's; one the session may not use.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("b.txt"), "four five\n").unwrap();
+    let config = format!(
+        "workspaces:\n  shared:\n    path: {}\n    roles: [developer]\n  ops:\n    path: {}\n    roles: [admin]\n",
+        shared.path().display(),
+        shared.path().display()
+    );
+    std::fs::write(cli.home.path().join("config.yaml"), config).unwrap();
+    let out = submit(&["--server-workspace", "shared", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["output"]["total"]["words"], 2, "{done}");
+    let out = submit(&["--server-workspace", "ops"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("workspace `ops` is for admin"), "{}", text(&out.stderr));
+    // Both at once, or without a server, is a usage error.
+    let out = submit(&["--server-workspace", "shared", "--workspace-upload"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = cli.run(&[
+        "task",
+        "submit",
+        "--skill",
+        "team/word-count",
+        "--workspace-upload",
+        "--workspace",
+        p(checkout.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--workspace-upload needs --remote"), "{}", text(&out.stderr));
+}

@@ -219,6 +219,90 @@ pub struct SecurityConfig {
     /// `audit:`: where the audit log's signed heads are witnessed.
     #[serde(default)]
     pub audit: AuditSection,
+    /// `workspaces:`: directories on this server that remote tasks may
+    /// name, by name.
+    #[serde(default)]
+    pub workspaces: BTreeMap<String, NamedWorkspace>,
+    /// `uploads:`: bounds of uploaded workspace snapshots.
+    #[serde(default)]
+    pub uploads: UploadsSection,
+}
+
+/// One of `workspaces:` in the configuration: a directory on the server a
+/// task may run in when its submission names it and the session has one
+/// of `roles`.
+///
+/// ```yaml
+/// workspaces:
+///   main:
+///     path: /srv/checkouts/main     # absolute
+///     roles: [ci, developer]        # who may name it (none listed: nobody)
+///     write: false                  # tasks may change it (default read-only)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NamedWorkspace {
+    /// The directory, absolute.
+    pub path: std::path::PathBuf,
+    /// Roles that may run tasks in it.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Tasks may write it.
+    #[serde(default)]
+    pub write: bool,
+}
+
+/// `uploads:` in the configuration.
+///
+/// ```yaml
+/// uploads:
+///   maxBytes: 64MiB        # one snapshot's tar
+///   maxFiles: 20000        # entries in one snapshot
+///   maxTotalBytes: 1GiB    # all snapshots kept at once
+///   keepUnused: 1h         # an upload no task names is deleted after this
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UploadsSection {
+    /// Largest tar accepted (413 above); 0 turns uploads off.
+    #[serde(default = "default_upload_bytes")]
+    pub max_bytes: crate::manifest::Size,
+    /// Most entries (files and directories) in one snapshot.
+    #[serde(default = "default_upload_files")]
+    pub max_files: u64,
+    /// Most bytes all kept snapshots may hold together.
+    #[serde(default = "default_upload_total")]
+    pub max_total_bytes: crate::manifest::Size,
+    /// How long an upload that no unfinished task names is kept.
+    #[serde(default = "default_keep_unused")]
+    pub keep_unused: Millis,
+}
+
+fn default_upload_bytes() -> crate::manifest::Size {
+    crate::manifest::Size(64 << 20)
+}
+
+fn default_upload_files() -> u64 {
+    20_000
+}
+
+fn default_upload_total() -> crate::manifest::Size {
+    crate::manifest::Size(1 << 30)
+}
+
+fn default_keep_unused() -> Millis {
+    Millis(3600 * 1000)
+}
+
+impl Default for UploadsSection {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_upload_bytes(),
+            max_files: default_upload_files(),
+            max_total_bytes: default_upload_total(),
+            keep_unused: default_keep_unused(),
+        }
+    }
 }
 
 /// `audit:` in the configuration.
@@ -558,6 +642,22 @@ impl SecurityConfig {
             if let Some(r) = &issuer.roles {
                 check_roles(&roles, r, &format!("identity.oidc[{i}].roles"), file)?;
             }
+        }
+        for (name, w) in &self.workspaces {
+            let key = format!("workspaces.{name}");
+            if !crate::task::is_workspace_name(name) {
+                return Err(invalid(key, "a workspace name is letters, digits, `-` and `_`, at most 64".into()));
+            }
+            if !w.path.is_absolute() {
+                return Err(invalid(format!("{key}.path"), format!("`{}` is not an absolute path", w.path.display())));
+            }
+            check_roles(&roles, &w.roles, &format!("{key}.roles"), file)?;
+        }
+        if self.uploads.max_bytes.0 > self.uploads.max_total_bytes.0 {
+            return Err(invalid(
+                "uploads.maxBytes".into(),
+                "is larger than uploads.maxTotalBytes: no upload could ever be kept".into(),
+            ));
         }
         if self.identity.session_ttl.0 == 0 {
             return Err(invalid("identity.sessionTtl".into(), "must be greater than zero".into()));

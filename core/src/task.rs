@@ -167,6 +167,77 @@ pub struct TaskSubmitRequest {
     /// Queue the task paused: it does not start until resumed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Where the task runs: one of the server's named workspaces or an
+    /// uploaded snapshot. Left out: the workspace the runtime was started
+    /// in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceRef>,
+}
+
+/// Where a task runs, as a submission names it.
+///
+/// ```json
+/// {"name": "main"}                   a workspace under `workspaces:` in the server's config.yaml
+/// {"upload": "sha256:<64 hex>"}      a snapshot this user uploaded (POST /v1/uploads)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum WorkspaceRef {
+    /// A workspace the server's operator configured, by name.
+    Name(String),
+    /// An uploaded snapshot, by the SHA-256 of its tar (`sha256:<hex>`).
+    Upload(String),
+}
+
+impl WorkspaceRef {
+    /// What is wrong with it, if anything (checked at submission).
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            WorkspaceRef::Name(n) if !is_workspace_name(n) => Err(format!(
+                "`{}` is not a workspace name: letters, digits, `-` and `_`, at most 64",
+                printable(n, 64).unwrap_or_default()
+            )),
+            WorkspaceRef::Upload(d) if upload_digest(d).is_none() => Err(format!(
+                "`{}` is not an upload digest: expected sha256:<64 hex digits>, as POST /v1/uploads returned",
+                printable(d, 80).unwrap_or_default()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for WorkspaceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkspaceRef::Name(n) => write!(f, "workspace {n}"),
+            WorkspaceRef::Upload(d) => write!(f, "upload {d}"),
+        }
+    }
+}
+
+/// The digest `sha256:<64 lowercase hex>` names, if it is one.
+pub fn upload_digest(text: &str) -> Option<crate::Digest> {
+    let hex = text.strip_prefix("sha256:")?;
+    let lower = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    lower.then(|| crate::Digest::from_hex(hex)).flatten()
+}
+
+/// Whether `name` may name a workspace: 1 to 64 ASCII letters, digits,
+/// `-` and `_`.
+pub fn is_workspace_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What the server kept of an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadInfo {
+    /// `sha256:<hex>` of the tar as sent: name it in `workspace.upload`.
+    pub digest: String,
+    /// Bytes of the tar.
+    pub bytes: u64,
+    /// Regular files in the snapshot.
+    pub files: u64,
 }
 
 /// The metadata key naming the program that submitted a task, as it
@@ -224,6 +295,9 @@ impl TaskSubmitRequest {
         if self.description.len() > MAX_DESCRIPTION_BYTES {
             return Err(format!("description is longer than {MAX_DESCRIPTION_BYTES} bytes"));
         }
+        if let Some(w) = &self.workspace {
+            w.check()?;
+        }
         Ok(target)
     }
 }
@@ -260,6 +334,9 @@ pub struct TaskState {
     /// Held in the queue until resumed (PENDING only).
     #[serde(default)]
     pub paused: bool,
+    /// Where it runs, when the submission named a workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceRef>,
     /// Last reported progress, 0.0..=1.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<f32>,

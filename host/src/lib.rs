@@ -26,6 +26,8 @@ mod install_target;
 mod local_runtime;
 mod plan;
 mod skill_executor;
+pub mod snapshot;
+pub mod workspaces;
 
 pub use install_target::GatedInstall;
 pub use local_runtime::{LocalRuntime, LocalRuntimeBuilder, OpenError};

@@ -4,6 +4,7 @@
 //! decide the run for a caller (audited), compile, and make the skills an
 //! agent may invoke available, each invocation decided again.
 
+use crate::workspaces::Place;
 use coderclaw_core::Grant;
 use coderclaw_core::decision::{Action, Decision, Offer, Subject, Target};
 use coderclaw_core::manifest::{Kind, Manifest};
@@ -11,8 +12,9 @@ use coderclaw_core::task::{FailureCode, TaskFailure};
 use coderclaw_sandbox::{Caller, Host, Skill};
 use coderclaw_security::home::HomeError;
 use coderclaw_security::security::{Security, SecurityError};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 /// Who nested invocations are decided for.
@@ -52,21 +54,43 @@ impl PreparedRun {
     }
 }
 
-/// Prepares runs of installed skills from one state directory for one
-/// workspace, with what the host offers.
+/// Prepares runs of installed skills from one state directory, by default
+/// for one workspace with what the host offers; a task can run elsewhere
+/// ([`Planner::prepare_task`]).
 #[derive(Clone)]
 pub struct Planner {
     security: Arc<Security>,
     host: Host,
-    workspace: PathBuf,
-    offer: Offer,
+    place: Place,
+    /// Where each running task works, for its agent's nested calls.
+    task_places: Arc<Mutex<HashMap<String, Place>>>,
+}
+
+/// While it lives, nested calls of a task are decided for its place.
+pub struct TaskPlace {
+    places: Arc<Mutex<HashMap<String, Place>>>,
+    task_id: String,
+}
+
+impl Drop for TaskPlace {
+    fn drop(&mut self) {
+        self.places.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.task_id);
+    }
 }
 
 impl Planner {
     /// Runs are decided by `security` for `workspace`, with what `offer`
     /// gives (directories, environment, limit ceiling), and run by `host`.
     pub fn new(security: Arc<Security>, host: Host, workspace: PathBuf, offer: Offer) -> Self {
-        Self { security, host, workspace, offer }
+        let place = Place { workspace, offer };
+        Self { security, host, place, task_places: Arc::default() }
+    }
+
+    /// Decides nested calls of task `task_id` for `place` until the guard
+    /// is dropped.
+    pub fn enter_task(&self, task_id: &str, place: Place) -> TaskPlace {
+        self.task_places.lock().unwrap_or_else(|p| p.into_inner()).insert(task_id.to_owned(), place);
+        TaskPlace { places: self.task_places.clone(), task_id: task_id.to_owned() }
     }
 
     /// The security service runs are decided by.
@@ -99,8 +123,8 @@ impl Planner {
                     subject,
                     Target::from_manifest(package.manifest()),
                     Action::Run,
-                    Some(&self.workspace),
-                    &self.offer,
+                    Some(&self.place.workspace),
+                    &self.place.offer,
                 )
             })
             .map_err(internal)?;
@@ -120,10 +144,13 @@ impl Planner {
     pub fn preview(&self, subject: &Subject, id: &str) -> Result<Decision, TaskFailure> {
         let package = self.security.home().load_installed(id).map_err(package_failure)?;
         let target = Target::from_manifest(package.manifest());
-        self.security.preview(subject, target, Action::Run, Some(&self.workspace), &self.offer).map_err(internal)
+        self.security
+            .preview(subject, target, Action::Run, Some(&self.place.workspace), &self.place.offer)
+            .map_err(internal)
     }
 
-    /// [`Planner::prepare`] for a task, on an async worker: the same checks
+    /// [`Planner::prepare`] for a task working in `place`, on an async
+    /// worker: the same checks
     /// in the same order, and the run starts only once the decision's record
     /// is on disk, but nothing holds a thread while waiting for it. Only what
     /// must block goes to the blocking pool: verifying a package (first use,
@@ -134,6 +161,7 @@ impl Planner {
         subject: &Subject,
         id: &str,
         kind: Option<Kind>,
+        place: &Place,
     ) -> Result<PreparedRun, TaskFailure> {
         let cached = tracing::debug_span!("plan.load")
             .in_scope(|| self.security.home().cached_installed(id))
@@ -153,8 +181,8 @@ impl Planner {
                     subject,
                     Target::from_manifest(package.manifest()),
                     Action::Run,
-                    Some(&self.workspace),
-                    &self.offer,
+                    Some(&place.workspace),
+                    &place.offer,
                 )
                 .map_err(internal)?;
             queued.durable.await.map_err(internal)?;
@@ -218,7 +246,7 @@ impl Planner {
     }
 
     fn register(&self, id: &str, skill: Skill, manifest: Manifest, origin: Origin, caller: NestedCaller) {
-        let (security, workspace, offer) = (self.security.clone(), self.workspace.clone(), self.offer.clone());
+        let (security, default, places) = (self.security.clone(), self.place.clone(), self.task_places.clone());
         let owned = id.to_owned();
         self.host.register_authorized(id, skill, move |call: &Caller<'_>| {
             if let Origin::Installed(digest) = origin {
@@ -238,7 +266,10 @@ impl Planner {
             let action = Action::Nested { parent: call.agent.to_owned() };
             let target =
                 if origin == Origin::Unsigned { Target::unsigned(&manifest) } else { Target::from_manifest(&manifest) };
-            match security.decide(&subject, target, action, Some(&workspace), &offer) {
+            let task_place =
+                call.task_id.and_then(|id| places.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned());
+            let place = task_place.as_ref().unwrap_or(&default);
+            match security.decide(&subject, target, action, Some(&place.workspace), &place.offer) {
                 Ok(d) if d.allowed => Ok(d.grant),
                 Ok(d) => Err(d.reasons_text()),
                 Err(e) => Err(e.to_string()),

@@ -4,27 +4,36 @@
 //! agent's nested `skills.invoke` calls are decided for the same principal.
 
 use crate::plan::{Planner, sandbox_failure};
+use crate::workspaces::{Place, Workspaces};
 use coderclaw_core::decision::{Decision, Offer, Subject};
 use coderclaw_core::principal::Principal;
-use coderclaw_core::task::{CLIENT_METADATA, SkillInfo, TaskFailure, TaskState, TaskTarget, client_label};
+use coderclaw_core::task::{
+    CLIENT_METADATA, SkillInfo, TaskFailure, TaskState, TaskTarget, UploadInfo, WorkspaceRef, client_label,
+};
 use coderclaw_core::task_link::BoxFuture;
 use coderclaw_sandbox::Host;
 use coderclaw_security::security::Security;
-use coderclaw_tasks::{TaskExecutor, TaskRun};
+use coderclaw_tasks::{ErrorCode, RuntimeError, TaskExecutor, TaskRun};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Runs installed packages from one state directory for one workspace.
+/// Runs installed packages from one state directory, in the workspace it
+/// was opened for or the one a task names.
 pub struct SkillExecutor {
     planner: Arc<Planner>,
+    workspaces: Arc<Workspaces>,
 }
 
 impl SkillExecutor {
     /// Runs tasks with `host`, decided by `security` for `workspace`, with
-    /// what `offer` gives (directories, environment, limit ceiling).
+    /// what `offer` gives (directories, environment, limit ceiling); a task
+    /// that names another workspace gets that one instead of `workspace`.
     pub fn new(security: Arc<Security>, host: Host, workspace: PathBuf, offer: Offer) -> Arc<Self> {
-        Arc::new(Self { planner: Arc::new(Planner::new(security, host, workspace, offer)) })
+        let place = Place { workspace: workspace.clone(), offer: offer.clone() };
+        let workspaces = Arc::new(Workspaces::new(security.clone(), place));
+        Arc::new(Self { planner: Arc::new(Planner::new(security, host, workspace, offer)), workspaces })
     }
 }
 
@@ -39,7 +48,7 @@ impl TaskExecutor for SkillExecutor {
     }
 
     fn execute(&self, task: TaskState, run: TaskRun) -> BoxFuture<Result<Value, TaskFailure>> {
-        let planner = self.planner.clone();
+        let (planner, workspaces) = (self.planner.clone(), self.workspaces.clone());
         Box::pin(async move {
             let input = task.input.to_string();
             let (task_id, user) = (task.id.clone(), task.user.clone());
@@ -47,7 +56,9 @@ impl TaskExecutor for SkillExecutor {
                 tracing::debug_span!("plan.session").in_scope(|| planner.revalidate(&Principal::of_task(&task)))?;
             // The submitter's program, as it named itself, for the audit log.
             subject.client = task.metadata.get(CLIENT_METADATA).and_then(Value::as_str).and_then(client_label);
-            let prepared = planner.prepare_task(&subject, task.target.id(), Some(task.target.kind())).await?;
+            let place = workspaces.place(&task.user, &subject.roles, task.workspace.as_ref())?;
+            let _nested = planner.enter_task(&task_id, place.clone());
+            let prepared = planner.prepare_task(&subject, task.target.id(), Some(task.target.kind()), &place).await?;
             run.running()?;
             let sink = crate::denial_audit::audit_denials(run.sink(), planner.security().clone(), Some(task_id), user);
             let output = planner
@@ -82,5 +93,26 @@ impl TaskExecutor for SkillExecutor {
 
     fn missing_required_skills(&self) -> Vec<String> {
         self.planner.security().missing_required_skills().unwrap_or_default()
+    }
+
+    fn admit_workspace(&self, who: &Subject, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
+        self.workspaces.admit(who, workspace)
+    }
+
+    fn upload_workspace(&self, user: &str, tar: bytes::Bytes) -> BoxFuture<Result<UploadInfo, RuntimeError>> {
+        let (workspaces, user) = (self.workspaces.clone(), user.to_owned());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || workspaces.upload(&user, &tar))
+                .await
+                .map_err(|e| RuntimeError::new(ErrorCode::Internal, format!("keeping the upload: {e}")))?
+        })
+    }
+
+    fn release_workspace(&self, user: &str, workspace: &WorkspaceRef) {
+        self.workspaces.release(user, workspace);
+    }
+
+    fn sweep_workspaces(&self, in_use: &HashSet<(String, WorkspaceRef)>) {
+        self.workspaces.sweep(in_use);
     }
 }

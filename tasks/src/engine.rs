@@ -18,7 +18,7 @@ use coderclaw_core::decision::{Decision, Subject};
 use coderclaw_core::principal::Principal;
 use coderclaw_core::task::{
     FailureCode, IllegalTransition, RuntimeMode, RuntimeStatus, SkillInfo, TaskEventKind, TaskFailure, TaskFilter,
-    TaskState, TaskStatus, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
+    TaskState, TaskStatus, TaskSubmitRequest, TaskTarget, TaskUpdateEvent, UploadInfo, WorkspaceRef,
 };
 use coderclaw_core::task_link::BoxFuture;
 use coderclaw_security::audit::{AuditEvent, AuditResult};
@@ -132,6 +132,35 @@ pub trait TaskExecutor: Send + Sync + 'static {
         let _ = (subject, id);
         None
     }
+    /// Whether `who` may run a task in `workspace` (checked at submission,
+    /// before the task is stored). By default no workspace can be named.
+    fn admit_workspace(&self, who: &Subject, workspace: &WorkspaceRef) -> Result<(), crate::RuntimeError> {
+        let _ = who;
+        Err(crate::RuntimeError::new(
+            crate::ErrorCode::InvalidRequest,
+            format!("this runtime offers no named workspaces or uploads: leave out `workspace` ({workspace})"),
+        ))
+    }
+    /// Keeps `tar` as a workspace snapshot of `user`'s, on the blocking
+    /// pool. By default uploads are refused.
+    fn upload_workspace(&self, user: &str, tar: bytes::Bytes) -> BoxFuture<Result<UploadInfo, crate::RuntimeError>> {
+        let _ = (user, tar);
+        Box::pin(std::future::ready(Err(crate::RuntimeError::new(
+            crate::ErrorCode::InvalidRequest,
+            "this runtime does not take workspace uploads",
+        ))))
+    }
+    /// The last unfinished task of `user` naming `workspace` finished (its
+    /// final state is on disk): an upload can go. On the blocking pool.
+    fn release_workspace(&self, user: &str, workspace: &WorkspaceRef) {
+        let _ = (user, workspace);
+    }
+    /// Periodic housekeeping, on the blocking pool: `in_use` is what
+    /// unfinished tasks name (with their user); anything else this executor
+    /// keeps may go.
+    fn sweep_workspaces(&self, in_use: &std::collections::HashSet<(String, WorkspaceRef)>) {
+        let _ = in_use;
+    }
 }
 
 /// Records engine-level audit events (task outcomes, recovery): queues the
@@ -172,6 +201,8 @@ pub(crate) struct Inner {
     pub(crate) resumes: Mutex<std::collections::VecDeque<oneshot::Sender<OwnedSemaphorePermit>>>,
     hub: Arc<Hub>,
     started: Instant,
+    /// Where work leaves the store's writer thread for.
+    runtime: tokio::runtime::Handle,
 }
 
 impl TaskEngine {
@@ -229,6 +260,7 @@ impl TaskEngine {
             resumes: Mutex::default(),
             hub,
             started: Instant::now(),
+            runtime: tokio::runtime::Handle::current(),
         });
         let _ = weak_slot.set(Arc::downgrade(&inner));
         inner.recover()?;
@@ -263,6 +295,7 @@ impl TaskEngine {
             parent_task_id: req.parent_task_id,
             metadata: req.metadata,
             paused: req.paused,
+            workspace: req.workspace,
             progress: None,
             prompt: None,
             output: None,
@@ -294,6 +327,11 @@ impl TaskEngine {
             self.inner.enqueue(&state.session_id, id);
         }
         Ok(state)
+    }
+
+    /// What runs the tasks.
+    pub(crate) fn executor(&self) -> &Arc<dyn TaskExecutor> {
+        &self.inner.executor
     }
 
     /// A task's current state.
@@ -652,14 +690,40 @@ impl Inner {
                 entry.committed(e);
             }
         }
-        if !finals.is_empty() {
-            let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
-            for id in finals {
-                if let Some(task) = live.remove(id) {
-                    finished.keep(task);
+        if finals.is_empty() {
+            return;
+        }
+        let mut released = Vec::new();
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        for id in finals {
+            if let Some(task) = live.remove(id) {
+                if let Some(w @ WorkspaceRef::Upload(_)) = &task.task.state.workspace {
+                    released.push((task.task.state.user.clone(), w.clone()));
                 }
+                finished.keep(task);
             }
         }
+        // An upload goes with the last unfinished task that names it.
+        released.retain(|(user, w)| {
+            !live.iter().any(|(_, l)| l.task.state.workspace.as_ref() == Some(w) && &l.task.state.user == user)
+        });
+        drop((finished, live));
+        for (user, w) in released {
+            // On the store's writer thread: the deletion goes elsewhere.
+            let executor = self.executor.clone();
+            self.runtime.spawn_blocking(move || executor.release_workspace(&user, &w));
+        }
+    }
+
+    /// Lets the executor drop what no unfinished task names.
+    fn sweep_workspaces(&self) {
+        let in_use: std::collections::HashSet<(String, WorkspaceRef)> = self
+            .lock_live()
+            .iter()
+            .filter_map(|(_, l)| Some((l.task.state.user.clone(), l.task.state.workspace.clone()?)))
+            .collect();
+        let executor = self.executor.clone();
+        self.runtime.spawn_blocking(move || executor.sweep_workspaces(&in_use));
     }
 
     /// Every committed event of live task `id`, if all are in memory.
@@ -863,11 +927,19 @@ async fn dispatch(weak: Weak<Inner>) {
 
 /// Fails tasks idle (paused, WAITING) past `idle_expiry`, checking every
 /// second or so until the engine is dropped.
+/// Workspace housekeeping runs at start and this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 async fn expire_idle(weak: Weak<Inner>) {
+    let mut swept: Option<Instant> = None;
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let every = (inner.config.idle_expiry / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         inner.expire_idle();
+        if swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY) {
+            inner.sweep_workspaces();
+            swept = Some(Instant::now());
+        }
         drop(inner);
         tokio::time::sleep(every).await;
     }

@@ -239,6 +239,7 @@ mod tests {
             parent_task_id: None,
             metadata: Default::default(),
             paused: false,
+            workspace: None,
             progress: None,
             prompt: None,
             output: None,

@@ -9,7 +9,7 @@ use coderclaw_core::manifest::Kind;
 use coderclaw_core::principal::Principal;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::task::{
-    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskTarget, TaskUpdateEvent, UploadInfo,
 };
 use coderclaw_security::security::{Security, SecurityError};
 use futures_util::Stream;
@@ -242,6 +242,12 @@ impl TaskService {
             check.durable.await?;
             return Err(denied);
         }
+        if let Some(workspace) = &req.workspace
+            && let Err(refused) = self.engine.executor().admit_workspace(who, workspace)
+        {
+            check.durable.await?;
+            return Err(refused);
+        }
         // The task keeps where it came from: the executor decides it again
         // later from the session, which does not know the caller's machine.
         let owner = Owner { principal: Security::principal(who), user: who.user.clone() };
@@ -255,6 +261,22 @@ impl TaskService {
             return Err(e.into());
         }
         Ok(state)
+    }
+
+    /// The largest upload `who` may send now (`task:submit`): checked
+    /// before a body is read.
+    pub fn upload_limit(&self, who: &Subject) -> Result<u64, RuntimeError> {
+        self.require(who, Permission::TaskSubmit, "workspace.upload", "-", false)?;
+        let policy = self.security.policy().map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(policy.config.uploads.max_bytes.0)
+    }
+
+    /// Keeps `tar` as a workspace snapshot `who` may then name in a
+    /// submission (`task:submit`; audited).
+    pub async fn upload_workspace(&self, who: &Subject, tar: bytes::Bytes) -> Result<UploadInfo, RuntimeError> {
+        let bytes = tar.len().to_string();
+        self.security.check(who, Permission::TaskSubmit, "workspace.upload", ("upload", &bytes), true)?;
+        self.engine.executor().upload_workspace(&who.user, tar).await
     }
 
     /// A task's state (`task:read`).

@@ -15,6 +15,7 @@ mod signed;
 mod skills;
 mod tasks;
 mod transports;
+mod workspaces;
 
 use coderclaw::{Error, Grant, Host, Skill};
 use coderclaw_e2e::guest;

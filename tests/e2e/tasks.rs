@@ -46,6 +46,11 @@ const PACKAGES: &[(&str, &str, &str)] = &[
     ),
     ("team/forgetful", "asker", "kind = \"skill\"\ndescription = \"asks, no memory grant\"\n"),
     ("team/crasher", "panicker", "kind = \"skill\"\ndescription = \"panics\"\n"),
+    (
+        "team/probe",
+        "fs-escape",
+        "kind = \"skill\"\ndescription = \"probes its workspace\"\n[capabilities]\nfs = [{ path = \"workspace\", access = \"read-write\" }]\n",
+    ),
     ("team/hog", "memory-bomb", "kind = \"skill\"\ndescription = \"eats memory\"\n[limits]\nmemory = \"32MiB\"\n"),
     (
         "team/sleeper",
@@ -61,7 +66,7 @@ const PACKAGES: &[(&str, &str, &str)] = &[
 
 pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    workspace: tempfile::TempDir,
+    pub workspace: tempfile::TempDir,
     pub home: Arc<Home>,
     pub service: Arc<TaskService>,
     pub engine: TaskEngine,

@@ -5,7 +5,9 @@
 
 use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
 use bytes::{Buf, Bytes, BytesMut};
-use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
+use coderclaw_core::task::{
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
+};
 use coderclaw_net::client::{HttpClient, Pending};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use http::{Method, Request, header};
@@ -58,6 +60,16 @@ impl HttpTransport {
             .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))
     }
 
+    /// `POST /v1/uploads` with the tar as the body.
+    pub(crate) async fn upload(&self, tar: Bytes) -> Result<UploadInfo, RuntimeError> {
+        let c = &self.inner;
+        let request = HttpClient::bearer(c.http.request(Method::POST, "/v1/uploads"), c.token.as_deref())
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(Full::new(tar))
+            .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        self.exchange(request).await
+    }
+
     /// Sends a request whose reply body the caller reads (an event stream).
     async fn send(&self, method: Method, path: &str) -> Result<Pending, RuntimeError> {
         self.inner.http.send(self.request(method, path, None)?).await.map_err(client_error)
@@ -69,7 +81,11 @@ impl HttpTransport {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T, RuntimeError> {
-        let request = self.request(method, path, body)?;
+        self.exchange(self.request(method, path, body)?).await
+    }
+
+    /// Sends `request` and reads its JSON reply (or the server's error).
+    async fn exchange<T: DeserializeOwned>(&self, request: Request<Full<Bytes>>) -> Result<T, RuntimeError> {
         let (parts, bytes) = self.inner.http.fetch(request, MAX_REPLY_BYTES).await.map_err(client_error)?;
         if !parts.status.is_success() {
             return Err(reply_error(&parts, &bytes));
@@ -203,6 +219,10 @@ impl Transport for HttpTransport {
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
         let rest = if paused { "/pause" } else { "/resume" };
         Box::pin(async move { self.call(Method::POST, &task_path(id, rest)?, Some(b"{}".to_vec())).await })
+    }
+
+    fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo> {
+        Box::pin(self.upload(tar))
     }
 }
 

@@ -242,6 +242,22 @@ async fn route(
             let state = service.submit(&who, body).await?;
             Ok(json_response(StatusCode::CREATED, &state))
         }
+        (&Method::POST, ["v1", "uploads"]) => {
+            let limit = usize::try_from(service.upload_limit(&who)?).unwrap_or(usize::MAX);
+            let body = read_body(req.into_body(), limit).await.map_err(|e| match e {
+                BodyError::TooLarge(_) => err(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the snapshot is over this server's uploads.maxBytes ({}): leave build output out \
+                         (.gitignore) or name one of the server's workspaces",
+                        coderclaw_core::units::format_size(limit as u64)
+                    ),
+                ),
+                BodyError::Read(_) => err(ErrorCode::InvalidRequest, e.to_string()),
+            })?;
+            let info = service.upload_workspace(&who, body).await?;
+            Ok(json_response(StatusCode::CREATED, &info))
+        }
         (&Method::GET, ["v1", "tasks"]) => {
             let filter = parse_filter(req.uri().query().unwrap_or(""))?;
             Ok(ok(&service.list(&who, filter)?))

@@ -30,6 +30,8 @@ pub mod mcp;
 mod runtime;
 pub mod ws;
 
+/// The byte buffer uploads are sent in.
+pub use bytes::Bytes;
 pub use grpc::GrpcTransport;
 pub use http_client::HttpTransport;
 pub use login::{LoginReply, LoginRequest, login_remote};

@@ -5,7 +5,10 @@
 //! `CoderClawRuntime::new(LocalTransport::new(service, token))` are used
 //! the same way.
 
-use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
+use bytes::Bytes;
+use coderclaw_core::task::{
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
+};
 use coderclaw_tasks::{RuntimeError, TaskService};
 use futures_util::{Stream, StreamExt};
 use std::future::Future;
@@ -49,6 +52,10 @@ pub trait Transport: Send + Sync {
     fn get_status<'a>(&'a self) -> RuntimeFuture<'a, RuntimeStatus>;
     /// Holds a PENDING task in the queue (true) or releases it (false).
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState>;
+    /// Sends a snapshot of a directory (an uncompressed tar) that a
+    /// submission can then name as its workspace
+    /// (`WorkspaceRef::Upload(info.digest)`).
+    fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo>;
 }
 
 /// A client's connection failure as a runtime error: a URL that cannot be
@@ -123,6 +130,9 @@ macro_rules! forward_transport {
             }
             fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
                 (**self).set_paused(id, paused)
+            }
+            fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo> {
+                (**self).upload_workspace(tar)
             }
         }
     )*};
@@ -199,6 +209,13 @@ impl<T: Transport> CoderClawRuntime<T> {
     /// Health and load.
     pub async fn get_status(&self) -> Result<RuntimeStatus, RuntimeError> {
         self.transport.get_status().await
+    }
+
+    /// Sends a directory snapshot (an uncompressed tar, e.g. from
+    /// `coderclaw::snapshot::snapshot`) for a submission to name as its
+    /// workspace.
+    pub async fn upload_workspace(&self, tar: Bytes) -> Result<UploadInfo, RuntimeError> {
+        self.transport.upload_workspace(tar).await
     }
 
     /// Holds a PENDING task in the queue.
@@ -303,5 +320,19 @@ impl Transport for LocalTransport {
 
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
         Box::pin(async move { self.service.set_paused(&self.who()?, id, paused) })
+    }
+
+    fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo> {
+        Box::pin(async move {
+            let who = self.who()?;
+            let limit = self.service.upload_limit(&who)?;
+            if tar.len() as u64 > limit {
+                return Err(RuntimeError::new(
+                    coderclaw_tasks::ErrorCode::PayloadTooLarge,
+                    format!("the snapshot is over uploads.maxBytes ({limit} bytes)"),
+                ));
+            }
+            self.service.upload_workspace(&who, tar).await
+        })
     }
 }

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at_ms INTEGER,
     completed_at_ms INTEGER,
     resumable INTEGER NOT NULL DEFAULT 0,
-    remote INTEGER NOT NULL DEFAULT 0
+    remote INTEGER NOT NULL DEFAULT 0,
+    workspace TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_session ON tasks (session_id, created_at_ms);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
@@ -216,7 +217,7 @@ impl TaskStore for SqliteTaskStore {
 
 const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user, parent_task_id, metadata,
     status, paused, progress, prompt, output, error, error_code, error_reasons, created_at_ms, started_at_ms, completed_at_ms, resumable,
-    remote, (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
+    remote, workspace, (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
 
 /// A stored value SQLite holds but this code cannot read back.
 fn corrupt(column: &str, message: String) -> rusqlite::Error {
@@ -264,6 +265,10 @@ fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
         parent_task_id: r.get("parent_task_id")?,
         metadata: serde_json::from_value(metadata).map_err(|e| corrupt("metadata", e.to_string()))?,
         paused: r.get("paused")?,
+        workspace: json_column(r, "workspace")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| corrupt("workspace", e.to_string()))?,
         progress: r.get::<_, Option<f64>>("progress")?.map(|p| p as f32),
         prompt: r.get("prompt")?,
         output: json_column(r, "output")?,
@@ -278,9 +283,16 @@ fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
 /// Adds the columns a `tasks.db` made by an earlier version lacks: `remote`
 /// (its rows read as local, as they were decided then), `error_code` (its
 /// failures read as `internal`, but for the two the engine wrote with fixed
-/// texts) and `error_reasons`.
+/// texts), `error_reasons` and `workspace` (its tasks ran in the default
+/// workspace).
 fn add_missing_columns(db: &Connection) -> rusqlite::Result<()> {
-    for (name, decl) in [("remote", "INTEGER NOT NULL DEFAULT 0"), ("error_code", "TEXT"), ("error_reasons", "TEXT")] {
+    let columns = [
+        ("remote", "INTEGER NOT NULL DEFAULT 0"),
+        ("error_code", "TEXT"),
+        ("error_reasons", "TEXT"),
+        ("workspace", "TEXT"),
+    ];
+    for (name, decl) in columns {
         let has: bool =
             db.query_row("SELECT EXISTS(SELECT 1 FROM pragma_table_info('tasks') WHERE name = ?1)", [name], |r| {
                 r.get(0)
@@ -371,9 +383,9 @@ fn apply(db: &Connection, write: &Write, row: bool) -> rusqlite::Result<()> {
             db.prepare_cached(
                 "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user, parent_task_id,
                     metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
-                    completed_at_ms, resumable, remote, error_code, error_reasons)
+                    completed_at_ms, resumable, remote, error_code, error_reasons, workspace)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                    ?22)
+                    ?22, ?23)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
                     progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
                     error = excluded.error, error_code = excluded.error_code,
@@ -403,6 +415,7 @@ fn apply(db: &Connection, write: &Write, row: bool) -> rusqlite::Result<()> {
                 s.remote,
                 s.error.as_ref().map(|f| f.code.as_str()),
                 s.error.as_ref().filter(|f| !f.reasons.is_empty()).map(|f| serde_json::json!(f.reasons).to_string()),
+                s.workspace.as_ref().map(|w| serde_json::json!(w).to_string()),
             ])?;
             if let Some(e) = event {
                 insert_event(db, e)?;

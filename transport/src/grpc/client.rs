@@ -7,7 +7,9 @@ use super::convert::{event_from, filter_to, runtime_status_from, skill_from, sub
 use super::proto::runtime_client::RuntimeClient;
 use super::{error_of, proto};
 use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
-use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
+use coderclaw_core::task::{
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
+};
 use coderclaw_net::endpoint::{Endpoint, Schemes};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use futures_util::StreamExt;
@@ -74,6 +76,9 @@ impl GrpcTransport {
         self.client.clone()
     }
 }
+
+/// Bytes per `UploadChunk`.
+const UPLOAD_CHUNK: usize = 512 << 10;
 
 fn task_ref(id: &str) -> proto::TaskRef {
     proto::TaskRef { task_id: id.to_owned() }
@@ -173,6 +178,21 @@ impl Transport for GrpcTransport {
             let reply =
                 if paused { client.pause_task(task_ref(id)).await } else { client.resume_task(task_ref(id)).await };
             task_from(reply.map_err(|s| error_of(&s))?.into_inner())
+        })
+    }
+
+    fn upload_workspace<'a>(&'a self, tar: bytes::Bytes) -> RuntimeFuture<'a, UploadInfo> {
+        Box::pin(async move {
+            // Chunks under the server's 1 MiB message limit.
+            let chunks: Vec<proto::UploadChunk> =
+                tar.chunks(UPLOAD_CHUNK).map(|c| proto::UploadChunk { data: tar.slice_ref(c) }).collect();
+            let reply = self
+                .client()
+                .upload_workspace(futures_util::stream::iter(chunks))
+                .await
+                .map_err(|s| error_of(&s))?
+                .into_inner();
+            Ok(UploadInfo { digest: reply.digest, bytes: reply.bytes, files: reply.files })
         })
     }
 }

@@ -6,7 +6,7 @@ use super::proto;
 use coderclaw_core::manifest::Kind;
 use coderclaw_core::task::{
     FailureCode, RuntimeMode, RuntimeStatus, SkillInfo, TaskEventKind, TaskFailure, TaskFilter, TaskState, TaskStatus,
-    TaskSubmitRequest, TaskTarget, TaskUpdateEvent,
+    TaskSubmitRequest, TaskTarget, TaskUpdateEvent, WorkspaceRef,
 };
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use serde_json::Value;
@@ -101,6 +101,27 @@ pub(super) fn submit_from(r: proto::SubmitTaskRequest) -> Result<TaskSubmitReque
         parent_task_id: r.parent_task_id,
         metadata: metadata_field(&r.metadata_json)?,
         paused: r.paused,
+        workspace: workspace_from(r.workspace)?,
+    })
+}
+
+fn workspace_from(w: Option<proto::Workspace>) -> Result<Option<WorkspaceRef>, RuntimeError> {
+    use proto::workspace::Place;
+    match w.map(|w| w.place) {
+        None => Ok(None),
+        Some(Some(Place::Name(n))) => Ok(Some(WorkspaceRef::Name(n))),
+        Some(Some(Place::Upload(d))) => Ok(Some(WorkspaceRef::Upload(d))),
+        Some(None) => Err(invalid("workspace names neither `name` nor `upload`")),
+    }
+}
+
+fn workspace_to(w: Option<WorkspaceRef>) -> Option<proto::Workspace> {
+    use proto::workspace::Place;
+    w.map(|w| proto::Workspace {
+        place: Some(match w {
+            WorkspaceRef::Name(n) => Place::Name(n),
+            WorkspaceRef::Upload(d) => Place::Upload(d),
+        }),
     })
 }
 
@@ -123,6 +144,7 @@ pub(super) fn submit_to(r: TaskSubmitRequest) -> Result<proto::SubmitTaskRequest
         parent_task_id: r.parent_task_id,
         metadata_json: metadata_text(&r.metadata),
         paused: r.paused,
+        workspace: workspace_to(r.workspace),
     })
 }
 
@@ -154,6 +176,7 @@ pub(super) fn task_to(t: TaskState) -> proto::Task {
         created_at_ms: t.created_at_ms,
         started_at_ms: t.started_at_ms,
         completed_at_ms: t.completed_at_ms,
+        workspace: workspace_to(t.workspace),
     }
 }
 
@@ -184,6 +207,7 @@ pub(super) fn task_from(t: proto::Task) -> Result<TaskState, RuntimeError> {
         parent_task_id: t.parent_task_id,
         metadata: metadata_field(&t.metadata_json)?,
         paused: t.paused,
+        workspace: workspace_from(t.workspace)?,
         progress: t.progress,
         prompt: t.prompt,
         output: t.output_json.map(|o| json_field("output_json", &o, Value::Null)).transpose()?,

@@ -332,4 +332,32 @@ impl Runtime for GrpcRuntime {
         let who = self.who(&req)?;
         ok(runtime_status_to(self.service.status(&who)))
     }
+
+    async fn upload_workspace(&self, req: Request<tonic::Streaming<proto::UploadChunk>>) -> Reply<proto::Upload> {
+        let who = self.who(&req)?;
+        let limit = self.service.upload_limit(&who).map_err(status_of)?;
+        let mut chunks = req.into_inner();
+        let mut tar = bytes::BytesMut::new();
+        let receive = async {
+            while let Some(chunk) = chunks.message().await? {
+                if (tar.len() + chunk.data.len()) as u64 > limit {
+                    let size = coderclaw_core::units::format_size(limit);
+                    return Err(status_of(RuntimeError::new(
+                        ErrorCode::PayloadTooLarge,
+                        format!("the snapshot is over this server's uploads.maxBytes ({size})"),
+                    )));
+                }
+                tar.extend_from_slice(&chunk.data);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(UPLOAD_TIME, receive).await.map_err(|_| {
+            Status::deadline_exceeded(format!("an upload must arrive within {} s", UPLOAD_TIME.as_secs()))
+        })??;
+        let info = self.service.upload_workspace(&who, tar.freeze()).await.map_err(status_of)?;
+        ok(proto::Upload { digest: info.digest, bytes: info.bytes, files: info.files })
+    }
 }
+
+/// How long one upload may take to arrive.
+const UPLOAD_TIME: Duration = Duration::from_secs(300);

@@ -6,7 +6,9 @@
 
 use super::{Op, Request, SUBPROTOCOL, ServerMessage};
 use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
-use coderclaw_core::task::{RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent};
+use coderclaw_core::task::{
+    RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
+};
 use coderclaw_net::endpoint::{Endpoint, Schemes};
 use coderclaw_tasks::{ErrorCode, RuntimeError};
 use futures_util::{SinkExt, StreamExt};
@@ -53,6 +55,9 @@ pub struct WsTransport {
 
 struct Client {
     endpoint: Endpoint,
+    /// The same server's REST API: uploads go there (a snapshot is no
+    /// socket message).
+    http: crate::HttpTransport,
     token: Option<String>,
     socket: tokio::sync::Mutex<Option<Arc<Socket>>>,
     next_id: AtomicU64,
@@ -85,7 +90,12 @@ impl WsTransport {
         if endpoint.path.is_empty() {
             endpoint.path = "/v1/ws".into();
         }
-        let client = Client { endpoint, token, socket: tokio::sync::Mutex::new(None), next_id: AtomicU64::new(1) };
+        let scheme = if endpoint.is_tls() { "https" } else { "http" };
+        let prefix = endpoint.path.strip_suffix("/v1/ws").unwrap_or("");
+        let http =
+            crate::HttpTransport::with_ca(&format!("{scheme}://{}{prefix}", endpoint.authority), token.clone(), ca)?;
+        let next_id = AtomicU64::new(1);
+        let client = Client { endpoint, http, token, socket: tokio::sync::Mutex::new(None), next_id };
         Ok(Self { inner: Arc::new(client) })
     }
 
@@ -360,6 +370,10 @@ impl Transport for WsTransport {
     fn set_paused<'a>(&'a self, id: &'a str, paused: bool) -> RuntimeFuture<'a, TaskState> {
         let task_id = id.to_owned();
         Box::pin(self.call(if paused { Op::Pause { task_id } } else { Op::Resume { task_id } }))
+    }
+
+    fn upload_workspace<'a>(&'a self, tar: bytes::Bytes) -> RuntimeFuture<'a, UploadInfo> {
+        Box::pin(self.inner.http.upload(tar))
     }
 }
 
