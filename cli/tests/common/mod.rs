@@ -2,7 +2,7 @@
 //! a fresh state directory, sample workspaces, signing.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use coderclaw_e2e::guest;
+pub(crate) use coderclaw_e2e::guest;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
