@@ -254,18 +254,20 @@ impl Security {
         };
         let outcome = self.provider_enabled(Provider::Local).and_then(|()| {
             Ok(match secret {
-                LocalSecret::Password(p) => self.identity.verify_password(user, p)?,
-                LocalSecret::Token(t) => self.identity.verify_token(user, t)?,
+                LocalSecret::Password(p) => (self.identity.verify_password(user, p)?, None),
+                LocalSecret::Token(t) => self.identity.verify_token_until(user, t)?,
             })
         });
-        let user_record = match outcome {
+        let (user_record, token_expiry) = match outcome {
             Ok(u) => u,
             Err(e) => {
                 self.audit_login(user, method, AuditResult::Denied, &e.to_string(), None)?;
                 return Err(e);
             }
         };
-        self.start_session(&user_record.name, &user_record.roles, roles, scope, self.session_expiry(ttl)?, method)
+        // A session from an API token does not outlive the token.
+        let expiry = self.session_expiry(ttl)?.min(token_expiry.unwrap_or(u64::MAX));
+        self.start_session(&user_record.name, &user_record.roles, roles, scope, expiry, method)
     }
 
     /// When a session started now with `ttl` (or the configured TTL) ends.

@@ -395,6 +395,12 @@ impl IdentityStore {
     /// Checks an API token presented by `user`: it must exist, belong to
     /// `user`, be unrevoked and unexpired.
     pub fn verify_token(&self, user: &str, token: &str) -> Result<User, IdentityError> {
+        self.verify_token_until(user, token).map(|(u, _)| u)
+    }
+
+    /// [`IdentityStore::verify_token`], with when the token expires (ms
+    /// since the epoch), if it does: a session it starts ends no later.
+    pub fn verify_token_until(&self, user: &str, token: &str) -> Result<(User, Option<u64>), IdentityError> {
         let row: Option<(String, Option<i64>, Option<i64>)> = self.with_db(|db| {
             db.query_row(
                 "SELECT user, expires_at_ms, revoked_at_ms FROM api_tokens WHERE secret_hash = ?1",
@@ -405,7 +411,7 @@ impl IdentityStore {
         })?;
         match row {
             Some((owner, expires, None)) if owner == user && expires.is_none_or(|e| (e as u64) > now_ms()) => {
-                self.user(user)
+                Ok((self.user(user)?, expires.map(|e| e as u64)))
             }
             _ => Err(IdentityError::BadCredentials),
         }

@@ -165,6 +165,11 @@ impl TaskService {
         &self.security
     }
 
+    /// The security model, to hand to work off the async workers.
+    pub fn shared_security(&self) -> &Arc<Security> {
+        &self.security
+    }
+
     /// The subject behind a bearer session token (or the local owner
     /// without one, while `requireAuth` is off).
     pub fn authenticate(&self, token: Option<&str>) -> Result<Subject, RuntimeError> {

@@ -383,6 +383,30 @@ async fn a_session_gives_up_its_own_task_and_no_other(h: &Harness) {
     assert_eq!(records[0].user.as_deref(), Some("alice"));
 }
 
+/// A session that may submit but not read still gets the state of the
+/// task it gives up (the reply is the abandon's, not a read).
+async fn a_session_without_task_read_gives_up_its_task(h: &Harness) {
+    std::fs::write(
+        h.f.home.root().join("config.yaml"),
+        "roles:\n  submitter:\n    additionalPermissions: [task:submit, skill:execute]\n",
+    )
+    .unwrap();
+    let submitter = h.user("sub", &["submitter"]);
+    let task = submitter.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    let err = submitter.get_task_state(&task.id).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+    assert!(submitter.abandon_task(&task.id, "interrupted").await.unwrap());
+    let mut done = h.f.engine.get(&task.id).unwrap();
+    for _ in 0..100 {
+        if done.status.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done = h.f.engine.get(&task.id).unwrap();
+    }
+    assert_eq!(done.status, TaskStatus::Cancelled);
+}
+
 /// 401, 403, 404, 413 and 400, each with its stable code.
 async fn refusals_have_stable_codes(h: &Harness) {
     let forged = h.connect(Some("ccs_forged"));
@@ -477,6 +501,7 @@ every_transport!(
         sessions_are_isolated,
         refusals_have_stable_codes,
         a_session_gives_up_its_own_task_and_no_other,
+        a_session_without_task_read_gives_up_its_task,
         a_thousand_concurrent_submissions_each_run_once
     ]
 );

@@ -302,6 +302,14 @@ async fn a_session_is_had_over_the_network_with_a_password_and_guesses_are_throt
     let task = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap();
     assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
 
+    // A session from an API token ends no later than the token.
+    let (_, api_token) = store.create_token("dev", Some(Duration::from_secs(3600))).unwrap();
+    let by_token = LoginRequest { user: Some("dev".into()), api_token: Some(api_token), ..Default::default() };
+    let reply = login_remote(&url, None, &by_token).await.unwrap();
+    assert_eq!(reply.session["method"], "token");
+    let lifetime = reply.session["expires_at_ms"].as_u64().unwrap() - reply.session["created_at_ms"].as_u64().unwrap();
+    assert!(lifetime <= 3600 * 1000, "the session outlives its token: {lifetime} ms");
+
     // Malformed requests say what to send, and count as nothing.
     let both = LoginRequest { api_token: Some("x".into()), ..with("y") };
     assert_eq!(login_remote(&url, None, &both).await.unwrap_err().code, ErrorCode::InvalidRequest);
@@ -368,4 +376,41 @@ async fn an_unreachable_issuer_is_unavailable_not_a_wrong_login_and_is_not_throt
         assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
         assert_eq!(e.retry_after_secs, Some(5), "{e:?}");
     }
+}
+
+/// A gRPC connection that never sends the HTTP/2 preface gives its slot
+/// back after the handshake timeout (10 s) instead of holding it for ever:
+/// with a cap of two connections, two silent ones no longer lock out a
+/// real client.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_grpc_connections_are_closed_and_free_their_slots() {
+    use tokio::io::AsyncReadExt;
+    let f = fixture(Default::default());
+    let config = GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), max_connections: 2, ..GrpcConfig::default() };
+    let server = coderclaw::tasks::grpc::server::serve(f.service.clone(), config).await.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let start = Instant::now();
+    for conn in &mut silent {
+        let mut buf = [0u8; 64];
+        // The server's SETTINGS may come first; then the close.
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection was kept for {:?}", start.elapsed());
+    }
+    assert!(start.elapsed() >= Duration::from_secs(9), "closed too early: {:?}", start.elapsed());
+    let url = format!("grpc://{}", server.addr);
+    let rt = CoderClawRuntime::new(
+        coderclaw::tasks::GrpcTransport::new(&url, Some(f.login("dev", &["developer"])), None).unwrap(),
+    );
+    rt.get_status().await.unwrap();
 }

@@ -82,6 +82,9 @@ impl LoginRequest {
     }
 }
 
+/// Password and API-token checks running at once, server-wide.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Serves `POST /v1/sessions` from `peer` with `body`, on a server that
 /// speaks TLS when `tls`.
 pub async fn login(
@@ -99,11 +102,28 @@ pub async fn login(
              text (serve with --tls-cert/--tls-key)",
         ));
     }
-    let credential = body.credential()?;
-    let roles = (!body.roles.is_empty()).then_some(body.roles.as_slice());
+    body.credential()?;
     let ttl = body.ttl_secs.map(Duration::from_secs);
-    let (session, token) =
-        service.security().login_from_peer(peer.ip(), credential, roles, ttl).await.map_err(login_error)?;
+    let security = service.shared_security().clone();
+    let (session, token) = if body.id_token.is_some() {
+        // Fetching the issuer's keys waits on the network, not the CPU.
+        let roles = (!body.roles.is_empty()).then_some(body.roles.as_slice());
+        security.login_from_peer(peer.ip(), body.credential()?, roles, ttl).await
+    } else {
+        // Argon2id takes tens of milliseconds of CPU on purpose: not on an
+        // async worker (it would stall every connection it serves), and only
+        // a few at once (a flood of guesses waits instead of taking every core).
+        let _slot = HASHING.acquire().await.map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let roles = (!body.roles.is_empty()).then_some(body.roles.as_slice());
+            let credential = body.credential().expect("checked above");
+            handle.block_on(security.login_from_peer(peer.ip(), credential, roles, ttl))
+        })
+        .await
+        .map_err(|e| RuntimeError::new(ErrorCode::Internal, format!("logging in: {e}")))?
+    }
+    .map_err(login_error)?;
     let session = serde_json::to_value(&session).map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
     Ok(LoginReply { token, session })
 }

@@ -63,6 +63,9 @@ impl GrpcTransport {
         let scheme = if endpoint.is_tls() { "https" } else { "http" };
         let channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))
             .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, format!("`{url}`: {e}")))?
+            // Until a reply starts: a stream's reply starts at once and then
+            // runs as long as its task; an upload's comes after all of it.
+            .timeout(CALL_TIMEOUT)
             .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let endpoint = endpoint.clone();
                 async move { endpoint.connect().await.map(hyper_util::rt::TokioIo::new) }
@@ -76,6 +79,9 @@ impl GrpcTransport {
         self.client.clone()
     }
 }
+
+/// How long a call may wait for its reply to start.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Bytes per `UploadChunk`.
 const UPLOAD_CHUNK: usize = 512 << 10;

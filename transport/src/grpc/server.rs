@@ -18,6 +18,7 @@ use coderclaw_net::RunningServer;
 use coderclaw_net::endpoint::Connection;
 use coderclaw_tasks::{ErrorCode, MAX_EVENTS_PAGE, RuntimeError, TaskService};
 use futures_util::{Stream, StreamExt};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -163,10 +164,12 @@ async fn accept_loop(
                     }
                 },
             };
+            let first_byte = Some(Box::pin(tokio::time::sleep(HANDSHAKE_TIMEOUT)));
             let _ = conns
                 .send(Ok(GrpcConnection {
                     io,
                     info: TcpConnectInfo { local_addr: local, remote_addr: Some(peer) },
+                    first_byte,
                     _slot: slot,
                 }))
                 .await;
@@ -178,6 +181,11 @@ async fn accept_loop(
 struct GrpcConnection {
     io: Box<dyn Connection>,
     info: TcpConnectInfo,
+    /// Until the client's first bytes (the HTTP/2 preface) arrive: a
+    /// connection that says nothing gives its slot back when this fires,
+    /// rather than holding it for ever (keepalive pings start only after
+    /// the preface).
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -191,7 +199,22 @@ impl Connected for GrpcConnection {
 
 impl AsyncRead for GrpcConnection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(deadline) = &mut this.first_byte {
+            match &read {
+                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
+                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no HTTP/2 preface within the handshake timeout",
+                    )));
+                }
+                _ => {}
+            }
+        }
+        read
     }
 }
 
