@@ -925,11 +925,12 @@ async fn dispatch(weak: Weak<Inner>) {
     }
 }
 
-/// Fails tasks idle (paused, WAITING) past `idle_expiry`, checking every
-/// second or so until the engine is dropped.
 /// Workspace housekeeping runs at start and this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// Fails tasks idle (paused, WAITING) past `idle_expiry`, checking every
+/// second or so until the engine is dropped; sweeps workspaces every
+/// [`SWEEP_EVERY`].
 async fn expire_idle(weak: Weak<Inner>) {
     let mut swept: Option<Instant> = None;
     loop {

@@ -156,49 +156,23 @@ async fn named_workspaces_are_allowed_per_role(via: Via) {
     assert_eq!(failure.code, FailureCode::Denied, "{failure:?}");
 }
 
-mod local {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_upload_is_the_task_workspace_and_goes_with_it() {
-        super::an_upload_is_the_task_workspace_and_goes_with_it(crate::tasks::Via::Local).await;
-    }
-    #[tokio::test(flavor = "multi_thread")]
-    async fn named_workspaces_are_allowed_per_role() {
-        super::named_workspaces_are_allowed_per_role(crate::tasks::Via::Local).await;
-    }
+/// Both scenarios over each transport.
+macro_rules! over_every_transport {
+    ($($module:ident: $via:ident),*) => {$(
+        mod $module {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn an_upload_is_the_task_workspace_and_goes_with_it() {
+                super::an_upload_is_the_task_workspace_and_goes_with_it(crate::tasks::Via::$via).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn named_workspaces_are_allowed_per_role() {
+                super::named_workspaces_are_allowed_per_role(crate::tasks::Via::$via).await;
+            }
+        }
+    )*};
 }
 
-mod http {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_upload_is_the_task_workspace_and_goes_with_it() {
-        super::an_upload_is_the_task_workspace_and_goes_with_it(crate::tasks::Via::Http).await;
-    }
-    #[tokio::test(flavor = "multi_thread")]
-    async fn named_workspaces_are_allowed_per_role() {
-        super::named_workspaces_are_allowed_per_role(crate::tasks::Via::Http).await;
-    }
-}
-
-mod ws {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_upload_is_the_task_workspace_and_goes_with_it() {
-        super::an_upload_is_the_task_workspace_and_goes_with_it(crate::tasks::Via::Ws).await;
-    }
-    #[tokio::test(flavor = "multi_thread")]
-    async fn named_workspaces_are_allowed_per_role() {
-        super::named_workspaces_are_allowed_per_role(crate::tasks::Via::Ws).await;
-    }
-}
-
-mod grpc {
-    #[tokio::test(flavor = "multi_thread")]
-    async fn an_upload_is_the_task_workspace_and_goes_with_it() {
-        super::an_upload_is_the_task_workspace_and_goes_with_it(crate::tasks::Via::Grpc).await;
-    }
-    #[tokio::test(flavor = "multi_thread")]
-    async fn named_workspaces_are_allowed_per_role() {
-        super::named_workspaces_are_allowed_per_role(crate::tasks::Via::Grpc).await;
-    }
-}
+over_every_transport!(local: Local, http: Http, ws: Ws, grpc: Grpc);
 
 // ---- hostile uploads ----
 
