@@ -90,11 +90,14 @@ impl Workspaces {
                     self.security.policy().map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
                 let configured = &policy.config.workspaces;
                 let Some(w) = configured.get(name) else {
-                    let known = configured.keys().cloned().collect::<Vec<_>>();
+                    // Only the names this session could use: the others are
+                    // none of its business.
+                    let usable = configured.iter().filter(|(_, w)| w.roles.iter().any(|r| roles.contains(r)));
+                    let known = usable.map(|(n, _)| n.as_str()).collect::<Vec<_>>();
                     let hint = if known.is_empty() {
-                        "this server configures none (workspaces: in its config.yaml)".to_owned()
+                        "none is configured for your roles (workspaces: in the server's config.yaml)".to_owned()
                     } else {
-                        format!("it configures {}", known.join(", "))
+                        format!("yours are {}", known.join(", "))
                     };
                     return Err(RuntimeError::new(ErrorCode::NotFound, format!("no workspace `{name}`: {hint}")));
                 };
@@ -144,6 +147,11 @@ impl Workspaces {
                 return Ok(info(files));
             }
         }
+        // What is unpacked is never more than was sent plus the entries'
+        // cost: refused before any of it is written when it cannot fit.
+        if self.total_bytes() + tar.len() as u64 > limits.max_total_bytes.0 {
+            return Err(over_total(self.total_bytes(), tar.len() as u64, limits.max_total_bytes.0));
+        }
         let incoming = self.uploads.join(".incoming");
         mkdir(&incoming)?;
         let staging = tempfile::Builder::new().prefix("upload-").tempdir_in(&incoming).map_err(io("staging"))?;
@@ -151,16 +159,7 @@ impl Workspaces {
         let _held = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
         let kept = self.total_bytes();
         if kept + unpacked.bytes > limits.max_total_bytes.0 {
-            return Err(RuntimeError::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "the server keeps {} of uploads and this one adds {}, over uploads.maxTotalBytes ({}): wait for \
-                     running tasks to finish, then send it again",
-                    coderclaw_core::units::format_size(kept),
-                    coderclaw_core::units::format_size(unpacked.bytes),
-                    coderclaw_core::units::format_size(limits.max_total_bytes.0)
-                ),
-            ));
+            return Err(over_total(kept, unpacked.bytes, limits.max_total_bytes.0));
         }
         if let Some(files) = read_sidecar(&final_dir) {
             // The same bytes arrived meanwhile.
@@ -256,6 +255,19 @@ fn refusal(name: &str, w: &NamedWorkspace, roles: &[String]) -> String {
     )
 }
 
+fn over_total(kept: u64, adds: u64, max: u64) -> RuntimeError {
+    RuntimeError::new(
+        ErrorCode::QuotaExceeded,
+        format!(
+            "the server keeps {} of uploads and this one adds {}, over uploads.maxTotalBytes ({}): wait for running \
+             tasks to finish, then send it again",
+            coderclaw_core::units::format_size(kept),
+            coderclaw_core::units::format_size(adds),
+            coderclaw_core::units::format_size(max)
+        ),
+    )
+}
+
 fn too_large(got: u64, max: u64) -> RuntimeError {
     RuntimeError::new(
         ErrorCode::PayloadTooLarge,
@@ -268,6 +280,16 @@ fn too_large(got: u64, max: u64) -> RuntimeError {
     )
 }
 
+/// Longest path inside a snapshot, in bytes.
+const MAX_PATH_BYTES: usize = 1024;
+
+/// Deepest path inside a snapshot, in components.
+const MAX_DEPTH: usize = 64;
+
+/// What a file or directory costs on disk beyond its content (a block),
+/// charged to the uploads' total.
+const ENTRY_COST: u64 = 4096;
+
 struct Unpacked {
     files: u64,
     bytes: u64,
@@ -279,17 +301,13 @@ struct Unpacked {
 fn unpack(tar: &[u8], into: &Path, max_files: u64) -> Result<Unpacked, RuntimeError> {
     let bad = |m: String| RuntimeError::new(ErrorCode::InvalidRequest, format!("the upload is refused: {m}"));
     let mut archive = tar::Archive::new(tar);
-    let mut seen = HashSet::new();
+    let (mut seen, mut dirs) = (HashSet::new(), HashSet::new());
     let (mut files, mut bytes, mut entries) = (0u64, 0u64, 0u64);
     for entry in archive.entries().map_err(|e| bad(format!("not a tar archive ({e})")))? {
         let mut entry = entry.map_err(|e| bad(format!("not a tar archive ({e})")))?;
         let kind = entry.header().entry_type();
         if kind == tar::EntryType::XGlobalHeader {
             continue;
-        }
-        entries += 1;
-        if entries > max_files {
-            return Err(bad(format!("it has more than {max_files} entries (uploads.maxFiles)")));
         }
         let raw = entry.path().map_err(|e| bad(format!("an entry's name cannot be read ({e})")))?.into_owned();
         let shown = coderclaw_core::task::printable(&raw.to_string_lossy(), 200).unwrap_or_default();
@@ -299,8 +317,23 @@ fn unpack(tar: &[u8], into: &Path, max_files: u64) -> Result<Unpacked, RuntimeEr
         if relative.as_os_str().is_empty() {
             continue;
         }
+        if relative.as_os_str().len() > MAX_PATH_BYTES || relative.components().count() > MAX_DEPTH {
+            return Err(bad(format!(
+                "`{shown}` is longer than {MAX_PATH_BYTES} bytes or deeper than {MAX_DEPTH} directories"
+            )));
+        }
         if !seen.insert(relative.clone()) {
             return Err(bad(format!("`{shown}` appears twice")));
+        }
+        // Every directory made counts, the ones a path implies too: a few
+        // deep names must not make millions of directories.
+        let made_dirs = relative.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty());
+        let implied = made_dirs.filter(|a| dirs.insert(a.to_path_buf())).count() as u64;
+        let own = u64::from(kind != tar::EntryType::Directory || dirs.insert(relative.clone()));
+        entries += implied + own;
+        bytes += (implied + own) * ENTRY_COST;
+        if entries > max_files {
+            return Err(bad(format!("it has more than {max_files} files and directories (uploads.maxFiles)")));
         }
         let target = into.join(&relative);
         match kind {
@@ -481,7 +514,7 @@ mod tests {
         w.sweep(&in_use);
         assert!(w.place("alice", &[], Some(&upload_ref(&named))).is_ok(), "named by a task: kept");
         assert!(w.place("alice", &[], Some(&upload_ref(&unnamed))).is_err(), "unused past keepUnused: gone");
-        assert_eq!(w.total_bytes(), 1);
+        assert_eq!(w.total_bytes(), 1 + ENTRY_COST, "content and what the entry takes on disk");
 
         let (_dir, w) = workspaces("");
         let recent = w.upload("alice", &tar_with(&[("c", b"3")])).unwrap();

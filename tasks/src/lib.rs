@@ -32,5 +32,5 @@ pub use engine::{
     AuditHook, EngineConfig, EngineError, MAX_EVENT_MESSAGE_BYTES, MAX_EVENTS_PAGE, Owner, TaskEngine, TaskExecutor,
 };
 pub use run::TaskRun;
-pub use service::{ErrorCode, Preview, RuntimeError, TaskService};
+pub use service::{ErrorCode, MAX_CONCURRENT_UPLOADS, Preview, RuntimeError, TaskService, UploadSlot};
 pub use store::{StoreError, TaskStore};

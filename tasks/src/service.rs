@@ -146,12 +146,27 @@ pub type Preview = Result<Decision, String>;
 pub struct TaskService {
     engine: TaskEngine,
     security: Arc<Security>,
+    /// Uploads being received at once, server-wide: each may hold up to
+    /// `uploads.maxBytes` in memory.
+    uploads: Arc<tokio::sync::Semaphore>,
+}
+
+/// Uploads received at once, server-wide.
+pub const MAX_CONCURRENT_UPLOADS: usize = 4;
+
+/// Leave to receive one upload: its size limit, and a slot among the
+/// uploads in progress, held until dropped.
+pub struct UploadSlot {
+    /// The largest tar accepted (`uploads.maxBytes`).
+    pub max_bytes: u64,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl TaskService {
     /// `engine` guarded by `security`.
     pub fn new(engine: TaskEngine, security: Arc<Security>) -> Arc<Self> {
-        Arc::new(Self { engine, security })
+        let uploads = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS));
+        Arc::new(Self { engine, security, uploads })
     }
 
     /// The engine itself, with no authentication, permission check or
@@ -268,12 +283,21 @@ impl TaskService {
         Ok(state)
     }
 
-    /// The largest upload `who` may send now (`task:submit`): checked
-    /// before a body is read.
-    pub fn upload_limit(&self, who: &Subject) -> Result<u64, RuntimeError> {
+    /// Leave for `who` to send an upload now (`task:submit`, and a free
+    /// slot: `rate_limited` with Retry-After when the server is receiving
+    /// as many as it takes at once). Asked before a body is read.
+    pub fn begin_upload(&self, who: &Subject) -> Result<UploadSlot, RuntimeError> {
         self.require(who, Permission::TaskSubmit, "workspace.upload", "-", false)?;
         let policy = self.security.policy().map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
-        Ok(policy.config.uploads.max_bytes.0)
+        let slot = self.uploads.clone().try_acquire_owned().map_err(|_| {
+            let mut e = RuntimeError::new(
+                ErrorCode::RateLimited,
+                format!("the server is receiving {MAX_CONCURRENT_UPLOADS} uploads already: send it again shortly"),
+            );
+            e.retry_after_secs = Some(2);
+            e
+        })?;
+        Ok(UploadSlot { max_bytes: policy.config.uploads.max_bytes.0, _slot: slot })
     }
 
     /// Keeps `tar` as a workspace snapshot `who` may then name in a

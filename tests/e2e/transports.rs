@@ -378,7 +378,7 @@ async fn an_unreachable_issuer_is_unavailable_not_a_wrong_login_and_is_not_throt
     }
 }
 
-/// A gRPC connection that never sends the HTTP/2 preface gives its slot
+/// A gRPC connection that never sends (all of) the HTTP/2 preface gives its slot
 /// back after the handshake timeout (10 s) instead of holding it for ever:
 /// with a cap of two connections, two silent ones no longer lock out a
 /// real client.
@@ -388,10 +388,13 @@ async fn silent_grpc_connections_are_closed_and_free_their_slots() {
     let f = fixture(Default::default());
     let config = GrpcConfig { listen: "127.0.0.1:0".parse().unwrap(), max_connections: 2, ..GrpcConfig::default() };
     let server = coderclaw::tasks::grpc::server::serve(f.service.clone(), config).await.unwrap();
+    use tokio::io::AsyncWriteExt;
     let mut silent = Vec::new();
     for _ in 0..2 {
         silent.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
+    // One byte, or most of the preface, does not buy more time.
+    silent[1].write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let start = Instant::now();
     for conn in &mut silent {
         let mut buf = [0u8; 64];

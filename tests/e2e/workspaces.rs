@@ -138,7 +138,10 @@ async fn named_workspaces_are_allowed_per_role(via: Via) {
     assert!(err.message.contains("admin") && err.message.contains("developer"), "{err}");
     let err = submit("nope").await;
     assert_eq!(err.code, ErrorCode::NotFound, "{err}");
-    assert!(err.message.contains("ops, shared"), "lists what there is: {err}");
+    assert!(
+        err.message.contains("yours are shared") && !err.message.contains("ops"),
+        "lists only what it may use: {err}"
+    );
     let err = submit("../ops").await;
     assert_eq!(err.code, ErrorCode::InvalidRequest, "{err}");
     assert!(!ops.path().join("report.txt").exists());
@@ -199,6 +202,16 @@ fn raw_entry(name: &str, kind: u8, link: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One file `depth` directories down, its name in a GNU long-name entry.
+fn deep_tar(depth: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    b.append_data(&mut h, format!("{}f", "d/".repeat(depth)), &b"x"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
 fn tar_of(entries: &[Vec<u8>]) -> Vec<u8> {
     let mut out: Vec<u8> = entries.concat();
     out.extend_from_slice(&[0u8; 1024]);
@@ -240,6 +253,13 @@ async fn hostile_uploads_are_refused_and_write_nothing() {
             ErrorCode::InvalidRequest,
             "maxFiles",
         ),
+        (
+            "directories a deep name implies count",
+            tar_of(&[raw_entry("a/b/c/d/e/f", b'0', "", b"x")]),
+            ErrorCode::InvalidRequest,
+            "maxFiles",
+        ),
+        ("too deep (a GNU long name)", deep_tar(70), ErrorCode::InvalidRequest, "deeper than 64"),
         ("not a tar", b"PK\x03\x04 this is a zip".repeat(40), ErrorCode::InvalidRequest, "not a tar"),
         (
             "over maxBytes",
@@ -263,6 +283,15 @@ async fn hostile_uploads_are_refused_and_write_nothing() {
     let err = dev.upload_workspace(second.into()).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::QuotaExceeded, "{err}");
     assert!(err.message.contains("maxTotalBytes"), "{err}");
+
+    // Only a few uploads are received at once, server-wide.
+    let who = h.f.service.authenticate(Some(&h.f.login("eve", &["developer"]))).unwrap();
+    let held: Vec<_> =
+        (0..coderclaw::tasks::MAX_CONCURRENT_UPLOADS).map(|_| h.f.service.begin_upload(&who).unwrap()).collect();
+    let err = dev.upload_workspace(tar_of(&[raw_entry("c", b'0', "", b"x")]).into()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::RateLimited, "{err}");
+    assert!(err.retry_after_secs.is_some(), "{err:?}");
+    drop(held);
 
     // Uploading needs task:submit, checked before the body is read.
     let reader = h.user("reader", &["readonly"]);

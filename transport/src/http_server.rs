@@ -36,6 +36,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::Instrument;
 
+/// How long one upload's body may take to arrive.
+const UPLOAD_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The OpenAPI document of this API (committed at `docs/openapi.json`).
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 
@@ -243,8 +246,14 @@ async fn route(
             Ok(json_response(StatusCode::CREATED, &state))
         }
         (&Method::POST, ["v1", "uploads"]) => {
-            let limit = usize::try_from(service.upload_limit(&who)?).unwrap_or(usize::MAX);
-            let body = read_body(req.into_body(), limit).await.map_err(|e| match e {
+            let slot = service.begin_upload(&who)?;
+            let limit = usize::try_from(slot.max_bytes).unwrap_or(usize::MAX);
+            let read = tokio::time::timeout(UPLOAD_TIME, read_body(req.into_body(), limit));
+            let too_slow = || {
+                let secs = UPLOAD_TIME.as_secs();
+                err(ErrorCode::InvalidRequest, format!("the upload did not arrive within {secs} s"))
+            };
+            let body = read.await.map_err(|_| too_slow())?.map_err(|e| match e {
                 BodyError::TooLarge(_) => err(
                     ErrorCode::PayloadTooLarge,
                     format!(

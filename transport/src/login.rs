@@ -113,9 +113,12 @@ pub async fn login(
         // Argon2id takes tens of milliseconds of CPU on purpose: not on an
         // async worker (it would stall every connection it serves), and only
         // a few at once (a flood of guesses waits instead of taking every core).
-        let _slot = HASHING.acquire().await.map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
+        // The slot goes with the hash, not with the request: a client that
+        // hangs up does not free it while the hash still runs.
+        let slot = HASHING.acquire().await.map_err(|e| RuntimeError::new(ErrorCode::Internal, e.to_string()))?;
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let roles = (!body.roles.is_empty()).then_some(body.roles.as_slice());
             let credential = body.credential().expect("checked above");
             handle.block_on(security.login_from_peer(peer.ip(), credential, roles, ttl))

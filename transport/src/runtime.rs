@@ -325,7 +325,8 @@ impl Transport for LocalTransport {
     fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo> {
         Box::pin(async move {
             let who = self.who()?;
-            let limit = self.service.upload_limit(&who)?;
+            let slot = self.service.begin_upload(&who)?;
+            let limit = slot.max_bytes;
             if tar.len() as u64 > limit {
                 return Err(RuntimeError::new(
                     coderclaw_tasks::ErrorCode::PayloadTooLarge,

@@ -170,6 +170,7 @@ async fn accept_loop(
                     io,
                     info: TcpConnectInfo { local_addr: local, remote_addr: Some(peer) },
                     first_byte,
+                    preface_read: 0,
                     _slot: slot,
                 }))
                 .await;
@@ -181,13 +182,19 @@ async fn accept_loop(
 struct GrpcConnection {
     io: Box<dyn Connection>,
     info: TcpConnectInfo,
-    /// Until the client's first bytes (the HTTP/2 preface) arrive: a
+    /// Until the client's HTTP/2 preface has arrived: a
     /// connection that says nothing gives its slot back when this fires,
     /// rather than holding it for ever (keepalive pings start only after
     /// the preface).
     first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes of the preface read so far: all of it must come in time, not
+    /// just its first byte.
+    preface_read: usize,
     _slot: OwnedSemaphorePermit,
 }
+
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
+const HTTP2_PREFACE_BYTES: usize = 24;
 
 impl Connected for GrpcConnection {
     type ConnectInfo = TcpConnectInfo;
@@ -204,7 +211,12 @@ impl AsyncRead for GrpcConnection {
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Some(deadline) = &mut this.first_byte {
             match &read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_byte = None,
+                Poll::Ready(Ok(())) => {
+                    this.preface_read += buf.filled().len() - before;
+                    if this.preface_read >= HTTP2_PREFACE_BYTES {
+                        this.first_byte = None;
+                    }
+                }
                 Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
@@ -358,7 +370,8 @@ impl Runtime for GrpcRuntime {
 
     async fn upload_workspace(&self, req: Request<tonic::Streaming<proto::UploadChunk>>) -> Reply<proto::Upload> {
         let who = self.who(&req)?;
-        let limit = self.service.upload_limit(&who).map_err(status_of)?;
+        let slot = self.service.begin_upload(&who).map_err(status_of)?;
+        let limit = slot.max_bytes;
         let mut chunks = req.into_inner();
         let mut tar = bytes::BytesMut::new();
         let receive = async {
