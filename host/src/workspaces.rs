@@ -110,6 +110,19 @@ impl Workspaces {
                         format!("workspace `{name}` is configured at {}, which is not a directory", w.path.display()),
                     ));
                 }
+                // Keys, sessions, the audit log and every user's uploads
+                // live there: no task may see them through a workspace.
+                let state = self.security.home().root();
+                let (dir, state) = (canonical(&w.path), canonical(state));
+                if dir.starts_with(&state) || state.starts_with(&dir) {
+                    return Err(RuntimeError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "workspace `{name}` overlaps this server's state directory: tasks there could read its \
+                             keys, sessions and uploads; configure another path"
+                        ),
+                    ));
+                }
                 Ok((w.path.clone(), if w.write { Access::ReadWrite } else { Access::Read }))
             }
             WorkspaceRef::Upload(text) => {
@@ -245,6 +258,11 @@ impl Workspaces {
         let user_key = Digest::of(user.as_bytes()).to_hex();
         self.uploads.join(&user_key[..32]).join(digest.to_hex())
     }
+}
+
+/// `path` with links resolved, or as written if it cannot be.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn refusal(name: &str, w: &NamedWorkspace, roles: &[String]) -> String {

@@ -144,6 +144,20 @@ async fn named_workspaces_are_allowed_per_role(via: Via) {
     );
     let err = submit("../ops").await;
     assert_eq!(err.code, ErrorCode::InvalidRequest, "{err}");
+    // A workspace around the state directory would show tasks its keys and uploads.
+    let state = h.f.home.root().parent().unwrap().to_path_buf();
+    configure(&h, &format!("workspaces:\n  everything:\n    path: {}\n    roles: [developer]\n", state.display()));
+    let err = submit("everything").await;
+    assert_eq!(err.code, ErrorCode::Internal, "{err}");
+    assert!(err.message.contains("state directory"), "{err}");
+    configure(
+        &h,
+        &format!(
+            "workspaces:\n  shared:\n    path: {}\n    roles: [developer]\n    write: true\n  ops:\n    path: {}\n    roles: [admin]\n",
+            shared.path().display(),
+            ops.path().display()
+        ),
+    );
     assert!(!ops.path().join("report.txt").exists());
 
     // A role taken away after submission: refused when the task starts.
