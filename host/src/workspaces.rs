@@ -53,11 +53,6 @@ impl Workspaces {
         Self { security, default, uploads, admitting: Mutex::new(()) }
     }
 
-    /// The place of a task that names no workspace.
-    pub fn default_place(&self) -> &Place {
-        &self.default
-    }
-
     /// Whether `who` may name `workspace` now.
     pub fn admit(&self, who: &Subject, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
         self.locate(&who.user, &who.roles, workspace).map(|_| ())
@@ -154,16 +149,15 @@ impl Workspaces {
         let info = |files| UploadInfo { digest: format!("sha256:{}", digest.to_hex()), bytes: tar.len() as u64, files };
         {
             let _held = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(files) = read_sidecar(&final_dir) {
-                // Sent again: keep it as long again.
-                touch(&sidecar(&final_dir));
+            if let Some(files) = already_kept(&final_dir) {
                 return Ok(info(files));
             }
         }
         // What is unpacked is never more than was sent plus the entries'
         // cost: refused before any of it is written when it cannot fit.
-        if self.total_bytes() + tar.len() as u64 > limits.max_total_bytes.0 {
-            return Err(over_total(self.total_bytes(), tar.len() as u64, limits.max_total_bytes.0));
+        let kept = self.total_bytes();
+        if kept + tar.len() as u64 > limits.max_total_bytes.0 {
+            return Err(over_total(kept, tar.len() as u64, limits.max_total_bytes.0));
         }
         let incoming = self.uploads.join(".incoming");
         mkdir(&incoming)?;
@@ -174,9 +168,8 @@ impl Workspaces {
         if kept + unpacked.bytes > limits.max_total_bytes.0 {
             return Err(over_total(kept, unpacked.bytes, limits.max_total_bytes.0));
         }
-        if let Some(files) = read_sidecar(&final_dir) {
+        if let Some(files) = already_kept(&final_dir) {
             // The same bytes arrived meanwhile.
-            touch(&sidecar(&final_dir));
             return Ok(info(files));
         }
         mkdir(final_dir.parent().expect("under uploads"))?;
@@ -439,18 +432,17 @@ fn sidecar(upload: &Path) -> PathBuf {
     upload.with_extension("json")
 }
 
-fn read_sidecar(upload: &Path) -> Option<u64> {
+/// The file count of `upload` if it is kept already; sent again, it is
+/// kept as long again. Call with `admitting` held.
+fn already_kept(upload: &Path) -> Option<u64> {
     if !upload.is_dir() {
         return None;
     }
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(sidecar(upload)).ok()?).ok()?;
-    record["files"].as_u64()
-}
-
-fn touch(path: &Path) {
-    if let Ok(f) = std::fs::OpenOptions::new().append(true).open(path) {
+    if let Ok(f) = std::fs::OpenOptions::new().append(true).open(sidecar(upload)) {
         let _ = f.set_modified(SystemTime::now());
     }
+    record["files"].as_u64()
 }
 
 fn remove_upload(dir: &Path) {

@@ -110,14 +110,12 @@ async fn named_workspaces_are_allowed_per_role(via: Via) {
     let (shared, ops) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(shared.path().join("README"), "shared checkout").unwrap();
     std::fs::write(ops.path().join("README"), "ops only").unwrap();
-    configure(
-        &h,
-        &format!(
-            "workspaces:\n  shared:\n    path: {}\n    roles: [developer]\n    write: true\n  ops:\n    path: {}\n    roles: [admin]\n",
-            shared.path().display(),
-            ops.path().display()
-        ),
+    let shared_and_ops = format!(
+        "workspaces:\n  shared:\n    path: {}\n    roles: [developer]\n    write: true\n  ops:\n    path: {}\n    roles: [admin]\n",
+        shared.path().display(),
+        ops.path().display()
     );
+    configure(&h, &shared_and_ops);
     let dev = h.user("dev", &["developer"]);
     let input = json!({ "read": ["README"], "write": ["report.txt"] });
     let out = probe(&dev, Some(WorkspaceRef::Name("shared".into())), input.clone()).await;
@@ -150,14 +148,7 @@ async fn named_workspaces_are_allowed_per_role(via: Via) {
     let err = submit("everything").await;
     assert_eq!(err.code, ErrorCode::Internal, "{err}");
     assert!(err.message.contains("state directory"), "{err}");
-    configure(
-        &h,
-        &format!(
-            "workspaces:\n  shared:\n    path: {}\n    roles: [developer]\n    write: true\n  ops:\n    path: {}\n    roles: [admin]\n",
-            shared.path().display(),
-            ops.path().display()
-        ),
-    );
+    configure(&h, &shared_and_ops);
     assert!(!ops.path().join("report.txt").exists());
 
     // A role taken away after submission: refused when the task starts.
@@ -238,6 +229,9 @@ async fn hostile_uploads_are_refused_and_write_nothing() {
     configure(&h, "uploads:\n  maxBytes: 64KiB\n  maxFiles: 5\n  maxTotalBytes: 96KiB\n");
     let dev = h.user("dev", &["developer"]);
     let outside = h.f.home.root().join("escaped.txt");
+    // An absolute name aimed at a directory the server could write.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let absolute = elsewhere.path().join("escaped.txt");
     let cases: Vec<(&str, Vec<u8>, ErrorCode, &str)> = vec![
         ("parent", tar_of(&[raw_entry("../escaped.txt", b'0', "", b"x")]), ErrorCode::InvalidRequest, "relative path"),
         (
@@ -246,7 +240,12 @@ async fn hostile_uploads_are_refused_and_write_nothing() {
             ErrorCode::InvalidRequest,
             "relative path",
         ),
-        ("absolute", tar_of(&[raw_entry("/tmp/escaped.txt", b'0', "", b"x")]), ErrorCode::InvalidRequest, "relative"),
+        (
+            "absolute",
+            tar_of(&[raw_entry(&absolute.to_string_lossy(), b'0', "", b"x")]),
+            ErrorCode::InvalidRequest,
+            "relative",
+        ),
         (
             "symlink then write through it",
             tar_of(&[raw_entry("link", b'2', "/", b""), raw_entry("link/escaped.txt", b'0', "", b"x")]),
@@ -287,7 +286,7 @@ async fn hostile_uploads_are_refused_and_write_nothing() {
         assert_eq!(err.code, code, "{what}: {err}");
         assert!(err.message.contains(says), "{what}: {err}");
         assert!(!outside.exists(), "{what} wrote outside the upload");
-        assert!(!Path::new("/tmp/escaped.txt").exists(), "{what} wrote /tmp/escaped.txt");
+        assert!(!absolute.exists(), "{what} wrote {}", absolute.display());
         assert_eq!(kept_uploads(h.f.home.root()), Vec::<PathBuf>::new(), "{what} left an upload behind");
     }
     // Still usable; and all uploads together are bounded.
