@@ -9,7 +9,9 @@ use coderclaw::security::Security;
 use coderclaw::tasks::grpc::server::{GrpcConfig, serve as serve_grpc};
 use coderclaw::tasks::http_server::{ServerConfig, serve};
 use coderclaw::tasks::mcp::http::McpHttpConfig;
-use coderclaw::tasks::{CoderClawRuntime, EngineConfig, LocalTransport, MAX_EVENTS_PAGE, RuntimeError, Transport};
+use coderclaw::tasks::{
+    CoderClawRuntime, EngineConfig, LocalTransport, MAX_EVENTS_PAGE, RunUpdate, RuntimeError, Transport,
+};
 use coderclaw::{LocalRuntime, OpenError};
 use coderclaw_core::Access;
 use coderclaw_core::decision::{Offer, OfferedDir};
@@ -448,6 +450,25 @@ fn progress_line(e: &TaskUpdateEvent, local: bool) -> String {
     }
 }
 
+fn show_progress(e: &TaskUpdateEvent, local: bool, tty: bool) {
+    let line = progress_line(e, local);
+    if tty { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
+}
+
+/// Follows a remote run (see [`Transport::run_task`]) after its
+/// acknowledgement to the final state.
+async fn follow_run(updates: &mut coderclaw::tasks::RunStream<'_>, json: bool) -> Result<TaskState> {
+    let tty = std::io::stderr().is_terminal();
+    while let Some(update) = updates.next().await {
+        match update.map_err(rt_err)? {
+            RunUpdate::Event(e) if !json => show_progress(&e, false, tty),
+            RunUpdate::Finished(state) => return Ok(state),
+            RunUpdate::Event(_) | RunUpdate::Accepted(_) => {}
+        }
+    }
+    bail!("the server ended the task's stream before its final state: see it with `coderclaw task status ID`")
+}
+
 /// Streams the task's updates to its end. With the local engine, an input
 /// request is answered from a line of stdin (no other process can reach
 /// this engine); over HTTP someone answers with `task respond`.
@@ -458,8 +479,7 @@ async fn follow(rt: &Runtime, id: &str, json: bool) -> Result<TaskState> {
     while let Some(e) = stream.next().await {
         let e = e.map_err(rt_err)?;
         if !json {
-            let line = progress_line(&e, local);
-            if tty { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
+            show_progress(&e, local, tty);
         }
         if local && e.event == TaskEventKind::InputRequested {
             let answer = tokio::task::spawn_blocking(|| {
@@ -534,6 +554,26 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
         }
         // Listening before submitting: a signal from now on is seen, not fatal.
         let interrupted = interrupted()?;
+        if let (true, Runtime::Remote(remote)) = (args.wait, &rt) {
+            // One call where the transport can (gRPC): submit and follow.
+            let mut updates = remote.run_task(req);
+            // The acknowledgement whatever the signals: it names the task
+            // to give up.
+            let task = match updates.next().await {
+                Some(Ok(RunUpdate::Accepted(task))) => task,
+                Some(Err(e)) => return Err(rt_err(e)),
+                _ => bail!("the server did not acknowledge the submission: see `coderclaw task list`"),
+            };
+            if !args.target.json {
+                eprintln!("task {} submitted", task.id);
+            }
+            let done = tokio::select! {
+                done = follow_run(&mut updates, args.target.json) => done?,
+                signal = interrupted => return give_up(&rt, &task.id, signal, args.detach).await,
+            };
+            print_state(&done, args.target.json)?;
+            return Ok(exit_for(&done));
+        }
         let task = call!(&rt, submit_task(req)).map_err(rt_err)?;
         // A local engine lives only as long as this command: it follows the
         // task to its end even without --wait.

@@ -137,6 +137,12 @@ fn pythons_grpcio_submits_and_streams_a_task_and_finds_health_and_reflection() {
     let proto = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../transport/proto");
     let seen = python_client(&["grpc", &grpc, &token, p(&proto)]);
     assert_streamed_to_completion(&seen);
+    // RunTask: the acknowledgement, the events, the final state.
+    let kinds: Vec<&str> = seen["run_kinds"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert!(kinds.len() >= 5 && kinds[0] == "accepted" && kinds[kinds.len() - 1] == "finished", "{seen}");
+    assert!(kinds[1..kinds.len() - 1].iter().all(|k| *k == "event"), "{seen}");
+    assert_eq!(seen["run_status"], "TASK_STATUS_COMPLETED", "{seen}");
+    assert_eq!(seen["run_output"], json!({ "echo": { "run": "python" } }), "{seen}");
     assert_eq!(seen["anonymous"], "UNAUTHENTICATED", "{seen}");
     assert_eq!(seen["not_found"], "NOT_FOUND", "{seen}");
     assert_eq!(seen["bad_input"], "INVALID_ARGUMENT", "{seen}");

@@ -9,12 +9,13 @@
 //!
 //! PHASE picks parts to run (all by default): `alone` (one task at a time,
 //! with stages), `local`, `memory`, `http`, `fanout`, `transports` (HTTP,
-//! WebSocket and gRPC side by side, 64 clients with a connection each;
+//! WebSocket and gRPC side by side, 64 clients with a connection each,
+//! each task first as one `run_task`, then as `submit_task` + `wait`;
 //! `transports:http`, `transports:websocket`, `transports:grpc` for one);
 //! for profiling one.
 
 use coderclaw::tasks::http_server::{ServerConfig, serve};
-use coderclaw::tasks::{CoderClawRuntime, HttpTransport, LocalTransport, Transport};
+use coderclaw::tasks::{CoderClawRuntime, HttpTransport, LocalTransport, RunUpdate, Transport};
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::span;
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 // As the `coderclaw` binary: the figures are the server's.
@@ -122,8 +123,15 @@ async fn end_to_end<T: Transport + 'static>(
 /// `clients` clients, each with its own connection (made by `connect`),
 /// each submitting its next task once its last one is COMPLETED, `n` tasks
 /// in all: tasks/s, and the p50/p99 of the acknowledgement and of submit →
-/// COMPLETED.
-async fn clients_each_connected(connect: impl Fn() -> Arc<dyn Transport>, clients: usize, n: usize, label: &str) {
+/// COMPLETED. With `run_task`, each task is one `run_task` (one call over
+/// gRPC), otherwise `submit_task` then `wait` (three calls everywhere).
+async fn clients_each_connected(
+    connect: impl Fn() -> Arc<dyn Transport>,
+    clients: usize,
+    n: usize,
+    run_task: bool,
+    label: &str,
+) {
     let start = Instant::now();
     let mut handles = Vec::new();
     for c in 0..clients {
@@ -134,9 +142,23 @@ async fn clients_each_connected(connect: impl Fn() -> Arc<dyn Transport>, client
             let mut totals = Vec::with_capacity(share);
             for i in 0..share {
                 let t0 = Instant::now();
-                let t = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(i))).await.unwrap();
-                acks.push(t0.elapsed());
-                let done = rt.wait(&t.id, |_| {}).await.unwrap();
+                let req = TaskSubmitRequest::skill("team/echo", json!(i));
+                let done = if run_task {
+                    let mut updates = rt.run_task(req);
+                    let mut done = None;
+                    while let Some(u) = updates.next().await {
+                        match u.unwrap() {
+                            RunUpdate::Accepted(_) => acks.push(t0.elapsed()),
+                            RunUpdate::Finished(t) => done = Some(t),
+                            RunUpdate::Event(_) => {}
+                        }
+                    }
+                    done.unwrap()
+                } else {
+                    let t = rt.submit_task(req).await.unwrap();
+                    acks.push(t0.elapsed());
+                    rt.wait(&t.id, |_| {}).await.unwrap()
+                };
                 assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
                 totals.push(t0.elapsed());
             }
@@ -201,7 +223,14 @@ fn main() {
         std::env::args().skip(1).filter(|a| !a.starts_with('-') && a.parse::<usize>().is_err()).collect();
     let run = |phase: &str| picked.is_empty() || picked.iter().any(|p| p == phase);
     let times = Arc::new(StageTimes::default());
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(StageLayer(times.clone()))).unwrap();
+    // Only the stages' spans: enabling every span (h2's and hyper's trace
+    // spans included) would time the transports' instrumentation, which
+    // the `coderclaw` binary (at `warn`) never turns on.
+    let stages = tracing_subscriber::filter::filter_fn(|m| m.is_span() && STAGES.iter().any(|(n, _)| *n == m.name()));
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(StageLayer(times.clone()).with_filter(stages)),
+    )
+    .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
@@ -327,9 +356,12 @@ async fn transports(n: usize, only: Option<&str>) {
         move || coderclaw::tasks::connect(&url, Some(token.clone()), None).unwrap()
     };
     for (label, url) in &kinds {
-        clients_each_connected(connect(url), 64, 256, &format!("{label} warm-up")).await;
+        clients_each_connected(connect(url), 64, 256, true, &format!("{label} warm-up")).await;
     }
     for (label, url) in &kinds {
-        clients_each_connected(connect(url), 64, n, &format!("{label} (loopback, 64 clients)")).await;
+        clients_each_connected(connect(url), 64, n, true, &format!("{label} run_task (64 clients)")).await;
+    }
+    for (label, url) in &kinds {
+        clients_each_connected(connect(url), 64, n, false, &format!("{label} submit + wait (64 clients)")).await;
     }
 }

@@ -10,8 +10,8 @@ use coderclaw::security::{LocalSecret, Security};
 use coderclaw::tasks::grpc::server::GrpcConfig;
 use coderclaw::tasks::http_server::{RunningServer, ServerConfig, serve};
 use coderclaw::tasks::{
-    CoderClawRuntime, EngineConfig, ErrorCode, GrpcTransport, HttpTransport, LocalTransport, TaskEngine, TaskService,
-    Transport, WsTransport,
+    CoderClawRuntime, EngineConfig, ErrorCode, GrpcTransport, HttpTransport, LocalTransport, RunUpdate, TaskEngine,
+    TaskService, Transport, WsTransport,
 };
 use coderclaw::{Host, LocalRuntime};
 use coderclaw_core::decision::{Offer, OfferedDir};
@@ -186,6 +186,34 @@ async fn echo_completes_with_ordered_events<T: Transport>(rt: &CoderClawRuntime<
         seen.iter().filter(|e| e.event == TaskEventKind::Status).map(|e| e.status).collect();
     assert_eq!(statuses, [TaskStatus::Planning, TaskStatus::Running, TaskStatus::Completed]);
     assert_eq!(rt.get_task_events(&task.id, 0, 1000).await.unwrap(), seen, "history equals the stream");
+}
+
+/// `run_task`: the acknowledgement, every event in order, then the final
+/// state, and nothing after it; a refused submission is one error.
+async fn run_task_acknowledges_streams_and_ends_with_the_final_state<T: Transport>(rt: &CoderClawRuntime<T>) {
+    let mut updates = rt.run_task(TaskSubmitRequest::skill("team/echo", json!({ "run": 1 })));
+    let Some(Ok(RunUpdate::Accepted(accepted))) = updates.next().await else { panic!("no acknowledgement first") };
+    assert_eq!(accepted.status, TaskStatus::Pending);
+    let (mut seen, mut finished) = (Vec::new(), None);
+    while let Some(update) = updates.next().await {
+        assert!(finished.is_none(), "nothing follows the final state");
+        match update.unwrap() {
+            RunUpdate::Event(e) => seen.push(e),
+            RunUpdate::Finished(t) => finished = Some(t),
+            RunUpdate::Accepted(t) => panic!("acknowledged twice: {t:?}"),
+        }
+    }
+    let done = finished.expect("the run ends with the final state");
+    assert_eq!((done.id.as_str(), done.status), (accepted.id.as_str(), TaskStatus::Completed), "{:?}", done.error);
+    assert_eq!(done.output, Some(json!({ "echo": { "run": 1 } })));
+    assert_eq!(seen.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=seen.len() as u64).collect::<Vec<_>>());
+    assert_eq!(seen.last().map(|e| e.status), Some(TaskStatus::Completed));
+    assert_eq!(rt.get_task_events(&done.id, 0, 1000).await.unwrap(), seen, "history equals the run's events");
+
+    let mut refused = rt.run_task(TaskSubmitRequest::default());
+    let err = refused.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest, "{err}");
+    assert!(refused.next().await.is_none(), "a refused submission ends the run");
 }
 
 /// 12,000 log lines against the default budget of 10,000 events per task:
@@ -383,6 +411,19 @@ async fn a_session_gives_up_its_own_task_and_no_other(h: &Harness) {
     assert_eq!(records[0].user.as_deref(), Some("alice"));
 }
 
+/// The task's state once final (5 s at most), read from the engine.
+async fn finished_in_engine(h: &Harness, id: &str) -> coderclaw_core::task::TaskState {
+    let mut done = h.f.engine.get(id).unwrap();
+    for _ in 0..100 {
+        if done.status.is_terminal() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        done = h.f.engine.get(id).unwrap();
+    }
+    done
+}
+
 /// A session that may submit but not read still gets the state of the
 /// task it gives up (the reply is the abandon's, not a read).
 async fn a_session_without_task_read_gives_up_its_task(h: &Harness) {
@@ -396,15 +437,28 @@ async fn a_session_without_task_read_gives_up_its_task(h: &Harness) {
     let err = submitter.get_task_state(&task.id).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
     assert!(submitter.abandon_task(&task.id, "interrupted").await.unwrap());
-    let mut done = h.f.engine.get(&task.id).unwrap();
-    for _ in 0..100 {
-        if done.status.is_terminal() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        done = h.f.engine.get(&task.id).unwrap();
-    }
+    let done = finished_in_engine(h, &task.id).await;
     assert_eq!(done.status, TaskStatus::Cancelled);
+}
+
+/// A session that may submit but not read runs a task with `run_task`:
+/// it gets the acknowledgement, then the refusal to read, and the task
+/// runs all the same.
+async fn run_task_without_task_read_is_acknowledged_then_refused(h: &Harness) {
+    std::fs::write(
+        h.f.home.root().join("config.yaml"),
+        "roles:\n  submitter:\n    additionalPermissions: [task:submit, skill:execute]\n",
+    )
+    .unwrap();
+    let submitter = h.user("sub", &["submitter"]);
+    let mut updates = submitter.run_task(TaskSubmitRequest::skill("team/echo", json!(2)));
+    let Some(Ok(RunUpdate::Accepted(task))) = updates.next().await else { panic!("no acknowledgement first") };
+    let err = updates.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
+    assert!(err.message.contains("task:read"), "{err}");
+    assert!(updates.next().await.is_none());
+    let done = finished_in_engine(h, &task.id).await;
+    assert_eq!(done.status, TaskStatus::Completed);
 }
 
 /// 401, 403, 404, 413 and 400, each with its stable code.
@@ -492,6 +546,7 @@ macro_rules! every_transport {
 every_transport!(
     clients: [
         echo_completes_with_ordered_events,
+        run_task_acknowledges_streams_and_ends_with_the_final_state,
         a_flood_of_log_lines_is_bounded_and_its_history_paged,
         cancel_stops_a_spinning_guest,
         waiting_round_trip,
@@ -502,6 +557,7 @@ every_transport!(
         refusals_have_stable_codes,
         a_session_gives_up_its_own_task_and_no_other,
         a_session_without_task_read_gives_up_its_task,
+        run_task_without_task_read_is_acknowledged_then_refused,
         a_thousand_concurrent_submissions_each_run_once
     ]
 );

@@ -8,10 +8,11 @@ use crate::tasks::{Harness, Via, fixture, self_signed_localhost};
 use coderclaw::tasks::grpc::server::GrpcConfig;
 use coderclaw::tasks::http_server::{ServerConfig, serve};
 use coderclaw::tasks::ws::server::WsConfig;
-use coderclaw::tasks::{CoderClawRuntime, ErrorCode, WsTransport};
+use coderclaw::tasks::{CoderClawRuntime, ErrorCode, GrpcTransport, WsTransport};
 use coderclaw_core::task::{TaskFilter, TaskStatus, TaskSubmitRequest};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::ClientRequestBuilder;
@@ -209,6 +210,10 @@ async fn without_a_session_nothing_is_done_on_either_transport() {
         let rt = h.connect(token.as_deref());
         let err = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Unauthenticated, "{token:?}: {err}");
+        let mut run = rt.run_task(TaskSubmitRequest::skill("team/echo", json!(1)));
+        let err = run.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated, "RunTask {token:?}: {err}");
+        assert!(run.next().await.is_none());
     }
     assert!(h.f.engine.list(&TaskFilter::default()).unwrap().is_empty(), "no task was made");
 }
@@ -416,4 +421,48 @@ async fn silent_grpc_connections_are_closed_and_free_their_slots() {
         coderclaw::tasks::GrpcTransport::new(&url, Some(f.login("dev", &["developer"])), None).unwrap(),
     );
     rt.get_status().await.unwrap();
+}
+
+/// A gRPC client whose connection broke opens a new one at its next call
+/// instead of failing for good; the call that met the break is
+/// UNAVAILABLE (worth trying again), not an internal error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grpc_client_reconnects_after_its_connection_breaks() {
+    let h = Harness::start(Via::Grpc, Default::default()).await;
+    let server = h.url.trim_start_matches("grpc://").to_owned();
+    // A relay in front of the server whose connections the test cuts.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let relayed: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let accepting = {
+        let relayed = relayed.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = relay.accept().await.unwrap();
+                let server = server.clone();
+                relayed.lock().unwrap().push(tokio::spawn(async move {
+                    let mut upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }));
+            }
+        })
+    };
+    let token = h.f.login("dev", &["developer"]);
+    let rt = CoderClawRuntime::new(GrpcTransport::new(&format!("grpc://{relay_addr}"), Some(token), None).unwrap());
+    rt.get_status().await.unwrap();
+    assert_eq!(relayed.lock().unwrap().len(), 1, "one connection carries the calls");
+    rt.get_status().await.unwrap();
+    assert_eq!(relayed.lock().unwrap().len(), 1, "one connection carries the calls");
+    for cut in relayed.lock().unwrap().drain(..) {
+        cut.abort();
+    }
+    // The break may be seen by the next call or before it; either way the
+    // call after that goes through on a new connection.
+    if let Err(err) = rt.get_status().await {
+        assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+    }
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(3))).await.unwrap();
+    assert_eq!(rt.wait(&task.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+    assert_eq!(relayed.lock().unwrap().len(), 1, "a new connection");
+    accepting.abort();
 }

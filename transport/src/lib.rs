@@ -35,5 +35,7 @@ pub use bytes::Bytes;
 pub use grpc::GrpcTransport;
 pub use http_client::HttpTransport;
 pub use login::{LoginReply, LoginRequest, login_remote};
-pub use runtime::{CoderClawRuntime, LocalTransport, RuntimeFuture, Transport, UpdateStream, connect};
+pub use runtime::{
+    CoderClawRuntime, LocalTransport, RunStream, RunUpdate, RuntimeFuture, Transport, UpdateStream, connect,
+};
 pub use ws::WsTransport;

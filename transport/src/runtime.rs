@@ -18,6 +18,22 @@ use std::sync::Arc;
 /// A task's live events; ends after the final status.
 pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<TaskUpdateEvent, RuntimeError>> + Send>>;
 
+/// What [`Transport::run_task`] reports, in this order: the
+/// acknowledgement (the task is durable), the task's events, its final
+/// state.
+#[derive(Debug, Clone)]
+pub enum RunUpdate {
+    /// Submitted and stored.
+    Accepted(TaskState),
+    /// One of the task's events.
+    Event(TaskUpdateEvent),
+    /// The final state; nothing follows.
+    Finished(TaskState),
+}
+
+/// A task run from submission to its final state.
+pub type RunStream<'a> = Pin<Box<dyn Stream<Item = Result<RunUpdate, RuntimeError>> + Send + 'a>>;
+
 /// What a runtime call returns.
 pub type RuntimeFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RuntimeError>> + Send + 'a>>;
 
@@ -56,6 +72,55 @@ pub trait Transport: Send + Sync {
     /// submission can then name as its workspace
     /// (`WorkspaceRef::Upload(info.digest)`).
     fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo>;
+    /// Submits a task and follows it to its end: [`RunUpdate::Accepted`],
+    /// then its events, then [`RunUpdate::Finished`]. Needs `task:read`
+    /// beside `task:submit`, as streaming does; without it the stream
+    /// ends with that refusal after `Accepted`. By default three calls
+    /// (submit, stream, state); gRPC does it in one.
+    fn run_task<'a>(&'a self, req: TaskSubmitRequest) -> RunStream<'a> {
+        run_in_three_calls(self, req)
+    }
+}
+
+/// [`Transport::run_task`] as submit, stream, then get the final state.
+fn run_in_three_calls<'a, T: Transport + ?Sized>(transport: &'a T, req: TaskSubmitRequest) -> RunStream<'a> {
+    enum Step {
+        Submit(TaskSubmitRequest),
+        Open(String),
+        Follow(String, UpdateStream),
+        Done,
+    }
+    let stream = futures_util::stream::unfold(Step::Submit(req), move |step| async move {
+        let (id, mut events) = match step {
+            Step::Submit(req) => {
+                return Some(match transport.submit_task(req).await {
+                    Ok(task) => {
+                        let id = task.id.clone();
+                        (Ok(RunUpdate::Accepted(task)), Step::Open(id))
+                    }
+                    Err(e) => (Err(e), Step::Done),
+                });
+            }
+            Step::Open(id) => match transport.stream_task_updates(&id).await {
+                Ok(events) => (id, events),
+                Err(e) => return Some((Err(e), Step::Done)),
+            },
+            Step::Follow(id, events) => (id, events),
+            Step::Done => return None,
+        };
+        Some(match events.next().await {
+            Some(Ok(e)) => (Ok(RunUpdate::Event(e)), Step::Follow(id, events)),
+            Some(Err(e)) => (Err(e), Step::Done),
+            None => match transport.get_task_state(&id).await {
+                Ok(Some(task)) => (Ok(RunUpdate::Finished(task)), Step::Done),
+                Ok(None) => {
+                    (Err(RuntimeError::new(coderclaw_tasks::ErrorCode::NotFound, format!("no task {id}"))), Step::Done)
+                }
+                Err(e) => (Err(e), Step::Done),
+            },
+        })
+    });
+    Box::pin(stream)
 }
 
 /// A client's connection failure as a runtime error: a URL that cannot be
@@ -133,6 +198,9 @@ macro_rules! forward_transport {
             }
             fn upload_workspace<'a>(&'a self, tar: Bytes) -> RuntimeFuture<'a, UploadInfo> {
                 (**self).upload_workspace(tar)
+            }
+            fn run_task<'a>(&'a self, req: TaskSubmitRequest) -> RunStream<'a> {
+                (**self).run_task(req)
             }
         }
     )*};
@@ -226,6 +294,12 @@ impl<T: Transport> CoderClawRuntime<T> {
     /// Releases a paused task.
     pub async fn resume_task(&self, id: &str) -> Result<TaskState, RuntimeError> {
         self.transport.set_paused(id, false).await
+    }
+
+    /// Submits a task and follows it to its end (see
+    /// [`Transport::run_task`]).
+    pub fn run_task(&self, req: TaskSubmitRequest) -> RunStream<'_> {
+        self.transport.run_task(req)
     }
 
     /// Follows the task's stream to its final status (calling `each` on

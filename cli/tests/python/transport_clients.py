@@ -111,6 +111,12 @@ def grpc_main(addr, token, proto_dir):
         seen["seqs"] = [e.seq for e in events]
         done = stub.GetTask(pb.TaskRef(task_id=task.id), metadata=auth)
         seen["output"] = json.loads(done.output_json)
+        run = list(
+            stub.RunTask(pb.SubmitTaskRequest(skill_id="team/echo", input_json=json.dumps({"run": "python"})), metadata=auth)
+        )
+        seen["run_kinds"] = [u.WhichOneof("update") for u in run]
+        seen["run_output"] = json.loads(run[-1].finished.output_json)
+        seen["run_status"] = pb.TaskStatus.Name(run[-1].finished.status)
 
         def code_of(call):
             try:

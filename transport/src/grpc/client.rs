@@ -3,10 +3,11 @@
 //! TLS verified like https). One HTTP/2 connection, opened on first use
 //! and again after it breaks, carries every call and stream.
 
+use super::connection::H2Connection;
 use super::convert::{event_from, filter_to, runtime_status_from, skill_from, submit_to, task_from};
 use super::proto::runtime_client::RuntimeClient;
 use super::{error_of, proto};
-use crate::runtime::{RuntimeFuture, Transport, UpdateStream, client_error};
+use crate::runtime::{RunStream, RunUpdate, RuntimeFuture, Transport, UpdateStream, client_error};
 use coderclaw_core::task::{
     RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
 };
@@ -16,7 +17,6 @@ use futures_util::StreamExt;
 use std::path::Path;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 /// The schemes of gRPC URLs.
 const GRPC_SCHEMES: Schemes = Schemes { plain: "grpc", secure: "grpcs", plain_port: 80, secure_port: 443 };
@@ -27,7 +27,7 @@ const MAX_REPLY_BYTES: usize = 64 << 20;
 /// A client of a `coderclaw serve` gRPC server.
 #[derive(Clone)]
 pub struct GrpcTransport {
-    client: RuntimeClient<InterceptedService<Channel, Bearer>>,
+    client: RuntimeClient<InterceptedService<H2Connection, Bearer>>,
 }
 
 /// Adds the session token to every call.
@@ -61,27 +61,19 @@ impl GrpcTransport {
             None => None,
         };
         let scheme = if endpoint.is_tls() { "https" } else { "http" };
-        let channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", endpoint.authority))
-            .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, format!("`{url}`: {e}")))?
-            // Until a reply starts: a stream's reply starts at once and then
-            // runs as long as its task; an upload's comes after all of it.
-            .timeout(CALL_TIMEOUT)
-            .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-                let endpoint = endpoint.clone();
-                async move { endpoint.connect().await.map(hyper_util::rt::TokioIo::new) }
-            }));
+        let origin: http::Uri = format!("{scheme}://{}", endpoint.authority)
+            .parse()
+            .map_err(|e| RuntimeError::new(ErrorCode::InvalidRequest, format!("`{url}`: {e}")))?;
         let client =
-            RuntimeClient::with_interceptor(channel, Bearer(bearer)).max_decoding_message_size(MAX_REPLY_BYTES);
+            RuntimeClient::with_origin(InterceptedService::new(H2Connection::lazy(endpoint), Bearer(bearer)), origin)
+                .max_decoding_message_size(MAX_REPLY_BYTES);
         Ok(Self { client })
     }
 
-    fn client(&self) -> RuntimeClient<InterceptedService<Channel, Bearer>> {
+    fn client(&self) -> RuntimeClient<InterceptedService<H2Connection, Bearer>> {
         self.client.clone()
     }
 }
-
-/// How long a call may wait for its reply to start.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Bytes per `UploadChunk`.
 const UPLOAD_CHUNK: usize = 512 << 10;
@@ -185,6 +177,23 @@ impl Transport for GrpcTransport {
                 if paused { client.pause_task(task_ref(id)).await } else { client.resume_task(task_ref(id)).await };
             task_from(reply.map_err(|s| error_of(&s))?.into_inner())
         })
+    }
+
+    fn run_task<'a>(&'a self, req: TaskSubmitRequest) -> RunStream<'a> {
+        use proto::run_task_update::Update;
+        let updates = async move {
+            let stream = self.client().run_task(submit_to(req)?).await.map_err(|s| error_of(&s))?;
+            Ok(stream.into_inner().map(|item| match item.map_err(|s| error_of(&s))?.update {
+                Some(Update::Accepted(t)) => Ok(RunUpdate::Accepted(task_from(t)?)),
+                Some(Update::Event(e)) => Ok(RunUpdate::Event(event_from(e)?)),
+                Some(Update::Finished(t)) => Ok(RunUpdate::Finished(task_from(t)?)),
+                None => Err(RuntimeError::new(ErrorCode::Internal, "the server sent an empty RunTask update")),
+            }))
+        };
+        Box::pin(futures_util::stream::once(updates).flat_map(|r| match r {
+            Ok(updates) => updates.left_stream(),
+            Err(e) => futures_util::stream::once(async { Err(e) }).right_stream(),
+        }))
     }
 
     fn upload_workspace<'a>(&'a self, tar: bytes::Bytes) -> RuntimeFuture<'a, UploadInfo> {

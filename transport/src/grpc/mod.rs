@@ -9,6 +9,7 @@
 //! metadata so a client gets back exactly the error REST would give.
 
 mod client;
+mod connection;
 mod convert;
 pub mod server;
 

@@ -281,12 +281,42 @@ fn ok<T>(value: T) -> Reply<T> {
 /// A task event stream as tonic sends it.
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::TaskEvent, Status>> + Send>>;
 
+/// A `RunTask` reply.
+type RunStream = Pin<Box<dyn Stream<Item = Result<proto::RunTaskUpdate, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Runtime for GrpcRuntime {
     async fn submit_task(&self, req: Request<proto::SubmitTaskRequest>) -> Reply<proto::Task> {
         let who = self.who(&req)?;
         let submit = submit_from(req.into_inner()).map_err(status_of)?;
         ok(task_to(self.service.submit(&who, submit).await.map_err(status_of)?))
+    }
+
+    type RunTaskStream = RunStream;
+
+    async fn run_task(&self, req: Request<proto::SubmitTaskRequest>) -> Reply<RunStream> {
+        use futures_util::future::ready;
+        use futures_util::stream::once;
+        use proto::run_task_update::Update;
+        let who = self.who(&req)?;
+        let submit = submit_from(req.into_inner()).map_err(status_of)?;
+        let task = self.service.submit(&who, submit).await.map_err(status_of)?;
+        let id = task.id.clone();
+        let accepted = once(ready(Ok(Update::Accepted(task_to(task)))));
+        // Refused from here on (no task:read), the task still runs: the
+        // client has its acknowledgement, then the refusal.
+        let follow: Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>> = match self.service.stream(&who, &id) {
+            Ok(events) => {
+                let service = self.service.clone();
+                let finished =
+                    once(
+                        async move { service.get(&who, &id).map(|t| Update::Finished(task_to(t))).map_err(status_of) },
+                    );
+                Box::pin(events.map(|e| Ok(Update::Event(event_to(e)))).chain(finished))
+            }
+            Err(e) => Box::pin(once(ready(Err(status_of(e))))),
+        };
+        ok(Box::pin(accepted.chain(follow).map(|u| u.map(|u| proto::RunTaskUpdate { update: Some(u) }))))
     }
 
     async fn get_task(&self, req: Request<proto::TaskRef>) -> Reply<proto::Task> {
