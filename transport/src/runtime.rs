@@ -75,15 +75,17 @@ pub trait Transport: Send + Sync {
     /// Submits a task and follows it to its end: [`RunUpdate::Accepted`],
     /// then its events, then [`RunUpdate::Finished`]. Needs `task:read`
     /// beside `task:submit`, as streaming does; without it the stream
-    /// ends with that refusal after `Accepted`. By default three calls
-    /// (submit, stream, state); gRPC does it in one.
+    /// ends with that refusal after `Accepted`. Dropping the stream does
+    /// not stop the task (so a client can detach): give it up with
+    /// [`Transport::abandon_task`]. By default three calls (submit,
+    /// stream, state); gRPC does it in one.
     fn run_task<'a>(&'a self, req: TaskSubmitRequest) -> RunStream<'a> {
         run_in_three_calls(self, req)
     }
 }
 
 /// [`Transport::run_task`] as submit, stream, then get the final state.
-fn run_in_three_calls<'a, T: Transport + ?Sized>(transport: &'a T, req: TaskSubmitRequest) -> RunStream<'a> {
+pub(crate) fn run_in_three_calls<'a, T: Transport + ?Sized>(transport: &'a T, req: TaskSubmitRequest) -> RunStream<'a> {
     enum Step {
         Submit(TaskSubmitRequest),
         Open(String),
@@ -112,7 +114,11 @@ fn run_in_three_calls<'a, T: Transport + ?Sized>(transport: &'a T, req: TaskSubm
             Some(Ok(e)) => (Ok(RunUpdate::Event(e)), Step::Follow(id, events)),
             Some(Err(e)) => (Err(e), Step::Done),
             None => match transport.get_task_state(&id).await {
-                Ok(Some(task)) => (Ok(RunUpdate::Finished(task)), Step::Done),
+                Ok(Some(task)) if task.status.is_terminal() => (Ok(RunUpdate::Finished(task)), Step::Done),
+                Ok(Some(_)) => {
+                    let early = format!("task {id}'s stream ended before its final state: ask for its state again");
+                    (Err(RuntimeError::new(coderclaw_tasks::ErrorCode::Unavailable, early)), Step::Done)
+                }
                 Ok(None) => {
                     (Err(RuntimeError::new(coderclaw_tasks::ErrorCode::NotFound, format!("no task {id}"))), Step::Done)
                 }

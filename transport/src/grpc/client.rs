@@ -7,7 +7,7 @@ use super::connection::H2Connection;
 use super::convert::{event_from, filter_to, runtime_status_from, skill_from, submit_to, task_from};
 use super::proto::runtime_client::RuntimeClient;
 use super::{error_of, proto};
-use crate::runtime::{RunStream, RunUpdate, RuntimeFuture, Transport, UpdateStream, client_error};
+use crate::runtime::{RunStream, RunUpdate, RuntimeFuture, Transport, UpdateStream, client_error, run_in_three_calls};
 use coderclaw_core::task::{
     RuntimeStatus, SkillInfo, TaskFilter, TaskState, TaskSubmitRequest, TaskUpdateEvent, UploadInfo,
 };
@@ -182,13 +182,23 @@ impl Transport for GrpcTransport {
     fn run_task<'a>(&'a self, req: TaskSubmitRequest) -> RunStream<'a> {
         use proto::run_task_update::Update;
         let updates = async move {
-            let stream = self.client().run_task(submit_to(req)?).await.map_err(|s| error_of(&s))?;
-            Ok(stream.into_inner().map(|item| match item.map_err(|s| error_of(&s))?.update {
+            let older_server = req.clone();
+            let stream = match self.client().run_task(submit_to(req)?).await {
+                Ok(stream) => stream,
+                // A server from before RunTask refuses it before any handler
+                // runs: nothing was submitted, the three calls do it.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    return Ok(run_in_three_calls(self, older_server));
+                }
+                Err(s) => return Err(error_of(&s)),
+            };
+            let updates = stream.into_inner().map(|item| match item.map_err(|s| error_of(&s))?.update {
                 Some(Update::Accepted(t)) => Ok(RunUpdate::Accepted(task_from(t)?)),
                 Some(Update::Event(e)) => Ok(RunUpdate::Event(event_from(e)?)),
                 Some(Update::Finished(t)) => Ok(RunUpdate::Finished(task_from(t)?)),
                 None => Err(RuntimeError::new(ErrorCode::Internal, "the server sent an empty RunTask update")),
-            }))
+            });
+            Ok(Box::pin(updates) as RunStream<'a>)
         };
         Box::pin(futures_util::stream::once(updates).flat_map(|r| match r {
             Ok(updates) => updates.left_stream(),

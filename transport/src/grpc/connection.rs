@@ -9,7 +9,7 @@
 
 use coderclaw_net::endpoint::Endpoint;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,34 +20,52 @@ use tonic::body::Body;
 /// An error from sending a call (tonic turns it into a status).
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long a call may wait for its reply to start: a stream's reply
-/// starts at once and then runs as long as its task; an upload's comes
-/// after all of it.
+/// How long a call may take until its reply starts, connecting included:
+/// a stream's reply starts at once and then runs as long as its task; an
+/// upload's comes after all of it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// While calls are open, a ping this often, and the connection given up
+/// when one is not answered in [`PING_TIMEOUT`]: a peer that vanished
+/// without closing (a machine gone, a NAT that forgot the flow) would
+/// leave a stream waiting for ever.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Sends each call on the current connection, connecting when there is
 /// none or it has closed. Clones share the connection.
 #[derive(Clone)]
 pub(super) struct H2Connection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     endpoint: Endpoint,
-    current: Arc<tokio::sync::Mutex<Option<SendRequest<Body>>>>,
+    /// The connection and its number, so a caller that saw it fail drops
+    /// that one and not a newer one another caller opened.
+    current: tokio::sync::Mutex<Option<(u64, SendRequest<Body>)>>,
 }
 
 impl H2Connection {
     /// Connects to `endpoint` on first use.
     pub(super) fn lazy(endpoint: Endpoint) -> Self {
-        Self { endpoint, current: Arc::default() }
+        Self { shared: Arc::new(Shared { endpoint, current: Default::default() }) }
     }
+}
 
-    /// The open connection, or a new one. Callers that find it closed at
-    /// once wait for one reconnect rather than each opening their own.
-    async fn sender(&self) -> Result<SendRequest<Body>, BoxError> {
+impl Shared {
+    /// The open connection, or a new one. Callers finding it closed at
+    /// once queue on the lock, and those after the first find the new one.
+    async fn sender(&self) -> Result<(u64, SendRequest<Body>), BoxError> {
         let mut current = self.current.lock().await;
-        if let Some(sender) = current.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+        if let Some((n, sender)) = current.as_ref().filter(|(_, s)| !s.is_closed()) {
+            return Ok((*n, sender.clone()));
         }
         let io = self.endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| unavailable(format!("{}: HTTP/2 handshake: {e}", self.endpoint.authority)))?;
@@ -56,13 +74,52 @@ impl H2Connection {
                 tracing::debug!(error = %e, "gRPC connection closed");
             }
         });
-        *current = Some(sender.clone());
-        Ok(sender)
+        let n = current.as_ref().map_or(0, |(n, _)| n + 1);
+        *current = Some((n, sender.clone()));
+        Ok((n, sender))
+    }
+
+    /// Forgets connection `n` if it is still the current one.
+    async fn drop_connection(&self, n: u64) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|(m, _)| *m == n) {
+            *current = None;
+        }
+    }
+
+    /// Sends `req`; once more on a new connection when the current one
+    /// turned out closed before the request left (so it cannot have run).
+    async fn send(&self, req: http::Request<Body>) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
+        let mut req = req;
+        for attempt in 0..2 {
+            let (n, mut sender) = self.sender().await?;
+            match sender.try_send_request(req).await {
+                Ok(reply) => return Ok(reply),
+                Err(mut e) => {
+                    self.drop_connection(n).await;
+                    match e.take_message() {
+                        Some(unsent) if attempt == 0 => req = unsent,
+                        unsent => {
+                            // Sent, then the connection failed: the server may
+                            // or may not have acted on it.
+                            let when = if unsent.is_some() { "before the call was sent" } else { "during the call" };
+                            let authority = &self.endpoint.authority;
+                            return Err(unavailable(format!(
+                                "{authority}: the connection failed {when}: {}",
+                                e.into_error()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 }
 
-/// A failure of the connection, not of the call: UNAVAILABLE, so the
-/// caller may try again (the next call reconnects).
+/// UNAVAILABLE: the connection, not the call, failed. A call that was sent
+/// may or may not have been acted on; only a call that is safe to repeat
+/// should be repeated.
 fn unavailable(message: String) -> BoxError {
     Box::new(tonic::Status::unavailable(message))
 }
@@ -78,15 +135,12 @@ impl tower::Service<http::Request<Body>> for H2Connection {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let this = self.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
-            let mut sender = this.sender().await?;
-            let authority = &this.endpoint.authority;
-            match tokio::time::timeout(CALL_TIMEOUT, sender.send_request(req)).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(e)) => Err(unavailable(format!("{authority}: the connection broke: {e}"))),
+            match tokio::time::timeout(CALL_TIMEOUT, shared.send(req)).await {
+                Ok(reply) => reply,
                 Err(_) => {
-                    let late = format!("{authority}: no reply within {} s", CALL_TIMEOUT.as_secs());
+                    let late = format!("{}: no reply within {} s", shared.endpoint.authority, CALL_TIMEOUT.as_secs());
                     Err(Box::new(tonic::Status::deadline_exceeded(late)) as BoxError)
                 }
             }

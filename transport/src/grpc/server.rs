@@ -299,6 +299,8 @@ impl Runtime for GrpcRuntime {
         use futures_util::stream::once;
         use proto::run_task_update::Update;
         let who = self.who(&req)?;
+        // To authenticate again at the end, as a GetTask then would be.
+        let (peer, bearer) = (req.remote_addr(), token(&req)?);
         let submit = submit_from(req.into_inner()).map_err(status_of)?;
         let task = self.service.submit(&who, submit).await.map_err(status_of)?;
         let id = task.id.clone();
@@ -307,11 +309,18 @@ impl Runtime for GrpcRuntime {
         // client has its acknowledgement, then the refusal.
         let follow: Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send>> = match self.service.stream(&who, &id) {
             Ok(events) => {
-                let service = self.service.clone();
-                let finished =
-                    once(
-                        async move { service.get(&who, &id).map(|t| Update::Finished(task_to(t))).map_err(status_of) },
-                    );
+                let (service, mode) = (self.service.clone(), self.mode);
+                let finished = once(async move {
+                    // The session may have ended or lost task:read while the task ran.
+                    let peer = peer.ok_or_else(|| refuse(ErrorCode::Internal, "the connection has no peer address"))?;
+                    let who = crate::auth::authenticate(&service, mode, peer, bearer.as_deref()).map_err(status_of)?;
+                    let task = service.get(&who, &id).map_err(status_of)?;
+                    if !task.status.is_terminal() {
+                        let early = "the task's stream ended before its final state: ask for it with GetTask";
+                        return Err(refuse(ErrorCode::Unavailable, early));
+                    }
+                    Ok(Update::Finished(task_to(task)))
+                });
                 Box::pin(events.map(|e| Ok(Update::Event(event_to(e)))).chain(finished))
             }
             Err(e) => Box::pin(once(ready(Err(status_of(e))))),
