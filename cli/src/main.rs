@@ -21,6 +21,7 @@ mod quickstart;
 mod registry;
 mod run;
 mod settings;
+mod signals;
 mod task;
 mod trust;
 

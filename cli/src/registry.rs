@@ -457,8 +457,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     rt.block_on(async move {
         let server = coderclaw_registry_server::server::serve(store, config).await.map_err(|e| anyhow!(e))?;
         println!("registry serving {} (data {})", server.url(), args.data.data.display());
+        let mut signals = crate::signals::Signals::new()?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = signals.next() => {}
             _ = server.stopped() => {}
         }
         server.shutdown();

@@ -351,12 +351,32 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
             c.max_concurrent_tasks,
             local.security().home().root().display()
         );
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        eprintln!("shutting down");
+        let mut signals = crate::signals::Signals::new()?;
+        let first = signals.next().await;
+        // No new connections; open ones (streams, answers to WAITING
+        // tasks) are served until the engine has stopped.
         server.shutdown();
-        if let Some(grpc) = grpc {
+        if let Some(grpc) = &grpc {
             grpc.shutdown();
         }
+        let grace = Duration::from_millis(c.shutdown_grace_ms);
+        let running = local.service().dangerous_engine().status().active_tasks;
+        eprintln!(
+            "{first}: shutting down: no new tasks; {running} running get up to {} to finish              (deployment.shutdownGrace; {first} again stops them now)",
+            coderclaw_core::units::format_duration(grace)
+        );
+        let hurry = async move {
+            let again = signals.next().await;
+            eprintln!("{again}: stopping the running tasks now");
+        };
+        let report = local.service().shutdown(grace, hurry).await.map_err(rt_err)?;
+        eprintln!(
+            "stopped: {} finished, {} cancelled, {} resumable to re-run at the next start, {} queued kept",
+            report.finished,
+            report.cancelled.len(),
+            report.requeued.len(),
+            report.queued
+        );
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -553,7 +573,7 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
             req.workspace = Some(WorkspaceRef::Upload(digest));
         }
         // Listening before submitting: a signal from now on is seen, not fatal.
-        let interrupted = interrupted()?;
+        let interrupted = crate::signals::interrupted()?;
         if let (true, Runtime::Remote(remote)) = (args.wait, &rt) {
             // One call where the transport can (gRPC): submit and follow.
             let mut updates = remote.run_task(req);
@@ -614,19 +634,6 @@ async fn upload_snapshot(rt: &CoderClawRuntime<Arc<dyn Transport>>, dir: &Path, 
         eprintln!("uploaded {}", info.digest);
     }
     Ok(info.digest)
-}
-
-/// Resolves with the name of the first SIGINT or SIGTERM.
-fn interrupted() -> Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        }
-    })
 }
 
 /// The waiting command was interrupted by `signal`: gives the task up

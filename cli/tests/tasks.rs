@@ -329,3 +329,60 @@ fn a_remote_task_names_its_workspace_or_uploads_a_snapshot() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--workspace-upload needs --remote"), "{}", text(&out.stderr));
 }
+
+/// SIGTERM (what systemd, Kubernetes and Docker send) stops `coderclaw
+/// serve` cleanly: a task that outlives `deployment.shutdownGrace` is
+/// CANCELLED saying why, everything is on disk (the audit chain verifies),
+/// and the process exits 0. (Queued and resumable tasks: the engine test
+/// `shutdown_lets_running_tasks_finish_then_stops_the_rest_and_keeps_the_queue`.)
+#[test]
+fn sigterm_lets_running_tasks_have_the_grace_period_then_cancels_them_and_exits_0() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    let ws = p(tmp.path());
+    install_signed(&cli, tmp.path());
+    std::fs::create_dir_all(tmp.path().join(".coderClaw")).unwrap();
+    std::fs::write(tmp.path().join(".coderClaw/runtime.yaml"), "deployment:\n  shutdownGrace: 2s\n").unwrap();
+    let port = common::free_port();
+    let log = tmp.path().join("serve.log");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workspace", ws])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("serving http://") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = login(&cli);
+    let waiting =
+        remote_json(&cli, &url, &token, &["task", "submit", "--skill", "team/asker", "--input", "{\"ask\": \"ok?\"}"]);
+    let waiting_id = waiting["id"].as_str().unwrap().to_owned();
+    while remote_json(&cli, &url, &token, &["task", "status", &waiting_id])["status"] != "WAITING" {
+        assert!(start.elapsed() < Duration::from_secs(30), "never reached WAITING");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let term = Instant::now();
+    let status = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = server.wait().unwrap();
+    let took = term.elapsed();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(exit.code(), Some(0), "{said}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(15), "{took:?}: {said}");
+    assert!(said.contains("SIGTERM: shutting down: no new tasks; 1 running get up to 2s"), "{said}");
+    let report = "stopped: 0 finished, 1 cancelled, 0 resumable to re-run at the next start, 0 queued kept";
+    assert!(said.contains(report), "{said}");
+
+    // What the next server finds.
+    let _server = start_server(&cli, ws, port);
+    let cancelled = remote_json(&cli, &url, &token, &["task", "status", &waiting_id]);
+    assert_eq!(cancelled["status"], "CANCELLED", "{cancelled}");
+    assert!(cancelled["error"]["message"].as_str().unwrap().contains("the server shut down"), "{cancelled}");
+    let out = cli.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+}

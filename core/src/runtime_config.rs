@@ -81,7 +81,12 @@ pub struct DeploymentSection {
     pub max_concurrent_tasks: Option<u32>,
     /// A task running longer is FAILED.
     pub task_timeout: Option<Millis>,
+    /// How long `coderclaw serve`, told to stop, lets running tasks finish.
+    pub shutdown_grace: Option<Millis>,
 }
+
+/// Longest `deployment.shutdownGrace`.
+const MAX_SHUTDOWN_GRACE_MS: u64 = 3_600_000;
 
 /// The resolved configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +103,8 @@ pub struct RuntimeConfig {
     pub max_concurrent_tasks: u32,
     /// Default 10 minutes.
     pub task_timeout_ms: u64,
+    /// Default 30 seconds.
+    pub shutdown_grace_ms: u64,
     /// Whether `coderclaw serve` may start (transport.enabled, default true).
     pub http_enabled: bool,
     /// The security section, to be checked against `config.yaml`.
@@ -113,6 +120,7 @@ impl Default for RuntimeConfig {
             allow_remote_sessions: true,
             max_concurrent_tasks: 10,
             task_timeout_ms: 600_000,
+            shutdown_grace_ms: 30_000,
             http_enabled: true,
             security: SecuritySection::default(),
         }
@@ -214,6 +222,14 @@ impl RuntimeConfig {
                 if let Some(t) = d.task_timeout {
                     c.task_timeout_ms = t.0;
                 }
+                if let Some(g) = d.shutdown_grace {
+                    if g.0 > MAX_SHUTDOWN_GRACE_MS {
+                        let hint =
+                            format!("{} s: at most 1 hour (a supervisor kills a server that takes longer)", g.0 / 1000);
+                        return Err(bad(name, "deployment.shutdownGrace", hint));
+                    }
+                    c.shutdown_grace_ms = g.0;
+                }
             }
             if let Some(s) = &f.security {
                 c.security = s.clone();
@@ -271,6 +287,16 @@ mod tests {
         let c = RuntimeConfig::resolve(&flags, &env, &files).unwrap();
         assert_eq!((c.mode, c.max_concurrent_tasks), (RuntimeMode::LocalOnly, 9));
         assert_eq!(RuntimeConfig::resolve(&RuntimeFlags::default(), &none, &[]).unwrap(), RuntimeConfig::default());
+    }
+
+    #[test]
+    fn the_shutdown_grace_defaults_to_30_s_and_is_at_most_an_hour() {
+        let none = |_: &str| None;
+        let resolve = |text: &str| RuntimeConfig::resolve(&RuntimeFlags::default(), &none, &[("u".into(), file(text))]);
+        assert_eq!(resolve("mode: local-only\n").unwrap().shutdown_grace_ms, 30_000);
+        assert_eq!(resolve("deployment:\n  shutdownGrace: 2m\n").unwrap().shutdown_grace_ms, 120_000);
+        let e = resolve("deployment:\n  shutdownGrace: 2h\n").unwrap_err().to_string();
+        assert!(e.contains("deployment.shutdownGrace") && e.contains("at most 1 hour"), "{e}");
     }
 
     #[test]

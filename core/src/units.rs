@@ -64,9 +64,29 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Formats a duration in the largest unit that divides it, as
+/// [`parse_duration`] reads it (`30s`, `2m`, `1500ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, mult) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= mult && ms.is_multiple_of(mult) {
+            return format!("{}{unit}", ms / mult);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_as_they_parse() {
+        for text in ["30s", "2m", "1500ms", "1h", "0ms", "3d"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+    }
 
     #[test]
     fn sizes_parse_in_binary_units() {

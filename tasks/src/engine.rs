@@ -57,7 +57,28 @@ pub enum EngineError {
     /// engine allows one session.
     #[error("{0}")]
     Quota(String),
+    /// The engine is shutting down and takes no new tasks.
+    #[error("the server is shutting down and takes no new tasks: submit again once it is back")]
+    ShuttingDown,
 }
+
+/// What [`TaskEngine::shutdown`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Started tasks that ended on their own within the grace period.
+    pub finished: usize,
+    /// Tasks still running at its end that were CANCELLED.
+    pub cancelled: Vec<String>,
+    /// Resumable tasks still running at its end: stopped, left unfinished,
+    /// re-run from the start when the engine opens again.
+    pub requeued: Vec<String>,
+    /// Queued (PENDING) tasks, kept for the next start.
+    pub queued: usize,
+}
+
+/// How long a shutdown waits, after the grace period, for outcomes being
+/// recorded and cancellations to reach the disk.
+const SHUTDOWN_SETTLE: Duration = Duration::from_secs(10);
 
 /// How the engine runs. Defaults: 10 tasks at once, 10 minutes per task,
 /// local-only, queued tasks started.
@@ -203,6 +224,8 @@ pub(crate) struct Inner {
     started: Instant,
     /// Where work leaves the store's writer thread for.
     runtime: tokio::runtime::Handle,
+    /// Shutting down: no submissions, no queued task started.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl TaskEngine {
@@ -261,6 +284,7 @@ impl TaskEngine {
             hub,
             started: Instant::now(),
             runtime: tokio::runtime::Handle::current(),
+            draining: Default::default(),
         });
         let _ = weak_slot.set(Arc::downgrade(&inner));
         inner.recover()?;
@@ -273,6 +297,9 @@ impl TaskEngine {
 
     /// Accepts a task: it is on disk before this returns.
     pub async fn submit(&self, req: TaskSubmitRequest, owner: &Owner) -> Result<TaskState, EngineError> {
+        if self.inner.is_draining() {
+            return Err(EngineError::ShuttingDown);
+        }
         let target = req.target().map_err(EngineError::Invalid)?;
         let session_id = owner.principal.key.to_stored();
         if let Some(s) = &req.session_id
@@ -381,6 +408,82 @@ impl TaskEngine {
             done: false,
         };
         Ok(futures_util::stream::unfold(state, next_event))
+    }
+
+    /// Stops for good, losing nothing: takes no more submissions and
+    /// starts no queued task (an answered WAITING task still gets its slot
+    /// back); lets started tasks end within `grace`, or until `hurry`
+    /// resolves (a second signal); then stops the rest, resumable ones
+    /// left unfinished so the next start re-runs them, the others
+    /// CANCELLED saying why; and returns once all of it is on disk.
+    pub async fn shutdown(
+        &self,
+        grace: Duration,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> Result<ShutdownReport, EngineError> {
+        let inner = &self.inner;
+        inner.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        let started = |live: &LiveTasks| -> Vec<String> {
+            live.iter().filter(|(_, l)| is_started(l.task.state.status)).map(|(id, _)| id.clone()).collect()
+        };
+        let at_start = started(&inner.lock_live()).len();
+        tracing::info!(running = at_start, ?grace, "shutting down");
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline, hurry);
+        while !started(&inner.lock_live()).is_empty() {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = &mut hurry => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        let mut report = ShutdownReport::default();
+        let mut outcomes = Vec::new();
+        {
+            let mut live = inner.lock_live();
+            let grace_text = coderclaw_core::units::format_duration(grace);
+            let message = format!("cancelled: the server shut down and the task was still running after {grace_text}");
+            for id in started(&live) {
+                let Some(entry) = live.get_mut(&id) else { continue };
+                // Its outcome is being recorded: it stands.
+                if entry.finishing {
+                    continue;
+                }
+                if let Some(abort) = entry.abort.take() {
+                    abort.abort();
+                }
+                entry.waiter = None;
+                if entry.task.resumable {
+                    let note = "the server shut down: stopped; re-runs from the start when it starts again (resumable)";
+                    inner.note(entry, TaskEventKind::Log, note.to_owned(), None);
+                    report.requeued.push(id);
+                } else {
+                    inner.change(entry, TaskStatus::Cancelled, TaskEventKind::Status, &message, None, |s| {
+                        s.error = Some(TaskFailure::new(FailureCode::Cancelled, message.clone()));
+                    })?;
+                    outcomes.push(inner.audit_outcome(&entry.task.state));
+                    report.cancelled.push(id);
+                }
+            }
+        }
+        for outcome in outcomes {
+            outcome.await;
+        }
+        // Outcomes being recorded and the cancellations leave memory once
+        // their final events are on disk.
+        let settle = Instant::now() + SHUTDOWN_SETTLE;
+        while started(&inner.lock_live()).iter().any(|id| !report.requeued.contains(id)) && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let flushed = inner.store.queue_durable(Write::Flush)?;
+        flushed
+            .await
+            .map_err(|_| EngineError::NotStored("the task store stopped".into()))?
+            .map_err(EngineError::NotStored)?;
+        report.finished = at_start.saturating_sub(report.cancelled.len() + report.requeued.len());
+        report.queued = inner.lock_live().iter().filter(|(_, l)| l.task.state.status == TaskStatus::Pending).count();
+        tracing::info!(?report, "shut down");
+        Ok(report)
     }
 
     /// Cancels a task that is not final: it ends CANCELLED, its run is
@@ -495,6 +598,10 @@ impl TaskEngine {
 }
 
 impl Inner {
+    fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub(crate) fn lock_live(&self) -> std::sync::MutexGuard<'_, LiveTasks> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -891,6 +998,11 @@ fn outcome_event(t: &TaskState, status: TaskStatus, error: Option<&TaskFailure>)
     e
 }
 
+/// Planning, running or waiting for input: holding (or owed) a slot.
+fn is_started(status: TaskStatus) -> bool {
+    matches!(status, TaskStatus::Planning | TaskStatus::Running | TaskStatus::Waiting)
+}
+
 async fn dispatch(weak: Weak<Inner>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -912,7 +1024,9 @@ async fn dispatch(weak: Weak<Inner>) {
                     }
                 }
             }
-            let popped = inner.queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            // Shutting down: queued tasks stay queued, on disk, for the next start.
+            let popped =
+                if inner.is_draining() { None } else { inner.queue.lock().unwrap_or_else(|p| p.into_inner()).pop() };
             if let Some(id) = popped {
                 break Some((id, permit));
             }

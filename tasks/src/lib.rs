@@ -29,7 +29,8 @@ mod service;
 pub mod store;
 
 pub use engine::{
-    AuditHook, EngineConfig, EngineError, MAX_EVENT_MESSAGE_BYTES, MAX_EVENTS_PAGE, Owner, TaskEngine, TaskExecutor,
+    AuditHook, EngineConfig, EngineError, MAX_EVENT_MESSAGE_BYTES, MAX_EVENTS_PAGE, Owner, ShutdownReport, TaskEngine,
+    TaskExecutor,
 };
 pub use run::TaskRun;
 pub use service::{ErrorCode, MAX_CONCURRENT_UPLOADS, Preview, RuntimeError, TaskService, UploadSlot};

@@ -110,8 +110,14 @@ impl From<EngineError> for RuntimeError {
             EngineError::Invalid(_) => ErrorCode::InvalidRequest,
             EngineError::Store(_) | EngineError::NotStored(_) => ErrorCode::Internal,
             EngineError::Quota(_) => ErrorCode::QuotaExceeded,
+            EngineError::ShuttingDown => ErrorCode::Unavailable,
         };
-        RuntimeError::new(code, e.to_string())
+        let mut error = RuntimeError::new(code, e.to_string());
+        if code == ErrorCode::Unavailable {
+            // A restart, under a supervisor, takes seconds.
+            error.retry_after_secs = Some(5);
+        }
+        error
     }
 }
 
@@ -173,6 +179,16 @@ impl TaskService {
     /// visibility rule: for embedders that authorise on their own, and tests.
     pub fn dangerous_engine(&self) -> &TaskEngine {
         &self.engine
+    }
+
+    /// Stops the engine for good (see [`TaskEngine::shutdown`]): the
+    /// server's owner does this, not a client, so no session is asked for.
+    pub async fn shutdown(
+        &self,
+        grace: std::time::Duration,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> Result<crate::ShutdownReport, RuntimeError> {
+        Ok(self.engine.shutdown(grace, hurry).await?)
     }
 
     /// The security model.

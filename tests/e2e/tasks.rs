@@ -45,6 +45,11 @@ const PACKAGES: &[(&str, &str, &str)] = &[
         "kind = \"skill\"\ndescription = \"asks too\"\n[capabilities]\nsession-memory = true\n[limits]\ntimeout = \"60s\"\n",
     ),
     ("team/forgetful", "asker", "kind = \"skill\"\ndescription = \"asks, no memory grant\"\n"),
+    (
+        "team/resumable-spin",
+        "infinite-loop",
+        "kind = \"skill\"\ndescription = \"spins, safe to re-run\"\nresumable = true\n[limits]\ntimeout = \"60s\"\n",
+    ),
     ("team/crasher", "panicker", "kind = \"skill\"\ndescription = \"panics\"\n"),
     (
         "team/probe",
@@ -751,6 +756,71 @@ async fn reopening_fails_interrupted_tasks_and_keeps_pending_ones() {
     assert_eq!((still.status, still.paused), (TaskStatus::Pending, true), "paused tasks stay paused");
     reopened.dangerous_engine().resume(&paused.id).unwrap();
     assert_eq!(rt.wait(&paused.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+}
+
+/// Shutting down: no submission is taken and no queued task started;
+/// started tasks get the grace period (cut short here by a second
+/// signal); then the ones still running stop, a resumable one left to
+/// re-run, the others CANCELLED saying why; queued ones are kept; and the
+/// next engine finds all of it on disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_lets_running_tasks_finish_then_stops_the_rest_and_keeps_the_queue() {
+    let f = fixture(EngineConfig { max_concurrent_tasks: 4, ..Default::default() });
+    let rt = CoderClawRuntime::new(LocalTransport::new(f.service.clone(), None));
+    let sleep = json!({ "program": "sleep", "args": ["3"], "timeout_ms": 20_000 });
+    let quick = rt.submit_task(TaskSubmitRequest::skill("team/sleeper", sleep)).await.unwrap();
+    let spin = rt.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
+    let again = rt.submit_task(TaskSubmitRequest::skill("team/resumable-spin", json!({}))).await.unwrap();
+    let asker = rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "?" }))).await.unwrap();
+    let mut req = TaskSubmitRequest::skill("team/echo", json!("later"));
+    req.paused = true;
+    let queued = rt.submit_task(req).await.unwrap();
+    wait_for(&rt, &spin.id, TaskStatus::Running).await;
+    wait_for(&rt, &again.id, TaskStatus::Running).await;
+    wait_for(&rt, &asker.id, TaskStatus::Waiting).await;
+
+    wait_for(&rt, &quick.id, TaskStatus::Running).await;
+    let start = Instant::now();
+    let hurry = tokio::time::sleep(Duration::from_secs(6));
+    let report = f.service.shutdown(Duration::from_secs(600), hurry).await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(30), "the second signal cut the grace short: {:?}", start.elapsed());
+    let mut cancelled = report.cancelled.clone();
+    cancelled.sort();
+    let mut expected = vec![spin.id.clone(), asker.id.clone()];
+    expected.sort();
+    assert_eq!(cancelled, expected, "{report:?}");
+    assert_eq!((report.requeued.clone(), report.finished, report.queued), (vec![again.id.clone()], 1, 1));
+    let err = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!(1))).await.unwrap_err();
+    assert_eq!((err.code, err.retry_after_secs), (ErrorCode::Unavailable, Some(5)), "{err}");
+    assert!(err.message.contains("shutting down"), "{err}");
+    f.engine.resume(&queued.id).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.engine.get(&queued.id).unwrap().status, TaskStatus::Pending, "nothing starts while shutting down");
+
+    // The next engine on the same state directory.
+    let reopened = service_on(&f.home, f.workspace.path(), Default::default());
+    let rt = CoderClawRuntime::new(LocalTransport::new(reopened.clone(), None));
+    assert_eq!(rt.get_task_state(&quick.id).await.unwrap().unwrap().status, TaskStatus::Completed);
+    for id in [&spin.id, &asker.id] {
+        let done = rt.get_task_state(id).await.unwrap().unwrap();
+        assert_eq!(done.status, TaskStatus::Cancelled);
+        let error = done.error.unwrap();
+        assert_eq!(error.code, FailureCode::Cancelled);
+        assert!(error.message.contains("the server shut down"), "{error:?}");
+    }
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = rt.get_task_events(&again.id, 0, 1000).await.unwrap();
+        if events.iter().any(|e| e.event == TaskEventKind::Recovered) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(events.iter().any(|e| e.message.contains("re-runs from the start")), "{events:?}");
+    assert!(events.iter().any(|e| e.event == TaskEventKind::Recovered), "re-run at the next start: {events:?}");
+    assert!(!rt.get_task_state(&again.id).await.unwrap().unwrap().status.is_terminal());
+    assert_eq!(rt.wait(&queued.id, |_| {}).await.unwrap().status, TaskStatus::Completed, "the queue was kept");
+    reopened.dangerous_engine().cancel(&again.id, "test over").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -58,6 +58,8 @@ pub enum Write {
     },
     /// Append an event without touching the row.
     Event(TaskUpdateEvent),
+    /// Nothing: durable once everything queued before it is (a flush).
+    Flush,
     /// Set (Some) or delete (None) a skill's memory key in a session.
     Memory {
         /// The session (as stored).

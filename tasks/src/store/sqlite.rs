@@ -422,6 +422,7 @@ fn apply(db: &Connection, write: &Write, row: bool) -> rusqlite::Result<()> {
             }
         }
         Write::Event(e) => insert_event(db, e)?,
+        Write::Flush => {}
         Write::Memory { session, skill, key, value: Some(v), at_ms } => {
             db.prepare_cached(
                 "INSERT INTO skill_memory (session_id, skill_id, key, value, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
