@@ -57,6 +57,7 @@ pub struct LocalRuntimeBuilder {
     config: EngineConfig,
     host: Option<Host>,
     exclusive: bool,
+    postgres: Option<String>,
 }
 
 impl LocalRuntime {
@@ -72,6 +73,7 @@ impl LocalRuntime {
             config: EngineConfig::default(),
             host: None,
             exclusive: false,
+            postgres: None,
         }
     }
 
@@ -127,6 +129,15 @@ impl LocalRuntimeBuilder {
         self
     }
 
+    /// Keeps tasks, events and session memory in the PostgreSQL database
+    /// at `url` instead of the state directory's `tasks.db` (keys, trust,
+    /// sessions and the audit log stay in the state directory). One
+    /// engine per database: several at once would each run every task.
+    pub fn postgres(mut self, url: impl Into<String>) -> Self {
+        self.postgres = Some(url.into());
+        self
+    }
+
     /// Holds the state directory's engine lock for the runtime's lifetime,
     /// so that two processes never run the same tasks; opening fails with
     /// [`OpenError::Busy`] while another holds it.
@@ -160,7 +171,16 @@ impl LocalRuntimeBuilder {
                 })
             }) as coderclaw_core::task_link::BoxFuture<Result<(), String>>
         });
-        let engine = TaskEngine::open(&root, executor, self.config, Some(audit))?;
+        let engine = match &self.postgres {
+            Some(url) => {
+                let open_store = |on_commit| {
+                    Ok(coderclaw_tasks::store::PgTaskStore::open(url, on_commit)?
+                        as Arc<dyn coderclaw_tasks::TaskStore>)
+                };
+                TaskEngine::open_on(open_store, executor, self.config, Some(audit))?
+            }
+            None => TaskEngine::open(&root, executor, self.config, Some(audit))?,
+        };
         Ok(LocalRuntime { service: TaskService::new(engine, security.clone()), security, _lock: lock })
     }
 }

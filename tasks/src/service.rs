@@ -108,7 +108,9 @@ impl From<EngineError> for RuntimeError {
             EngineError::NotFound(_) => ErrorCode::NotFound,
             EngineError::Illegal(_) | EngineError::Conflict(_) => ErrorCode::Conflict,
             EngineError::Invalid(_) => ErrorCode::InvalidRequest,
-            EngineError::Store(_) | EngineError::NotStored(_) => ErrorCode::Internal,
+            EngineError::Store(_) => ErrorCode::Internal,
+            // Not acknowledged, so safe to send again.
+            EngineError::NotStored(_) => ErrorCode::Unavailable,
             EngineError::Quota(_) => ErrorCode::QuotaExceeded,
             EngineError::ShuttingDown => ErrorCode::Unavailable,
         };

@@ -10,6 +10,7 @@ mod layers;
 mod limits;
 mod mcp;
 mod oidc;
+mod postgres;
 mod registry;
 mod signed;
 mod skills;

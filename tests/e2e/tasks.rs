@@ -93,6 +93,15 @@ pub(crate) fn fixture(config: EngineConfig) -> Fixture {
 
 /// A fixture whose repository policy also has `extra` at the top level.
 pub(crate) fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture {
+    fixture_on(config, extra, None)
+}
+
+/// A fixture whose tasks are kept in the PostgreSQL database at `url`.
+pub(crate) fn fixture_on_postgres(config: EngineConfig, url: &str) -> Fixture {
+    fixture_on(config, "", Some(url))
+}
+
+fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<&str>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::create_dir(workspace.path().join(".coderClaw")).unwrap();
@@ -106,12 +115,22 @@ pub(crate) fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture 
     let home = Arc::new(Home::open(dir.path()).unwrap());
     home.trust_add("team", &team_key().public()).unwrap();
     install(&home);
-    let service = service_on(&home, workspace.path(), config);
+    let service = service_on_store(&home, workspace.path(), config, postgres);
     Fixture { _dir: dir, workspace, home, engine: service.dangerous_engine().clone(), service }
 }
 
 /// An engine and its service over `home`, running tasks in `workspace`.
 fn service_on(home: &Arc<Home>, workspace: &std::path::Path, config: EngineConfig) -> Arc<TaskService> {
+    service_on_store(home, workspace, config, None)
+}
+
+/// [`service_on`], its tasks in PostgreSQL at `postgres` if given.
+fn service_on_store(
+    home: &Arc<Home>,
+    workspace: &std::path::Path,
+    config: EngineConfig,
+    postgres: Option<&str>,
+) -> Arc<TaskService> {
     let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
     let offer = Offer {
         dirs: [(
@@ -122,7 +141,10 @@ fn service_on(home: &Arc<Home>, workspace: &std::path::Path, config: EngineConfi
         env: Default::default(),
         ceiling: Limits { timeout: Duration::from_secs(600), ..Limits::default() },
     };
-    let runtime = LocalRuntime::builder(home.clone()).workspace(workspace).offer(offer).config(config).host(host);
+    let mut runtime = LocalRuntime::builder(home.clone()).workspace(workspace).offer(offer).config(config).host(host);
+    if let Some(url) = postgres {
+        runtime = runtime.postgres(url);
+    }
     runtime.open().unwrap().service().clone()
 }
 
@@ -355,6 +377,11 @@ impl Harness {
         Self { f, via, url, _servers: servers }
     }
 
+    /// In-process, its tasks in PostgreSQL at `url`.
+    pub(crate) fn on_postgres(config: EngineConfig, url: &str) -> Self {
+        Self { f: fixture_on_postgres(config, url), via: Via::Local, url: String::new(), _servers: vec![] }
+    }
+
     /// A client acting with `token` (locally, no token is the local owner).
     pub(crate) fn connect(&self, token: Option<&str>) -> CoderClawRuntime<Arc<dyn Transport>> {
         let token = token.map(str::to_owned);
@@ -523,14 +550,38 @@ async fn a_thousand_concurrent_submissions_each_run_once(h: &Harness) {
     assert!(all.iter().all(|t| t.status == TaskStatus::Completed));
 }
 
-/// The scenario suite, unchanged over every transport: the client-only
-/// scenarios with a developer's session, the harness ones with the fixture.
+/// The scenario suite with the tasks in PostgreSQL (a cluster of its own
+/// per test; skipped only with CODERCLAW_SKIP_PG=1).
+macro_rules! on_postgres {
+    (clients: [$($client:ident),*], harness: [$($harness:ident),*]) => {
+        mod postgres {
+            use coderclaw_e2e::postgres::Postgres;
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $client() {
+                let Some(pg) = Postgres::start() else { return };
+                let h = super::Harness::on_postgres(Default::default(), &pg.url());
+                super::$client(&h.user("dev", &["developer"])).await;
+            })*
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $harness() {
+                let Some(pg) = Postgres::start() else { return };
+                let config = super::EngineConfig { max_concurrent_tasks: 16, ..Default::default() };
+                super::$harness(&super::Harness::on_postgres(config, &pg.url())).await;
+            })*
+        }
+    };
+}
+
+/// The scenario suite, unchanged over every transport, and in-process on
+/// PostgreSQL: the client-only scenarios with a developer's session, the
+/// harness ones with the fixture.
 macro_rules! every_transport {
     (clients: [$($client:ident),*], harness: [$($harness:ident),*]) => {
         every_transport!(@via local, Local, [$($client),*], [$($harness),*]);
         every_transport!(@via http, Http, [$($client),*], [$($harness),*]);
         every_transport!(@via ws, Ws, [$($client),*], [$($harness),*]);
         every_transport!(@via grpc, Grpc, [$($client),*], [$($harness),*]);
+        on_postgres!(clients: [$($client),*], harness: [$($harness),*]);
     };
     (@via $module:ident, $via:ident, [$($client:ident),*], [$($harness:ident),*]) => {
         mod $module {

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod postgres;
+
 /// The compiled-code files (`*.cwasm`) in a compiled-code cache directory
 /// (one level of engine-hash subdirectories).
 pub fn cached_files(dir: &std::path::Path) -> Vec<PathBuf> {

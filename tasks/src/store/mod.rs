@@ -9,8 +9,10 @@
 //! are handed to the `on_commit` hook in commit order, so streams only ever
 //! show what is on disk.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PgTaskStore, SCHEMA_VERSION as PG_SCHEMA_VERSION, redact_url};
 pub(crate) use sqlite::SqliteTaskStore;
 
 use coderclaw_core::task::{TaskFilter, TaskState, TaskUpdateEvent};
@@ -27,6 +29,27 @@ pub enum StoreError {
         /// What SQLite said.
         #[source]
         source: rusqlite::Error,
+    },
+    /// PostgreSQL refused a read or write, or could not be reached.
+    #[error("task store {url}: {message}")]
+    Postgres {
+        /// The database URL, its password hidden.
+        url: String,
+        /// What went wrong, and what to check.
+        message: String,
+    },
+    /// The database was migrated by a newer coderclaw.
+    #[error(
+        "task store {url}: its schema is version {found}, newer than this coderclaw's {supported}: \
+         upgrade coderclaw on this node"
+    )]
+    SchemaTooNew {
+        /// The database URL, its password hidden.
+        url: String,
+        /// The database's schema version.
+        found: i32,
+        /// The newest this build knows.
+        supported: i32,
     },
     /// The writer thread is gone (the engine is shutting down).
     #[error("the task store's writer has stopped")]
@@ -81,11 +104,19 @@ pub type OnCommit = dyn Fn(Vec<TaskUpdateEvent>) + Send + Sync;
 /// Where the engine keeps tasks. Reads may run on any thread; writes are
 /// queued to the backend's writer.
 pub trait TaskStore: Send + Sync {
+    /// Hands `queued` to the writer, behind everything queued before it.
+    fn send(&self, queued: Queued) -> Result<(), StoreError>;
     /// Queues `write` behind everything queued before it.
-    fn queue(&self, write: Write) -> Result<(), StoreError>;
+    fn queue(&self, write: Write) -> Result<(), StoreError> {
+        self.send(Queued { write, ack: None })
+    }
     /// Queues `write` and returns a receiver that resolves once it is
     /// committed and synced.
-    fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError>;
+    fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Queued { write, ack: Some(tx) })?;
+        Ok(rx)
+    }
     /// One task.
     fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError>;
     /// Tasks matching `filter`, newest first.
@@ -100,4 +131,32 @@ pub trait TaskStore: Send + Sync {
     fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// How many keys a skill holds in a session.
     fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError>;
+}
+
+/// A write waiting for the writer, and who waits for its commit.
+pub struct Queued {
+    /// The write.
+    pub write: Write,
+    /// Told the batch's outcome once it is committed (or failed).
+    pub ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// After a batch's commit: tells its durable writers the outcome and, if
+/// it was stored, hands its events to `on_commit` in order.
+pub(crate) fn settle(batch: Vec<Queued>, result: Result<(), String>, on_commit: &OnCommit) {
+    let mut events = Vec::new();
+    for q in batch {
+        if let Some(ack) = q.ack {
+            let _ = ack.send(result.clone());
+        }
+        if result.is_ok() {
+            match q.write {
+                Write::Task { event: Some(e), .. } | Write::Event(e) => events.push(e),
+                _ => {}
+            }
+        }
+    }
+    if !events.is_empty() {
+        on_commit(events);
+    }
 }

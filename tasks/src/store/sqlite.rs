@@ -11,7 +11,7 @@
 //! Committed events are handed to `on_commit` in commit order, so streams
 //! only ever show what is on disk.
 
-use super::{OnCommit, StoreError, StoredTask, TaskStore, Write};
+use super::{OnCommit, Queued, StoreError, StoredTask, TaskStore, Write, settle};
 use coderclaw_core::task::{
     FailureCode, TaskEventKind, TaskFailure, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
 };
@@ -21,7 +21,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tasks (
@@ -75,11 +74,6 @@ CREATE TABLE IF NOT EXISTS skill_memory (
 ) WITHOUT ROWID;
 ";
 
-struct Queued {
-    write: Write,
-    ack: Option<oneshot::Sender<Result<(), String>>>,
-}
-
 /// The task database.
 pub(crate) struct SqliteTaskStore {
     path: String,
@@ -112,7 +106,7 @@ impl SqliteTaskStore {
         Ok(Arc::new(SqliteTaskStore { path, writes: Mutex::new(tx), reader: Mutex::new(reader) }))
     }
 
-    fn send(&self, q: Queued) -> Result<(), StoreError> {
+    fn enqueue(&self, q: Queued) -> Result<(), StoreError> {
         self.writes.lock().unwrap_or_else(|p| p.into_inner()).send(q).map_err(|_| StoreError::WriterStopped)
     }
 
@@ -123,14 +117,8 @@ impl SqliteTaskStore {
 }
 
 impl TaskStore for SqliteTaskStore {
-    fn queue(&self, write: Write) -> Result<(), StoreError> {
-        self.send(Queued { write, ack: None })
-    }
-
-    fn queue_durable(&self, write: Write) -> Result<oneshot::Receiver<Result<(), String>>, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Queued { write, ack: Some(tx) })?;
-        Ok(rx)
+    fn send(&self, queued: Queued) -> Result<(), StoreError> {
+        self.enqueue(queued)
     }
 
     fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
@@ -333,21 +321,8 @@ fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_co
         if let Err(e) = &result {
             tracing::error!(path, error = %e, writes = batch.len(), "task store commit failed");
         }
-        let mut events = Vec::new();
-        for q in batch {
-            if let Some(ack) = q.ack {
-                let _ = ack.send(result.clone().map_err(|e| format!("task store {path}: {e}")));
-            }
-            if result.is_ok() {
-                match q.write {
-                    Write::Task { event: Some(e), .. } | Write::Event(e) => events.push(e),
-                    _ => {}
-                }
-            }
-        }
-        if !events.is_empty() {
-            on_commit(events);
-        }
+        let result = result.map_err(|e| format!("task store {path}: {e}"));
+        settle(batch, result, on_commit);
     }
 }
 

@@ -1,0 +1,698 @@
+//! `PgTaskStore`: the same tasks, events and session memory as
+//! [`super::SqliteTaskStore`], in a PostgreSQL database, for the cluster
+//! mode where several nodes share one store.
+//!
+//! The engine's store interface is synchronous (its reads are short and
+//! SQLite answers them in place), so the store runs its own thread with a
+//! small tokio runtime and two connections: a writer that commits queued
+//! writes in batches exactly as the SQLite writer does (one transaction,
+//! acknowledgements after the commit, committed events to `on_commit` in
+//! order), and a reader that answers reads, pipelined. A caller's read
+//! waits for its answer on a channel.
+//!
+//! A lost connection is opened again (with backoff) before the next batch
+//! or read; a batch that failed is reported to every durable writer in it
+//! and not retried, so nothing is acknowledged that is not stored.
+
+use super::{OnCommit, Queued, StoreError, StoredTask, TaskStore, Write, settle};
+use coderclaw_core::task::{
+    FailureCode, TaskEventKind, TaskFailure, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
+};
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, NoTls, Row};
+
+/// The schema, one migration per version, applied in order at open.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY NOT NULL,
+    row_no BIGSERIAL NOT NULL,
+    description TEXT NOT NULL,
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    input TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    parent_task_id TEXT,
+    metadata TEXT NOT NULL,
+    status TEXT NOT NULL,
+    paused BOOLEAN NOT NULL DEFAULT FALSE,
+    progress DOUBLE PRECISION,
+    prompt TEXT,
+    output TEXT,
+    error TEXT,
+    error_code TEXT,
+    error_reasons TEXT,
+    created_at_ms BIGINT NOT NULL,
+    started_at_ms BIGINT,
+    completed_at_ms BIGINT,
+    resumable BOOLEAN NOT NULL DEFAULT FALSE,
+    remote BOOLEAN NOT NULL DEFAULT FALSE,
+    workspace TEXT
+);
+CREATE INDEX tasks_by_session ON tasks (session_id, created_at_ms);
+CREATE INDEX tasks_by_status ON tasks (status);
+CREATE TABLE task_events (
+    task_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    timestamp_ms BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    status TEXT NOT NULL,
+    progress DOUBLE PRECISION,
+    message TEXT NOT NULL,
+    data TEXT,
+    PRIMARY KEY (task_id, seq)
+);
+CREATE TABLE skill_memory (
+    session_id TEXT NOT NULL,
+    skill_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (session_id, skill_id, key)
+);
+"];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Longest wait for a connection (each attempt).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a batch waits for PostgreSQL to come back before its writers
+/// are told it was not stored.
+const UNAVAILABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Longest pause between attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A read, run on the store's thread against the reader connection.
+type Job = Box<dyn FnOnce(Arc<Client>) -> BoxFuture<'static, ()> + Send>;
+
+/// The task store in a PostgreSQL database.
+pub struct PgTaskStore {
+    /// The URL with its password hidden, for messages.
+    url: String,
+    writes: mpsc::UnboundedSender<Queued>,
+    reads: mpsc::UnboundedSender<Job>,
+}
+
+/// `url` with any password replaced by `***` (URL or key=value form).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        if let Some((userinfo, host)) = authority.rsplit_once('@')
+            && let Some((user, _)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}://{user}:***@{host}{tail}");
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| if kv.starts_with("password=") { "password=***".to_owned() } else { kv.to_owned() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl PgTaskStore {
+    /// Connects to `url`, brings the schema up to [`SCHEMA_VERSION`]
+    /// (refusing a newer one) and starts the store's thread.
+    pub fn open(url: &str, on_commit: Arc<OnCommit>) -> Result<Arc<PgTaskStore>, StoreError> {
+        let shown = redact_url(url);
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Postgres { url: shown.clone(), message: format!("not a URL: {e}") })?;
+        let (writes, write_rx) = mpsc::unbounded_channel();
+        let (reads, read_rx) = mpsc::unbounded_channel();
+        // Connecting happens on the store's thread (the caller may be on an
+        // async runtime, where blocking on another one is not allowed); the
+        // caller waits for the outcome.
+        let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+        let thread_url = shown.clone();
+        std::thread::Builder::new()
+            .name("coderclaw-task-pg".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(StoreError::Thread(e.to_string())));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let url = thread_url;
+                    let pg_err = |e: tokio_postgres::Error| StoreError::Postgres {
+                        url: url.clone(),
+                        message: format!(
+                            "{}: check that PostgreSQL runs and accepts connections there, and the user, password \
+                             and database in the URL",
+                            describe(&e)
+                        ),
+                    };
+                    let connected = async {
+                        let writer = connect(&config).await.map_err(pg_err)?;
+                        migrate(&writer, &url).await?;
+                        let reader = connect(&config).await.map_err(pg_err)?;
+                        Ok::<_, StoreError>((writer, reader))
+                    };
+                    let (writer, reader) = match connected.await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = opened_tx.send(Ok(()));
+                    let readers = tokio::spawn(read_loop(config.clone(), reader, read_rx, url.clone()));
+                    writer_loop(config, writer, write_rx, &url, &*on_commit).await;
+                    readers.abort();
+                });
+            })
+            .map_err(|e| StoreError::Thread(e.to_string()))?;
+        opened.recv().map_err(|_| StoreError::WriterStopped)??;
+        Ok(Arc::new(PgTaskStore { url: shown, writes, reads }))
+    }
+
+    fn enqueue(&self, q: Queued) -> Result<(), StoreError> {
+        self.writes.send(q).map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Runs `f` on the reader connection and waits for its answer.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<Client>) -> BoxFuture<'static, Result<T, tokio_postgres::Error>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let job: Job = Box::new(move |client| {
+            Box::pin(async move {
+                let _ = tx.send(f(client).await);
+            })
+        });
+        self.reads.send(job).map_err(|_| StoreError::WriterStopped)?;
+        let answer = rx.recv().map_err(|_| StoreError::WriterStopped)?;
+        answer.map_err(|e| StoreError::Postgres { url: self.url.clone(), message: describe(&e) })
+    }
+}
+
+/// The error with PostgreSQL's own message when it sent one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let mut config = config.clone();
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "task store connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A new connection, retried with backoff while PostgreSQL is unreachable,
+/// until `deadline` if one is given.
+async fn reconnect_until(config: &tokio_postgres::Config, url: &str, deadline: Option<Instant>) -> Option<Client> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match connect(config).await {
+            Ok(c) => {
+                tracing::info!(url, "task store reconnected");
+                return Some(c);
+            }
+            Err(e) => {
+                if deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                    return None;
+                }
+                tracing::warn!(url, error = %describe(&e), retry_in = ?backoff, "task store unreachable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Whether `e` is the connection's failure rather than the statement's:
+/// no SQLSTATE, or class 08 (connection exception) or 57 (the server
+/// shutting down or restarting).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || e.code().is_none_or(|c| c.code().starts_with("08") || c.code().starts_with("57"))
+}
+
+/// Applies the migrations the database lacks, one node at a time.
+async fn migrate(client: &Client, url: &str) -> Result<(), StoreError> {
+    let err = |e: tokio_postgres::Error| StoreError::Postgres { url: url.to_owned(), message: describe(&e) };
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS coderclaw_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(err)?;
+    // Serialises nodes starting together (the lock ends with the transaction).
+    client.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7421001)").await.map_err(err)?;
+    let found: i32 =
+        client.query_one("SELECT COALESCE(MAX(version), 0) FROM coderclaw_schema", &[]).await.map_err(err)?.get(0);
+    if found > SCHEMA_VERSION {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(StoreError::SchemaTooNew { url: url.to_owned(), found, supported: SCHEMA_VERSION });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        if let Err(e) = client.batch_execute(sql).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(err(e));
+        }
+        client.execute("INSERT INTO coderclaw_schema (version) VALUES ($1)", &[&version]).await.map_err(err)?;
+        tracing::info!(url, version, "task store schema migrated");
+    }
+    client.batch_execute("COMMIT").await.map_err(err)
+}
+
+async fn read_loop(
+    config: tokio_postgres::Config,
+    client: Client,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    url: String,
+) {
+    let mut client = Arc::new(client);
+    while let Some(job) = jobs.recv().await {
+        if client.is_closed() {
+            // A read that met the break failed with it; later ones wait here.
+            if let Some(c) = reconnect_until(&config, &url, None).await {
+                client = Arc::new(c);
+            }
+        }
+        // Pipelined: many reads in flight on the one connection.
+        tokio::spawn(job(client.clone()));
+    }
+}
+
+/// Commits `batch`, on a new connection if the current one is lost, for
+/// at most [`UNAVAILABLE_AFTER`]: every write in a batch is idempotent, so
+/// a batch whose commit was cut off is written again whole.
+async fn write_batch(
+    config: &tokio_postgres::Config,
+    client: &mut Option<Client>,
+    batch: &[Queued],
+    url: &str,
+) -> Result<(), String> {
+    let deadline = Instant::now() + UNAVAILABLE_AFTER;
+    loop {
+        let mut c = match client.take().filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => match reconnect_until(config, url, Some(deadline)).await {
+                Some(c) => c,
+                None => {
+                    let waited = UNAVAILABLE_AFTER.as_secs();
+                    return Err(format!("task store {url}: PostgreSQL unreachable for {waited} s"));
+                }
+            },
+        };
+        let result = commit(&mut c, batch).await;
+        *client = Some(c);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if connection_lost(&e) && Instant::now() < deadline => {
+                tracing::warn!(url, error = %describe(&e), "task store connection lost; writing the batch again");
+                *client = None;
+            }
+            Err(e) => return Err(format!("task store {url}: {}", describe(&e))),
+        }
+    }
+}
+
+async fn writer_loop(
+    config: tokio_postgres::Config,
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+    url: &str,
+    on_commit: &OnCommit,
+) {
+    let mut client = Some(client);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let result = write_batch(&config, &mut client, &batch, url).await;
+        if let Err(e) = &result {
+            tracing::error!(url, error = %e, writes = batch.len(), "task store commit failed");
+        }
+        settle(batch, result, on_commit);
+    }
+}
+
+async fn commit(client: &mut Client, batch: &[Queued]) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let upsert = tx
+        .prepare(
+            "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user_name, parent_task_id,
+                metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
+                completed_at_ms, resumable, remote, error_code, error_reasons, workspace)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                $22, $23)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
+                progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
+                error = excluded.error, error_code = excluded.error_code,
+                error_reasons = excluded.error_reasons, started_at_ms = excluded.started_at_ms,
+                completed_at_ms = excluded.completed_at_ms",
+        )
+        .await?;
+    let insert_event = tx
+        .prepare(
+            "INSERT INTO task_events (task_id, seq, timestamp_ms, event, status, progress, message, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (task_id, seq) DO NOTHING",
+        )
+        .await?;
+    // A task changed several times in the batch has its row written once,
+    // as it is last; every event is kept.
+    let mut last_row = std::collections::HashMap::new();
+    for (i, q) in batch.iter().enumerate() {
+        if let Write::Task { task, .. } = &q.write {
+            last_row.insert(task.state.id.as_str(), i);
+        }
+    }
+    for (i, q) in batch.iter().enumerate() {
+        match &q.write {
+            Write::Task { task, event } => {
+                if last_row.get(task.state.id.as_str()) == Some(&i) {
+                    let s = &task.state;
+                    let json = |v: &Value| v.to_string();
+                    let progress = s.progress.map(f64::from);
+                    let created = s.created_at_ms as i64;
+                    let started = s.started_at_ms.map(|v| v as i64);
+                    let completed = s.completed_at_ms.map(|v| v as i64);
+                    let metadata = serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into());
+                    let reasons = s
+                        .error
+                        .as_ref()
+                        .filter(|f| !f.reasons.is_empty())
+                        .map(|f| serde_json::json!(f.reasons).to_string());
+                    let workspace = s.workspace.as_ref().map(|w| serde_json::json!(w).to_string());
+                    tx.execute(
+                        &upsert,
+                        &[
+                            &s.id,
+                            &s.description,
+                            &s.target.kind().as_str(),
+                            &s.target.id(),
+                            &json(&s.input),
+                            &s.session_id,
+                            &s.user,
+                            &s.parent_task_id,
+                            &metadata,
+                            &s.status.as_str(),
+                            &s.paused,
+                            &progress,
+                            &s.prompt,
+                            &s.output.as_ref().map(json),
+                            &s.error.as_ref().map(|f| f.message.as_str()),
+                            &created,
+                            &started,
+                            &completed,
+                            &task.resumable,
+                            &s.remote,
+                            &s.error.as_ref().map(|f| f.code.as_str()),
+                            &reasons,
+                            &workspace,
+                        ],
+                    )
+                    .await?;
+                }
+                if let Some(e) = event {
+                    add_event(&tx, &insert_event, e).await?;
+                }
+            }
+            Write::Event(e) => add_event(&tx, &insert_event, e).await?,
+            Write::Flush => {}
+            Write::Memory { session, skill, key, value: Some(v), at_ms } => {
+                tx.execute(
+                    "INSERT INTO skill_memory (session_id, skill_id, key, value, updated_at_ms)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (session_id, skill_id, key) DO UPDATE SET value = excluded.value,
+                         updated_at_ms = excluded.updated_at_ms",
+                    &[session, skill, key, v, &(*at_ms as i64)],
+                )
+                .await?;
+            }
+            Write::Memory { session, skill, key, value: None, .. } => {
+                tx.execute(
+                    "DELETE FROM skill_memory WHERE session_id = $1 AND skill_id = $2 AND key = $3",
+                    &[session, skill, key],
+                )
+                .await?;
+            }
+        }
+    }
+    tx.commit().await
+}
+
+async fn add_event(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
+    e: &TaskUpdateEvent,
+) -> Result<(), tokio_postgres::Error> {
+    let progress = e.progress.map(f64::from);
+    let data = e.data.as_ref().map(Value::to_string);
+    tx.execute(
+        statement,
+        &[
+            &e.task_id,
+            &(e.seq as i64),
+            &(e.timestamp_ms as i64),
+            &e.event.as_str(),
+            &e.status.as_str(),
+            &progress,
+            &e.message,
+            &data,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user_name, parent_task_id, metadata,
+    status, paused, progress, prompt, output, error, error_code, error_reasons, created_at_ms, started_at_ms,
+    completed_at_ms, resumable, remote, workspace,
+    (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
+
+/// A row this code cannot read back, as a store error.
+#[derive(Debug, thiserror::Error)]
+#[error("{column}: {message}")]
+struct Corrupt {
+    column: &'static str,
+    message: String,
+}
+
+fn json_column(r: &Row, column: &'static str) -> Result<Option<Value>, Corrupt> {
+    let text: Option<String> = r.get(column);
+    text.map(|t| serde_json::from_str(&t).map_err(|e| Corrupt { column, message: e.to_string() })).transpose()
+}
+
+fn read_event(r: &Row) -> Result<TaskUpdateEvent, Corrupt> {
+    let event: String = r.get("event");
+    let status: String = r.get("status");
+    Ok(TaskUpdateEvent {
+        task_id: r.get("task_id"),
+        seq: r.get::<_, i64>("seq") as u64,
+        timestamp_ms: r.get::<_, i64>("timestamp_ms") as u64,
+        event: TaskEventKind::parse(&event)
+            .ok_or_else(|| Corrupt { column: "event", message: format!("unknown kind `{event}`") })?,
+        status: TaskStatus::parse(&status).map_err(|message| Corrupt { column: "status", message })?,
+        progress: r.get::<_, Option<f64>>("progress").map(|p| p as f32),
+        message: r.get("message"),
+        data: json_column(r, "data")?,
+    })
+}
+
+fn read_task(r: &Row) -> Result<StoredTask, Corrupt> {
+    let target_id: String = r.get("target_id");
+    let target = match r.get::<_, String>("target_kind").as_str() {
+        "agent" => TaskTarget::Agent(target_id),
+        _ => TaskTarget::Skill(target_id),
+    };
+    let status: String = r.get("status");
+    let metadata = json_column(r, "metadata")?.unwrap_or_default();
+    let corrupt = |column: &'static str| move |e: serde_json::Error| Corrupt { column, message: e.to_string() };
+    let error = match r.get::<_, Option<String>>("error") {
+        None => None,
+        Some(message) => {
+            let code: Option<String> = r.get("error_code");
+            let code = match code {
+                Some(c) => FailureCode::parse(&c)
+                    .ok_or_else(|| Corrupt { column: "error_code", message: format!("unknown code `{c}`") })?,
+                None => FailureCode::Internal,
+            };
+            let reasons = match json_column(r, "error_reasons")? {
+                Some(v) => serde_json::from_value(v).map_err(corrupt("error_reasons"))?,
+                None => Vec::new(),
+            };
+            Some(TaskFailure { code, message, reasons })
+        }
+    };
+    let state = TaskState {
+        id: r.get("id"),
+        description: r.get("description"),
+        status: TaskStatus::parse(&status).map_err(|message| Corrupt { column: "status", message })?,
+        target,
+        input: json_column(r, "input")?.unwrap_or_default(),
+        session_id: r.get("session_id"),
+        user: r.get("user_name"),
+        remote: r.get("remote"),
+        parent_task_id: r.get("parent_task_id"),
+        metadata: serde_json::from_value(metadata).map_err(corrupt("metadata"))?,
+        paused: r.get("paused"),
+        workspace: json_column(r, "workspace")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(corrupt("workspace"))?,
+        progress: r.get::<_, Option<f64>>("progress").map(|p| p as f32),
+        prompt: r.get("prompt"),
+        output: json_column(r, "output")?,
+        error,
+        created_at_ms: r.get::<_, i64>("created_at_ms") as u64,
+        started_at_ms: r.get::<_, Option<i64>>("started_at_ms").map(|v| v as u64),
+        completed_at_ms: r.get::<_, Option<i64>>("completed_at_ms").map(|v| v as u64),
+    };
+    Ok(StoredTask { state, resumable: r.get("resumable"), last_seq: r.get::<_, i64>("last_seq") as u64 })
+}
+
+/// Rows read by `f`, a corrupt one failing the read.
+fn rows<T>(rows: Vec<Row>, f: fn(&Row) -> Result<T, Corrupt>, url: &str) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(|r| f(r).map_err(|e| StoreError::Postgres { url: url.to_owned(), message: e.to_string() }))
+        .collect()
+}
+
+impl TaskStore for PgTaskStore {
+    fn send(&self, queued: Queued) -> Result<(), StoreError> {
+        self.enqueue(queued)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<StoredTask>, StoreError> {
+        let id = id.to_owned();
+        let found = self.read(move |c| {
+            Box::pin(async move { c.query(&format!("SELECT {COLUMNS} FROM tasks t WHERE id = $1"), &[&id]).await })
+        })?;
+        Ok(rows(found, read_task, &self.url)?.pop())
+    }
+
+    fn list(&self, filter: &TaskFilter) -> Result<Vec<StoredTask>, StoreError> {
+        let limit = i64::from(filter.limit.unwrap_or(100).clamp(1, 1000));
+        let status = filter.status.map(|s| s.as_str().to_owned());
+        let session = filter.session.clone();
+        let found = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM tasks t
+                         WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR session_id = $2)
+                         ORDER BY created_at_ms DESC, row_no DESC LIMIT $3"
+                    ),
+                    &[&status, &session, &limit],
+                )
+                .await
+            })
+        })?;
+        rows(found, read_task, &self.url)
+    }
+
+    fn unfinished(&self) -> Result<Vec<StoredTask>, StoreError> {
+        let found = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM tasks t
+                         WHERE status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING') ORDER BY created_at_ms, row_no"
+                    ),
+                    &[],
+                )
+                .await
+            })
+        })?;
+        rows(found, read_task, &self.url)
+    }
+
+    fn events(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskUpdateEvent>, StoreError> {
+        let (id, after, limit) = (id.to_owned(), after as i64, i64::from(limit));
+        let found = self.read(move |c| {
+            Box::pin(async move {
+                c.query(
+                    "SELECT task_id, seq, timestamp_ms, event, status, progress, message, data
+                     FROM task_events WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&id, &after, &limit],
+                )
+                .await
+            })
+        })?;
+        rows(found, read_event, &self.url)
+    }
+
+    fn counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        let row = self.read(move |c| {
+            Box::pin(async move {
+                c.query_one(
+                    "SELECT COUNT(*) FILTER (WHERE status = 'PENDING'),
+                            COUNT(*) FILTER (WHERE status IN ('PLANNING', 'RUNNING', 'WAITING')), COUNT(*)
+                     FROM tasks",
+                    &[],
+                )
+                .await
+            })
+        })?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64, row.get::<_, i64>(2) as u64))
+    }
+
+    fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let (session, skill, key) = (session.to_owned(), skill.to_owned(), key.to_owned());
+        let found = self.read(move |c| {
+            Box::pin(async move {
+                c.query_opt(
+                    "SELECT value FROM skill_memory WHERE session_id = $1 AND skill_id = $2 AND key = $3",
+                    &[&session, &skill, &key],
+                )
+                .await
+            })
+        })?;
+        Ok(found.map(|r| r.get(0)))
+    }
+
+    fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError> {
+        let (session, skill) = (session.to_owned(), skill.to_owned());
+        let row = self.read(move |c| {
+            Box::pin(async move {
+                c.query_one(
+                    "SELECT COUNT(*) FROM skill_memory WHERE session_id = $1 AND skill_id = $2",
+                    &[&session, &skill],
+                )
+                .await
+            })
+        })?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_never_appears_in_a_shown_url() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/cc"), "postgres://app:***@db:5432/cc");
+        assert_eq!(redact_url("postgresql://app@db/cc?sslmode=require"), "postgresql://app@db/cc?sslmode=require");
+        assert_eq!(redact_url("postgres://a:b@c@db/cc"), "postgres://a:***@db/cc");
+        assert_eq!(redact_url("host=db user=app password=s3cret dbname=cc"), "host=db user=app password=*** dbname=cc");
+    }
+}
