@@ -104,6 +104,16 @@ enum Command {
     /// Developers install from it with `coderclaw skill install team/x --registry <name>`.
     #[command(subcommand)]
     Registry(registry::Command),
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: `coderclaw completions bash > ~/.local/share/bash-completion/completions/coderclaw`;
+    /// zsh: `coderclaw completions zsh > "${fpath[1]}/_coderclaw"`;
+    /// fish: `coderclaw completions fish > ~/.config/fish/completions/coderclaw.fish`;
+    /// PowerShell: `coderclaw completions powershell >> $PROFILE`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -168,15 +178,65 @@ fn main() -> ExitCode {
         Command::Status(args) => task::status(args),
         Command::Doctor(args) => doctor::main(args),
         Command::Registry(cmd) => registry::main(cmd),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "coderclaw", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             if let Some(hint) = hints::for_error(&e) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, `: `-separated, without a cause whose text
+/// the ones before already say (an error that prints its source would
+/// otherwise show it twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that prints its source in its own message, as many do.
+    #[derive(Debug)]
+    struct Read(std::io::Error);
+
+    impl std::fmt::Display for Read {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot read /x: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Read {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_said_is_not_said_again() {
+        let e = anyhow::Error::new(Read(std::io::Error::other("denied"))).context("loading");
+        assert_eq!(super::error_chain(&e), "loading: cannot read /x: denied");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::error_chain(&e), "outer: inner");
     }
 }

@@ -88,6 +88,12 @@ fn sample_workspace() -> Result<PathBuf> {
 
 pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let tree = source_tree(args.source.as_deref())?;
+    let writes = home::state_dir()?.join("quickstart");
+    eprintln!(
+        "quickstart writes only under {} (a key, trust store and installed skills in home/, a sample \
+         workspace in workspace/); your own keys, trust and skills are not touched",
+        writes.display()
+    );
     eprintln!("building the example skills in {} (the first build takes a minute)…", tree.join("skills").display());
     let artifacts = build(&tree.join("skills"), true, args.json)?;
     let state = install_examples(&tree, &artifacts)?;

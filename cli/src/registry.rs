@@ -28,7 +28,7 @@ pub(crate) const ENV_REGISTRY_DATA: &str = "CODERCLAW_REGISTRY_DATA";
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct DataArgs {
     /// The registry data directory (registry.db and blobs/).
-    #[arg(long, value_name = "DIR", env = ENV_REGISTRY_DATA)]
+    #[arg(long, value_name = "DIR", env = ENV_REGISTRY_DATA, hide_env_values = true)]
     pub data: PathBuf,
 }
 

@@ -76,6 +76,7 @@ pub(crate) enum Command {
         target: Target,
     },
     /// Cancel a task: the guest is interrupted, shell children killed.
+    /// Exits 1 (saying how it ended) when the task had already finished.
     Cancel {
         /// Task id.
         id: String,
@@ -470,18 +471,63 @@ fn progress_line(e: &TaskUpdateEvent, local: bool) -> String {
     }
 }
 
-fn show_progress(e: &TaskUpdateEvent, local: bool, tty: bool) {
-    let line = progress_line(e, local);
-    if tty { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
+/// Prints a task's events on stderr as they come. Off a terminal (a CI
+/// log), progress events are rate-limited: at most one a second, never the
+/// same line twice, and the last one before the task ends; every other
+/// event is printed.
+struct ProgressPrinter {
+    local: bool,
+    tty: bool,
+    last_progress: Option<(String, std::time::Instant)>,
+    held: Option<String>,
+}
+
+/// Least time between two progress lines off a terminal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+impl ProgressPrinter {
+    fn new(local: bool) -> Self {
+        Self { local, tty: std::io::stderr().is_terminal(), last_progress: None, held: None }
+    }
+
+    fn show(&mut self, e: &TaskUpdateEvent) {
+        for line in self.lines(e, std::time::Instant::now()) {
+            if self.tty { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
+        }
+    }
+
+    /// The lines `e` prints at `now`.
+    fn lines(&mut self, e: &TaskUpdateEvent, now: std::time::Instant) -> Vec<String> {
+        let line = progress_line(e, self.local);
+        if self.tty {
+            return vec![line];
+        }
+        if e.event != TaskEventKind::Progress {
+            // A held progress line goes out first, so the log ends on the latest.
+            return self.held.take().into_iter().chain([line]).collect();
+        }
+        let due = match &self.last_progress {
+            Some((last, at)) => *last != line && now.duration_since(*at) >= PROGRESS_EVERY,
+            None => true,
+        };
+        if !due {
+            let repeated = self.last_progress.as_ref().is_some_and(|(last, _)| *last == line);
+            self.held = if repeated { None } else { Some(line) };
+            return Vec::new();
+        }
+        self.held = None;
+        self.last_progress = Some((line.clone(), now));
+        vec![line]
+    }
 }
 
 /// Follows a remote run (see [`Transport::run_task`]) after its
 /// acknowledgement to the final state.
 async fn follow_run(updates: &mut coderclaw::tasks::RunStream<'_>, json: bool) -> Result<TaskState> {
-    let tty = std::io::stderr().is_terminal();
+    let mut printer = ProgressPrinter::new(false);
     while let Some(update) = updates.next().await {
         match update.map_err(rt_err)? {
-            RunUpdate::Event(e) if !json => show_progress(&e, false, tty),
+            RunUpdate::Event(e) if !json => printer.show(&e),
             RunUpdate::Finished(state) => return Ok(state),
             RunUpdate::Event(_) | RunUpdate::Accepted(_) => {}
         }
@@ -494,12 +540,12 @@ async fn follow_run(updates: &mut coderclaw::tasks::RunStream<'_>, json: bool) -
 /// this engine); over HTTP someone answers with `task respond`.
 async fn follow(rt: &Runtime, id: &str, json: bool) -> Result<TaskState> {
     let local = matches!(rt, Runtime::Local(_));
-    let tty = std::io::stderr().is_terminal();
+    let mut printer = ProgressPrinter::new(local);
     let mut stream = call!(rt, stream_task_updates(id)).map_err(rt_err)?;
     while let Some(e) = stream.next().await {
         let e = e.map_err(rt_err)?;
         if !json {
-            show_progress(&e, local, tty);
+            printer.show(&e);
         }
         if local && e.event == TaskEventKind::InputRequested {
             let answer = tokio::task::spawn_blocking(|| {
@@ -671,14 +717,22 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
         }),
         Command::Cancel { id, target } => with_runtime(&target, false, async |rt| {
             let cancelled = call!(&rt, cancel_task(&id)).map_err(rt_err)?;
-            if target.json {
-                print_json(&serde_json::json!({ "id": id, "cancelled": cancelled }))?;
-            } else if cancelled {
-                println!("cancelled {id}");
-            } else {
-                println!("{id} had already finished");
+            if cancelled {
+                if target.json {
+                    print_json(&serde_json::json!({ "id": id, "cancelled": true }))?;
+                } else {
+                    println!("cancelled {id}");
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            // Nothing was cancelled: say how it ended, and do not exit 0.
+            let ended = call!(&rt, get_task_state(&id)).ok().flatten().map(|t| t.status);
+            if target.json {
+                print_json(&serde_json::json!({ "id": id, "cancelled": false, "status": ended }))?;
+            }
+            let how = ended.map(|s| format!(" ({s})")).unwrap_or_default();
+            eprintln!("error: task {id} had already finished{how}: nothing was cancelled");
+            Ok(ExitCode::FAILURE)
         }),
         Command::List { status, of_session, limit, target } => {
             let status = status.map(|s| TaskStatus::parse(&s)).transpose().map_err(anyhow::Error::msg)?;
@@ -761,4 +815,42 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
         }
         Ok(if s.healthy && s.missing_required_skills.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: TaskEventKind, progress: Option<f32>, message: &str) -> TaskUpdateEvent {
+        TaskUpdateEvent {
+            task_id: "t".into(),
+            seq: 1,
+            timestamp_ms: 0,
+            event: kind,
+            status: TaskStatus::Running,
+            progress,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    #[test]
+    fn off_a_terminal_progress_is_printed_at_most_once_a_second_and_the_latest_before_the_end() {
+        let mut p = ProgressPrinter { local: false, tty: false, last_progress: None, held: None };
+        let t0 = std::time::Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let progress = |pct: f32| event(TaskEventKind::Progress, Some(pct), "scanning");
+        assert_eq!(p.lines(&progress(0.1), at(0)).len(), 1, "the first is printed");
+        for i in 1..100u64 {
+            assert!(p.lines(&progress(0.1 + i as f32 * 0.001), at(i * 5)).is_empty(), "{i}: within the second");
+        }
+        assert_eq!(p.lines(&progress(0.5), at(1500)), vec!["[RUNNING]  50% progress: scanning"]);
+        assert!(p.lines(&progress(0.5), at(2600)).is_empty(), "the same line is not printed again");
+        assert_eq!(p.lines(&progress(0.9), at(2650)).len(), 1, "a new line a second later is");
+        assert!(p.lines(&progress(0.95), at(2700)).is_empty());
+        let log = p.lines(&event(TaskEventKind::Log, None, "found 2"), at(2800));
+        assert_eq!(log, vec!["[RUNNING]  95% progress: scanning", "[RUNNING] log: found 2"], "the held one first");
+        let mut tty = ProgressPrinter { tty: true, ..p };
+        assert_eq!(tty.lines(&progress(0.91), at(3201)).len(), 1, "a terminal shows every event");
+    }
 }

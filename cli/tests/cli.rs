@@ -244,6 +244,39 @@ fn every_command_explains_itself() {
     }
 }
 
+/// `coderclaw completions SHELL` prints a script each shell accepts, naming
+/// the subcommands and their flags; the bash one is parsed by bash and
+/// completes a subcommand.
+#[test]
+fn completion_scripts_are_printed_for_each_shell() {
+    let cli = Cli::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _coderclaw"),
+        ("zsh", "#compdef coderclaw"),
+        ("fish", "complete -c coderclaw"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = cli.run(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {marker}");
+        assert!(script.contains("quickstart") && script.contains("--grpc-listen"), "{shell}: names commands and flags");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("coderclaw.bash");
+    std::fs::write(&script, cli.run(&["completions", "bash"]).stdout).unwrap();
+    let probe = format!(
+        "source {}; COMP_WORDS=(coderclaw qui); COMP_CWORD=1; _coderclaw coderclaw qui coderclaw; echo \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &probe]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "quickstart", "bash completes `qui`");
+    let out = cli.run(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: bash"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn new_skill_builds_and_runs_out_of_the_box() {
     let cli = Cli::new();
@@ -415,6 +448,8 @@ fn tampered_or_untrusted_packages_are_refused_and_nothing_is_installed() {
         let i = cli.run(&["skill", "install", p(path)]);
         assert_eq!(i.status.code(), Some(1));
         assert!(text(&i.stderr).contains(reason), "install: {}", text(&i.stderr));
+        let in_name = p(path).matches(reason).count();
+        assert_eq!(text(&i.stderr).matches(reason).count(), 1 + in_name, "said once: {}", text(&i.stderr));
     }
     let list: Value = serde_json::from_slice(&cli.run(&["skill", "list", "--json"]).stdout).unwrap();
     assert_eq!(list, json!([]), "nothing was installed");

@@ -68,6 +68,10 @@ fn the_task_commands_work_over_websocket_and_grpc() {
         assert_eq!(code, 0, "{url}: {err}");
         let (_, state, _) = remote(&cli, url, &token, &["task", "status", id]);
         assert_eq!(state["status"], "CANCELLED", "{url}: {state}");
+        // Cancelling it again cancels nothing: exit 1, saying how it ended.
+        let (code, again, err) = remote(&cli, url, &token, &["task", "cancel", id]);
+        assert_eq!((code, &again["cancelled"], &again["status"]), (1, &json!(false), &json!("CANCELLED")), "{url}");
+        assert!(err.contains(&format!("task {id} had already finished (CANCELLED)")), "{url}: {err}");
 
         // A forged token is refused with the REST code, and the CLI says so.
         let (code, _, err) = remote(&cli, url, "ccs_forged", &["task", "list"]);

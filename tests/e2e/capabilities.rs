@@ -282,3 +282,30 @@ async fn sockets_are_never_granted() {
     let accepted = tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
     assert!(accepted.is_err(), "the listener saw a connection from the guest");
 }
+
+/// A shell capability event says how the program ended: `exit code 1`,
+/// not Rust's `Some(1)`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shell_event_says_how_the_program_ended() {
+    let ws = workspace();
+    let host = host();
+    let skill = load(&host, "shell-exec");
+    let grant = Grant::builder().dir(ws.path(), ".", Access::Read).shell("true").shell("false").build().unwrap();
+    // (Killed by a signal reads "killed by a signal": the program is PID 1
+    // of its namespace, which no signal from inside it kills.)
+    for (input, ended) in
+        [(json!({"program": "true"}), "exit code 0; "), (json!({"program": "false"}), "exit code 1; ")]
+    {
+        let events = Arc::new(CollectEvents::default());
+        host.run_with_events(&skill, &input.to_string(), &grant, events.clone()).await.unwrap();
+        let details: Vec<String> = events
+            .events()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Capability { capability: "shell", detail, .. } => Some(detail.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(details.len() == 1 && details[0].starts_with(ended), "{input}: {details:?}");
+    }
+}

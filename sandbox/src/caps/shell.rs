@@ -54,7 +54,10 @@ impl Host for RunState {
         };
         let result = run(&ctx, command, &program, timeout).await;
         let detail = match &result {
-            Ok(o) => format!("exit code {:?}; {confined}", o.exit_code),
+            Ok(o) => match o.exit_code {
+                Some(code) => format!("exit code {code}; {confined}"),
+                None => format!("killed by a signal; {confined}"),
+            },
             Err(ShellError::TimedOut(m) | ShellError::Failed(m) | ShellError::Denied(m)) => format!("{m}; {confined}"),
         };
         ctx.capability("shell", target, true, detail);
