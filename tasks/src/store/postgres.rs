@@ -253,12 +253,14 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
 /// Applies the migrations the database lacks, one node at a time.
 async fn migrate(client: &Client, url: &str) -> Result<(), StoreError> {
     let err = |e: tokio_postgres::Error| StoreError::Postgres { url: url.to_owned(), message: describe(&e) };
+    // Serialises nodes starting together (the lock ends with the transaction).
     client
-        .batch_execute("CREATE TABLE IF NOT EXISTS coderclaw_schema (version INTEGER NOT NULL)")
+        .batch_execute(
+            "BEGIN; SELECT pg_advisory_xact_lock(7421001);
+             CREATE TABLE IF NOT EXISTS coderclaw_schema (version INTEGER NOT NULL)",
+        )
         .await
         .map_err(err)?;
-    // Serialises nodes starting together (the lock ends with the transaction).
-    client.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7421001)").await.map_err(err)?;
     let found: i32 =
         client.query_one("SELECT COALESCE(MAX(version), 0) FROM coderclaw_schema", &[]).await.map_err(err)?.get(0);
     if found > SCHEMA_VERSION {

@@ -41,9 +41,16 @@ pub(super) struct H2Connection {
 
 struct Shared {
     endpoint: Endpoint,
-    /// The connection and its number, so a caller that saw it fail drops
-    /// that one and not a newer one another caller opened.
-    current: tokio::sync::Mutex<Option<(u64, SendRequest<Body>)>>,
+    current: tokio::sync::Mutex<Current>,
+}
+
+/// The open connection and its number, so a caller that saw it fail drops
+/// that one and not a newer one another caller opened; numbers are never
+/// reused.
+#[derive(Default)]
+struct Current {
+    next: u64,
+    open: Option<(u64, SendRequest<Body>)>,
 }
 
 impl H2Connection {
@@ -58,7 +65,7 @@ impl Shared {
     /// once queue on the lock, and those after the first find the new one.
     async fn sender(&self) -> Result<(u64, SendRequest<Body>), BoxError> {
         let mut current = self.current.lock().await;
-        if let Some((n, sender)) = current.as_ref().filter(|(_, s)| !s.is_closed()) {
+        if let Some((n, sender)) = current.open.as_ref().filter(|(_, s)| !s.is_closed()) {
             return Ok((*n, sender.clone()));
         }
         let io = self.endpoint.connect().await.map_err(|e| unavailable(e.to_string()))?;
@@ -74,46 +81,44 @@ impl Shared {
                 tracing::debug!(error = %e, "gRPC connection closed");
             }
         });
-        let n = current.as_ref().map_or(0, |(n, _)| n + 1);
-        *current = Some((n, sender.clone()));
+        let n = current.next;
+        current.next += 1;
+        current.open = Some((n, sender.clone()));
         Ok((n, sender))
     }
 
     /// Forgets connection `n` if it is still the current one.
     async fn drop_connection(&self, n: u64) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|(m, _)| *m == n) {
-            *current = None;
+        if current.open.as_ref().is_some_and(|(m, _)| *m == n) {
+            current.open = None;
         }
     }
 
     /// Sends `req`; once more on a new connection when the current one
     /// turned out closed before the request left (so it cannot have run).
     async fn send(&self, req: http::Request<Body>) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
-        let mut req = req;
-        for attempt in 0..2 {
+        let (mut req, mut retried) = (req, false);
+        loop {
             let (n, mut sender) = self.sender().await?;
-            match sender.try_send_request(req).await {
+            let mut e = match sender.try_send_request(req).await {
                 Ok(reply) => return Ok(reply),
-                Err(mut e) => {
-                    self.drop_connection(n).await;
-                    match e.take_message() {
-                        Some(unsent) if attempt == 0 => req = unsent,
-                        unsent => {
-                            // Sent, then the connection failed: the server may
-                            // or may not have acted on it.
-                            let when = if unsent.is_some() { "before the call was sent" } else { "during the call" };
-                            let authority = &self.endpoint.authority;
-                            return Err(unavailable(format!(
-                                "{authority}: the connection failed {when}: {}",
-                                e.into_error()
-                            )));
-                        }
-                    }
+                Err(e) => e,
+            };
+            self.drop_connection(n).await;
+            match e.take_message() {
+                Some(unsent) if !retried => {
+                    (req, retried) = (unsent, true);
+                }
+                unsent => {
+                    // Sent, then the connection failed: the server may or
+                    // may not have acted on it.
+                    let when = if unsent.is_some() { "before the call was sent" } else { "during the call" };
+                    let authority = &self.endpoint.authority;
+                    return Err(unavailable(format!("{authority}: the connection failed {when}: {}", e.into_error())));
                 }
             }
         }
-        unreachable!("the second attempt returns")
     }
 }
 
