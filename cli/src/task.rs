@@ -363,7 +363,8 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         let grace = Duration::from_millis(c.shutdown_grace_ms);
         let running = local.service().dangerous_engine().status().active_tasks;
         eprintln!(
-            "{first}: shutting down: no new tasks; {running} running get up to {} to finish              (deployment.shutdownGrace; {first} again stops them now)",
+            "{first}: shutting down: no new tasks; {running} running get up to {} to finish \
+             (deployment.shutdownGrace; {first} again stops them now)",
             coderclaw_core::units::format_duration(grace)
         );
         let hurry = async move {

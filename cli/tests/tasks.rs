@@ -374,7 +374,9 @@ fn sigterm_lets_running_tasks_have_the_grace_period_then_cancels_them_and_exits_
     let said = std::fs::read_to_string(&log).unwrap();
     assert_eq!(exit.code(), Some(0), "{said}");
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(15), "{took:?}: {said}");
-    assert!(said.contains("SIGTERM: shutting down: no new tasks; 1 running get up to 2s"), "{said}");
+    let announced = "SIGTERM: shutting down: no new tasks; 1 running get up to 2s to finish \
+                     (deployment.shutdownGrace; SIGTERM again stops them now)";
+    assert!(said.contains(announced), "{said}");
     let report = "stopped: 0 finished, 1 cancelled, 0 resumable to re-run at the next start, 0 queued kept";
     assert!(said.contains(report), "{said}");
 
