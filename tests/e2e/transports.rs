@@ -8,7 +8,7 @@ use crate::tasks::{Harness, Via, fixture, self_signed_localhost};
 use coderclaw::tasks::grpc::server::GrpcConfig;
 use coderclaw::tasks::http_server::{ServerConfig, serve};
 use coderclaw::tasks::ws::server::WsConfig;
-use coderclaw::tasks::{CoderClawRuntime, ErrorCode, GrpcTransport, WsTransport};
+use coderclaw::tasks::{CoderClawRuntime, ErrorCode, GrpcTransport, RunUpdate, WsTransport};
 use coderclaw_core::task::{TaskFilter, TaskStatus, TaskSubmitRequest};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -243,6 +243,35 @@ async fn a_session_revoked_while_its_socket_or_channel_is_open_is_refused_at_the
     let ended = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("the subscription ended");
     assert_eq!(ended.unwrap().unwrap_err().code, ErrorCode::Unauthenticated);
     h.f.engine.cancel(&task.id, "test over").unwrap();
+}
+
+/// gRPC RunTask asks for the session again before it sends the final
+/// state: a session revoked while its task ran gets UNAUTHENTICATED, not
+/// the task's output (as a GetTask then would).
+#[tokio::test(flavor = "multi_thread")]
+async fn run_task_asks_for_the_session_again_before_the_final_state() {
+    let h = Harness::start(Via::Grpc, Default::default()).await;
+    let token = h.f.login("dev", &["developer"]);
+    let rt = h.connect(Some(&token));
+    let mut updates = rt.run_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "?" })));
+    let Some(Ok(RunUpdate::Accepted(task))) = updates.next().await else { panic!("no acknowledgement") };
+    let start = Instant::now();
+    while h.f.engine.get(&task.id).unwrap().status != TaskStatus::Waiting {
+        assert!(start.elapsed() < Duration::from_secs(30), "never WAITING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let session = h.f.service.authenticate(Some(&token)).unwrap();
+    h.f.service.security().dangerous_identity_store().revoke_session(&session.session.unwrap().id).unwrap();
+    h.f.engine.respond(&task.id, "yes".into()).unwrap();
+    let mut last = None;
+    while let Some(update) = updates.next().await {
+        last = Some(update);
+    }
+    match last {
+        Some(Err(e)) => assert_eq!(e.code, ErrorCode::Unauthenticated, "{e}"),
+        other => panic!("the final state reached a revoked session: {other:?}"),
+    }
+    assert_eq!(h.f.engine.get(&task.id).unwrap().status, TaskStatus::Completed, "the task itself ran to its end");
 }
 
 #[tokio::test(flavor = "multi_thread")]
