@@ -5,6 +5,7 @@
 
 use crate::tasks::Harness;
 use coderclaw::tasks::ErrorCode;
+use coderclaw::tasks::TaskStore;
 use coderclaw::tasks::store::{PG_SCHEMA_VERSION, PgTaskStore};
 use coderclaw_core::task::{TaskStatus, TaskSubmitRequest};
 use coderclaw_e2e::postgres::Postgres;
@@ -93,4 +94,23 @@ async fn a_database_with_a_newer_schema_is_refused_naming_both_versions() {
     client.execute("INSERT INTO coderclaw_schema (version) VALUES ($1)", &[&newer]).await.unwrap();
     let e = PgTaskStore::open(&pg.url(), Arc::new(|_| {})).err().expect("refused").to_string();
     assert!(e.contains(&format!("schema is version {newer}, newer than this coderclaw's {PG_SCHEMA_VERSION}")), "{e}");
+}
+
+/// PostgreSQL gone for good: a read fails, saying so, within a bounded
+/// time; it never holds its caller (an HTTP handler) for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_fail_in_bounded_time_while_postgres_is_gone() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = PgTaskStore::open(&pg.url(), Arc::new(|_| {})).unwrap();
+    assert!(store.get("none").unwrap().is_none());
+    pg.stop();
+    // The first read may meet the broken connection; the next waits for a
+    // new one, up to its bound.
+    for _ in 0..2 {
+        let store = store.clone();
+        let read = tokio::task::spawn_blocking(move || store.get("none"));
+        let answer = tokio::time::timeout(Duration::from_secs(60), read).await.expect("a read hung").unwrap();
+        let e = answer.expect_err("no answer without PostgreSQL").to_string();
+        assert!(e.contains(&format!("127.0.0.1:{}", pg.port)), "{e}");
+    }
 }

@@ -456,15 +456,20 @@ async fn finished_in_engine(h: &Harness, id: &str) -> coderclaw_core::task::Task
     done
 }
 
-/// A session that may submit but not read still gets the state of the
-/// task it gives up (the reply is the abandon's, not a read).
-async fn a_session_without_task_read_gives_up_its_task(h: &Harness) {
+/// A client whose role may submit and execute but not read tasks.
+fn submitter_without_task_read(h: &Harness) -> CoderClawRuntime<Arc<dyn Transport>> {
     std::fs::write(
         h.f.home.root().join("config.yaml"),
         "roles:\n  submitter:\n    additionalPermissions: [task:submit, skill:execute]\n",
     )
     .unwrap();
-    let submitter = h.user("sub", &["submitter"]);
+    h.user("sub", &["submitter"])
+}
+
+/// A session that may submit but not read still gets the state of the
+/// task it gives up (the reply is the abandon's, not a read).
+async fn a_session_without_task_read_gives_up_its_task(h: &Harness) {
+    let submitter = submitter_without_task_read(h);
     let task = submitter.submit_task(TaskSubmitRequest::skill("team/spin", json!({}))).await.unwrap();
     let err = submitter.get_task_state(&task.id).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden, "{err}");
@@ -477,12 +482,7 @@ async fn a_session_without_task_read_gives_up_its_task(h: &Harness) {
 /// it gets the acknowledgement, then the refusal to read, and the task
 /// runs all the same.
 async fn run_task_without_task_read_is_acknowledged_then_refused(h: &Harness) {
-    std::fs::write(
-        h.f.home.root().join("config.yaml"),
-        "roles:\n  submitter:\n    additionalPermissions: [task:submit, skill:execute]\n",
-    )
-    .unwrap();
-    let submitter = h.user("sub", &["submitter"]);
+    let submitter = submitter_without_task_read(h);
     let mut updates = submitter.run_task(TaskSubmitRequest::skill("team/echo", json!(2)));
     let Some(Ok(RunUpdate::Accepted(task))) = updates.next().await else { panic!("no acknowledgement first") };
     let err = updates.next().await.unwrap().unwrap_err();

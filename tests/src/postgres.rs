@@ -102,9 +102,14 @@ impl Postgres {
         self.run("pg_ctl", &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "-t", "60", "start"]);
     }
 
+    /// Stops the server at once, as a crash would.
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
     /// Stops the server at once (as a crash would) and starts it again.
     pub fn restart(&self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.stop();
         self.pg_ctl_start();
     }
 

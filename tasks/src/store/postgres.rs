@@ -85,8 +85,8 @@ const MAX_BATCH: usize = 4096;
 /// Longest wait for a connection (each attempt).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a batch waits for PostgreSQL to come back before its writers
-/// are told it was not stored.
+/// How long a batch (or a read) waits for PostgreSQL to come back before
+/// its writers (or reader) are told it failed.
 const UNAVAILABLE_AFTER: Duration = Duration::from_secs(30);
 
 /// Longest pause between attempts to reconnect.
@@ -194,7 +194,12 @@ impl PgTaskStore {
             })
         });
         self.reads.send(job).map_err(|_| StoreError::WriterStopped)?;
-        let answer = rx.recv().map_err(|_| StoreError::WriterStopped)?;
+        // Bounded: a read never holds its caller longer than PostgreSQL
+        // may be away (the reader gives a job up after as long).
+        let answer = rx.recv_timeout(UNAVAILABLE_AFTER + Duration::from_secs(5)).map_err(|_| StoreError::Postgres {
+            url: self.url.clone(),
+            message: format!("no answer within {} s: PostgreSQL is unreachable", UNAVAILABLE_AFTER.as_secs()),
+        })?;
         answer.map_err(|e| StoreError::Postgres { url: self.url.clone(), message: describe(&e) })
     }
 }
@@ -222,8 +227,8 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgr
 }
 
 /// A new connection, retried with backoff while PostgreSQL is unreachable,
-/// until `deadline` if one is given.
-async fn reconnect_until(config: &tokio_postgres::Config, url: &str, deadline: Option<Instant>) -> Option<Client> {
+/// until `deadline`.
+async fn reconnect_until(config: &tokio_postgres::Config, url: &str, deadline: Instant) -> Option<Client> {
     let mut backoff = Duration::from_millis(100);
     loop {
         match connect(config).await {
@@ -232,7 +237,7 @@ async fn reconnect_until(config: &tokio_postgres::Config, url: &str, deadline: O
                 return Some(c);
             }
             Err(e) => {
-                if deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                if Instant::now() + backoff > deadline {
                     return None;
                 }
                 tracing::warn!(url, error = %describe(&e), retry_in = ?backoff, "task store unreachable");
@@ -288,9 +293,11 @@ async fn read_loop(
     let mut client = Arc::new(client);
     while let Some(job) = jobs.recv().await {
         if client.is_closed() {
-            // A read that met the break failed with it; later ones wait here.
-            if let Some(c) = reconnect_until(&config, &url, None).await {
-                client = Arc::new(c);
+            // A read that met the break failed with it; the next waits here,
+            // and is given up (its caller told) if PostgreSQL stays away.
+            match reconnect_until(&config, &url, Instant::now() + UNAVAILABLE_AFTER).await {
+                Some(c) => client = Arc::new(c),
+                None => continue,
             }
         }
         // Pipelined: many reads in flight on the one connection.
@@ -311,7 +318,7 @@ async fn write_batch(
     loop {
         let mut c = match client.take().filter(|c| !c.is_closed()) {
             Some(c) => c,
-            None => match reconnect_until(config, url, Some(deadline)).await {
+            None => match reconnect_until(config, url, deadline).await {
                 Some(c) => c,
                 None => {
                     let waited = UNAVAILABLE_AFTER.as_secs();
