@@ -5,6 +5,7 @@
 
 mod audit;
 mod build;
+mod cluster;
 mod doctor;
 mod grant_args;
 mod hints;
@@ -91,6 +92,9 @@ enum Command {
     #[command(subcommand)]
     Task(task::Command),
     Serve(task::ServeArgs),
+    /// Look at a distributed cluster's nodes and queue.
+    #[command(subcommand)]
+    Cluster(cluster::Command),
     Mcp(mcp::Args),
     Status(task::StatusArgs),
     /// Report what this machine can enforce: the kernel confinement of
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
         Command::Quickstart(args) => quickstart::main(args),
         Command::Task(cmd) => task::main(cmd),
         Command::Serve(args) => task::serve_main(args),
+        Command::Cluster(cmd) => cluster::main(cmd),
         Command::Mcp(args) => mcp::main(args),
         Command::Status(args) => task::status(args),
         Command::Doctor(args) => doctor::main(args),

@@ -184,10 +184,16 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:7420).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// local-only or remote-enabled.
+    /// local-only, remote-enabled or distributed-cluster (one node of a
+    /// cluster sharing the PostgreSQL database in cluster.database or
+    /// CODERCLAW_CLUSTER_DATABASE).
     #[arg(long)]
     pub mode: Option<String>,
-    /// Tasks running at once (default 10).
+    /// This node's name in a distributed cluster (default: cluster.node,
+    /// CODERCLAW_NODE, or the host name). Unique among running nodes.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Tasks running at once (default 10; per node in a cluster).
     #[arg(long)]
     pub max_concurrent_tasks: Option<u32>,
     /// PEM certificate chain: serve https (with --tls-key).
@@ -273,9 +279,38 @@ fn check_security(c: &RuntimeConfig, security: &Security) -> Result<()> {
     Ok(())
 }
 
+/// The cluster database configured for this machine, if any.
+pub(crate) fn cluster_database() -> Result<Option<String>> {
+    let workspace = home::workspace(None)?;
+    Ok(config(&RuntimeFlags::default(), &workspace)?.cluster_database)
+}
+
+/// This node's name: configured, or the host name.
+fn node_name(c: &RuntimeConfig) -> String {
+    c.cluster_node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_owned())
+    })
+}
+
 /// `run_queue`: whether this process starts queued tasks (false for
 /// commands that only look, so they never begin runs they would abandon).
 fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig) -> Result<LocalRuntime> {
+    if c.mode == RuntimeMode::DistributedCluster {
+        bail!(
+            "this machine is configured as a cluster node (mode distributed-cluster): its tasks live in the cluster's \
+             database, reached through a node. Use --remote URL (or CODERCLAW_REMOTE) with a node's address, or \
+             start one with `coderclaw serve`"
+        );
+    }
+    open_runtime(workspace, write, run_queue, c)
+}
+
+fn open_runtime(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig) -> Result<LocalRuntime> {
     let security = home::open_security(Some(workspace))?;
     check_security(c, &security)?;
     let access = if write { Access::ReadWrite } else { Access::Read };
@@ -288,7 +323,14 @@ fn open_engine(workspace: &Path, write: bool, run_queue: bool, c: &RuntimeConfig
         mode: c.mode,
         ..EngineConfig::default()
     };
-    match LocalRuntime::builder_for(security).offer(offer).config(engine_config).exclusive().open() {
+    let builder = LocalRuntime::builder_for(security).offer(offer).config(engine_config);
+    if c.mode == RuntimeMode::DistributedCluster {
+        let url = c.cluster_database.as_deref().context("mode distributed-cluster needs cluster.database")?;
+        let lease = Duration::from_millis(c.cluster_lease_ms);
+        // Several nodes may share a state directory: the tasks are in the database.
+        return Ok(builder.cluster(url, node_name(c), lease).open()?);
+    }
+    match builder.exclusive().open() {
         Err(OpenError::Busy(root)) => bail!(
             "another coderclaw process (e.g. `coderclaw serve`) runs the task engine of {}: talk to it with \
              --remote URL (or CODERCLAW_REMOTE)",
@@ -311,6 +353,7 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         mode: args.mode.clone(),
         listen: args.listen.clone(),
         max_concurrent_tasks: args.max_concurrent_tasks,
+        node: args.node.clone(),
         ..Default::default()
     };
     let c = config(&flags, &workspace)?;
@@ -327,7 +370,7 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
     };
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let local = open_engine(&workspace, args.workspace_write, true, &c)?;
+        let local = open_runtime(&workspace, args.workspace_write, true, &c)?;
         let tls = args.tls_cert.clone().zip(args.tls_key.clone());
         let mut mcp = McpHttpConfig::for_listen(listen, tls.is_some());
         mcp.allowed_hosts.extend(args.mcp_allowed_hosts.iter().cloned());
@@ -344,8 +387,14 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         };
         let ws = server.url().replacen("http", "ws", 1);
         let grpc_url = grpc.as_ref().map(|g| format!(", gRPC {}://{}", if g.tls { "grpcs" } else { "grpc" }, g.addr));
+        let cluster = match (&c.cluster_database, c.mode) {
+            (Some(db), RuntimeMode::DistributedCluster) => {
+                format!(" node {} of {}", node_name(&c), coderclaw::tasks::store::redact_url(db))
+            }
+            _ => String::new(),
+        };
         eprintln!(
-            "coderclaw serving {} (WebSocket {ws}/v1/ws{}; {}, {} tasks at once, state {})",
+            "coderclaw serving {} (WebSocket {ws}/v1/ws{}; {}{cluster}, {} tasks at once, state {})",
             server.url(),
             grpc_url.unwrap_or_default(),
             c.mode.as_str(),
@@ -372,13 +421,22 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
             eprintln!("{again}: stopping the running tasks now");
         };
         let report = local.service().shutdown(grace, hurry).await.map_err(rt_err)?;
-        eprintln!(
-            "stopped: {} finished, {} cancelled, {} resumable to re-run at the next start, {} queued kept",
-            report.finished,
-            report.cancelled.len(),
-            report.requeued.len(),
-            report.queued
-        );
+        if c.mode == RuntimeMode::DistributedCluster {
+            eprintln!(
+                "stopped: {} finished, {} cancelled, {} resumable handed to the other nodes; left the cluster",
+                report.finished,
+                report.cancelled.len(),
+                report.requeued.len()
+            );
+        } else {
+            eprintln!(
+                "stopped: {} finished, {} cancelled, {} resumable to re-run at the next start, {} queued kept",
+                report.finished,
+                report.cancelled.len(),
+                report.requeued.len(),
+                report.queued
+            );
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

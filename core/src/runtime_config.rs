@@ -27,6 +27,10 @@ pub const ENV_LISTEN: &str = "CODERCLAW_LISTEN";
 pub const ENV_MAX_CONCURRENT_TASKS: &str = "CODERCLAW_MAX_CONCURRENT_TASKS";
 /// `transport.url`: the server the task commands talk to.
 pub const ENV_REMOTE: &str = "CODERCLAW_REMOTE";
+/// `cluster.database`: the PostgreSQL URL a distributed-cluster node uses.
+pub const ENV_CLUSTER_DATABASE: &str = "CODERCLAW_CLUSTER_DATABASE";
+/// `cluster.node`: this node's name in the cluster.
+pub const ENV_CLUSTER_NODE: &str = "CODERCLAW_NODE";
 
 /// One `runtime.yaml` file; every key optional.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -40,7 +44,24 @@ pub struct RuntimeFile {
     pub security: Option<SecuritySection>,
     /// Capacity and deployment.
     pub deployment: Option<DeploymentSection>,
+    /// The distributed-cluster mode's database and node.
+    pub cluster: Option<ClusterSection>,
 }
+
+/// `cluster:` (mode distributed-cluster).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSection {
+    /// The PostgreSQL URL all nodes share.
+    pub database: Option<String>,
+    /// This node's name (default: the host name).
+    pub node: Option<String>,
+    /// How long a node's heartbeat keeps its tasks (default 10 s).
+    pub lease: Option<Millis>,
+}
+
+/// Shortest and longest `cluster.lease`.
+const LEASE_RANGE_MS: std::ops::RangeInclusive<u64> = 1_000..=600_000;
 
 /// `transport:`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -109,6 +130,12 @@ pub struct RuntimeConfig {
     pub http_enabled: bool,
     /// The security section, to be checked against `config.yaml`.
     pub security: SecuritySection,
+    /// `cluster.database` (secret: it may hold a password).
+    pub cluster_database: Option<String>,
+    /// `cluster.node`.
+    pub cluster_node: Option<String>,
+    /// `cluster.lease`, default 10 s.
+    pub cluster_lease_ms: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -123,6 +150,9 @@ impl Default for RuntimeConfig {
             shutdown_grace_ms: 30_000,
             http_enabled: true,
             security: SecuritySection::default(),
+            cluster_database: None,
+            cluster_node: None,
+            cluster_lease_ms: 10_000,
         }
     }
 }
@@ -138,19 +168,23 @@ pub struct RuntimeFlags {
     pub remote: Option<String>,
     /// --max-concurrent-tasks.
     pub max_concurrent_tasks: Option<u32>,
+    /// --node.
+    pub node: Option<String>,
 }
 
 impl RuntimeFile {
     /// Refuses what a repository's `.coderClaw/runtime.yaml` may not set:
     /// where the session token goes (`transport.url`) and how this
     /// machine's server is exposed (`mode`, `transport.listen`,
-    /// `deployment.allowRemoteSessions`). A cloned repository is not
-    /// trusted with either; they belong in the user's own runtime.yaml,
-    /// the environment or a flag.
+    /// `deployment.allowRemoteSessions`), nor the cluster section (which
+    /// database this machine's tasks and credentials-bearing URL go to). A
+    /// cloned repository is not trusted with either; they belong in the
+    /// user's own runtime.yaml, the environment or a flag.
     pub fn check_project_layer(&self, file: &str) -> Result<(), PolicyError> {
         let t = self.transport.as_ref();
         let d = self.deployment.as_ref();
         let set = [
+            ("cluster", self.cluster.is_some()),
             ("mode", self.mode.is_some()),
             ("deployment.mode", d.is_some_and(|d| d.mode.is_some())),
             ("deployment.allowRemoteSessions", d.is_some_and(|d| d.allow_remote_sessions.is_some())),
@@ -234,6 +268,21 @@ impl RuntimeConfig {
             if let Some(s) = &f.security {
                 c.security = s.clone();
             }
+            if let Some(k) = &f.cluster {
+                if let Some(db) = &k.database {
+                    c.cluster_database = Some(db.clone());
+                }
+                if let Some(n) = &k.node {
+                    c.cluster_node = Some(n.clone());
+                }
+                if let Some(l) = k.lease {
+                    if !LEASE_RANGE_MS.contains(&l.0) {
+                        let hint = format!("{} ms: expected 1s to 10m", l.0);
+                        return Err(bad(name, "cluster.lease", hint));
+                    }
+                    c.cluster_lease_ms = l.0;
+                }
+            }
         }
         fn layer<'a>(
             flag: &Option<String>,
@@ -251,12 +300,38 @@ impl RuntimeConfig {
         if let Some((u, _)) = layer(&flags.remote, env, ENV_REMOTE) {
             c.remote_url = Some(u);
         }
+        if let Some(db) = env(ENV_CLUSTER_DATABASE) {
+            c.cluster_database = Some(db);
+        }
+        if let Some((n, _)) = layer(&flags.node, env, ENV_CLUSTER_NODE) {
+            c.cluster_node = Some(n);
+        }
+        if let Some(n) = &c.cluster_node
+            && (n.is_empty() || n.len() > 64 || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)))
+        {
+            return Err(bad(
+                "cluster.node",
+                "node",
+                format!("`{n}`: a node name is 1 to 64 letters, digits, `-`, `_` or `.`"),
+            ));
+        }
         let max = flags.max_concurrent_tasks.map(|n| n.to_string()).map(|v| (v, "flag"));
         if let Some((n, from)) = max.or_else(|| env(ENV_MAX_CONCURRENT_TASKS).map(|v| (v, ENV_MAX_CONCURRENT_TASKS))) {
             c.max_concurrent_tasks =
                 n.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| {
                     bad(from, "maxConcurrentTasks", format!("`{n}`: expected a number from 1 to 1024"))
                 })?;
+        }
+        if c.mode == RuntimeMode::DistributedCluster && c.cluster_database.is_none() {
+            return Err(bad(
+                "runtime.yaml",
+                "cluster.database",
+                format!(
+                    "mode distributed-cluster needs the PostgreSQL database the nodes share: set cluster.database \
+                     in $CODERCLAW_HOME/runtime.yaml or {ENV_CLUSTER_DATABASE} (e.g. \
+                     postgres://coderclaw@db.internal/coderclaw)"
+                ),
+            ));
         }
         Ok(c)
     }

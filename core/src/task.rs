@@ -422,11 +422,14 @@ pub enum FailureCode {
     Internal,
     /// Paused or WAITING for input longer than the host allows.
     Expired,
+    /// The cluster node running it was lost (its lease ran out) and the
+    /// skill is not resumable.
+    NodeLost,
 }
 
 impl FailureCode {
     /// Every code, in a stable order (for documentation and tests).
-    pub const ALL: [FailureCode; 12] = [
+    pub const ALL: [FailureCode; 13] = [
         FailureCode::Denied,
         FailureCode::Unauthenticated,
         FailureCode::NotInstalled,
@@ -439,6 +442,7 @@ impl FailureCode {
         FailureCode::HostRestarted,
         FailureCode::Internal,
         FailureCode::Expired,
+        FailureCode::NodeLost,
     ];
 
     /// The wire name (`memory-limit`).
@@ -456,6 +460,7 @@ impl FailureCode {
             FailureCode::HostRestarted => "host-restarted",
             FailureCode::Internal => "internal",
             FailureCode::Expired => "expired",
+            FailureCode::NodeLost => "node-lost",
         }
     }
 
@@ -593,6 +598,9 @@ pub enum RuntimeMode {
     LocalOnly,
     /// Accepts remote connections; every call needs a session.
     RemoteEnabled,
+    /// Like remote-enabled, as one node of a cluster sharing a PostgreSQL
+    /// database (the queue, tasks and events).
+    DistributedCluster,
 }
 
 impl RuntimeMode {
@@ -601,6 +609,7 @@ impl RuntimeMode {
         match self {
             RuntimeMode::LocalOnly => "local-only",
             RuntimeMode::RemoteEnabled => "remote-enabled",
+            RuntimeMode::DistributedCluster => "distributed-cluster",
         }
     }
 
@@ -609,10 +618,8 @@ impl RuntimeMode {
         match s {
             "local-only" => Ok(RuntimeMode::LocalOnly),
             "remote-enabled" => Ok(RuntimeMode::RemoteEnabled),
-            "distributed-cluster" => {
-                Err("mode `distributed-cluster` is not available: use local-only or remote-enabled".into())
-            }
-            other => Err(format!("unknown mode `{other}`: expected local-only or remote-enabled")),
+            "distributed-cluster" => Ok(RuntimeMode::DistributedCluster),
+            other => Err(format!("unknown mode `{other}`: expected local-only, remote-enabled or distributed-cluster")),
         }
     }
 }

@@ -76,6 +76,23 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// Unix milliseconds as a UTC date and time, `2026-12-07 06:10:00Z`.
+pub fn format_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +131,12 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn unix_milliseconds_read_as_utc_dates() {
+        assert_eq!(super::format_utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::format_utc(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(super::format_utc(1_796_624_999_000), "2026-12-07 06:29:59Z");
     }
 }

@@ -58,6 +58,7 @@ pub struct LocalRuntimeBuilder {
     host: Option<Host>,
     exclusive: bool,
     postgres: Option<String>,
+    cluster: Option<(String, std::time::Duration)>,
 }
 
 impl LocalRuntime {
@@ -74,6 +75,7 @@ impl LocalRuntime {
             host: None,
             exclusive: false,
             postgres: None,
+            cluster: None,
         }
     }
 
@@ -138,6 +140,16 @@ impl LocalRuntimeBuilder {
         self
     }
 
+    /// Runs as node `node` of the cluster whose PostgreSQL database is
+    /// `url`: tasks are claimed from the shared queue under a lease that
+    /// heartbeats renew (`lease`), other nodes' tasks are reached through
+    /// the database (see `coderclaw_tasks::store::ClusterStore`).
+    pub fn cluster(mut self, url: impl Into<String>, node: impl Into<String>, lease: std::time::Duration) -> Self {
+        self.postgres = Some(url.into());
+        self.cluster = Some((node.into(), lease));
+        self
+    }
+
     /// Holds the state directory's engine lock for the runtime's lifetime,
     /// so that two processes never run the same tasks; opening fails with
     /// [`OpenError::Busy`] while another holds it.
@@ -173,9 +185,14 @@ impl LocalRuntimeBuilder {
         });
         let engine = match &self.postgres {
             Some(url) => {
+                let cluster = self.cluster.clone();
                 let open_store = |on_commit| {
-                    Ok(coderclaw_tasks::store::PgTaskStore::open(url, on_commit)?
-                        as Arc<dyn coderclaw_tasks::TaskStore>)
+                    use coderclaw_tasks::store::PgTaskStore;
+                    let store = match &cluster {
+                        Some((node, lease)) => PgTaskStore::open_cluster(url, node, *lease, on_commit)?,
+                        None => PgTaskStore::open(url, on_commit)?,
+                    };
+                    Ok(store as Arc<dyn coderclaw_tasks::TaskStore>)
                 };
                 TaskEngine::open_on(open_store, executor, self.config, Some(audit))?
             }

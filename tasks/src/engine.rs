@@ -208,22 +208,22 @@ pub struct TaskEngine {
 /// writer's commit hook and the dispatcher only weakly).
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn TaskStore>,
-    executor: Arc<dyn TaskExecutor>,
-    config: EngineConfig,
+    pub(crate) executor: Arc<dyn TaskExecutor>,
+    pub(crate) config: EngineConfig,
     audit: Option<AuditHook>,
     live: Mutex<LiveTasks>,
     /// The tasks that finished last, as stored.
     finished: Mutex<Finished>,
     queue: Mutex<Queue>,
     pub(crate) wake: Notify,
-    slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     /// Tasks answered after WAITING (which gave up their slot), served
     /// before the queue.
     pub(crate) resumes: Mutex<std::collections::VecDeque<oneshot::Sender<OwnedSemaphorePermit>>>,
-    hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     started: Instant,
     /// Where work leaves the store's writer thread for.
-    runtime: tokio::runtime::Handle,
+    pub(crate) runtime: tokio::runtime::Handle,
     /// Shutting down: no submissions, no queued task started.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -260,9 +260,10 @@ impl TaskEngine {
         let on_commit = {
             let weak_slot = weak_slot.clone();
             let hub = hub.clone();
-            Arc::new(move |events: Vec<TaskUpdateEvent>| {
+            Arc::new(move |events: Vec<TaskUpdateEvent>, fenced: Vec<String>| {
                 if let Some(inner) = weak_slot.get().and_then(Weak::upgrade) {
                     inner.committed(&events);
+                    inner.fenced(&fenced);
                 }
                 hub.publish(events);
             })
@@ -287,9 +288,21 @@ impl TaskEngine {
             draining: Default::default(),
         });
         let _ = weak_slot.set(Arc::downgrade(&inner));
-        inner.recover()?;
-        if run_queue {
-            tokio::spawn(dispatch(Arc::downgrade(&inner)));
+        match inner.store.cluster() {
+            // A node recovers nothing itself: what it held before is
+            // reclaimed as it joins, the queue is the cluster's.
+            Some(cluster) => {
+                let reclaimed = cluster.join(inner.config.max_concurrent_tasks)?;
+                inner.reclaimed(reclaimed);
+                let notices = cluster.notices();
+                crate::cluster::start(&inner, notices, run_queue);
+            }
+            None => {
+                inner.recover()?;
+                if run_queue {
+                    tokio::spawn(dispatch(Arc::downgrade(&inner)));
+                }
+            }
         }
         tokio::spawn(expire_idle(Arc::downgrade(&inner)));
         Ok(TaskEngine { inner })
@@ -333,10 +346,22 @@ impl TaskEngine {
         };
         let id = state.id.clone();
         let event = event(&state, 1, TaskEventKind::Submitted, state.description.clone(), None);
-        let stored = StoredTask { state: state.clone(), resumable, last_seq: 1 };
+        let stored = StoredTask { state: state.clone(), resumable, last_seq: 1, lease: Default::default() };
+        if let Some(cluster) = self.inner.store.cluster() {
+            // Any node claims it; this one only stores it.
+            let (count, bytes) = cluster.session_load(&state.session_id)?;
+            self.inner.check_quota(count as usize, bytes, &state)?;
+            let ack = self.inner.store.queue_durable(Write::Task { task: Box::new(stored), event: Some(event) })?;
+            let durable = ack
+                .instrument(tracing::debug_span!("persist"))
+                .await
+                .unwrap_or_else(|_| Err("the task store's writer stopped".into()));
+            return durable.map(|()| state).map_err(EngineError::NotStored);
+        }
         let ack = {
             let mut live = self.inner.lock_live();
-            self.inner.check_quota(&live, &state)?;
+            let load = live.load(&state.session_id);
+            self.inner.check_quota(load.tasks, load.input_bytes, &state)?;
             let ack =
                 self.inner.store.queue_durable(Write::Task { task: Box::new(stored.clone()), event: Some(event) })?;
             live.insert(id.clone(), Live::submitted(stored));
@@ -388,14 +413,24 @@ impl TaskEngine {
     /// The task's events from the first, live until it reaches a final
     /// status; then the stream ends. Only committed events are streamed.
     pub fn stream(&self, id: &str) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, EngineError> {
+        self.stream_after(id, 0)
+    }
+
+    /// [`TaskEngine::stream`] from the event after seq `after` (a client
+    /// resuming a stream, e.g. with SSE's `Last-Event-ID`).
+    pub fn stream_after(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, EngineError> {
         let rx = self.inner.hub.subscribe(id);
         self.inner.get(id)?;
         // Read after subscribing: whatever commits in between comes twice
         // and is dropped by seq. From the store bounded by the per-task
         // event budget.
         let backlog = match self.inner.history(id) {
-            Some(events) => events,
-            None => self.inner.store.events(id, 0, u32::MAX)?.into(),
+            Some(events) => events.into_iter().filter(|e| e.seq > after).collect(),
+            None => self.inner.store.events(id, after, u32::MAX)?.into(),
         };
         let state = StreamState {
             _engine: self.inner.clone(),
@@ -404,7 +439,7 @@ impl TaskEngine {
             id: id.to_owned(),
             rx: Some(rx),
             backlog,
-            last: 0,
+            last: after,
             done: false,
         };
         Ok(futures_util::stream::unfold(state, next_event))
@@ -454,8 +489,19 @@ impl TaskEngine {
                 }
                 entry.waiter = None;
                 if entry.task.resumable {
-                    let note = "the server shut down: stopped; re-runs from the start when it starts again (resumable)";
-                    inner.note(entry, TaskEventKind::Log, note.to_owned(), None);
+                    if inner.store.cluster().is_some() {
+                        // Another node takes it at once, without waiting for the lease to run out.
+                        let note = "the node shut down: stopped; re-runs from the start on another node (resumable)";
+                        inner.note(entry, TaskEventKind::Log, note.to_owned(), None);
+                        let release = Write::Release { id: id.clone(), lease: entry.task.lease.clone() };
+                        if let Err(e) = inner.store.queue(release) {
+                            tracing::warn!(task = %id, error = %e, "not released: reclaimed once the lease runs out");
+                        }
+                    } else {
+                        let note =
+                            "the server shut down: stopped; re-runs from the start when it starts again (resumable)";
+                        inner.note(entry, TaskEventKind::Log, note.to_owned(), None);
+                    }
                     report.requeued.push(id);
                 } else {
                     inner.change(entry, TaskStatus::Cancelled, TaskEventKind::Status, &message, None, |s| {
@@ -482,6 +528,12 @@ impl TaskEngine {
             .map_err(EngineError::NotStored)?;
         report.finished = at_start.saturating_sub(report.cancelled.len() + report.requeued.len());
         report.queued = inner.lock_live().iter().filter(|(_, l)| l.task.state.status == TaskStatus::Pending).count();
+        if let Some(cluster) = inner.store.cluster() {
+            // The queue is the cluster's; whatever this node still holds
+            // goes to the others now.
+            report.queued = 0;
+            cluster.leave().await?;
+        }
         tracing::info!(?report, "shut down");
         Ok(report)
     }
@@ -490,19 +542,41 @@ impl TaskEngine {
     /// stopped (the guest interrupted, shell children killed). Returns
     /// false when the task had already finished.
     pub fn cancel(&self, id: &str, reason: &str) -> Result<bool, EngineError> {
+        if let Some(cluster) = self.inner.store.cluster()
+            && !self.inner.lock_live().contains(id)
+        {
+            return self.inner.cancel_elsewhere(cluster, id, reason);
+        }
+        self.inner.cancel_here(id, reason)
+    }
+
+    /// Answers a WAITING task's input request; it goes back to RUNNING.
+    pub fn respond(&self, id: &str, answer: String) -> Result<TaskState, EngineError> {
+        if let Some(cluster) = self.inner.store.cluster()
+            && !self.inner.lock_live().contains(id)
+        {
+            return self.inner.respond_elsewhere(cluster, id, answer);
+        }
+        self.inner.respond_here(id, answer)
+    }
+}
+
+impl Inner {
+    /// Cancels task `id`, live in this engine (or final).
+    pub(crate) fn cancel_here(&self, id: &str, reason: &str) -> Result<bool, EngineError> {
         let (abort, cancelled) = {
-            let mut live = self.inner.lock_live();
+            let mut live = self.lock_live();
             let Some(entry) = live.get_mut(id) else {
                 drop(live);
-                self.inner.get(id)?;
+                self.get(id)?;
                 return Ok(false);
             };
             // Finishing: its outcome is being recorded and will stand.
             if entry.task.state.status.is_terminal() || entry.finishing {
                 return Ok(false);
             }
-            let message = if reason.is_empty() { "cancelled".to_owned() } else { format!("cancelled: {reason}") };
-            self.inner.change(entry, TaskStatus::Cancelled, TaskEventKind::Status, &message, None, |s| {
+            let message = cancel_message(reason);
+            self.change(entry, TaskStatus::Cancelled, TaskEventKind::Status, &message, None, |s| {
                 s.error = Some(TaskFailure::new(FailureCode::Cancelled, message.clone()));
             })?;
             entry.waiter = None;
@@ -512,16 +586,16 @@ impl TaskEngine {
             abort.abort();
         }
         // Queued now, behind the run's own records; durable in the background.
-        tokio::spawn(self.inner.audit_outcome(&cancelled));
+        tokio::spawn(self.audit_outcome(&cancelled));
         Ok(true)
     }
 
-    /// Answers a WAITING task's input request; it goes back to RUNNING.
-    pub fn respond(&self, id: &str, answer: String) -> Result<TaskState, EngineError> {
-        let mut live = self.inner.lock_live();
+    /// Answers task `id`, live in this engine (or not waiting).
+    pub(crate) fn respond_here(&self, id: &str, answer: String) -> Result<TaskState, EngineError> {
+        let mut live = self.lock_live();
         let Some(entry) = live.get_mut(id) else {
             drop(live);
-            let t = self.inner.get(id)?;
+            let t = self.get(id)?;
             return Err(EngineError::Conflict(format!("task {id} is {}, not waiting for input", t.state.status)));
         };
         if entry.task.state.status != TaskStatus::Waiting || entry.waiter.is_none() {
@@ -531,7 +605,7 @@ impl TaskEngine {
             )));
         }
         let message = format!("input provided ({} bytes)", answer.len());
-        self.inner.change(entry, TaskStatus::Running, TaskEventKind::InputProvided, &message, None, |s| {
+        self.change(entry, TaskStatus::Running, TaskEventKind::InputProvided, &message, None, |s| {
             s.prompt = None;
         })?;
         if let Some(w) = entry.waiter.take() {
@@ -540,7 +614,9 @@ impl TaskEngine {
         entry.idle_since = None;
         Ok(entry.task.state.clone())
     }
+}
 
+impl TaskEngine {
     /// Holds a PENDING task in the queue until [`TaskEngine::resume`].
     pub fn pause(&self, id: &str) -> Result<TaskState, EngineError> {
         self.set_paused(id, true)
@@ -549,11 +625,17 @@ impl TaskEngine {
     /// Releases a paused PENDING task.
     pub fn resume(&self, id: &str) -> Result<TaskState, EngineError> {
         let state = self.set_paused(id, false)?;
-        self.inner.enqueue(&state.session_id, state.id.clone());
+        // In a cluster its node claims it (woken by the store).
+        if self.inner.store.cluster().is_none() {
+            self.inner.enqueue(&state.session_id, state.id.clone());
+        }
         Ok(state)
     }
 
     fn set_paused(&self, id: &str, paused: bool) -> Result<TaskState, EngineError> {
+        if self.inner.store.cluster().is_some() && !self.inner.lock_live().contains(id) {
+            return self.inner.set_paused_elsewhere(id, paused);
+        }
         let status = self.inner.get(id)?.state.status;
         let mut live = self.inner.lock_live();
         let entry = live.get_mut(id).filter(|_| status == TaskStatus::Pending).ok_or_else(|| {
@@ -598,7 +680,7 @@ impl TaskEngine {
 }
 
 impl Inner {
-    fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -606,7 +688,7 @@ impl Inner {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, id: &str) -> Result<StoredTask, EngineError> {
+    pub(crate) fn get(&self, id: &str) -> Result<StoredTask, EngineError> {
         if let Some(l) = self.lock_live().get(id) {
             return Ok(l.task.clone());
         }
@@ -632,6 +714,21 @@ impl Inner {
         data: Option<Value>,
         f: impl FnOnce(&mut TaskState),
     ) -> Result<(), EngineError> {
+        self.change_into(entry, to, kind, message, data, f, &mut |w| self.store.queue(w))
+    }
+
+    /// [`Inner::change`], handing the writes to `sink`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn change_into(
+        &self,
+        entry: &mut Live,
+        to: TaskStatus,
+        kind: TaskEventKind,
+        message: &str,
+        data: Option<Value>,
+        f: impl FnOnce(&mut TaskState),
+        sink: &mut dyn FnMut(Write) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
         entry.task.state.status.transition(to)?;
         if to != TaskStatus::Waiting {
             // Running again (answered, or re-run after a restart): not idle.
@@ -642,18 +739,25 @@ impl Inner {
             let data = json!({ "truncated": true, "dropped": dropped });
             self.note(entry, TaskEventKind::Log, format!("truncated: {dropped} events dropped"), Some(data));
         }
-        self.update(entry, kind, message, data, |s| {
-            s.status = to;
-            let now = now_ms();
-            if to == TaskStatus::Planning && s.started_at_ms.is_none() {
-                s.started_at_ms = Some(now);
-            }
-            if to.is_terminal() {
-                s.completed_at_ms = Some(now);
-                s.prompt = None;
-            }
-            f(s)
-        })
+        self.update_into(
+            entry,
+            kind,
+            message,
+            data,
+            |s| {
+                s.status = to;
+                let now = now_ms();
+                if to == TaskStatus::Planning && s.started_at_ms.is_none() {
+                    s.started_at_ms = Some(now);
+                }
+                if to.is_terminal() {
+                    s.completed_at_ms = Some(now);
+                    s.prompt = None;
+                }
+                f(s)
+            },
+            sink,
+        )
     }
 
     /// Applies `f` and queues the row and one event. Live lock held.
@@ -665,22 +769,33 @@ impl Inner {
         data: Option<Value>,
         f: impl FnOnce(&mut TaskState),
     ) -> Result<(), EngineError> {
+        self.update_into(entry, kind, message, data, f, &mut |w| self.store.queue(w))
+    }
+
+    /// [`Inner::update`], handing the write to `sink`.
+    pub(crate) fn update_into(
+        &self,
+        entry: &mut Live,
+        kind: TaskEventKind,
+        message: &str,
+        data: Option<Value>,
+        f: impl FnOnce(&mut TaskState),
+        sink: &mut dyn FnMut(Write) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
         let mut next = entry.task.clone();
         f(&mut next.state);
         next.last_seq += 1;
         let e = event(&next.state, next.last_seq, kind, message.to_owned(), data);
         let row = Box::new(next);
         // Only what was queued becomes the live state.
-        self.store.queue(Write::Task { task: row.clone(), event: Some(e) })?;
+        sink(Write::Task { task: row.clone(), event: Some(e) })?;
         entry.task = *row;
         Ok(())
     }
 
-    /// Refuses a submission that would take its session over its quotas.
-    /// Live lock held (`live` is every unfinished task).
-    fn check_quota(&self, live: &LiveTasks, new: &TaskState) -> Result<(), EngineError> {
-        let load = live.load(&new.session_id);
-        let (count, bytes) = (load.tasks, load.input_bytes);
+    /// Refuses a submission that would take its session over its quotas,
+    /// given its unfinished tasks and their input bytes.
+    fn check_quota(&self, count: usize, bytes: u64, new: &TaskState) -> Result<(), EngineError> {
         let (max, max_bytes) = (self.config.max_unfinished_per_session, self.config.max_input_bytes_per_session);
         if count >= max {
             return Err(EngineError::Quota(format!(
@@ -765,7 +880,7 @@ impl Inner {
     pub(crate) fn note(&self, entry: &mut Live, kind: TaskEventKind, message: String, data: Option<Value>) {
         entry.task.last_seq += 1;
         let e = event(&entry.task.state, entry.task.last_seq, kind, message, data);
-        if let Err(err) = self.store.queue(Write::Event(e)) {
+        if let Err(err) = self.store.queue(Write::Event { event: e, lease: entry.task.lease.clone() }) {
             tracing::warn!(error = %err, "task event dropped");
         }
     }
@@ -840,7 +955,7 @@ impl Inner {
 
     /// Queues the record of a task's outcome; the future resolves once it
     /// is on disk.
-    fn audit_outcome(&self, t: &TaskState) -> BoxFuture<()> {
+    pub(crate) fn audit_outcome(&self, t: &TaskState) -> BoxFuture<()> {
         let Some(audit) = &self.audit else { return Box::pin(std::future::ready(())) };
         // Already reported by the hook; the outcome was stored before.
         let record = audit(outcome_event(t, t.status, t.error.as_ref()));
@@ -890,7 +1005,7 @@ impl Inner {
 
     /// Starts queued task `id` on a slot, unless it was cancelled or
     /// paused meanwhile.
-    fn start(self: &Arc<Self>, id: String, permit: OwnedSemaphorePermit) {
+    pub(crate) fn start(self: &Arc<Self>, id: String, permit: OwnedSemaphorePermit) {
         let mut live = self.lock_live();
         let Some(entry) = live.get_mut(&id) else { return };
         if entry.task.state.status.is_terminal() || entry.task.state.paused || entry.abort.is_some() {
@@ -1071,4 +1186,9 @@ fn event(s: &TaskState, seq: u64, kind: TaskEventKind, message: String, data: Op
         message,
         data,
     }
+}
+
+/// What a cancelled task's status event and error say.
+pub(crate) fn cancel_message(reason: &str) -> String {
+    if reason.is_empty() { "cancelled".to_owned() } else { format!("cancelled: {reason}") }
 }

@@ -10,7 +10,13 @@ use tokio::sync::broadcast;
 /// Subscribers per task, fed by the writer after each commit.
 #[derive(Default)]
 pub(crate) struct Hub {
-    subs: Mutex<HashMap<String, broadcast::Sender<TaskUpdateEvent>>>,
+    subs: Mutex<HashMap<String, Sub>>,
+}
+
+/// One task's subscribers, and the last seq published to them.
+struct Sub {
+    tx: broadcast::Sender<TaskUpdateEvent>,
+    last: u64,
 }
 
 /// Events a slow subscriber may fall behind before it re-reads the store.
@@ -22,7 +28,10 @@ const STREAM_BUFFER: usize = 16;
 impl Hub {
     pub(crate) fn subscribe(&self, id: &str) -> broadcast::Receiver<TaskUpdateEvent> {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        subs.entry(id.to_owned()).or_insert_with(|| broadcast::channel(STREAM_BUFFER).0).subscribe()
+        subs.entry(id.to_owned())
+            .or_insert_with(|| Sub { tx: broadcast::channel(STREAM_BUFFER).0, last: 0 })
+            .tx
+            .subscribe()
     }
 
     pub(crate) fn publish(&self, events: Vec<TaskUpdateEvent>) {
@@ -33,11 +42,12 @@ impl Hub {
         let mut finished = HashSet::new();
         for e in events {
             let terminal = e.event == TaskEventKind::Status && e.status.is_terminal();
-            if let Some(tx) = subs.get(&e.task_id) {
+            if let Some(sub) = subs.get_mut(&e.task_id) {
                 if terminal {
                     finished.insert(e.task_id.clone());
                 }
-                let _ = tx.send(e);
+                sub.last = sub.last.max(e.seq);
+                let _ = sub.tx.send(e);
             }
         }
         // Dropping the sender ends the streams once they drain.
@@ -48,9 +58,15 @@ impl Hub {
 
     pub(crate) fn release(&self, id: &str) {
         let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        if subs.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
+        if subs.get(id).is_some_and(|sub| sub.tx.receiver_count() == 0) {
             subs.remove(id);
         }
+    }
+
+    /// The streamed tasks, each with the last seq published to it.
+    pub(crate) fn following(&self) -> Vec<(String, u64)> {
+        let subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
+        subs.iter().map(|(id, sub)| (id.clone(), sub.last)).collect()
     }
 }
 

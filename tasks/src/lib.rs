@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod engine;
 mod hub;
 mod live;

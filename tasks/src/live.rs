@@ -116,6 +116,16 @@ pub(crate) struct LiveTasks {
 }
 
 impl LiveTasks {
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.tasks.contains_key(id)
+    }
+
+    /// Every task, leaving none (a node that lost its lease).
+    pub(crate) fn take_all(&mut self) -> Vec<Live> {
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        ids.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
     pub(crate) fn get(&self, id: &str) -> Option<&Live> {
         self.tasks.get(id)
     }
@@ -248,7 +258,7 @@ mod tests {
             started_at_ms: None,
             completed_at_ms: None,
         };
-        Live::submitted(StoredTask { state, resumable: false, last_seq: 1 })
+        Live::submitted(StoredTask { state, resumable: false, last_seq: 1, lease: Default::default() })
     }
 
     fn event(seq: u64, message: &str) -> TaskUpdateEvent {

@@ -370,8 +370,19 @@ impl TaskService {
         who: &Subject,
         id: &str,
     ) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, RuntimeError> {
+        self.stream_after(who, id, 0)
+    }
+
+    /// [`TaskService::stream`] from the event after seq `after` (a client
+    /// resuming, e.g. SSE's `Last-Event-ID`).
+    pub fn stream_after(
+        &self,
+        who: &Subject,
+        id: &str,
+        after: u64,
+    ) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, RuntimeError> {
         self.get(who, id)?;
-        Ok(self.engine.stream(id)?)
+        Ok(self.engine.stream_after(id, after)?)
     }
 
     /// Cancels a task (`task:cancel`); false when it had already finished.

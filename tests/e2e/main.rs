@@ -5,6 +5,7 @@
 mod audit;
 mod cache;
 mod capabilities;
+mod cluster;
 mod confinement;
 mod layers;
 mod limits;

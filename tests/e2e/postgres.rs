@@ -71,11 +71,11 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_task() {
 async fn a_wrong_database_url_is_refused_naming_it_and_hiding_the_password() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("postgres://app:s3cret-pw@127.0.0.1:{closed}/coderclaw");
-    let e = PgTaskStore::open(&url, Arc::new(|_| {})).err().expect("refused").to_string();
+    let e = PgTaskStore::open(&url, Arc::new(|_, _| {})).err().expect("refused").to_string();
     assert!(e.contains(&format!("postgres://app:***@127.0.0.1:{closed}/coderclaw")), "{e}");
     assert!(e.contains("check that PostgreSQL runs"), "{e}");
     assert!(!e.contains("s3cret-pw"), "{e}");
-    let e = PgTaskStore::open("postgres://app:s3cret-pw@[::1", Arc::new(|_| {})).err().expect("refused").to_string();
+    let e = PgTaskStore::open("postgres://app:s3cret-pw@[::1", Arc::new(|_, _| {})).err().expect("refused").to_string();
     assert!(e.contains("not a URL") && !e.contains("s3cret-pw"), "{e}");
 }
 
@@ -84,15 +84,15 @@ async fn a_wrong_database_url_is_refused_naming_it_and_hiding_the_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_with_a_newer_schema_is_refused_naming_both_versions() {
     let Some(pg) = Postgres::start() else { return };
-    drop(PgTaskStore::open(&pg.url(), Arc::new(|_| {})).unwrap());
-    drop(PgTaskStore::open(&pg.url(), Arc::new(|_| {})).unwrap());
+    drop(PgTaskStore::open(&pg.url(), Arc::new(|_, _| {})).unwrap());
+    drop(PgTaskStore::open(&pg.url(), Arc::new(|_, _| {})).unwrap());
     let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     let versions: i64 = client.query_one("SELECT COUNT(*) FROM coderclaw_schema", &[]).await.unwrap().get(0);
     assert_eq!(versions, i64::from(PG_SCHEMA_VERSION), "each migration once");
     let newer = PG_SCHEMA_VERSION + 1;
     client.execute("INSERT INTO coderclaw_schema (version) VALUES ($1)", &[&newer]).await.unwrap();
-    let e = PgTaskStore::open(&pg.url(), Arc::new(|_| {})).err().expect("refused").to_string();
+    let e = PgTaskStore::open(&pg.url(), Arc::new(|_, _| {})).err().expect("refused").to_string();
     assert!(e.contains(&format!("schema is version {newer}, newer than this coderclaw's {PG_SCHEMA_VERSION}")), "{e}");
 }
 
@@ -101,7 +101,7 @@ async fn a_database_with_a_newer_schema_is_refused_naming_both_versions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_fail_in_bounded_time_while_postgres_is_gone() {
     let Some(pg) = Postgres::start() else { return };
-    let store = PgTaskStore::open(&pg.url(), Arc::new(|_| {})).unwrap();
+    let store = PgTaskStore::open(&pg.url(), Arc::new(|_, _| {})).unwrap();
     assert!(store.get("none").unwrap().is_none());
     pg.stop();
     // The first read may meet the broken connection; the next waits for a

@@ -75,6 +75,8 @@ pub(crate) struct Fixture {
     pub home: Arc<Home>,
     pub service: Arc<TaskService>,
     pub engine: TaskEngine,
+    /// Other nodes of its cluster, when it is one.
+    pub peers: Vec<Arc<TaskService>>,
 }
 
 fn install(home: &Home) {
@@ -98,10 +100,30 @@ pub(crate) fn fixture_with_policy(config: EngineConfig, extra: &str) -> Fixture 
 
 /// A fixture whose tasks are kept in the PostgreSQL database at `url`.
 pub(crate) fn fixture_on_postgres(config: EngineConfig, url: &str) -> Fixture {
-    fixture_on(config, "", Some(url))
+    fixture_on(config, "", Some(Store::Postgres(url)))
 }
 
-fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<&str>) -> Fixture {
+/// A lease short enough for tests to see nodes lost.
+pub(crate) const TEST_LEASE: Duration = Duration::from_secs(2);
+
+/// Two nodes of a cluster on PostgreSQL at `url`, sharing one state
+/// directory: the fixture's service is node `a`, its peer node `b`.
+pub(crate) fn fixture_on_cluster(config: EngineConfig, url: &str) -> Fixture {
+    let mut f = fixture_on(config.clone(), "", Some(Store::Cluster(url, "a")));
+    f.peers.push(service_on_store(&f.home, f.workspace.path(), config, Some(Store::Cluster(url, "b"))));
+    f
+}
+
+/// Where a fixture's tasks live, if not in its state directory.
+#[derive(Clone, Copy)]
+pub(crate) enum Store<'a> {
+    /// One engine on PostgreSQL at this URL.
+    Postgres(&'a str),
+    /// A cluster node on PostgreSQL at this URL, with this name.
+    Cluster(&'a str, &'a str),
+}
+
+fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<Store>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::create_dir(workspace.path().join(".coderClaw")).unwrap();
@@ -116,7 +138,7 @@ fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<&str>) -> Fixt
     home.trust_add("team", &team_key().public()).unwrap();
     install(&home);
     let service = service_on_store(&home, workspace.path(), config, postgres);
-    Fixture { _dir: dir, workspace, home, engine: service.dangerous_engine().clone(), service }
+    Fixture { _dir: dir, workspace, home, engine: service.dangerous_engine().clone(), service, peers: vec![] }
 }
 
 /// An engine and its service over `home`, running tasks in `workspace`.
@@ -124,12 +146,12 @@ fn service_on(home: &Arc<Home>, workspace: &std::path::Path, config: EngineConfi
     service_on_store(home, workspace, config, None)
 }
 
-/// [`service_on`], its tasks in PostgreSQL at `postgres` if given.
-fn service_on_store(
+/// [`service_on`], its tasks in PostgreSQL if `postgres` says so.
+pub(crate) fn service_on_store(
     home: &Arc<Home>,
     workspace: &std::path::Path,
     config: EngineConfig,
-    postgres: Option<&str>,
+    postgres: Option<Store>,
 ) -> Arc<TaskService> {
     let host = Host::builder().compiled_cache(crate::shared_cache()).build().unwrap();
     let offer = Offer {
@@ -142,8 +164,10 @@ fn service_on_store(
         ceiling: Limits { timeout: Duration::from_secs(600), ..Limits::default() },
     };
     let mut runtime = LocalRuntime::builder(home.clone()).workspace(workspace).offer(offer).config(config).host(host);
-    if let Some(url) = postgres {
-        runtime = runtime.postgres(url);
+    match postgres {
+        Some(Store::Postgres(url)) => runtime = runtime.postgres(url),
+        Some(Store::Cluster(url, node)) => runtime = runtime.cluster(url, node, TEST_LEASE),
+        None => {}
     }
     runtime.open().unwrap().service().clone()
 }
@@ -382,6 +406,11 @@ impl Harness {
         Self { f: fixture_on_postgres(config, url), via: Via::Local, url: String::new(), _servers: vec![] }
     }
 
+    /// In-process on node `a` of a two-node cluster on PostgreSQL at `url`.
+    pub(crate) fn on_cluster(config: EngineConfig, url: &str) -> Self {
+        Self { f: fixture_on_cluster(config, url), via: Via::Local, url: String::new(), _servers: vec![] }
+    }
+
     /// A client acting with `token` (locally, no token is the local owner).
     pub(crate) fn connect(&self, token: Option<&str>) -> CoderClawRuntime<Arc<dyn Transport>> {
         let token = token.map(str::to_owned);
@@ -551,22 +580,28 @@ async fn a_thousand_concurrent_submissions_each_run_once(h: &Harness) {
 }
 
 /// The scenario suite with the tasks in PostgreSQL (a cluster of its own
-/// per test; skipped only with CODERCLAW_SKIP_PG=1).
+/// per test; skipped only with CODERCLAW_SKIP_PG=1): one engine, and two
+/// cluster nodes sharing the queue (the client talks to node `a`; either
+/// runs the tasks, so cancel, answers and streams cross nodes).
 macro_rules! on_postgres {
     (clients: [$($client:ident),*], harness: [$($harness:ident),*]) => {
-        mod postgres {
+        on_postgres!(@with postgres, on_postgres, [$($client),*], [$($harness),*]);
+        on_postgres!(@with cluster, on_cluster, [$($client),*], [$($harness),*]);
+    };
+    (@with $module:ident, $open:ident, [$($client:ident),*], [$($harness:ident),*]) => {
+        mod $module {
             use coderclaw_e2e::postgres::Postgres;
             $(#[tokio::test(flavor = "multi_thread")]
             async fn $client() {
                 let Some(pg) = Postgres::start() else { return };
-                let h = super::Harness::on_postgres(Default::default(), &pg.url());
+                let h = super::Harness::$open(Default::default(), &pg.url());
                 super::$client(&h.user("dev", &["developer"])).await;
             })*
             $(#[tokio::test(flavor = "multi_thread")]
             async fn $harness() {
                 let Some(pg) = Postgres::start() else { return };
                 let config = super::EngineConfig { max_concurrent_tasks: 16, ..Default::default() };
-                super::$harness(&super::Harness::on_postgres(config, &pg.url())).await;
+                super::$harness(&super::Harness::$open(config, &pg.url())).await;
             })*
         }
     };

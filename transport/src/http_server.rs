@@ -277,7 +277,14 @@ async fn route(
             Ok(ok(&service.events(&who, id, after, limit)?))
         }
         (&Method::GET, ["v1", "tasks", id, "stream"]) => {
-            let stream = service.stream(&who, id)?;
+            // A reconnecting EventSource says where it got to.
+            let after = match req.headers().get("last-event-id") {
+                Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+                    err(ErrorCode::InvalidRequest, "Last-Event-ID is not an event id (a sequence number)")
+                })?,
+                None => 0,
+            };
+            let stream = service.stream_after(&who, id, after)?;
             let frames = stream.map(|e| {
                 let data = serde_json::to_string(&e).unwrap_or_default();
                 let text = format!("id: {}\nevent: {}\ndata: {data}\n\n", e.seq, e.event.as_str());

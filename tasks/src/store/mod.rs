@@ -9,10 +9,12 @@
 //! are handed to the `on_commit` hook in commit order, so streams only ever
 //! show what is on disk.
 
+mod cluster;
 mod postgres;
 mod sqlite;
 
-pub use postgres::{PgTaskStore, SCHEMA_VERSION as PG_SCHEMA_VERSION, redact_url};
+pub use cluster::{ClusterStatus, ClusterStore, Command, NodeStatus, Notice, Reclaimed};
+pub use postgres::{PgTaskStore, SCHEMA_VERSION as PG_SCHEMA_VERSION, cluster_status, redact_url};
 pub(crate) use sqlite::SqliteTaskStore;
 
 use coderclaw_core::task::{TaskFilter, TaskState, TaskUpdateEvent};
@@ -51,6 +53,17 @@ pub enum StoreError {
         /// The newest this build knows.
         supported: i32,
     },
+    /// Another running node has this node's name.
+    #[error(
+        "cluster {url}: node name `{node}` is in use by another running node: give this one another name \
+         (--node or cluster.node), or stop the other"
+    )]
+    NodeTaken {
+        /// The database URL, its password hidden.
+        url: String,
+        /// The name.
+        node: String,
+    },
     /// The writer thread is gone (the engine is shutting down).
     #[error("the task store's writer has stopped")]
     WriterStopped,
@@ -68,6 +81,22 @@ pub struct StoredTask {
     pub resumable: bool,
     /// Seq of its last event.
     pub last_seq: u64,
+    /// Which node holds it, and the fencing token of that hold (always
+    /// unheld outside a cluster).
+    pub lease: Lease,
+}
+
+/// Who may write a task in a cluster: the node holding it (None: no node;
+/// the task is queued or being moved) and the fencing token, bumped by
+/// every claim, reclaim and edit of an unheld task. A write whose lease
+/// is no longer the row's is refused (fenced), so a node that lost a
+/// task can never change it again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// The holding node.
+    pub node: Option<String>,
+    /// The fencing token.
+    pub attempt: u64,
 }
 
 /// One queued write.
@@ -80,7 +109,20 @@ pub enum Write {
         event: Option<TaskUpdateEvent>,
     },
     /// Append an event without touching the row.
-    Event(TaskUpdateEvent),
+    Event {
+        /// The event.
+        event: TaskUpdateEvent,
+        /// The task's lease when it was queued (fencing).
+        lease: Lease,
+    },
+    /// Give a held task up (cluster): unheld, its fencing token bumped,
+    /// so any node may claim it at once.
+    Release {
+        /// The task.
+        id: String,
+        /// The lease given up.
+        lease: Lease,
+    },
     /// Nothing: durable once everything queued before it is (a flush).
     Flush,
     /// Set (Some) or delete (None) a skill's memory key in a session.
@@ -98,8 +140,9 @@ pub enum Write {
     },
 }
 
-/// Called by the writer with the events of each committed batch, in order.
-pub type OnCommit = dyn Fn(Vec<TaskUpdateEvent>) + Send + Sync;
+/// Called by the writer after each commit with the batch's stored events,
+/// in order, and the tasks whose writes were fenced (their lease is gone).
+pub type OnCommit = dyn Fn(Vec<TaskUpdateEvent>, Vec<String>) + Send + Sync;
 
 /// Where the engine keeps tasks. Reads may run on any thread; writes are
 /// queued to the backend's writer.
@@ -131,6 +174,10 @@ pub trait TaskStore: Send + Sync {
     fn memory_get(&self, session: &str, skill: &str, key: &str) -> Result<Option<String>, StoreError>;
     /// How many keys a skill holds in a session.
     fn memory_len(&self, session: &str, skill: &str) -> Result<u64, StoreError>;
+    /// The cluster this store is shared in, if any.
+    fn cluster(&self) -> Option<&dyn ClusterStore> {
+        None
+    }
 }
 
 /// A write waiting for the writer, and who waits for its commit.
@@ -142,21 +189,36 @@ pub struct Queued {
 }
 
 /// After a batch's commit: tells its durable writers the outcome and, if
-/// it was stored, hands its events to `on_commit` in order.
-pub(crate) fn settle(batch: Vec<Queued>, result: Result<(), String>, on_commit: &OnCommit) {
+/// it was stored, hands its events to `on_commit` in order, leaving out
+/// those of fenced writes (`fenced`: their positions in the batch).
+pub(crate) fn settle(batch: Vec<Queued>, result: Result<Vec<usize>, String>, on_commit: &OnCommit) {
+    let (fenced, result): (std::collections::HashSet<usize>, _) = match result {
+        Ok(f) => (f.into_iter().collect(), Ok(())),
+        Err(e) => (Default::default(), Err(e)),
+    };
     let mut events = Vec::new();
-    for q in batch {
+    let mut lost = Vec::new();
+    for (i, q) in batch.into_iter().enumerate() {
         if let Some(ack) = q.ack {
             let _ = ack.send(result.clone());
         }
+        if fenced.contains(&i) {
+            match q.write {
+                Write::Task { task, .. } => lost.push(task.state.id),
+                Write::Event { event, .. } => lost.push(event.task_id),
+                _ => {}
+            }
+            continue;
+        }
         if result.is_ok() {
             match q.write {
-                Write::Task { event: Some(e), .. } | Write::Event(e) => events.push(e),
+                Write::Task { event: Some(e), .. } | Write::Event { event: e, .. } => events.push(e),
                 _ => {}
             }
         }
     }
-    if !events.is_empty() {
-        on_commit(events);
+    lost.dedup();
+    if !events.is_empty() || !lost.is_empty() {
+        on_commit(events, lost);
     }
 }

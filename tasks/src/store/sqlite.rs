@@ -265,7 +265,12 @@ fn read_task(r: &Row<'_>) -> rusqlite::Result<StoredTask> {
         started_at_ms: r.get::<_, Option<i64>>("started_at_ms")?.map(|v| v as u64),
         completed_at_ms: r.get::<_, Option<i64>>("completed_at_ms")?.map(|v| v as u64),
     };
-    Ok(StoredTask { state, resumable: r.get("resumable")?, last_seq: r.get::<_, i64>("last_seq")? as u64 })
+    Ok(StoredTask {
+        state,
+        resumable: r.get("resumable")?,
+        last_seq: r.get::<_, i64>("last_seq")? as u64,
+        lease: Default::default(),
+    })
 }
 
 /// Adds the columns a `tasks.db` made by an earlier version lacks: `remote`
@@ -321,7 +326,8 @@ fn writer_loop(mut db: Connection, rx: mpsc::Receiver<Queued>, path: &str, on_co
         if let Err(e) = &result {
             tracing::error!(path, error = %e, writes = batch.len(), "task store commit failed");
         }
-        let result = result.map_err(|e| format!("task store {path}: {e}"));
+        // One writer per file: nothing is ever fenced.
+        let result = result.map(|()| Vec::new()).map_err(|e| format!("task store {path}: {e}"));
         settle(batch, result, on_commit);
     }
 }
@@ -396,8 +402,9 @@ fn apply(db: &Connection, write: &Write, row: bool) -> rusqlite::Result<()> {
                 insert_event(db, e)?;
             }
         }
-        Write::Event(e) => insert_event(db, e)?,
-        Write::Flush => {}
+        Write::Event { event, .. } => insert_event(db, event)?,
+        // Leases are the cluster's; this store is never shared.
+        Write::Flush | Write::Release { .. } => {}
         Write::Memory { session, skill, key, value: Some(v), at_ms } => {
             db.prepare_cached(
                 "INSERT INTO skill_memory (session_id, skill_id, key, value, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -460,7 +467,7 @@ mod tests {
             .unwrap();
         }
         drop(old);
-        let store = SqliteTaskStore::open(dir.path(), Arc::new(|_| {})).unwrap();
+        let store = SqliteTaskStore::open(dir.path(), Arc::new(|_, _| {})).unwrap();
         let code = |id: &str| store.get(id).unwrap().unwrap().state.error.unwrap().code;
         assert_eq!(code("a"), FailureCode::HostRestarted);
         assert_eq!(code("b"), FailureCode::Cancelled);

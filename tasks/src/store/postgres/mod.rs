@@ -14,7 +14,11 @@
 //! or read; a batch that failed is reported to every durable writer in it
 //! and not retried, so nothing is acknowledged that is not stored.
 
-use super::{OnCommit, Queued, StoreError, StoredTask, TaskStore, Write, settle};
+mod cluster;
+
+pub use cluster::cluster_status;
+
+use super::{ClusterStore, Lease, OnCommit, Queued, StoreError, StoredTask, TaskStore, Write, settle};
 use coderclaw_core::task::{
     FailureCode, TaskEventKind, TaskFailure, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
 };
@@ -26,7 +30,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls, Row};
 
 /// The schema, one migration per version, applied in order at open.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY NOT NULL,
     row_no BIGSERIAL NOT NULL,
@@ -74,7 +79,40 @@ CREATE TABLE skill_memory (
     updated_at_ms BIGINT NOT NULL,
     PRIMARY KEY (session_id, skill_id, key)
 );
-"];
+",
+    "
+ALTER TABLE tasks ADD COLUMN node TEXT, ADD COLUMN attempt BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX tasks_ready ON tasks (session_id, created_at_ms, row_no)
+    WHERE node IS NULL AND NOT paused AND status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING');
+CREATE INDEX tasks_held ON tasks (node) WHERE node IS NOT NULL;
+CREATE INDEX tasks_unfinished ON tasks (session_id)
+    WHERE status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING');
+CREATE TABLE cluster_nodes (
+    name TEXT PRIMARY KEY NOT NULL,
+    incarnation BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    lease_until TIMESTAMPTZ NOT NULL,
+    max_concurrent INTEGER NOT NULL,
+    version TEXT NOT NULL
+);
+CREATE TABLE task_commands (
+    id BIGSERIAL PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE cluster_sessions (
+    session_id TEXT PRIMARY KEY NOT NULL,
+    served_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX task_commands_by_node ON task_commands (node);
+CREATE INDEX task_commands_by_task ON task_commands (task_id);
+",
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -101,6 +139,8 @@ pub struct PgTaskStore {
     url: String,
     writes: mpsc::UnboundedSender<Queued>,
     reads: mpsc::UnboundedSender<Job>,
+    /// This node's side of the cluster, when the store is shared.
+    cluster: Option<cluster::PgCluster>,
 }
 
 /// `url` with any password replaced by `***` (URL or key=value form).
@@ -122,13 +162,38 @@ pub fn redact_url(url: &str) -> String {
 
 impl PgTaskStore {
     /// Connects to `url`, brings the schema up to [`SCHEMA_VERSION`]
-    /// (refusing a newer one) and starts the store's thread.
+    /// (refusing a newer one) and starts the store's thread. For one
+    /// engine: several on the same database would each run every task.
     pub fn open(url: &str, on_commit: Arc<OnCommit>) -> Result<Arc<PgTaskStore>, StoreError> {
+        Self::open_with(url, None, on_commit)
+    }
+
+    /// [`PgTaskStore::open`] as node `node` of a cluster: tasks are
+    /// claimed under leases that a heartbeat renews every `lease` / 4
+    /// (see [`ClusterStore`]). The engine joins the cluster.
+    pub fn open_cluster(
+        url: &str,
+        node: &str,
+        lease: Duration,
+        on_commit: Arc<OnCommit>,
+    ) -> Result<Arc<PgTaskStore>, StoreError> {
+        Self::open_with(url, Some((node.to_owned(), lease)), on_commit)
+    }
+
+    fn open_with(
+        url: &str,
+        node: Option<(String, Duration)>,
+        on_commit: Arc<OnCommit>,
+    ) -> Result<Arc<PgTaskStore>, StoreError> {
         let shown = redact_url(url);
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Postgres { url: shown.clone(), message: format!("not a URL: {e}") })?;
         let (writes, write_rx) = mpsc::unbounded_channel();
         let (reads, read_rx) = mpsc::unbounded_channel();
+        let (cluster_jobs, cluster_rx) = mpsc::unbounded_channel();
+        let (notices_tx, notices_rx) = mpsc::unbounded_channel();
+        let writer_node = node.as_ref().map(|(n, _)| n.clone());
+        let cluster_node = writer_node.clone();
         // Connecting happens on the store's thread (the caller may be on an
         // async runtime, where blocking on another one is not allowed); the
         // caller waits for the outcome.
@@ -167,15 +232,30 @@ impl PgTaskStore {
                             return;
                         }
                     };
+                    let mut helpers = vec![tokio::spawn(read_loop(config.clone(), reader, read_rx, url.clone()))];
+                    if let Some(node) = cluster_node {
+                        let client = match connect(&config).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = opened_tx.send(Err(pg_err(e)));
+                                return;
+                            }
+                        };
+                        let jobs = cluster::job_loop(config.clone(), client, cluster_rx, url.clone(), node.clone());
+                        helpers.push(tokio::spawn(jobs));
+                        helpers.push(tokio::spawn(cluster::listen_loop(config.clone(), url.clone(), node, notices_tx)));
+                    }
                     let _ = opened_tx.send(Ok(()));
-                    let readers = tokio::spawn(read_loop(config.clone(), reader, read_rx, url.clone()));
-                    writer_loop(config, writer, write_rx, &url, &*on_commit).await;
-                    readers.abort();
+                    writer_loop(config, writer, write_rx, &url, writer_node.as_deref(), &*on_commit).await;
+                    for h in helpers {
+                        h.abort();
+                    }
                 });
             })
             .map_err(|e| StoreError::Thread(e.to_string()))?;
         opened.recv().map_err(|_| StoreError::WriterStopped)??;
-        Ok(Arc::new(PgTaskStore { url: shown, writes, reads }))
+        let cluster = node.map(|(node, lease)| cluster::PgCluster::new(node, lease, cluster_jobs, notices_rx));
+        Ok(Arc::new(PgTaskStore { url: shown, writes, reads, cluster }))
     }
 
     fn enqueue(&self, q: Queued) -> Result<(), StoreError> {
@@ -313,7 +393,8 @@ async fn write_batch(
     client: &mut Option<Client>,
     batch: &[Queued],
     url: &str,
-) -> Result<(), String> {
+    node: Option<&str>,
+) -> Result<Vec<usize>, String> {
     let deadline = Instant::now() + UNAVAILABLE_AFTER;
     loop {
         let mut c = match client.take().filter(|c| !c.is_closed()) {
@@ -326,10 +407,10 @@ async fn write_batch(
                 }
             },
         };
-        let result = commit(&mut c, batch).await;
+        let result = commit(&mut c, batch, node).await;
         *client = Some(c);
         match result {
-            Ok(()) => return Ok(()),
+            Ok(fenced) => return Ok(fenced),
             Err(e) if connection_lost(&e) && Instant::now() < deadline => {
                 tracing::warn!(url, error = %describe(&e), "task store connection lost; writing the batch again");
                 *client = None;
@@ -344,6 +425,7 @@ async fn writer_loop(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     url: &str,
+    node: Option<&str>,
     on_commit: &OnCommit,
 ) {
     let mut client = Some(client);
@@ -355,7 +437,7 @@ async fn writer_loop(
                 Err(_) => break,
             }
         }
-        let result = write_batch(&config, &mut client, &batch, url).await;
+        let result = write_batch(&config, &mut client, &batch, url, node).await;
         if let Err(e) = &result {
             tracing::error!(url, error = %e, writes = batch.len(), "task store commit failed");
         }
@@ -363,28 +445,47 @@ async fn writer_loop(
     }
 }
 
-async fn commit(client: &mut Client, batch: &[Queued]) -> Result<(), tokio_postgres::Error> {
+/// The row upsert: a new task is inserted; an existing one is updated only
+/// while its lease is still the writer's ($26, $27), so a node that lost a
+/// task cannot change it. Sets the lease to $24, $25.
+const UPSERT_ROW: &str = "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user_name,
+        parent_task_id, metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
+        completed_at_ms, resumable, remote, error_code, error_reasons, workspace, node, attempt)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+        $22, $23, $24, $25)
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
+        progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
+        error = excluded.error, error_code = excluded.error_code,
+        error_reasons = excluded.error_reasons, started_at_ms = excluded.started_at_ms,
+        completed_at_ms = excluded.completed_at_ms, node = excluded.node, attempt = excluded.attempt
+     WHERE tasks.node IS NOT DISTINCT FROM $26 AND tasks.attempt = $27";
+
+/// An event, stored only while the task's lease is still $9, $10 (no check
+/// when $9 is NULL: the task is not held).
+const INSERT_EVENT: &str =
+    "INSERT INTO task_events (task_id, seq, timestamp_ms, event, status, progress, message, data)
+     SELECT $1::TEXT, $2::BIGINT, $3::BIGINT, $4::TEXT, $5::TEXT, $6::DOUBLE PRECISION, $7::TEXT, $8::TEXT
+     WHERE $9::TEXT IS NULL
+        OR EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND node = $9 AND attempt = $10 FOR SHARE)
+     ON CONFLICT (task_id, seq) DO NOTHING";
+
+/// The channel nodes notify each other on.
+const CHANNEL: &str = "coderclaw_cluster";
+
+/// Longest notification payload sent (PostgreSQL's limit is 8000 bytes).
+const MAX_PAYLOAD: usize = 7000;
+
+/// Commits `batch` in one transaction; returns the positions of the writes
+/// that were fenced (their task's lease is gone). `node`: this node, when
+/// the store is shared; other nodes are then told of new work and events.
+async fn commit(
+    client: &mut Client,
+    batch: &[Queued],
+    node: Option<&str>,
+) -> Result<Vec<usize>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let upsert = tx
-        .prepare(
-            "INSERT INTO tasks (id, description, target_kind, target_id, input, session_id, user_name, parent_task_id,
-                metadata, status, paused, progress, prompt, output, error, created_at_ms, started_at_ms,
-                completed_at_ms, resumable, remote, error_code, error_reasons, workspace)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                $22, $23)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, paused = excluded.paused,
-                progress = excluded.progress, prompt = excluded.prompt, output = excluded.output,
-                error = excluded.error, error_code = excluded.error_code,
-                error_reasons = excluded.error_reasons, started_at_ms = excluded.started_at_ms,
-                completed_at_ms = excluded.completed_at_ms",
-        )
-        .await?;
-    let insert_event = tx
-        .prepare(
-            "INSERT INTO task_events (task_id, seq, timestamp_ms, event, status, progress, message, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (task_id, seq) DO NOTHING",
-        )
-        .await?;
+    let upsert = tx.prepare(UPSERT_ROW).await?;
+    let insert_event = tx.prepare(INSERT_EVENT).await?;
     // A task changed several times in the batch has its row written once,
     // as it is last; every event is kept.
     let mut last_row = std::collections::HashMap::new();
@@ -393,58 +494,43 @@ async fn commit(client: &mut Client, batch: &[Queued]) -> Result<(), tokio_postg
             last_row.insert(task.state.id.as_str(), i);
         }
     }
+    let mut fenced = Vec::new();
+    let mut work = false;
+    let mut touched: Vec<&str> = Vec::new();
     for (i, q) in batch.iter().enumerate() {
         match &q.write {
             Write::Task { task, event } => {
-                if last_row.get(task.state.id.as_str()) == Some(&i) {
-                    let s = &task.state;
-                    let json = |v: &Value| v.to_string();
-                    let progress = s.progress.map(f64::from);
-                    let created = s.created_at_ms as i64;
-                    let started = s.started_at_ms.map(|v| v as i64);
-                    let completed = s.completed_at_ms.map(|v| v as i64);
-                    let metadata = serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into());
-                    let reasons = s
-                        .error
-                        .as_ref()
-                        .filter(|f| !f.reasons.is_empty())
-                        .map(|f| serde_json::json!(f.reasons).to_string());
-                    let workspace = s.workspace.as_ref().map(|w| serde_json::json!(w).to_string());
-                    tx.execute(
-                        &upsert,
-                        &[
-                            &s.id,
-                            &s.description,
-                            &s.target.kind().as_str(),
-                            &s.target.id(),
-                            &json(&s.input),
-                            &s.session_id,
-                            &s.user,
-                            &s.parent_task_id,
-                            &metadata,
-                            &s.status.as_str(),
-                            &s.paused,
-                            &progress,
-                            &s.prompt,
-                            &s.output.as_ref().map(json),
-                            &s.error.as_ref().map(|f| f.message.as_str()),
-                            &created,
-                            &started,
-                            &completed,
-                            &task.resumable,
-                            &s.remote,
-                            &s.error.as_ref().map(|f| f.code.as_str()),
-                            &reasons,
-                            &workspace,
-                        ],
-                    )
-                    .await?;
+                if last_row.get(task.state.id.as_str()) == Some(&i)
+                    && upsert_row(&tx, &upsert, task, &task.lease, &task.lease).await? == 0
+                {
+                    fenced.push(i);
+                    continue;
                 }
+                work |= task.lease.node.is_none() && task.state.status == TaskStatus::Pending && !task.state.paused;
                 if let Some(e) = event {
-                    add_event(&tx, &insert_event, e).await?;
+                    if add_event(&tx, &insert_event, e, &task.lease).await? == 0 && task.lease.node.is_some() {
+                        fenced.push(i);
+                        continue;
+                    }
+                    touched.push(&e.task_id);
                 }
             }
-            Write::Event(e) => add_event(&tx, &insert_event, e).await?,
+            Write::Event { event, lease } => {
+                if add_event(&tx, &insert_event, event, lease).await? == 0 && lease.node.is_some() {
+                    fenced.push(i);
+                    continue;
+                }
+                touched.push(&event.task_id);
+            }
+            Write::Release { id, lease } => {
+                let released = tx
+                    .execute(
+                        "UPDATE tasks SET node = NULL, attempt = attempt + 1 WHERE id = $1 AND node = $2 AND attempt = $3",
+                        &[id, &lease.node, &(lease.attempt as i64)],
+                    )
+                    .await?;
+                work |= released > 0;
+            }
             Write::Flush => {}
             Write::Memory { session, skill, key, value: Some(v), at_ms } => {
                 tx.execute(
@@ -465,14 +551,96 @@ async fn commit(client: &mut Client, batch: &[Queued]) -> Result<(), tokio_postg
             }
         }
     }
-    tx.commit().await
+    if let Some(node) = node {
+        // Delivered at commit, to every listening node.
+        if work {
+            tx.execute("SELECT pg_notify($1, 'work')", &[&CHANNEL]).await?;
+        }
+        if !touched.is_empty() {
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &events_payload(node, &touched)]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(fenced)
 }
 
+/// `events NODE ID...`, or `events NODE *` when the ids do not fit.
+fn events_payload(node: &str, ids: &[&str]) -> String {
+    let mut payload = format!("events {node}");
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(*id) {
+            continue;
+        }
+        if payload.len() + id.len() + 1 > MAX_PAYLOAD {
+            return format!("events {node} *");
+        }
+        payload.push(' ');
+        payload.push_str(id);
+    }
+    payload
+}
+
+/// Writes `task`'s row with lease `to` if the stored lease is `fence`;
+/// returns the rows written (0: fenced).
+async fn upsert_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
+    task: &StoredTask,
+    to: &Lease,
+    fence: &Lease,
+) -> Result<u64, tokio_postgres::Error> {
+    let s = &task.state;
+    let json = |v: &Value| v.to_string();
+    let progress = s.progress.map(f64::from);
+    let created = s.created_at_ms as i64;
+    let started = s.started_at_ms.map(|v| v as i64);
+    let completed = s.completed_at_ms.map(|v| v as i64);
+    let metadata = serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into());
+    let reasons = s.error.as_ref().filter(|f| !f.reasons.is_empty()).map(|f| serde_json::json!(f.reasons).to_string());
+    let workspace = s.workspace.as_ref().map(|w| serde_json::json!(w).to_string());
+    tx.execute(
+        statement,
+        &[
+            &s.id,
+            &s.description,
+            &s.target.kind().as_str(),
+            &s.target.id(),
+            &json(&s.input),
+            &s.session_id,
+            &s.user,
+            &s.parent_task_id,
+            &metadata,
+            &s.status.as_str(),
+            &s.paused,
+            &progress,
+            &s.prompt,
+            &s.output.as_ref().map(json),
+            &s.error.as_ref().map(|f| f.message.as_str()),
+            &created,
+            &started,
+            &completed,
+            &task.resumable,
+            &s.remote,
+            &s.error.as_ref().map(|f| f.code.as_str()),
+            &reasons,
+            &workspace,
+            &to.node,
+            &(to.attempt as i64),
+            &fence.node,
+            &(fence.attempt as i64),
+        ],
+    )
+    .await
+}
+
+/// Stores event `e` if `lease` still holds; returns the rows written.
 async fn add_event(
     tx: &tokio_postgres::Transaction<'_>,
     statement: &tokio_postgres::Statement,
     e: &TaskUpdateEvent,
-) -> Result<(), tokio_postgres::Error> {
+    lease: &Lease,
+) -> Result<u64, tokio_postgres::Error> {
     let progress = e.progress.map(f64::from);
     let data = e.data.as_ref().map(Value::to_string);
     tx.execute(
@@ -486,15 +654,16 @@ async fn add_event(
             &progress,
             &e.message,
             &data,
+            &lease.node,
+            &(lease.attempt as i64),
         ],
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 const COLUMNS: &str = "id, description, target_kind, target_id, input, session_id, user_name, parent_task_id, metadata,
     status, paused, progress, prompt, output, error, error_code, error_reasons, created_at_ms, started_at_ms,
-    completed_at_ms, resumable, remote, workspace,
+    completed_at_ms, resumable, remote, workspace, node, attempt,
     (SELECT COALESCE(MAX(seq), 0) FROM task_events e WHERE e.task_id = t.id) AS last_seq";
 
 /// A row this code cannot read back, as a store error.
@@ -575,7 +744,12 @@ fn read_task(r: &Row) -> Result<StoredTask, Corrupt> {
         started_at_ms: r.get::<_, Option<i64>>("started_at_ms").map(|v| v as u64),
         completed_at_ms: r.get::<_, Option<i64>>("completed_at_ms").map(|v| v as u64),
     };
-    Ok(StoredTask { state, resumable: r.get("resumable"), last_seq: r.get::<_, i64>("last_seq") as u64 })
+    Ok(StoredTask {
+        state,
+        resumable: r.get("resumable"),
+        last_seq: r.get::<_, i64>("last_seq") as u64,
+        lease: Lease { node: r.get("node"), attempt: r.get::<_, i64>("attempt") as u64 },
+    })
 }
 
 /// Rows read by `f`, a corrupt one failing the read.
@@ -690,6 +864,10 @@ impl TaskStore for PgTaskStore {
             })
         })?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    fn cluster(&self) -> Option<&dyn ClusterStore> {
+        self.cluster.is_some().then_some(self as &dyn ClusterStore)
     }
 }
 
