@@ -12,7 +12,7 @@
 //! nodes' clocks may disagree.
 
 use super::{
-    CHANNEL, COLUMNS, PgTaskStore, UNAVAILABLE_AFTER, UPSERT_ROW, add_event, connect, describe, events_payload,
+    CHANNEL, COLUMNS, Conn, PgTaskStore, UNAVAILABLE_AFTER, UPSERT_ROW, add_event, connect, describe, events_payload,
     read_task, reconnect_until, redact_url, rows, upsert_row,
 };
 use crate::store::{
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// An operation on the cluster connection.
-pub(super) type ClusterJob = Box<dyn for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, ()> + Send>;
+pub(super) type ClusterJob = Box<dyn for<'a> FnOnce(&'a mut Conn) -> BoxFuture<'a, ()> + Send>;
 
 /// Statuses a task is not finished in.
 const UNFINISHED: &str = "('PENDING', 'PLANNING', 'RUNNING', 'WAITING')";
@@ -75,7 +75,7 @@ pub(super) async fn job_loop(
     url: String,
     node: String,
 ) {
-    let mut client = Some(client);
+    let mut client = Some(Conn::new(client));
     while let Some(job) = jobs.recv().await {
         let mut c = match client.take().filter(|c| !c.is_closed()) {
             Some(c) => c,
@@ -90,7 +90,7 @@ pub(super) async fn job_loop(
                         ),
                         Err(e) => tracing::warn!(node, error = %describe(&e), "cannot take the node name's lock again"),
                     }
-                    c
+                    Conn::new(c)
                 }
                 // Dropped: its caller is told PostgreSQL is unreachable.
                 None => continue,
@@ -193,7 +193,7 @@ impl PgTaskStore {
     /// none) resolves the future.
     fn on_cluster<T: Send + 'static>(
         &self,
-        f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T, tokio_postgres::Error>> + Send + 'static,
+        f: impl for<'a> FnOnce(&'a mut Conn) -> BoxFuture<'a, Result<T, tokio_postgres::Error>> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let (tx, rx) = oneshot::channel();
         let job: ClusterJob = Box::new(move |client| {
@@ -219,7 +219,7 @@ impl PgTaskStore {
     /// that are not async; bounded like a read).
     fn on_cluster_blocking<T: Send + 'static>(
         &self,
-        f: impl for<'a> FnOnce(&'a mut Client) -> BoxFuture<'a, Result<T, tokio_postgres::Error>> + Send + 'static,
+        f: impl for<'a> FnOnce(&'a mut Conn) -> BoxFuture<'a, Result<T, tokio_postgres::Error>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job: ClusterJob = Box::new(move |client| {
@@ -360,7 +360,7 @@ impl ClusterStore for PgTaskStore {
                 if !locked {
                     return Ok(None);
                 }
-                let tx = c.transaction().await?;
+                let tx = c.client.transaction().await?;
                 // Whatever an earlier run under this name held: waited for,
                 // not skipped, so no reclaimer elsewhere is half-way through.
                 let held = tx
@@ -479,7 +479,7 @@ impl ClusterStore for PgTaskStore {
         let url = self.url.clone();
         let done = self.on_cluster(move |c| {
             Box::pin(async move {
-                let tx = c.transaction().await?;
+                let tx = c.client.transaction().await?;
                 let lost = tx
                     .query(
                         "UPDATE cluster_nodes SET state = 'lost' WHERE state = 'alive' AND lease_until < now()
@@ -526,7 +526,7 @@ impl ClusterStore for PgTaskStore {
         after.lease = Lease { node: None, attempt: before.lease.attempt + 1 };
         self.on_cluster_blocking(move |c| {
             Box::pin(async move {
-                let tx = c.transaction().await?;
+                let tx = c.client.transaction().await?;
                 let upsert = tx.prepare(UPSERT_ROW).await?;
                 if upsert_row(&tx, &upsert, &after, &after.lease, &before.lease).await? == 0 {
                     return Ok(false);
@@ -556,7 +556,7 @@ impl ClusterStore for PgTaskStore {
         let id = id.to_owned();
         self.on_cluster_blocking(move |c| {
             Box::pin(async move {
-                let tx = c.transaction().await?;
+                let tx = c.client.transaction().await?;
                 let holder = tx
                     .query_opt(
                         &format!(

@@ -131,7 +131,71 @@ const UNAVAILABLE_AFTER: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A read, run on the store's thread against the reader connection.
-type Job = Box<dyn FnOnce(Arc<Client>) -> BoxFuture<'static, ()> + Send>;
+type Job = Box<dyn FnOnce(Arc<Conn>) -> BoxFuture<'static, ()> + Send>;
+
+/// A connection and its prepared statements: each SQL text is parsed once
+/// per connection, not once per call (parsing and planning was most of
+/// PostgreSQL's work under load).
+struct Conn {
+    client: Client,
+    prepared: std::sync::Mutex<std::collections::HashMap<String, tokio_postgres::Statement>>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Conn {
+        Conn { client, prepared: Default::default() }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// `sql`, prepared on this connection (once).
+    async fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement, tokio_postgres::Error> {
+        if let Some(s) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query(&statement, params).await
+    }
+
+    async fn query_one(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_one(&statement, params).await
+    }
+
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.query_opt(&statement, params).await
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.client.execute(&statement, params).await
+    }
+}
 
 /// The task store in a PostgreSQL database.
 pub struct PgTaskStore {
@@ -265,7 +329,7 @@ impl PgTaskStore {
     /// Runs `f` on the reader connection and waits for its answer.
     fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(Arc<Client>) -> BoxFuture<'static, Result<T, tokio_postgres::Error>> + Send + 'static,
+        f: impl FnOnce(Arc<Conn>) -> BoxFuture<'static, Result<T, tokio_postgres::Error>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let job: Job = Box::new(move |client| {
@@ -303,6 +367,10 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgr
             tracing::warn!(error = %e, "task store connection closed");
         }
     });
+    // Statements are prepared once per connection; a plan made for one
+    // set of values (the queue nearly empty, or a session's few tasks)
+    // would be wrong for others, so each execution is planned for its own.
+    client.batch_execute("SET plan_cache_mode = force_custom_plan").await?;
     Ok(client)
 }
 
@@ -370,13 +438,13 @@ async fn read_loop(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     url: String,
 ) {
-    let mut client = Arc::new(client);
+    let mut client = Arc::new(Conn::new(client));
     while let Some(job) = jobs.recv().await {
         if client.is_closed() {
             // A read that met the break failed with it; the next waits here,
             // and is given up (its caller told) if PostgreSQL stays away.
             match reconnect_until(&config, &url, Instant::now() + UNAVAILABLE_AFTER).await {
-                Some(c) => client = Arc::new(c),
+                Some(c) => client = Arc::new(Conn::new(c)),
                 None => continue,
             }
         }
@@ -390,7 +458,7 @@ async fn read_loop(
 /// a batch whose commit was cut off is written again whole.
 async fn write_batch(
     config: &tokio_postgres::Config,
-    client: &mut Option<Client>,
+    client: &mut Option<Conn>,
     batch: &[Queued],
     url: &str,
     node: Option<&str>,
@@ -400,7 +468,7 @@ async fn write_batch(
         let mut c = match client.take().filter(|c| !c.is_closed()) {
             Some(c) => c,
             None => match reconnect_until(config, url, deadline).await {
-                Some(c) => c,
+                Some(c) => Conn::new(c),
                 None => {
                     let waited = UNAVAILABLE_AFTER.as_secs();
                     return Err(format!("task store {url}: PostgreSQL unreachable for {waited} s"));
@@ -428,7 +496,7 @@ async fn writer_loop(
     node: Option<&str>,
     on_commit: &OnCommit,
 ) {
-    let mut client = Some(client);
+    let mut client = Some(Conn::new(client));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -478,14 +546,22 @@ const MAX_PAYLOAD: usize = 7000;
 /// Commits `batch` in one transaction; returns the positions of the writes
 /// that were fenced (their task's lease is gone). `node`: this node, when
 /// the store is shared; other nodes are then told of new work and events.
-async fn commit(
-    client: &mut Client,
-    batch: &[Queued],
-    node: Option<&str>,
-) -> Result<Vec<usize>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let upsert = tx.prepare(UPSERT_ROW).await?;
-    let insert_event = tx.prepare(INSERT_EVENT).await?;
+async fn commit(conn: &mut Conn, batch: &[Queued], node: Option<&str>) -> Result<Vec<usize>, tokio_postgres::Error> {
+    let (upsert, insert_event, release, remember, forget, notify) = tokio::try_join!(
+        conn.statement(UPSERT_ROW),
+        conn.statement(INSERT_EVENT),
+        conn.statement(
+            "UPDATE tasks SET node = NULL, attempt = attempt + 1 WHERE id = $1 AND node = $2 AND attempt = $3"
+        ),
+        conn.statement(
+            "INSERT INTO skill_memory (session_id, skill_id, key, value, updated_at_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (session_id, skill_id, key) DO UPDATE SET value = excluded.value,
+                 updated_at_ms = excluded.updated_at_ms"
+        ),
+        conn.statement("DELETE FROM skill_memory WHERE session_id = $1 AND skill_id = $2 AND key = $3"),
+        conn.statement("SELECT pg_notify($1, $2)"),
+    )?;
+    let tx = conn.client.transaction().await?;
     // A task changed several times in the batch has its row written once,
     // as it is last; every event is kept.
     let mut last_row = std::collections::HashMap::new();
@@ -494,72 +570,81 @@ async fn commit(
             last_row.insert(task.state.id.as_str(), i);
         }
     }
-    let mut fenced = Vec::new();
+    /// What a statement's row count says about write `i`: fenced when 0.
+    enum Check {
+        Fenced(usize),
+        Nothing,
+    }
+    // Every statement is sent at once, in order (pipelined: one round trip
+    // for the batch, not one per statement); PostgreSQL runs them in that
+    // order, so a row is written before its events, as queued.
+    let mut statements: Vec<(Check, futures_util::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>)> =
+        Vec::new();
     let mut work = false;
     let mut touched: Vec<&str> = Vec::new();
+    // Borrowed by the statements' futures.
+    let (t, release, remember, forget, notify) = (&tx, &release, &remember, &forget, &notify);
     for (i, q) in batch.iter().enumerate() {
         match &q.write {
             Write::Task { task, event } => {
-                if last_row.get(task.state.id.as_str()) == Some(&i)
-                    && upsert_row(&tx, &upsert, task, &task.lease, &task.lease).await? == 0
-                {
-                    fenced.push(i);
-                    continue;
+                if last_row.get(task.state.id.as_str()) == Some(&i) {
+                    statements
+                        .push((Check::Fenced(i), Box::pin(upsert_row(&tx, &upsert, task, &task.lease, &task.lease))));
                 }
                 work |= task.lease.node.is_none() && task.state.status == TaskStatus::Pending && !task.state.paused;
                 if let Some(e) = event {
-                    if add_event(&tx, &insert_event, e, &task.lease).await? == 0 && task.lease.node.is_some() {
-                        fenced.push(i);
-                        continue;
-                    }
+                    // An event of a held task is checked against the lease itself.
+                    let check = if task.lease.node.is_some() { Check::Fenced(i) } else { Check::Nothing };
+                    statements.push((check, Box::pin(add_event(&tx, &insert_event, e, &task.lease))));
                     touched.push(&e.task_id);
                 }
             }
             Write::Event { event, lease } => {
-                if add_event(&tx, &insert_event, event, lease).await? == 0 && lease.node.is_some() {
-                    fenced.push(i);
-                    continue;
-                }
+                let check = if lease.node.is_some() { Check::Fenced(i) } else { Check::Nothing };
+                statements.push((check, Box::pin(add_event(&tx, &insert_event, event, lease))));
                 touched.push(&event.task_id);
             }
             Write::Release { id, lease } => {
-                let released = tx
-                    .execute(
-                        "UPDATE tasks SET node = NULL, attempt = attempt + 1 WHERE id = $1 AND node = $2 AND attempt = $3",
-                        &[id, &lease.node, &(lease.attempt as i64)],
-                    )
-                    .await?;
-                work |= released > 0;
+                work = true;
+                let attempt = lease.attempt as i64;
+                let run = async move { t.execute(release, &[id, &lease.node, &attempt]).await };
+                statements.push((Check::Nothing, Box::pin(run)));
             }
             Write::Flush => {}
             Write::Memory { session, skill, key, value: Some(v), at_ms } => {
-                tx.execute(
-                    "INSERT INTO skill_memory (session_id, skill_id, key, value, updated_at_ms)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (session_id, skill_id, key) DO UPDATE SET value = excluded.value,
-                         updated_at_ms = excluded.updated_at_ms",
-                    &[session, skill, key, v, &(*at_ms as i64)],
-                )
-                .await?;
+                let at = *at_ms as i64;
+                let run = async move { t.execute(remember, &[session, skill, key, v, &at]).await };
+                statements.push((Check::Nothing, Box::pin(run)));
             }
             Write::Memory { session, skill, key, value: None, .. } => {
-                tx.execute(
-                    "DELETE FROM skill_memory WHERE session_id = $1 AND skill_id = $2 AND key = $3",
-                    &[session, skill, key],
-                )
-                .await?;
+                let run = async move { t.execute(forget, &[session, skill, key]).await };
+                statements.push((Check::Nothing, Box::pin(run)));
             }
         }
     }
     if let Some(node) = node {
         // Delivered at commit, to every listening node.
         if work {
-            tx.execute("SELECT pg_notify($1, 'work')", &[&CHANNEL]).await?;
+            let run = async move { t.execute(notify, &[&CHANNEL, &"work"]).await };
+            statements.push((Check::Nothing, Box::pin(run)));
         }
         if !touched.is_empty() {
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &events_payload(node, &touched)]).await?;
+            let payload = events_payload(node, &touched);
+            let run = async move { t.execute(notify, &[&CHANNEL, &payload]).await };
+            statements.push((Check::Nothing, Box::pin(run)));
         }
     }
+    let (checks, runs): (Vec<Check>, Vec<_>) = statements.into_iter().unzip();
+    let counts = futures_util::future::try_join_all(runs).await?;
+    let mut fenced: Vec<usize> = checks
+        .iter()
+        .zip(counts)
+        .filter_map(|(check, rows)| match check {
+            Check::Fenced(i) if rows == 0 => Some(*i),
+            _ => None,
+        })
+        .collect();
+    fenced.dedup();
     tx.commit().await?;
     Ok(fenced)
 }
