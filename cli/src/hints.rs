@@ -5,7 +5,7 @@ use coderclaw::home::HomeError;
 use coderclaw::identity::IdentityError;
 use coderclaw::security::{InstallGate, SecurityError};
 use coderclaw::tasks::http_server::ServerError;
-use coderclaw::tasks::{ErrorCode, RuntimeError};
+use coderclaw::tasks::{EngineError, ErrorCode, RuntimeError, StoreError};
 use coderclaw_core::keys::KeyError;
 use coderclaw_core::package::PackageError;
 use coderclaw_core::task::FailureCode;
@@ -30,6 +30,10 @@ pub(crate) fn for_error(e: &anyhow::Error) -> Option<String> {
             install(e)
         } else if let Some(ServerError::LocalOnlyBeyondLoopback(_)) = cause.downcast_ref::<ServerError>() {
             Some("listen on 127.0.0.1, or use --mode remote-enabled".into())
+        } else if let Some(e) = cause.downcast_ref::<StoreError>() {
+            store(e)
+        } else if let Some(coderclaw::OpenError::Engine(EngineError::Store(e))) = cause.downcast_ref() {
+            store(e)
         } else if let Some(e) = cause.downcast_ref::<RuntimeError>() {
             (e.code == ErrorCode::Unauthenticated).then(login)
         } else if let Some(crate::task::CallError(e)) = cause.downcast_ref::<crate::task::CallError>() {
@@ -40,11 +44,28 @@ pub(crate) fn for_error(e: &anyhow::Error) -> Option<String> {
     })
 }
 
+fn store(e: &StoreError) -> Option<String> {
+    match e {
+        StoreError::NodeTaken { .. } => {
+            Some("pass --node NAME (or set cluster.node in runtime.yaml, or CODERCLAW_NODE)".into())
+        }
+        StoreError::Postgres { message, .. } if message.contains("no node has used this database yet") => {
+            Some("start a node on it: `coderclaw serve --mode distributed-cluster --node NAME`".into())
+        }
+        StoreError::SchemaTooNew { .. } => Some("every node of a cluster runs the same coderclaw version".into()),
+        _ => None,
+    }
+}
+
 /// A hint for a task's failure code.
 pub(crate) fn for_failure(code: FailureCode) -> Option<&'static str> {
     Some(match code {
         FailureCode::Unauthenticated => "log in with `coderclaw login` and pass --session or CODERCLAW_SESSION",
         FailureCode::NotInstalled => "see `coderclaw skill list`; install it with `coderclaw skill install`",
+        FailureCode::NodeLost => {
+            "its cluster node was lost while it ran; submit it again (a skill safe to re-run from the start can say \
+             `resumable = true` in its manifest, and is then re-run on another node by itself)"
+        }
         _ => return None,
     })
 }

@@ -174,9 +174,12 @@ const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// WebSocket (/v1/ws), MCP (Streamable HTTP at /mcp, for AI agents on other
 /// machines) and, with --grpc-listen, gRPC.
 ///
-/// Every call needs a session token (`coderclaw login`), in both modes.
+/// Every call needs a session token (`coderclaw login`), in every mode.
 /// local-only (the default) binds loopback only and refuses remote peers;
-/// remote-enabled accepts them. Configuration
+/// remote-enabled accepts them; distributed-cluster is remote-enabled as
+/// one node of a cluster whose nodes share a PostgreSQL database
+/// (cluster.database or CODERCLAW_CLUSTER_DATABASE; see docs/cluster.md).
+/// SIGTERM or SIGINT stops it cleanly (deployment.shutdownGrace). Configuration
 /// layers: flags > env > .coderClaw/runtime.yaml > $CODERCLAW_HOME/runtime.yaml.
 /// The API is described at /v1/openapi.json.
 #[derive(clap::Args, Debug)]

@@ -179,7 +179,24 @@ async fn not_ended_once(db: &tokio_postgres::Client) -> Vec<String> {
 #[test]
 fn three_nodes_share_two_thousand_tasks_and_each_completes_once() {
     let Some(c) = Cluster::start() else { return };
+    let out = c.cli.run(&["cluster", "status", "--database", &c.pg.url()]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("no node has used this database yet"), "{said}");
+    assert!(said.contains("hint: start a node on it: `coderclaw serve --mode distributed-cluster"), "{said}");
     let nodes = [c.node("n1"), c.node("n2"), c.node("n3")];
+    // A name is one running node's.
+    let twin = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+        .args(["serve", "--mode", "distributed-cluster", "--node", "n2", "--listen", "127.0.0.1:0"])
+        .args(["--workspace", p(c.ws.path())])
+        .env("CODERCLAW_HOME", c.cli.home.path())
+        .env("CODERCLAW_CLUSTER_DATABASE", c.pg.url())
+        .output()
+        .unwrap();
+    let said = text(&twin.stderr);
+    assert_eq!(twin.status.code(), Some(1), "{said}");
+    assert!(said.contains("node name `n2` is in use by another running node"), "{said}");
+    assert!(said.contains("hint: pass --node NAME"), "{said}");
     let status = c.status();
     let alive: Vec<&str> = status["nodes"].as_array().unwrap().iter().map(|n| n["state"].as_str().unwrap()).collect();
     assert_eq!(alive, ["alive"; 3], "{status}");
@@ -222,9 +239,10 @@ fn three_nodes_share_two_thousand_tasks_and_each_completes_once() {
             .map(|r| r.get(0))
             .collect();
         assert_eq!(per_node.len(), 3, "every node ran some: {per_node:?}");
-        // Any node answers for any task.
-        let one = clients[2].get_task_state(&ids[0]).await.unwrap().unwrap();
-        assert_eq!(one.status, TaskStatus::Completed);
+        // Any node answers and streams any task: submitted to n1, followed on n3.
+        let one = clients[0].submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
+        let done = clients[2].wait(&one.id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Completed);
     });
     for n in &nodes {
         n.signal("-TERM");

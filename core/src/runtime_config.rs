@@ -388,10 +388,38 @@ mod tests {
         }
         let e = RuntimeFile::from_yaml("deployment:\n  maxConcurentTasks: 3\n", "p/runtime.yaml").unwrap_err();
         assert!(e.to_string().contains("p/runtime.yaml:2") && e.to_string().contains("maxConcurentTasks"), "{e}");
-        let files = [("p/runtime.yaml".to_owned(), file("mode: distributed-cluster\n"))];
+        let files = [("p/runtime.yaml".to_owned(), file("mode: cluster\n"))];
         let e = RuntimeConfig::resolve(&RuntimeFlags::default(), &|_| None, &files).unwrap_err();
-        assert!(e.to_string().contains("p/runtime.yaml") && e.to_string().contains("not available"), "{e}");
+        assert!(e.to_string().contains("p/runtime.yaml") && e.to_string().contains("unknown mode `cluster`"), "{e}");
         let files = [("r".to_owned(), file("deployment:\n  maxConcurrentTasks: 0\n"))];
         assert!(RuntimeConfig::resolve(&RuntimeFlags::default(), &|_| None, &files).is_err());
+    }
+
+    #[test]
+    fn the_cluster_settings_come_from_the_machine_never_a_repository() {
+        let e = file("cluster:\n  database: postgres://attacker@evil.example/db\n")
+            .check_project_layer("p/.coderClaw/runtime.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cluster") && e.contains("may not set this"), "{e}");
+        let none = |_: &str| None;
+        let resolve = |text: &str, env: &dyn Fn(&str) -> Option<String>| {
+            RuntimeConfig::resolve(&RuntimeFlags::default(), env, &[("u".into(), file(text))])
+        };
+        let e = resolve("mode: distributed-cluster\n", &none).unwrap_err().to_string();
+        assert!(e.contains("needs the PostgreSQL database") && e.contains(ENV_CLUSTER_DATABASE), "{e}");
+        let env = |k: &str| match k {
+            ENV_CLUSTER_DATABASE => Some("postgres://db/cc".to_owned()),
+            ENV_CLUSTER_NODE => Some("n-2".to_owned()),
+            _ => None,
+        };
+        let c = resolve("mode: distributed-cluster\ncluster:\n  node: n1\n  lease: 5s\n", &env).unwrap();
+        assert_eq!(c.mode, RuntimeMode::DistributedCluster);
+        assert_eq!((c.cluster_database.as_deref(), c.cluster_node.as_deref()), (Some("postgres://db/cc"), Some("n-2")));
+        assert_eq!(c.cluster_lease_ms, 5_000);
+        let e = resolve("cluster:\n  lease: 100ms\n", &none).unwrap_err().to_string();
+        assert!(e.contains("cluster.lease") && e.contains("1s to 10m"), "{e}");
+        let e = resolve("cluster:\n  node: \"a b\"\n", &none).unwrap_err().to_string();
+        assert!(e.contains("a node name is 1 to 64 letters"), "{e}");
     }
 }

@@ -939,6 +939,12 @@ impl Inner {
 
     /// Lets the executor drop what no unfinished task names.
     fn sweep_workspaces(&self) {
+        // A node sees only the tasks it holds; a queued task naming an
+        // upload on this node may be any node's. Uploads go with their
+        // last task (`committed`), never by sweeping.
+        if self.store.cluster().is_some() {
+            return;
+        }
         let in_use: std::collections::HashSet<(String, WorkspaceRef)> = self
             .lock_live()
             .iter()

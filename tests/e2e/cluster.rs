@@ -91,7 +91,7 @@ async fn sessions_take_turns_across_the_cluster_and_pause_holds_on_every_node() 
 
     // Node c runs one task at a time.
     let config = EngineConfig { max_concurrent_tasks: 1, ..Default::default() };
-    let _c = service_on_store(&f.home, f.workspace.path(), config, Some(Store::Cluster(&pg.url(), "c")));
+    let _c = service_on_store(&f.home, f.workspace.path(), config, Some(Store::Cluster(&pg.url(), "c", TEST_LEASE)));
     let done = alice.wait(&order[5], |_| {}).await.unwrap();
     assert_eq!(done.status, TaskStatus::Completed);
     let started = |id: &str| f.engine.get(id).unwrap().started_at_ms;
@@ -159,7 +159,8 @@ async fn a_late_write_from_a_node_that_lost_its_lease_is_fenced() {
     let a = PgTaskStore::open_cluster(&pg.url(), "a", TEST_LEASE, on_commit).unwrap();
     let b = PgTaskStore::open_cluster(&pg.url(), "b", TEST_LEASE, Arc::new(|_, _| {})).unwrap();
     let refused = PgTaskStore::open_cluster(&pg.url(), "a", TEST_LEASE, Arc::new(|_, _| {})).unwrap();
-    (a.join(4).unwrap(), b.join(4).unwrap());
+    a.join(4).unwrap();
+    b.join(4).unwrap();
     let e = ClusterStore::join(&*refused, 4).unwrap_err().to_string();
     assert!(e.contains("node name `a` is in use by another running node"), "{e}");
 
@@ -199,7 +200,8 @@ async fn a_late_write_from_a_node_that_lost_its_lease_is_fenced() {
     let note = TaskUpdateEvent { seq: late.last_seq + 2, event: TaskEventKind::Log, ..event.clone() };
     let write = a.queue_durable(Write::Task { task: Box::new(late.clone()), event: Some(event) }).unwrap();
     let log = a.queue_durable(Write::Event { event: note, lease: late.lease.clone() }).unwrap();
-    (write.await.unwrap().unwrap(), log.await.unwrap().unwrap());
+    write.await.unwrap().unwrap();
+    log.await.unwrap().unwrap();
     // Reported right after the acknowledgements.
     let reported_by = Instant::now() + Duration::from_secs(5);
     while fenced.lock().unwrap().is_empty() && Instant::now() < reported_by {
@@ -232,8 +234,12 @@ async fn a_lost_nodes_tasks_are_reclaimed_by_the_rules_within_two_leases() {
     let Some(pg) = Postgres::start() else { return };
     // a runs everything; b only watches (and reclaims).
     let f = fixture_on_cluster(EngineConfig { run_queue: false, ..Default::default() }, &pg.url());
-    let a =
-        service_on_store(&f.home, f.workspace.path(), Default::default(), Some(Store::Cluster(&pg.url(), "runner")));
+    let a = service_on_store(
+        &f.home,
+        f.workspace.path(),
+        Default::default(),
+        Some(Store::Cluster(&pg.url(), "runner", TEST_LEASE)),
+    );
     let on_a = local(&a);
     let asking = on_a.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "ok?" }))).await.unwrap();
     let spinning = on_a.submit_task(TaskSubmitRequest::skill("team/resumable-spin", json!({}))).await.unwrap();
@@ -275,6 +281,64 @@ async fn a_lost_nodes_tasks_are_reclaimed_by_the_rules_within_two_leases() {
     }
     assert!(watcher.cancel_task(&spinning.id).await.unwrap(), "cancelled across nodes");
     let cancelled = watcher.wait(&spinning.id, |_| {}).await.unwrap();
+    assert_eq!(cancelled.status, TaskStatus::Cancelled);
+    assert_eq!(not_ended_once(&db).await, vec![]);
+}
+
+/// A node shutting down hands its running resumable task to the others at
+/// once (its lease released), long before the lease would run out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_shutting_down_releases_its_resumable_task_at_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let lease = Duration::from_secs(30);
+    let f = crate::tasks::fixture_on_cluster_with(
+        EngineConfig { run_queue: false, ..Default::default() },
+        &pg.url(),
+        lease,
+    );
+    let runner = service_on_store(
+        &f.home,
+        f.workspace.path(),
+        Default::default(),
+        Some(Store::Cluster(&pg.url(), "runner", lease)),
+    );
+    let on_runner = local(&runner);
+    let task = on_runner.submit_task(TaskSubmitRequest::skill("team/resumable-spin", json!({}))).await.unwrap();
+    let started = Instant::now();
+    while on_runner.get_task_state(&task.id).await.unwrap().unwrap().status != TaskStatus::Running {
+        assert!(started.elapsed() < Duration::from_secs(30), "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let taker = service_on_store(
+        &f.home,
+        f.workspace.path(),
+        Default::default(),
+        Some(Store::Cluster(&pg.url(), "taker", lease)),
+    );
+    let stopping = Instant::now();
+    let report = runner.shutdown(Duration::from_millis(100), std::future::pending()).await.unwrap();
+    assert_eq!(report.requeued, std::slice::from_ref(&task.id));
+    let db = sql(&pg.url()).await;
+    loop {
+        let row = db.query_one("SELECT node FROM tasks WHERE id = $1", &[&task.id]).await.unwrap();
+        if row.get::<_, Option<String>>(0).as_deref() == Some("taker")
+            && local(&taker).get_task_state(&task.id).await.unwrap().unwrap().status == TaskStatus::Running
+        {
+            break;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(10), "not taken over (lease {lease:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let nodes: Vec<(String, String)> = db
+        .query("SELECT name, state FROM cluster_nodes ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(nodes.contains(&("runner".to_owned(), "left".to_owned())), "{nodes:?}");
+    assert!(local(&taker).cancel_task(&task.id).await.unwrap());
+    let cancelled = local(&taker).wait(&task.id, |_| {}).await.unwrap();
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     assert_eq!(not_ended_once(&db).await, vec![]);
 }

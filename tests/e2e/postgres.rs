@@ -19,7 +19,31 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restarted_under_load_loses_no_acknowledged_task() {
     let Some(pg) = Postgres::start() else { return };
-    let h = Harness::on_postgres(Default::default(), &pg.url());
+    restarted_under_load(&pg, Harness::on_postgres(Default::default(), &pg.url())).await;
+}
+
+/// The same with two cluster nodes: both reconnect, their leases (longer
+/// than the restart) hold, and no acknowledged task is lost or doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_restarted_under_a_loaded_cluster_loses_no_acknowledged_task() {
+    let Some(pg) = Postgres::start() else { return };
+    let h = Harness::on_cluster_with(Default::default(), &pg.url(), Duration::from_secs(10));
+    restarted_under_load(&pg, h).await;
+    let (db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let twice: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM tasks t WHERE (SELECT COUNT(*) FROM task_events e WHERE e.task_id = t.id
+                 AND e.event = 'status' AND e.status = 'COMPLETED') > 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 0, "a task completed twice");
+}
+
+async fn restarted_under_load(pg: &Postgres, h: Harness) {
     let rt = Arc::new(h.user("dev", &["developer"]));
     let submitting = {
         let rt = rt.clone();

@@ -109,8 +109,13 @@ pub(crate) const TEST_LEASE: Duration = Duration::from_secs(2);
 /// Two nodes of a cluster on PostgreSQL at `url`, sharing one state
 /// directory: the fixture's service is node `a`, its peer node `b`.
 pub(crate) fn fixture_on_cluster(config: EngineConfig, url: &str) -> Fixture {
-    let mut f = fixture_on(config.clone(), "", Some(Store::Cluster(url, "a")));
-    f.peers.push(service_on_store(&f.home, f.workspace.path(), config, Some(Store::Cluster(url, "b"))));
+    fixture_on_cluster_with(config, url, TEST_LEASE)
+}
+
+/// [`fixture_on_cluster`] with nodes holding their tasks for `lease`.
+pub(crate) fn fixture_on_cluster_with(config: EngineConfig, url: &str, lease: Duration) -> Fixture {
+    let mut f = fixture_on(config.clone(), "", Some(Store::Cluster(url, "a", lease)));
+    f.peers.push(service_on_store(&f.home, f.workspace.path(), config, Some(Store::Cluster(url, "b", lease))));
     f
 }
 
@@ -119,8 +124,8 @@ pub(crate) fn fixture_on_cluster(config: EngineConfig, url: &str) -> Fixture {
 pub(crate) enum Store<'a> {
     /// One engine on PostgreSQL at this URL.
     Postgres(&'a str),
-    /// A cluster node on PostgreSQL at this URL, with this name.
-    Cluster(&'a str, &'a str),
+    /// A cluster node on PostgreSQL at this URL, with this name and lease.
+    Cluster(&'a str, &'a str, Duration),
 }
 
 fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<Store>) -> Fixture {
@@ -166,7 +171,7 @@ pub(crate) fn service_on_store(
     let mut runtime = LocalRuntime::builder(home.clone()).workspace(workspace).offer(offer).config(config).host(host);
     match postgres {
         Some(Store::Postgres(url)) => runtime = runtime.postgres(url),
-        Some(Store::Cluster(url, node)) => runtime = runtime.cluster(url, node, TEST_LEASE),
+        Some(Store::Cluster(url, node, lease)) => runtime = runtime.cluster(url, node, lease),
         None => {}
     }
     runtime.open().unwrap().service().clone()
@@ -408,7 +413,12 @@ impl Harness {
 
     /// In-process on node `a` of a two-node cluster on PostgreSQL at `url`.
     pub(crate) fn on_cluster(config: EngineConfig, url: &str) -> Self {
-        Self { f: fixture_on_cluster(config, url), via: Via::Local, url: String::new(), _servers: vec![] }
+        Self::on_cluster_with(config, url, TEST_LEASE)
+    }
+
+    /// [`Harness::on_cluster`] with nodes holding their tasks for `lease`.
+    pub(crate) fn on_cluster_with(config: EngineConfig, url: &str, lease: Duration) -> Self {
+        Self { f: fixture_on_cluster_with(config, url, lease), via: Via::Local, url: String::new(), _servers: vec![] }
     }
 
     /// A client acting with `token` (locally, no token is the local owner).

@@ -55,8 +55,8 @@ pub enum StoreError {
     },
     /// Another running node has this node's name.
     #[error(
-        "cluster {url}: node name `{node}` is in use by another running node: give this one another name \
-         (--node or cluster.node), or stop the other"
+        "cluster {url}: node name `{node}` is in use by another running node: give this one another name, or \
+         stop the other"
     )]
     NodeTaken {
         /// The database URL, its password hidden.

@@ -667,9 +667,7 @@ pub async fn cluster_status(url: &str) -> Result<ClusterStatus, StoreError> {
         .get(0);
     if !has_schema {
         return Err(err(
-            "no coderclaw cluster here (no cluster_nodes table): start a node with `coderclaw serve --mode \
-             distributed-cluster` on this database first"
-                .into(),
+            "no coderclaw cluster here (no cluster_nodes table): no node has used this database yet".into()
         ));
     }
     let nodes = client
