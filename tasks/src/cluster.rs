@@ -12,7 +12,9 @@ use crate::engine::{EngineError, Inner, cancel_message};
 use crate::live::Live;
 use crate::store::{ClusterStore, Command, Notice, Reclaimed, StoreError, StoredTask, Write};
 use coderclaw_core::task::{FailureCode, TaskEventKind, TaskFailure, TaskState, TaskStatus};
-use std::sync::{Arc, Weak};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
@@ -27,6 +29,25 @@ const NOTICE_POLL: Duration = Duration::from_millis(500);
 
 /// Attempts at changing a task that keeps changing hands.
 const HAND_OFF_TRIES: usize = 5;
+
+/// The engine's cluster-side state.
+#[derive(Default)]
+pub(crate) struct NodeState {
+    /// Claims under way (their tasks are not live yet).
+    claiming: AtomicUsize,
+    /// Left the cluster (shut down): no more heartbeats.
+    pub(crate) left: AtomicBool,
+    /// Streams of other nodes' tasks waiting to be fed, and whether a
+    /// feeder runs.
+    follow: Mutex<Follow>,
+}
+
+#[derive(Default)]
+struct Follow {
+    running: bool,
+    all: bool,
+    ids: HashSet<String>,
+}
 
 /// Starts the node's background work: heartbeats and reclaims, notices,
 /// and (with `run_queue`) claiming.
@@ -72,20 +93,26 @@ async fn dispatch(weak: Weak<Inner>) {
                         Err(_) => break,
                     }
                 }
-                match cluster(&inner).claim(permits.len() as u32).await {
-                    Ok(tasks) if !tasks.is_empty() => {
+                inner.node.claiming.fetch_add(1, Ordering::SeqCst);
+                let claimed = cluster(&inner).claim(permits.len() as u32).await;
+                let adopted = match claimed {
+                    Ok(tasks) => {
+                        let any = !tasks.is_empty();
                         for task in tasks {
                             let Some(p) = permits.pop() else { break };
                             inner.adopt(task, p);
                         }
-                        // Unused permits go back with `permits`.
-                        break;
+                        any
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim tasks");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        false
                     }
+                };
+                inner.node.claiming.fetch_sub(1, Ordering::SeqCst);
+                if adopted {
+                    // Unused permits go back with `permits`.
+                    break;
                 }
                 permit = permits.swap_remove(0);
             }
@@ -109,6 +136,9 @@ async fn upkeep(weak: Weak<Inner>) {
     loop {
         tokio::time::sleep(beat).await;
         let Some(inner) = weak.upgrade() else { return };
+        if inner.node.left.load(Ordering::SeqCst) {
+            return;
+        }
         if !joined {
             let max = inner.config.max_concurrent_tasks;
             let store = inner.store.clone();
@@ -132,19 +162,26 @@ async fn upkeep(weak: Weak<Inner>) {
         }
         let heartbeat = cluster(&inner).heartbeat();
         drop(inner);
-        let beat_result = heartbeat.await;
+        // The lease runs from when the heartbeat was sent, at the latest.
+        let sent = Instant::now();
+        let beat_result = tokio::time::timeout(lease / 2, heartbeat).await;
         let Some(inner) = weak.upgrade() else { return };
         match beat_result {
-            Ok(true) => renewed = Instant::now(),
-            Ok(false) => {
+            Ok(Ok(true)) => renewed = sent,
+            Ok(Ok(false)) => {
                 inner.lost_lease("the cluster declared this node lost (its lease ran out)");
                 joined = false;
                 continue;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat failed");
-                if renewed.elapsed() >= lease {
-                    inner.lost_lease("this node could not renew its lease for a whole lease period");
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {:?}", lease / 2),
+                };
+                tracing::warn!(error = %why, "heartbeat failed");
+                // Stop before any other node may take the tasks over.
+                if renewed.elapsed() >= lease * 3 / 4 {
+                    inner.lost_lease("this node could not renew its lease in time");
                     joined = false;
                     continue;
                 }
@@ -160,6 +197,21 @@ async fn upkeep(weak: Weak<Inner>) {
                 Ok(list) => inner.reclaimed(list),
                 Err(e) => tracing::warn!(error = %e, "cannot reclaim lost nodes' tasks"),
             }
+            // Tasks this node holds but does not run (a claim whose reply
+            // was lost): given up by the same rules. Only while no claim is
+            // under way: a later one runs after this on the same connection.
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.node.claiming.load(Ordering::SeqCst) == 0 {
+                let running: Vec<String> = inner.lock_live().iter().map(|(id, _)| id.clone()).collect();
+                let orphans = cluster(&inner).reclaim_orphans(running);
+                drop(inner);
+                let result = orphans.await;
+                let Some(inner) = weak.upgrade() else { return };
+                match result {
+                    Ok(list) => inner.reclaimed(list),
+                    Err(e) => tracing::warn!(error = %e, "cannot check for tasks this node holds but does not run"),
+                }
+            }
         }
     }
 }
@@ -167,6 +219,7 @@ async fn upkeep(weak: Weak<Inner>) {
 /// Acts on notices from other nodes, and looks for commands and events
 /// now and then in case a notice was lost.
 async fn listen(weak: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Notice>) {
+    let mut polled = Instant::now();
     loop {
         let notice = match tokio::time::timeout(NOTICE_POLL, rx.recv()).await {
             Ok(Some(n)) => Some(n),
@@ -174,6 +227,11 @@ async fn listen(weak: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Notice>) {
             Err(_) => None,
         };
         let Some(inner) = weak.upgrade() else { return };
+        // The fallback poll runs however busy the notices keep this loop.
+        let notice = if polled.elapsed() >= NOTICE_POLL { None } else { notice };
+        if notice.is_none() {
+            polled = Instant::now();
+        }
         match notice {
             Some(Notice::Work) => inner.wake.notify_one(),
             Some(Notice::Command) => inner.take_commands().await,
@@ -264,28 +322,50 @@ impl Inner {
 
     /// Feeds open streams of tasks other nodes hold (`ids`, or all) with
     /// their new events from the store.
-    pub(crate) fn follow(&self, ids: Option<Vec<String>>) {
-        let following = self.hub.following();
-        if following.is_empty() {
+    /// One feeder at a time: notices arriving meanwhile are merged into
+    /// its next round, so a busy cluster costs one read per streamed task
+    /// per round, not one per notice.
+    pub(crate) fn follow(self: &Arc<Self>, ids: Option<Vec<String>>) {
+        if self.hub.following().is_empty() {
             return;
         }
-        let wanted: Vec<(String, u64)> = {
-            let live = self.lock_live();
-            following
-                .into_iter()
-                .filter(|(id, _)| !live.contains(id) && ids.as_ref().is_none_or(|ids| ids.contains(id)))
-                .collect()
-        };
-        if wanted.is_empty() {
-            return;
+        {
+            let mut f = self.node.follow.lock().unwrap_or_else(|p| p.into_inner());
+            match ids {
+                Some(ids) => f.ids.extend(ids),
+                None => f.all = true,
+            }
+            if f.running {
+                return;
+            }
+            f.running = true;
         }
-        let (store, hub) = (self.store.clone(), self.hub.clone());
+        let inner = self.clone();
         self.runtime.spawn_blocking(move || {
-            for (id, last) in wanted {
-                match store.events(&id, last, crate::MAX_EVENTS_PAGE) {
-                    Ok(events) if !events.is_empty() => hub.publish(events),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(task = %id, error = %e, "cannot follow a task on another node"),
+            loop {
+                let (all, ids) = {
+                    let mut f = inner.node.follow.lock().unwrap_or_else(|p| p.into_inner());
+                    if !f.all && f.ids.is_empty() {
+                        f.running = false;
+                        return;
+                    }
+                    (std::mem::take(&mut f.all), std::mem::take(&mut f.ids))
+                };
+                let wanted: Vec<(String, u64)> = {
+                    let live = inner.lock_live();
+                    inner
+                        .hub
+                        .following()
+                        .into_iter()
+                        .filter(|(id, _)| !live.contains(id) && (all || ids.contains(id)))
+                        .collect()
+                };
+                for (id, last) in wanted {
+                    match inner.store.events(&id, last, crate::MAX_EVENTS_PAGE) {
+                        Ok(events) if !events.is_empty() => inner.hub.publish(events),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(task = %id, error = %e, "cannot follow a task on another node"),
+                    }
                 }
             }
         });

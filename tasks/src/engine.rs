@@ -226,6 +226,8 @@ pub(crate) struct Inner {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Shutting down: no submissions, no queued task started.
     draining: std::sync::atomic::AtomicBool,
+    /// Cluster side: claims under way, the cluster left, streams to feed.
+    pub(crate) node: crate::cluster::NodeState,
 }
 
 impl TaskEngine {
@@ -286,6 +288,7 @@ impl TaskEngine {
             started: Instant::now(),
             runtime: tokio::runtime::Handle::current(),
             draining: Default::default(),
+            node: Default::default(),
         });
         let _ = weak_slot.set(Arc::downgrade(&inner));
         match inner.store.cluster() {
@@ -347,9 +350,18 @@ impl TaskEngine {
         let id = state.id.clone();
         let event = event(&state, 1, TaskEventKind::Submitted, state.description.clone(), None);
         let stored = StoredTask { state: state.clone(), resumable, last_seq: 1, lease: Default::default() };
-        if let Some(cluster) = self.inner.store.cluster() {
-            // Any node claims it; this one only stores it.
-            let (count, bytes) = cluster.session_load(&state.session_id)?;
+        if self.inner.store.cluster().is_some() {
+            // Any node claims it; this one only stores it. The load is
+            // read on the blocking pool; unreadable, nothing is stored (503).
+            let (store, session) = (self.inner.store.clone(), state.session_id.clone());
+            let load = tokio::task::spawn_blocking(move || store.cluster().map(|c| c.session_load(&session)))
+                .await
+                .map_err(|e| EngineError::NotStored(e.to_string()))?;
+            let (count, bytes) = match load {
+                Some(Ok(load)) => load,
+                Some(Err(e)) => return Err(EngineError::NotStored(e.to_string())),
+                None => return Err(EngineError::NotStored("the task store left the cluster".into())),
+            };
             self.inner.check_quota(count as usize, bytes, &state)?;
             let ack = self.inner.store.queue_durable(Write::Task { task: Box::new(stored), event: Some(event) })?;
             let durable = ack
@@ -424,14 +436,18 @@ impl TaskEngine {
         after: u64,
     ) -> Result<impl Stream<Item = TaskUpdateEvent> + Send + 'static, EngineError> {
         let rx = self.inner.hub.subscribe(id);
-        self.inner.get(id)?;
+        let task = self.inner.get(id)?;
         // Read after subscribing: whatever commits in between comes twice
         // and is dropped by seq. From the store bounded by the per-task
         // event budget.
-        let backlog = match self.inner.history(id) {
+        let backlog: std::collections::VecDeque<TaskUpdateEvent> = match self.inner.history(id) {
             Some(events) => events.into_iter().filter(|e| e.seq > after).collect(),
             None => self.inner.store.events(id, after, u32::MAX)?.into(),
         };
+        // Finished, and the client has everything (a reconnect after the
+        // final event): nothing more will come.
+        // (A live task's final state may not be on disk yet: it streams on.)
+        let done = task.state.status.is_terminal() && backlog.is_empty() && !self.inner.lock_live().contains(id);
         let state = StreamState {
             _engine: self.inner.clone(),
             hub: self.inner.hub.clone(),
@@ -440,7 +456,7 @@ impl TaskEngine {
             rx: Some(rx),
             backlog,
             last: after,
-            done: false,
+            done,
         };
         Ok(futures_util::stream::unfold(state, next_event))
     }
@@ -533,6 +549,7 @@ impl TaskEngine {
             // goes to the others now.
             report.queued = 0;
             cluster.leave().await?;
+            inner.node.left.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         tracing::info!(?report, "shut down");
         Ok(report)

@@ -342,3 +342,35 @@ async fn a_node_shutting_down_releases_its_resumable_task_at_once() {
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     assert_eq!(not_ended_once(&db).await, vec![]);
 }
+
+/// A task the database says a node holds, which that node does not run (a
+/// claim whose reply was lost): the node gives it up by the reclaim rules
+/// within a lease, instead of holding it for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_a_node_holds_but_does_not_run_is_given_up() {
+    let Some(pg) = Postgres::start() else { return };
+    // Nobody claims: both nodes only watch.
+    let f = fixture_on_cluster(EngineConfig { run_queue: false, ..Default::default() }, &pg.url());
+    let rt = local(&f.service);
+    let queued = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
+    let started = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
+    let db = sql(&pg.url()).await;
+    // As if node a had claimed both (and started one) and lost the replies.
+    db.execute("UPDATE tasks SET node = 'a', attempt = attempt + 1 WHERE id = $1", &[&queued.id]).await.unwrap();
+    db.execute("UPDATE tasks SET node = 'a', attempt = attempt + 1, status = 'RUNNING' WHERE id = $1", &[&started.id])
+        .await
+        .unwrap();
+    let given_up = Instant::now();
+    loop {
+        let node: Option<String> =
+            db.query_one("SELECT node FROM tasks WHERE id = $1", &[&queued.id]).await.unwrap().get(0);
+        let failed = rt.get_task_state(&started.id).await.unwrap().unwrap();
+        if node.is_none() && failed.status == TaskStatus::Failed {
+            assert_eq!(failed.error.unwrap().code, FailureCode::NodeLost);
+            break;
+        }
+        assert!(given_up.elapsed() < TEST_LEASE * 3, "still held: queued by {node:?}, the other {:?}", failed.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rt.get_task_state(&queued.id).await.unwrap().unwrap().status, TaskStatus::Pending, "back in the queue");
+}

@@ -495,3 +495,45 @@ async fn a_grpc_client_reconnects_after_its_connection_breaks() {
     assert_eq!(relayed.lock().unwrap().len(), 1, "a new connection");
     accepting.abort();
 }
+
+/// SSE resumed with `Last-Event-ID`: the events after that one, and a
+/// reconnect after the final event (what an EventSource does when a
+/// finished stream closes) ends at once instead of hanging; a malformed
+/// id is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sse_stream_resumes_after_last_event_id_and_ends_when_nothing_is_left() {
+    let f = fixture(Default::default());
+    let token = f.login("dev", &["developer"]);
+    let server = f.http().await;
+    let rt = CoderClawRuntime::new(coderclaw::tasks::HttpTransport::new(&server.url(), Some(token.clone())).unwrap());
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
+    let done = rt.wait(&task.id, |_| {}).await.unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    let all = rt.get_task_events(&task.id, 0, 1000).await.unwrap();
+    let last = all.last().unwrap().seq;
+    let stream = |after: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/v1/tasks/{}/stream", server.url(), task.id))
+            .bearer_auth(&token)
+            .header("Last-Event-ID", after)
+            .send()
+    };
+    let ids = |body: &str| -> Vec<u64> {
+        body.lines().filter_map(|l| l.strip_prefix("id: ")).map(|s| s.trim().parse().unwrap()).collect()
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), async {
+        stream(&(last - 2).to_string()).await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("a resumed stream of a finished task ends");
+    assert_eq!(ids(&body), [last - 1, last], "{body}");
+    let body = tokio::time::timeout(Duration::from_secs(10), async {
+        stream(&last.to_string()).await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("a stream resumed after the final event ends at once (it hung)");
+    assert_eq!(ids(&body), Vec::<u64>::new(), "{body}");
+    let refused = stream("soon").await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("Last-Event-ID is not an event id"));
+}

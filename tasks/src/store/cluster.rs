@@ -106,6 +106,10 @@ pub trait ClusterStore: Send + Sync {
     /// run from the start, the rest FAILED `node-lost` (CANCELLED if a
     /// cancel was waiting for them).
     fn reclaim(&self) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>>;
+    /// Reclaims, by the same rules, tasks this node holds that are not in
+    /// `running` (the engine lost track of them: a claim whose reply was
+    /// lost, a write wrongly taken as fenced).
+    fn reclaim_orphans(&self, running: Vec<String>) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>>;
     /// Stores `after` and `events` for a task no node holds, if it is
     /// still as `before` (same fencing token); bumps the token. False when
     /// it changed meanwhile.

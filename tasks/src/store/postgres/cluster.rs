@@ -325,7 +325,12 @@ async fn reclaim_rows(
     for row in &locked {
         let held = match read_task(row) {
             Ok(t) => t,
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => {
+                // Left as it is (and reported each pass); the others go on.
+                let id: String = row.get("id");
+                tracing::error!(task = %id, error = %e, "cannot reclaim a task whose row cannot be read");
+                continue;
+            }
         };
         let from = held.lease.node.clone().unwrap_or_default();
         done.push(reclaim_one(tx, &upsert, &insert_event, held, &from).await?);
@@ -457,7 +462,7 @@ impl ClusterStore for PgTaskStore {
                         ),
                         served AS (
                             INSERT INTO cluster_sessions (session_id, served_at)
-                            SELECT DISTINCT session_id, now() FROM claimed
+                            SELECT DISTINCT session_id, now() FROM claimed ORDER BY session_id
                             ON CONFLICT (session_id) DO UPDATE SET served_at = excluded.served_at
                         )
                         SELECT * FROM claimed"
@@ -503,8 +508,35 @@ impl ClusterStore for PgTaskStore {
                     )
                     .await?;
                 let done = reclaim_rows(&tx, held, &node).await?;
+                tx.commit().await?;
                 // Turns only matter among sessions with queued work.
-                tx.execute("DELETE FROM cluster_sessions WHERE served_at < now() - interval '1 day'", &[]).await?;
+                c.client.execute("DELETE FROM cluster_sessions WHERE served_at < now() - interval '1 day'", &[]).await?;
+                Ok(done)
+            })
+        });
+        Box::pin(async move { done.await?.map_err(|message| StoreError::Postgres { url, message }) })
+    }
+
+    fn reclaim_orphans(&self, running: Vec<String>) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>> {
+        let node = self.cluster_side().node.clone();
+        let url = self.url.clone();
+        let done = self.on_cluster(move |c| {
+            Box::pin(async move {
+                let tx = c.client.transaction().await?;
+                let held = tx
+                    .query(
+                        &format!(
+                            "SELECT {COLUMNS} FROM tasks t
+                             WHERE node = $1 AND status IN {UNFINISHED} AND NOT (id = ANY($2))
+                             LIMIT {RECLAIM_BATCH} FOR UPDATE OF t SKIP LOCKED"
+                        ),
+                        &[&node, &running],
+                    )
+                    .await?;
+                if !held.is_empty() {
+                    tracing::warn!(node, tasks = held.len(), "this node held tasks it did not run: reclaiming them");
+                }
+                let done = reclaim_rows(&tx, held, &node).await?;
                 tx.commit().await?;
                 Ok(done)
             })
@@ -563,6 +595,7 @@ impl ClusterStore for PgTaskStore {
                             "INSERT INTO task_commands (task_id, node, kind, body, created_at_ms)
                              SELECT id, node, $2, $3, $4 FROM tasks
                              WHERE id = $1 AND node IS NOT NULL AND status IN {UNFINISHED}
+                             FOR SHARE
                              RETURNING node"
                         ),
                         &[&id, &kind, &body, &(now_ms() as i64)],

@@ -84,7 +84,8 @@ CREATE TABLE skill_memory (
 ALTER TABLE tasks ADD COLUMN node TEXT, ADD COLUMN attempt BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX tasks_ready ON tasks (session_id, created_at_ms, row_no)
     WHERE node IS NULL AND NOT paused AND status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING');
-CREATE INDEX tasks_held ON tasks (node) WHERE node IS NOT NULL;
+CREATE INDEX tasks_held ON tasks (node)
+    WHERE node IS NOT NULL AND status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING');
 CREATE INDEX tasks_unfinished ON tasks (session_id)
     WHERE status IN ('PENDING', 'PLANNING', 'RUNNING', 'WAITING');
 CREATE TABLE cluster_nodes (
@@ -211,17 +212,73 @@ pub struct PgTaskStore {
 pub fn redact_url(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-        if let Some((userinfo, host)) = authority.rsplit_once('@')
-            && let Some((user, _)) = userinfo.split_once(':')
-        {
-            return format!("{scheme}://{user}:***@{host}{tail}");
-        }
-        return url.to_owned();
+        let authority = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => authority.to_owned(),
+            },
+            None => authority.to_owned(),
+        };
+        // `?password=…` is accepted too.
+        let tail = match tail.split_once('?') {
+            Some((path, query)) => {
+                let query: Vec<String> = query
+                    .split('&')
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                        _ => kv.to_owned(),
+                    })
+                    .collect();
+                format!("{path}?{}", query.join("&"))
+            }
+            None => tail.to_owned(),
+        };
+        return format!("{scheme}://{authority}{tail}");
     }
-    url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***".to_owned() } else { kv.to_owned() })
-        .collect::<Vec<_>>()
-        .join(" ")
+    redact_key_values(url)
+}
+
+/// The key=value form (`host=db password='a b'`, spaces allowed around
+/// `=`, values in single quotes with backslash escapes), its password
+/// value hidden.
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("password") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        out.push_str("password");
+        let after = &after["password".len()..];
+        let trimmed = after.trim_start();
+        let Some(value) = trimmed.strip_prefix('=') else {
+            rest = after;
+            continue;
+        };
+        out.push_str(" = ***");
+        let value = value.trim_start();
+        // Skip the value: quoted (backslash escapes) or up to whitespace.
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            let mut escaped = false;
+            let mut end = value.len();
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '\'' => {
+                        end = i + 2;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            end
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl PgTaskStore {
@@ -370,7 +427,14 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgr
     // Statements are prepared once per connection; a plan made for one
     // set of values (the queue nearly empty, or a session's few tasks)
     // would be wrong for others, so each execution is planned for its own.
-    client.batch_execute("SET plan_cache_mode = force_custom_plan").await?;
+    // The server notices a vanished node (a crashed machine, a cut network)
+    // in about 25 s, and so frees its node name's lock.
+    client
+        .batch_execute(
+            "SET plan_cache_mode = force_custom_plan; SET tcp_keepalives_idle = 10; \
+             SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+        )
+        .await?;
     Ok(client)
 }
 
@@ -529,13 +593,15 @@ const UPSERT_ROW: &str = "INSERT INTO tasks (id, description, target_kind, targe
      WHERE tasks.node IS NOT DISTINCT FROM $26 AND tasks.attempt = $27";
 
 /// An event, stored only while the task's lease is still $9, $10 (no check
-/// when $9 is NULL: the task is not held).
+/// when $9 is NULL: the task is not held). One row when it was stored, or
+/// already was (a batch written again after a lost commit reply); none
+/// only when the lease check failed (fenced).
 const INSERT_EVENT: &str =
     "INSERT INTO task_events (task_id, seq, timestamp_ms, event, status, progress, message, data)
      SELECT $1::TEXT, $2::BIGINT, $3::BIGINT, $4::TEXT, $5::TEXT, $6::DOUBLE PRECISION, $7::TEXT, $8::TEXT
      WHERE $9::TEXT IS NULL
         OR EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND node = $9 AND attempt = $10 FOR SHARE)
-     ON CONFLICT (task_id, seq) DO NOTHING";
+     ON CONFLICT (task_id, seq) DO UPDATE SET seq = excluded.seq";
 
 /// The channel nodes notify each other on.
 const CHANNEL: &str = "coderclaw_cluster";
@@ -965,6 +1031,24 @@ mod tests {
         assert_eq!(redact_url("postgres://app:s3cret@db:5432/cc"), "postgres://app:***@db:5432/cc");
         assert_eq!(redact_url("postgresql://app@db/cc?sslmode=require"), "postgresql://app@db/cc?sslmode=require");
         assert_eq!(redact_url("postgres://a:b@c@db/cc"), "postgres://a:***@db/cc");
-        assert_eq!(redact_url("host=db user=app password=s3cret dbname=cc"), "host=db user=app password=*** dbname=cc");
+        assert_eq!(
+            redact_url("host=db user=app password=s3cret dbname=cc"),
+            "host=db user=app password = *** dbname=cc"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/cc?password=s3cret&sslmode=require"),
+            "postgres://app@db/cc?password=***&sslmode=require"
+        );
+        for kv in [
+            "host=db password = s3cret dbname=cc",
+            "host=db password='s3 cret' dbname=cc",
+            "host=db password='s3\\'cret' dbname=cc",
+        ] {
+            let shown = redact_url(kv);
+            assert!(
+                !shown.contains("s3") && !shown.contains("cret") && shown.ends_with(" dbname=cc"),
+                "{kv} -> {shown}"
+            );
+        }
     }
 }
