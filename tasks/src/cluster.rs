@@ -193,24 +193,17 @@ async fn upkeep(weak: Weak<Inner>) {
             drop(inner);
             let result = reclaim.await;
             let Some(inner) = weak.upgrade() else { return };
-            match result {
-                Ok(list) => inner.reclaimed(list),
-                Err(e) => tracing::warn!(error = %e, "cannot reclaim lost nodes' tasks"),
-            }
+            inner.reclaimed_or_warn(result, "cannot reclaim lost nodes' tasks");
             // Tasks this node holds but does not run (a claim whose reply
             // was lost): given up by the same rules. Only while no claim is
             // under way: a later one runs after this on the same connection.
-            let Some(inner) = weak.upgrade() else { return };
             if inner.node.claiming.load(Ordering::SeqCst) == 0 {
                 let running: Vec<String> = inner.lock_live().iter().map(|(id, _)| id.clone()).collect();
                 let orphans = cluster(&inner).reclaim_orphans(running);
                 drop(inner);
                 let result = orphans.await;
                 let Some(inner) = weak.upgrade() else { return };
-                match result {
-                    Ok(list) => inner.reclaimed(list),
-                    Err(e) => tracing::warn!(error = %e, "cannot check for tasks this node holds but does not run"),
-                }
+                inner.reclaimed_or_warn(result, "cannot check for tasks this node holds but does not run");
             }
         }
     }
@@ -297,6 +290,15 @@ impl Inner {
                 tracing::info!(task = %state.id, from = %r.from, "re-queued a lost node's task");
             }
             self.hub.publish(r.events);
+        }
+    }
+
+    /// [`Inner::reclaimed`] for a reclaim pass that may have failed (`what`
+    /// says which).
+    fn reclaimed_or_warn(&self, result: Result<Vec<Reclaimed>, StoreError>, what: &str) {
+        match result {
+            Ok(list) => self.reclaimed(list),
+            Err(e) => tracing::warn!(error = %e, "{what}"),
         }
     }
 

@@ -117,6 +117,20 @@ async fn throughput(nodes: usize, n: usize) {
     coderclaw_e2e::print_latency(&format!("{nodes} node(s): submit acknowledged"), acks);
 }
 
+/// `n` asker tasks submitted through `rt`, once all are WAITING.
+async fn askers_waiting(rt: &CoderClawRuntime<LocalTransport>, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(rt.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "?" }))).await.unwrap().id);
+    }
+    for id in &ids {
+        while rt.get_task_state(id).await.unwrap().unwrap().status != TaskStatus::Waiting {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    ids
+}
+
 /// Tasks WAITING on node a, cancelled through node b: from the cancel
 /// call to the end of b's stream of the task (its CANCELLED event).
 async fn cross_node_cancel(n: usize) {
@@ -127,15 +141,7 @@ async fn cross_node_cancel(n: usize) {
     let b = node(&home, &pg.url(), "b", false);
     let on_a = CoderClawRuntime::new(LocalTransport::new(a.clone(), None));
     let on_b = CoderClawRuntime::new(LocalTransport::new(b.clone(), None));
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(on_a.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "?" }))).await.unwrap().id);
-    }
-    for id in &ids {
-        while on_a.get_task_state(id).await.unwrap().unwrap().status != TaskStatus::Waiting {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    let ids = askers_waiting(&on_a, n).await;
     let mut took = Vec::new();
     for id in &ids {
         let mut stream = on_b.stream_task_updates(id).await.unwrap();
@@ -201,15 +207,7 @@ async fn reclaim(n: usize) {
     let b = node(&home, &pg.url(), "b", false);
     let on_a = CoderClawRuntime::new(LocalTransport::new(a.clone(), None));
     let on_b = CoderClawRuntime::new(LocalTransport::new(b.clone(), None));
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        ids.push(on_a.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "?" }))).await.unwrap().id);
-    }
-    for id in &ids {
-        while on_a.get_task_state(id).await.unwrap().unwrap().status != TaskStatus::Waiting {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    let ids = askers_waiting(&on_a, n).await;
     let died = Instant::now();
     relay.cut();
     for id in &ids {

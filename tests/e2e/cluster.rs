@@ -252,9 +252,15 @@ async fn a_lost_nodes_tasks_are_reclaimed_by_the_rules_within_two_leases() {
     }
     let db = sql(&pg.url()).await;
     let lost = Instant::now();
-    db.execute("UPDATE cluster_nodes SET lease_until = now() - interval '1 millisecond' WHERE name = 'runner'", &[])
-        .await
-        .unwrap();
+    // Declared lost, as a reclaimer does once its lease ran out (only
+    // expiring the lease would race the runner's next heartbeat, which
+    // renews it; expiry itself is tested above, with no heartbeat running).
+    db.execute(
+        "UPDATE cluster_nodes SET state = 'lost', lease_until = now() - interval '1 millisecond' WHERE name = 'runner'",
+        &[],
+    )
+    .await
+    .unwrap();
     // Through node a of the fixture, which never held either.
     let watcher = local(&f.service);
     let failed = watcher.wait(&asking.id, |_| {}).await.unwrap();

@@ -258,6 +258,7 @@ async fn reclaim_one(
     insert_event: &tokio_postgres::Statement,
     held: StoredTask,
     from: &str,
+    what: &str,
 ) -> Result<Reclaimed, tokio_postgres::Error> {
     let mut task = held.clone();
     task.lease = Lease { node: None, attempt: held.lease.attempt + 1 };
@@ -283,7 +284,7 @@ async fn reclaim_one(
         events.push(event(&task.state, task.last_seq, TaskEventKind::Status, message));
     };
     if let Some(reason) = cancel {
-        let message = if reason.is_empty() { "cancelled".to_owned() } else { format!("cancelled: {reason}") };
+        let message = crate::engine::cancel_message(&reason);
         finish(&mut task, TaskStatus::Cancelled, TaskFailure::new(FailureCode::Cancelled, message));
     } else if was == TaskStatus::Pending {
         // Claimed but not started: back to the queue, nothing to say.
@@ -294,14 +295,12 @@ async fn reclaim_one(
         }
         task.last_seq += 1;
         let message = format!(
-            "node {from} was lost while the task was {was}: re-running from the start on another node (resumable)"
+            "node {from} {what} while the task was {was}: re-running from the start on another node (resumable)"
         );
         events.push(event(&task.state, task.last_seq, TaskEventKind::Recovered, message));
     } else {
-        let message = format!(
-            "node {from} was lost (its lease ran out) while the task was {was}; the task is not resumable, so it was \
-             not re-run"
-        );
+        let message =
+            format!("node {from} {what} while the task was {was}; the task is not resumable, so it was not re-run");
         finish(&mut task, TaskStatus::Failed, TaskFailure::new(FailureCode::NodeLost, message));
     }
     upsert_row(tx, upsert, &task, &task.lease, &held.lease).await?;
@@ -312,13 +311,19 @@ async fn reclaim_one(
     Ok(Reclaimed { task, events, from: from.to_owned() })
 }
 
-/// Reclaims the tasks `sql` selects and locks (node, `COLUMNS` …), in
-/// `tx`, and notifies the cluster of them.
+/// Why a node's tasks are reclaimed, as their messages say it.
+const LOST: &str = "was lost (its lease ran out)";
+const UNTRACKED: &str = "lost track of the task (it held the task but did not run it)";
+
+/// Reclaims the `locked` rows (`COLUMNS`, locked by `tx`) from their node,
+/// which `what` (its lease ran out, or it lost track of them), and
+/// notifies the cluster of them.
 async fn reclaim_rows(
     tx: &tokio_postgres::Transaction<'_>,
     locked: Vec<tokio_postgres::Row>,
     me: &str,
-) -> Result<Result<Vec<Reclaimed>, String>, tokio_postgres::Error> {
+    what: &str,
+) -> Result<Vec<Reclaimed>, tokio_postgres::Error> {
     let upsert = tx.prepare(UPSERT_ROW).await?;
     let insert_event = tx.prepare(super::INSERT_EVENT).await?;
     let mut done = Vec::new();
@@ -333,7 +338,7 @@ async fn reclaim_rows(
             }
         };
         let from = held.lease.node.clone().unwrap_or_default();
-        done.push(reclaim_one(tx, &upsert, &insert_event, held, &from).await?);
+        done.push(reclaim_one(tx, &upsert, &insert_event, held, &from, what).await?);
     }
     if !done.is_empty() {
         tx.execute("SELECT pg_notify($1, 'work')", &[&CHANNEL]).await?;
@@ -342,7 +347,7 @@ async fn reclaim_rows(
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &events_payload(me, &ids)]).await?;
         }
     }
-    Ok(Ok(done))
+    Ok(done)
 }
 
 impl ClusterStore for PgTaskStore {
@@ -374,7 +379,7 @@ impl ClusterStore for PgTaskStore {
                         &[&node],
                     )
                     .await?;
-                let reclaimed = reclaim_rows(&tx, held, &node).await?;
+                let reclaimed = reclaim_rows(&tx, held, &node, LOST).await?;
                 let incarnation: i64 = tx
                     .query_one(
                         "INSERT INTO cluster_nodes (name, incarnation, state, started_at, heartbeat_at, lease_until,
@@ -398,7 +403,7 @@ impl ClusterStore for PgTaskStore {
         };
         side.incarnation.store(incarnation, Ordering::SeqCst);
         tracing::info!(node = self.node(), incarnation, "joined the cluster");
-        reclaimed.map_err(|message| StoreError::Postgres { url: self.url.clone(), message })
+        Ok(reclaimed)
     }
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<bool, StoreError>> {
@@ -481,8 +486,7 @@ impl ClusterStore for PgTaskStore {
 
     fn reclaim(&self) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>> {
         let node = self.cluster_side().node.clone();
-        let url = self.url.clone();
-        let done = self.on_cluster(move |c| {
+        self.on_cluster(move |c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await?;
                 let lost = tx
@@ -507,20 +511,18 @@ impl ClusterStore for PgTaskStore {
                         &[],
                     )
                     .await?;
-                let done = reclaim_rows(&tx, held, &node).await?;
+                let done = reclaim_rows(&tx, held, &node, LOST).await?;
                 tx.commit().await?;
                 // Turns only matter among sessions with queued work.
                 c.client.execute("DELETE FROM cluster_sessions WHERE served_at < now() - interval '1 day'", &[]).await?;
                 Ok(done)
             })
-        });
-        Box::pin(async move { done.await?.map_err(|message| StoreError::Postgres { url, message }) })
+        })
     }
 
     fn reclaim_orphans(&self, running: Vec<String>) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>> {
         let node = self.cluster_side().node.clone();
-        let url = self.url.clone();
-        let done = self.on_cluster(move |c| {
+        self.on_cluster(move |c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await?;
                 let held = tx
@@ -536,12 +538,11 @@ impl ClusterStore for PgTaskStore {
                 if !held.is_empty() {
                     tracing::warn!(node, tasks = held.len(), "this node held tasks it did not run: reclaiming them");
                 }
-                let done = reclaim_rows(&tx, held, &node).await?;
+                let done = reclaim_rows(&tx, held, &node, UNTRACKED).await?;
                 tx.commit().await?;
                 Ok(done)
             })
-        });
-        Box::pin(async move { done.await?.map_err(|message| StoreError::Postgres { url, message }) })
+        })
     }
 
     fn write_unheld(
