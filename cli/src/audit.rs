@@ -32,6 +32,8 @@ pub(crate) enum Command {
         /// At most this many (the newest).
         #[arg(long)]
         limit: Option<usize>,
+        #[command(flatten)]
+        log: LogArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -43,6 +45,8 @@ pub(crate) enum Command {
     Verify {
         #[command(flatten)]
         witness: WitnessArgs,
+        #[command(flatten)]
+        log: LogArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -53,10 +57,23 @@ pub(crate) enum Command {
     Witness {
         #[command(flatten)]
         witness: WitnessArgs,
+        #[command(flatten)]
+        log: LogArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which log: the state directory's, or a cluster's.
+#[derive(clap::Args, Debug)]
+pub(crate) struct LogArgs {
+    /// The log of the cluster whose PostgreSQL database is URL: one hash
+    /// chain every node appends to, each signing checkpoints with its own
+    /// device key. Default: the cluster this machine is a node of (mode
+    /// distributed-cluster in runtime.yaml), else the state directory's log.
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
 }
 
 /// Which registry witnesses this device's audit heads.
@@ -124,8 +141,17 @@ fn parse_since(s: &str) -> Result<i64> {
 pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     let security = home::open_checked(Permission::ConfigRead, "audit.read", ("audit", "*"))?;
     let home = security.home();
+    let database = match &cmd {
+        Command::Query { log, .. } | Command::Verify { log, .. } | Command::Witness { log, .. } => log.database.clone(),
+    };
+    if let Some(url) = database {
+        home.audit().use_store(coderclaw::tasks::store::PgSharedState::open(&url)?);
+    }
+    // A cluster's log is signed by every node's key: none is expected.
+    let device = security.local_device().id;
+    let expected = (!home.audit().is_shared()).then_some(device.as_str());
     match cmd {
-        Command::Query { user, action, since, result, limit, json } => {
+        Command::Query { user, action, since, result, limit, json, .. } => {
             let since_ms = since.as_deref().map(parse_since).transpose()?;
             let records = home.audit().query(&AuditFilter { user, action, since_ms, result, limit })?;
             if json {
@@ -147,22 +173,20 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { witness, json } => {
-            let device = security.local_device().id;
+        Command::Verify { witness, json, .. } => {
             let registry = witness.open(security.policy()?.config.audit.witness_registry.as_deref())?;
             let heads = witnessed_heads(&security, registry.as_ref().map(|(r, ns)| (r, ns.as_str())), &device)?;
-            report_verify(home.audit().verify_against(&heads, Some(&device)), json)
+            report_verify(home.audit().verify_against(&heads, expected), &home.audit().store_name(), json)
         }
-        Command::Witness { witness, json } => {
+        Command::Witness { witness, json, .. } => {
             let Some((reg, ns)) = witness.open(security.policy()?.config.audit.witness_registry.as_deref())? else {
                 bail!("name the registry that witnesses: pass --registry or set audit.witnessRegistry in config.yaml");
             };
             // A log that no longer matches what was witnessed is not
             // witnessed again: that would bless the rewrite.
-            let device = security.local_device().id;
             let heads = witnessed_heads(&security, Some((&reg, &ns)), &device)?;
-            if let Err(e) = home.audit().verify_against(&heads, Some(&device)) {
-                report_verify(Err(e), json)?;
+            if let Err(e) = home.audit().verify_against(&heads, expected) {
+                report_verify(Err(e), &home.audit().store_name(), json)?;
                 bail!("the audit log does not verify: it was not witnessed (see `coderclaw audit verify`)");
             }
             let head =
@@ -205,18 +229,21 @@ fn witnessed_heads(
     Ok(heads)
 }
 
-fn report_verify(result: Result<VerifyReport, AuditError>, json: bool) -> Result<ExitCode> {
+fn report_verify(result: Result<VerifyReport, AuditError>, log: &str, json: bool) -> Result<ExitCode> {
     match result {
         Ok(r) => {
             if json {
-                print_json(&serde_json::json!({ "ok": true, "report": r, "records": r.records }))?;
+                print_json(&serde_json::json!({ "ok": true, "log": log, "report": r, "records": r.records }))?;
             } else {
                 println!(
-                    "OK: {} records, hash chain intact, {} signed checkpoints{}",
+                    "OK: {log}: {} records, hash chain intact, {} signed checkpoints{}",
                     r.records,
                     r.checkpoints,
                     r.last_checkpoint.map(|s| format!(" (newest signs record {s})")).unwrap_or_default()
                 );
+                if r.signers.len() > 1 {
+                    println!("   checkpoints signed by {} device keys: {}", r.signers.len(), r.signers.join(", "));
+                }
                 for (witness, seq) in &r.witnessed {
                     println!("   matches {witness} at record {seq}");
                 }

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 use coderclaw::home::Home;
 use coderclaw::security::Security;
+use coderclaw::tasks::store::PgSharedState;
 use coderclaw_core::decision::Subject;
 use coderclaw_core::rbac::Permission;
 use std::path::{Path, PathBuf};
@@ -11,9 +12,20 @@ use std::sync::Arc;
 
 pub(crate) use crate::settings::state_dir;
 
-/// Opens the state directory (keys, trust store, installed skills, caches).
-pub(crate) fn open() -> Result<Home> {
-    Ok(Home::open(state_dir()?)?)
+/// Opens the state directory (keys, trust store, installed skills,
+/// caches). On a cluster node the audit log and trust are the cluster's,
+/// in its database (its trust changes applied here first); also returned,
+/// for the identities.
+fn open_shared() -> Result<(Home, Option<Arc<PgSharedState>>)> {
+    let home = Home::open(state_dir()?)?;
+    let Some(url) = crate::task::configured_cluster()? else { return Ok((home, None)) };
+    let shared = PgSharedState::open_node(&url).context(
+        "this machine is a cluster node (mode distributed-cluster): its audit log, trust, users and sessions are \
+         the cluster's",
+    )?;
+    home.audit().use_store(shared.clone());
+    home.share_trust(shared.clone())?;
+    Ok((home, Some(shared)))
 }
 
 /// The session token to act in, if one was given. Without one the local
@@ -44,8 +56,12 @@ pub(crate) fn open_checked_as(
 /// Opens the state directory and the security model for `workspace`
 /// (whose `.coderClaw/security.yaml` applies).
 pub(crate) fn open_security(workspace: Option<&Path>) -> Result<Arc<Security>> {
-    let home = Arc::new(open()?);
-    Ok(Arc::new(Security::open(home, workspace)?))
+    let (home, shared) = open_shared()?;
+    let security = Security::open(Arc::new(home), workspace)?;
+    if let Some(shared) = shared {
+        security.share_identities(shared)?;
+    }
+    Ok(Arc::new(security))
 }
 
 /// Fails on the first role name the configuration does not define.

@@ -240,15 +240,29 @@ pub(crate) struct StatusArgs {
 }
 
 fn config(flags: &RuntimeFlags, workspace: &Path) -> Result<RuntimeConfig> {
+    resolve_config(flags, Some(workspace))
+}
+
+/// The cluster database this machine is a node of (mode
+/// distributed-cluster in the state directory's runtime.yaml or the
+/// environment), if it is one.
+pub(crate) fn configured_cluster() -> Result<Option<String>> {
+    let c = resolve_config(&RuntimeFlags::default(), None)?;
+    Ok(c.cluster_database.filter(|_| c.mode == RuntimeMode::DistributedCluster))
+}
+
+/// The runtime configuration: `flags`, the environment, the state
+/// directory's runtime.yaml and, given a workspace, its own.
+fn resolve_config(flags: &RuntimeFlags, workspace: Option<&Path>) -> Result<RuntimeConfig> {
     let mut files = Vec::new();
-    let project = workspace.join(".coderClaw/runtime.yaml");
-    for path in [project.clone(), home::state_dir()?.join("runtime.yaml")] {
-        let link = if path == project { FinalLink::Refuse } else { FinalLink::Follow };
+    let project = workspace.map(|w| w.join(".coderClaw/runtime.yaml"));
+    for path in project.iter().cloned().chain([home::state_dir()?.join("runtime.yaml")]) {
+        let link = if Some(&path) == project.as_ref() { FinalLink::Refuse } else { FinalLink::Follow };
         match read_text_bounded(&path, MAX_CONFIG_BYTES, link) {
             Ok(text) => {
                 let name = path.display().to_string();
                 let file = RuntimeFile::from_yaml(&text, &name)?;
-                if path == project {
+                if Some(&path) == project.as_ref() {
                     file.check_project_layer(&name)?;
                 }
                 files.push((name, file));

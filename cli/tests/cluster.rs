@@ -4,8 +4,9 @@
 //! through other nodes, an SSE stream resumed on another node with
 //! `Last-Event-ID`.
 //!
-//! The nodes share one state directory (users, trust, skills, audit log),
-//! as nodes on one machine may; their tasks are in the database.
+//! The nodes share one state directory (installed skills, keys), as nodes
+//! on one machine may; their tasks, users and sessions, trust and audit log
+//! are in the database.
 
 mod common;
 
@@ -62,7 +63,10 @@ impl Cluster {
     fn start() -> Option<Cluster> {
         let pg = Postgres::start()?;
         let (cli, ws) = (Cli::new(), tempfile::tempdir().unwrap());
-        std::fs::write(cli.home.path().join("runtime.yaml"), "cluster:\n  lease: 2s\n").unwrap();
+        // This machine is a node: its users, sessions, trust and audit log
+        // are the cluster's from the first command on.
+        let config = format!("mode: distributed-cluster\ncluster:\n  lease: 2s\n  database: {}\n", pg.url());
+        std::fs::write(cli.home.path().join("runtime.yaml"), config).unwrap();
         trusted_key(&cli, "team-key", "team");
         let packages = [
             ("team/echo", "echo", "description = \"echo\"\n"),
@@ -179,7 +183,11 @@ async fn not_ended_once(db: &tokio_postgres::Client) -> Vec<String> {
 #[test]
 fn three_nodes_share_two_thousand_tasks_and_each_completes_once() {
     let Some(c) = Cluster::start() else { return };
-    let out = c.cli.run(&["cluster", "status", "--database", &c.pg.url()]);
+    // The CLI commands above made the cluster's schema; a database no node
+    // or command has used yet:
+    runtime().block_on(async { c.sql().await.batch_execute("CREATE DATABASE unused").await.unwrap() });
+    let unused = format!("{}/unused", c.pg.url().rsplit_once('/').unwrap().0);
+    let out = c.cli.run(&["cluster", "status", "--database", &unused]);
     let said = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("no node has used this database yet"), "{said}");
@@ -258,6 +266,26 @@ fn three_nodes_share_two_thousand_tasks_and_each_completes_once() {
     let human = c.cli.run(&["cluster", "status", "--database", &c.pg.url()]);
     let said = text(&human.stdout);
     assert!(said.contains("0 of 3 nodes alive; 0 tasks queued") && said.contains("n2"), "{said}");
+
+    // One audit chain for the cluster: every outcome in it, verified whole.
+    let out = c.cli.run(&["audit", "verify", "--database", &c.pg.url(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["records"].as_u64().unwrap() > 2001, "{report}");
+    assert!(report["report"]["checkpoints"].as_u64().unwrap() > 20, "{report}");
+    assert!(report["log"].as_str().unwrap().starts_with("postgres://"), "{report}");
+    let out = c.cli.run(&["audit", "query", "--database", &c.pg.url(), "--action", "task.completed", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let completed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(completed.len(), 2001, "one record per completed task");
+    runtime().block_on(async {
+        let db = c.sql().await;
+        db.execute("UPDATE audit SET result = 'denied' WHERE seq = 42", &[]).await.unwrap();
+    });
+    let out = c.cli.run(&["audit", "verify", "--database", &c.pg.url()]);
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("audit record 42 has been tampered with"), "{said}");
 }
 
 /// Reads a task's SSE stream from `url` on a thread: each event's (seq,
@@ -497,4 +525,38 @@ fn a_repository_cannot_set_the_cluster_database() {
     let said = text(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(1), "{said}");
     assert!(said.contains("postgres://app:***@127.0.0.1") && !said.contains("s3cret"), "{said}");
+}
+
+/// On a machine configured as a cluster node, `trust add` is the
+/// cluster's (published with its record in the cluster's audit log),
+/// `audit` reads the cluster's log, and another node's machine has the
+/// key at its next command.
+#[test]
+fn a_cluster_nodes_trust_and_audit_commands_are_the_clusters() {
+    let Some(pg) = Postgres::start() else { return };
+    let node_config = format!("mode: distributed-cluster\ncluster:\n  database: {}\n", pg.url());
+    let (one, two) = (Cli::new(), Cli::new());
+    for cli in [&one, &two] {
+        std::fs::write(cli.home.path().join("runtime.yaml"), &node_config).unwrap();
+    }
+    let key = trusted_key(&one, "team-key", "team");
+    let out = one.run(&["audit", "query", "--action", "trust.add", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let records: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["resource_id"], key.as_str());
+    let out = one.run(&["audit", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["log"].as_str().unwrap().starts_with("postgres://"), "{report}");
+    let out = two.run(&["trust", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let trust: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(trust.to_string().contains(&key), "the key trusted on one node's machine is not on the other's: {trust}");
+    // Revoked on the second machine: revoked on the first.
+    let out = two.run(&["trust", "revoke", &key]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let trust: Value = serde_json::from_slice(&one.run(&["trust", "list", "--json"]).stdout).unwrap();
+    let entry = trust.as_array().unwrap().iter().find(|e| e["key_id"] == key.as_str()).unwrap().clone();
+    assert!(!entry["revoked_at"].is_null(), "{entry}");
 }

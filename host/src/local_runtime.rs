@@ -143,7 +143,10 @@ impl LocalRuntimeBuilder {
     /// Runs as node `node` of the cluster whose PostgreSQL database is
     /// `url`: tasks are claimed from the shared queue under a lease that
     /// heartbeats renew (`lease`), other nodes' tasks are reached through
-    /// the database (see `coderclaw_tasks::store::ClusterStore`).
+    /// the database (see `coderclaw_tasks::store::ClusterStore`), and the
+    /// audit log, trust, users and sessions are the cluster's, in that
+    /// database (records appended to the state directory's log before
+    /// stay there).
     pub fn cluster(mut self, url: impl Into<String>, node: impl Into<String>, lease: std::time::Duration) -> Self {
         self.postgres = Some(url.into());
         self.cluster = Some((node.into(), lease));
@@ -186,10 +189,32 @@ impl LocalRuntimeBuilder {
         let engine = match &self.postgres {
             Some(url) => {
                 let cluster = self.cluster.clone();
+                let home = security.shared_home().clone();
+                if cluster.is_some() {
+                    // One audit chain and one trust for the cluster, in its
+                    // database, before any task runs.
+                    if !home.audit().is_shared() || !home.shares_trust() || !security.shares_identities() {
+                        let shared =
+                            coderclaw_tasks::store::PgSharedState::open_node(url).map_err(EngineError::from)?;
+                        if !home.audit().is_shared() {
+                            home.audit().use_store(shared.clone());
+                        }
+                        if !security.shares_identities() {
+                            security.share_identities(shared.clone())?;
+                        }
+                        if !home.shares_trust() {
+                            let applied = home.share_trust(shared).map_err(SecurityError::from)?;
+                            tracing::info!(applied, "the cluster's trust changes applied");
+                        }
+                    }
+                    follow_shared_trust(&home)?;
+                }
                 let open_store = |on_commit| {
                     use coderclaw_tasks::store::PgTaskStore;
                     let store = match &cluster {
-                        Some((node, lease)) => PgTaskStore::open_cluster(url, node, *lease, on_commit)?,
+                        Some((node, lease)) => {
+                            PgTaskStore::open_cluster(url, node, *lease, home.audit().signing(), on_commit)?
+                        }
                         None => PgTaskStore::open(url, on_commit)?,
                     };
                     Ok(store as Arc<dyn coderclaw_tasks::TaskStore>)
@@ -200,6 +225,32 @@ impl LocalRuntimeBuilder {
         };
         Ok(LocalRuntime { service: TaskService::new(engine, security.clone()), security, _lock: lock })
     }
+}
+
+/// How often a node applies the cluster's trust changes (a key trusted or
+/// revoked on another node) to its own trust store.
+const TRUST_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies the cluster's trust changes to `home` every [`TRUST_SYNC_EVERY`]
+/// for as long as it is open.
+fn follow_shared_trust(home: &Arc<Home>) -> Result<(), OpenError> {
+    let home = Arc::downgrade(home);
+    let follow = move || {
+        loop {
+            std::thread::sleep(TRUST_SYNC_EVERY);
+            let Some(home) = home.upgrade() else { return };
+            match home.sync_trust() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(applied = n, "the cluster's trust changed"),
+                Err(e) => tracing::warn!(error = %e, "the cluster's trust changes could not be applied; retrying"),
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("coderclaw-trust-sync".into())
+        .spawn(follow)
+        .map_err(|e| EngineError::from(coderclaw_tasks::store::StoreError::Thread(e.to_string())))?;
+    Ok(())
 }
 
 fn lock(root: &Path) -> Result<File, OpenError> {

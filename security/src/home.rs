@@ -17,6 +17,7 @@
 //! key revoked after installation stops its packages from running.
 
 use crate::audit::{AuditEvent, AuditLog, AuditResult};
+use crate::shared_trust::{SharedTrust, TrustChange};
 use coderclaw_core::Digest;
 use coderclaw_core::fsutil::FileIdentity;
 use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
@@ -26,7 +27,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
 
 /// What can go wrong with the state directory.
@@ -139,6 +141,10 @@ pub struct Home {
     /// Packages verified since the trust store and the installed skills
     /// last changed (by anyone: see [`crate::sqlite::generation_schema`]).
     verified: Mutex<VerifiedCache>,
+    /// The cluster's trust, when this is a cluster node's.
+    shared_trust: RwLock<Option<Arc<dyn SharedTrust>>>,
+    /// The last shared trust change applied here.
+    trust_applied: AtomicI64,
 }
 
 /// Verified packages by skill id, valid while the generation of `state.db`
@@ -188,6 +194,11 @@ fn now() -> u64 {
     coderclaw_core::clock::now_secs()
 }
 
+/// Whether `namespace` is one a skill id may have.
+fn valid_namespace(namespace: &str) -> bool {
+    SkillId::parse(&format!("{namespace}/x")).is_ok()
+}
+
 impl Home {
     /// Opens (creating if needed, 0700) the state directory at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Home, HomeError> {
@@ -222,7 +233,16 @@ impl Home {
             let device = key.public().id();
             audit.enable_checkpoints(key, device.as_str());
         }
-        Ok(Home { root, db_path, db: Mutex::new(db), audit, actor: local_user(), verified: Mutex::default() })
+        Ok(Home {
+            root,
+            db_path,
+            db: Mutex::new(db),
+            audit,
+            actor: local_user(),
+            verified: Mutex::default(),
+            shared_trust: RwLock::new(None),
+            trust_applied: AtomicI64::new(0),
+        })
     }
 
     /// The serial of the newest organisation policy of `namespace` from
@@ -357,8 +377,65 @@ impl Home {
 
     // --- trust store ---
 
+    /// From now on, trust changes made here are the cluster's `shared`
+    /// (published there, and recorded in its audit log in the same
+    /// transaction), and [`Home::sync_trust`] applies the cluster's
+    /// changes here; applies those published so far. Returns how many.
+    pub fn share_trust(&self, shared: Arc<dyn SharedTrust>) -> Result<usize, HomeError> {
+        *self.shared_trust.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
+        self.sync_trust()
+    }
+
+    /// Whether trust is the cluster's (see [`Home::share_trust`]).
+    pub fn shares_trust(&self) -> bool {
+        self.shared_trust().is_some()
+    }
+
+    fn shared_trust(&self) -> Option<Arc<dyn SharedTrust>> {
+        self.shared_trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies the cluster's trust changes published since the last call
+    /// to this state directory's trust store (each was recorded in the
+    /// cluster's audit log where it was made; applying it records nothing
+    /// more). Returns how many were applied; 0 outside a cluster.
+    pub fn sync_trust(&self) -> Result<usize, HomeError> {
+        let Some(shared) = self.shared_trust() else { return Ok(0) };
+        let mut applied = 0;
+        loop {
+            let after = self.trust_applied.load(Ordering::SeqCst);
+            let changes = shared.changes(after, 500)?;
+            let Some((last, _)) = changes.last().cloned() else { return Ok(applied) };
+            for (_, change) in &changes {
+                match change {
+                    TrustChange::Add { namespace, key } => {
+                        self.trust_add_unaudited(namespace, key)?;
+                    }
+                    // A key this node never trusted has nothing to revoke.
+                    TrustChange::Revoke { key_id } => match self.trust_revoke_unaudited(key_id) {
+                        Ok(_) | Err(HomeError::UnknownKey(_)) => {}
+                        Err(e) => return Err(e),
+                    },
+                }
+                applied += 1;
+            }
+            self.trust_applied.fetch_max(last, Ordering::SeqCst);
+        }
+    }
+
     /// Trusts `key` to sign packages of `namespace` (adds the key if new).
+    /// On a cluster node, every node's trust.
     pub fn trust_add(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
+        if let Some(shared) = self.shared_trust().filter(|_| valid_namespace(namespace)) {
+            let record = AuditEvent::new("trust.add", AuditResult::Allowed, "key", key.id().as_str())
+                .reason(format!("may sign for {namespace}, on every node of the cluster"))
+                .metadata(serde_json::json!({ "namespace": namespace }))
+                .user(&self.actor);
+            let change = TrustChange::Add { namespace: namespace.to_owned(), key: *key };
+            shared.publish(&change, &record, &self.audit.signing())?;
+            self.sync_trust()?;
+            return self.trust_entry(&key.id())?.ok_or_else(|| HomeError::UnknownKey(key.id().to_string()));
+        }
         let outcome = self.trust_add_unaudited(namespace, key);
         self.audited("trust.add", ("key", key.id().as_str()), outcome, |e| {
             (format!("may sign for {}", e.namespaces.join(", ")), serde_json::json!({ "namespace": namespace }))
@@ -366,7 +443,7 @@ impl Home {
     }
 
     fn trust_add_unaudited(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
-        if SkillId::parse(&format!("{namespace}/x")).is_err() {
+        if !valid_namespace(namespace) {
             return Err(HomeError::BadNamespace(namespace.to_owned()));
         }
         let id = key.id();
@@ -386,8 +463,21 @@ impl Home {
     }
 
     /// Marks a key revoked: its signatures are refused from now on,
-    /// including for packages already installed.
+    /// including for packages already installed. On a cluster node, on
+    /// every node.
     pub fn trust_revoke(&self, key_id: &str) -> Result<TrustEntry, HomeError> {
+        if let Some(shared) = self.shared_trust() {
+            // Only a key this node knows: a typo is not published.
+            let id = KeyId::parse(key_id)?;
+            if self.trust_entry(&id)?.is_some() {
+                let record = AuditEvent::new("trust.revoke", AuditResult::Allowed, "key", key_id)
+                    .reason("revoked, on every node of the cluster")
+                    .user(&self.actor);
+                shared.publish(&TrustChange::Revoke { key_id: key_id.to_owned() }, &record, &self.audit.signing())?;
+                self.sync_trust()?;
+                return self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(key_id.to_owned()));
+            }
+        }
         let outcome = self.trust_revoke_unaudited(key_id);
         self.audited("trust.revoke", ("key", key_id), outcome, |_| ("revoked".into(), serde_json::Value::Null))
     }

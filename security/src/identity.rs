@@ -1,5 +1,6 @@
 //! Identities, devices and sessions, stored in `identity.db` (SQLite, WAL)
-//! in the state directory.
+//! in the state directory, or in a cluster's database
+//! ([`IdentityStore::use_backend`]).
 //!
 //! - **Users** authenticate locally with a password (argon2id, salted) or a
 //!   locally issued API token, or with an OIDC ID token (see [`crate::oidc`]).
@@ -19,11 +20,12 @@ use coderclaw_core::Digest;
 use coderclaw_core::TrustLevel;
 use coderclaw_core::clock::now_ms;
 use coderclaw_core::decision::SessionFacts;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+mod sqlite;
 use thiserror::Error;
 
 /// Why an identity operation failed. Authentication failures are
@@ -37,6 +39,14 @@ pub enum IdentityError {
         path: PathBuf,
         /// The error.
         source: rusqlite::Error,
+    },
+    /// A shared store (a cluster's database) failed or could not be reached.
+    #[error("identities in {store}: {message}")]
+    Store {
+        /// The store, its password hidden.
+        store: String,
+        /// What went wrong.
+        message: String,
     },
     /// Wrong user, password or token.
     #[error("authentication failed: unknown user or wrong credentials")]
@@ -171,75 +181,54 @@ pub struct ApiToken {
     pub revoked_at_ms: Option<u64>,
 }
 
+/// Where identities are kept: the state directory's `identity.db`, or
+/// a cluster's database (every node sees the same users and sessions).
+/// Rows only: hashing, checks and randomness are [`IdentityStore`]'s.
+pub trait IdentityBackend: Send + Sync {
+    /// The store as errors name it.
+    fn name(&self) -> String;
+    /// Whether several machines use it.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Inserts `user` unless the name is taken; whether it was inserted.
+    fn insert_user(&self, user: &User, password_hash: Option<&str>) -> Result<bool, IdentityError>;
+    /// One user.
+    fn user(&self, name: &str) -> Result<Option<User>, IdentityError>;
+    /// Every user, by name.
+    fn users(&self) -> Result<Vec<User>, IdentityError>;
+    /// The user's password hash, if the user exists and has one.
+    fn password_hash(&self, name: &str) -> Result<Option<String>, IdentityError>;
+    /// Stores an API token by the hash of its secret.
+    fn insert_token(&self, token: &ApiToken, secret_hash: &str) -> Result<(), IdentityError>;
+    /// The token whose secret hashes to `secret_hash`.
+    fn token_by_hash(&self, secret_hash: &str) -> Result<Option<ApiToken>, IdentityError>;
+    /// Revokes an unrevoked token; whether one was.
+    fn revoke_token(&self, id: &str, at_ms: u64) -> Result<bool, IdentityError>;
+    /// Stores a device unless its id is known.
+    fn insert_device(&self, device: &Device) -> Result<(), IdentityError>;
+    /// One device.
+    fn device(&self, id: &str) -> Result<Option<Device>, IdentityError>;
+    /// Every device, by id.
+    fn devices(&self) -> Result<Vec<Device>, IdentityError>;
+    /// Sets a device's trust level.
+    fn set_device_trust(&self, id: &str, level: TrustLevel) -> Result<(), IdentityError>;
+    /// Stores a session by the hash of its token.
+    fn insert_session(&self, session: &Session, token_hash: &str) -> Result<(), IdentityError>;
+    /// The session whose token hashes to `hash`.
+    fn session_by_token_hash(&self, hash: &str) -> Result<Option<Session>, IdentityError>;
+    /// One session.
+    fn session(&self, id: &str) -> Result<Option<Session>, IdentityError>;
+    /// Every session, newest first.
+    fn sessions(&self) -> Result<Vec<Session>, IdentityError>;
+    /// Marks a session revoked (a second time keeps the first).
+    fn revoke_session(&self, id: &str, at_ms: u64) -> Result<(), IdentityError>;
+}
+
 /// The store.
 pub struct IdentityStore {
-    path: PathBuf,
-    db: Mutex<Connection>,
-    /// Sessions and devices read since `identity.db` last changed (by
-    /// anyone: see [`crate::sqlite::generation_schema`]).
-    cache: Mutex<IdentityCache>,
+    backend: RwLock<Arc<dyn IdentityBackend>>,
 }
-
-/// What was read from `identity.db` at one generation. Only rows that
-/// exist are kept (an unknown token is looked up every time), at most
-/// [`MAX_IDENTITY_CACHED`] of each.
-#[derive(Default)]
-struct IdentityCache {
-    generation: i64,
-    sessions: std::collections::HashMap<String, Session>,
-    /// Session id by token hash.
-    by_token: std::collections::HashMap<String, String>,
-    devices: std::collections::HashMap<String, Device>,
-}
-
-const MAX_IDENTITY_CACHED: usize = 4096;
-
-/// The tables whose changes invalidate the cache.
-const GENERATION_TABLES: &[&str] = &["users", "api_tokens", "devices", "sessions"];
-
-fn insert_bounded<V>(map: &mut std::collections::HashMap<String, V>, key: String, value: V) {
-    if map.len() >= MAX_IDENTITY_CACHED {
-        map.clear();
-    }
-    map.insert(key, value);
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS users (
-    name          TEXT PRIMARY KEY,
-    password_hash TEXT,
-    roles         TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id            TEXT PRIMARY KEY,
-    user          TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
-    secret_hash   TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER,
-    revoked_at_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS devices (
-    id            TEXT PRIMARY KEY,
-    name          TEXT NOT NULL,
-    public_key    TEXT NOT NULL,
-    trust         TEXT NOT NULL,
-    local         INTEGER NOT NULL DEFAULT 0,
-    created_at_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    id            TEXT PRIMARY KEY,
-    token_hash    TEXT NOT NULL UNIQUE,
-    user          TEXT NOT NULL,
-    device        TEXT NOT NULL,
-    roles         TEXT NOT NULL,
-    scope         TEXT,
-    method        TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    expires_at_ms INTEGER NOT NULL,
-    revoked_at_ms INTEGER
-);
-";
 
 fn random_hex(bytes: usize) -> Result<String, IdentityError> {
     let mut buf = vec![0u8; bytes];
@@ -258,40 +247,37 @@ fn check_name(name: &str) -> Result<(), IdentityError> {
     if ok { Ok(()) } else { Err(IdentityError::BadName(name.to_owned())) }
 }
 
-fn roles_from(json: String) -> Vec<String> {
+pub(crate) fn roles_from(json: String) -> Vec<String> {
     serde_json::from_str(&json).unwrap_or_default()
 }
 
 impl IdentityStore {
     /// Opens (creating) `identity.db` in `dir`.
     pub fn open(dir: &Path) -> Result<IdentityStore, IdentityError> {
-        let path = dir.join("identity.db");
-        let err = |source| IdentityError::Db { path: path.clone(), source };
-        let schema = format!("{SCHEMA}{}", crate::sqlite::generation_schema(GENERATION_TABLES));
-        let db = crate::sqlite::open(&path, false, &schema).map_err(err)?;
-        Ok(IdentityStore { path, db: Mutex::new(db), cache: Mutex::default() })
+        let backend = sqlite::SqliteIdentities::open(dir)?;
+        Ok(IdentityStore { backend: RwLock::new(Arc::new(backend)) })
     }
 
-    /// The cache, emptied first if `identity.db` changed since it was
-    /// filled; one query. The cache lock is taken under the database lock
-    /// so a fill cannot interleave with a change being noticed.
-    fn with_cache<T>(
-        &self,
-        f: impl FnOnce(&Connection, &mut IdentityCache) -> rusqlite::Result<T>,
-    ) -> Result<T, IdentityError> {
-        self.with_db(|db| {
-            let generation = crate::sqlite::generation(db)?;
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.generation != generation {
-                *cache = IdentityCache { generation, ..Default::default() };
-            }
-            f(db, &mut cache)
-        })
+    /// From now on, identities are `backend`'s (a cluster's database):
+    /// users, tokens, devices and sessions in the state directory's file
+    /// are no longer seen.
+    pub fn use_backend(&self, backend: Arc<dyn IdentityBackend>) {
+        tracing::info!(store = %backend.name(), "identities come from a shared store");
+        *self.backend.write().unwrap_or_else(|p| p.into_inner()) = backend;
     }
 
-    fn with_db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, IdentityError> {
-        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        f(&db).map_err(|source| IdentityError::Db { path: self.path.clone(), source })
+    /// Where identities are kept, as errors name it.
+    pub fn store_name(&self) -> String {
+        self.backend().name()
+    }
+
+    /// Whether several machines use the same identities.
+    pub fn is_shared(&self) -> bool {
+        self.backend().shared()
+    }
+
+    fn backend(&self) -> Arc<dyn IdentityBackend> {
+        self.backend.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     // --- users ---
@@ -300,69 +286,34 @@ impl IdentityStore {
     pub fn add_user(&self, name: &str, roles: &[String], password: Option<&str>) -> Result<User, IdentityError> {
         check_name(name)?;
         let hash = password.map(hash_password).transpose()?;
-        let created = now_ms();
-        let roles_json = serde_json::to_string(roles).unwrap_or_else(|_| "[]".into());
-        let inserted = self.with_db(|db| {
-            db.execute(
-                "INSERT OR IGNORE INTO users (name, password_hash, roles, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![name, hash, roles_json, created as i64],
-            )
-        })?;
-        if inserted == 0 {
+        let user = User {
+            name: name.to_owned(),
+            roles: roles.to_vec(),
+            has_password: hash.is_some(),
+            created_at_ms: now_ms(),
+        };
+        if !self.backend().insert_user(&user, hash.as_deref())? {
             return Err(IdentityError::UserExists(name.to_owned()));
         }
-        Ok(User { name: name.to_owned(), roles: roles.to_vec(), has_password: hash.is_some(), created_at_ms: created })
+        Ok(user)
     }
 
     /// One user.
     pub fn user(&self, name: &str) -> Result<User, IdentityError> {
-        self.with_db(|db| {
-            db.query_row(
-                "SELECT name, roles, password_hash IS NOT NULL, created_at_ms FROM users WHERE name = ?1",
-                [name],
-                |r| {
-                    Ok(User {
-                        name: r.get(0)?,
-                        roles: roles_from(r.get(1)?),
-                        has_password: r.get(2)?,
-                        created_at_ms: r.get::<_, i64>(3)? as u64,
-                    })
-                },
-            )
-            .optional()
-        })?
-        .ok_or_else(|| IdentityError::NoSuchUser(name.to_owned()))
+        self.backend().user(name)?.ok_or_else(|| IdentityError::NoSuchUser(name.to_owned()))
     }
 
     /// Every user.
     pub fn users(&self) -> Result<Vec<User>, IdentityError> {
-        self.with_db(|db| {
-            let mut stmt =
-                db.prepare("SELECT name, roles, password_hash IS NOT NULL, created_at_ms FROM users ORDER BY name")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(User {
-                    name: r.get(0)?,
-                    roles: roles_from(r.get(1)?),
-                    has_password: r.get(2)?,
-                    created_at_ms: r.get::<_, i64>(3)? as u64,
-                })
-            })?;
-            rows.collect()
-        })
+        self.backend().users()
     }
 
     /// Checks a password. Unknown users cost the same hashing work as known
     /// ones, so timing does not reveal which names exist.
     pub fn verify_password(&self, name: &str, password: &str) -> Result<User, IdentityError> {
-        let stored: Option<Option<String>> = self.with_db(|db| {
-            db.query_row("SELECT password_hash FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()
-        })?;
-        let hash = match stored.flatten() {
-            Some(h) => h,
-            None => {
-                let _ = hash_password(password);
-                return Err(IdentityError::BadCredentials);
-            }
+        let Some(hash) = self.backend().password_hash(name)? else {
+            let _ = hash_password(password);
+            return Err(IdentityError::BadCredentials);
         };
         let parsed = PasswordHash::new(&hash).map_err(|_| IdentityError::BadCredentials)?;
         Argon2::default().verify_password(password.as_bytes(), &parsed).map_err(|_| IdentityError::BadCredentials)?;
@@ -378,17 +329,12 @@ impl IdentityStore {
         let id = format!("cct_{}", random_hex(6)?);
         let token = format!("{id}_{}", random_hex(32)?);
         let created = now_ms();
-        // A lifetime past what SQLite stores is "as far as it can go".
+        // A lifetime past what the store holds is "as far as it can go".
         let expires =
             ttl.map(|t| created.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)).min(i64::MAX as u64));
-        self.with_db(|db| {
-            db.execute(
-                "INSERT INTO api_tokens (id, user, secret_hash, created_at_ms, expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, user, sha256_hex(&token), created as i64, expires.map(|e| e as i64)],
-            )
-        })?;
         let record =
             ApiToken { id, user: user.to_owned(), created_at_ms: created, expires_at_ms: expires, revoked_at_ms: None };
+        self.backend().insert_token(&record, &sha256_hex(&token))?;
         Ok((record, token))
     }
 
@@ -401,17 +347,9 @@ impl IdentityStore {
     /// [`IdentityStore::verify_token`], with when the token expires (ms
     /// since the epoch), if it does: a session it starts ends no later.
     pub fn verify_token_until(&self, user: &str, token: &str) -> Result<(User, Option<u64>), IdentityError> {
-        let row: Option<(String, Option<i64>, Option<i64>)> = self.with_db(|db| {
-            db.query_row(
-                "SELECT user, expires_at_ms, revoked_at_ms FROM api_tokens WHERE secret_hash = ?1",
-                [sha256_hex(token)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-        })?;
-        match row {
-            Some((owner, expires, None)) if owner == user && expires.is_none_or(|e| (e as u64) > now_ms()) => {
-                Ok((self.user(user)?, expires.map(|e| e as u64)))
+        match self.backend().token_by_hash(&sha256_hex(token))? {
+            Some(t) if t.user == user && t.revoked_at_ms.is_none() && t.expires_at_ms.is_none_or(|e| e > now_ms()) => {
+                Ok((self.user(user)?, t.expires_at_ms))
             }
             _ => Err(IdentityError::BadCredentials),
         }
@@ -419,13 +357,7 @@ impl IdentityStore {
 
     /// Revokes an API token by id.
     pub fn revoke_token(&self, id: &str) -> Result<(), IdentityError> {
-        let n = self.with_db(|db| {
-            db.execute(
-                "UPDATE api_tokens SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
-                params![id, now_ms() as i64],
-            )
-        })?;
-        if n == 0 { Err(IdentityError::NoSuchToken(id.to_owned())) } else { Ok(()) }
+        if self.backend().revoke_token(id, now_ms())? { Ok(()) } else { Err(IdentityError::NoSuchToken(id.to_owned())) }
     }
 
     // --- devices ---
@@ -439,48 +371,32 @@ impl IdentityStore {
         public_key: &str,
         local: bool,
     ) -> Result<Device, IdentityError> {
-        self.with_db(|db| {
-            db.execute(
-                "INSERT OR IGNORE INTO devices (id, name, public_key, trust, local, created_at_ms)
-                 VALUES (?1, ?2, ?3, 'untrusted', ?4, ?5)",
-                params![id, name, public_key, local, now_ms() as i64],
-            )
-        })?;
+        let device = Device {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            public_key: public_key.to_owned(),
+            trust: TrustLevel::Untrusted,
+            local,
+            created_at_ms: now_ms(),
+        };
+        self.backend().insert_device(&device)?;
         self.device(id)
     }
 
     /// One device.
     pub fn device(&self, id: &str) -> Result<Device, IdentityError> {
-        self.with_cache(|db, cache| {
-            if let Some(d) = cache.devices.get(id) {
-                return Ok(Some(d.clone()));
-            }
-            let device = db
-                .prepare_cached("SELECT id, name, public_key, trust, local, created_at_ms FROM devices WHERE id = ?1")?
-                .query_row([id], device_row)
-                .optional()?;
-            if let Some(d) = &device {
-                insert_bounded(&mut cache.devices, id.to_owned(), d.clone());
-            }
-            Ok(device)
-        })?
-        .ok_or_else(|| IdentityError::NoSuchDevice(id.to_owned()))
+        self.backend().device(id)?.ok_or_else(|| IdentityError::NoSuchDevice(id.to_owned()))
     }
 
     /// Every device.
     pub fn devices(&self) -> Result<Vec<Device>, IdentityError> {
-        self.with_db(|db| {
-            let mut stmt =
-                db.prepare("SELECT id, name, public_key, trust, local, created_at_ms FROM devices ORDER BY id")?;
-            let rows = stmt.query_map([], device_row)?;
-            rows.collect()
-        })
+        self.backend().devices()
     }
 
     /// Sets a device's trust level; returns the previous one.
     pub fn set_device_trust(&self, id: &str, level: TrustLevel) -> Result<TrustLevel, IdentityError> {
         let before = self.device(id)?.trust;
-        self.with_db(|db| db.execute("UPDATE devices SET trust = ?2 WHERE id = ?1", params![id, level.as_str()]))?;
+        self.backend().set_device_trust(id, level)?;
         Ok(before)
     }
 
@@ -498,7 +414,6 @@ impl IdentityStore {
     ) -> Result<(Session, String), IdentityError> {
         let id = format!("ses_{}", random_hex(8)?);
         let token = format!("ccs_{}", random_hex(32)?);
-        let created = now_ms();
         let session = Session {
             id,
             user: user.to_owned(),
@@ -506,27 +421,11 @@ impl IdentityStore {
             roles: roles.to_vec(),
             scope: scope.map(Path::to_path_buf),
             method: method.to_owned(),
-            created_at_ms: created,
+            created_at_ms: now_ms(),
             expires_at_ms,
             revoked_at_ms: None,
         };
-        self.with_db(|db| {
-            db.execute(
-                "INSERT INTO sessions (id, token_hash, user, device, roles, scope, method, created_at_ms, expires_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    session.id,
-                    sha256_hex(&token),
-                    session.user,
-                    session.device,
-                    serde_json::to_string(&session.roles).unwrap_or_else(|_| "[]".into()),
-                    session.scope.as_ref().map(|p| p.to_string_lossy().into_owned()),
-                    session.method,
-                    created as i64,
-                    session.expires_at_ms as i64,
-                ],
-            )
-        })?;
+        self.backend().insert_session(&session, &sha256_hex(&token))?;
         Ok((session, token))
     }
 
@@ -535,91 +434,24 @@ impl IdentityStore {
     /// the decision function refuses them again for embedders that build a
     /// `Subject` themselves).
     pub fn session_by_token(&self, token: &str) -> Result<Session, IdentityError> {
-        let hash = sha256_hex(token);
-        self.with_cache(|db, cache| {
-            if let Some(s) = cache.by_token.get(&hash).and_then(|id| cache.sessions.get(id)) {
-                return Ok(Some(s.clone()));
-            }
-            let session = db
-                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"))?
-                .query_row([&hash], session_row)
-                .optional()?;
-            if let Some(s) = &session {
-                insert_bounded(&mut cache.by_token, hash, s.id.clone());
-                insert_bounded(&mut cache.sessions, s.id.clone(), s.clone());
-            }
-            Ok(session)
-        })?
-        .ok_or(IdentityError::UnknownSession)
+        self.backend().session_by_token_hash(&sha256_hex(token))?.ok_or(IdentityError::UnknownSession)
     }
 
     /// Every session, newest first.
     pub fn sessions(&self) -> Result<Vec<Session>, IdentityError> {
-        self.with_db(|db| {
-            let mut stmt =
-                db.prepare(&format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at_ms DESC, id"))?;
-            let rows = stmt.query_map([], session_row)?;
-            rows.collect()
-        })
+        self.backend().sessions()
     }
 
     /// One session by id.
     pub fn session(&self, id: &str) -> Result<Session, IdentityError> {
-        self.with_cache(|db, cache| {
-            if let Some(s) = cache.sessions.get(id) {
-                return Ok(Some(s.clone()));
-            }
-            let session = db
-                .prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"))?
-                .query_row([id], session_row)
-                .optional()?;
-            if let Some(s) = &session {
-                insert_bounded(&mut cache.sessions, id.to_owned(), s.clone());
-            }
-            Ok(session)
-        })?
-        .ok_or_else(|| IdentityError::NoSuchSession(id.to_owned()))
+        self.backend().session(id)?.ok_or_else(|| IdentityError::NoSuchSession(id.to_owned()))
     }
 
     /// Revokes a session by id (revoking it again keeps the first time).
     pub fn revoke_session(&self, id: &str) -> Result<Session, IdentityError> {
-        self.with_db(|db| {
-            db.execute(
-                "UPDATE sessions SET revoked_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
-                params![id, now_ms() as i64],
-            )
-        })?;
+        self.backend().revoke_session(id, now_ms())?;
         self.session(id)
     }
-}
-
-const SESSION_COLUMNS: &str = "id, user, device, roles, scope, method, created_at_ms, expires_at_ms, revoked_at_ms";
-
-fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        id: r.get(0)?,
-        user: r.get(1)?,
-        device: r.get(2)?,
-        roles: roles_from(r.get(3)?),
-        scope: r.get::<_, Option<String>>(4)?.map(PathBuf::from),
-        method: r.get(5)?,
-        created_at_ms: r.get::<_, i64>(6)? as u64,
-        expires_at_ms: r.get::<_, i64>(7)? as u64,
-        revoked_at_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-    })
-}
-
-fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
-    let trust: String = r.get(3)?;
-    Ok(Device {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        public_key: r.get(2)?,
-        // A value edited into something unknown counts as the lowest level.
-        trust: TrustLevel::parse(&trust).unwrap_or(TrustLevel::Untrusted),
-        local: r.get(4)?,
-        created_at_ms: r.get::<_, i64>(5)? as u64,
-    })
 }
 
 fn hash_password(password: &str) -> Result<String, IdentityError> {

@@ -21,7 +21,7 @@
 
 use crate::audit::{AuditEvent, AuditResult};
 use crate::home::Home;
-use crate::identity::{Device, IdentityError, IdentityStore};
+use crate::identity::{Device, IdentityBackend, IdentityError, IdentityStore};
 pub use crate::install::{InstallGate, InstallGates, Installed};
 use crate::oidc::{OidcError, OidcVerifier};
 pub use crate::policy_files::{PolicySet, PolicySource};
@@ -211,6 +211,22 @@ impl Security {
         let mut oidc = self.oidc.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let ident = &set.config.identity;
         *oidc = oidc.reconfigured(ident.oidc.clone(), ident.providers.clone());
+    }
+
+    /// From now on, users, tokens, devices and sessions are `shared`'s (a
+    /// cluster's database): a session opened on any node is valid on every
+    /// node, and revoked on all at once. This machine's device is
+    /// registered there (its trust there is the cluster's).
+    pub fn share_identities(&self, shared: Arc<dyn IdentityBackend>) -> Result<(), SecurityError> {
+        self.identity.use_backend(shared);
+        let d = &self.local_device;
+        self.identity.register_device(&d.id, &d.name, &d.public_key, true)?;
+        Ok(())
+    }
+
+    /// Whether identities are a cluster's (see [`Security::share_identities`]).
+    pub fn shares_identities(&self) -> bool {
+        self.identity.is_shared()
     }
 
     /// The raw identity store. Reads and writes here skip the permission

@@ -977,9 +977,11 @@ impl Inner {
     }
 
     /// Queues the record of a task's outcome; the future resolves once it
-    /// is on disk.
+    /// is on disk. Nothing to do when the store records outcomes itself.
     pub(crate) fn audit_outcome(&self, t: &TaskState) -> BoxFuture<()> {
-        let Some(audit) = &self.audit else { return Box::pin(std::future::ready(())) };
+        let Some(audit) = self.audit.as_ref().filter(|_| !self.store.records_outcomes()) else {
+            return Box::pin(std::future::ready(()));
+        };
         // Already reported by the hook; the outcome was stored before.
         let record = audit(outcome_event(t, t.status, t.error.as_ref()));
         Box::pin(async move {
@@ -1103,7 +1105,9 @@ impl Inner {
     /// it is no longer live or already final (cancelled meanwhile); from
     /// here on the task is finishing and a cancel no longer applies.
     fn outcome_record(&self, id: &str, outcome: &Result<Value, TaskFailure>) -> Option<BoxFuture<Result<(), String>>> {
-        let audit = self.audit.as_ref()?;
+        // A store that records outcomes does so in the transaction that
+        // stores them: nothing to wait for here.
+        let audit = self.audit.as_ref().filter(|_| !self.store.records_outcomes())?;
         let (status, error) = match outcome {
             Ok(_) => (TaskStatus::Completed, None),
             Err(error) => (TaskStatus::Failed, Some(error)),
@@ -1119,7 +1123,7 @@ impl Inner {
 }
 
 /// The record of task `t` ending `status` (with `error`).
-fn outcome_event(t: &TaskState, status: TaskStatus, error: Option<&TaskFailure>) -> AuditEvent {
+pub(crate) fn outcome_event(t: &TaskState, status: TaskStatus, error: Option<&TaskFailure>) -> AuditEvent {
     let result = match status {
         TaskStatus::Completed => AuditResult::Allowed,
         _ => AuditResult::Error,

@@ -125,6 +125,18 @@ impl From<EngineError> for RuntimeError {
 
 impl From<SecurityError> for RuntimeError {
     fn from(e: SecurityError) -> Self {
+        use coderclaw_security::audit::AuditError;
+        use coderclaw_security::identity::IdentityError;
+        // A cluster's database out of reach: nothing was done, and a
+        // later attempt may succeed.
+        if matches!(
+            &e,
+            SecurityError::Audit(AuditError::Store { .. }) | SecurityError::Identity(IdentityError::Store { .. })
+        ) {
+            let mut error = RuntimeError::new(ErrorCode::Unavailable, e.to_string());
+            error.retry_after_secs = Some(5);
+            return error;
+        }
         let code = match &e {
             SecurityError::Denied(_)
             | SecurityError::InstallRefused { .. }

@@ -3,7 +3,8 @@
 //! scenarios run across two nodes in `tasks::cluster`; the multi-process
 //! faults (kill -9, SIGSTOP) are in the CLI tests (`cli/tests/cluster.rs`).
 
-use crate::tasks::{Store, TEST_LEASE, fixture_on_cluster, service_on_store};
+use crate::tasks::{Store, TEST_LEASE, fixture_on, fixture_on_cluster, service_on_store};
+use coderclaw::audit::{AuditError, AuditSigning};
 use coderclaw::tasks::store::{ClusterStore, Lease, PgTaskStore, StoredTask, Write};
 use coderclaw::tasks::{CoderClawRuntime, EngineConfig, LocalTransport, TaskService, TaskStore};
 use coderclaw_core::task::{
@@ -36,6 +37,27 @@ async fn not_ended_once(db: &tokio_postgres::Client) -> Vec<(String, i64)> {
     .collect()
 }
 
+/// Final tasks whose outcome is not recorded in the cluster's audit log
+/// exactly once, as the status it ended in (`task.completed`, ...), with
+/// what the log holds for them.
+pub(crate) async fn outcomes_not_recorded_once(db: &tokio_postgres::Client) -> Vec<(String, String, Vec<String>)> {
+    db.query(
+        "SELECT t.id, t.status, ARRAY(SELECT a.action FROM audit a WHERE a.resource_type = 'task'
+                AND a.resource_id = t.id AND a.action IN ('task.completed', 'task.failed', 'task.cancelled')
+                ORDER BY a.seq)
+         FROM tasks t WHERE t.status IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .filter(|(_, status, actions): &(String, String, Vec<String>)| {
+        *actions != [format!("task.{}", status.to_ascii_lowercase())]
+    })
+    .collect()
+}
+
 fn local(service: &Arc<TaskService>) -> CoderClawRuntime<LocalTransport> {
     CoderClawRuntime::new(LocalTransport::new(service.clone(), None))
 }
@@ -65,6 +87,7 @@ async fn both_nodes_claim_from_one_queue_and_each_task_ends_once() {
     assert_eq!(by_node.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b"], "{by_node:?}");
     assert!(by_node.iter().all(|(_, n)| *n > 0), "{by_node:?}");
     assert_eq!(not_ended_once(&db).await, vec![]);
+    assert_eq!(outcomes_not_recorded_once(&db).await, vec![]);
 }
 
 /// Sessions take turns across the cluster: a session that queued 6 tasks
@@ -156,9 +179,11 @@ async fn a_late_write_from_a_node_that_lost_its_lease_is_fenced() {
     let fenced = Arc::new(Mutex::new(Vec::new()));
     let seen = fenced.clone();
     let on_commit = Arc::new(move |_: Vec<TaskUpdateEvent>, f: Vec<String>| seen.lock().unwrap().extend(f));
-    let a = PgTaskStore::open_cluster(&pg.url(), "a", TEST_LEASE, on_commit).unwrap();
-    let b = PgTaskStore::open_cluster(&pg.url(), "b", TEST_LEASE, Arc::new(|_, _| {})).unwrap();
-    let refused = PgTaskStore::open_cluster(&pg.url(), "a", TEST_LEASE, Arc::new(|_, _| {})).unwrap();
+    let a = PgTaskStore::open_cluster(&pg.url(), "a", TEST_LEASE, AuditSigning::default(), on_commit).unwrap();
+    let b =
+        PgTaskStore::open_cluster(&pg.url(), "b", TEST_LEASE, AuditSigning::default(), Arc::new(|_, _| {})).unwrap();
+    let refused =
+        PgTaskStore::open_cluster(&pg.url(), "a", TEST_LEASE, AuditSigning::default(), Arc::new(|_, _| {})).unwrap();
     a.join(4).unwrap();
     b.join(4).unwrap();
     let e = ClusterStore::join(&*refused, 4).unwrap_err().to_string();
@@ -221,6 +246,16 @@ async fn a_late_write_from_a_node_that_lost_its_lease_is_fenced() {
         (TaskEventKind::Status, TaskStatus::Failed),
     ];
     assert_eq!(kinds, expected, "nothing from a after it lost the task");
+    // The outcome recorded is the reclaim's, in its transaction; a's
+    // fenced completion recorded nothing.
+    let recorded: Vec<String> = db
+        .query("SELECT action FROM audit WHERE resource_id = 't1' ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(recorded, ["task.failed"]);
     assert!(!a.heartbeat().await.unwrap(), "a learns it was declared lost");
     assert_eq!(a.join(4).unwrap().len(), 0, "and joins again, holding nothing");
     assert!(a.heartbeat().await.unwrap());
@@ -289,6 +324,7 @@ async fn a_lost_nodes_tasks_are_reclaimed_by_the_rules_within_two_leases() {
     let cancelled = watcher.wait(&spinning.id, |_| {}).await.unwrap();
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     assert_eq!(not_ended_once(&db).await, vec![]);
+    assert_eq!(outcomes_not_recorded_once(&db).await, vec![]);
 }
 
 /// A node shutting down hands its running resumable task to the others at
@@ -379,4 +415,155 @@ async fn a_task_a_node_holds_but_does_not_run_is_given_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(rt.get_task_state(&queued.id).await.unwrap().unwrap().status, TaskStatus::Pending, "back in the queue");
+}
+
+/// Two nodes with state directories (and device keys) of their own append
+/// to one audit chain in the database while they run tasks: it verifies
+/// whole, its checkpoints signed by both keys, each task's outcome in it
+/// once; a record edited or deleted in the database is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_keeps_one_audit_chain_and_an_edited_record_is_named() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let config = EngineConfig { max_concurrent_tasks: 4, ..Default::default() };
+    let a = fixture_on(config.clone(), "", Some(Store::Cluster(&url, "a", TEST_LEASE)));
+    let b = fixture_on(config, "", Some(Store::Cluster(&url, "b", TEST_LEASE)));
+    assert!(a.home.audit().is_shared() && b.home.audit().is_shared());
+    let (on_a, on_b) = (local(&a.service), local(&b.service));
+    let mut submitting = Vec::new();
+    for i in 0..60 {
+        let rt = if i % 2 == 0 { &on_a } else { &on_b };
+        submitting.push(rt.submit_task(TaskSubmitRequest::skill("team/echo", json!({ "i": i }))));
+    }
+    let ids: Vec<String> =
+        futures_util::future::join_all(submitting).await.into_iter().map(|t| t.unwrap().id).collect();
+    // One cancelled through b, wherever it runs.
+    let asking = on_a.submit_task(TaskSubmitRequest::skill("team/asker", json!({ "ask": "ok?" }))).await.unwrap();
+    assert!(on_b.cancel_task(&asking.id).await.unwrap());
+    for id in &ids {
+        assert_eq!(on_a.wait(id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+    }
+    assert_eq!(on_a.wait(&asking.id, |_| {}).await.unwrap().status, TaskStatus::Cancelled);
+    // Each node signs a checkpoint of the chain as it stands.
+    let head_a = a.home.audit().checkpoint().unwrap().unwrap();
+    let head_b = b.home.audit().checkpoint().unwrap().unwrap();
+    assert!(head_b.seq > head_a.seq, "one chain: b's head {} follows a's {}", head_b.seq, head_a.seq);
+    let db = sql(&url).await;
+    assert_eq!(outcomes_not_recorded_once(&db).await, vec![]);
+
+    let report = a.home.audit().verify_against(&[], None).unwrap();
+    assert!(report.records >= 61, "{report:?}");
+    assert_eq!(report.signers.len(), 2, "both nodes' keys sign: {report:?}");
+    assert!(report.signed_by(&head_a.device) && report.signed_by(&head_b.device), "{report:?}");
+    // From b's side too, and heads it witnessed match.
+    let witnessed = vec![("a".to_owned(), head_a.clone()), ("b".to_owned(), head_b.clone())];
+    let from_b = b.home.audit().verify_against(&witnessed, Some(&head_b.device)).unwrap();
+    assert_eq!(from_b.witnessed.len(), 2, "{from_b:?}");
+
+    // Edited in the database: named.
+    db.execute("UPDATE audit SET reason = 'nothing happened' WHERE seq = 7", &[]).await.unwrap();
+    match a.home.audit().verify() {
+        Err(AuditError::Broken { seq: 7, problem }) => assert!(problem.contains("do not match its hash"), "{problem}"),
+        other => panic!("an edited record went unnoticed: {other:?}"),
+    }
+    // Rewritten with its hash recomputed: the next record's link breaks.
+    let mut seventh = a.home.audit().query(&Default::default()).unwrap().remove(6);
+    seventh.reason = "nothing happened".into();
+    db.execute("UPDATE audit SET hash = $1 WHERE seq = 7", &[&seventh.computed_hash()]).await.unwrap();
+    match a.home.audit().verify() {
+        Err(AuditError::Broken { seq: 8, problem }) => assert!(problem.contains("link"), "{problem}"),
+        other => panic!("a rewritten record went unnoticed: {other:?}"),
+    }
+    // Deleted: the gap is named.
+    db.execute("DELETE FROM audit WHERE seq = 7", &[]).await.unwrap();
+    match a.home.audit().verify() {
+        Err(AuditError::Broken { seq: 7, problem }) => assert!(problem.contains("record 7 is missing"), "{problem}"),
+        other => panic!("a deleted record went unnoticed: {other:?}"),
+    }
+}
+
+/// Trust is the cluster's: a key trusted on node a reaches node b (and a
+/// node joining later) with its record in the cluster's audit log; a key
+/// revoked on node b is refused on node a from then on; a refused change
+/// publishes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_changed_on_one_node_applies_on_every_node() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let a = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "a", TEST_LEASE)));
+    let b = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "b", TEST_LEASE)));
+    let db = sql(&url).await;
+    let acme = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: acme--------").public();
+    a.home.trust_add("acme", &acme).unwrap();
+    let reached = Instant::now();
+    while !b.home.trust_list().unwrap().iter().any(|e| e.key_id == acme.id().as_str() && e.namespaces == ["acme"]) {
+        assert!(reached.elapsed() < Duration::from_secs(5), "the key trusted on a never reached b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recorded: Vec<(String, String)> = db
+        .query("SELECT action, resource_id FROM audit WHERE action LIKE 'trust.%' ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(recorded, [("trust.add".to_owned(), acme.id().to_string())]);
+    // Refused: nothing published.
+    assert!(a.home.trust_add("Not A Namespace!", &acme).is_err());
+    let published: i64 = db.query_one("SELECT COUNT(*) FROM cluster_trust", &[]).await.unwrap().get(0);
+    assert_eq!(published, 1);
+
+    // The team key (trusted on each node before it joined) revoked on b:
+    // node a refuses the skills it signed from then on.
+    let on_a = local(&a.service);
+    let before = on_a.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
+    assert_eq!(on_a.wait(&before.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
+    let team = b.home.trust_list().unwrap().into_iter().find(|e| e.namespaces == ["team"]).unwrap();
+    b.home.trust_revoke(&team.key_id).unwrap();
+    let revoked = Instant::now();
+    while a.home.trust_list().unwrap().iter().any(|e| e.key_id == team.key_id && e.revoked_at.is_none()) {
+        assert!(revoked.elapsed() < Duration::from_secs(5), "the key revoked on b is still trusted on a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = on_a.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await;
+    let refused = match after {
+        Ok(t) => on_a.wait(&t.id, |_| {}).await.unwrap().error.map(|e| e.message).unwrap_or_default(),
+        Err(e) => e.message,
+    };
+    assert!(refused.contains("revoked"), "a skill signed by the revoked key still runs on a: {refused}");
+
+    // A node joining later starts with the cluster's trust.
+    let c = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "c", TEST_LEASE)));
+    let trust = c.home.trust_list().unwrap();
+    assert!(trust.iter().any(|e| e.key_id == acme.id().as_str() && e.revoked_at.is_none()), "{trust:?}");
+    assert!(trust.iter().any(|e| e.key_id == team.key_id && e.revoked_at.is_some()), "{trust:?}");
+    assert_eq!(a.home.audit().verify().unwrap(), b.home.audit().verify().unwrap(), "one chain");
+}
+
+/// Users and sessions are the cluster's: a session opened on node a
+/// works on node b, and once revoked through b it is refused on a at the
+/// next request; neither node's state directory holds the user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_opened_on_one_node_is_valid_and_revoked_on_every_node() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let a = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "a", TEST_LEASE)));
+    let b = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "b", TEST_LEASE)));
+    let token = a.login("alice", &["developer"]);
+    let on_b = CoderClawRuntime::new(LocalTransport::new(b.service.clone(), Some(token.clone())));
+    let task = on_b.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
+    assert_eq!(on_b.wait(&task.id, |_| {}).await.unwrap().user, "alice");
+    // Only in the database: a state directory's identity.db never saw her.
+    for f in [&a, &b] {
+        let local = coderclaw::identity::IdentityStore::open(f.home.root()).unwrap();
+        assert!(local.user("alice").is_err(), "a user of the cluster is in a node's state directory");
+    }
+    let security = b.service.security();
+    let session = security.dangerous_identity_store().session_by_token(&token).unwrap();
+    security.dangerous_identity_store().revoke_session(&session.id).unwrap();
+    let on_a = CoderClawRuntime::new(LocalTransport::new(a.service.clone(), Some(token)));
+    let refused = on_a.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap_err();
+    assert_eq!(refused.code, coderclaw::tasks::ErrorCode::Unauthenticated, "{refused:?}");
+    // Both nodes' devices are the cluster's.
+    assert!(security.dangerous_identity_store().devices().unwrap().len() >= 2);
 }

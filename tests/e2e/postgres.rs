@@ -41,6 +41,13 @@ async fn postgres_restarted_under_a_loaded_cluster_loses_no_acknowledged_task() 
         .unwrap()
         .get(0);
     assert_eq!(twice, 0, "a task completed twice");
+    // Appends cut off by the restart were made again, once: each outcome
+    // is recorded once, and the chain is whole.
+    assert_eq!(crate::cluster::outcomes_not_recorded_once(&db).await, vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let reader = coderclaw::home::Home::open(dir.path()).unwrap();
+    reader.audit().use_store(coderclaw::tasks::store::PgSharedState::open(&pg.url()).unwrap());
+    assert!(reader.audit().verify().unwrap() > 150);
 }
 
 async fn restarted_under_load(pg: &Postgres, h: Harness) {

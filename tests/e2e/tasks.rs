@@ -128,7 +128,7 @@ pub(crate) enum Store<'a> {
     Cluster(&'a str, &'a str, Duration),
 }
 
-fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<Store>) -> Fixture {
+pub(crate) fn fixture_on(config: EngineConfig, extra: &str, postgres: Option<Store>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let workspace = tempfile::tempdir().unwrap();
     std::fs::create_dir(workspace.path().join(".coderClaw")).unwrap();

@@ -14,7 +14,7 @@ mod postgres;
 mod sqlite;
 
 pub use cluster::{ClusterStatus, ClusterStore, Command, NodeStatus, Notice, Reclaimed};
-pub use postgres::{PgTaskStore, SCHEMA_VERSION as PG_SCHEMA_VERSION, cluster_status, redact_url};
+pub use postgres::{PgSharedState, PgTaskStore, SCHEMA_VERSION as PG_SCHEMA_VERSION, cluster_status, redact_url};
 pub(crate) use sqlite::SqliteTaskStore;
 
 use coderclaw_core::task::{TaskFilter, TaskState, TaskUpdateEvent};
@@ -177,6 +177,12 @@ pub trait TaskStore: Send + Sync {
     /// The cluster this store is shared in, if any.
     fn cluster(&self) -> Option<&dyn ClusterStore> {
         None
+    }
+    /// Whether the store records each task's outcome in the audit log
+    /// itself, in the transaction that stores the final state (a
+    /// cluster's); otherwise the engine records it before storing it.
+    fn records_outcomes(&self) -> bool {
+        false
     }
 }
 

@@ -11,6 +11,7 @@
 //! statement) are refused from then on. Times are the database's clock:
 //! nodes' clocks may disagree.
 
+use super::audit::{AuditSql, record_outcomes};
 use super::{
     CHANNEL, COLUMNS, Conn, PgTaskStore, UNAVAILABLE_AFTER, UPSERT_ROW, add_event, connect, describe, events_payload,
     read_task, reconnect_until, redact_url, rows, upsert_row,
@@ -18,8 +19,10 @@ use super::{
 use crate::store::{
     ClusterStatus, ClusterStore, Command, Lease, NodeStatus, Notice, Reclaimed, StoreError, StoredTask,
 };
+use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::clock::now_ms;
 use coderclaw_core::task::{FailureCode, TaskEventKind, TaskFailure, TaskState, TaskStatus, TaskUpdateEvent};
+use coderclaw_security::audit::AuditSigning;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use std::sync::Mutex;
@@ -45,6 +48,8 @@ const CLAIM_SESSIONS: i64 = 1000;
 pub(crate) struct PgCluster {
     node: String,
     lease: Duration,
+    /// Signs the checkpoints of the outcomes reclaims record.
+    signing: AuditSigning,
     jobs: mpsc::UnboundedSender<ClusterJob>,
     notices: Mutex<Option<mpsc::UnboundedReceiver<Notice>>>,
     /// This run's incarnation of the node name (0 before joining).
@@ -55,10 +60,11 @@ impl PgCluster {
     pub(super) fn new(
         node: String,
         lease: Duration,
+        signing: AuditSigning,
         jobs: mpsc::UnboundedSender<ClusterJob>,
         notices: mpsc::UnboundedReceiver<Notice>,
     ) -> Self {
-        PgCluster { node, lease, jobs, notices: Mutex::new(Some(notices)), incarnation: AtomicI64::new(0) }
+        PgCluster { node, lease, signing, jobs, notices: Mutex::new(Some(notices)), incarnation: AtomicI64::new(0) }
     }
 }
 
@@ -316,14 +322,17 @@ const LOST: &str = "was lost (its lease ran out)";
 const UNTRACKED: &str = "lost track of the task (it held the task but did not run it)";
 
 /// Reclaims the `locked` rows (`COLUMNS`, locked by `tx`) from their node,
-/// which `what` (its lease ran out, or it lost track of them), and
-/// notifies the cluster of them.
+/// which `what` (its lease ran out, or it lost track of them), records
+/// the outcomes of those that end in the audit log, and notifies the
+/// cluster of them. The caller witnesses the heads returned once `tx` is
+/// committed.
 async fn reclaim_rows(
     tx: &tokio_postgres::Transaction<'_>,
     locked: Vec<tokio_postgres::Row>,
     me: &str,
     what: &str,
-) -> Result<Vec<Reclaimed>, tokio_postgres::Error> {
+    signing: &AuditSigning,
+) -> Result<(Vec<Reclaimed>, Vec<SignedHead>), tokio_postgres::Error> {
     let upsert = tx.prepare(UPSERT_ROW).await?;
     let insert_event = tx.prepare(super::INSERT_EVENT).await?;
     let mut done = Vec::new();
@@ -340,6 +349,12 @@ async fn reclaim_rows(
         let from = held.lease.node.clone().unwrap_or_default();
         done.push(reclaim_one(tx, &upsert, &insert_event, held, &from, what).await?);
     }
+    let finished: Vec<&TaskState> = done.iter().map(|r| &r.task.state).filter(|t| t.status.is_terminal()).collect();
+    let mut heads = Vec::new();
+    if !finished.is_empty() {
+        let sql = AuditSql::in_tx(tx).await?;
+        heads = record_outcomes(tx, &sql, &finished, signing).await?.heads;
+    }
     if !done.is_empty() {
         tx.execute("SELECT pg_notify($1, 'work')", &[&CHANNEL]).await?;
         let ids: Vec<&str> = done.iter().filter(|r| !r.events.is_empty()).map(|r| r.task.state.id.as_str()).collect();
@@ -347,7 +362,7 @@ async fn reclaim_rows(
             tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &events_payload(me, &ids)]).await?;
         }
     }
-    Ok(done)
+    Ok((done, heads))
 }
 
 impl ClusterStore for PgTaskStore {
@@ -361,7 +376,7 @@ impl ClusterStore for PgTaskStore {
 
     fn join(&self, max_concurrent_tasks: u32) -> Result<Vec<Reclaimed>, StoreError> {
         let side = self.cluster_side();
-        let (node, lease) = (side.node.clone(), millis(side.lease));
+        let (node, lease, signing) = (side.node.clone(), millis(side.lease), side.signing.clone());
         let max = max_concurrent_tasks as i32;
         let url = self.url.clone();
         let answer = self.on_cluster_blocking(move |c| {
@@ -379,7 +394,7 @@ impl ClusterStore for PgTaskStore {
                         &[&node],
                     )
                     .await?;
-                let reclaimed = reclaim_rows(&tx, held, &node, LOST).await?;
+                let (reclaimed, heads) = reclaim_rows(&tx, held, &node, LOST, &signing).await?;
                 let incarnation: i64 = tx
                     .query_one(
                         "INSERT INTO cluster_nodes (name, incarnation, state, started_at, heartbeat_at, lease_until,
@@ -395,6 +410,7 @@ impl ClusterStore for PgTaskStore {
                     .await?
                     .get(0);
                 tx.commit().await?;
+                signing.witness(&heads);
                 Ok(Some((incarnation, reclaimed)))
             })
         })?;
@@ -485,7 +501,7 @@ impl ClusterStore for PgTaskStore {
     }
 
     fn reclaim(&self) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>> {
-        let node = self.cluster_side().node.clone();
+        let (node, signing) = (self.cluster_side().node.clone(), self.cluster_side().signing.clone());
         self.on_cluster(move |c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await?;
@@ -511,8 +527,9 @@ impl ClusterStore for PgTaskStore {
                         &[],
                     )
                     .await?;
-                let done = reclaim_rows(&tx, held, &node, LOST).await?;
+                let (done, heads) = reclaim_rows(&tx, held, &node, LOST, &signing).await?;
                 tx.commit().await?;
+                signing.witness(&heads);
                 // Turns only matter among sessions with queued work.
                 c.client.execute("DELETE FROM cluster_sessions WHERE served_at < now() - interval '1 day'", &[]).await?;
                 Ok(done)
@@ -521,7 +538,7 @@ impl ClusterStore for PgTaskStore {
     }
 
     fn reclaim_orphans(&self, running: Vec<String>) -> BoxFuture<'static, Result<Vec<Reclaimed>, StoreError>> {
-        let node = self.cluster_side().node.clone();
+        let (node, signing) = (self.cluster_side().node.clone(), self.cluster_side().signing.clone());
         self.on_cluster(move |c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await?;
@@ -538,8 +555,9 @@ impl ClusterStore for PgTaskStore {
                 if !held.is_empty() {
                     tracing::warn!(node, tasks = held.len(), "this node held tasks it did not run: reclaiming them");
                 }
-                let done = reclaim_rows(&tx, held, &node, UNTRACKED).await?;
+                let (done, heads) = reclaim_rows(&tx, held, &node, UNTRACKED, &signing).await?;
                 tx.commit().await?;
+                signing.witness(&heads);
                 Ok(done)
             })
         })
@@ -555,7 +573,7 @@ impl ClusterStore for PgTaskStore {
             return Ok(false);
         }
         let (before, mut after, events) = (before.clone(), after.clone(), events.to_vec());
-        let node = self.cluster_side().node.clone();
+        let (node, signing) = (self.cluster_side().node.clone(), self.cluster_side().signing.clone());
         after.lease = Lease { node: None, attempt: before.lease.attempt + 1 };
         self.on_cluster_blocking(move |c| {
             Box::pin(async move {
@@ -575,7 +593,13 @@ impl ClusterStore for PgTaskStore {
                     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &events_payload(&node, &[&after.state.id])])
                         .await?;
                 }
+                let mut heads = Vec::new();
+                if after.state.status.is_terminal() && !before.state.status.is_terminal() {
+                    let sql = AuditSql::in_tx(&tx).await?;
+                    heads = record_outcomes(&tx, &sql, &[&after.state], &signing).await?.heads;
+                }
                 tx.commit().await?;
+                signing.witness(&heads);
                 Ok(true)
             })
         })

@@ -14,14 +14,19 @@
 //! or read; a batch that failed is reported to every durable writer in it
 //! and not retried, so nothing is acknowledged that is not stored.
 
+mod audit;
 mod cluster;
+mod identity;
+mod trust;
 
+pub use audit::PgSharedState;
 pub use cluster::cluster_status;
 
 use super::{ClusterStore, Lease, OnCommit, Queued, StoreError, StoredTask, TaskStore, Write, settle};
 use coderclaw_core::task::{
     FailureCode, TaskEventKind, TaskFailure, TaskFilter, TaskState, TaskStatus, TaskTarget, TaskUpdateEvent,
 };
+use coderclaw_security::audit::AuditSigning;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::sync::Arc;
@@ -113,6 +118,9 @@ CREATE TABLE cluster_sessions (
 CREATE INDEX task_commands_by_node ON task_commands (node);
 CREATE INDEX task_commands_by_task ON task_commands (task_id);
 ",
+    audit::MIGRATION,
+    trust::MIGRATION,
+    identity::MIGRATION,
 ];
 
 /// The schema version this build writes.
@@ -206,6 +214,9 @@ pub struct PgTaskStore {
     reads: mpsc::UnboundedSender<Job>,
     /// This node's side of the cluster, when the store is shared.
     cluster: Option<cluster::PgCluster>,
+    /// Signs the cluster's audit checkpoints; tasks' outcomes are recorded
+    /// in the transactions that store them (cluster only).
+    signing: Option<AuditSigning>,
 }
 
 /// `url` with any password replaced by `***` (URL or key=value form).
@@ -291,19 +302,23 @@ impl PgTaskStore {
 
     /// [`PgTaskStore::open`] as node `node` of a cluster: tasks are
     /// claimed under leases that a heartbeat renews every `lease` / 4
-    /// (see [`ClusterStore`]). The engine joins the cluster.
+    /// (see [`ClusterStore`]). The engine joins the cluster. Each task's
+    /// outcome is recorded in the cluster's audit log (see
+    /// [`PgSharedState`]) in the transaction that stores it, its
+    /// checkpoints signed by `signing`.
     pub fn open_cluster(
         url: &str,
         node: &str,
         lease: Duration,
+        signing: AuditSigning,
         on_commit: Arc<OnCommit>,
     ) -> Result<Arc<PgTaskStore>, StoreError> {
-        Self::open_with(url, Some((node.to_owned(), lease)), on_commit)
+        Self::open_with(url, Some((node.to_owned(), lease, signing)), on_commit)
     }
 
     fn open_with(
         url: &str,
-        node: Option<(String, Duration)>,
+        node: Option<(String, Duration, AuditSigning)>,
         on_commit: Arc<OnCommit>,
     ) -> Result<Arc<PgTaskStore>, StoreError> {
         let shown = redact_url(url);
@@ -313,7 +328,7 @@ impl PgTaskStore {
         let (reads, read_rx) = mpsc::unbounded_channel();
         let (cluster_jobs, cluster_rx) = mpsc::unbounded_channel();
         let (notices_tx, notices_rx) = mpsc::unbounded_channel();
-        let writer_node = node.as_ref().map(|(n, _)| n.clone());
+        let writer_node = node.as_ref().map(|(n, _, signing)| (n.clone(), signing.clone()));
         let cluster_node = writer_node.clone();
         // Connecting happens on the store's thread (the caller may be on an
         // async runtime, where blocking on another one is not allowed); the
@@ -354,7 +369,7 @@ impl PgTaskStore {
                         }
                     };
                     let mut helpers = vec![tokio::spawn(read_loop(config.clone(), reader, read_rx, url.clone()))];
-                    if let Some(node) = cluster_node {
+                    if let Some((node, _)) = cluster_node {
                         let client = match connect(&config).await {
                             Ok(c) => c,
                             Err(e) => {
@@ -367,7 +382,8 @@ impl PgTaskStore {
                         helpers.push(tokio::spawn(cluster::listen_loop(config.clone(), url.clone(), node, notices_tx)));
                     }
                     let _ = opened_tx.send(Ok(()));
-                    writer_loop(config, writer, write_rx, &url, writer_node.as_deref(), &*on_commit).await;
+                    let node = writer_node.as_ref().map(|(n, s)| (n.as_str(), s));
+                    writer_loop(config, writer, write_rx, &url, node, &*on_commit).await;
                     for h in helpers {
                         h.abort();
                     }
@@ -375,8 +391,10 @@ impl PgTaskStore {
             })
             .map_err(|e| StoreError::Thread(e.to_string()))?;
         opened.recv().map_err(|_| StoreError::WriterStopped)??;
-        let cluster = node.map(|(node, lease)| cluster::PgCluster::new(node, lease, cluster_jobs, notices_rx));
-        Ok(Arc::new(PgTaskStore { url: shown, writes, reads, cluster }))
+        let signing = node.as_ref().map(|(_, _, s)| s.clone());
+        let cluster =
+            node.map(|(node, lease, signing)| cluster::PgCluster::new(node, lease, signing, cluster_jobs, notices_rx));
+        Ok(Arc::new(PgTaskStore { url: shown, writes, reads, cluster, signing }))
     }
 
     fn enqueue(&self, q: Queued) -> Result<(), StoreError> {
@@ -525,7 +543,7 @@ async fn write_batch(
     client: &mut Option<Conn>,
     batch: &[Queued],
     url: &str,
-    node: Option<&str>,
+    node: Option<(&str, &AuditSigning)>,
 ) -> Result<Vec<usize>, String> {
     let deadline = Instant::now() + UNAVAILABLE_AFTER;
     loop {
@@ -557,7 +575,7 @@ async fn writer_loop(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<Queued>,
     url: &str,
-    node: Option<&str>,
+    node: Option<(&str, &AuditSigning)>,
     on_commit: &OnCommit,
 ) {
     let mut client = Some(Conn::new(client));
@@ -610,9 +628,20 @@ const CHANNEL: &str = "coderclaw_cluster";
 const MAX_PAYLOAD: usize = 7000;
 
 /// Commits `batch` in one transaction; returns the positions of the writes
-/// that were fenced (their task's lease is gone). `node`: this node, when
-/// the store is shared; other nodes are then told of new work and events.
-async fn commit(conn: &mut Conn, batch: &[Queued], node: Option<&str>) -> Result<Vec<usize>, tokio_postgres::Error> {
+/// that were fenced (their task's lease is gone). `node`: this node and
+/// its audit signing, when the store is shared; other nodes are then told
+/// of new work and events, and the outcomes of the tasks that finish are
+/// recorded in the cluster's audit log in the same transaction.
+async fn commit(
+    conn: &mut Conn,
+    batch: &[Queued],
+    node: Option<(&str, &AuditSigning)>,
+) -> Result<Vec<usize>, tokio_postgres::Error> {
+    let finishes = |q: &Queued| matches!(&q.write, Write::Task { event: Some(e), .. } if e.event == TaskEventKind::Status && e.status.is_terminal());
+    let audit_sql = match node {
+        Some(_) if batch.iter().any(finishes) => Some(audit::AuditSql::on(conn).await?),
+        _ => None,
+    };
     let (upsert, insert_event, release, remember, forget, notify) = tokio::try_join!(
         conn.statement(UPSERT_ROW),
         conn.statement(INSERT_EVENT),
@@ -688,7 +717,7 @@ async fn commit(conn: &mut Conn, batch: &[Queued], node: Option<&str>) -> Result
             }
         }
     }
-    if let Some(node) = node {
+    if let Some((node, _)) = node {
         // Delivered at commit, to every listening node.
         if work {
             let run = async move { t.execute(notify, &[&CHANNEL, &"work"]).await };
@@ -711,7 +740,23 @@ async fn commit(conn: &mut Conn, batch: &[Queued], node: Option<&str>) -> Result
         })
         .collect();
     fenced.dedup();
+    let mut heads = None;
+    if let (Some(sql), Some((_, signing))) = (&audit_sql, node) {
+        let finished: Vec<&TaskState> = batch
+            .iter()
+            .enumerate()
+            .filter(|(i, q)| finishes(q) && !fenced.contains(i))
+            .filter_map(|(_, q)| match &q.write {
+                Write::Task { task, .. } => Some(&task.state),
+                _ => None,
+            })
+            .collect();
+        heads = Some((audit::record_outcomes(&tx, sql, &finished, signing).await?.heads, signing));
+    }
     tx.commit().await?;
+    if let Some((heads, signing)) = heads {
+        signing.witness(&heads);
+    }
     Ok(fenced)
 }
 
@@ -1019,6 +1064,10 @@ impl TaskStore for PgTaskStore {
 
     fn cluster(&self) -> Option<&dyn ClusterStore> {
         self.cluster.is_some().then_some(self as &dyn ClusterStore)
+    }
+
+    fn records_outcomes(&self) -> bool {
+        self.signing.is_some()
     }
 }
 

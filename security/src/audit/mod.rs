@@ -23,11 +23,15 @@
 
 use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::keys::SecretKey;
-use rusqlite::{Connection, TransactionBehavior, params};
+mod chain;
+mod sqlite;
+
+pub use chain::{AuditSigning, CHECKPOINT_EVERY, Chained};
+use chain::{GENESIS, checkpoint_due, record_hash};
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
+use sqlite::SqliteAuditStore;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, RwLock, mpsc};
 use thiserror::Error;
 use tokio::sync::oneshot;
 
@@ -44,7 +48,8 @@ pub enum AuditResult {
 }
 
 impl AuditResult {
-    fn as_str(self) -> &'static str {
+    /// As stored: `allowed`, `denied` or `error`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Allowed => "allowed",
             Self::Denied => "denied",
@@ -180,6 +185,14 @@ pub enum AuditError {
         /// The error.
         source: rusqlite::Error,
     },
+    /// A shared store (a cluster's database) failed or could not be reached.
+    #[error("audit log in {store}: {message}")]
+    Store {
+        /// The store, its password hidden.
+        store: String,
+        /// What went wrong, and what to check.
+        message: String,
+    },
     /// The chain is broken at `seq`.
     #[error("audit record {seq} has been tampered with: {problem}")]
     Broken {
@@ -211,29 +224,31 @@ pub enum AuditError {
     },
 }
 
-/// Records between two automatic checkpoints.
-pub const CHECKPOINT_EVERY: i64 = 100;
-
-/// Whether a record of `action` is followed by a checkpoint at once.
-fn checkpoints_after(action: &str) -> bool {
-    ["trust.", "policy.", "device.", "registry.", "key."].iter().any(|p| action.starts_with(p))
+/// Where a log's records are kept: a state directory's SQLite file, or
+/// a cluster's database that every node appends to.
+pub trait AuditStore: Send + Sync {
+    /// The store as errors and reports name it (a path, or a database URL
+    /// with its password hidden).
+    fn name(&self) -> String;
+    /// Whether several machines append to it, each signing checkpoints
+    /// with its own device key.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Chains `events` after the last record (see [`AuditSigning::chain`])
+    /// and stores them in one durable transaction, appending nothing
+    /// else meanwhile; returns what was stored.
+    fn append(&self, events: &[&AuditEvent], signing: &AuditSigning) -> Result<Chained, AuditError>;
+    /// Records matching `filter`, oldest first.
+    fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError>;
+    /// Hands every record to `each` in seq order, stopping at its first
+    /// error.
+    fn scan(&self, each: &mut dyn FnMut(AuditRecord) -> Result<(), AuditError>) -> Result<(), AuditError>;
+    /// The metadata of the newest checkpoint, if any.
+    fn latest_checkpoint(&self) -> Result<Option<String>, AuditError>;
 }
 
-/// Whether `r` is followed by a checkpoint in the same transaction (when
-/// checkpoints are enabled).
-fn checkpoint_due(r: &AuditRecord) -> bool {
-    r.action != "audit.checkpoint"
-        && (r.seq % CHECKPOINT_EVERY == 0 || checkpoints_after(&r.action) || r.action == "audit.checkpoint.request")
-}
-
-/// What signs checkpoints, and where their heads are witnessed.
-struct Checkpointer {
-    key: SecretKey,
-    device: String,
-    witness_file: Option<PathBuf>,
-}
-
-/// The audit log of one state directory.
+/// The audit log of one state directory, or of a cluster.
 ///
 /// Appends go to one writer thread per handle that commits whatever is
 /// queued in one transaction and one fsync (group commit), in queue order,
@@ -260,9 +275,32 @@ impl Drop for AuditLog {
 
 /// What the writer thread and the readers share.
 struct Log {
-    path: PathBuf,
-    db: Mutex<Connection>,
-    checkpoints: Mutex<Option<Checkpointer>>,
+    store: RwLock<Arc<dyn AuditStore>>,
+    signing: AuditSigning,
+}
+
+impl Log {
+    fn store(&self) -> Arc<dyn AuditStore> {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Commits `events` in one transaction. If that fails, each event is
+    /// tried alone, so every caller gets its own record or its own error.
+    fn commit_batch(&self, events: &[&AuditEvent]) -> Vec<Result<AuditRecord, AuditError>> {
+        let _span = tracing::debug_span!("audit.commit", records = events.len()).entered();
+        let store = self.store();
+        let write = |events: &[&AuditEvent]| {
+            let chained = store.append(events, &self.signing)?;
+            self.signing.witness(&chained.heads);
+            Ok::<_, AuditError>(chained.records)
+        };
+        if events.len() > 1
+            && let Ok(records) = write(events)
+        {
+            return records.into_iter().map(Ok).collect();
+        }
+        events.iter().map(|e| write(&[e]).map(|mut r| r.remove(0))).collect()
+    }
 }
 
 /// One record to append, and who waits for it.
@@ -321,69 +359,19 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The record the newest checkpoint signs.
     pub last_checkpoint: Option<u64>,
-    /// The key the checkpoints are signed with.
+    /// The key the checkpoints are signed with (the first's, in a shared log).
     pub key: Option<String>,
+    /// The ids of the keys that signed checkpoints (devices; several in a
+    /// cluster's log, one per node's machine).
+    pub signers: Vec<String>,
     /// Witnessed heads checked, by witness: the newest record each saw.
     pub witnessed: Vec<(String, u64)>,
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit (
-    seq           INTEGER PRIMARY KEY,
-    timestamp_ms  INTEGER NOT NULL,
-    action        TEXT NOT NULL,
-    user          TEXT,
-    device        TEXT,
-    session       TEXT,
-    resource_type TEXT NOT NULL,
-    resource_id   TEXT NOT NULL,
-    result        TEXT NOT NULL,
-    reason        TEXT NOT NULL,
-    metadata      TEXT NOT NULL,
-    prev_hash     TEXT NOT NULL,
-    hash          TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_user ON audit(user);
-CREATE INDEX IF NOT EXISTS audit_action ON audit(action);
-";
-
-/// Escapes control characters (including newlines and ESC) as `\u{..}`.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn looks_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    ["token", "password", "passwd", "secret", "private", "credential", "api_key", "apikey"]
-        .iter()
-        .any(|s| k.contains(s))
-}
-
-/// Redacts credential-like keys and escapes every string, recursively.
-fn sanitise(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => Value::String(escape(&s)),
-        Value::Array(a) => Value::Array(a.into_iter().map(sanitise).collect()),
-        Value::Object(o) => Value::Object(
-            o.into_iter()
-                .map(|(k, v)| {
-                    let v = if looks_secret(&k) { Value::String("[redacted]".into()) } else { sanitise(v) };
-                    (escape(&k), v)
-                })
-                .collect(),
-        ),
-        other => other,
+impl VerifyReport {
+    /// Whether device (key id) `device` signed a checkpoint.
+    pub fn signed_by(&self, device: &str) -> bool {
+        self.signers.iter().any(|s| s == device)
     }
 }
 
@@ -395,95 +383,60 @@ impl AuditRecord {
     }
 }
 
-/// The record's hash: SHA-256 over the previous hash and every field,
-/// each length-prefixed so no two field lists encode alike.
-fn record_hash(r: &AuditRecord) -> String {
-    let mut h = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
-    };
-    field(r.prev_hash.as_bytes());
-    field(&r.seq.to_le_bytes());
-    field(&r.timestamp_ms.to_le_bytes());
-    for s in [&r.action, &r.resource_type, &r.resource_id, &r.result, &r.reason, &r.metadata] {
-        field(s.as_bytes());
-    }
-    for s in [&r.user, &r.device, &r.session] {
-        match s {
-            Some(s) => field(format!("+{s}").as_bytes()),
-            None => field(b"-"),
-        }
-    }
-    hex::encode(h.finalize())
-}
-
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
-    Ok(AuditRecord {
-        seq: r.get(0)?,
-        timestamp_ms: r.get(1)?,
-        action: r.get(2)?,
-        user: r.get(3)?,
-        device: r.get(4)?,
-        session: r.get(5)?,
-        resource_type: r.get(6)?,
-        resource_id: r.get(7)?,
-        result: r.get(8)?,
-        reason: r.get(9)?,
-        metadata: r.get(10)?,
-        prev_hash: r.get(11)?,
-        hash: r.get(12)?,
-    })
-}
-
-const COLUMNS: &str = "seq, timestamp_ms, action, user, device, session, resource_type, resource_id, result, reason, metadata, prev_hash, hash";
-
 impl AuditLog {
     /// Opens (creating) the log at `path`. Several handles, in one process
     /// or several, may append at once: appends serialise on SQLite's write
     /// lock, so the chain stays linear.
     pub fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_path_buf();
-        let err = |source| AuditError::Db { path: path.clone(), source };
-        // Durable: a record is on disk before `append` returns.
-        let db = crate::sqlite::open(&path, true, SCHEMA).map_err(err)?;
-        let wal = crate::sqlite::WalCheckpointer::start(&path, &db, "coderclaw-audit").map_err(err)?;
-        let log = Arc::new(Log { path, db: Mutex::new(db), checkpoints: Mutex::new(None) });
+        let (store, wal) = SqliteAuditStore::open(&path)?;
+        let log = Arc::new(Log { store: RwLock::new(Arc::new(store)), signing: AuditSigning::default() });
         let (jobs, queue) = mpsc::channel();
         let shared = log.clone();
         let writer = std::thread::Builder::new()
             .name("coderclaw-audit-writer".into())
             .spawn(move || writer_loop(shared, queue))
-            .map_err(|e| AuditError::Thread { path: log.path.clone(), source: e })?;
+            .map_err(|e| AuditError::Thread { path: path.clone(), source: e })?;
         Ok(AuditLog { log, jobs: Some(jobs), writer: Some(writer), _wal: wal })
+    }
+
+    /// From now on, records go to `store` (a cluster's database) instead
+    /// of the state directory's file, chained there after whatever it
+    /// holds; records appended before stay in the file.
+    pub fn use_store(&self, store: Arc<dyn AuditStore>) {
+        tracing::info!(store = %store.name(), "audit records go to a shared store");
+        *self.log.store.write().unwrap_or_else(|p| p.into_inner()) = store;
+    }
+
+    /// Where records are kept, as errors name it.
+    pub fn store_name(&self) -> String {
+        self.log.store().name()
+    }
+
+    /// Whether several machines append to this log.
+    pub fn is_shared(&self) -> bool {
+        self.log.store().shared()
+    }
+
+    /// Who signs checkpoints, for a store that appends records in its own
+    /// transactions (a cluster's task outcomes).
+    pub fn signing(&self) -> AuditSigning {
+        self.log.signing.clone()
     }
 
     /// From now on, checkpoints are signed with `key` as device `device`.
     pub fn enable_checkpoints(&self, key: SecretKey, device: &str) {
-        let mut c = self.log.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let witness_file = c.take().and_then(|c| c.witness_file);
-        *c = Some(Checkpointer { key, device: device.to_owned(), witness_file });
+        self.log.signing.enable(key, device);
     }
 
     /// Appends each checkpoint's signed head, one JSON line, to `file`.
     pub fn set_witness_file(&self, file: Option<PathBuf>) {
-        if let Some(c) = self.log.checkpoints.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            c.witness_file = file;
-        }
+        self.log.signing.set_witness_file(file);
     }
 
     /// The newest checkpoint's signed head, if any.
     pub fn latest_head(&self) -> Result<Option<SignedHead>, AuditError> {
-        let db = self.log.db.lock().unwrap_or_else(|p| p.into_inner());
-        let meta: Option<String> = db
-            .query_row(
-                "SELECT metadata FROM audit WHERE action = 'audit.checkpoint' ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .map(Some)
-            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
-            .map_err(|e| self.db_err(e))?;
+        let meta = self.log.store().latest_checkpoint()?;
         Ok(meta.and_then(|m| serde_json::from_str(&m).ok()))
     }
 
@@ -522,138 +475,9 @@ impl AuditLog {
         self.jobs.as_ref().ok_or(AuditError::Lost)?.send(job).map_err(|_| AuditError::Lost)
     }
 
-    fn db_err(&self, source: rusqlite::Error) -> AuditError {
-        self.log.db_err(source)
-    }
-}
-
-impl Log {
-    fn db_err(&self, source: rusqlite::Error) -> AuditError {
-        AuditError::Db { path: self.path.clone(), source }
-    }
-
-    /// Commits `events` in one transaction. If that fails, each event is
-    /// tried alone, so every caller gets its own record or its own error.
-    fn commit_batch(&self, events: &[&AuditEvent]) -> Vec<Result<AuditRecord, AuditError>> {
-        let _span = tracing::debug_span!("audit.commit", records = events.len()).entered();
-        if events.len() > 1
-            && let Ok(records) = self.write(events)
-        {
-            return records.into_iter().map(Ok).collect();
-        }
-        events.iter().map(|e| self.write(&[e]).map(|mut r| r.remove(0))).collect()
-    }
-
-    /// Chains and inserts `events` (each followed by its checkpoint when
-    /// due) in one durable transaction; returns their records in order.
-    fn write(&self, events: &[&AuditEvent]) -> Result<Vec<AuditRecord>, AuditError> {
-        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| self.db_err(e))?;
-        let last: Option<(i64, String)> = tx
-            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map(Some)
-            .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
-            .map_err(|e| self.db_err(e))?;
-        let (mut seq, mut prev_hash) = match last {
-            Some((seq, hash)) => (seq + 1, hash),
-            None => (1, GENESIS.to_owned()),
-        };
-        let timestamp_ms = coderclaw_core::clock::now_ms() as i64;
-        let checkpoints = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
-        let mut records = Vec::with_capacity(events.len());
-        let mut heads = Vec::new();
-        for e in events {
-            let mut record = AuditRecord {
-                seq,
-                timestamp_ms,
-                action: escape(&e.action),
-                user: e.user.as_deref().map(escape),
-                device: e.device.as_deref().map(escape),
-                session: e.session.as_deref().map(escape),
-                resource_type: escape(&e.resource_type),
-                resource_id: escape(&e.resource_id),
-                result: e.result.as_str().to_owned(),
-                reason: escape(&e.reason),
-                metadata: sanitise(e.metadata.clone()).to_string(),
-                prev_hash: std::mem::take(&mut prev_hash),
-                hash: String::new(),
-            };
-            record.hash = record_hash(&record);
-            insert(&tx, &record).map_err(|e| self.db_err(e))?;
-            prev_hash = record.hash.clone();
-            seq += 1;
-            // A checkpoint in the same transaction: the chain stays linear
-            // whoever appends, and no change is on disk without its checkpoint.
-            if let Some(c) = checkpoints.as_ref().filter(|_| checkpoint_due(&record)) {
-                let head = SignedHead::sign(&c.device, record.seq as u64, &record.hash, &c.key);
-                let mut cp = AuditRecord {
-                    seq,
-                    timestamp_ms,
-                    action: "audit.checkpoint".into(),
-                    user: None,
-                    device: Some(escape(&c.device)),
-                    session: None,
-                    resource_type: "audit".into(),
-                    resource_id: escape(&c.device),
-                    result: "allowed".into(),
-                    reason: format!("signed head of record {}", record.seq),
-                    metadata: serde_json::to_string(&head).unwrap_or_default(),
-                    prev_hash: std::mem::take(&mut prev_hash),
-                    hash: String::new(),
-                };
-                cp.hash = record_hash(&cp);
-                insert(&tx, &cp).map_err(|e| self.db_err(e))?;
-                prev_hash = cp.hash;
-                seq += 1;
-                heads.push(head);
-            }
-            records.push(record);
-        }
-        let witness_file = checkpoints.as_ref().and_then(|c| c.witness_file.clone());
-        drop(checkpoints);
-        tx.commit().map_err(|e| self.db_err(e))?;
-        if let Some(file) = witness_file {
-            for head in &heads {
-                if let Err(e) = witness_to_file(&file, head) {
-                    tracing::warn!(file = %file.display(), error = %e, "the audit head could not be witnessed to its file");
-                }
-            }
-        }
-        Ok(records)
-    }
-}
-
-impl AuditLog {
     /// Records matching `filter`, oldest first.
     pub fn query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, AuditError> {
-        let db = self.log.db.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1=1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(u) = &filter.user {
-            sql.push_str(" AND user = ?");
-            args.push(u.clone().into());
-        }
-        if let Some(a) = &filter.action {
-            sql.push_str(" AND action = ?");
-            args.push(a.clone().into());
-        }
-        if let Some(t) = filter.since_ms {
-            sql.push_str(" AND timestamp_ms >= ?");
-            args.push(t.into());
-        }
-        if let Some(r) = filter.result {
-            sql.push_str(" AND result = ?");
-            args.push(r.as_str().to_owned().into());
-        }
-        sql.push_str(" ORDER BY seq DESC");
-        if let Some(n) = filter.limit {
-            sql.push_str(&format!(" LIMIT {n}"));
-        }
-        let mut stmt = db.prepare(&sql).map_err(|e| self.db_err(e))?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_record).map_err(|e| self.db_err(e))?;
-        let mut out: Vec<AuditRecord> = rows.collect::<Result<_, _>>().map_err(|e| self.db_err(e))?;
-        out.reverse();
-        Ok(out)
+        self.log.store().query(filter)
     }
 
     /// Recomputes the whole chain. Returns the number of records, or the
@@ -668,25 +492,35 @@ impl AuditLog {
     /// checkpoint schedule (from the first checkpoint on, every record that
     /// is due one is followed by one: a rewrite of the log's tail cannot drop
     /// them) and the heads `witnessed` (by witness name): each must be
-    /// present with the same hash.
+    /// present with the same hash. In a shared log (a cluster's) each node
+    /// signs with its own key: every key is listed in the report's
+    /// `signers`, and `expected_device` must be one of them.
     pub fn verify_against(
         &self,
         witnessed: &[(String, SignedHead)],
         expected_device: Option<&str>,
     ) -> Result<VerifyReport, AuditError> {
+        let shared = self.is_shared();
         let mut pending: Vec<&(String, SignedHead)> = witnessed.iter().collect();
         pending.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
-        let mut report =
-            VerifyReport { records: 0, checkpoints: 0, last_checkpoint: None, key: None, witnessed: vec![] };
+        let mut report = VerifyReport {
+            records: 0,
+            checkpoints: 0,
+            last_checkpoint: None,
+            key: None,
+            signers: vec![],
+            witnessed: vec![],
+        };
         for (name, h) in witnessed {
             if let Err(problem) = h.verify() {
                 return Err(AuditError::Broken { seq: h.seq as i64, problem: format!("{name}: {problem}") });
             }
         }
         let mut prev: Option<AuditRecord> = None;
+        let check = CheckpointRules { expected_device: if shared { None } else { expected_device }, shared };
         let last = self.walk(|r| {
             if r.action == "audit.checkpoint" {
-                check_checkpoint(r, prev.as_ref(), expected_device, &mut report)?;
+                check.checkpoint(r, prev.as_ref(), &mut report)?;
             } else if let Some(p) = prev.as_ref().filter(|p| report.checkpoints > 0 && checkpoint_due(p)) {
                 return Err(AuditError::Broken {
                     seq: r.seq,
@@ -718,19 +552,24 @@ impl AuditLog {
                 problem: "the log ends at a record that is due a signed checkpoint: its checkpoint was removed".into(),
             });
         }
+        if let Some(device) = expected_device.filter(|d| shared && report.checkpoints > 0 && !report.signed_by(d)) {
+            return Err(AuditError::Broken {
+                seq: report.last_checkpoint.unwrap_or_default() as i64 + 1,
+                problem: format!(
+                    "no checkpoint of this shared log is signed by this machine's device key {device}: its \
+                     records were rewritten, or this machine never appended to it"
+                ),
+            });
+        }
         Ok(report)
     }
 
     /// Walks the chain in order, checking links and hashes, calling `each`
     /// on every good record. Returns the number of records.
     fn walk(&self, mut each: impl FnMut(&AuditRecord) -> Result<(), AuditError>) -> Result<u64, AuditError> {
-        let db = self.log.db.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt = db.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq")).map_err(|e| self.db_err(e))?;
-        let rows = stmt.query_map([], row_to_record).map_err(|e| self.db_err(e))?;
         let mut expected_prev = GENESIS.to_owned();
-        let mut count = 0;
-        for (expected_seq, row) in (1..).zip(rows) {
-            let r = row.map_err(|e| self.db_err(e))?;
+        let mut expected_seq = 1;
+        self.log.store().scan(&mut |r| {
             let broken = |problem: String| AuditError::Broken { seq: r.seq, problem };
             if r.seq != expected_seq {
                 return Err(AuditError::Broken {
@@ -745,78 +584,61 @@ impl AuditLog {
                 return Err(broken("its contents do not match its hash".into()));
             }
             each(&r)?;
-            expected_prev = r.hash.clone();
-            count += 1;
+            expected_prev = r.hash;
+            expected_seq += 1;
+            Ok(())
+        })?;
+        Ok(expected_seq as u64 - 1)
+    }
+}
+
+/// How [`AuditLog::verify_against`] judges checkpoints' keys.
+struct CheckpointRules<'a> {
+    /// Every checkpoint's key must be this device's (a log of one machine).
+    expected_device: Option<&'a str>,
+    /// Several machines sign (each with its own key); otherwise every
+    /// checkpoint's key must be the first's.
+    shared: bool,
+}
+
+impl CheckpointRules<'_> {
+    /// A checkpoint must sign the record just before it, validly, with
+    /// the key these rules allow.
+    fn checkpoint(
+        &self,
+        r: &AuditRecord,
+        prev: Option<&AuditRecord>,
+        report: &mut VerifyReport,
+    ) -> Result<(), AuditError> {
+        let broken = |problem: String| AuditError::Broken { seq: r.seq, problem };
+        let head: SignedHead =
+            serde_json::from_str(&r.metadata).map_err(|e| broken(format!("the checkpoint is unreadable ({e})")))?;
+        let key = head.verify().map_err(|p| broken(format!("checkpoint: {p}")))?;
+        let Some(prev) = prev.filter(|p| p.seq as u64 == head.seq && p.hash == head.hash) else {
+            return Err(broken(format!("the checkpoint signs record {}, which is not the record before it", head.seq)));
+        };
+        if let Some(device) = self.expected_device.filter(|d| key.id().as_str() != *d) {
+            return Err(broken(format!(
+                "the checkpoint is signed by {key}, not by this machine's device key {device}: \
+                 the log was rewritten with another key, or it belongs to another device"
+            )));
         }
-        Ok(count)
-    }
-}
-
-fn insert(tx: &rusqlite::Transaction<'_>, r: &AuditRecord) -> rusqlite::Result<()> {
-    tx.execute(
-        &format!("INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
-        params![
-            r.seq,
-            r.timestamp_ms,
-            r.action,
-            r.user,
-            r.device,
-            r.session,
-            r.resource_type,
-            r.resource_id,
-            r.result,
-            r.reason,
-            r.metadata,
-            r.prev_hash,
-            r.hash
-        ],
-    )
-    .map(|_| ())
-}
-
-/// A checkpoint must sign the record just before it, validly, with the
-/// key of the log's first checkpoint (and of `expected_device`, if given).
-fn check_checkpoint(
-    r: &AuditRecord,
-    prev: Option<&AuditRecord>,
-    expected_device: Option<&str>,
-    report: &mut VerifyReport,
-) -> Result<(), AuditError> {
-    let broken = |problem: String| AuditError::Broken { seq: r.seq, problem };
-    let head: SignedHead =
-        serde_json::from_str(&r.metadata).map_err(|e| broken(format!("the checkpoint is unreadable ({e})")))?;
-    let key = head.verify().map_err(|p| broken(format!("checkpoint: {p}")))?;
-    let Some(prev) = prev.filter(|p| p.seq as u64 == head.seq && p.hash == head.hash) else {
-        return Err(broken(format!("the checkpoint signs record {}, which is not the record before it", head.seq)));
-    };
-    if let Some(device) = expected_device.filter(|d| key.id().as_str() != *d) {
-        return Err(broken(format!(
-            "the checkpoint is signed by {key}, not by this machine's device key {device}: \
-             the log was rewritten with another key, or it belongs to another device"
-        )));
-    }
-    let key = key.to_string();
-    match &report.key {
-        Some(first) if *first != key => {
-            return Err(broken(format!("the checkpoint is signed by {key}, not by the log's key {first}")));
+        let id = key.id().as_str().to_owned();
+        let key = key.to_string();
+        match &report.key {
+            Some(first) if *first != key && !self.shared => {
+                return Err(broken(format!("the checkpoint is signed by {key}, not by the log's key {first}")));
+            }
+            Some(_) => {}
+            None => report.key = Some(key.clone()),
         }
-        Some(_) => {}
-        None => report.key = Some(key),
+        if !report.signers.contains(&id) {
+            report.signers.push(id);
+        }
+        report.checkpoints += 1;
+        report.last_checkpoint = Some(prev.seq as u64);
+        Ok(())
     }
-    report.checkpoints += 1;
-    report.last_checkpoint = Some(prev.seq as u64);
-    Ok(())
-}
-
-/// Appends `head` as one JSON line to `file`, durably.
-fn witness_to_file(file: &Path, head: &SignedHead) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file)?;
-    let mut line = serde_json::to_vec(head).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    f.write_all(&line)?;
-    f.sync_data()
 }
 
 /// The heads in a witness file (one JSON line each); unreadable lines are
