@@ -25,6 +25,7 @@ fn open_shared() -> Result<(Home, Option<Arc<PgSharedState>>)> {
     )?;
     home.audit().use_store(shared.clone());
     home.share_trust(shared.clone())?;
+    home.share_skills(shared.clone())?;
     Ok((home, Some(shared)))
 }
 

@@ -527,12 +527,12 @@ fn a_repository_cannot_set_the_cluster_database() {
     assert!(said.contains("postgres://app:***@127.0.0.1") && !said.contains("s3cret"), "{said}");
 }
 
-/// On a machine configured as a cluster node, `trust add` is the
-/// cluster's (published with its record in the cluster's audit log),
-/// `audit` reads the cluster's log, and another node's machine has the
-/// key at its next command.
+/// On a machine configured as a cluster node, `trust add` and
+/// `skill install` are the cluster's (the key published with its record
+/// in the cluster's audit log), `audit` reads the cluster's log, and
+/// another node's machine has the key and the skill at its next command.
 #[test]
-fn a_cluster_nodes_trust_and_audit_commands_are_the_clusters() {
+fn a_cluster_nodes_trust_skill_and_audit_commands_are_the_clusters() {
     let Some(pg) = Postgres::start() else { return };
     let node_config = format!("mode: distributed-cluster\ncluster:\n  database: {}\n", pg.url());
     let (one, two) = (Cli::new(), Cli::new());
@@ -553,6 +553,18 @@ fn a_cluster_nodes_trust_and_audit_commands_are_the_clusters() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let trust: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(trust.to_string().contains(&key), "the key trusted on one node's machine is not on the other's: {trust}");
+    // Installed on the first machine: installed on the second, which
+    // verified it against the key it got from the cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("skill.toml");
+    std::fs::write(&manifest, "id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n")
+        .unwrap();
+    let pkg = sign_with(&one, "echo", "team-key", &manifest, dir.path());
+    let out = one.run(&["skill", "install", p(&pkg)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = two.run(&["skill", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("team/echo"), "{}", text(&out.stdout));
     // Revoked on the second machine: revoked on the first.
     let out = two.run(&["trust", "revoke", &key]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

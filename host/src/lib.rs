@@ -41,7 +41,7 @@ pub use coderclaw_sandbox::{
     GrantBuilder, GrantError, Host, HostBuilder, HostPattern, HostStats, Limits, LoadSource, LogLevel, RunEvent, Skill,
     SkillError, TaskLink, VerifiedPackage, events, task_link,
 };
-pub use coderclaw_security::{audit, home, identity, oidc, security};
+pub use coderclaw_security::{audit, home, identity, oidc, security, shared};
 
 /// Tasks: the durable lifecycle every run goes through, the runtime
 /// interface clients use, and its transports (in-process and HTTP).

@@ -193,7 +193,11 @@ impl LocalRuntimeBuilder {
                 if cluster.is_some() {
                     // One audit chain and one trust for the cluster, in its
                     // database, before any task runs.
-                    if !home.audit().is_shared() || !home.shares_trust() || !security.shares_identities() {
+                    let shared_all = home.audit().is_shared()
+                        && home.shares_trust()
+                        && security.shares_identities()
+                        && home.shares_skills();
+                    if !shared_all {
                         let shared =
                             coderclaw_tasks::store::PgSharedState::open_node(url).map_err(EngineError::from)?;
                         if !home.audit().is_shared() {
@@ -203,8 +207,12 @@ impl LocalRuntimeBuilder {
                             security.share_identities(shared.clone())?;
                         }
                         if !home.shares_trust() {
-                            let applied = home.share_trust(shared).map_err(SecurityError::from)?;
+                            let applied = home.share_trust(shared.clone()).map_err(SecurityError::from)?;
                             tracing::info!(applied, "the cluster's trust changes applied");
+                        }
+                        if !home.shares_skills() {
+                            let applied = home.share_skills(shared).map_err(SecurityError::from)?;
+                            tracing::info!(applied, "the cluster's installed skills applied");
                         }
                     }
                     follow_shared_trust(&home)?;
@@ -227,22 +235,29 @@ impl LocalRuntimeBuilder {
     }
 }
 
-/// How often a node applies the cluster's trust changes (a key trusted or
-/// revoked on another node) to its own trust store.
+/// How often a node applies the cluster's trust and skill changes (a key
+/// trusted or revoked, a skill installed or removed on another node) to
+/// its own state directory.
 const TRUST_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Applies the cluster's trust changes to `home` every [`TRUST_SYNC_EVERY`]
-/// for as long as it is open.
+/// Applies the cluster's trust and skill changes to `home` every
+/// [`TRUST_SYNC_EVERY`] for as long as it is open.
 fn follow_shared_trust(home: &Arc<Home>) -> Result<(), OpenError> {
     let home = Arc::downgrade(home);
     let follow = move || {
         loop {
             std::thread::sleep(TRUST_SYNC_EVERY);
             let Some(home) = home.upgrade() else { return };
+            // Trust first: the skills are verified against it.
             match home.sync_trust() {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(applied = n, "the cluster's trust changed"),
                 Err(e) => tracing::warn!(error = %e, "the cluster's trust changes could not be applied; retrying"),
+            }
+            match home.sync_skills() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(applied = n, "the cluster's installed skills changed"),
+                Err(e) => tracing::warn!(error = %e, "the cluster's skill changes could not be applied; retrying"),
             }
         }
     };

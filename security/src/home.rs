@@ -17,7 +17,7 @@
 //! key revoked after installation stops its packages from running.
 
 use crate::audit::{AuditEvent, AuditLog, AuditResult};
-use crate::shared_trust::{SharedTrust, TrustChange};
+use crate::shared::{SharedSkills, SharedTrust, SkillChange, TrustChange};
 use coderclaw_core::Digest;
 use coderclaw_core::fsutil::FileIdentity;
 use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
@@ -145,6 +145,10 @@ pub struct Home {
     shared_trust: RwLock<Option<Arc<dyn SharedTrust>>>,
     /// The last shared trust change applied here.
     trust_applied: AtomicI64,
+    /// The cluster's installed skills, when this is a cluster node's.
+    shared_skills: RwLock<Option<Arc<dyn SharedSkills>>>,
+    /// The last shared skill change applied here.
+    skills_applied: AtomicI64,
 }
 
 /// Verified packages by skill id, valid while the generation of `state.db`
@@ -242,6 +246,8 @@ impl Home {
             verified: Mutex::default(),
             shared_trust: RwLock::new(None),
             trust_applied: AtomicI64::new(0),
+            shared_skills: RwLock::new(None),
+            skills_applied: AtomicI64::new(0),
         })
     }
 
@@ -544,7 +550,9 @@ impl Home {
         let parsed = Package::parse(bytes);
         let claimed = parsed.as_ref().ok().and_then(|p| p.manifest().ok()).map(|m| m.id.to_string());
         let outcome = parsed.and_then(|p| p.verify(self)).map_err(HomeError::from).and_then(|v| self.store(&v, bytes));
-        self.audit_install(claimed.as_deref().unwrap_or("(unreadable package)"), outcome)
+        let installed = self.audit_install(claimed.as_deref().unwrap_or("(unreadable package)"), outcome)?;
+        self.publish_install(&installed, bytes)?;
+        Ok(installed)
     }
 
     /// Installs a package verified by the caller from `bytes` (checked to
@@ -557,7 +565,116 @@ impl Home {
             _ => Err(HomeError::NotTheVerifiedPackage(id.clone())),
         };
         let outcome = same.and_then(|()| self.store(verified, bytes));
-        self.audit_install(&id, outcome)
+        let installed = self.audit_install(&id, outcome)?;
+        self.publish_install(&installed, bytes)?;
+        Ok(installed)
+    }
+
+    /// On a cluster node, hands what was just installed here to every node.
+    fn publish_install(&self, installed: &InstalledSkill, bytes: &[u8]) -> Result<(), HomeError> {
+        if let Some(shared) = self.shared_skills() {
+            let change = SkillChange::Install { id: installed.id.clone(), digest: installed.digest };
+            shared.publish_skill(&change, Some(bytes))?;
+        }
+        Ok(())
+    }
+
+    /// From now on, skills installed or removed here are installed or
+    /// removed on every node of the cluster `shared`, and
+    /// [`Home::sync_skills`] applies the other nodes' changes here;
+    /// applies those published so far (after the cluster's trust, which
+    /// they are verified against). Returns how many.
+    pub fn share_skills(&self, shared: Arc<dyn SharedSkills>) -> Result<usize, HomeError> {
+        *self.shared_skills.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
+        self.sync_skills()
+    }
+
+    /// Whether installed skills are the cluster's (see [`Home::share_skills`]).
+    pub fn shares_skills(&self) -> bool {
+        self.shared_skills().is_some()
+    }
+
+    fn shared_skills(&self) -> Option<Arc<dyn SharedSkills>> {
+        self.shared_skills.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies the skills installed and removed on other nodes since the
+    /// last call: each package is installed here only if it verifies
+    /// against this node's trust store (every install and refusal audited,
+    /// as `skill.install` from the cluster). Returns how many skills
+    /// changed here; 0 outside a cluster.
+    pub fn sync_skills(&self) -> Result<usize, HomeError> {
+        let Some(shared) = self.shared_skills() else { return Ok(0) };
+        let mut applied = 0;
+        loop {
+            let after = self.skills_applied.load(Ordering::SeqCst);
+            let changes = shared.skill_changes(after, 500)?;
+            let Some(last) = changes.last().map(|(seq, _)| *seq) else { return Ok(applied) };
+            // Only the newest change of each skill matters.
+            let mut newest = std::collections::BTreeMap::new();
+            for (_, change) in changes {
+                let id = match &change {
+                    SkillChange::Install { id, .. } | SkillChange::Remove { id } => id.clone(),
+                };
+                newest.insert(id, change);
+            }
+            for (id, change) in newest {
+                let here = self.info(&id).ok().map(|s| s.digest);
+                match change {
+                    SkillChange::Install { digest, .. } if here != Some(digest) => {
+                        applied += usize::from(self.install_from_cluster(&*shared, &id, digest)?);
+                    }
+                    SkillChange::Remove { .. } if here.is_some() => {
+                        let outcome = self.remove_unaudited(&id);
+                        self.audited("skill.remove", ("skill", &id), outcome, |s| {
+                            (
+                                format!("version {}, removed on another node of the cluster", s.version),
+                                serde_json::Value::Null,
+                            )
+                        })?;
+                        applied += 1;
+                    }
+                    _ => {}
+                }
+            }
+            self.skills_applied.fetch_max(last, Ordering::SeqCst);
+        }
+    }
+
+    /// Installs skill `id` as the cluster's package `digest`, if it
+    /// verifies against this node's trust (a refusal is audited and the
+    /// skill left as it is here). Whether it was installed.
+    fn install_from_cluster(&self, shared: &dyn SharedSkills, id: &str, digest: Digest) -> Result<bool, HomeError> {
+        let Some(bytes) = shared.package(&digest)? else {
+            tracing::warn!(skill = id, %digest, "a skill of the cluster has no package in its database: skipped");
+            return Ok(false);
+        };
+        let outcome = Package::parse(&bytes).map_err(HomeError::from).and_then(|p| {
+            let verified = p.verify(self)?;
+            if verified.digest() != digest || verified.manifest().id.to_string() != id {
+                return Err(HomeError::NotTheVerifiedPackage(id.to_owned()));
+            }
+            self.store(&verified, &bytes)
+        });
+        let refused = outcome.as_ref().err().map(ToString::to_string);
+        let installed = self.audited("skill.install", ("skill", id), outcome, |s| {
+            (
+                format!("version {} signed by {}, installed on another node of the cluster", s.version, s.signer),
+                serde_json::json!({ "digest": s.digest, "signer": s.signer, "version": s.version, "from": "cluster" }),
+            )
+        });
+        match installed {
+            Ok(_) => Ok(true),
+            Err(HomeError::Audit(e)) => Err(HomeError::Audit(e)),
+            Err(_) => {
+                tracing::warn!(
+                    skill = id,
+                    reason = refused.as_deref().unwrap_or(""),
+                    "a skill of the cluster was refused here"
+                );
+                Ok(false)
+            }
+        }
     }
 
     fn audit_install(&self, id: &str, outcome: Result<InstalledSkill, HomeError>) -> Result<InstalledSkill, HomeError> {
@@ -666,9 +783,13 @@ impl Home {
     /// the file: the package digest covers the manifest, which names the id.
     pub fn remove(&self, id: &str) -> Result<InstalledSkill, HomeError> {
         let outcome = self.remove_unaudited(id);
-        self.audited("skill.remove", ("skill", id), outcome, |s| {
+        let removed = self.audited("skill.remove", ("skill", id), outcome, |s| {
             (format!("version {}", s.version), serde_json::Value::Null)
-        })
+        })?;
+        if let Some(shared) = self.shared_skills() {
+            shared.publish_skill(&SkillChange::Remove { id: id.to_owned() }, None)?;
+        }
+        Ok(removed)
     }
 
     fn remove_unaudited(&self, id: &str) -> Result<InstalledSkill, HomeError> {

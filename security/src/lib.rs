@@ -40,7 +40,7 @@ mod install;
 pub mod oidc;
 mod policy_files;
 pub mod security;
-pub mod shared_trust;
+pub mod shared;
 pub mod sqlite;
 
 pub use authz::{Queued, QueuedCheck};

@@ -567,3 +567,76 @@ async fn a_session_opened_on_one_node_is_valid_and_revoked_on_every_node() {
     // Both nodes' devices are the cluster's.
     assert!(security.dangerous_identity_store().devices().unwrap().len() >= 2);
 }
+
+/// A skill installed on one node is installed on every node, which then
+/// runs its tasks; one removed is removed everywhere. A package published
+/// to the database that a node's trust does not accept (a rogue writer,
+/// a key only another node trusts) is refused there, audited, and never
+/// run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skill_installed_on_one_node_runs_on_every_node_and_an_untrusted_one_nowhere() {
+    use coderclaw::shared::{SharedSkills, SkillChange};
+    use coderclaw_core::manifest::Manifest;
+    use coderclaw_core::package::Package;
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let config = EngineConfig { max_concurrent_tasks: 2, ..Default::default() };
+    let a = fixture_on(config.clone(), "", Some(Store::Cluster(&url, "a", TEST_LEASE)));
+    let b = fixture_on(config, "", Some(Store::Cluster(&url, "b", TEST_LEASE)));
+    let sign = |id: &str, key: &coderclaw_core::keys::SecretKey| {
+        let text = format!("id = \"{id}\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n");
+        let manifest = Manifest::from_toml(&text, "echo").unwrap();
+        let bytes = std::fs::read(coderclaw_e2e::guest("echo")).unwrap();
+        Package::sign(&manifest, bytes, key, 1_763_000_000).to_bytes()
+    };
+    let team = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: team--------");
+    a.home.dangerous_install_ungated(&sign("team/echo2", &team)).unwrap();
+    let arrived = Instant::now();
+    while b.home.info("team/echo2").is_err() {
+        assert!(arrived.elapsed() < Duration::from_secs(5), "the skill installed on a never reached b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Either node may claim them: each must have the skill.
+    let rt = local(&a.service);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(rt.submit_task(TaskSubmitRequest::skill("team/echo2", json!({ "i": i }))).await.unwrap().id);
+    }
+    for id in &ids {
+        let done = rt.wait(id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Completed, "{:?}", done.error);
+    }
+    let db = sql(&url).await;
+    let nodes: i64 = db
+        .query_one("SELECT COUNT(DISTINCT node) FROM tasks WHERE target_id = 'team/echo2'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(nodes, 2, "both nodes ran the skill installed on a");
+
+    // A rogue writer publishes a package signed by a key no node trusts.
+    let stranger = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: stranger----");
+    let rogue = sign("team/rogue", &stranger);
+    let shared = coderclaw::tasks::store::PgSharedState::open(&url).unwrap();
+    let digest = Package::parse(&rogue).unwrap().digest();
+    shared.publish_skill(&SkillChange::Install { id: "team/rogue".into(), digest }, Some(&rogue)).unwrap();
+    b.home.sync_skills().unwrap();
+    assert!(b.home.info("team/rogue").is_err(), "a package no trusted key signed was installed");
+    let refused: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM audit WHERE action = 'skill.install' AND resource_id = 'team/rogue' AND result = 'denied'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(refused >= 1, "the refusal is audited");
+
+    // Removed on b: removed on a.
+    b.home.remove("team/echo2").unwrap();
+    let removed = Instant::now();
+    while a.home.info("team/echo2").is_ok() {
+        assert!(removed.elapsed() < Duration::from_secs(5), "the skill removed on b is still installed on a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

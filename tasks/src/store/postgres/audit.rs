@@ -45,8 +45,8 @@ CREATE INDEX audit_resource ON audit (resource_id);
 ";
 
 /// The first schema version with everything nodes share besides tasks:
-/// the audit table, trust and identities.
-const SHARED_SCHEMA: i32 = 5;
+/// the audit table, trust, identities and installed skills.
+const SHARED_SCHEMA: i32 = 6;
 
 const COLUMNS: &str = "seq, timestamp_ms, action, user_name, device, session, resource_type, resource_id, result, \
                        reason, metadata, prev_hash, hash";
@@ -221,8 +221,8 @@ const SCAN_PAGE: i64 = 5000;
 /// What a cluster's nodes share besides tasks, on one connection (a
 /// thread of its own): the audit log (for
 /// [`coderclaw_security::audit::AuditLog::use_store`]: a node's own
-/// records and the `coderclaw audit` commands), trust (`trust.rs`) and
-/// identities (`identity.rs`).
+/// records and the `coderclaw audit` commands), trust (`trust.rs`),
+/// identities (`identity.rs`) and installed skills (`skills.rs`).
 pub struct PgSharedState {
     url: String,
     /// Writes, one at a time (each a transaction).
@@ -409,7 +409,7 @@ async fn check_schema(client: &tokio_postgres::Client, url: &str) -> Result<(), 
         return Err(StoreError::Postgres {
             url: url.to_owned(),
             message: format!(
-                "the database has {what}, without the cluster's audit log, trust and identities: start a \
+                "the database has {what}, without the cluster's audit log, trust, identities and skills: start a \
                  cluster node of this coderclaw on it first, which brings the schema up to version {SCHEMA_VERSION}"
             ),
         });

@@ -17,6 +17,7 @@
 mod audit;
 mod cluster;
 mod identity;
+mod skills;
 mod trust;
 
 pub use audit::PgSharedState;
@@ -121,6 +122,7 @@ CREATE INDEX task_commands_by_task ON task_commands (task_id);
     audit::MIGRATION,
     trust::MIGRATION,
     identity::MIGRATION,
+    skills::MIGRATION,
 ];
 
 /// The schema version this build writes.

@@ -1,14 +1,14 @@
 //! The cluster's shared trust: `trust add` and `trust revoke` on any node
 //! publish the change here, with its audit record in the same
 //! transaction, and every node applies what was published to its own
-//! trust store (see `coderclaw_security::shared_trust`).
+//! trust store (see `coderclaw_security::shared`).
 
 use super::PgSharedState;
 use super::audit::{AuditSql, append_once};
 use coderclaw_core::clock::now_ms;
 use coderclaw_core::keys::PublicKey;
 use coderclaw_security::audit::{AuditError, AuditEvent, AuditSigning, AuditStore};
-use coderclaw_security::shared_trust::{SharedTrust, TrustChange};
+use coderclaw_security::shared::{SharedTrust, TrustChange};
 
 /// The schema's trust table (migration 4). `seq` is given under the
 /// audit log's lock, so changes become visible in `seq` order and a node
