@@ -5,7 +5,7 @@ use crate::output::print_json;
 use anyhow::Context as _;
 use anyhow::{Result, bail};
 use clap::Subcommand;
-use coderclaw::audit::{AuditError, AuditFilter, AuditResult, VerifyReport, read_witness_file};
+use coderclaw::audit::{AuditError, AuditFilter, AuditResult, Signers, VerifyReport, read_witness_file};
 use coderclaw_core::audit_head::SignedHead;
 use coderclaw_core::rbac::Permission;
 use coderclaw_core::units::parse_duration;
@@ -147,9 +147,11 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     if let Some(url) = database {
         home.audit().use_store(coderclaw::tasks::store::PgSharedState::open(&url)?);
     }
-    // A cluster's log is signed by every node's key: none is expected.
+    // A cluster's log is signed by every node's key: this machine's or one
+    // of cluster.nodeKeys.
     let device = security.local_device().id;
-    let expected = (!home.audit().is_shared()).then_some(device.as_str());
+    let nodes = security.cluster_signers()?;
+    let expected = if home.audit().is_shared() { Signers::OneOf(&nodes) } else { Signers::Device(&device) };
     match cmd {
         Command::Query { user, action, since, result, limit, json, .. } => {
             let since_ms = since.as_deref().map(parse_since).transpose()?;

@@ -13,9 +13,9 @@ use std::sync::Arc;
 pub(crate) use crate::settings::state_dir;
 
 /// Opens the state directory (keys, trust store, installed skills,
-/// caches). On a cluster node the audit log and trust are the cluster's,
-/// in its database (its trust changes applied here first); also returned,
-/// for the identities.
+/// caches). On a cluster node the audit log, trust and installed skills
+/// are the cluster's, in its database (applied here once the security
+/// model is open); also returned, for the identities.
 fn open_shared() -> Result<(Home, Option<Arc<PgSharedState>>)> {
     let home = Home::open(state_dir()?)?;
     let Some(url) = crate::task::configured_cluster()? else { return Ok((home, None)) };
@@ -24,8 +24,8 @@ fn open_shared() -> Result<(Home, Option<Arc<PgSharedState>>)> {
          the cluster's",
     )?;
     home.audit().use_store(shared.clone());
-    home.share_trust(shared.clone())?;
-    home.share_skills(shared.clone())?;
+    home.share_trust(shared.clone());
+    home.share_skills(shared.clone());
     Ok((home, Some(shared)))
 }
 
@@ -61,6 +61,7 @@ pub(crate) fn open_security(workspace: Option<&Path>) -> Result<Arc<Security>> {
     let security = Security::open(Arc::new(home), workspace)?;
     if let Some(shared) = shared {
         security.share_identities(shared)?;
+        security.sync_cluster()?;
     }
     Ok(Arc::new(security))
 }

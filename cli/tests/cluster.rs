@@ -231,12 +231,34 @@ fn three_nodes_share_two_thousand_tasks_and_each_completes_once() {
         let ids: Vec<String> = submitting.join_all().await.into_iter().flatten().collect();
         assert_eq!(ids.len(), 2000);
         let db = c.sql().await;
-        eventually(Duration::from_secs(120), "2,000 tasks never all completed", async || {
+        let waiting = Instant::now();
+        loop {
             let done: i64 =
                 db.query_one("SELECT COUNT(*) FROM tasks WHERE status = 'COMPLETED'", &[]).await.unwrap().get(0);
-            done == 2000
-        })
-        .await;
+            if done == 2000 {
+                break;
+            }
+            if waiting.elapsed() > Duration::from_secs(120) {
+                let by_status: Vec<(String, i64, Option<String>)> = db
+                    .query("SELECT status, COUNT(*), MIN(error) FROM tasks GROUP BY status", &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect();
+                let logs: Vec<String> = nodes.iter().map(|n| n.said()).collect();
+                panic!(
+                    "2,000 tasks never all completed: {by_status:?}
+{}",
+                    logs.join(
+                        "
+---
+"
+                    )
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         eprintln!("2,000 tasks on 3 nodes in {:?}", started.elapsed());
         assert_eq!(not_ended_once(&db).await, Vec::<String>::new());
         let per_node: Vec<i64> = db
@@ -539,6 +561,16 @@ fn a_cluster_nodes_trust_skill_and_audit_commands_are_the_clusters() {
     for cli in [&one, &two] {
         std::fs::write(cli.home.path().join("runtime.yaml"), &node_config).unwrap();
     }
+    // Each machine accepts the other's changes (its device key listed).
+    let device = |cli: &Cli| {
+        let out = cli.run(&["device", "show", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+        d["public_key"].as_str().unwrap().to_owned()
+    };
+    let (one_key, two_key) = (device(&one), device(&two));
+    std::fs::write(one.home.path().join("config.yaml"), format!("cluster:\n  nodeKeys: [{two_key}]\n")).unwrap();
+    std::fs::write(two.home.path().join("config.yaml"), format!("cluster:\n  nodeKeys: [{one_key}]\n")).unwrap();
     let key = trusted_key(&one, "team-key", "team");
     let out = one.run(&["audit", "query", "--action", "trust.add", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -549,6 +581,15 @@ fn a_cluster_nodes_trust_skill_and_audit_commands_are_the_clusters() {
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["log"].as_str().unwrap().starts_with("postgres://"), "{report}");
+    // A third machine that lists neither does not accept their checkpoints.
+    let three = Cli::new();
+    std::fs::write(three.home.path().join("runtime.yaml"), &node_config).unwrap();
+    let out = three.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("cluster.nodeKeys"), "{}", text(&out.stderr));
+    // Nor does it take their trust: the key is not trusted there.
+    let trust: Value = serde_json::from_slice(&three.run(&["trust", "list", "--json"]).stdout).unwrap();
+    assert!(!trust.to_string().contains(&key), "{trust}");
     let out = two.run(&["trust", "list", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let trust: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -24,6 +24,7 @@ pub mod signed_policy;
 pub mod task;
 pub mod task_link;
 pub mod trust;
+pub mod trust_change;
 pub mod units;
 
 pub use digest::Digest;

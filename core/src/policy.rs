@@ -226,6 +226,42 @@ pub struct SecurityConfig {
     /// `uploads:`: bounds of uploaded workspace snapshots.
     #[serde(default)]
     pub uploads: UploadsSection,
+    /// `cluster:`: the machines this node believes, when it is one.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// `cluster:` in the configuration of a cluster node (mode
+/// distributed-cluster).
+///
+/// ```yaml
+/// cluster:
+///   nodeKeys:               # device keys (`coderclaw device show`) of the cluster's machines
+///     - ed25519:3b6a27bc…
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSection {
+    /// The device keys of the machines whose trust changes (`trust add`,
+    /// `trust revoke` made there) this node applies, and whose signatures
+    /// on the cluster's audit checkpoints it accepts. This machine's own
+    /// key always counts; with none listed, no other machine's.
+    #[serde(default)]
+    pub node_keys: Vec<String>,
+}
+
+impl ClusterSection {
+    /// The ids of the listed keys, or the first entry that is not a key.
+    pub fn node_key_ids(&self) -> Result<Vec<String>, String> {
+        self.node_keys
+            .iter()
+            .map(|k| {
+                crate::keys::PublicKey::parse(k)
+                    .map(|k| k.id().to_string())
+                    .map_err(|e| format!("cluster.nodeKeys: {k:?} is not a public key ({e})"))
+            })
+            .collect()
+    }
 }
 
 /// One of `workspaces:` in the configuration: a directory on the server a
@@ -661,6 +697,12 @@ impl SecurityConfig {
         }
         if self.identity.session_ttl.0 == 0 {
             return Err(invalid("identity.sessionTtl".into(), "must be greater than zero".into()));
+        }
+        if let Err(problem) = self.cluster.node_key_ids() {
+            return Err(invalid(
+                "cluster.nodeKeys".into(),
+                format!("{problem}: list the machines' device public keys (`ed25519:…`)"),
+            ));
         }
         Ok(roles)
     }

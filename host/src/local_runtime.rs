@@ -207,15 +207,15 @@ impl LocalRuntimeBuilder {
                             security.share_identities(shared.clone())?;
                         }
                         if !home.shares_trust() {
-                            let applied = home.share_trust(shared.clone()).map_err(SecurityError::from)?;
-                            tracing::info!(applied, "the cluster's trust changes applied");
+                            home.share_trust(shared.clone());
                         }
                         if !home.shares_skills() {
-                            let applied = home.share_skills(shared).map_err(SecurityError::from)?;
-                            tracing::info!(applied, "the cluster's installed skills applied");
+                            home.share_skills(shared);
                         }
                     }
-                    follow_shared_trust(&home)?;
+                    let (trust, skills) = security.sync_cluster()?;
+                    tracing::info!(trust, skills, "the cluster's trust and skill changes applied");
+                    follow_cluster(&security)?;
                 }
                 let open_store = |on_commit| {
                     use coderclaw_tasks::store::PgTaskStore;
@@ -240,29 +240,25 @@ impl LocalRuntimeBuilder {
 /// its own state directory.
 const TRUST_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Applies the cluster's trust and skill changes to `home` every
-/// [`TRUST_SYNC_EVERY`] for as long as it is open.
-fn follow_shared_trust(home: &Arc<Home>) -> Result<(), OpenError> {
-    let home = Arc::downgrade(home);
+/// Applies the cluster's trust and skill changes to `security`'s state
+/// directory every [`TRUST_SYNC_EVERY`] for as long as it is open.
+fn follow_cluster(security: &Arc<Security>) -> Result<(), OpenError> {
+    let security = Arc::downgrade(security);
     let follow = move || {
         loop {
             std::thread::sleep(TRUST_SYNC_EVERY);
-            let Some(home) = home.upgrade() else { return };
-            // Trust first: the skills are verified against it.
-            match home.sync_trust() {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(applied = n, "the cluster's trust changed"),
-                Err(e) => tracing::warn!(error = %e, "the cluster's trust changes could not be applied; retrying"),
-            }
-            match home.sync_skills() {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(applied = n, "the cluster's installed skills changed"),
-                Err(e) => tracing::warn!(error = %e, "the cluster's skill changes could not be applied; retrying"),
+            let Some(security) = security.upgrade() else { return };
+            // Trust first, then the skills verified against it (a failed
+            // trust sync skips the skills).
+            match security.sync_cluster() {
+                Ok((0, 0)) => {}
+                Ok((trust, skills)) => tracing::info!(trust, skills, "the cluster's trust or skills changed"),
+                Err(e) => tracing::warn!(error = %e, "the cluster's changes could not be applied; retrying"),
             }
         }
     };
     std::thread::Builder::new()
-        .name("coderclaw-trust-sync".into())
+        .name("coderclaw-cluster-sync".into())
         .spawn(follow)
         .map_err(|e| EngineError::from(coderclaw_tasks::store::StoreError::Thread(e.to_string())))?;
     Ok(())

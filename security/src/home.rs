@@ -17,7 +17,7 @@
 //! key revoked after installation stops its packages from running.
 
 use crate::audit::{AuditEvent, AuditLog, AuditResult};
-use crate::shared::{SharedSkills, SharedTrust, SkillChange, TrustChange};
+use crate::shared::{SharedSkills, SharedTrust, SignedTrustChange, SkillChange, TrustChange};
 use coderclaw_core::Digest;
 use coderclaw_core::fsutil::FileIdentity;
 use coderclaw_core::keys::{KeyError, KeyId, PublicKey, SecretKey};
@@ -27,7 +27,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
 
@@ -84,6 +83,17 @@ pub enum HomeError {
         id: String,
         /// What the file holds now.
         found: String,
+    },
+    /// A package published by another node of the cluster is older than
+    /// the version installed here.
+    #[error("{id}: the cluster's package is version {offered}, older than the {have} installed here: not installed")]
+    ClusterDowngrade {
+        /// The skill.
+        id: String,
+        /// The version installed here.
+        have: semver::Version,
+        /// The cluster's.
+        offered: semver::Version,
     },
     /// `install_verified` was given bytes of another package than the one verified.
     #[error("the package file given for {0} is not the package that was verified: nothing was installed")]
@@ -143,12 +153,8 @@ pub struct Home {
     verified: Mutex<VerifiedCache>,
     /// The cluster's trust, when this is a cluster node's.
     shared_trust: RwLock<Option<Arc<dyn SharedTrust>>>,
-    /// The last shared trust change applied here.
-    trust_applied: AtomicI64,
     /// The cluster's installed skills, when this is a cluster node's.
     shared_skills: RwLock<Option<Arc<dyn SharedSkills>>>,
-    /// The last shared skill change applied here.
-    skills_applied: AtomicI64,
 }
 
 /// Verified packages by skill id, valid while the generation of `state.db`
@@ -182,6 +188,10 @@ CREATE TABLE IF NOT EXISTS org_policies_seen (
     namespace   TEXT NOT NULL,
     serial      INTEGER NOT NULL,
     PRIMARY KEY (registry, namespace)
+);
+CREATE TABLE IF NOT EXISTS cluster_sync (
+    name        TEXT PRIMARY KEY,
+    seq         INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS installed_skills (
     id               TEXT PRIMARY KEY,
@@ -245,9 +255,7 @@ impl Home {
             actor: local_user(),
             verified: Mutex::default(),
             shared_trust: RwLock::new(None),
-            trust_applied: AtomicI64::new(0),
             shared_skills: RwLock::new(None),
-            skills_applied: AtomicI64::new(0),
         })
     }
 
@@ -384,12 +392,11 @@ impl Home {
     // --- trust store ---
 
     /// From now on, trust changes made here are the cluster's `shared`
-    /// (published there, and recorded in its audit log in the same
-    /// transaction), and [`Home::sync_trust`] applies the cluster's
-    /// changes here; applies those published so far. Returns how many.
-    pub fn share_trust(&self, shared: Arc<dyn SharedTrust>) -> Result<usize, HomeError> {
+    /// (published there, signed by this machine's device key, and recorded
+    /// in its audit log in the same transaction), and [`Home::sync_trust`]
+    /// applies the cluster's changes here.
+    pub fn share_trust(&self, shared: Arc<dyn SharedTrust>) {
         *self.shared_trust.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
-        self.sync_trust()
     }
 
     /// Whether trust is the cluster's (see [`Home::share_trust`]).
@@ -401,46 +408,109 @@ impl Home {
         self.shared_trust.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// This machine's device key, which signs what it publishes.
+    fn device_key(&self) -> Result<SecretKey, HomeError> {
+        Ok(SecretKey::read(&self.root.join("device.key"))?)
+    }
+
     /// Applies the cluster's trust changes published since the last call
-    /// to this state directory's trust store (each was recorded in the
-    /// cluster's audit log where it was made; applying it records nothing
-    /// more). Returns how many were applied; 0 outside a cluster.
-    pub fn sync_trust(&self) -> Result<usize, HomeError> {
+    /// to this state directory's trust store: each only if its signature
+    /// holds and its publisher is this machine or one of `publishers`
+    /// (key ids: `cluster.nodeKeys`). Each change was recorded in the
+    /// cluster's audit log where it was made; one refused here is recorded
+    /// (denied) and skipped, and so is one that cannot be read or applied.
+    /// Where it got to is kept in the state directory, per set of
+    /// publishers: listing another machine reads the changes again from
+    /// the start. Returns how many changed something here; 0 outside a
+    /// cluster.
+    pub fn sync_trust(&self, publishers: &[String]) -> Result<usize, HomeError> {
         let Some(shared) = self.shared_trust() else { return Ok(0) };
+        let own = self.device_key().ok().map(|k| k.public().id().to_string());
+        let mut allowed: Vec<&str> = publishers.iter().map(String::as_str).chain(own.as_deref()).collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        let position = format!("trust {} {}", self.audit.store_name(), allowed.join(","));
         let mut applied = 0;
         loop {
-            let after = self.trust_applied.load(Ordering::SeqCst);
+            let after = self.sync_position(&position)?;
             let changes = shared.changes(after, 500)?;
-            let Some((last, _)) = changes.last().cloned() else { return Ok(applied) };
-            for (_, change) in &changes {
-                match change {
-                    TrustChange::Add { namespace, key } => {
-                        self.trust_add_unaudited(namespace, key)?;
+            let Some(last) = changes.last().map(|(seq, _)| *seq) else { return Ok(applied) };
+            for (seq, change) in changes {
+                match change.and_then(|c| self.apply_trust_change(&c, &allowed)) {
+                    Ok(true) => applied += 1,
+                    Ok(false) => {}
+                    Err(problem) => {
+                        tracing::warn!(change = seq, problem, "a trust change of the cluster was not applied here");
+                        let record =
+                            AuditEvent::new("trust.sync", AuditResult::Denied, "cluster-trust", &seq.to_string())
+                                .reason(format!("not applied here: {problem}"))
+                                .user(&self.actor);
+                        self.audit.append(record)?;
                     }
-                    // A key this node never trusted has nothing to revoke.
-                    TrustChange::Revoke { key_id } => match self.trust_revoke_unaudited(key_id) {
-                        Ok(_) | Err(HomeError::UnknownKey(_)) => {}
-                        Err(e) => return Err(e),
-                    },
                 }
-                applied += 1;
             }
-            self.trust_applied.fetch_max(last, Ordering::SeqCst);
+            self.set_sync_position(&position, last)?;
         }
     }
 
+    /// Applies one published trust change if its signature holds and its
+    /// publisher is `allowed` (key ids). Whether it changed anything.
+    fn apply_trust_change(&self, signed: &SignedTrustChange, allowed: &[&str]) -> Result<bool, String> {
+        let publisher = signed.verify()?;
+        if !allowed.contains(&publisher.id().as_str()) {
+            return Err(format!(
+                "published by {publisher}, which is neither this machine nor in cluster.nodeKeys of config.yaml"
+            ));
+        }
+        match &signed.change {
+            TrustChange::Add { namespace, key } => {
+                let key = PublicKey::parse(key).map_err(|e| e.to_string())?;
+                let before = self.trust_entry(&key.id()).map_err(|e| e.to_string())?;
+                let after = self.trust_add_unaudited(namespace, &key).map_err(|e| e.to_string())?;
+                Ok(before.as_ref() != Some(&after))
+            }
+            // A key this node never trusted has nothing to revoke.
+            TrustChange::Revoke { key_id } => {
+                let before = KeyId::parse(key_id).ok().and_then(|id| self.trust_entry(&id).ok().flatten());
+                match self.trust_revoke_unaudited(key_id) {
+                    Ok(after) => Ok(before.as_ref() != Some(&after)),
+                    Err(HomeError::UnknownKey(_)) => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Where the sync named `name` got to (0: nowhere yet).
+    fn sync_position(&self, name: &str) -> Result<i64, HomeError> {
+        self.with_db(|db| db.query_row("SELECT seq FROM cluster_sync WHERE name = ?1", [name], |r| r.get(0)).optional())
+            .map(Option::unwrap_or_default)
+    }
+
+    fn set_sync_position(&self, name: &str, seq: i64) -> Result<(), HomeError> {
+        self.with_db(|db| {
+            db.execute(
+                "INSERT INTO cluster_sync (name, seq) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                params![name, seq],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Trusts `key` to sign packages of `namespace` (adds the key if new).
-    /// On a cluster node, every node's trust.
+    /// On a cluster node, every node's trust: published, signed by this
+    /// machine's device key, and applied here.
     pub fn trust_add(&self, namespace: &str, key: &PublicKey) -> Result<TrustEntry, HomeError> {
         if let Some(shared) = self.shared_trust().filter(|_| valid_namespace(namespace)) {
             let record = AuditEvent::new("trust.add", AuditResult::Allowed, "key", key.id().as_str())
                 .reason(format!("may sign for {namespace}, on every node of the cluster"))
                 .metadata(serde_json::json!({ "namespace": namespace }))
                 .user(&self.actor);
-            let change = TrustChange::Add { namespace: namespace.to_owned(), key: *key };
-            shared.publish(&change, &record, &self.audit.signing())?;
-            self.sync_trust()?;
-            return self.trust_entry(&key.id())?.ok_or_else(|| HomeError::UnknownKey(key.id().to_string()));
+            let change = TrustChange::Add { namespace: namespace.to_owned(), key: key.to_string() };
+            let signed = SignedTrustChange::sign(change, &self.device_key()?);
+            shared.publish(&signed, &record, &self.audit.signing())?;
+            return self.trust_add_unaudited(namespace, key);
         }
         let outcome = self.trust_add_unaudited(namespace, key);
         self.audited("trust.add", ("key", key.id().as_str()), outcome, |e| {
@@ -479,9 +549,17 @@ impl Home {
                 let record = AuditEvent::new("trust.revoke", AuditResult::Allowed, "key", key_id)
                     .reason("revoked, on every node of the cluster")
                     .user(&self.actor);
-                shared.publish(&TrustChange::Revoke { key_id: key_id.to_owned() }, &record, &self.audit.signing())?;
-                self.sync_trust()?;
-                return self.trust_entry(&id)?.ok_or_else(|| HomeError::UnknownKey(key_id.to_owned()));
+                let revoke = TrustChange::Revoke { key_id: key_id.to_owned() };
+                let published = self.device_key().and_then(|k| {
+                    Ok(shared.publish(&SignedTrustChange::sign(revoke, &k), &record, &self.audit.signing())?)
+                });
+                let Err(e) = published else { return self.trust_revoke_unaudited(key_id) };
+                // Revoked here whatever happens: refusing is the safe side.
+                let outcome = self.trust_revoke_unaudited(key_id);
+                self.audited("trust.revoke", ("key", key_id), outcome, |_| {
+                    (format!("revoked on this node only: not published to the cluster ({e})"), serde_json::Value::Null)
+                })?;
+                return Err(e);
             }
         }
         let outcome = self.trust_revoke_unaudited(key_id);
@@ -581,12 +659,9 @@ impl Home {
 
     /// From now on, skills installed or removed here are installed or
     /// removed on every node of the cluster `shared`, and
-    /// [`Home::sync_skills`] applies the other nodes' changes here;
-    /// applies those published so far (after the cluster's trust, which
-    /// they are verified against). Returns how many.
-    pub fn share_skills(&self, shared: Arc<dyn SharedSkills>) -> Result<usize, HomeError> {
+    /// [`Home::sync_skills`] applies the other nodes' changes here.
+    pub fn share_skills(&self, shared: Arc<dyn SharedSkills>) {
         *self.shared_skills.write().unwrap_or_else(|p| p.into_inner()) = Some(shared);
-        self.sync_skills()
     }
 
     /// Whether installed skills are the cluster's (see [`Home::share_skills`]).
@@ -605,9 +680,10 @@ impl Home {
     /// changed here; 0 outside a cluster.
     pub fn sync_skills(&self) -> Result<usize, HomeError> {
         let Some(shared) = self.shared_skills() else { return Ok(0) };
+        let position = format!("skills {}", self.audit.store_name());
         let mut applied = 0;
         loop {
-            let after = self.skills_applied.load(Ordering::SeqCst);
+            let after = self.sync_position(&position)?;
             let changes = shared.skill_changes(after, 500)?;
             let Some(last) = changes.last().map(|(seq, _)| *seq) else { return Ok(applied) };
             // Only the newest change of each skill matters.
@@ -637,7 +713,7 @@ impl Home {
                     _ => {}
                 }
             }
-            self.skills_applied.fetch_max(last, Ordering::SeqCst);
+            self.set_sync_position(&position, last)?;
         }
     }
 
@@ -649,10 +725,17 @@ impl Home {
             tracing::warn!(skill = id, %digest, "a skill of the cluster has no package in its database: skipped");
             return Ok(false);
         };
+        let installed_version = self.info(id).ok().map(|s| s.version);
         let outcome = Package::parse(&bytes).map_err(HomeError::from).and_then(|p| {
             let verified = p.verify(self)?;
             if verified.digest() != digest || verified.manifest().id.to_string() != id {
                 return Err(HomeError::NotTheVerifiedPackage(id.to_owned()));
+            }
+            // An older signed package replayed into the database is not a
+            // way to downgrade this node.
+            if let Some(have) = installed_version.filter(|v| *v > verified.manifest().version) {
+                let offered = verified.manifest().version.clone();
+                return Err(HomeError::ClusterDowngrade { id: id.to_owned(), have, offered });
             }
             self.store(&verified, &bytes)
         });
@@ -665,8 +748,13 @@ impl Home {
         });
         match installed {
             Ok(_) => Ok(true),
-            Err(HomeError::Audit(e)) => Err(HomeError::Audit(e)),
-            Err(_) => {
+            // Refused: this node does not take it (audited above).
+            Err(
+                HomeError::Package(_)
+                | HomeError::NotTheVerifiedPackage(_)
+                | HomeError::ClusterDowngrade { .. }
+                | HomeError::Key(_),
+            ) => {
                 tracing::warn!(
                     skill = id,
                     reason = refused.as_deref().unwrap_or(""),
@@ -674,6 +762,8 @@ impl Home {
                 );
                 Ok(false)
             }
+            // Anything else (the disk, the database) is tried again next time.
+            Err(e) => Err(e),
         }
     }
 

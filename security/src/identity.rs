@@ -228,6 +228,9 @@ pub trait IdentityBackend: Send + Sync {
 /// The store.
 pub struct IdentityStore {
     backend: RwLock<Arc<dyn IdentityBackend>>,
+    /// With a shared backend, this machine's device: the only one `local`
+    /// (every node registers its own as local there).
+    local_device: RwLock<Option<String>>,
 }
 
 fn random_hex(bytes: usize) -> Result<String, IdentityError> {
@@ -255,15 +258,27 @@ impl IdentityStore {
     /// Opens (creating) `identity.db` in `dir`.
     pub fn open(dir: &Path) -> Result<IdentityStore, IdentityError> {
         let backend = sqlite::SqliteIdentities::open(dir)?;
-        Ok(IdentityStore { backend: RwLock::new(Arc::new(backend)) })
+        Ok(IdentityStore { backend: RwLock::new(Arc::new(backend)), local_device: RwLock::new(None) })
     }
 
     /// From now on, identities are `backend`'s (a cluster's database):
     /// users, tokens, devices and sessions in the state directory's file
     /// are no longer seen.
-    pub fn use_backend(&self, backend: Arc<dyn IdentityBackend>) {
+    /// `local_device` (this machine's device id) is the only device seen
+    /// as local from then on.
+    pub fn use_backend(&self, backend: Arc<dyn IdentityBackend>, local_device: &str) {
         tracing::info!(store = %backend.name(), "identities come from a shared store");
+        *self.local_device.write().unwrap_or_else(|p| p.into_inner()) = Some(local_device.to_owned());
         *self.backend.write().unwrap_or_else(|p| p.into_inner()) = backend;
+    }
+
+    /// `d` as this machine sees it: in a shared store, only its own device
+    /// is local.
+    fn seen_here(&self, mut d: Device) -> Device {
+        if let Some(local) = self.local_device.read().unwrap_or_else(|p| p.into_inner()).as_deref() {
+            d.local = d.id == local;
+        }
+        d
     }
 
     /// Where identities are kept, as errors name it.
@@ -385,12 +400,13 @@ impl IdentityStore {
 
     /// One device.
     pub fn device(&self, id: &str) -> Result<Device, IdentityError> {
-        self.backend().device(id)?.ok_or_else(|| IdentityError::NoSuchDevice(id.to_owned()))
+        let d = self.backend().device(id)?.ok_or_else(|| IdentityError::NoSuchDevice(id.to_owned()))?;
+        Ok(self.seen_here(d))
     }
 
     /// Every device.
     pub fn devices(&self) -> Result<Vec<Device>, IdentityError> {
-        self.backend().devices()
+        Ok(self.backend().devices()?.into_iter().map(|d| self.seen_here(d)).collect())
     }
 
     /// Sets a device's trust level; returns the previous one.

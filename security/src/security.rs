@@ -216,12 +216,34 @@ impl Security {
     /// From now on, users, tokens, devices and sessions are `shared`'s (a
     /// cluster's database): a session opened on any node is valid on every
     /// node, and revoked on all at once. This machine's device is
-    /// registered there (its trust there is the cluster's).
+    /// registered there (its trust there is the cluster's); only it is
+    /// local to this machine.
     pub fn share_identities(&self, shared: Arc<dyn IdentityBackend>) -> Result<(), SecurityError> {
-        self.identity.use_backend(shared);
         let d = &self.local_device;
+        self.identity.use_backend(shared, &d.id);
         self.identity.register_device(&d.id, &d.name, &d.public_key, true)?;
         Ok(())
+    }
+
+    /// Applies the cluster's trust changes (those signed by this machine
+    /// or by a machine `cluster.nodeKeys` lists), then its installed skills
+    /// (verified against that trust), to this state directory. Returns how
+    /// many trust and skill changes were applied; nothing outside a cluster.
+    pub fn sync_cluster(&self) -> Result<(usize, usize), SecurityError> {
+        let publishers = self.cluster_signers()?;
+        let trust = self.home.sync_trust(&publishers)?;
+        let skills = self.home.sync_skills()?;
+        Ok((trust, skills))
+    }
+
+    /// The device key ids a cluster's shared state may be signed by: this
+    /// machine's and those `cluster.nodeKeys` in config.yaml lists.
+    pub fn cluster_signers(&self) -> Result<Vec<String>, SecurityError> {
+        let mut ids = self.policy()?.config.cluster.node_key_ids().map_err(SecurityError::NoPolicy)?;
+        ids.push(self.local_device.id.clone());
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Whether identities are a cluster's (see [`Security::share_identities`]).

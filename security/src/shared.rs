@@ -2,9 +2,11 @@
 //! identities and the audit log, each node applying the published changes
 //! to its own state directory:
 //!
-//! - **trust**: a key trusted or revoked on any node is published with its
-//!   audit record in one transaction ([`crate::home::Home::sync_trust`]);
-//!   each node verifies packages against its own trust store;
+//! - **trust**: a key trusted or revoked on any node is published, signed
+//!   by that machine's device key, with its audit record in one
+//!   transaction ([`crate::home::Home::sync_trust`]); each node applies
+//!   only changes signed by the machines its `cluster.nodeKeys` lists (and
+//!   its own), and verifies packages against its own trust store;
 //! - **installed skills**: a skill installed or removed on any node is
 //!   published with its package bytes ([`crate::home::Home::sync_skills`]);
 //!   each node installs it only once the package verifies against its own
@@ -12,34 +14,25 @@
 
 use crate::audit::{AuditError, AuditEvent, AuditSigning};
 use coderclaw_core::Digest;
-use coderclaw_core::keys::PublicKey;
 
-/// One change to a cluster's trust.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrustChange {
-    /// `key` may sign packages of `namespace`.
-    Add {
-        /// The namespace.
-        namespace: String,
-        /// The key.
-        key: PublicKey,
-    },
-    /// The key with this id is revoked: its signatures are refused.
-    Revoke {
-        /// The key's id.
-        key_id: String,
-    },
-}
+pub use coderclaw_core::trust_change::{SignedTrustChange, TrustChange};
 
 /// Where a cluster's trust changes are kept, in order.
 pub trait SharedTrust: Send + Sync {
     /// Stores `change` and its audit record `record` (chained into the
     /// cluster's log, signed by `signing`) in one transaction, ordered
     /// after every change published before.
-    fn publish(&self, change: &TrustChange, record: &AuditEvent, signing: &AuditSigning) -> Result<(), AuditError>;
+    fn publish(
+        &self,
+        change: &SignedTrustChange,
+        record: &AuditEvent,
+        signing: &AuditSigning,
+    ) -> Result<(), AuditError>;
     /// The changes published after position `after` (0: all), in order,
-    /// each with its position; at most `limit`.
-    fn changes(&self, after: i64, limit: u32) -> Result<Vec<(i64, TrustChange)>, AuditError>;
+    /// each with its position, or why the row there cannot be read; at
+    /// most `limit`.
+    #[allow(clippy::type_complexity)]
+    fn changes(&self, after: i64, limit: u32) -> Result<Vec<(i64, Result<SignedTrustChange, String>)>, AuditError>;
 }
 
 /// One change to a cluster's installed skills.

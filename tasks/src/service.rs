@@ -127,11 +127,13 @@ impl From<SecurityError> for RuntimeError {
     fn from(e: SecurityError) -> Self {
         use coderclaw_security::audit::AuditError;
         use coderclaw_security::identity::IdentityError;
-        // A cluster's database out of reach: nothing was done, and a
-        // later attempt may succeed.
+        // A cluster's database out of reach (or refusing): not done, and
+        // a later attempt may succeed.
         if matches!(
             &e,
-            SecurityError::Audit(AuditError::Store { .. }) | SecurityError::Identity(IdentityError::Store { .. })
+            SecurityError::Audit(AuditError::Store { .. })
+                | SecurityError::Identity(IdentityError::Store { .. })
+                | SecurityError::Home(coderclaw_security::home::HomeError::Audit(AuditError::Store { .. }))
         ) {
             let mut error = RuntimeError::new(ErrorCode::Unavailable, e.to_string());
             error.retry_after_secs = Some(5);

@@ -2,7 +2,7 @@
 //! database is found and named; concurrent appends keep one valid chain;
 //! the state directory records its security-relevant actions.
 
-use coderclaw::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditResult};
+use coderclaw::audit::{AuditError, AuditEvent, AuditFilter, AuditLog, AuditResult, Signers};
 use coderclaw::home::Home;
 use coderclaw_core::keys::SecretKey;
 use coderclaw_core::manifest::Manifest;
@@ -149,7 +149,7 @@ fn group_committed_appends_from_threads_sharing_a_handle_form_one_checkpointed_c
     seqs.sort();
     seqs.dedup();
     assert_eq!(seqs.len(), 4000, "no two callers got the same record");
-    let report = log.verify_against(&[], Some(&device)).unwrap();
+    let report = log.verify_against(&[], Signers::Device(&device)).unwrap();
     // 80 trust changes, plus one every 100 records.
     assert!(report.checkpoints >= 80, "{report:?}");
     assert_eq!(report.records, 4000 + report.checkpoints);
@@ -163,7 +163,7 @@ fn a_state_directory_opened_without_the_security_service_still_checkpoints() {
     // An embedder's own handle on the same directory makes a trust change.
     let home = Home::open(dir.path()).unwrap();
     home.trust_add("team", &SecretKey::from_seed([2; 32]).public()).unwrap();
-    let report = home.audit().verify_against(&[], Some(&device)).unwrap();
+    let report = home.audit().verify_against(&[], Signers::Device(&device)).unwrap();
     let last = home.audit().query(&AuditFilter { limit: Some(1), ..Default::default() }).unwrap();
     assert_eq!(last[0].action, "audit.checkpoint", "the trust change is checkpointed: {report:?}");
 }
@@ -269,7 +269,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
         let found = coderclaw::audit::read_witness_file(&heads).unwrap();
         found.into_iter().map(|h| ("the witness file".to_owned(), h)).collect()
     };
-    let report = log.verify_against(&witnessed(), Some(&device)).unwrap();
+    let report = log.verify_against(&witnessed(), Signers::Device(&device)).unwrap();
     assert_eq!(report.checkpoints, 3, "every 100 records and after the trust change: {report:?}");
     assert_eq!(report.witnessed.len(), 3, "{report:?}");
     drop(log);
@@ -286,7 +286,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     Connection::open(&db).unwrap().execute("DELETE FROM audit WHERE seq > 150", []).unwrap();
     let log = open();
     assert_eq!(log.verify().unwrap(), 150, "the shorter chain is intact by itself");
-    match log.verify_against(&witnessed(), Some(&device)) {
+    match log.verify_against(&witnessed(), Signers::Device(&device)) {
         Err(AuditError::Truncated { witnessed, last, .. }) => assert_eq!((witnessed, last), (253, 150)),
         other => panic!("truncation not reported: {other:?}"),
     }
@@ -306,7 +306,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     let log = open();
     log.verify().expect("a full rewrite with the key is self-consistent");
     assert_broken(
-        log.verify_against(&witnessed(), Some(&device)),
+        log.verify_against(&witnessed(), Signers::Device(&device)),
         100,
         "rewritten",
         "a full rewrite passed the witness",
@@ -330,7 +330,7 @@ fn signed_checkpoints_and_witnessed_heads_catch_truncation_and_a_full_rewrite() 
     //    signed by this device's key.
     restore();
     assert_broken(
-        open().verify_against(&[], Some("some-other-device")),
+        open().verify_against(&[], Signers::Device("some-other-device")),
         101,
         "not by this machine's device key",
         "a log signed by another device passed",

@@ -4,7 +4,7 @@
 //! faults (kill -9, SIGSTOP) are in the CLI tests (`cli/tests/cluster.rs`).
 
 use crate::tasks::{Store, TEST_LEASE, fixture_on, fixture_on_cluster, service_on_store};
-use coderclaw::audit::{AuditError, AuditSigning};
+use coderclaw::audit::{AuditError, AuditSigning, Signers};
 use coderclaw::tasks::store::{ClusterStore, Lease, PgTaskStore, StoredTask, Write};
 use coderclaw::tasks::{CoderClawRuntime, EngineConfig, LocalTransport, TaskService, TaskStore};
 use coderclaw_core::task::{
@@ -451,13 +451,19 @@ async fn the_cluster_keeps_one_audit_chain_and_an_edited_record_is_named() {
     let db = sql(&url).await;
     assert_eq!(outcomes_not_recorded_once(&db).await, vec![]);
 
-    let report = a.home.audit().verify_against(&[], None).unwrap();
+    let nodes = [head_a.device.clone(), head_b.device.clone()];
+    let report = a.home.audit().verify_against(&[], Signers::OneOf(&nodes)).unwrap();
     assert!(report.records >= 61, "{report:?}");
+    // A machine that does not list b's key does not accept its checkpoints.
+    match a.home.audit().verify_against(&[], Signers::OneOf(&nodes[..1])) {
+        Err(AuditError::Broken { problem, .. }) => assert!(problem.contains("cluster.nodeKeys"), "{problem}"),
+        other => panic!("a checkpoint by an unlisted key was accepted: {other:?}"),
+    }
     assert_eq!(report.signers.len(), 2, "both nodes' keys sign: {report:?}");
     assert!(report.signed_by(&head_a.device) && report.signed_by(&head_b.device), "{report:?}");
     // From b's side too, and heads it witnessed match.
     let witnessed = vec![("a".to_owned(), head_a.clone()), ("b".to_owned(), head_b.clone())];
-    let from_b = b.home.audit().verify_against(&witnessed, Some(&head_b.device)).unwrap();
+    let from_b = b.home.audit().verify_against(&witnessed, Signers::OneOf(&nodes)).unwrap();
     assert_eq!(from_b.witnessed.len(), 2, "{from_b:?}");
 
     // Edited in the database: named.
@@ -482,39 +488,82 @@ async fn the_cluster_keeps_one_audit_chain_and_an_edited_record_is_named() {
     }
 }
 
-/// Trust is the cluster's: a key trusted on node a reaches node b (and a
-/// node joining later) with its record in the cluster's audit log; a key
-/// revoked on node b is refused on node a from then on; a refused change
-/// publishes nothing.
+/// Trust is the cluster's, for the machines each node accepts: a key
+/// trusted on node a reaches node b once b lists a's device key in
+/// `cluster.nodeKeys` (and a node joining later), with its record in the
+/// cluster's audit log; a change written into the database by anyone
+/// else (unsigned, or signed by an unlisted key) is refused everywhere; a
+/// key revoked on node b is refused on node a from then on.
 #[tokio::test(flavor = "multi_thread")]
-async fn trust_changed_on_one_node_applies_on_every_node() {
+async fn trust_changed_on_one_node_applies_on_the_nodes_that_accept_it() {
+    use coderclaw_core::trust_change::{SignedTrustChange, TrustChange};
     let Some(pg) = Postgres::start() else { return };
     let url = pg.url();
     let a = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "a", TEST_LEASE)));
     let b = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "b", TEST_LEASE)));
+    let device = |f: &crate::tasks::Fixture| f.service.security().local_device().public_key;
+    let accept = |f: &crate::tasks::Fixture, keys: &[String]| {
+        let text = format!("cluster:\n  nodeKeys: [{}]\n", keys.join(", "));
+        std::fs::write(f.home.root().join("config.yaml"), text).unwrap();
+    };
     let db = sql(&url).await;
     let acme = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: acme--------").public();
+    let has_acme = |f: &crate::tasks::Fixture| {
+        f.home.trust_list().unwrap().iter().any(|e| e.key_id == acme.id().as_str() && e.namespaces == ["acme"])
+    };
     a.home.trust_add("acme", &acme).unwrap();
+    assert!(has_acme(&a));
+    // b does not list a yet: refused, and the refusal audited.
+    b.service.security().sync_cluster().unwrap();
+    assert!(!has_acme(&b), "a change by a machine b does not list was applied");
+    let refused: i64 = db
+        .query_one("SELECT COUNT(*) FROM audit WHERE action = 'trust.sync' AND result = 'denied'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(refused >= 1);
+    accept(&b, &[device(&a)]);
     let reached = Instant::now();
-    while !b.home.trust_list().unwrap().iter().any(|e| e.key_id == acme.id().as_str() && e.namespaces == ["acme"]) {
+    while !has_acme(&b) {
         assert!(reached.elapsed() < Duration::from_secs(5), "the key trusted on a never reached b");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let recorded: Vec<(String, String)> = db
-        .query("SELECT action, resource_id FROM audit WHERE action LIKE 'trust.%' ORDER BY seq", &[])
+        .query("SELECT action, resource_id FROM audit WHERE action IN ('trust.add', 'trust.revoke') ORDER BY seq", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(recorded, [("trust.add".to_owned(), acme.id().to_string())]);
-    // Refused: nothing published.
-    assert!(a.home.trust_add("Not A Namespace!", &acme).is_err());
-    let published: i64 = db.query_one("SELECT COUNT(*) FROM cluster_trust", &[]).await.unwrap().get(0);
-    assert_eq!(published, 1);
 
-    // The team key (trusted on each node before it joined) revoked on b:
-    // node a refuses the skills it signed from then on.
+    // Rows written into the database by someone else: refused by both.
+    let evil = coderclaw_core::keys::SecretKey::from_seed(*b"coderclaw test key: evil--------");
+    let add_evil = TrustChange::Add { namespace: "team".into(), key: evil.public().to_string() };
+    let self_signed = serde_json::to_string(&SignedTrustChange::sign(add_evil.clone(), &evil)).unwrap();
+    let mut forged = SignedTrustChange::sign(add_evil, &evil);
+    forged.publisher = device(&a);
+    let forged = serde_json::to_string(&forged).unwrap();
+    for row in [self_signed, forged, "{\"change\":\"add\"}".to_owned()] {
+        db.execute(
+            "INSERT INTO cluster_trust (seq, signed, at_ms) SELECT MAX(seq) + 1, $1, 0 FROM cluster_trust",
+            &[&row],
+        )
+        .await
+        .unwrap();
+    }
+    for f in [&a, &b] {
+        f.service.security().sync_cluster().unwrap();
+        let trust = f.home.trust_list().unwrap();
+        assert!(
+            !trust.iter().any(|e| e.key_id == evil.public().id().as_str()),
+            "a forged change was applied: {trust:?}"
+        );
+    }
+
+    // The team key (trusted on each node before it joined) revoked on b,
+    // which a accepts: node a refuses the skills it signed from then on.
+    accept(&a, &[device(&b)]);
     let on_a = local(&a.service);
     let before = on_a.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap();
     assert_eq!(on_a.wait(&before.id, |_| {}).await.unwrap().status, TaskStatus::Completed);
@@ -532,11 +581,16 @@ async fn trust_changed_on_one_node_applies_on_every_node() {
     };
     assert!(refused.contains("revoked"), "a skill signed by the revoked key still runs on a: {refused}");
 
-    // A node joining later starts with the cluster's trust.
-    let c = fixture_on(EngineConfig::default(), "", Some(Store::Cluster(&url, "c", TEST_LEASE)));
+    // A node joining later, accepting a and b, starts with the cluster's trust.
+    let c = fixture_on(EngineConfig::default(), "", None);
+    accept(&c, &[device(&a), device(&b)]);
+    drop(c.service);
+    let joined =
+        service_on_store(&c.home, c.workspace.path(), Default::default(), Some(Store::Cluster(&url, "c", TEST_LEASE)));
     let trust = c.home.trust_list().unwrap();
     assert!(trust.iter().any(|e| e.key_id == acme.id().as_str() && e.revoked_at.is_none()), "{trust:?}");
     assert!(trust.iter().any(|e| e.key_id == team.key_id && e.revoked_at.is_some()), "{trust:?}");
+    drop(joined);
     assert_eq!(a.home.audit().verify().unwrap(), b.home.audit().verify().unwrap(), "one chain");
 }
 
@@ -620,7 +674,7 @@ async fn a_skill_installed_on_one_node_runs_on_every_node_and_an_untrusted_one_n
     let shared = coderclaw::tasks::store::PgSharedState::open(&url).unwrap();
     let digest = Package::parse(&rogue).unwrap().digest();
     shared.publish_skill(&SkillChange::Install { id: "team/rogue".into(), digest }, Some(&rogue)).unwrap();
-    b.home.sync_skills().unwrap();
+    b.service.security().sync_cluster().unwrap();
     assert!(b.home.info("team/rogue").is_err(), "a package no trusted key signed was installed");
     let refused: i64 = db
         .query_one(

@@ -483,22 +483,22 @@ impl AuditLog {
     /// Recomputes the whole chain. Returns the number of records, or the
     /// first record that does not match.
     pub fn verify(&self) -> Result<u64, AuditError> {
-        self.verify_against(&[], None).map(|r| r.records)
+        self.verify_against(&[], Signers::Any).map(|r| r.records)
     }
 
     /// [`AuditLog::verify`], plus every checkpoint (its head must be the
     /// record before it, its signature valid, its key the first
-    /// checkpoint's, and that of device `expected_device` when given), the
+    /// checkpoint's, and one `signers` allows), the
     /// checkpoint schedule (from the first checkpoint on, every record that
     /// is due one is followed by one: a rewrite of the log's tail cannot drop
     /// them) and the heads `witnessed` (by witness name): each must be
     /// present with the same hash. In a shared log (a cluster's) each node
-    /// signs with its own key: every key is listed in the report's
-    /// `signers`, and `expected_device` must be one of them.
+    /// signs with its own key: the keys may differ (each must be one
+    /// `signers` allows), and every one is listed in the report.
     pub fn verify_against(
         &self,
         witnessed: &[(String, SignedHead)],
-        expected_device: Option<&str>,
+        signers: Signers<'_>,
     ) -> Result<VerifyReport, AuditError> {
         let shared = self.is_shared();
         let mut pending: Vec<&(String, SignedHead)> = witnessed.iter().collect();
@@ -517,7 +517,7 @@ impl AuditLog {
             }
         }
         let mut prev: Option<AuditRecord> = None;
-        let check = CheckpointRules { expected_device: if shared { None } else { expected_device }, shared };
+        let check = CheckpointRules { signers, shared };
         let last = self.walk(|r| {
             if r.action == "audit.checkpoint" {
                 check.checkpoint(r, prev.as_ref(), &mut report)?;
@@ -552,15 +552,6 @@ impl AuditLog {
                 problem: "the log ends at a record that is due a signed checkpoint: its checkpoint was removed".into(),
             });
         }
-        if let Some(device) = expected_device.filter(|d| shared && report.checkpoints > 0 && !report.signed_by(d)) {
-            return Err(AuditError::Broken {
-                seq: report.last_checkpoint.unwrap_or_default() as i64 + 1,
-                problem: format!(
-                    "no checkpoint of this shared log is signed by this machine's device key {device}: its \
-                     records were rewritten, or this machine never appended to it"
-                ),
-            });
-        }
         Ok(report)
     }
 
@@ -592,10 +583,21 @@ impl AuditLog {
     }
 }
 
+/// Whose keys may sign a log's checkpoints.
+#[derive(Debug, Clone, Copy)]
+pub enum Signers<'a> {
+    /// Any key (the chain and the signatures are still checked).
+    Any,
+    /// This device's (key id): a log of one machine.
+    Device(&'a str),
+    /// One of these devices (key ids): a cluster's log, each node signing
+    /// with its own key.
+    OneOf(&'a [String]),
+}
+
 /// How [`AuditLog::verify_against`] judges checkpoints' keys.
 struct CheckpointRules<'a> {
-    /// Every checkpoint's key must be this device's (a log of one machine).
-    expected_device: Option<&'a str>,
+    signers: Signers<'a>,
     /// Several machines sign (each with its own key); otherwise every
     /// checkpoint's key must be the first's.
     shared: bool,
@@ -617,11 +619,21 @@ impl CheckpointRules<'_> {
         let Some(prev) = prev.filter(|p| p.seq as u64 == head.seq && p.hash == head.hash) else {
             return Err(broken(format!("the checkpoint signs record {}, which is not the record before it", head.seq)));
         };
-        if let Some(device) = self.expected_device.filter(|d| key.id().as_str() != *d) {
-            return Err(broken(format!(
-                "the checkpoint is signed by {key}, not by this machine's device key {device}: \
-                 the log was rewritten with another key, or it belongs to another device"
-            )));
+        match self.signers {
+            Signers::Device(device) if key.id().as_str() != device => {
+                return Err(broken(format!(
+                    "the checkpoint is signed by {key}, not by this machine's device key {device}: \
+                     the log was rewritten with another key, or it belongs to another device"
+                )));
+            }
+            Signers::OneOf(allowed) if !allowed.iter().any(|d| d == key.id().as_str()) => {
+                return Err(broken(format!(
+                    "the checkpoint is signed by {key}, which is neither this machine's device key nor in \
+                     cluster.nodeKeys of config.yaml: the log was rewritten with another key, or a node is missing \
+                     from cluster.nodeKeys"
+                )));
+            }
+            _ => {}
         }
         let id = key.id().as_str().to_owned();
         let key = key.to_string();

@@ -314,7 +314,7 @@ impl PgSharedState {
                             };
                             let answered = job(&mut c).await;
                             conn = Some(c);
-                            if answered {
+                            if answered || Instant::now() >= deadline {
                                 break;
                             }
                             tracing::warn!(url, "shared state connection lost; trying the operation again");
@@ -337,9 +337,16 @@ impl PgSharedState {
     ) -> Result<T, AuditError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let f = std::sync::Arc::new(f);
+        // Set once the caller stopped waiting: the operation is then not
+        // done later behind its back (it was told it failed).
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let given_up = abandoned.clone();
         let job: Job = Box::new(move |c| {
-            let (f, tx) = (f.clone(), tx.clone());
+            let (f, tx, given_up) = (f.clone(), tx.clone(), given_up.clone());
             Box::pin(async move {
+                if given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                    return true;
+                }
                 match f(c).await {
                     Err(e) if connection_lost(&e) => false,
                     answer => {
@@ -354,7 +361,10 @@ impl PgSharedState {
             message: format!("no answer within {} s: PostgreSQL is unreachable", UNAVAILABLE_AFTER.as_secs()),
         };
         self.jobs.send(job).map_err(|_| unreachable())?;
-        let answer = rx.recv_timeout(UNAVAILABLE_AFTER + Duration::from_secs(5)).map_err(|_| unreachable())?;
+        let answer = rx.recv_timeout(UNAVAILABLE_AFTER + Duration::from_secs(5)).map_err(|_| {
+            abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
+            unreachable()
+        })?;
         answer.map_err(|e| AuditError::Store { store: self.url.clone(), message: describe(&e) })
     }
 

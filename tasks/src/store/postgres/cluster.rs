@@ -394,7 +394,6 @@ impl ClusterStore for PgTaskStore {
                         &[&node],
                     )
                     .await?;
-                let (reclaimed, heads) = reclaim_rows(&tx, held, &node, LOST, &signing).await?;
                 let incarnation: i64 = tx
                     .query_one(
                         "INSERT INTO cluster_nodes (name, incarnation, state, started_at, heartbeat_at, lease_until,
@@ -409,6 +408,10 @@ impl ClusterStore for PgTaskStore {
                     )
                     .await?
                     .get(0);
+                // After the node row: locks are taken in the order every
+                // other transaction takes them, the audit log's last.
+                let (reclaimed, heads) = reclaim_rows(&tx, held, &node, LOST, &signing).await?;
+
                 tx.commit().await?;
                 signing.witness(&heads);
                 Ok(Some((incarnation, reclaimed)))

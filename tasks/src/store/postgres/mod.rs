@@ -448,11 +448,14 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgr
     // set of values (the queue nearly empty, or a session's few tasks)
     // would be wrong for others, so each execution is planned for its own.
     // The server notices a vanished node (a crashed machine, a cut network)
-    // in about 25 s, and so frees its node name's lock.
+    // in about 25 s, and so frees its node name's lock. Appends to the
+    // audit chain and the shared changes read the newest row after taking
+    // a lock: that needs each statement to see what committed before it.
     client
         .batch_execute(
             "SET plan_cache_mode = force_custom_plan; SET tcp_keepalives_idle = 10; \
-             SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+             SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
+             SET default_transaction_isolation = 'read committed'",
         )
         .await?;
     Ok(client)

@@ -9,6 +9,9 @@ use coderclaw_core::clock::now_ms;
 use coderclaw_security::audit::{AuditError, AuditStore};
 use coderclaw_security::shared::{SharedSkills, SkillChange};
 
+/// Largest package read back (as the registry client's limit).
+const MAX_PACKAGE: i32 = 256 << 20;
+
 /// The schema's skill tables (migration 6). `seq` is given under an
 /// advisory lock, so changes become visible in `seq` order.
 pub(super) const MIGRATION: &str = "
@@ -21,7 +24,8 @@ CREATE TABLE cluster_skills (
     change TEXT NOT NULL,
     skill_id TEXT NOT NULL,
     digest TEXT,
-    at_ms BIGINT NOT NULL
+    at_ms BIGINT NOT NULL,
+    batch TEXT NOT NULL UNIQUE
 );
 ";
 
@@ -31,11 +35,12 @@ impl SharedSkills for PgSharedState {
             SkillChange::Install { id, digest } => ("install", id.clone(), Some(digest.to_hex())),
             SkillChange::Remove { id } => ("remove", id.clone(), None),
         };
-        let bytes = package.map(<[u8]>::to_vec);
-        // Each attempt is whole: the bytes are stored once by digest, and a
-        // change published twice (a reply lost) is applied the same way.
+        let (bytes, batch) = (package.map(<[u8]>::to_vec), uuid::Uuid::new_v4().to_string());
+        // Each attempt is whole, and stored once: the bytes by digest, the
+        // change by its batch id (an attempt whose reply was lost is not
+        // published again after a later change).
         self.run(move |c| {
-            let (id, digest, bytes) = (id.clone(), digest.clone(), bytes.clone());
+            let (id, digest, bytes, batch) = (id.clone(), digest.clone(), bytes.clone(), batch.clone());
             Box::pin(async move {
                 let tx = c.client.transaction().await?;
                 tx.execute("SELECT pg_advisory_xact_lock(7421003)", &[]).await?;
@@ -47,9 +52,10 @@ impl SharedSkills for PgSharedState {
                     .await?;
                 }
                 tx.execute(
-                    "INSERT INTO cluster_skills (seq, change, skill_id, digest, at_ms)
-                     SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4 FROM cluster_skills",
-                    &[&kind, &id, &digest, &(now_ms() as i64)],
+                    "INSERT INTO cluster_skills (seq, change, skill_id, digest, at_ms, batch)
+                     SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4, $5 FROM cluster_skills
+                     ON CONFLICT (batch) DO NOTHING",
+                    &[&kind, &id, &digest, &(now_ms() as i64), &batch],
                 )
                 .await?;
                 tx.commit().await
@@ -90,14 +96,20 @@ impl SharedSkills for PgSharedState {
     }
 
     fn package(&self, digest: &Digest) -> Result<Option<Vec<u8>>, AuditError> {
-        let digest = digest.to_hex();
-        self.read(move |c| {
-            let digest = digest.clone();
+        let hex = digest.to_hex();
+        let found = self.read(move |c| {
+            let hex = hex.clone();
             Box::pin(async move {
-                Ok(c.query_opt("SELECT bytes FROM cluster_packages WHERE digest = $1", &[&digest])
-                    .await?
-                    .map(|r| r.get(0)))
+                let sql = "SELECT CASE WHEN length(bytes) <= $2 THEN bytes END FROM cluster_packages WHERE digest = $1";
+                Ok(c.query_opt(sql, &[&hex, &MAX_PACKAGE]).await?.map(|r| r.get::<_, Option<Vec<u8>>>(0)))
             })
-        })
+        })?;
+        match found {
+            Some(None) => Err(AuditError::Store {
+                store: self.name(),
+                message: format!("the cluster's package {digest} is larger than {MAX_PACKAGE} bytes: not read"),
+            }),
+            other => Ok(other.flatten()),
+        }
     }
 }
