@@ -283,6 +283,34 @@ pub(crate) enum UserCommand {
         /// Token id.
         id: String,
     },
+    /// Remove a user: their API tokens are deleted and their sessions
+    /// revoked (audited). Not your own user.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// Replace a user's roles; their sessions, which hold the old roles, are
+    /// revoked, so they log in again (audited). Not your own user.
+    SetRoles {
+        /// User name.
+        name: String,
+        /// A role (repeatable, at least one).
+        #[arg(long = "role", value_name = "ROLE", required = true)]
+        roles: Vec<String>,
+    },
+    /// Set a user's password from stdin, or clear it with --clear (they can
+    /// then only use tokens or OIDC); their sessions are revoked (audited).
+    /// Admins set anyone's; a user may set their own.
+    Passwd {
+        /// User name.
+        name: String,
+        /// Read the new password from stdin.
+        #[arg(long, conflicts_with = "clear", required_unless_present = "clear")]
+        password_stdin: bool,
+        /// Remove the password instead.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 pub(crate) fn user(cmd: UserCommand) -> Result<ExitCode> {
@@ -296,6 +324,31 @@ pub(crate) fn user(cmd: UserCommand) -> Result<ExitCode> {
             let password = password_stdin.then(|| read_secret("password")).transpose()?;
             let u = security.add_user(&by, &name, &roles, password.as_deref())?;
             eprintln!("user {} added with roles [{}]", u.name, u.roles.join(", "));
+        }
+        UserCommand::Remove { name } => {
+            let by = security.subject(home::session())?;
+            security.remove_user(&by, &name)?;
+            eprintln!("user {name} removed; their API tokens are deleted and their sessions revoked");
+        }
+        UserCommand::SetRoles { name, roles } => {
+            let by = security.subject(home::session())?;
+            home::check_roles(&security, &roles)?;
+            let u = security.set_user_roles(&by, &name, &roles)?;
+            eprintln!(
+                "user {} now has roles [{}]; their sessions are revoked (they log in again)",
+                u.name,
+                u.roles.join(", ")
+            );
+        }
+        UserCommand::Passwd { name, password_stdin, clear } => {
+            let by = security.subject(home::session())?;
+            let password = if clear { None } else { password_stdin.then(|| read_secret("password")).transpose()? };
+            if password.as_deref() == Some("") {
+                anyhow::bail!("the password read from stdin is empty: give one, or pass --clear to remove it");
+            }
+            security.set_password(&by, &name, password.as_deref())?;
+            let what = if clear { "cleared" } else { "set" };
+            eprintln!("password of {name} {what}; their sessions are revoked");
         }
         UserCommand::List { json } => {
             let by = security.subject(home::session())?;

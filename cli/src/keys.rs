@@ -32,6 +32,35 @@ pub(crate) enum Command {
         /// The key's name.
         name: String,
     },
+    /// Copy a secret key file (as another machine's keys/NAME.key; only its
+    /// owner may read it) into this state directory under NAME.
+    Import {
+        /// The name to keep it under.
+        name: String,
+        /// The secret key file.
+        #[arg(long, value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Delete a signing key. Skills signed with it still verify wherever its
+    /// public key is trusted: if it leaked, also `coderclaw trust revoke`.
+    Delete {
+        /// The key's name.
+        name: String,
+        /// Yes, delete it: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Replace a signing key with a new one. The old key is kept as
+    /// NAME-<old key id> and the namespaces this trust store trusts it for
+    /// trust the new key too, so both verify until you re-sign your skills
+    /// and revoke the old key.
+    Rotate {
+        /// The key's name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
@@ -39,6 +68,9 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
         Command::Generate { name } => (Permission::ConfigWrite, "key.generate", name.as_str()),
         Command::List { .. } => (Permission::ConfigRead, "key.list", "*"),
         Command::ExportPublic { name } => (Permission::ConfigRead, "key.export", name.as_str()),
+        Command::Import { name, .. } => (Permission::ConfigWrite, "key.import", name.as_str()),
+        Command::Delete { name, .. } => (Permission::ConfigWrite, "key.delete", name.as_str()),
+        Command::Rotate { name, .. } => (Permission::ConfigWrite, "key.rotate", name.as_str()),
     };
     let security = home::open_checked(permission, action, ("key", name))?;
     let home = security.home();
@@ -72,6 +104,46 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             }
         }
         Command::ExportPublic { name } => println!("{}", home.secret_key(&name)?.public()),
+        Command::Import { name, file } => {
+            let public = home.import_key(&name, &file)?;
+            println!("imported signing key {name:?} (key id {})", public.id());
+            println!("public key: {public}");
+        }
+        Command::Delete { name, yes } => {
+            if !yes {
+                anyhow::bail!("deleting signing key {name:?} cannot be undone: pass --yes to delete it");
+            }
+            let public = home.delete_key(&name)?;
+            println!("deleted signing key {name:?} (key id {})", public.id());
+            if home.trust_list()?.iter().any(|e| e.key_id == public.id().as_str() && e.revoked_at.is_none()) {
+                eprintln!(
+                    "note: this trust store still trusts it; if it leaked: coderclaw trust revoke {}",
+                    public.id()
+                );
+            }
+        }
+        Command::Rotate { name, json } => {
+            let (old, new, namespaces) = home.rotate_key(&name)?;
+            if json {
+                print_json(&json!({
+                    "name": name, "key_id": new.id().to_string(), "public_key": new.to_string(),
+                    "previous": { "name": format!("{name}-{}", old.id()), "key_id": old.id().to_string() },
+                    "trusted_for": namespaces,
+                }))?;
+            } else {
+                println!("signing key {name:?} is now key id {} (public key {new})", new.id());
+                println!("the previous key {} is kept as {name}-{}", old.id(), old.id());
+                if namespaces.is_empty() {
+                    println!(
+                        "this trust store does not trust the previous key: share the new public key with whoever trusts it"
+                    );
+                } else {
+                    println!("trusted here for {} as well, until you revoke the previous key", namespaces.join(", "));
+                }
+                println!("next: re-sign your skills (coderclaw skill sign … --key {name}), publish them, then");
+                println!("      coderclaw trust revoke {} on every machine that trusts it", old.id());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

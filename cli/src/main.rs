@@ -57,6 +57,11 @@ struct Cli {
     /// security.requireAuth is on.
     #[arg(long, global = true, value_name = "TOKEN", env = "CODERCLAW_SESSION", hide_env_values = true)]
     session: Option<String>,
+    /// Colours and other terminal escapes on stderr: auto (when stderr is a
+    /// terminal and NO_COLOR is unset), always or never. Diagnostic logs
+    /// (CODERCLAW_LOG) are plain text without them.
+    #[arg(long, global = true, value_enum, default_value_t, env = "CODERCLAW_COLOR", value_name = "WHEN")]
+    color: settings::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -144,15 +149,19 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    use std::io::IsTerminal as _;
+    let settings =
+        settings::Settings::resolve(cli.session, cli.color, std::io::stderr().is_terminal(), &|k| std::env::var_os(k));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CODERCLAW_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        .with_ansi(settings.color)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    settings::install(settings::Settings::resolve(cli.session, &|k| std::env::var_os(k)));
+    settings::install(settings);
     let result = match cli.command {
         Command::Skill(SkillCommand::Run(args)) => run::main(args),
         Command::Skill(SkillCommand::Build(args)) => build::main(args),

@@ -567,8 +567,9 @@ impl ProgressPrinter {
     }
 
     fn show(&mut self, e: &TaskUpdateEvent) {
+        let dim = crate::settings::get().color;
         for line in self.lines(e, std::time::Instant::now()) {
-            if self.tty { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
+            if dim { eprintln!("\x1b[2m{line}\x1b[0m") } else { eprintln!("{line}") }
         }
     }
 

@@ -563,3 +563,31 @@ fn audit_query_shows_decisions_and_verify_names_a_tampered_record() {
     let stderr = text(&bad.stderr);
     assert!(stderr.contains(&format!("audit record {seq} has been tampered with")), "{stderr}");
 }
+
+/// No terminal escapes on stderr when it is not a terminal (a log file, a
+/// CI step), unless `--color always` (or CODERCLAW_COLOR) asks; `never`
+/// wins over a terminal, and NO_COLOR does not override an explicit ask.
+#[test]
+fn stderr_has_no_escapes_off_a_terminal_unless_asked() {
+    use std::os::unix::fs::PermissionsExt;
+    let cli = Cli::new();
+    // Every command warns about a state directory others can read.
+    std::fs::set_permissions(cli.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = cli.run(&["trust", "list"]);
+    let said = text(&out.stderr);
+    assert!(said.contains("readable by other users"), "{said}");
+    assert!(!said.contains('\x1b'), "escapes in a piped stderr: {said:?}");
+    let out = cli.run(&["--color", "always", "trust", "list"]);
+    assert!(text(&out.stderr).contains('\x1b'), "--color always: {:?}", text(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+        .args(["trust", "list"])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .env("CODERCLAW_COLOR", "always")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains('\x1b'), "CODERCLAW_COLOR=always: {:?}", text(&out.stderr));
+    let out = cli.run(&["trust", "list", "--color", "sometimes"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: auto, always, never"), "{}", text(&out.stderr));
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::Path;
 
 /// The repository policy of the product text, section 3.
@@ -583,4 +583,136 @@ fn a_shell_child_given_the_hosts_network_is_audited_as_weakened() {
         weakened[0]["reason"].as_str().unwrap().contains("network granted by the host configuration"),
         "{weakened:?}"
     );
+}
+
+/// The user lifecycle through the binary: `user set-roles` and `user
+/// passwd` revoke the user's sessions (they hold the old roles or
+/// password); `user remove` deletes their tokens too; each is audited; an
+/// admin cannot remove or demote themselves; mistakes are named.
+#[test]
+fn user_lifecycle_commands_revoke_what_the_user_held_and_are_audited() {
+    let cli = Cli::new();
+    let added = cli.run_stdin(&["user", "add", "alice", "--role", "developer", "--password-stdin"], "old secret\n");
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let login = |password: &str| {
+        let out = cli.run_stdin(&["login", "--user", "alice", "--password-stdin", "--json"], password);
+        (out.status.code(), serde_json::from_slice::<Value>(&out.stdout).ok())
+    };
+    let (code, session) = login("old secret");
+    assert_eq!(code, Some(0));
+    let token = session.unwrap()["token"].as_str().unwrap().to_owned();
+    let works = |token: &str| cli.run(&["--session", token, "task", "list", "--json"]).status.code() == Some(0);
+    assert!(works(&token));
+    let api = cli.run(&["user", "token", "alice"]);
+    assert_eq!(api.status.code(), Some(0), "{}", text(&api.stderr));
+
+    // New roles: the old session (holding `developer`) is revoked.
+    let out = cli.run(&["user", "set-roles", "alice", "--role", "readonly"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("now has roles [readonly]"), "{}", text(&out.stderr));
+    assert!(!works(&token), "a session holding the old roles still works");
+    let list: Value = serde_json::from_slice(&cli.run(&["user", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["roles"], json!(["readonly"]), "{list}");
+    let out = cli.run(&["user", "set-roles", "alice", "--role", "wizard"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("wizard"), "{}", text(&out.stderr));
+
+    // New password: the old one no longer logs in, the new one does.
+    let (_, session) = login("old secret");
+    let token = session.unwrap()["token"].as_str().unwrap().to_owned();
+    let out = cli.run_stdin(&["user", "passwd", "alice", "--password-stdin"], "new secret\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!works(&token), "a session from before the password change still works");
+    assert_eq!(login("old secret").0, Some(1));
+    assert_eq!(login("new secret").0, Some(0));
+    let out = cli.run_stdin(&["user", "passwd", "alice", "--password-stdin"], "\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("empty"), "{}", text(&out.stderr));
+    let out = cli.run(&["user", "passwd", "alice", "--clear"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(login("new secret").0, Some(1), "a cleared password still logs in");
+
+    // An admin cannot remove or demote themselves.
+    let boss = cli.run_stdin(&["user", "add", "boss", "--role", "admin", "--password-stdin"], "boss secret\n");
+    assert_eq!(boss.status.code(), Some(0), "{}", text(&boss.stderr));
+    let out = cli.run_stdin(&["login", "--user", "boss", "--password-stdin", "--json"], "boss secret");
+    let boss_token = serde_json::from_slice::<Value>(&out.stdout).unwrap()["token"].as_str().unwrap().to_owned();
+    let out = cli.run(&["--session", &boss_token, "user", "remove", "boss"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot remove your own user"), "{}", text(&out.stderr));
+
+    // Removed: gone, and so are their API tokens.
+    let out = cli.run(&["--session", &boss_token, "user", "remove", "alice"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&cli.run(&["user", "list", "--json"]).stdout).unwrap();
+    assert!(!list.to_string().contains("alice"), "{list}");
+    let out = cli.run(&["user", "remove", "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no user named \"alice\""), "{}", text(&out.stderr));
+
+    let audit: Vec<Value> = serde_json::from_slice(&cli.run(&["audit", "query", "--json"]).stdout).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for action in ["user.set-roles", "user.passwd", "user.remove"] {
+        assert!(actions.contains(&action), "{action} not audited: {actions:?}");
+    }
+    let refused = audit.iter().any(|r| r["action"] == "user.remove" && r["result"] == "denied");
+    assert!(refused, "the refused self-removal is audited");
+}
+
+/// `key import`, `key rotate` and `key delete` through the binary, each
+/// audited: a rotated key keeps the previous one (still trusted, for the
+/// overlap) and the new one trusted for the same namespaces; an import
+/// refuses a file others can read; a delete needs --yes.
+#[test]
+fn key_import_rotate_and_delete_are_audited_and_keep_what_they_should() {
+    use std::os::unix::fs::PermissionsExt;
+    let cli = Cli::new();
+    let old_id = trusted_key(&cli, "team-key", "team");
+    let out = cli.run(&["key", "rotate", "team-key", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rotated: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new_id = rotated["key_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, old_id);
+    assert_eq!(rotated["previous"]["key_id"], old_id.as_str());
+    assert_eq!(rotated["trusted_for"], json!(["team"]));
+    let keys: Value = serde_json::from_slice(&cli.run(&["key", "list", "--json"]).stdout).unwrap();
+    let names: Vec<&str> = keys.as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["team-key", &format!("team-key-{old_id}")], "{keys}");
+    let trust: Value = serde_json::from_slice(&cli.run(&["trust", "list", "--json"]).stdout).unwrap();
+    for id in [&old_id, &new_id] {
+        assert!(trust.to_string().contains(id.as_str()), "{id} not trusted: {trust}");
+    }
+
+    // Import: a key file only its owner reads; another is refused, naming why.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ci.key");
+    std::fs::copy(cli.home.path().join("keys/team-key.key"), &file).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cli.run(&["key", "import", "ci", "--file", p(&file)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("644") || text(&out.stderr).contains("readable"), "{}", text(&out.stderr));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cli.run(&["key", "import", "ci", "--file", p(&file)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&new_id), "{}", text(&out.stdout));
+    std::fs::write(&file, "not a key").unwrap();
+    let out = cli.run(&["key", "import", "other", "--file", p(&file)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // Delete: only with --yes; the trust stays, and says so.
+    let out = cli.run(&["key", "delete", "ci"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--yes"), "{}", text(&out.stderr));
+    let out = cli.run(&["key", "delete", "ci", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(&format!("coderclaw trust revoke {new_id}")), "{}", text(&out.stderr));
+    assert!(!cli.home.path().join("keys/ci.key").exists());
+
+    let audit: Vec<Value> = serde_json::from_slice(&cli.run(&["audit", "query", "--json"]).stdout).unwrap();
+    let actions: Vec<&str> = audit.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    for action in ["key.rotate", "key.import", "key.delete"] {
+        assert!(actions.contains(&action), "{action} not audited: {actions:?}");
+    }
+    let out = cli.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

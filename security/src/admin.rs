@@ -31,6 +31,53 @@ impl Security {
         Ok(user)
     }
 
+    /// Removes a user (admin): their API tokens are deleted and their
+    /// sessions revoked. Not the caller's own user: an admin cannot lock
+    /// everyone out by removing themselves.
+    pub fn remove_user(&self, by: &Subject, name: &str) -> Result<(), SecurityError> {
+        self.require_admin(by, "user.remove", ("user", name))?;
+        self.refuse_own(by, "user.remove", name, "remove")?;
+        self.identity.remove_user(name)?;
+        self.audit_done(by, "user.remove", ("user", name), "removed; their tokens deleted and sessions revoked")
+    }
+
+    /// Gives a user these roles (admin); their sessions are revoked. Not
+    /// the caller's own user.
+    pub fn set_user_roles(&self, by: &Subject, name: &str, roles: &[String]) -> Result<User, SecurityError> {
+        self.require_admin(by, "user.set-roles", ("user", name))?;
+        self.refuse_own(by, "user.set-roles", name, "change the roles of")?;
+        for role in roles {
+            self.policy()?.roles.permissions(role)?;
+        }
+        let before = self.identity.user(name)?.roles;
+        let user = self.identity.set_roles(name, roles)?;
+        let reason = format!("roles [{}] (were [{}]); their sessions revoked", roles.join(", "), before.join(", "));
+        self.audit_done(by, "user.set-roles", ("user", name), &reason)?;
+        Ok(user)
+    }
+
+    /// Sets (or, with None, clears) a user's password (admin, or the user
+    /// themselves); their sessions are revoked.
+    pub fn set_password(&self, by: &Subject, name: &str, password: Option<&str>) -> Result<User, SecurityError> {
+        if by.user != name {
+            self.require_admin(by, "user.passwd", ("user", name))?;
+        }
+        let user = self.identity.set_password(name, password)?;
+        let reason = if password.is_some() { "password set" } else { "password cleared" };
+        self.audit_done(by, "user.passwd", ("user", name), &format!("{reason}; their sessions revoked"))?;
+        Ok(user)
+    }
+
+    /// Refuses `action` on the caller's own user (audited).
+    fn refuse_own(&self, by: &Subject, action: &str, name: &str, what: &str) -> Result<(), SecurityError> {
+        if by.user != name {
+            return Ok(());
+        }
+        let reason = format!("you cannot {what} your own user: ask another admin");
+        self.audit_refused(by, action, ("user", name), &reason)?;
+        Err(SecurityError::Denied(reason))
+    }
+
     /// The local users (admin).
     pub fn users(&self, by: &Subject) -> Result<Vec<User>, SecurityError> {
         self.require_admin(by, "user.list", ("user", "*"))?;

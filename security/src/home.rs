@@ -364,6 +364,71 @@ impl Home {
         Ok(key.public())
     }
 
+    /// Copies the secret key in `file` (which only its owner may read)
+    /// into the state directory as `name`; returns its public key.
+    pub fn import_key(&self, name: &str, file: &Path) -> Result<PublicKey, HomeError> {
+        let outcome = (|| {
+            let path = self.key_path(name)?;
+            if path.exists() {
+                return Err(HomeError::KeyExists(name.to_owned()));
+            }
+            let key = SecretKey::read(file)?;
+            key.write_new(&path)?;
+            Ok(key.public())
+        })();
+        self.audited("key.import", ("key", name), outcome, |k| {
+            (format!("key id {}", k.id()), serde_json::json!({ "from": file.display().to_string() }))
+        })
+    }
+
+    /// Deletes the signing key `name`; returns its public key. Trust in it
+    /// is unchanged (revoke it with `trust_revoke` if it leaked).
+    pub fn delete_key(&self, name: &str) -> Result<PublicKey, HomeError> {
+        let outcome = (|| {
+            let path = self.key_path(name)?;
+            let public = SecretKey::read(&path)?.public();
+            fs::remove_file(&path).map_err(|source| HomeError::Io { path: path.clone(), source })?;
+            Ok(public)
+        })();
+        self.audited("key.delete", ("key", name), outcome, |k| (format!("key id {}", k.id()), serde_json::Value::Null))
+    }
+
+    /// Replaces the signing key `name` with a new one. The old one is kept
+    /// as `name-<old key id>`, so it can still sign while skills are
+    /// re-signed; each namespace this trust store trusts the old key for
+    /// trusts the new one too (an overlap: revoke the old key once every
+    /// skill is re-signed). Returns (old, new, the namespaces).
+    pub fn rotate_key(&self, name: &str) -> Result<(PublicKey, PublicKey, Vec<String>), HomeError> {
+        let outcome = (|| {
+            let path = self.key_path(name)?;
+            let old = SecretKey::read(&path)?.public();
+            let kept = self.key_path(&format!("{name}-{}", old.id()))?;
+            let fresh = self.key_path(&format!("{name}-new"))?;
+            let new = SecretKey::generate()?;
+            new.write_new(&fresh)?;
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| HomeError::Io { path, source }
+            };
+            // The old key is never lost: kept under its new name first.
+            fs::hard_link(&path, &kept).map_err(io(&kept))?;
+            fs::rename(&fresh, &path).map_err(io(&path))?;
+            Ok((old, new.public()))
+        })();
+        let (old, new) = self.audited("key.rotate", ("key", name), outcome, |(old, new)| {
+            (
+                format!("key id {} replaces {} (kept as {name}-{})", new.id(), old.id(), old.id()),
+                serde_json::Value::Null,
+            )
+        })?;
+        let namespaces =
+            self.trust_entry(&old.id())?.filter(|e| e.revoked_at.is_none()).map(|e| e.namespaces).unwrap_or_default();
+        for namespace in &namespaces {
+            self.trust_add(namespace, &new)?;
+        }
+        Ok((old, new, namespaces))
+    }
+
     /// Reads a signing key by name (checks its permissions).
     pub fn secret_key(&self, name: &str) -> Result<SecretKey, HomeError> {
         let path = self.key_path(name)?;

@@ -197,6 +197,19 @@ pub trait IdentityBackend: Send + Sync {
     fn user(&self, name: &str) -> Result<Option<User>, IdentityError>;
     /// Every user, by name.
     fn users(&self) -> Result<Vec<User>, IdentityError>;
+    /// Deletes a user and their API tokens, and revokes their sessions (at
+    /// `at_ms`), in one transaction; whether the user existed.
+    fn delete_user(&self, name: &str, at_ms: u64) -> Result<bool, IdentityError>;
+    /// Sets a user's roles, or password hash (`Some(None)` clears it), and
+    /// revokes their sessions (at `at_ms`), which hold the old ones, in one
+    /// transaction; whether the user exists.
+    fn update_user(
+        &self,
+        name: &str,
+        roles: Option<&[String]>,
+        password_hash: Option<Option<&str>>,
+        at_ms: u64,
+    ) -> Result<bool, IdentityError>;
     /// The user's password hash, if the user exists and has one.
     fn password_hash(&self, name: &str) -> Result<Option<String>, IdentityError>;
     /// Stores an API token by the hash of its secret.
@@ -321,6 +334,35 @@ impl IdentityStore {
     /// Every user.
     pub fn users(&self) -> Result<Vec<User>, IdentityError> {
         self.backend().users()
+    }
+
+    /// Removes a user: their API tokens are deleted and their sessions
+    /// revoked with them.
+    pub fn remove_user(&self, name: &str) -> Result<(), IdentityError> {
+        if self.backend().delete_user(name, now_ms())? {
+            Ok(())
+        } else {
+            Err(IdentityError::NoSuchUser(name.to_owned()))
+        }
+    }
+
+    /// Gives a user these roles. Their sessions, which hold the old roles,
+    /// are revoked: they log in again.
+    pub fn set_roles(&self, name: &str, roles: &[String]) -> Result<User, IdentityError> {
+        if !self.backend().update_user(name, Some(roles), None, now_ms())? {
+            return Err(IdentityError::NoSuchUser(name.to_owned()));
+        }
+        self.user(name)
+    }
+
+    /// Sets a user's password (None: none, so they cannot log in with one).
+    /// Their sessions are revoked.
+    pub fn set_password(&self, name: &str, password: Option<&str>) -> Result<User, IdentityError> {
+        let hash = password.map(hash_password).transpose()?;
+        if !self.backend().update_user(name, None, Some(hash.as_deref()), now_ms())? {
+            return Err(IdentityError::NoSuchUser(name.to_owned()));
+        }
+        self.user(name)
     }
 
     /// Checks a password. Unknown users cost the same hashing work as known

@@ -618,8 +618,18 @@ async fn a_session_opened_on_one_node_is_valid_and_revoked_on_every_node() {
     let on_a = CoderClawRuntime::new(LocalTransport::new(a.service.clone(), Some(token)));
     let refused = on_a.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap_err();
     assert_eq!(refused.code, coderclaw::tasks::ErrorCode::Unauthenticated, "{refused:?}");
-    // Both nodes' devices are the cluster's.
-    assert!(security.dangerous_identity_store().devices().unwrap().len() >= 2);
+    // Both nodes' devices are the cluster's; each is local only to its own machine.
+    let devices = security.dangerous_identity_store().devices().unwrap();
+    assert!(devices.len() >= 2, "{devices:?}");
+    assert_eq!(devices.iter().filter(|d| d.local).count(), 1, "{devices:?}");
+    // New roles through a: b's next request with her new session is refused.
+    let again = b.login("bob", &["developer"]);
+    a.service.security().dangerous_identity_store().set_roles("bob", &["readonly".into()]).unwrap();
+    let on_b = CoderClawRuntime::new(LocalTransport::new(b.service.clone(), Some(again)));
+    let refused = on_b.submit_task(TaskSubmitRequest::skill("team/echo", json!({}))).await.unwrap_err();
+    assert_eq!(refused.code, coderclaw::tasks::ErrorCode::Unauthenticated, "{refused:?}");
+    a.service.security().dangerous_identity_store().remove_user("bob").unwrap();
+    assert!(b.service.security().dangerous_identity_store().user("bob").is_err());
 }
 
 /// A skill installed on one node is installed on every node, which then

@@ -180,6 +180,52 @@ impl IdentityBackend for SqliteIdentities {
         })
     }
 
+    fn delete_user(&self, name: &str, at_ms: u64) -> Result<bool, IdentityError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let err = |source| IdentityError::Db { path: self.path.clone(), source };
+        let tx = db.unchecked_transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE sessions SET revoked_at_ms = ?2 WHERE user = ?1 AND revoked_at_ms IS NULL",
+            params![name, at_ms as i64],
+        )
+        .map_err(err)?;
+        tx.execute("DELETE FROM api_tokens WHERE user = ?1", [name]).map_err(err)?;
+        let deleted = tx.execute("DELETE FROM users WHERE name = ?1", [name]).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(deleted == 1)
+    }
+
+    fn update_user(
+        &self,
+        name: &str,
+        roles: Option<&[String]>,
+        password_hash: Option<Option<&str>>,
+        at_ms: u64,
+    ) -> Result<bool, IdentityError> {
+        let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        let err = |source| IdentityError::Db { path: self.path.clone(), source };
+        let tx = db.unchecked_transaction().map_err(err)?;
+        let mut found =
+            tx.query_row("SELECT COUNT(*) FROM users WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).map_err(err)?
+                == 1;
+        if let Some(roles) = roles {
+            let roles = serde_json::to_string(roles).unwrap_or_else(|_| "[]".into());
+            found &= tx.execute("UPDATE users SET roles = ?2 WHERE name = ?1", params![name, roles]).map_err(err)? == 1;
+        }
+        if let Some(hash) = password_hash {
+            found &=
+                tx.execute("UPDATE users SET password_hash = ?2 WHERE name = ?1", params![name, hash]).map_err(err)?
+                    == 1;
+        }
+        tx.execute(
+            "UPDATE sessions SET revoked_at_ms = ?2 WHERE user = ?1 AND revoked_at_ms IS NULL",
+            params![name, at_ms as i64],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(found)
+    }
+
     fn password_hash(&self, name: &str) -> Result<Option<String>, IdentityError> {
         let stored: Option<Option<String>> = self.with_db(|db| {
             db.query_row("SELECT password_hash FROM users WHERE name = ?1", [name], |r| r.get(0)).optional()

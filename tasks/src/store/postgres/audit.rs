@@ -9,7 +9,10 @@
 //! transaction that stores its final state ([`record_outcomes`]), so a
 //! final state is never stored without its record, nor the reverse.
 
-use super::{Conn, SCHEMA_VERSION, UNAVAILABLE_AFTER, connect, connection_lost, describe, reconnect_until, redact_url};
+use super::{
+    Conn, SCHEMA_VERSION, UNAVAILABLE_AFTER, connect, connection_lost, describe, on_own_thread, reconnect_until,
+    redact_url,
+};
 use crate::store::StoreError;
 use coderclaw_core::clock::now_ms;
 use coderclaw_core::task::TaskState;
@@ -252,80 +255,66 @@ impl PgSharedState {
             url.parse().map_err(|e| StoreError::Postgres { url: shown.clone(), message: format!("not a URL: {e}") })?;
         let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let (reads, read_rx) = mpsc::unbounded_channel::<super::Job>();
-        let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
         let thread_url = shown.clone();
-        std::thread::Builder::new()
-            .name("coderclaw-audit-pg".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = opened_tx.send(Err(StoreError::Thread(e.to_string())));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let url = thread_url;
-                    let client = match connect(&config).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let message = format!(
-                                "{}: check that PostgreSQL runs and accepts connections there, and the user, \
+        on_own_thread("coderclaw-audit-pg", move |opened_tx| async move {
+            let url = thread_url;
+            let client = match connect(&config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let message = format!(
+                        "{}: check that PostgreSQL runs and accepts connections there, and the user, \
                                  password and database in the URL",
-                                describe(&e)
-                            );
-                            let _ = opened_tx.send(Err(StoreError::Postgres { url, message }));
-                            return;
-                        }
+                        describe(&e)
+                    );
+                    let _ = opened_tx.send(Err(StoreError::Postgres { url, message }));
+                    return;
+                }
+            };
+            let checked = async {
+                if migrate {
+                    super::migrate(&client, &url).await?;
+                }
+                check_schema(&client, &url).await
+            };
+            if let Err(e) = checked.await {
+                let _ = opened_tx.send(Err(e));
+                return;
+            }
+            // Reads (a session looked up on every request) run at
+            // once, pipelined, on a connection of their own.
+            let reader = match connect(&config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(StoreError::Postgres { url, message: describe(&e) }));
+                    return;
+                }
+            };
+            let reading = tokio::spawn(super::read_loop(config.clone(), reader, read_rx, url.clone()));
+            let _ = opened_tx.send(Ok(()));
+            let mut conn = Some(Conn::new(client));
+            while let Some(mut job) = rx.recv().await {
+                // Given up (its caller told PostgreSQL is
+                // unreachable) once PostgreSQL was away this long.
+                let deadline = Instant::now() + UNAVAILABLE_AFTER;
+                loop {
+                    let mut c = match conn.take().filter(|c| !c.is_closed()) {
+                        Some(c) => c,
+                        None => match reconnect_until(&config, &url, deadline).await {
+                            Some(c) => Conn::new(c),
+                            None => break,
+                        },
                     };
-                    let checked = async {
-                        if migrate {
-                            super::migrate(&client, &url).await?;
-                        }
-                        check_schema(&client, &url).await
-                    };
-                    if let Err(e) = checked.await {
-                        let _ = opened_tx.send(Err(e));
-                        return;
+                    let answered = job(&mut c).await;
+                    conn = Some(c);
+                    if answered || Instant::now() >= deadline {
+                        break;
                     }
-                    // Reads (a session looked up on every request) run at
-                    // once, pipelined, on a connection of their own.
-                    let reader = match connect(&config).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = opened_tx.send(Err(StoreError::Postgres { url, message: describe(&e) }));
-                            return;
-                        }
-                    };
-                    let reading = tokio::spawn(super::read_loop(config.clone(), reader, read_rx, url.clone()));
-                    let _ = opened_tx.send(Ok(()));
-                    let mut conn = Some(Conn::new(client));
-                    while let Some(mut job) = rx.recv().await {
-                        // Given up (its caller told PostgreSQL is
-                        // unreachable) once PostgreSQL was away this long.
-                        let deadline = Instant::now() + UNAVAILABLE_AFTER;
-                        loop {
-                            let mut c = match conn.take().filter(|c| !c.is_closed()) {
-                                Some(c) => c,
-                                None => match reconnect_until(&config, &url, deadline).await {
-                                    Some(c) => Conn::new(c),
-                                    None => break,
-                                },
-                            };
-                            let answered = job(&mut c).await;
-                            conn = Some(c);
-                            if answered || Instant::now() >= deadline {
-                                break;
-                            }
-                            tracing::warn!(url, "shared state connection lost; trying the operation again");
-                            conn = None;
-                        }
-                    }
-                    reading.abort();
-                });
-            })
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
-        opened.recv().map_err(|_| StoreError::WriterStopped)??;
+                    tracing::warn!(url, "shared state connection lost; trying the operation again");
+                    conn = None;
+                }
+            }
+            reading.abort();
+        })?;
         Ok(Arc::new(PgSharedState { url: shown, jobs, reads }))
     }
 

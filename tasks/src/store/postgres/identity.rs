@@ -169,6 +169,58 @@ impl IdentityBackend for PgSharedState {
         self.rows(sql, None, user_row)
     }
 
+    fn delete_user(&self, name: &str, at_ms: u64) -> Result<bool, IdentityError> {
+        let name = name.to_owned();
+        self.identities(move |c| {
+            let name = name.clone();
+            Box::pin(async move {
+                let tx = c.client.transaction().await?;
+                tx.execute(
+                    "UPDATE sessions SET revoked_at_ms = $2 WHERE user_name = $1 AND revoked_at_ms IS NULL",
+                    &[&name, &ms(at_ms)],
+                )
+                .await?;
+                // Its tokens go with it (ON DELETE CASCADE).
+                let deleted = tx.execute("DELETE FROM users WHERE name = $1", &[&name]).await?;
+                tx.commit().await?;
+                Ok(deleted == 1)
+            })
+        })
+    }
+
+    fn update_user(
+        &self,
+        name: &str,
+        roles: Option<&[String]>,
+        password_hash: Option<Option<&str>>,
+        at_ms: u64,
+    ) -> Result<bool, IdentityError> {
+        let name = name.to_owned();
+        let roles = roles.map(|r| serde_json::to_string(r).unwrap_or_else(|_| "[]".into()));
+        let hash = password_hash.map(|h| h.map(str::to_owned));
+        self.identities(move |c| {
+            let (name, roles, hash) = (name.clone(), roles.clone(), hash.clone());
+            Box::pin(async move {
+                let tx = c.client.transaction().await?;
+                let mut found = tx.execute("SELECT 1 FROM users WHERE name = $1 FOR UPDATE", &[&name]).await? == 1;
+                if let Some(roles) = &roles {
+                    found &= tx.execute("UPDATE users SET roles = $2 WHERE name = $1", &[&name, roles]).await? == 1;
+                }
+                if let Some(hash) = &hash {
+                    found &=
+                        tx.execute("UPDATE users SET password_hash = $2 WHERE name = $1", &[&name, hash]).await? == 1;
+                }
+                tx.execute(
+                    "UPDATE sessions SET revoked_at_ms = $2 WHERE user_name = $1 AND revoked_at_ms IS NULL",
+                    &[&name, &ms(at_ms)],
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(found)
+            })
+        })
+    }
+
     fn password_hash(&self, name: &str) -> Result<Option<String>, IdentityError> {
         let hashes =
             self.rows("SELECT password_hash FROM users WHERE name = $1".into(), Some(name.to_owned()), |r| {

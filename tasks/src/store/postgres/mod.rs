@@ -335,64 +335,50 @@ impl PgTaskStore {
         // Connecting happens on the store's thread (the caller may be on an
         // async runtime, where blocking on another one is not allowed); the
         // caller waits for the outcome.
-        let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
         let thread_url = shown.clone();
-        std::thread::Builder::new()
-            .name("coderclaw-task-pg".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(r) => r,
+        on_own_thread("coderclaw-task-pg", move |opened_tx| async move {
+            let url = thread_url;
+            let pg_err = |e: tokio_postgres::Error| StoreError::Postgres {
+                url: url.clone(),
+                message: format!(
+                    "{}: check that PostgreSQL runs and accepts connections there, and the user, password \
+                             and database in the URL",
+                    describe(&e)
+                ),
+            };
+            let connected = async {
+                let writer = connect(&config).await.map_err(pg_err)?;
+                migrate(&writer, &url).await?;
+                let reader = connect(&config).await.map_err(pg_err)?;
+                Ok::<_, StoreError>((writer, reader))
+            };
+            let (writer, reader) = match connected.await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut helpers = vec![tokio::spawn(read_loop(config.clone(), reader, read_rx, url.clone()))];
+            if let Some((node, _)) = cluster_node {
+                let client = match connect(&config).await {
+                    Ok(c) => c,
                     Err(e) => {
-                        let _ = opened_tx.send(Err(StoreError::Thread(e.to_string())));
+                        let _ = opened_tx.send(Err(pg_err(e)));
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    let url = thread_url;
-                    let pg_err = |e: tokio_postgres::Error| StoreError::Postgres {
-                        url: url.clone(),
-                        message: format!(
-                            "{}: check that PostgreSQL runs and accepts connections there, and the user, password \
-                             and database in the URL",
-                            describe(&e)
-                        ),
-                    };
-                    let connected = async {
-                        let writer = connect(&config).await.map_err(pg_err)?;
-                        migrate(&writer, &url).await?;
-                        let reader = connect(&config).await.map_err(pg_err)?;
-                        Ok::<_, StoreError>((writer, reader))
-                    };
-                    let (writer, reader) = match connected.await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = opened_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let mut helpers = vec![tokio::spawn(read_loop(config.clone(), reader, read_rx, url.clone()))];
-                    if let Some((node, _)) = cluster_node {
-                        let client = match connect(&config).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                let _ = opened_tx.send(Err(pg_err(e)));
-                                return;
-                            }
-                        };
-                        let jobs = cluster::job_loop(config.clone(), client, cluster_rx, url.clone(), node.clone());
-                        helpers.push(tokio::spawn(jobs));
-                        helpers.push(tokio::spawn(cluster::listen_loop(config.clone(), url.clone(), node, notices_tx)));
-                    }
-                    let _ = opened_tx.send(Ok(()));
-                    let node = writer_node.as_ref().map(|(n, s)| (n.as_str(), s));
-                    writer_loop(config, writer, write_rx, &url, node, &*on_commit).await;
-                    for h in helpers {
-                        h.abort();
-                    }
-                });
-            })
-            .map_err(|e| StoreError::Thread(e.to_string()))?;
-        opened.recv().map_err(|_| StoreError::WriterStopped)??;
+                let jobs = cluster::job_loop(config.clone(), client, cluster_rx, url.clone(), node.clone());
+                helpers.push(tokio::spawn(jobs));
+                helpers.push(tokio::spawn(cluster::listen_loop(config.clone(), url.clone(), node, notices_tx)));
+            }
+            let _ = opened_tx.send(Ok(()));
+            let node = writer_node.as_ref().map(|(n, s)| (n.as_str(), s));
+            writer_loop(config, writer, write_rx, &url, node, &*on_commit).await;
+            for h in helpers {
+                h.abort();
+            }
+        })?;
         let signing = node.as_ref().map(|(_, _, s)| s.clone());
         let cluster =
             node.map(|(node, lease, signing)| cluster::PgCluster::new(node, lease, signing, cluster_jobs, notices_rx));
@@ -423,6 +409,29 @@ impl PgTaskStore {
         })?;
         answer.map_err(|e| StoreError::Postgres { url: self.url.clone(), message: describe(&e) })
     }
+}
+
+/// Runs `body` on a thread named `name` with a small runtime of its own
+/// (the caller may be on an async runtime, where blocking on another one
+/// is not allowed), and waits for `body` to say it opened, or why not.
+fn on_own_thread<F>(
+    name: &str,
+    body: impl FnOnce(std::sync::mpsc::SyncSender<Result<(), StoreError>>) -> F + Send + 'static,
+) -> Result<(), StoreError>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let (opened_tx, opened) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(body(opened_tx)),
+            Err(e) => {
+                let _ = opened_tx.send(Err(StoreError::Thread(e.to_string())));
+            }
+        })
+        .map_err(|e| StoreError::Thread(e.to_string()))?;
+    opened.recv().map_err(|_| StoreError::WriterStopped)?
 }
 
 /// The error with PostgreSQL's own message when it sent one.
