@@ -13,6 +13,7 @@ mod home;
 mod identity;
 mod install;
 mod keys;
+mod man;
 mod mcp;
 mod new;
 mod output;
@@ -123,6 +124,16 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Write the manual pages: one per command and subcommand.
+    ///
+    /// With --dir, every page goes there (coderclaw.1, coderclaw-skill-run.1,
+    /// ...): `coderclaw man --dir ~/.local/share/man/man1`, then
+    /// `man coderclaw-skill-run`. Without, the main page is printed on stdout.
+    Man {
+        /// Where to write every page (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -141,6 +152,23 @@ enum SkillCommand {
     List(package::ListArgs),
     Info(package::InfoArgs),
     Remove(package::RemoveArgs),
+}
+
+/// `coderclaw man`.
+fn manual(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    let command = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            let written = man::write(command, &dir)?;
+            eprintln!("wrote {} manual pages to {}", written.len(), dir.display());
+        }
+        None => {
+            use std::io::Write as _;
+            let (_, main_page) = man::pages(command)?.remove(0);
+            std::io::stdout().write_all(&main_page)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The tokio runtime a command's async work runs on.
@@ -197,6 +225,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut command, "coderclaw", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Man { dir } => manual(dir),
     };
     match result {
         Ok(code) => code,

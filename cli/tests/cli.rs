@@ -591,3 +591,30 @@ fn stderr_has_no_escapes_off_a_terminal_unless_asked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("possible values: auto, always, never"), "{}", text(&out.stderr));
 }
+
+/// `coderclaw man`: the main page on stdout, and with --dir one page per
+/// command and subcommand, each titled with its full name and carrying
+/// the same text as its --help.
+#[test]
+fn man_pages_cover_every_command() {
+    let cli = Cli::new();
+    let out = cli.run(&["man"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let main_page = text(&out.stdout);
+    assert!(main_page.contains(".TH coderclaw 1"), "{main_page}");
+    assert!(main_page.contains("skill") && main_page.contains("cluster"), "{main_page}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli.run(&["man", "--dir", dir.path().join("man1").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("manual pages to"), "{}", text(&out.stderr));
+    let page = |name: &str| std::fs::read_to_string(dir.path().join("man1").join(format!("{name}.1")));
+    let run = page("coderclaw-skill-run").unwrap();
+    assert!(run.contains(".TH coderclaw\\-skill\\-run 1") || run.contains(".TH coderclaw-skill-run 1"), "{run}");
+    assert!(run.contains("dangerous\\-allow\\-unsigned") || run.contains("dangerous-allow-unsigned"), "{run}");
+    for name in ["coderclaw-user-passwd", "coderclaw-key-rotate", "coderclaw-audit-verify", "coderclaw-man"] {
+        assert!(page(name).is_ok(), "no page for {name}");
+    }
+    assert!(page("coderclaw-help").is_err(), "`help` is not a command of its own");
+    let count = std::fs::read_dir(dir.path().join("man1")).unwrap().count();
+    assert!(count > 60, "{count} pages");
+}

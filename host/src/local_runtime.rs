@@ -144,9 +144,9 @@ impl LocalRuntimeBuilder {
     /// `url`: tasks are claimed from the shared queue under a lease that
     /// heartbeats renew (`lease`), other nodes' tasks are reached through
     /// the database (see `coderclaw_tasks::store::ClusterStore`), and the
-    /// audit log, trust, users and sessions are the cluster's, in that
-    /// database (records appended to the state directory's log before
-    /// stay there).
+    /// audit log, trust, users and sessions and the installed skills are
+    /// the cluster's, in that database (records appended to the state
+    /// directory's log before stay there).
     pub fn cluster(mut self, url: impl Into<String>, node: impl Into<String>, lease: std::time::Duration) -> Self {
         self.postgres = Some(url.into());
         self.cluster = Some((node.into(), lease));
@@ -191,8 +191,8 @@ impl LocalRuntimeBuilder {
                 let cluster = self.cluster.clone();
                 let home = security.shared_home().clone();
                 if cluster.is_some() {
-                    // One audit chain and one trust for the cluster, in its
-                    // database, before any task runs.
+                    // The cluster's audit chain, identities, trust and
+                    // installed skills, before any task runs.
                     let shared_all = home.audit().is_shared()
                         && home.shares_trust()
                         && security.shares_identities()
