@@ -163,7 +163,7 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
                     println!(
                         "{:>6}  {}  {:<8} {:<14} {}:{}  user={}  {}",
                         r.seq,
-                        r.timestamp_ms,
+                        coderclaw_core::units::format_utc(r.timestamp_ms.max(0) as u64),
                         r.result,
                         r.action,
                         r.resource_type,

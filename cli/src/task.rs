@@ -846,7 +846,12 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
                     if target.json {
                         println!("{}{}", if first { "[" } else { "," }, serde_json::to_string(e)?);
                     } else {
-                        println!("{:>4} {}  {}", e.seq, e.timestamp_ms, progress_line(e, false));
+                        println!(
+                            "{:>4} {}  {}",
+                            e.seq,
+                            coderclaw_core::units::format_utc(e.timestamp_ms),
+                            progress_line(e, false)
+                        );
                     }
                     first = false;
                 }

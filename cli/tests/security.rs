@@ -715,4 +715,9 @@ fn key_import_rotate_and_delete_are_audited_and_keep_what_they_should() {
     }
     let out = cli.run(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Human output says when as a date, not as Unix milliseconds.
+    let human = text(&cli.run(&["audit", "query", "--limit", "3"]).stdout);
+    let longest_number = human.split(|c: char| !c.is_ascii_digit()).map(str::len).max().unwrap_or(0);
+    assert!(longest_number < 10, "a timestamp in human output: {human}");
+    assert!(human.lines().all(|l| l.contains("Z ")), "{human}");
 }
