@@ -11,6 +11,7 @@ mod grant_args;
 mod hints;
 mod home;
 mod identity;
+mod input;
 mod install;
 mod keys;
 mod man;

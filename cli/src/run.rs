@@ -5,7 +5,7 @@ use crate::grant_args::{GrantArgs, WorkspaceArgs};
 use crate::home;
 use crate::output::event_line;
 use crate::output::print_json;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use coderclaw::home::Home;
 use coderclaw::security::Security;
 use coderclaw::{CollectEvents, Error, EventSink, Host, NestedCaller, Planner, RunEvent, Skill};
@@ -46,8 +46,9 @@ use std::time::Instant;
 pub(crate) struct Args {
     /// An installed skill id, or a .wasm file (with --dangerous-allow-unsigned).
     pub skill: String,
-    /// Input JSON (default `{}`).
-    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    /// Input JSON (default `{}`), `@FILE` to read it from a file, or `-`
+    /// to read it from stdin.
+    #[arg(long, value_name = "JSON|@FILE|-", conflicts_with = "input_file")]
     pub input: Option<String>,
     /// Read the input JSON from a file (`-` for stdin).
     #[arg(long, value_name = "FILE")]
@@ -350,18 +351,11 @@ fn report_denied(args: &Args, message: &str, reasons: &[Reason]) -> ExitCode {
 }
 
 fn read_input(args: &Args) -> Result<String> {
-    let text = match (&args.input, &args.input_file) {
-        (Some(s), _) => s.clone(),
-        (None, Some(p)) if p.as_os_str() == "-" => {
-            std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
-        }
-        (None, Some(p)) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        (None, None) => "{}".to_owned(),
-    };
-    if let Err(e) = serde_json::from_str::<Value>(&text) {
-        bail!("the input is not valid JSON ({e}): pass a JSON value, e.g. --input '{{\"path\": \".\"}}'");
+    match (&args.input, &args.input_file) {
+        (None, Some(p)) if p.as_os_str() == "-" => crate::input::resolve(Some("-")),
+        (None, Some(p)) => crate::input::resolve(Some(&format!("@{}", p.display()))),
+        (input, _) => crate::input::resolve(input.as_deref()),
     }
-    Ok(text)
 }
 
 fn exit_code(e: &Error) -> u8 {

@@ -131,8 +131,9 @@ pub(crate) struct SubmitArgs {
     /// Run this installed agent.
     #[arg(long)]
     pub agent: Option<String>,
-    /// Input JSON (default `{}`).
-    #[arg(long, value_name = "JSON")]
+    /// Input JSON (default `{}`), `@FILE` to read it from a file, or `-`
+    /// to read it from stdin.
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub input: Option<String>,
     /// What the task is for.
     #[arg(long, default_value = "")]
@@ -661,11 +662,7 @@ fn print_state(state: &TaskState, json: bool) -> Result<()> {
 }
 
 pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode> {
-    let input: serde_json::Value = match &args.input {
-        Some(text) => serde_json::from_str(text)
-            .context("--input is not valid JSON: pass a JSON value, e.g. --input '{\"path\": \".\"}'")?,
-        None => serde_json::json!({}),
-    };
+    let input: serde_json::Value = serde_json::from_str(&crate::input::resolve(args.input.as_deref())?)?;
     let mut req = match (&args.skill, &args.agent) {
         (Some(s), _) => TaskSubmitRequest::skill(s, input),
         (None, Some(a)) => TaskSubmitRequest::agent(a, input),

@@ -201,7 +201,7 @@ fn bad_arguments_are_explained() {
     let cli = Cli::new();
     let echo = guest("echo");
     let cases: &[(&[&str], &str)] = &[
-        (&["--input", "{not json"], "the input is not valid JSON"),
+        (&["--input", "{not json"], "the input from --input is not valid JSON"),
         (&["--memory", "lots"], "is not a size"),
         (&["--timeout", "30"], "is not a duration"),
         (&["--allow-http", "ftp://x"], "scheme must be http or https"),
@@ -617,4 +617,41 @@ fn man_pages_cover_every_command() {
     assert!(page("coderclaw-help").is_err(), "`help` is not a command of its own");
     let count = std::fs::read_dir(dir.path().join("man1")).unwrap().count();
     assert!(count > 60, "{count} pages");
+}
+
+/// `--input @FILE` and `--input -` (stdin), for runs and tasks alike; a
+/// file that is not JSON is refused naming it, a missing one naming it.
+#[test]
+fn input_comes_inline_from_a_file_or_from_stdin() {
+    let cli = Cli::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input.json");
+    std::fs::write(&file, r#"{"from": "file"}"#).unwrap();
+    let echo = guest("echo");
+    let run = |input: &str, stdin: &str| {
+        let args = ["skill", "run", echo.to_str().unwrap(), "--dangerous-allow-unsigned", "--json", "--input", input];
+        cli.run_stdin(&args, stdin)
+    };
+    let out = run(&format!("@{}", file.display()), "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(r#""from": "file""#) || text(&out.stdout).contains(r#""from":"file""#),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run("-", r#"{"from": "stdin"}"#);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("stdin"), "{}", text(&out.stdout));
+    std::fs::write(&file, "not json").unwrap();
+    let out = run(&format!("@{}", file.display()), "");
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(said.contains("input.json") && said.contains("not valid JSON"), "{said}");
+    let out = run("@/nonexistent/input.json", "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/input.json"), "{}", text(&out.stderr));
+    // task submit takes the same forms (refused before any engine opens).
+    let out = cli.run_stdin(&["task", "submit", "--skill", "team/echo", "--input", "-"], "{broken");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("the input from stdin is not valid JSON"), "{}", text(&out.stderr));
 }
