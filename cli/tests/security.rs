@@ -624,13 +624,26 @@ fn user_lifecycle_commands_revoke_what_the_user_held_and_are_audited() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!works(&token), "a session from before the password change still works");
     assert_eq!(login("old secret").0, Some(1));
-    assert_eq!(login("new secret").0, Some(0));
+    let (code, session) = login("new secret");
+    assert_eq!(code, Some(0));
+    // Her own password she may set; another user's, not (she is no admin).
+    let own = session.unwrap()["token"].as_str().unwrap().to_owned();
+    let carol = cli.run_stdin(&["user", "add", "carol", "--password-stdin"], "carol secret\n");
+    assert_eq!(carol.status.code(), Some(0), "{}", text(&carol.stderr));
+    let out = cli.run(&["--session", &own, "user", "passwd", "carol", "--clear"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("denied"), "{}", text(&out.stderr));
+    let carol_logs_in = cli.run_stdin(&["login", "--user", "carol", "--password-stdin"], "carol secret");
+    assert_eq!(carol_logs_in.status.code(), Some(0), "a non-admin cleared another user's password");
+    let out = cli.run_stdin(&["--session", &own, "user", "passwd", "alice", "--password-stdin"], "newer secret\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(login("newer secret").0, Some(0));
     let out = cli.run_stdin(&["user", "passwd", "alice", "--password-stdin"], "\n");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("empty"), "{}", text(&out.stderr));
     let out = cli.run(&["user", "passwd", "alice", "--clear"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(login("new secret").0, Some(1), "a cleared password still logs in");
+    assert_eq!(login("newer secret").0, Some(1), "a cleared password still logs in");
 
     // An admin cannot remove or demote themselves.
     let boss = cli.run_stdin(&["user", "add", "boss", "--role", "admin", "--password-stdin"], "boss secret\n");

@@ -142,12 +142,24 @@ impl HttpClient {
             Some(mut s) => s.ready().await.is_ok().then_some(s),
             None => None,
         };
+        let reused = reusable.is_some();
         let mut connection = match reusable {
             Some(s) => s,
             None => self.connect().await?,
         };
-        let response =
-            connection.send_request(request).await.map_err(|e| self.down(format!("the server did not answer: {e}")))?;
+        let answered = |e: &hyper::Error| self.down(format!("the server did not answer: {e}"));
+        let response = match connection.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                // Never written: the server closed the idle connection
+                // meanwhile. Safe to send on a new one, whatever the method.
+                Some(request) if reused => {
+                    connection = self.connect().await?;
+                    connection.send_request(request).await.map_err(|e| answered(&e))?
+                }
+                _ => return Err(answered(e.error())),
+            },
+        };
         let (parts, body) = response.into_parts();
         Ok(Pending { parts, body, connection })
     }

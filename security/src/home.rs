@@ -480,8 +480,8 @@ impl Home {
 
     /// Applies the cluster's trust changes published since the last call
     /// to this state directory's trust store: each only if its signature
-    /// holds and its publisher is this machine or one of `publishers`
-    /// (key ids: `cluster.nodeKeys`). Each change was recorded in the
+    /// holds and its publisher is one of `publishers` (device key ids: this
+    /// machine's and `cluster.nodeKeys`, as `Security::cluster_signers`). Each change was recorded in the
     /// cluster's audit log where it was made; one refused here is recorded
     /// (denied) and skipped, and so is one that cannot be read or applied.
     /// Where it got to is kept in the state directory, per set of
@@ -490,8 +490,7 @@ impl Home {
     /// cluster.
     pub fn sync_trust(&self, publishers: &[String]) -> Result<usize, HomeError> {
         let Some(shared) = self.shared_trust() else { return Ok(0) };
-        let own = self.device_key().ok().map(|k| k.public().id().to_string());
-        let mut allowed: Vec<&str> = publishers.iter().map(String::as_str).chain(own.as_deref()).collect();
+        let mut allowed: Vec<&str> = publishers.iter().map(String::as_str).collect();
         allowed.sort_unstable();
         allowed.dedup();
         let position = format!("trust {} {}", self.audit.store_name(), allowed.join(","));

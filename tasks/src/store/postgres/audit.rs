@@ -261,12 +261,7 @@ impl PgSharedState {
             let client = match connect(&config).await {
                 Ok(c) => c,
                 Err(e) => {
-                    let message = format!(
-                        "{}: check that PostgreSQL runs and accepts connections there, and the user, \
-                                 password and database in the URL",
-                        describe(&e)
-                    );
-                    let _ = opened_tx.send(Err(StoreError::Postgres { url, message }));
+                    let _ = opened_tx.send(Err(super::not_connected(&url, &e)));
                     return;
                 }
             };

@@ -714,13 +714,7 @@ pub async fn cluster_status(url: &str) -> Result<ClusterStatus, StoreError> {
     let shown = redact_url(url);
     let err = |message: String| StoreError::Postgres { url: shown.clone(), message };
     let config: tokio_postgres::Config = url.parse().map_err(|e| err(format!("not a URL: {e}")))?;
-    let client = connect(&config).await.map_err(|e| {
-        err(format!(
-            "{}: check that PostgreSQL runs and accepts connections there, and the user, password and database in \
-             the URL",
-            describe(&e)
-        ))
-    })?;
+    let client = connect(&config).await.map_err(|e| super::not_connected(&shown, &e))?;
     let has_schema: bool = client
         .query_one("SELECT to_regclass('cluster_nodes') IS NOT NULL", &[])
         .await

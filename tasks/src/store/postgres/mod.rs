@@ -338,14 +338,7 @@ impl PgTaskStore {
         let thread_url = shown.clone();
         on_own_thread("coderclaw-task-pg", move |opened_tx| async move {
             let url = thread_url;
-            let pg_err = |e: tokio_postgres::Error| StoreError::Postgres {
-                url: url.clone(),
-                message: format!(
-                    "{}: check that PostgreSQL runs and accepts connections there, and the user, password \
-                             and database in the URL",
-                    describe(&e)
-                ),
-            };
+            let pg_err = |e: tokio_postgres::Error| not_connected(&url, &e);
             let connected = async {
                 let writer = connect(&config).await.map_err(pg_err)?;
                 migrate(&writer, &url).await?;
@@ -432,6 +425,19 @@ where
         })
         .map_err(|e| StoreError::Thread(e.to_string()))?;
     opened.recv().map_err(|_| StoreError::WriterStopped)?
+}
+
+/// Connecting to `url` (password hidden) failed: what PostgreSQL said,
+/// and what to check.
+fn not_connected(url: &str, e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres {
+        url: url.to_owned(),
+        message: format!(
+            "{}: check that PostgreSQL runs and accepts connections there, and the user, password and database in \
+             the URL",
+            describe(e)
+        ),
+    }
 }
 
 /// The error with PostgreSQL's own message when it sent one.
