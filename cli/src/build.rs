@@ -48,8 +48,51 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
         for a in &artifacts {
             println!("{}  sha256:{}  ({} bytes)", a.path.display(), a.digest, a.bytes);
         }
+        if let [one] = artifacts.as_slice() {
+            let input = example_input(&args.dir.join("skill.toml"));
+            println!(
+                "run it:  coderclaw skill run {} --dangerous-allow-unsigned --input '{input}'",
+                shell_word(&one.path.display().to_string())
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An input that satisfies the crate's `[input-schema]` as far as its
+/// required top-level properties go (`{}` when there is none to read), so
+/// the printed run command works as written.
+fn example_input(manifest: &Path) -> String {
+    let schema = std::fs::read_to_string(manifest)
+        .ok()
+        .and_then(|text| coderclaw_core::manifest::Manifest::from_toml(&text, "skill.toml").ok())
+        .map(|m| m.input_schema)
+        .unwrap_or(Value::Null);
+    let required = schema.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+    let example: serde_json::Map<String, Value> = required
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|key| {
+            let value = match schema["properties"][key]["type"].as_str() {
+                Some("integer" | "number") => json!(1),
+                Some("boolean") => json!(true),
+                Some("array") => json!([]),
+                Some("object") => json!({}),
+                _ => json!("world"),
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    Value::Object(example).to_string().replace('\'', "'\\''")
+}
+
+/// `word` quoted for a POSIX shell when it needs to be.
+fn shell_word(word: &str) -> String {
+    if word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 /// Builds every cdylib in `dir` for wasm32-wasip2 and returns the components.
@@ -88,7 +131,7 @@ pub(crate) fn build(dir: &Path, release: bool, quiet: bool) -> Result<Vec<Artifa
     let status = child.wait()?;
     if !status.success() {
         bail!(
-            "cargo build failed in {} (see the messages above). If it says the target is missing, run `rustup target add wasm32-wasip2`",
+            "cargo build failed in {} (see the messages above). If it says the target is missing, run `rustup target add wasm32-wasip2`; if it cannot find coderclaw-sdk, point the crate at a checkout's SDK (`coderclaw skill new --sdk-path DIR` writes that)",
             dir.display()
         );
     }

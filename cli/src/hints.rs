@@ -164,6 +164,9 @@ pub(crate) fn sandbox(e: &coderclaw::Error) -> Option<String> {
         coderclaw::Error::NotWasm { .. } | coderclaw::Error::NotAComponent { .. } => {
             Some("build the skill with `coderclaw skill build`".into())
         }
+        coderclaw::Error::InputRefused { name, problems, .. } if !problems.is_empty() => {
+            Some(format!("`coderclaw skill info {name}` shows the input schema it takes"))
+        }
         _ => None,
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use coderclaw::GatedInstall;
 use coderclaw::security::InstallGates;
 use coderclaw_core::package::Package;
-use coderclaw_core::policy::{RegistryEntry, SecurityConfig};
+use coderclaw_core::policy::SecurityConfig;
 use coderclaw_core::rbac::Permission;
 use coderclaw_registry::cache::ClientCache;
 use coderclaw_registry::install::{InstallError, Installer, Outcome, parse_spec};
@@ -39,18 +39,19 @@ pub(crate) struct RegistryArgs {
     pub ca: Option<PathBuf>,
 }
 
-/// `registries:` of the configuration, read without opening the security
-/// model (whose start-up checks the cached policies this may refresh).
-pub(crate) fn configured_registries() -> Result<BTreeMap<String, RegistryEntry>> {
+/// The configuration, read without opening the security model (whose
+/// start-up checks the cached policies this may refresh); the default when
+/// there is no config.yaml.
+pub(crate) fn client_config() -> Result<SecurityConfig> {
     let path = config_path()?;
     match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(SecurityConfig::from_yaml(&text, &path.display().to_string())?.0.registries),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Ok(text) => Ok(SecurityConfig::from_yaml(&text, &path.display().to_string())?.0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SecurityConfig::default()),
         Err(e) => Err(anyhow!("{}: {e}", path.display())),
     }
 }
 
-fn config_path() -> Result<PathBuf> {
+pub(crate) fn config_path() -> Result<PathBuf> {
     Ok(home::state_dir()?.join("config.yaml"))
 }
 
@@ -60,21 +61,28 @@ impl RegistryArgs {
     pub(crate) fn open(&self, from_lockfile: Option<&str>) -> Result<Registry> {
         // A URL chosen on the command line needs no configuration (as
         // before): a broken config.yaml does not block it.
-        let configured = match (self.registry.as_deref(), from_lockfile) {
-            (Some(url), _) if is_url(url) => BTreeMap::new(),
-            _ => configured_registries()?,
+        let config = match (self.registry.as_deref(), from_lockfile) {
+            (Some(url), _) if is_url(url) => SecurityConfig::default(),
+            _ => client_config()?,
         };
-        Registry::choose(self.registry.as_deref(), from_lockfile, &configured, self.token.clone(), self.ca.as_deref())
+        // Named on the command line, else by the lockfile (where its skills
+        // came from), else the configured default.
+        let chosen = self.registry.as_deref().or(if from_lockfile.is_none() {
+            config.default_registry.as_deref()
+        } else {
+            None
+        });
+        Registry::choose(chosen, from_lockfile, &config.registries, self.token.clone(), self.ca.as_deref())
             .map_err(|e| {
                 let config = config_path().map(|p| p.display().to_string()).unwrap_or_else(|_| "config.yaml".into());
                 let hint = match &e {
-                    ChooseError::NoneNamed => {
-                        "pass --registry <name|url> (names come from `registries:` in config.yaml)".to_owned()
+                    ChooseError::NoneNamed => "pass --registry <name|url>, or set a default with `coderclaw registry add NAME URL --default`".to_owned(),
+                    ChooseError::LockfileUrlNotConfigured { url } => {
+                        format!("add it with `coderclaw registry add NAME {url}` (it goes in {config}), or pass --registry to choose one")
                     }
-                    ChooseError::LockfileUrlNotConfigured { .. } => {
-                        format!("add it under `registries:` in {config}, or pass --registry to choose one")
+                    ChooseError::Unknown { name, .. } => {
+                        format!("add it with `coderclaw registry add {name} URL` (it goes in {config}), or pass its URL")
                     }
-                    ChooseError::Unknown { .. } => format!("add it under `registries:` in {config}, or pass its URL"),
                     ChooseError::Client(_) => return anyhow!(e),
                 };
                 anyhow!("{e}: {hint}")
@@ -99,6 +107,7 @@ pub(crate) fn refresh_policies(rt: &tokio::runtime::Runtime, reg: &Registry) -> 
 ///   coderclaw skill install ./scanner-1.2.0.ccpkg
 ///   coderclaw skill install team/security-scanner@^1 --registry team-registry
 ///   coderclaw skill install                # everything in .coderClaw/skills.lock
+///   coderclaw skill install --required     # what the organisation policy requires and is missing
 ///
 /// From a registry: resolves the highest version matching the requirement
 /// that is not yanked, downloads it (or takes it from the local cache),
@@ -120,6 +129,11 @@ pub(crate) struct InstallArgs {
     /// Allow moving a skill to an older version than installed or locked.
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Install the skills the organisation policy requires that are not
+    /// installed (its requiredSkills, after refreshing the registry's
+    /// policies), from the registry, each verified as any install.
+    #[arg(long, conflicts_with = "package")]
+    pub required: bool,
 }
 
 /// What `skill install` and `skill update` share.
@@ -243,8 +257,11 @@ fn report(outcomes: &[Outcome], json_out: bool) -> Result<ExitCode> {
 }
 
 pub(crate) fn install(args: InstallArgs) -> Result<ExitCode> {
-    let InstallArgs { package, common: c, allow_downgrade } = args;
+    let InstallArgs { package, common: c, allow_downgrade, required } = args;
     let gates = InstallGates { accept_capabilities: c.accept_capabilities, allow_downgrade };
+    if required {
+        return install_required(c, gates);
+    }
     if let Some(p) = package.as_deref().filter(|p| p.ends_with(".ccpkg") || Path::new(p).is_file()) {
         if c.registry.registry.is_some() {
             bail!("{p} is a package file: --registry is for installing by id (namespace/name)");
@@ -286,6 +303,47 @@ pub(crate) fn install(args: InstallArgs) -> Result<ExitCode> {
             report(&outcomes, c.json)
         }
     }
+}
+
+/// `skill install --required`: the organisation's required skills that are
+/// missing, each resolved to one id on the registry (a bare name must be
+/// published by exactly one namespace) and installed.
+fn install_required(c: InstallOptions, gates: InstallGates) -> Result<ExitCode> {
+    let rt = crate::runtime()?;
+    let reg = c.registry.open(None)?;
+    refresh_policies(&rt, &reg)?;
+    let target = target()?;
+    let missing = target.security().missing_required_skills()?;
+    let mut ids = Vec::new();
+    for required in &missing {
+        if required.contains('/') {
+            ids.push(required.clone());
+            continue;
+        }
+        let hits = rt.block_on(reg.client.search(required, None, None))?;
+        let named: Vec<&str> =
+            hits.iter().map(|h| h.id.as_str()).filter(|id| coderclaw_core::policy::id_matches(required, id)).collect();
+        match named.as_slice() {
+            [one] => ids.push((*one).to_owned()),
+            [] => bail!("the organisation requires `{required}`, and registry {} has no skill of that name", reg.name),
+            many => bail!(
+                "the organisation requires `{required}`, which registry {} has in several namespaces ({}): install the one you mean by id",
+                reg.name,
+                many.join(", ")
+            ),
+        }
+    }
+    let mut inst = installer(&target, lockfile(c.workspace.as_deref())?, gates);
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        let req = semver::VersionReq::STAR;
+        outcomes.push(step(&rt, &mut inst, c.json, async |i| i.install(&reg, id, &req, false).await)?);
+    }
+    if outcomes.is_empty() && !c.json {
+        println!("nothing to install: every skill the organisation policy requires is installed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    report(&outcomes, c.json)
 }
 
 /// Opens, once each, the registries the lockfile names, and refreshes

@@ -21,7 +21,9 @@ mod output;
 mod package;
 mod policy;
 mod quickstart;
+mod registries;
 mod registry;
+mod reload;
 mod run;
 mod settings;
 mod signals;
@@ -108,11 +110,12 @@ enum Command {
     /// shell.exec children (Landlock, namespaces, rlimits) against
     /// `shell.confinement` in config.yaml.
     Doctor(doctor::Args),
-    /// Run and administer a team registry, or query one.
+    /// Use team registries, or run and administer one.
     ///
+    /// Developers: `registry add NAME URL --default --trust NAMESPACE` once,
+    /// then `coderclaw skill search` and `coderclaw skill install team/x`.
     /// A team runs one registry (`serve`); admins create namespaces (teams),
     /// authorise signing keys and hand out scoped tokens on that machine.
-    /// Developers install from it with `coderclaw skill install team/x --registry <name>`.
     #[command(subcommand)]
     Registry(registry::Command),
     /// Print a shell completion script on stdout.
@@ -152,6 +155,7 @@ enum SkillCommand {
     Yank(install::YankArgs),
     List(package::ListArgs),
     Info(package::InfoArgs),
+    Search(registry::SearchArgs),
     Remove(package::RemoveArgs),
 }
 
@@ -198,6 +202,7 @@ fn main() -> ExitCode {
         Command::Skill(SkillCommand::Sign(args)) => package::sign(args),
         Command::Skill(SkillCommand::Verify(args)) => package::verify(args),
         Command::Skill(SkillCommand::Install(args)) => install::install(args),
+        Command::Skill(SkillCommand::Search(args)) => registry::search(args),
         Command::Skill(SkillCommand::Update(args)) => install::update(args),
         Command::Skill(SkillCommand::Publish(args)) => install::publish(args),
         Command::Skill(SkillCommand::Yank(args)) => install::yank(args),

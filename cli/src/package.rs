@@ -5,7 +5,7 @@ use crate::home;
 use crate::output::print_json;
 use anyhow::{Context, Result, bail};
 use coderclaw::Host;
-use coderclaw::home::InstalledSkill;
+use coderclaw::home::{HomeError, InstalledSkill};
 use coderclaw::security::InstallGates;
 use coderclaw_core::manifest::Manifest;
 use coderclaw_core::package::{Package, VerifiedPackage};
@@ -64,11 +64,16 @@ pub(crate) struct ListArgs {
 /// Show an installed skill: version, digest, signer, requested capabilities.
 #[derive(clap::Args, Debug)]
 pub(crate) struct InfoArgs {
-    /// The skill id, e.g. team/security-scanner.
+    /// The skill id, e.g. team/security-scanner (with a registry, optionally
+    /// `@<requirement>`, e.g. team/security-scanner@^1).
     pub id: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Describe the version a registry would install instead (also used,
+    /// with the default registry, for a skill that is not installed).
+    #[command(flatten)]
+    pub registry: crate::install::RegistryArgs,
 }
 
 /// Uninstall a skill.
@@ -145,7 +150,37 @@ fn describe(m: &Manifest, digest: &str, signer: &str) -> Value {
             "memory": m.limits.memory.map(|s| format_size(s.0)),
             "timeout_ms": m.limits.timeout.map(|t| t.0),
         },
+        "input_schema": m.input_schema,
+        "output_schema": m.output_schema,
     })
+}
+
+/// A schema's top-level properties, one line each (name, type, required,
+/// description), or the schema itself in one line when it has none.
+fn schema_lines(schema: &Value) -> Vec<String> {
+    let Some(props) = schema.get("properties").and_then(Value::as_object).filter(|p| !p.is_empty()) else {
+        return vec![schema.to_string()];
+    };
+    let required: Vec<&str> =
+        schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    let width = props.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+    let mut lines: Vec<String> = props
+        .iter()
+        .map(|(name, p)| {
+            let ty = match p.get("type") {
+                Some(Value::String(t)) => t.clone(),
+                Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|"),
+                _ => "any".to_owned(),
+            };
+            let need = if required.contains(&name.as_str()) { "required" } else { "optional" };
+            let about = p.get("description").and_then(Value::as_str).map(|d| format!("  {d}")).unwrap_or_default();
+            format!("{name:<width$}  {ty:<8} {need}{about}")
+        })
+        .collect();
+    if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+        lines.push("(no other keys)".to_owned());
+    }
+    lines
 }
 
 fn print_description(v: &Value) {
@@ -186,6 +221,10 @@ fn print_description(v: &Value) {
         limits["memory"].as_str().unwrap_or("default"),
         limits["timeout_ms"].as_u64().map(|t| format!("{t}ms")).unwrap_or_else(|| "default".into())
     );
+    println!("  input (checked against this schema before the skill runs):");
+    for line in schema_lines(&v["input_schema"]) {
+        println!("    {line}");
+    }
 }
 
 fn describe_verified(p: &VerifiedPackage) -> Value {
@@ -259,14 +298,55 @@ pub(crate) fn list(args: ListArgs) -> Result<ExitCode> {
 }
 
 pub(crate) fn info(args: InfoArgs) -> Result<ExitCode> {
-    let s = home::open_checked(Permission::ConfigRead, "skill.info", ("skill", &args.id))?.home().info(&args.id)?;
-    let v = describe_installed(&s);
+    let security = home::open_checked(Permission::ConfigRead, "skill.info", ("skill", &args.id))?;
+    let installed = match args.registry.registry {
+        Some(_) => None,
+        None => match security.home().info(&args.id) {
+            Ok(s) => Some(s),
+            Err(HomeError::NotInstalled(_)) if crate::install::client_config()?.default_registry.is_some() => None,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let v = match installed {
+        Some(s) => describe_installed(&s),
+        None => describe_published(&args, &security.home().trust_list()?)?,
+    };
     if args.json {
         print_json(&v)?;
     } else {
         print_description(&v);
+        if let Some(published) = v.get("registry").and_then(Value::as_str) {
+            let trusted = if v["trusted"] == true { "yes" } else { "NO: it would be refused (see `coderclaw trust`)" };
+            println!("  registry:  {} (published {})", published, v["published"].as_str().unwrap_or_default());
+            println!("  signer trusted by you: {trusted}");
+            println!(
+                "install:   coderclaw skill install {} --registry {published}",
+                v["id"].as_str().unwrap_or_default()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The version of `args.id` a registry would install, described from its
+/// signed manifest (as the registry lists it: nothing is verified or
+/// installed here), with whether this machine trusts its signer.
+fn describe_published(args: &InfoArgs, trust: &[coderclaw::home::TrustEntry]) -> Result<Value> {
+    let (id, req) = coderclaw_registry::install::parse_spec(&args.id)?;
+    let reg = args.registry.open(None)?;
+    let package = crate::runtime()?.block_on(reg.client.package(&id))?;
+    let Some(version) = package.resolve(&req) else {
+        bail!("{} has no version matching {req} that is not yanked on registry {}", id, reg.name);
+    };
+    let namespace = version.manifest.id.namespace();
+    let trusted = trust
+        .iter()
+        .any(|t| t.key_id == version.signer && t.revoked_at.is_none() && t.namespaces.iter().any(|n| n == namespace));
+    let mut v = describe(&version.manifest, &version.digest, &version.signer);
+    v["registry"] = json!(reg.name);
+    v["published"] = json!(coderclaw_core::units::format_utc(version.published_at.saturating_mul(1000)));
+    v["trusted"] = json!(trusted);
+    Ok(v)
 }
 
 pub(crate) fn remove(args: RemoveArgs) -> Result<ExitCode> {

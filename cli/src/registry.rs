@@ -41,6 +41,9 @@ impl DataArgs {
 /// `coderclaw registry …` (its help text is on the variant in main.rs).
 #[derive(clap::Subcommand, Debug)]
 pub(crate) enum Command {
+    Add(crate::registries::AddArgs),
+    List(crate::registries::ListArgs),
+    Remove(crate::registries::RemoveArgs),
     Serve(ServeArgs),
     /// Namespaces (teams).
     #[command(subcommand)]
@@ -220,7 +223,11 @@ pub(crate) struct SyncArgs {
     pub json: bool,
 }
 
-/// Search a registry's skills and agents.
+/// Search a registry's skills and agents, with what each asks for.
+///
+/// Each result shows the capabilities its newest version requests (and
+/// whether it is dangerous); `coderclaw skill info ID --registry NAME`
+/// shows its input schema and whether you trust its signer.
 #[derive(clap::Args, Debug)]
 pub(crate) struct SearchArgs {
     /// Text in the id or description (default: everything).
@@ -252,11 +259,14 @@ pub(crate) struct AgentsArgs {
 }
 
 fn when(t: Option<u64>) -> String {
-    t.map_or("never".to_owned(), |t| format!("@{t}"))
+    t.map_or("never".to_owned(), |t| coderclaw_core::units::format_utc(t.saturating_mul(1000)))
 }
 
 pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
     match cmd {
+        Command::Add(args) => crate::registries::add(args),
+        Command::List(args) => crate::registries::list(args),
+        Command::Remove(args) => crate::registries::remove(args),
         Command::Serve(args) => serve(args),
         Command::Namespace(NamespaceCommand::Create { name, owners, private, data }) => {
             let ns = data.open()?.create_namespace(&name, &owners, !private)?;
@@ -313,12 +323,7 @@ pub(crate) fn main(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Search(args) => {
-            let reg = args.registry.open(None)?;
-            let hits =
-                crate::runtime()?.block_on(reg.client.search(&args.query, args.kind, args.namespace.as_deref()))?;
-            print_hits(&hits, args.json)
-        }
+        Command::Search(args) => search(args),
         Command::Agents(args) => {
             let reg = args.registry.open(None)?;
             let hits = crate::runtime()?.block_on(reg.client.agents(&args.namespace))?;
@@ -405,6 +410,41 @@ fn tokens(cmd: TokenCommand) -> Result<ExitCode> {
     }
 }
 
+/// `registry search` and `skill search`.
+pub(crate) fn search(args: SearchArgs) -> Result<ExitCode> {
+    let reg = args.registry.open(None)?;
+    let hits = crate::runtime()?.block_on(reg.client.search(&args.query, args.kind, args.namespace.as_deref()))?;
+    print_hits(&hits, args.json)
+}
+
+/// What a manifest asks for, in one line.
+pub(crate) fn requests(c: &coderclaw_core::manifest::Capabilities) -> String {
+    let mut parts = Vec::new();
+    if !c.fs.is_empty() {
+        let dirs: Vec<String> =
+            c.fs.iter()
+                .map(|d| {
+                    let access = if d.access == coderclaw_core::grant::Access::Read { "read" } else { "read-write" };
+                    format!("{} ({access})", d.path)
+                })
+                .collect();
+        parts.push(format!("fs {}", dirs.join(", ")));
+    }
+    let mut list = |what: &str, items: Vec<String>| {
+        if !items.is_empty() {
+            parts.push(format!("{what} {}", items.join(", ")));
+        }
+    };
+    list("http", c.http.iter().map(ToString::to_string).collect());
+    list("env", c.env.iter().cloned().collect());
+    list("shell", c.shell.iter().cloned().collect());
+    list("skills", c.skills.iter().map(ToString::to_string).collect());
+    if c.session_memory {
+        parts.push("session memory".into());
+    }
+    if parts.is_empty() { "nothing (pure computation)".to_owned() } else { parts.join("; ") }
+}
+
 fn print_hits(hits: &[SearchHit], json: bool) -> Result<ExitCode> {
     if json {
         print_json(&hits)?;
@@ -414,7 +454,12 @@ fn print_hits(hits: &[SearchHit], json: bool) -> Result<ExitCode> {
         for h in hits {
             let latest = h.latest.as_ref().map_or("(all yanked)".to_owned(), ToString::to_string);
             println!("{:<32} {latest:<10} {:<6} {}", h.id, h.kind.as_str(), h.description);
+            if let Some(c) = &h.capabilities {
+                let dangerous = if h.dangerous { "  DANGEROUS" } else { "" };
+                println!("    requests: {}{dangerous}", requests(c));
+            }
         }
+        println!("before installing: coderclaw skill info ID --registry NAME shows a skill's input and signer");
     }
     Ok(ExitCode::SUCCESS)
 }

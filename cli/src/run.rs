@@ -114,6 +114,9 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     let input = read_input(&args)?;
     let workspace = args.workspace.dir()?;
     let security = home::open_security(Some(&workspace))?;
+    for warning in security.policy_warnings() {
+        eprintln!("warning: {warning}");
+    }
     let subject = match security.subject(home::session()) {
         Ok(s) => s,
         Err(e) => {
@@ -252,9 +255,13 @@ fn run_and_print(
         Err(e) => return Ok(report_error(args, &e, Some(skill), &events)),
     };
     let parsed: Value = serde_json::from_str(&output).unwrap_or(Value::String(output));
+    // A failure verdict: the output is printed all the same (it is the
+    // findings), and the exit code says the skill judged the run failed.
+    let verdict = coderclaw_core::task::skill_verdict(&parsed);
     if args.json {
         let report = json!({
-            "ok": true,
+            "ok": verdict.is_none(),
+            "verdict": verdict.as_ref().map(|v| json!({ "code": v.code, "message": v.message })),
             "skill": skill.name(),
             "digest": skill.digest().to_hex(),
             "load": skill.source(),
@@ -269,9 +276,15 @@ fn run_and_print(
         print_json(&report)?;
     } else {
         print_json(&parsed)?;
+        if let Some(v) = &verdict {
+            eprintln!("error: {}", v.message);
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if verdict.is_some() { ExitCode::from(VERDICT_EXIT) } else { ExitCode::SUCCESS })
 }
+
+/// The exit code of a run whose skill returned a failure verdict.
+pub(crate) const VERDICT_EXIT: u8 = 5;
 
 /// Loads `skill` as an installed id (verified now, compiled later) or, when
 /// it names a file (or `path` is given), as an unsigned component the host
@@ -360,9 +373,17 @@ fn read_input(args: &Args) -> Result<String> {
 
 fn exit_code(e: &Error) -> u8 {
     match e {
-        Error::Skill { .. } => 3,
+        Error::Skill { .. } | Error::InputRefused { .. } => 3,
         Error::Timeout { .. } | Error::MemoryLimit { .. } | Error::StackOverflow { .. } | Error::Trap { .. } => 4,
         _ => 1,
+    }
+}
+
+/// Where and why an input failed the skill's schema (empty otherwise).
+fn input_problems(e: &Error) -> &[coderclaw_core::input_schema::Mismatch] {
+    match e {
+        Error::InputRefused { problems, .. } => problems,
+        _ => &[],
     }
 }
 
@@ -371,7 +392,7 @@ fn report_error(args: &Args, e: &Error, skill: Option<&Skill>, events: &[RunEven
         let report = json!({
             "ok": false,
             "skill": skill.map(Skill::name),
-            "error": { "code": e.code(), "message": e.to_string() },
+            "error": { "code": e.code(), "message": e.to_string(), "problems": input_problems(e) },
             "events": events,
         });
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

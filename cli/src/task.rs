@@ -180,7 +180,11 @@ const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 /// remote-enabled accepts them; distributed-cluster is remote-enabled as
 /// one node of a cluster whose nodes share a PostgreSQL database
 /// (cluster.database or CODERCLAW_CLUSTER_DATABASE; see docs/cluster.md).
-/// SIGTERM or SIGINT stops it cleanly (deployment.shutdownGrace). Configuration
+/// SIGTERM or SIGINT stops it cleanly (deployment.shutdownGrace). Edits to
+/// config.yaml (roles, registries, identity) and the policy files take
+/// effect at the next request, without a restart; a broken edit keeps the
+/// last good version. Each change is logged on stderr as it is seen (at
+/// most a second later, or at once on SIGHUP). Configuration
 /// layers: flags > env > .coderClaw/runtime.yaml > $CODERCLAW_HOME/runtime.yaml.
 /// The API is described at /v1/openapi.json.
 #[derive(clap::Args, Debug)]
@@ -188,6 +192,14 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:7420).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// One line per HTTP request on stderr (method, route, status, latency,
+    /// user; never tokens or query strings). Default: on, except in
+    /// local-only mode.
+    #[arg(long, overrides_with = "no_access_log")]
+    pub access_log: bool,
+    /// No access log, whatever the mode.
+    #[arg(long)]
+    pub no_access_log: bool,
     /// local-only, remote-enabled or distributed-cluster (one node of a
     /// cluster sharing the PostgreSQL database in cluster.database or
     /// CODERCLAW_CLUSTER_DATABASE).
@@ -393,8 +405,20 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         let mut mcp = McpHttpConfig::for_listen(listen, tls.is_some());
         mcp.allowed_hosts.extend(args.mcp_allowed_hosts.iter().cloned());
         mcp.allowed_origins.extend(args.mcp_allowed_origins.iter().cloned());
-        let server_config =
-            ServerConfig { listen, mode: c.mode, tls: tls.clone(), mcp: Some(mcp), ..ServerConfig::default() };
+        let logging = match (args.access_log, args.no_access_log) {
+            (true, _) => true,
+            (false, true) => false,
+            (false, false) => c.mode != RuntimeMode::LocalOnly,
+        };
+        let access_log = logging.then(|| coderclaw::tasks::http_server::AccessLog(Arc::new(print_access)));
+        let server_config = ServerConfig {
+            listen,
+            mode: c.mode,
+            tls: tls.clone(),
+            mcp: Some(mcp),
+            access_log,
+            ..ServerConfig::default()
+        };
         let server = serve(local.service().clone(), server_config).await?;
         let grpc = match &grpc_listen {
             Some(addr) => {
@@ -419,8 +443,10 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
             c.max_concurrent_tasks,
             local.security().home().root().display()
         );
+        let reloads = tokio::spawn(crate::reload::watch(local.security().clone()));
         let mut signals = crate::signals::Signals::new()?;
         let first = signals.next().await;
+        reloads.abort();
         // No new connections; open ones (streams, answers to WAITING
         // tasks) are served until the engine has stopped.
         server.shutdown();
@@ -458,6 +484,16 @@ pub(crate) fn serve_main(args: ServeArgs) -> Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One access log line: `access GET /v1/tasks/{id} 200 3.1ms user=alice peer=…`.
+/// A closed stderr loses the line, never the request.
+fn print_access(r: &coderclaw::tasks::http_server::AccessRecord) {
+    use std::io::Write as _;
+    let user = r.user.as_deref().unwrap_or("-");
+    let line =
+        format!("access {} {} {} {:.1}ms user={user} peer={}\n", r.method, r.route, r.status, r.latency_ms, r.peer);
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Runs `f` against the runtime `target` names. A local engine starts
@@ -523,13 +559,15 @@ fn rt_err(e: RuntimeError) -> anyhow::Error {
 }
 
 /// 0 completed; 4 stopped (cancelled, or by a limit or a crash, as
-/// `skill run` exits); 3 every other failure (refused, not installed, the
-/// skill's own error, the host's).
+/// `skill run` exits); 5 the skill's failure verdict (as `skill run`); 3
+/// every other failure (refused, not installed, the skill's own error, the
+/// host's).
 fn exit_for(state: &TaskState) -> ExitCode {
     let stopped = [FailureCode::Cancelled, FailureCode::Timeout, FailureCode::MemoryLimit, FailureCode::Trap];
     match (state.status, &state.error) {
         (TaskStatus::Completed, _) => ExitCode::SUCCESS,
         (TaskStatus::Cancelled, _) => ExitCode::from(4),
+        (_, Some(f)) if f.code == FailureCode::SkillVerdict => ExitCode::from(crate::run::VERDICT_EXIT),
         (_, Some(f)) if stopped.contains(&f.code) => ExitCode::from(4),
         _ => ExitCode::from(3),
     }
@@ -890,6 +928,9 @@ pub(crate) fn status(args: StatusArgs) -> Result<ExitCode> {
             );
             for missing in &s.missing_required_skills {
                 println!("missing required skill: {missing} (organizationPolicy.requiredSkills)");
+            }
+            for warning in &s.policy_warnings {
+                println!("warning: {warning}");
             }
         }
         Ok(if s.healthy && s.missing_required_skills.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })

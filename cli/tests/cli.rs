@@ -6,6 +6,7 @@ mod common;
 use coderclaw_e2e::{LoopbackServer, guest};
 use common::*;
 use serde_json::{Value, json};
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -27,10 +28,65 @@ fn word_count_and_scanner_with_a_read_grant() {
     assert_eq!(report["output"]["total"]["words"], 5);
     assert_eq!(report["output"]["files"], 2);
 
+    // Findings are a failure verdict by default: exit 5, output kept.
     let (code, report) = cli.run_json("security-scanner", &["--allow-read", &grant]);
-    assert_eq!(code, 0, "{report}");
+    assert_eq!(code, 5, "{report}");
+    assert_eq!((report["ok"].as_bool(), report["verdict"]["code"].as_str()), (Some(false), Some("skill-verdict")));
+    assert!(report["verdict"]["message"].as_str().unwrap().contains("1 possible secret(s)"), "{report}");
     assert_eq!(report["output"]["findings"][0]["rule"], "github-token");
     assert_eq!(report["output"]["findings"][0]["file"], "./creds.env");
+    let quiet = ["--allow-read", &grant, "--input", r#"{"fail_on_findings": false}"#];
+    let (code, report) = cli.run_json("security-scanner", &quiet);
+    assert_eq!((code, report["output"]["failed"].as_bool()), (0, Some(false)), "{report}");
+}
+
+/// A skill's failure verdict fails the task (`skill-verdict`, output kept)
+/// and the command (exit 5), for `skill run` and `task submit` alike; SARIF
+/// output carries the findings in the 2.1.0 shape code scanning takes.
+#[test]
+fn a_failure_verdict_fails_the_task_and_the_command_and_keeps_the_findings() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    trusted_key(&cli, "k", "team");
+    assert_eq!(
+        cli.run(&["skill", "install", p(&sign(&cli, "security-scanner", "k", pkgs.path()))]).status.code(),
+        Some(0)
+    );
+    let ws = workspace();
+    let out = cli.run(&["skill", "run", "team/security-scanner", "--workspace", p(ws.path())]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("error: the skill reported failure: 1 possible secret(s)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let output: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((output["failed"].as_bool(), output["findings"][0]["line"].as_u64()), (Some(true), Some(1)));
+
+    let submit = |input: &str| {
+        let args = ["task", "submit", "--skill", "team/security-scanner", "--input", input, "--wait", "--json"];
+        cli.run(&[&args[..], &["--workspace", p(ws.path())]].concat())
+    };
+    let out = submit(r#"{"format": "sarif"}"#);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((state["status"].as_str(), state["error"]["code"].as_str()), (Some("FAILED"), Some("skill-verdict")));
+    let sarif = &state["output"]["sarif"];
+    assert_eq!(sarif["version"], "2.1.0");
+    let run = &sarif["runs"][0];
+    let rules: Vec<&str> =
+        run["tool"]["driver"]["rules"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let result = &run["results"][0];
+    assert_eq!(result["ruleId"], "github-token");
+    assert_eq!(rules[result["ruleIndex"].as_u64().unwrap() as usize], "github-token");
+    let location = &result["locations"][0]["physicalLocation"];
+    assert_eq!(
+        (location["artifactLocation"]["uri"].as_str(), location["region"]["startLine"].as_u64()),
+        (Some("creds.env"), Some(1))
+    );
+    assert!(!sarif.to_string().contains("ghp_0123456789"), "the secret is redacted in SARIF too");
+    let out = submit(r#"{"fail_on_findings": false}"#);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -281,9 +337,19 @@ fn completion_scripts_are_printed_for_each_shell() {
 fn new_skill_builds_and_runs_out_of_the_box() {
     let cli = Cli::new();
     let parent = tempfile::tempdir().unwrap();
-    let out = cli.run(&["skill", "new", "hello-skill", "--dir", p(parent.path())]);
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("sdk");
+    let out = cli.run(&["skill", "new", "hello-skill", "--dir", p(parent.path()), "--sdk-path", p(&sdk)]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let crate_dir = parent.path().join("hello-skill");
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    let sdk = std::fs::canonicalize(&sdk).unwrap();
+    assert!(manifest.contains(&format!("coderclaw-sdk = {{ path = {:?} }}", sdk.display().to_string())), "{manifest}");
+    for wrong in [parent.path().to_path_buf(), parent.path().join("nowhere")] {
+        let out = cli.run(&["skill", "new", "other", "--dir", p(parent.path()), "--sdk-path", p(&wrong)]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("--sdk-path"), "{}", text(&out.stderr));
+        assert!(!parent.path().join("other").exists(), "nothing is written for a wrong --sdk-path");
+    }
     let again = cli.run(&["skill", "new", "hello-skill", "--dir", p(parent.path())]);
     assert!(text(&again.stderr).contains("already exists"));
     assert!(text(&cli.run(&["skill", "new", "Bad_Name"]).stderr).contains("not a valid skill name"));
@@ -361,7 +427,8 @@ fn every_example_skill_signs_verifies_installs_and_runs() {
     // The manifest's logical `workspace` is --workspace: no --allow-* flag.
     // a.txt, creds.env and .coderClaw/security.yaml.
     assert_eq!(run(&["skill", "run", "team/word-count"])["files"], 3);
-    assert_eq!(run(&["skill", "run", "team/security-scanner"])["findings"][0]["rule"], "github-token");
+    let scan = run(&["skill", "run", "team/security-scanner", "--input", r#"{"fail_on_findings": false}"#]);
+    assert_eq!(scan["findings"][0]["rule"], "github-token");
     let ls = run(&["skill", "run", "team/shell-exec", "--input", r#"{"program": "ls"}"#]);
     assert_eq!(ls["stdout"], "a.txt\ncreds.env\n");
     let input = json!({"url": server.url()}).to_string();
@@ -654,4 +721,144 @@ fn input_comes_inline_from_a_file_or_from_stdin() {
     let out = cli.run_stdin(&["task", "submit", "--skill", "team/echo", "--input", "-"], "{broken");
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("the input from stdin is not valid JSON"), "{}", text(&out.stderr));
+}
+
+/// The signed `[input-schema]` is shown by `skill info` and enforced before
+/// the guest runs, for `skill run` and `task submit` alike: a refusal names
+/// the failing path and keyword, exits 3, and `--json` lists each problem.
+#[test]
+fn input_that_fails_the_signed_schema_is_refused_before_the_skill_runs() {
+    let cli = Cli::new();
+    let pkgs = tempfile::tempdir().unwrap();
+    trusted_key(&cli, "k", "team");
+    let pkg = sign(&cli, "word-count", "k", pkgs.path());
+    assert_eq!(cli.run(&["skill", "install", p(&pkg)]).status.code(), Some(0));
+    let info = text(&cli.run(&["skill", "info", "team/word-count"]).stdout);
+    assert!(info.contains("input (checked against this schema before the skill runs)"), "{info}");
+    assert!(info.contains("max_files") && info.contains("integer") && info.contains("(no other keys)"), "{info}");
+
+    let ws = workspace();
+    let run = |input: &str, json: bool| {
+        let mut args = vec!["skill", "run", "team/word-count", "--input", input, "--workspace", p(ws.path())];
+        if json {
+            args.push("--json");
+        }
+        cli.run(&args)
+    };
+    // The guest would take both (it ignores unknown keys, and 0 files is a
+    // number to it): only the host's check refuses them.
+    let out = run(r#"{"max_files": 0, "verbose": true}"#, false);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("team/word-count refused its input before running"), "{said}");
+    assert!(said.contains("at /max_files:") && said.contains("keyword `minimum`"), "{said}");
+    assert!(said.contains("keyword `additionalProperties`"), "{said}");
+    assert!(said.contains("coderclaw skill info team/word-count"), "{said}");
+    let out = run(r#"{"max_files": "ten"}"#, true);
+    assert_eq!(out.status.code(), Some(3));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["error"]["code"], "invalid-input");
+    assert_eq!(report["error"]["problems"][0]["path"], "/max_files");
+    assert_eq!(report["error"]["problems"][0]["keyword"], "type");
+    assert!(!text(&out.stdout).contains("\"ten\""), "the input's values are not echoed back");
+    assert_eq!(run(r#"{"max_files": 1}"#, false).status.code(), Some(0));
+
+    let out = cli.run(&[
+        "task",
+        "submit",
+        "--skill",
+        "team/word-count",
+        "--input",
+        r#"{"max_files": 0}"#,
+        "--wait",
+        "--json",
+        "--workspace",
+        p(ws.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((state["status"].as_str(), state["error"]["code"].as_str()), (Some("FAILED"), Some("invalid-input")));
+    assert!(state["error"]["message"].as_str().unwrap().contains("keyword `minimum`"), "{state}");
+}
+
+/// The README's "Writing a skill" commands, run as written in an empty
+/// directory outside this checkout, with the SDK as a registry would serve
+/// it (`cargo package` output, patched in by `.cargo/config.toml`): the
+/// scaffold holds no path into the repository and builds, runs and signs.
+#[test]
+fn the_readmes_writing_a_skill_section_works_as_written_outside_the_repository() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let packaged = tmp.path().join("packaged");
+    let target = tmp.path().join("package-target");
+    let out = Command::new(env!("CARGO"))
+        .current_dir(repo)
+        .args(["package", "-p", "coderclaw-sdk-macros", "-p", "coderclaw-sdk", "--no-verify", "--allow-dirty"])
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo package: {}", text(&out.stderr));
+    std::fs::create_dir(&packaged).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    let mut patch = String::from("[patch.crates-io]\n");
+    for name in ["coderclaw-sdk-macros", "coderclaw-sdk"] {
+        let file = target.join("package").join(format!("{name}-{version}.crate"));
+        let status = Command::new("tar").arg("xzf").arg(&file).arg("-C").arg(&packaged).status().unwrap();
+        assert!(status.success(), "unpacking {}", file.display());
+        let dir = packaged.join(format!("{name}-{version}"));
+        patch += &format!("{name} = {{ path = {:?} }}\n", dir.display().to_string());
+    }
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join(".cargo")).unwrap();
+    std::fs::write(work.join(".cargo/config.toml"), patch).unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_coderclaw"), bin.join("coderclaw")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let home = tempfile::tempdir().unwrap();
+    let shell = |line: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(line)
+            .current_dir(&work)
+            .env("PATH", &path)
+            .env("CODERCLAW_HOME", home.path())
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CODERCLAW_LOG")
+            .output()
+            .unwrap()
+    };
+
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let section = readme.split("\n## Writing a skill\n").nth(1).expect("the README has the section");
+    let block = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let lines: Vec<&str> = block.lines().filter(|l| l.starts_with("coderclaw ")).collect();
+    assert!(lines.len() >= 4, "{block}");
+    let mut printed_run = None;
+    for line in lines {
+        let out = shell(line);
+        assert_eq!(out.status.code(), Some(0), "{line}\n{}{}", text(&out.stdout), text(&out.stderr));
+        if line.starts_with("coderclaw skill run") {
+            assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"greeting": "hello, you!"}));
+        }
+        if line.starts_with("coderclaw skill build") {
+            let stdout = text(&out.stdout);
+            printed_run = stdout.lines().find_map(|l| l.strip_prefix("run it:").map(|c| c.trim().to_owned()));
+        }
+    }
+    // The command `skill build` printed works as written too.
+    let printed_run = printed_run.expect("skill build prints the command that runs the component");
+    let out = shell(&printed_run);
+    assert_eq!(out.status.code(), Some(0), "{printed_run}\n{}", text(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"greeting": "hello, world!"}));
+    assert!(work.join("my-skill-0.1.0.ccpkg").is_file());
+    // Nothing in the crate points into this checkout: the SDK is a version.
+    let requirement = format!("coderclaw-sdk = \"{}\"", version.rsplit_once('.').unwrap().0);
+    for file in ["Cargo.toml", "skill.toml", "src/lib.rs"] {
+        let text = std::fs::read_to_string(work.join("my-skill").join(file)).unwrap();
+        assert!(!text.contains(repo.to_str().unwrap()), "{file}: {text}");
+    }
+    let manifest = std::fs::read_to_string(work.join("my-skill/Cargo.toml")).unwrap();
+    assert!(manifest.contains(&requirement) && !manifest.contains("path ="), "{manifest}");
 }

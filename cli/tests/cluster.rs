@@ -79,7 +79,7 @@ impl Cluster {
         std::fs::write(cli.home.path().join("runtime.yaml"), config).unwrap();
         trusted_key(&cli, "team-key", "team");
         let packages = [
-            ("team/echo", "echo", "description = \"echo\"\n"),
+            ("team/echo", "echo", "description = \"echo\"\n[input-schema]\ndescription = \"any\"\n"),
             ("team/asker", "asker", "description = \"asks\"\n[limits]\ntimeout = \"600s\"\n"),
             (
                 "team/resumable-asker",
@@ -612,7 +612,7 @@ fn a_cluster_nodes_trust_skill_and_audit_commands_are_the_clusters() {
     // verified it against the key it got from the cluster.
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("skill.toml");
-    std::fs::write(&manifest, "id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n")
+    std::fs::write(&manifest, "id = \"team/echo\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n[input-schema]\ndescription = \"any\"\n")
         .unwrap();
     let pkg = sign_with(&one, "echo", "team-key", &manifest, dir.path());
     let out = one.run(&["skill", "install", p(&pkg)]);

@@ -704,3 +704,113 @@ fn audit_heads_witnessed_by_the_registry_and_a_file_catch_a_log_cut_short() {
     let stderr = text(&refused.stderr);
     assert!(stderr.contains("cut short") && stderr.contains("was not witnessed"), "{stderr}");
 }
+
+/// `registry add` writes config.yaml in place (comments kept), shows each
+/// namespace's keys by fingerprint, and trusts a namespace's keys only when
+/// exactly those fingerprints are confirmed; with `--default`, no command
+/// needs `--registry`; `skill search` and `skill info --registry` show what
+/// a skill asks for before it is installed; `skill install --required`
+/// installs what the organisation policy requires; `registry remove` takes
+/// the entry back out.
+#[test]
+fn a_registry_is_added_its_keys_confirmed_by_fingerprint_and_used_by_default() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let token = registry.token("team", "publish");
+    for skill in ["echo", "word-count", "shell-exec"] {
+        ok(&publisher.publish(&registry, &publisher.package(skill, skill, |m| m), &token));
+    }
+    let fingerprint = text(&publisher.cli.run(&["key", "list", "--json"]).stdout);
+    let fingerprint: Value = serde_json::from_str(&fingerprint).unwrap();
+    let fingerprint = fingerprint[0]["key_id"].as_str().or(fingerprint[0]["id"].as_str()).unwrap().to_owned();
+
+    let dev = Cli::new();
+    let config = dev.home.path().join("config.yaml");
+    std::fs::write(&config, "# mine: keep this\nsecurity:\n  requireAuth: false  # for now\n").unwrap();
+    let add = |extra: &[&str]| {
+        let mut args = vec!["registry", "add", "team-registry", registry.url.as_str()];
+        args.extend(extra);
+        dev.run(&args)
+    };
+    // Without a confirmed fingerprint nothing is trusted or written.
+    refused(&add(&["--trust", "team"]), "--fingerprint");
+    refused(&add(&["--trust", "team", "--fingerprint", "0123456789abcdef"]), "does not match any fingerprint given");
+    let both = [fingerprint.as_str(), "0123456789abcdef"];
+    refused(&add(&["--trust", "team", "--fingerprint", both[0], "--fingerprint", both[1]]), "matches no active key");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "# mine: keep this\nsecurity:\n  requireAuth: false  # for now\n"
+    );
+    assert!(text(&dev.run(&["trust", "list"]).stdout).contains("empty"), "nothing trusted");
+
+    let out = ok(&add(&["--default", "--trust", "team", "--fingerprint", &fingerprint]));
+    assert!(out.contains(&format!("{fingerprint}  admin (signs packages and the organisation policy)")), "{out}");
+    assert!(out.contains(&format!("trusted {fingerprint} for team")), "{out}");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.starts_with("# mine: keep this\ndefaultRegistry: team-registry\nsecurity:"), "{written}");
+    assert!(written.contains("# for now"), "{written}");
+    assert!(written.contains(&publisher.public), "the admin key is listed for the namespace's policy: {written}");
+    refused(&add(&[]), "configured already");
+    let listed: Value = serde_json::from_str(&ok(&dev.run(&["registry", "list", "--json"]))).unwrap();
+    assert_eq!((listed[0]["name"].as_str(), listed[0]["default"].as_bool()), (Some("team-registry"), Some(true)));
+
+    // Before installing: what each asks for, from the default registry.
+    let found = ok(&dev.run(&["skill", "search", "shell"]));
+    assert!(
+        found.contains("team/shell-exec") && found.contains("requests: fs workspace (read); shell git, ls  DANGEROUS"),
+        "{found}"
+    );
+    let info = ok(&dev.run(&["skill", "info", "team/word-count"]));
+    assert!(info.contains("registry:  team-registry") && info.contains("signer trusted by you: yes"), "{info}");
+    assert!(info.contains("max_files") && info.contains("fs      workspace (read)"), "{info}");
+    assert!(installed(&dev).is_empty(), "info installs nothing");
+
+    // No --registry anywhere: the default serves.
+    let ws = workspace();
+    ok(&dev.run(&["skill", "install", "team/echo", "--workspace", p(ws.path())]));
+    let policy = publisher.pkgs.path().join("org.yaml");
+    std::fs::write(&policy, "organizationPolicy:\n  requiredSkills: [word-count, team/echo]\n").unwrap();
+    let publish_policy = [
+        "registry",
+        "policy",
+        "publish",
+        "team",
+        "--file",
+        p(&policy),
+        "--key",
+        "team-key",
+        "--registry",
+        &registry.url,
+    ];
+    ok(&publisher.cli.run(&[&publish_policy[..], &["--token", &token]].concat()));
+    let out = ok(&dev.run(&["skill", "install", "--required", "--workspace", p(ws.path())]));
+    assert!(out.contains("team/word-count"), "{out}");
+    assert_eq!(installed(&dev).len(), 2, "echo was there; word-count came: {:?}", installed(&dev));
+    let out = ok(&dev.run(&["skill", "install", "--required", "--workspace", p(ws.path())]));
+    assert!(out.contains("nothing to install"), "{out}");
+
+    ok(&dev.run(&["registry", "remove", "team-registry"]));
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(written, "# mine: keep this\nsecurity:\n  requireAuth: false  # for now\n");
+    refused(&dev.run(&["skill", "search", "echo"]), "pass --registry");
+    refused(&dev.run(&["registry", "remove", "team-registry"]), "no registry named `team-registry`");
+}
+
+/// A registry that lists a key under another key's fingerprint is refused
+/// before anything is shown as trustworthy.
+#[test]
+fn a_registry_listing_a_key_under_a_false_fingerprint_is_refused() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let db = rusqlite::Connection::open(registry.data.path().join("registry.db")).unwrap();
+    let changed = db.execute("UPDATE namespace_keys SET key_id = '0123456789abcdef'", []).unwrap();
+    assert_eq!(changed, 1);
+    let dev = Cli::new();
+    refused(
+        &dev.run(&["registry", "add", "r", &registry.url, "--trust", "team", "--fingerprint", "0123456789abcdef"]),
+        "is listed as 0123456789abcdef but its fingerprint is",
+    );
+    assert!(!dev.home.path().join("config.yaml").exists());
+}

@@ -734,3 +734,115 @@ fn key_import_rotate_and_delete_are_audited_and_keep_what_they_should() {
     assert!(longest_number < 10, "a timestamp in human output: {human}");
     assert!(human.lines().all(|l| l.contains("Z ")), "{human}");
 }
+
+/// A broken policy file whose last good version is kept is said on every
+/// run's stderr and by `status`; with `security.brokenPolicy: deny` nothing
+/// runs until it is fixed (and the refusal is audited).
+#[test]
+fn a_kept_last_good_policy_is_said_on_every_run_and_brokenpolicy_deny_fails_closed() {
+    let cli = Cli::new();
+    let ws = workspace();
+    let echo = coderclaw_e2e::guest("echo").display().to_string();
+    let run =
+        || cli.run(&["skill", "run", &echo, "--dangerous-allow-unsigned", "--input", "1", "--workspace", p(ws.path())]);
+    write_policy(ws.path(), "allowedRoles: [developer]\n");
+    assert_eq!(code(&run()), 0);
+    write_policy(ws.path(), "allowedRoles: [\n");
+    for _ in 0..2 {
+        let out = run();
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        let said = text(&out.stderr);
+        assert!(said.contains("warning: policy file") && said.contains("using its last good version"), "{said}");
+    }
+    let status = cli.run(&["status", "--workspace", p(ws.path())]);
+    let shown = format!("{}{}", text(&status.stdout), text(&status.stderr));
+    assert!(shown.contains("security.yaml") && shown.contains("last good version"), "{shown}");
+
+    std::fs::write(cli.home.path().join("config.yaml"), "security:\n  brokenPolicy: deny\n").unwrap();
+    let out = run();
+    assert_ne!(code(&out), 0);
+    let said = text(&out.stderr);
+    assert!(said.contains("security.brokenPolicy is deny") && said.contains("security.yaml"), "{said}");
+    let loads = audit(&cli, &["--action", "policy.load"]);
+    assert!(
+        loads.iter().any(|r| r["reason"].as_str().unwrap_or_default().contains("brokenPolicy is deny")),
+        "{loads:#?}"
+    );
+    write_policy(ws.path(), "allowedRoles: [developer]\n");
+    assert_eq!(code(&run()), 0, "fixed: runs again");
+}
+
+/// `coderclaw doctor` goes through its checklist, each problem with its fix:
+/// a state directory others can read fails (exit 3), a broken policy file
+/// kept at its last good version and a registry that does not answer warn,
+/// an OIDC issuer's clock is compared with this one.
+#[test]
+fn doctor_reports_each_check_with_its_fix() {
+    let cli = Cli::new();
+    let ws = workspace();
+    let doctor = || {
+        let out = cli.run(&["doctor", "--json", "--workspace", p(ws.path())]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (code(&out), report)
+    };
+    let find = |report: &Value, name: &str| -> Vec<Value> {
+        report["checks"].as_array().unwrap().iter().filter(|c| c["check"] == name).cloned().collect()
+    };
+    // A clean state directory, with an OIDC issuer on loopback answering.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let issuer = rt.block_on(coderclaw_e2e::LoopbackServer::start("{}")).unwrap();
+    let config = format!(
+        "identity:\n  providers: [local, oidc]\n  oidc:\n    - name: corp\n      issuer: {}\n      audience: coderclaw\n",
+        issuer.url()
+    );
+    std::fs::write(cli.home.path().join("config.yaml"), &config).unwrap();
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap()
+    };
+    mode(cli.home.path(), 0o700);
+    let (status, report) = doctor();
+    assert_eq!(status, 0, "{report:#}");
+    assert_eq!(find(&report, "state directory")[0]["status"], "ok", "{report:#}");
+    assert_eq!(find(&report, "registries")[0]["detail"], "none configured");
+    let clock = &find(&report, "oidc clock")[0];
+    assert_eq!(clock["status"], "ok", "{clock}");
+    assert!(clock["detail"].as_str().unwrap().starts_with("corp: within"), "{clock}");
+    for name in ["toolchain", "wasm target", "shell confinement", "signing keys"] {
+        assert_eq!(find(&report, name).len(), 1, "{name}: {report:#}");
+    }
+
+    // Problems: each named, each with its fix.
+    write_policy(ws.path(), "allowedRoles: [developer]\n");
+    assert_eq!(doctor().0, 0);
+    write_policy(ws.path(), "allowedRoles: [\n");
+    let dead = format!("{config}registries:\n  gone:\n    url: http://127.0.0.1:1\n");
+    std::fs::write(cli.home.path().join("config.yaml"), dead).unwrap();
+    let (status, report) = doctor();
+    assert_eq!(status, 0, "warnings only: {report:#}");
+    let kept: Vec<Value> = find(&report, "policy file").into_iter().filter(|c| c["status"] == "warn").collect();
+    assert!(kept[0]["detail"].as_str().unwrap().contains("last good version is in force"), "{report:#}");
+    assert!(kept[0]["fix"].as_str().unwrap().contains("security.yaml"), "{report:#}");
+    let registry = &find(&report, "registry")[0];
+    assert_eq!(registry["status"], "warn", "{registry}");
+    assert!(registry["fix"].as_str().unwrap().contains("coderclaw registry remove gone"), "{registry}");
+    mode(cli.home.path(), 0o755);
+    let state = &find(&doctor().1, "state directory")[0];
+    assert_eq!(
+        (state["status"].as_str(), state["fix"].clone()),
+        (Some("warn"), json!(format!("chmod 700 {}", cli.home.path().display())))
+    );
+    // A signing key others can read fails the check (exit 3).
+    assert_eq!(code(&cli.run(&["key", "generate", "--name", "k"])), 0);
+    let key = cli.home.path().join("keys/k.key");
+    mode(&key, 0o644);
+    let (status, report) = doctor();
+    assert_eq!(status, 3, "{report:#}");
+    let keys = &find(&report, "signing keys")[0];
+    assert_eq!(
+        (keys["status"].as_str(), keys["fix"].clone()),
+        (Some("fail"), json!(format!("chmod 600 {}", key.display())))
+    );
+    let human = cli.run(&["doctor", "--workspace", p(ws.path())]);
+    let said = text(&human.stdout);
+    assert!(said.contains("FAIL  signing keys") && said.contains("fix: chmod 600"), "{said}");
+}

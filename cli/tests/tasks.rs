@@ -388,3 +388,68 @@ fn sigterm_lets_running_tasks_have_the_grace_period_then_cancels_them_and_exits_
     let out = cli.run(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
 }
+
+/// `serve --access-log` prints one line per request (method, route with ids
+/// masked, status, latency, user; never the token), and edits to
+/// config.yaml are taken without a restart and said on stderr: a new role,
+/// a broken edit (the last good version stays), a SIGHUP.
+#[test]
+fn serve_logs_each_request_and_says_what_a_configuration_edit_changed() {
+    let (cli, tmp) = (Cli::new(), tempfile::tempdir().unwrap());
+    install_signed(&cli, tmp.path());
+    let token = login(&cli);
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coderclaw"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workspace", p(tmp.path()), "--access-log"])
+        .env("CODERCLAW_HOME", cli.home.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (said, stderr) = (said.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                said.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        })
+    };
+    let wait_for = |needle: &str| {
+        let start = Instant::now();
+        while !said.lock().unwrap().contains(needle) {
+            assert!(start.elapsed() < Duration::from_secs(20), "no {needle:?} in:\n{}", said.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("serving http://127.0.0.1");
+    let url = format!("http://127.0.0.1:{port}");
+    let state = remote_json(&cli, &url, &token, &["task", "submit", "--skill", "team/echo", "--input", "{}", "--wait"]);
+    let id = state["id"].as_str().unwrap();
+    remote_json(&cli, &url, &token, &["task", "status", id]);
+    wait_for("access GET /v1/tasks/{id} 200");
+    wait_for("access POST /v1/tasks");
+    let refused = cli.run(&["status", "--remote", &url, "--token", "ccs_forged", "--json"]);
+    assert_ne!(refused.status.code(), Some(0));
+    wait_for("access GET /v1/status 401");
+    {
+        let log = said.lock().unwrap();
+        assert!(log.contains("user=dev peer=127.0.0.1:"), "{log}");
+        assert!(!log.contains(&token) && !log.contains("ccs_forged") && !log.contains(id), "no token, no id: {log}");
+    }
+
+    let config = cli.home.path().join("config.yaml");
+    std::fs::write(&config, "roles:\n  auditor:\n    inherits: readonly\n").unwrap();
+    wait_for("reload: roles: added [\"auditor\"]");
+    std::fs::write(&config, "roles:\n  auditor: [\n").unwrap();
+    wait_for("config.yaml is invalid");
+    wait_for("keeping its last good version");
+    let status = remote_json(&cli, &url, &token, &["status"]);
+    assert!(status["policyWarnings"][0].as_str().unwrap().contains("config.yaml is invalid"), "{status}");
+    let hup = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    wait_for("SIGHUP: configuration and policy files unchanged");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+}

@@ -6,11 +6,13 @@
 
 pub mod audit_head;
 pub mod clock;
+pub mod config_edit;
 pub mod decision;
 pub mod digest;
 pub mod events;
 pub mod fsutil;
 pub mod grant;
+pub mod input_schema;
 pub mod keys;
 pub mod manifest;
 pub mod package;

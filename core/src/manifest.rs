@@ -289,6 +289,18 @@ impl Manifest {
         let m: Manifest = toml::from_str(text)
             .map_err(|e| ManifestError::Invalid { file: file.to_owned(), message: e.to_string() })?;
         m.check().map_err(|message| ManifestError::Invalid { file: file.to_owned(), message })?;
+        // Checked when authored: a signed schema the host cannot compile
+        // would refuse every input at run time.
+        crate::input_schema::InputSchema::compile(&m.input_schema).map_err(|e| ManifestError::Invalid {
+            file: file.to_owned(),
+            message: format!("key `input-schema`: not a JSON Schema the host can use: {e}"),
+        })?;
+        if let Some(schema) = &m.output_schema {
+            crate::input_schema::InputSchema::compile(schema).map_err(|e| ManifestError::Invalid {
+                file: file.to_owned(),
+                message: format!("key `output-schema`: not a JSON Schema the host can use: {e}"),
+            })?;
+        }
         Ok(m)
     }
 

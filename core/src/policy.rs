@@ -213,6 +213,10 @@ pub struct SecurityConfig {
     /// Team registries by name, for `--registry <name>`.
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryEntry>,
+    /// The registry commands use when none is named (a name under
+    /// `registries:`; `coderclaw registry add NAME URL --default` sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_registry: Option<String>,
     /// `shell:`: how `shell.exec` children are confined.
     #[serde(default)]
     pub shell: ShellSection,
@@ -431,6 +435,22 @@ pub struct SecuritySection {
     /// default `[developer, admin]`, so `ci` and `readonly` sessions never do.
     #[serde(default = "default_unsigned_roles")]
     pub unsigned_roles: Vec<String>,
+    /// What a policy file that does not parse does: keep its last good
+    /// version, said on every run (`keep-last-good`, the default), or stop
+    /// everything until it is fixed (`deny`: fail closed).
+    #[serde(default)]
+    pub broken_policy: BrokenPolicy,
+}
+
+/// `security.brokenPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BrokenPolicy {
+    /// Keep the last good version of a broken file (audited, warned).
+    #[default]
+    KeepLastGood,
+    /// Refuse to run anything while a policy file is broken.
+    Deny,
 }
 
 fn default_roles() -> Vec<String> {
@@ -449,6 +469,7 @@ impl Default for SecuritySection {
             default_roles: default_roles(),
             dangerous_skills_without_policy: DangerousDefault::Deny,
             unsigned_roles: default_unsigned_roles(),
+            broken_policy: BrokenPolicy::KeepLastGood,
         }
     }
 }
@@ -659,6 +680,11 @@ impl SecurityConfig {
                         .map_err(|e| invalid(format!("{key}.namespace-keys.{ns}"), e.to_string()))?;
                 }
             }
+        }
+        if let Some(name) = &self.default_registry
+            && !self.registries.contains_key(name)
+        {
+            return Err(invalid("defaultRegistry".into(), format!("`{name}` is not a registry under `registries:`")));
         }
         for (i, issuer) in self.identity.oidc.iter().enumerate() {
             let key = format!("identity.oidc[{i}]");

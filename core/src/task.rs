@@ -343,7 +343,7 @@ pub struct TaskState {
     /// What the task is waiting for (WAITING only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
-    /// The JSON output (COMPLETED only).
+    /// The JSON output (COMPLETED, or FAILED `skill-verdict`: the findings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<Value>,
     /// Why it failed or was cancelled.
@@ -394,6 +394,36 @@ impl fmt::Display for TaskFailure {
 
 impl std::error::Error for TaskFailure {}
 
+/// The output field by which a skill says its run failed (the convention
+/// documented in `wit/skill.wit`): `"failed": true` in an output object.
+pub const VERDICT_FIELD: &str = "failed";
+
+/// The failure a skill's output declares, if it declares one: an object
+/// with `"failed": true`. The message is its `summary` when it gives a
+/// string one, else the number of its `findings`.
+pub fn skill_verdict(output: &serde_json::Value) -> Option<TaskFailure> {
+    if output.get(VERDICT_FIELD) != Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    let summary = output.get("summary").and_then(serde_json::Value::as_str).map(|s| truncate_chars(s, 500));
+    let findings = output.get("findings").and_then(serde_json::Value::as_array).map(Vec::len);
+    let message = match (summary, findings) {
+        (Some(s), _) => format!("the skill reported failure: {s}"),
+        (None, Some(1)) => "the skill reported failure: 1 finding".to_owned(),
+        (None, Some(n)) => format!("the skill reported failure: {n} findings"),
+        (None, None) => "the skill reported failure".to_owned(),
+    };
+    Some(TaskFailure::new(FailureCode::SkillVerdict, message))
+}
+
+/// At most `max` characters of `s`, marked when cut.
+fn truncate_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 /// The stable set of task failure kinds (`error.code` in every transport).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -425,11 +455,15 @@ pub enum FailureCode {
     /// The cluster node running it was lost (its lease ran out) and the
     /// skill is not resumable.
     NodeLost,
+    /// The skill ran to its end and returned a failure verdict (an output
+    /// object with `"failed": true`, e.g. a scanner's findings): the task
+    /// keeps that output.
+    SkillVerdict,
 }
 
 impl FailureCode {
     /// Every code, in a stable order (for documentation and tests).
-    pub const ALL: [FailureCode; 13] = [
+    pub const ALL: [FailureCode; 14] = [
         FailureCode::Denied,
         FailureCode::Unauthenticated,
         FailureCode::NotInstalled,
@@ -443,6 +477,7 @@ impl FailureCode {
         FailureCode::Internal,
         FailureCode::Expired,
         FailureCode::NodeLost,
+        FailureCode::SkillVerdict,
     ];
 
     /// The wire name (`memory-limit`).
@@ -461,6 +496,7 @@ impl FailureCode {
             FailureCode::Internal => "internal",
             FailureCode::Expired => "expired",
             FailureCode::NodeLost => "node-lost",
+            FailureCode::SkillVerdict => "skill-verdict",
         }
     }
 
@@ -647,6 +683,10 @@ pub struct RuntimeStatus {
     /// Organisation `requiredSkills` that are not installed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_required_skills: Vec<String>,
+    /// Policy files in force at their last good version because the file
+    /// itself is broken, one line each (file and problem).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_warnings: Vec<String>,
 }
 
 #[cfg(test)]

@@ -95,6 +95,10 @@ impl TaskExecutor for SkillExecutor {
         self.planner.security().missing_required_skills().unwrap_or_default()
     }
 
+    fn policy_warnings(&self) -> Vec<String> {
+        self.planner.security().policy_warnings()
+    }
+
     fn admit_workspace(&self, who: &Subject, workspace: &WorkspaceRef) -> Result<(), RuntimeError> {
         self.workspaces.admit(who, workspace)
     }

@@ -155,6 +155,13 @@ pub struct SearchHit {
     pub description: String,
     /// The newest version that is not yanked, if any.
     pub latest: Option<semver::Version>,
+    /// What that version's signed manifest asks for (absent from
+    /// registries older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<coderclaw_core::manifest::Capabilities>,
+    /// Whether that version is marked dangerous (runs programs).
+    #[serde(default)]
+    pub dangerous: bool,
 }
 
 /// What a publish returns.

@@ -7,6 +7,8 @@
 //! - [`cache`]: the client's offline cache and what it has seen (no rollback).
 //! - [`registries`]: which registry a command talks to ([`Registry::choose`])
 //!   and syncing the organisation policies it publishes.
+//! - [`onboard`]: the keys a registry's namespaces publish, and confirming
+//!   them by fingerprint before any is trusted.
 //! - [`install`]: the secure install pipeline ([`Installer`]) into an
 //!   [`InstallTarget`], the host's install gates.
 //!
@@ -29,6 +31,7 @@ pub mod cache;
 pub mod client;
 pub mod install;
 pub mod lockfile;
+pub mod onboard;
 pub mod registries;
 
 pub use api::{ApiError, ErrorCode};

@@ -3,7 +3,7 @@
 
 wasmtime::component::bindgen!({
     world: "agent",
-    path: "../wit",
+    path: "wit",
     imports: { default: async },
     exports: { default: async },
 });

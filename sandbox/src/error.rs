@@ -123,6 +123,18 @@ pub enum Error {
         /// What the skill said.
         error: SkillError,
     },
+    /// The input does not match the skill's signed input schema (or that
+    /// schema does not compile): refused before the guest ran.
+    #[error("{name} refused its input before running: {reason}")]
+    InputRefused {
+        /// The skill id.
+        name: String,
+        /// Where and why, for a person.
+        reason: String,
+        /// Each mismatch: JSON pointer, keyword, message (empty when the
+        /// schema itself is at fault).
+        problems: Vec<coderclaw_core::input_schema::Mismatch>,
+    },
     /// Setting up the host itself failed.
     #[error("host setup failed: {0}")]
     Setup(String),
@@ -150,7 +162,9 @@ impl Error {
             Error::Timeout { .. } => FailureCode::Timeout,
             Error::MemoryLimit { .. } => FailureCode::MemoryLimit,
             Error::StackOverflow { .. } | Error::Trap { .. } => FailureCode::Trap,
-            Error::Skill { error: SkillError::InvalidInput(_), .. } => FailureCode::InvalidInput,
+            Error::Skill { error: SkillError::InvalidInput(_), .. } | Error::InputRefused { .. } => {
+                FailureCode::InvalidInput
+            }
             Error::Skill { error: SkillError::Denied(_), .. } => FailureCode::Denied,
             Error::Skill { error: SkillError::Failed(_), .. } => FailureCode::SkillError,
             Error::UnsignedRefused { .. } => FailureCode::Denied,
@@ -175,7 +189,7 @@ impl Error {
             Error::StackOverflow { .. } => "stack-overflow",
             Error::Trap { .. } => "trap",
             Error::Busy => "busy",
-            Error::Skill { error: SkillError::InvalidInput(_), .. } => "invalid-input",
+            Error::Skill { error: SkillError::InvalidInput(_), .. } | Error::InputRefused { .. } => "invalid-input",
             Error::Skill { error: SkillError::Denied(_), .. } => "denied",
             Error::Skill { error: SkillError::Failed(_), .. } => "skill-failed",
             Error::Setup(_) => "setup",

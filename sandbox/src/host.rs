@@ -10,6 +10,7 @@ use crate::state::{RunContext, RunLimiter, RunState};
 use crate::task_link::{Caller, TaskLink};
 use crate::{Digest, Error, SkillError, VerifiedPackage};
 use coderclaw_core::Grant;
+use coderclaw_core::input_schema::{InputSchema, SchemaCache};
 use coderclaw_core::units::format_size;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,7 @@ impl HostBuilder {
                 opts: self,
                 loaded: Mutex::new(HashMap::new()),
                 registry: RwLock::new(HashMap::new()),
+                schemas: SchemaCache::default(),
                 stats: Stats::default(),
                 _ticker: ticker,
             }),
@@ -172,6 +174,8 @@ pub(crate) struct HostInner {
     loaded: Mutex<HashMap<Digest, Skill>>,
     /// Skills agents may invoke, by id, with the grant each runs under.
     registry: RwLock<HashMap<String, (Skill, Arc<Authorize>)>>,
+    /// Input schemas compiled once per process.
+    schemas: SchemaCache,
     stats: Stats,
     _ticker: EpochTicker,
 }
@@ -214,6 +218,9 @@ pub struct Skill {
     digest: Digest,
     source: LoadSource,
     pre: AgentPre<RunState>,
+    /// The package's signed input schema, checked before every run; `None`
+    /// for code loaded without a manifest (unsigned development runs).
+    input_schema: Option<Arc<Result<InputSchema, String>>>,
 }
 
 impl Skill {
@@ -254,14 +261,24 @@ impl Host {
     /// this point, and the compiled-code cache is keyed by the verified
     /// component digest. The skill is named by its manifest id.
     pub fn load_verified(&self, package: &VerifiedPackage) -> Result<Skill, Error> {
-        self.load_checked(package.manifest().id.as_str(), package.component(), package.component_digest())
+        let skill =
+            self.load_checked(package.manifest().id.as_str(), package.component(), package.component_digest())?;
+        Ok(self.with_schema_of(skill, package))
     }
 
     /// The compiled skill for `package` if this host holds it in memory
     /// already (so nothing is read or compiled, and nothing blocks);
     /// `None` otherwise: call [`Host::load_verified`].
     pub fn loaded(&self, package: &VerifiedPackage) -> Option<Skill> {
-        self.in_memory(package.manifest().id.as_str(), &package.component_digest())
+        let skill = self.in_memory(package.manifest().id.as_str(), &package.component_digest())?;
+        Some(self.with_schema_of(skill, package))
+    }
+
+    /// `skill` checking its input against `package`'s signed schema. Set per
+    /// package, not kept with the compiled code: two packages may share a
+    /// component and differ in their schemas.
+    fn with_schema_of(&self, skill: Skill, package: &VerifiedPackage) -> Skill {
+        Skill { input_schema: Some(self.inner.schemas.get(&package.manifest().input_schema)), ..skill }
     }
 
     fn in_memory(&self, name: &str, digest: &Digest) -> Option<Skill> {
@@ -335,7 +352,7 @@ impl Host {
         let contract = |e: wasmtime::Error| Error::Contract { name: name.to_owned(), message: format!("{e:#}") };
         let pre = inner.linker.instantiate_pre(&component).map_err(contract)?;
         let pre = AgentPre::new(pre).map_err(contract)?;
-        let skill = Skill { name: name.into(), digest, source, pre };
+        let skill = Skill { name: name.into(), digest, source, pre, input_schema: None };
         inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, skill.clone());
         tracing::debug!(?source, "loaded");
         Ok(skill)
@@ -440,6 +457,22 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
 /// reasons.
 pub(crate) type Authorize = dyn Fn(&Caller<'_>) -> Result<Grant, String> + Send + Sync;
 
+/// Refuses `input` unless it matches `skill`'s signed input schema: the
+/// guest never sees an input its publisher declared it does not take.
+fn check_input(skill: &Skill, input: &str) -> Result<(), Error> {
+    let Some(schema) = &skill.input_schema else { return Ok(()) };
+    let refused = |reason: String, problems| Error::InputRefused { name: skill.name.to_string(), reason, problems };
+    match schema.as_ref() {
+        Ok(schema) => schema.check_text(input).map_err(|m| refused(m.to_string(), m.0)),
+        Err(e) => Err(refused(
+            format!(
+                "its signed input schema is not one this host can use ({e}); ask its publisher for a fixed package"
+            ),
+            Vec::new(),
+        )),
+    }
+}
+
 /// Where a run's events go and the task it belongs to, if any.
 #[derive(Clone)]
 pub(crate) struct RunEnv {
@@ -465,6 +498,7 @@ impl HostInner {
     ) -> Result<String, Error> {
         let span = tracing::info_span!("run", skill = %skill.name, depth);
         async move {
+            check_input(&skill, &input)?;
             let limits = *grant.limits();
             if limits.memory_bytes > self.opts.engine.max_memory_bytes {
                 return Err(Error::AboveHostMaximum {

@@ -29,6 +29,14 @@
 //! grant. Host-specific capabilities have typed helpers here: [`log`],
 //! [`progress`], [`request_input`], [`memory`], [`shell`] and, for agents,
 //! [`skills`].
+//!
+//! Before your function runs, the host has checked the input against the
+//! manifest's signed `[input-schema]`. To fail a run on its results (a
+//! scanner's findings, a failed check) while still returning them, give the
+//! output a `failed: true` field, and by convention `summary` and
+//! `findings`: the task ends FAILED with code `skill-verdict` and keeps the
+//! output, and `coderclaw skill run` exits 5. Return a [`SkillError`] instead
+//! when the skill could not do its work at all.
 
 // Lets the generated bindings name this crate by its public path.
 extern crate self as coderclaw_sdk;
@@ -52,7 +60,7 @@ pub mod __private {
     pub mod bindings {
         wit_bindgen::generate!({
             world: "agent",
-            path: "../wit",
+            path: "wit",
             pub_export_macro: true,
             export_macro_name: "__export_world",
             default_bindings_module: "::coderclaw_sdk::__private::bindings",

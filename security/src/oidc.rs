@@ -300,6 +300,30 @@ async fn fetch_jwks(issuer: &OidcIssuer) -> Result<Vec<Jwk>, OidcError> {
 /// PKI roots, or http to loopback only. `what` names what is fetched, for
 /// the refusal.
 async fn fetch(url: &str, bearer: Option<&str>, what: &str) -> Result<Vec<u8>, OidcError> {
+    Ok(fetch_with_headers(url, bearer, what).await?.1)
+}
+
+/// How far `issuer`'s clock is ahead of this machine's (negative: behind),
+/// in seconds, from the `Date` of its discovery document. Tokens carry
+/// `exp`, `nbf` and `iat` in the issuer's time: a skew of more than a
+/// minute refuses good tokens or keeps expired ones.
+pub async fn clock_skew(issuer: &OidcIssuer) -> Result<i64, OidcError> {
+    let base = issuer.issuer_url().unwrap_or_default().trim_end_matches('/');
+    let url = format!("{base}/.well-known/openid-configuration");
+    let (headers, _) = fetch_with_headers(&url, None, "discovery documents").await?;
+    let fail = |message: String| OidcError::Fetch { url: url.clone(), message };
+    let date = headers.get(hyper::header::DATE).ok_or_else(|| fail("the reply has no Date header".into()))?;
+    let date = date.to_str().ok().and_then(|d| httpdate::parse_http_date(d).ok());
+    let theirs = date.ok_or_else(|| fail("its Date header is not an HTTP date".into()))?;
+    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    Ok(secs(theirs) - secs(std::time::SystemTime::now()))
+}
+
+async fn fetch_with_headers(
+    url: &str,
+    bearer: Option<&str>,
+    what: &str,
+) -> Result<(hyper::HeaderMap, Vec<u8>), OidcError> {
     let fail = |message: String| OidcError::Fetch { url: url.to_owned(), message };
     let client = HttpClient::new(url, None).map_err(|e| fail(e.to_string()))?.with_fetch_timeout(FETCH_TIMEOUT);
     // Keys fetched in clear text could be swapped, and a bearer token read,
@@ -316,7 +340,7 @@ async fn fetch(url: &str, bearer: Option<&str>, what: &str) -> Result<Vec<u8>, O
     if !parts.status.is_success() {
         return Err(fail(format!("HTTP {}", parts.status)));
     }
-    Ok(body.to_vec())
+    Ok((parts.headers, body.to_vec()))
 }
 
 /// The environment variables a GitHub Actions runner sets for a job with

@@ -16,7 +16,7 @@ use crate::security::SecurityError;
 use coderclaw_core::Digest;
 use coderclaw_core::decision::Policies;
 use coderclaw_core::fsutil::{FileIdentity, FinalLink, MAX_CONFIG_BYTES, read_text_bounded};
-use coderclaw_core::policy::{OrgPolicy, PolicyError, RepoPolicy, SecurityConfig};
+use coderclaw_core::policy::{BrokenPolicy, OrgPolicy, PolicyError, RepoPolicy, SecurityConfig};
 use coderclaw_core::rbac::Roles;
 use serde_json::json;
 use std::os::unix::fs::DirBuilderExt;
@@ -88,7 +88,7 @@ pub(crate) fn load(
     actor: &str,
     workspace: Option<&Path>,
 ) -> (Result<PolicySet, SecurityError>, Watchlist) {
-    let mut loader = Loader { home, actor, sources: Vec::new(), watched: Watchlist::default() };
+    let mut loader = Loader { home, actor, sources: Vec::new(), watched: Watchlist::default(), deny_broken: false };
     let set = load_with(&mut loader, workspace);
     (set, loader.watched)
 }
@@ -98,6 +98,13 @@ fn load_with(loader: &mut Loader<'_>, workspace: Option<&Path>) -> Result<Policy
     let (config, roles) = loader
         .load(&home.root().join("config.yaml"), FinalLink::Follow, SecurityConfig::from_yaml)?
         .unwrap_or_else(|| (SecurityConfig::default(), Roles::resolve(&Default::default()).expect("built-ins")));
+    loader.deny_broken = config.security.broken_policy == BrokenPolicy::Deny;
+    // A broken config.yaml whose last good version says `deny` stops here.
+    if loader.deny_broken
+        && let Some(broken) = loader.sources.iter().find(|s| s.status == "kept-last-good")
+    {
+        return Err(broken_denied(broken));
+    }
     let mut org =
         loader.load(&home.root().join("org-policy.yaml"), FinalLink::Follow, OrgPolicy::from_yaml)?.unwrap_or_default();
     for (file, policy) in registry_org_policies(home, &config, &mut loader.watched.files)? {
@@ -164,6 +171,8 @@ struct Loader<'a> {
     actor: &'a str,
     sources: Vec<PolicySource>,
     watched: Watchlist,
+    /// `security.brokenPolicy: deny`: a broken file stops everything.
+    deny_broken: bool,
 }
 
 impl Watched {
@@ -250,6 +259,7 @@ impl Loader<'_> {
             Err(problem) => {
                 let kept = std::fs::read_to_string(&keep).ok().and_then(|t| parse(&t, &shown).ok());
                 let reason = match kept {
+                    Some(_) if self.deny_broken => format!("{problem}; security.brokenPolicy is deny: refusing to run"),
                     Some(_) => format!("{problem}; keeping the last good version"),
                     None => format!("{problem}; no last good version: refusing to run"),
                 };
@@ -260,8 +270,17 @@ impl Loader<'_> {
                         .metadata(json!({ "sha256": digest })),
                 )?;
                 match kept {
+                    Some(_) if self.deny_broken => {
+                        let source = PolicySource {
+                            file: file.into(),
+                            status: "kept-last-good",
+                            problem: Some(problem.to_string()),
+                        };
+                        Err(broken_denied(&source))
+                    }
                     Some(v) => {
-                        tracing::warn!("policy file {shown} is invalid ({problem}); using its last good version");
+                        // Callers say so where their users look (every CLI run, `status`).
+                        tracing::info!("policy file {shown} is invalid ({problem}); using its last good version");
                         self.sources.push(PolicySource {
                             file: file.into(),
                             status: "kept-last-good",
@@ -274,6 +293,15 @@ impl Loader<'_> {
             }
         }
     }
+}
+
+/// The refusal of `security.brokenPolicy: deny` for a broken file.
+fn broken_denied(source: &PolicySource) -> SecurityError {
+    SecurityError::Denied(format!(
+        "policy file {} is invalid ({}) and security.brokenPolicy is deny: nothing runs until it is fixed",
+        source.file.display(),
+        source.problem.as_deref().unwrap_or("it does not parse")
+    ))
 }
 
 fn save_last_good(dir: &Path, file: &Path, text: &str) -> Result<(), SecurityError> {

@@ -164,6 +164,24 @@ impl Security {
         self.workspace.as_deref()
     }
 
+    /// The policy files in force at their last good version because the
+    /// file is broken, one line each; empty when none is (or when no
+    /// policy loads at all: that is an error of its own).
+    pub fn policy_warnings(&self) -> Vec<String> {
+        let Ok(set) = self.policy() else { return Vec::new() };
+        set.sources
+            .iter()
+            .filter(|s| s.status == "kept-last-good")
+            .map(|s| {
+                format!(
+                    "policy file {} is invalid ({}); using its last good version",
+                    s.file.display(),
+                    s.problem.as_deref().unwrap_or("it does not parse")
+                )
+            })
+            .collect()
+    }
+
     /// The policies in force now. Each call looks at every policy file
     /// (one `stat` each); when one was written, replaced, created or removed
     /// since it was read, all are read again (and a new version audited as at

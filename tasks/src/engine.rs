@@ -147,6 +147,10 @@ pub trait TaskExecutor: Send + Sync + 'static {
     fn missing_required_skills(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Policy files kept at their last good version, and why.
+    fn policy_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// What running installed `id` as `subject` would be decided now,
     /// unrecorded; `None` when this executor cannot tell.
     fn preview(&self, subject: &Subject, id: &str) -> Option<Result<Decision, String>> {
@@ -692,6 +696,7 @@ impl TaskEngine {
             mode: self.inner.config.mode,
             healthy: counts.is_ok(),
             missing_required_skills: self.inner.executor.missing_required_skills(),
+            policy_warnings: self.inner.executor.policy_warnings(),
         }
     }
 }
@@ -1076,24 +1081,34 @@ impl Inner {
                 format!("timed out after {timeout:?} (deployment.taskTimeout)"),
             )),
         };
+        // A skill that ran to its end but declared a failure verdict ends
+        // FAILED and keeps its output (the findings are the point).
+        let (mut outcome, mut kept_output) = match outcome {
+            Ok(output) => match coderclaw_core::task::skill_verdict(&output) {
+                Some(failure) => (Err(failure), Some(output)),
+                None => (Ok(output), None),
+            },
+            failed => (failed, None),
+        };
         // The outcome's record is on disk before the outcome is stored or
         // streamed: no client sees a result the audit log could lose. A
         // record that cannot be written fails the task instead.
-        let mut outcome = outcome;
         if let Some(record) = self.outcome_record(&id, &outcome)
             && let Err(e) = record.instrument(tracing::debug_span!("outcome.audit")).await
         {
             let message = format!("internal error: the outcome could not be recorded in the audit log ({e})");
             outcome = Err(TaskFailure::new(FailureCode::Internal, message));
+            kept_output = None;
         }
         let done = match outcome {
             Ok(output) => self.transition(&id, TaskStatus::Completed, "completed", Some(output.clone()), |s| {
                 s.output = Some(output);
                 s.progress = Some(1.0);
             }),
-            Err(error) => {
-                self.transition(&id, TaskStatus::Failed, &error.message, None, |s| s.error = Some(error.clone()))
-            }
+            Err(error) => self.transition(&id, TaskStatus::Failed, &error.message, None, |s| {
+                s.error = Some(error.clone());
+                s.output = kept_output;
+            }),
         };
         if let Err(e) = done {
             // Cancelled meanwhile: the cancellation stands.

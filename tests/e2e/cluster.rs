@@ -648,7 +648,9 @@ async fn a_skill_installed_on_one_node_runs_on_every_node_and_an_untrusted_one_n
     let a = fixture_on(config.clone(), "", Some(Store::Cluster(&url, "a", TEST_LEASE)));
     let b = fixture_on(config, "", Some(Store::Cluster(&url, "b", TEST_LEASE)));
     let sign = |id: &str, key: &coderclaw_core::keys::SecretKey| {
-        let text = format!("id = \"{id}\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n");
+        let text = format!(
+            "id = \"{id}\"\nversion = \"1.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n[input-schema]\ndescription = \"any\"\n"
+        );
         let manifest = Manifest::from_toml(&text, "echo").unwrap();
         let bytes = std::fs::read(coderclaw_e2e::guest("echo")).unwrap();
         Package::sign(&manifest, bytes, key, 1_763_000_000).to_bytes()

@@ -32,7 +32,15 @@ fn team_key() -> SecretKey {
 
 /// Test packages: (id, component, manifest body after the id line).
 const PACKAGES: &[(&str, &str, &str)] = &[
-    ("team/echo", "echo", "kind = \"skill\"\ndescription = \"echo\"\n"),
+    ("team/echo", "echo", "kind = \"skill\"\ndescription = \"echo\"\n[input-schema]\ndescription = \"any\"\n"),
+    (
+        "team/strict-echo",
+        "echo",
+        concat!(
+            "kind = \"skill\"\ndescription = \"echo, of a declared shape\"\n[input-schema]\ntype = \"object\"\n",
+            "additionalProperties = false\nrequired = [\"n\"]\nproperties.n = { type = \"integer\", minimum = 1 }\n"
+        ),
+    ),
     ("team/spin", "infinite-loop", "kind = \"skill\"\ndescription = \"spins\"\n[limits]\ntimeout = \"60s\"\n"),
     (
         "team/asker",
@@ -363,6 +371,31 @@ async fn bad_requests_are_refused<T: Transport>(rt: &CoderClawRuntime<T>) {
     assert!(failure.message.contains("team/nope"), "{failure:?}");
 }
 
+/// The signed input schema is enforced before the guest runs (the echo
+/// guest itself takes anything, so only the host can refuse these).
+async fn inputs_that_fail_the_signed_schema_never_reach_the_guest<T: Transport>(rt: &CoderClawRuntime<T>) {
+    for (input, path, keyword) in [
+        (json!({"n": 0}), "/n", "minimum"),
+        (json!({"n": "1"}), "/n", "type"),
+        (json!({"n": 1, "surprise": true}), "the input", "additionalProperties"),
+        (json!({}), "the input", "required"),
+        (json!([1]), "the input", "type"),
+    ] {
+        let task = rt.submit_task(TaskSubmitRequest::skill("team/strict-echo", input.clone())).await.unwrap();
+        let done = rt.wait(&task.id, |_| {}).await.unwrap();
+        assert_eq!(done.status, TaskStatus::Failed, "{input}: {:?}", done.output);
+        let failure = done.error.unwrap();
+        assert_eq!(failure.code, FailureCode::InvalidInput, "{input}: {failure:?}");
+        let m = &failure.message;
+        assert!(m.contains("refused its input before running"), "{input}: {m}");
+        assert!(m.contains(&format!("at {path}:")) && m.contains(&format!("keyword `{keyword}`")), "{input}: {m}");
+        assert_eq!(done.output, None, "{input}");
+    }
+    let task = rt.submit_task(TaskSubmitRequest::skill("team/strict-echo", json!({"n": 2}))).await.unwrap();
+    let done = rt.wait(&task.id, |_| {}).await.unwrap();
+    assert_eq!(done.output, Some(json!({"echo": {"n": 2}})), "{:?}", done.error);
+}
+
 fn uuid_version(id: &str) -> Option<char> {
     (id.len() == 36).then(|| id.chars().nth(14)).flatten()
 }
@@ -651,7 +684,8 @@ every_transport!(
         a_flood_of_log_lines_is_bounded_and_its_history_paged,
         cancel_stops_a_spinning_guest,
         waiting_round_trip,
-        bad_requests_are_refused
+        bad_requests_are_refused,
+        inputs_that_fail_the_signed_schema_never_reach_the_guest
     ],
     harness: [
         sessions_are_isolated,
@@ -1344,7 +1378,7 @@ async fn a_package_file_replaced_on_disk_is_refused_at_the_next_task() {
 
     // 2. Renamed over it: another validly signed package (a newer version).
     let manifest = Manifest::from_toml(
-        "id = \"team/echo\"\nversion = \"2.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n",
+        "id = \"team/echo\"\nversion = \"2.0.0\"\nkind = \"skill\"\ndescription = \"echo\"\n[input-schema]\ndescription = \"any\"\n",
         "team/echo",
     )
     .unwrap();

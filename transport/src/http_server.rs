@@ -60,6 +60,48 @@ pub struct ServerConfig {
     /// Bounds of the WebSocket endpoint (default:
     /// [`WsConfig::for_body_limit`] of `max_body_bytes`).
     pub ws: Option<WsConfig>,
+    /// Where one [`AccessRecord`] per request goes (default: nowhere).
+    pub access_log: Option<AccessLog>,
+}
+
+/// Receives one record per request answered.
+#[derive(Clone)]
+pub struct AccessLog(pub Arc<dyn Fn(&AccessRecord) + Send + Sync>);
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessLog")
+    }
+}
+
+/// One request, as the access log sees it: never a token, a query string
+/// or a body; task ids in the path are replaced by `{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessRecord {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path with ids replaced (`/v1/tasks/{id}/events`).
+    pub route: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// From the request's arrival to its answer (for a stream: to its
+    /// first byte).
+    pub latency_ms: f64,
+    /// The authenticated user, when the request got that far.
+    pub user: Option<String>,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+/// `path` with every segment that is an id (a UUID, or a long run of hex
+/// digits) replaced by `{id}`.
+pub fn route_template(path: &str) -> String {
+    let id_like = |s: &str| {
+        let hex = s.chars().filter(char::is_ascii_hexdigit).count();
+        s.len() >= 16 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-') && hex >= 16
+    };
+    let segments: Vec<&str> = path.split('/').map(|s| if id_like(s) { "{id}" } else { s }).collect();
+    segments.join("/")
 }
 
 impl Default for ServerConfig {
@@ -71,6 +113,7 @@ impl Default for ServerConfig {
             tls: None,
             mcp: None,
             ws: None,
+            access_log: None,
         }
     }
 }
@@ -153,10 +196,24 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Response<Body> {
     let span = tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), %peer);
-    match route(service, config, adapters, peer, req).instrument(span).await {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().to_string(), req.uri().path().to_owned());
+    let mut user = None;
+    let response = match route(service, config, adapters, peer, req, &mut user).instrument(span).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    };
+    if let Some(AccessLog(log)) = &config.access_log {
+        log(&AccessRecord {
+            method,
+            route: route_template(&path),
+            status: response.status().as_u16(),
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            user,
+            peer,
+        });
     }
+    response
 }
 
 fn bearer(req: &Request<Incoming>) -> Result<Option<String>, RuntimeError> {
@@ -219,6 +276,7 @@ async fn route(
     adapters: &Adapters,
     peer: SocketAddr,
     req: Request<Incoming>,
+    user: &mut Option<String>,
 ) -> Result<Response<Body>, RuntimeError> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -235,6 +293,7 @@ async fn route(
         return websocket(service, config, &adapters.ws, peer, req);
     }
     let who = authenticate(service, config, peer, &req)?;
+    *user = Some(who.user.clone());
     match (&method, segments.as_slice()) {
         (_, ["mcp"]) => adapters.mcp.handle(who, req).await,
         (&Method::GET, ["v1", "status"]) => Ok(ok(&service.status(&who))),
@@ -368,4 +427,16 @@ fn parse_filter(query: &str) -> Result<TaskFilter, RuntimeError> {
         }
     }
     Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_template;
+
+    #[test]
+    fn ids_are_not_logged_as_routes() {
+        assert_eq!(route_template("/v1/tasks/0b9ea3ee-86a1-4a8f-9d0b-7a3f3f3f3f3f/events"), "/v1/tasks/{id}/events");
+        assert_eq!(route_template("/v1/status"), "/v1/status");
+        assert_eq!(route_template("/v1/workspaces/deadbeefdeadbeefdeadbeef"), "/v1/workspaces/{id}");
+    }
 }

@@ -724,8 +724,12 @@ impl RegistryStore {
         for (id, _) in ids.into_iter().filter(|(_, ns)| readable(ns)) {
             let p = self.package(&id)?;
             let newest = p.versions.last().map(|v| v.manifest.description.clone()).unwrap_or_default();
-            let latest = p.resolve(&semver::VersionReq::STAR).map(|v| v.version.clone());
-            hits.push(SearchHit { id, kind: p.kind, description: newest, latest });
+            let resolved = p.resolve(&semver::VersionReq::STAR);
+            let latest = resolved.map(|v| v.version.clone());
+            let manifest = resolved.or(p.versions.last()).map(|v| &v.manifest);
+            let capabilities = manifest.map(|m| m.capabilities.clone());
+            let dangerous = manifest.is_some_and(|m| m.dangerous || !m.capabilities.shell.is_empty());
+            hits.push(SearchHit { id, kind: p.kind, description: newest, latest, capabilities, dangerous });
         }
         Ok(hits)
     }

@@ -2,11 +2,19 @@
 //! each finding as JSON, with the secret itself redacted. The example team
 //! skill of the product text (`team/security-scanner`).
 //!
-//! Input: `{"path": ".", "max_file_bytes": 1048576}` (all optional).
+//! Input (all optional): `{"path": ".", "max_file_bytes": 1048576,
+//! "fail_on_findings": true, "format": "json"}`.
+//!
+//! With findings and `fail_on_findings` (the default), the output carries
+//! the failure verdict (`"failed": true`, see `wit/skill.wit`): the task
+//! ends FAILED `skill-verdict` and the CLI exits 5, so a CI job fails.
+//! `"format": "sarif"` adds the findings as a SARIF 2.1.0 log under
+//! `sarif`, for code-scanning upload.
 
 use coderclaw_sdk::{SkillError, log, progress, skill};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +25,18 @@ struct Input {
     path: String,
     #[serde(default = "default_max_file_bytes")]
     max_file_bytes: u64,
+    #[serde(default = "default_fail_on_findings")]
+    fail_on_findings: bool,
+    #[serde(default)]
+    format: Format,
+}
+
+#[derive(Deserialize, Default, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Json,
+    Sarif,
 }
 
 fn default_path() -> String {
@@ -25,6 +45,10 @@ fn default_path() -> String {
 
 fn default_max_file_bytes() -> u64 {
     1 << 20
+}
+
+fn default_fail_on_findings() -> bool {
+    true
 }
 
 #[derive(Serialize)]
@@ -38,9 +62,15 @@ struct Finding {
 
 #[derive(Serialize)]
 struct Report {
+    /// The failure verdict: findings were made and the caller asked to fail on them.
+    failed: bool,
+    summary: String,
     files_scanned: usize,
     files_skipped: usize,
     findings: Vec<Finding>,
+    /// The findings as a SARIF 2.1.0 log, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sarif: Option<Value>,
 }
 
 /// (rule id, pattern). Patterns follow the public token formats of each
@@ -71,7 +101,14 @@ fn run(input: Input) -> Result<Report, SkillError> {
     collect(Path::new(&input.path), &mut files)?;
     log::info(&format!("scanning {} files under {}", files.len(), input.path));
 
-    let mut report = Report { files_scanned: 0, files_skipped: 0, findings: Vec::new() };
+    let mut report = Report {
+        failed: false,
+        summary: String::new(),
+        files_scanned: 0,
+        files_skipped: 0,
+        findings: Vec::new(),
+        sarif: None,
+    };
     let n = files.len().max(1);
     for (i, file) in files.iter().enumerate() {
         if i % 64 == 0 {
@@ -101,10 +138,62 @@ fn run(input: Input) -> Result<Report, SkillError> {
         }
     }
     progress(1.0, "done");
-    if !report.findings.is_empty() {
-        log::warn(&format!("{} possible secret(s) found", report.findings.len()));
+    let found = report.findings.len();
+    report.summary = format!("{found} possible secret(s) in {} file(s) scanned", report.files_scanned);
+    if found > 0 {
+        log::warn(&report.summary);
+    }
+    report.failed = found > 0 && input.fail_on_findings;
+    if input.format == Format::Sarif {
+        report.sarif = Some(sarif(&report.findings));
     }
     Ok(report)
+}
+
+/// The findings as a SARIF 2.1.0 log: one run, one rule per pattern, one
+/// result per finding (file relative to the scanned workspace, 1-based line).
+fn sarif(findings: &[Finding]) -> Value {
+    let rules: Vec<Value> = RULES
+        .iter()
+        .map(|(id, _)| {
+            json!({
+                "id": id,
+                "name": id,
+                "shortDescription": { "text": format!("Possible committed secret ({id})") },
+                "defaultConfiguration": { "level": "error" },
+            })
+        })
+        .collect();
+    let results: Vec<Value> = findings
+        .iter()
+        .map(|f| {
+            let index = RULES.iter().position(|(id, _)| *id == f.rule).unwrap_or(0);
+            json!({
+                "ruleId": f.rule,
+                "ruleIndex": index,
+                "level": "error",
+                "message": { "text": format!("Possible {} committed: {}", f.rule, f.redacted) },
+                "locations": [{
+                    "physicalLocation": {
+                        "artifactLocation": { "uri": f.file.trim_start_matches("./") },
+                        "region": { "startLine": f.line },
+                    }
+                }],
+            })
+        })
+        .collect();
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": {
+                "name": "coderclaw security-scanner",
+                "version": env!("CARGO_PKG_VERSION"),
+                "rules": rules,
+            }},
+            "results": results,
+        }],
+    })
 }
 
 fn redact(secret: &str) -> String {

@@ -294,6 +294,7 @@ pub(super) fn runtime_status_to(s: RuntimeStatus) -> proto::RuntimeStatus {
         mode: s.mode.as_str().to_owned(),
         healthy: s.healthy,
         missing_required_skills: s.missing_required_skills,
+        policy_warnings: s.policy_warnings,
     }
 }
 
@@ -308,6 +309,7 @@ pub(super) fn runtime_status_from(s: proto::RuntimeStatus) -> Result<RuntimeStat
         mode: RuntimeMode::parse(&s.mode).map_err(invalid)?,
         healthy: s.healthy,
         missing_required_skills: s.missing_required_skills,
+        policy_warnings: s.policy_warnings,
     })
 }
 

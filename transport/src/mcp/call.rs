@@ -96,13 +96,11 @@ pub(super) async fn call(
             ))])
         }
         (TaskStatus::Completed, Some(output), _)
-            if let Some(problems) = target.output_schema.as_ref().map(|s| schemas.mismatches(s, &output))
-                && !problems.is_empty() =>
+            if let Some(problems) = target.output_schema.as_ref().and_then(|s| schemas.output_mismatch(s, &output)) =>
         {
             CallToolResult::error(vec![ContentBlock::text(format!(
-                "{}'s output does not match its declared output schema: {}",
-                target.id,
-                problems.join("; ")
+                "{}'s output does not match its declared output schema: {problems}",
+                target.id
             ))])
         }
         (TaskStatus::Completed, Some(output), _) => {
@@ -113,10 +111,13 @@ pub(super) async fn call(
             }
             result
         }
-        (status, _, error) => {
+        (status, output, error) => {
             let (code, message) =
                 error.map_or(("internal", format!("the task ended {status}")), |e| (e.code.as_str(), e.message));
-            let mut result = CallToolResult::error(vec![ContentBlock::text(format!("{code}: {message}"))]);
+            let mut content = vec![ContentBlock::text(format!("{code}: {message}"))];
+            // A failure verdict keeps the skill's output (its findings).
+            content.extend(output.map(|o| ContentBlock::text(o.to_string())));
+            let mut result = CallToolResult::error(content);
             result.structured_content = Some(json!({ "task": task.id, "status": status, "failure": code }));
             result
         }
