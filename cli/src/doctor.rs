@@ -67,8 +67,9 @@ const POLICY_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_SKEW_SECS: i64 = 60;
 
 pub(crate) fn main(args: Args) -> Result<ExitCode> {
-    let mut checks = toolchain();
     let state = home::state_dir()?;
+    let neutral = if state.is_dir() { state.clone() } else { std::env::temp_dir() };
+    let mut checks = toolchain(&neutral);
     checks.extend(state_directory(&state));
     let config = crate::install::client_config();
     let workspace = home::workspace(args.workspace.as_deref())?;
@@ -109,9 +110,37 @@ pub(crate) fn main(args: Args) -> Result<ExitCode> {
     Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }
 
-fn toolchain() -> Vec<Check> {
+/// Runs a toolchain command from `dir` (not the current directory, whose
+/// `rust-toolchain.toml` a repository controls), for at most 10 seconds.
+fn quick(program: &std::ffi::OsStr, args: &[&str], dir: &Path) -> Option<String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break,
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) if started.elapsed() > Duration::from_secs(10) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(child.stdout.take()?, 4096), &mut out).ok()?;
+    Some(out.trim().to_owned())
+}
+
+fn toolchain(dir: &Path) -> Vec<Check> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let version = Command::new(&cargo).arg("--version").output().ok().filter(|o| o.status.success());
+    let version = quick(&cargo, &["--version"], dir);
     let Some(version) = version else {
         return vec![check(
             "toolchain",
@@ -120,14 +149,8 @@ fn toolchain() -> Vec<Check> {
             Some("install Rust from https://rustup.rs".into()),
         )];
     };
-    let mut out =
-        vec![check("toolchain", Status::Ok, String::from_utf8_lossy(&version.stdout).trim().to_owned(), None)];
-    let libdir = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", "wasm32-wasip2"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let mut out = vec![check("toolchain", Status::Ok, version, None)];
+    let libdir = quick("rustc".as_ref(), &["--print", "target-libdir", "--target", "wasm32-wasip2"], dir);
     let installed = libdir.as_deref().is_some_and(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
     out.push(if installed {
         check("wasm target", Status::Ok, "wasm32-wasip2 installed", None)

@@ -158,12 +158,13 @@ fn describe(m: &Manifest, digest: &str, signer: &str) -> Value {
 /// A schema's top-level properties, one line each (name, type, required,
 /// description), or the schema itself in one line when it has none.
 fn schema_lines(schema: &Value) -> Vec<String> {
+    use crate::output::shown;
     let Some(props) = schema.get("properties").and_then(Value::as_object).filter(|p| !p.is_empty()) else {
-        return vec![schema.to_string()];
+        return vec![shown(&schema.to_string(), 300)];
     };
     let required: Vec<&str> =
         schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
-    let width = props.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+    let width = props.keys().map(|k| k.chars().count()).max().unwrap_or(0).min(64);
     let mut lines: Vec<String> = props
         .iter()
         .map(|(name, p)| {
@@ -173,7 +174,12 @@ fn schema_lines(schema: &Value) -> Vec<String> {
                 _ => "any".to_owned(),
             };
             let need = if required.contains(&name.as_str()) { "required" } else { "optional" };
-            let about = p.get("description").and_then(Value::as_str).map(|d| format!("  {d}")).unwrap_or_default();
+            let about = p
+                .get("description")
+                .and_then(Value::as_str)
+                .map(|d| format!("  {}", shown(d, 200)))
+                .unwrap_or_default();
+            let (name, ty) = (shown(name, 64), shown(&ty, 32));
             format!("{name:<width$}  {ty:<8} {need}{about}")
         })
         .collect();
@@ -206,10 +212,11 @@ fn print_description(v: &Value) {
         v["version"].as_str().unwrap_or_default(),
         v["kind"].as_str().unwrap_or_default()
     );
-    println!("  {}", v["description"].as_str().unwrap_or_default());
+    let shown = |key: &str| crate::output::shown(v[key].as_str().unwrap_or_default(), 300);
+    println!("  {}", shown("description"));
     println!("  namespace: {}", v["namespace"].as_str().unwrap_or_default());
     println!("  digest:    sha256:{}", v["digest"].as_str().unwrap_or_default());
-    println!("  signer:    {}", v["signer"].as_str().unwrap_or_default());
+    println!("  signer:    {}", shown("signer"));
     println!("  dangerous: {}", v["dangerous"]);
     println!("  requests (granted only if policy allows):");
     for cap in ["fs", "http", "env", "shell", "skills"] {
@@ -309,16 +316,20 @@ pub(crate) fn info(args: InfoArgs) -> Result<ExitCode> {
     };
     let v = match installed {
         Some(s) => describe_installed(&s),
-        None => describe_published(&args, &security.home().trust_list()?)?,
+        None => describe_published(&args, security.home())?,
     };
     if args.json {
         print_json(&v)?;
     } else {
         print_description(&v);
         if let Some(published) = v.get("registry").and_then(Value::as_str) {
-            let trusted = if v["trusted"] == true { "yes" } else { "NO: it would be refused (see `coderclaw trust`)" };
             println!("  registry:  {} (published {})", published, v["published"].as_str().unwrap_or_default());
-            println!("  signer trusted by you: {trusted}");
+            match v["verification"].as_str() {
+                None => println!("  signature: verified against your trust store (what is shown above is signed)"),
+                Some(why) => println!(
+                    "  signature: NOT verified ({why}): the above is the registry's claim, and installing it would be refused"
+                ),
+            }
             println!(
                 "install:   coderclaw skill install {} --registry {published}",
                 v["id"].as_str().unwrap_or_default()
@@ -331,21 +342,35 @@ pub(crate) fn info(args: InfoArgs) -> Result<ExitCode> {
 /// The version of `args.id` a registry would install, described from its
 /// signed manifest (as the registry lists it: nothing is verified or
 /// installed here), with whether this machine trusts its signer.
-fn describe_published(args: &InfoArgs, trust: &[coderclaw::home::TrustEntry]) -> Result<Value> {
+fn describe_published(args: &InfoArgs, keys: &coderclaw::home::Home) -> Result<Value> {
     let (id, req) = coderclaw_registry::install::parse_spec(&args.id)?;
     let reg = args.registry.open(None)?;
-    let package = crate::runtime()?.block_on(reg.client.package(&id))?;
+    let rt = crate::runtime()?;
+    let package = rt.block_on(reg.client.package(&id))?;
     let Some(version) = package.resolve(&req) else {
         bail!("{} has no version matching {req} that is not yanked on registry {}", id, reg.name);
     };
-    let namespace = version.manifest.id.namespace();
-    let trusted = trust
-        .iter()
-        .any(|t| t.key_id == version.signer && t.revoked_at.is_none() && t.namespaces.iter().any(|n| n == namespace));
-    let mut v = describe(&version.manifest, &version.digest, &version.signer);
+    // The package itself, verified as an install would: what is shown is
+    // what was signed, or it says that it is only the registry's word.
+    let bytes = rt.block_on(reg.client.download(&id, &version.version))?;
+    let verified = Package::parse(&bytes).and_then(|p| p.verify(keys)).map_err(|e| e.to_string()).and_then(|p| {
+        let m = p.manifest();
+        if m.id.as_str() == id && m.version == version.version {
+            Ok(p)
+        } else {
+            Err(format!("the package served is {} {}, not {id} {}", m.id, m.version, version.version))
+        }
+    });
+    let mut v = match &verified {
+        Ok(p) => describe_verified(p),
+        Err(_) => describe(&version.manifest, &version.digest, &version.signer),
+    };
     v["registry"] = json!(reg.name);
     v["published"] = json!(coderclaw_core::units::format_utc(version.published_at.saturating_mul(1000)));
-    v["trusted"] = json!(trusted);
+    v["verified"] = json!(verified.is_ok());
+    if let Err(why) = verified {
+        v["verification"] = json!(why);
+    }
     Ok(v)
 }
 

@@ -109,9 +109,12 @@ pub(crate) fn add(args: AddArgs) -> Result<ExitCode> {
     if !coderclaw_registry::registries::is_url(&args.url) {
         bail!("{:?} is not an http:// or https:// URL", args.url);
     }
+    if let Some(ns) = args.trust.iter().find(|ns| coderclaw_core::manifest::SkillId::parse(&format!("{ns}/x")).is_err())
+    {
+        bail!("--trust {ns:?}: not a namespace name (lowercase letters, digits and `-`)");
+    }
     let (security, _) = home::open_checked_as(Permission::ConfigWrite, "registry.add", ("registry", &args.name))?;
-    let (text, path) = read_config()?;
-    let file = path.display().to_string();
+    let file = config_path()?.display().to_string();
     if client_config()?.registries.contains_key(&args.name) {
         bail!(
             "a registry named `{}` is configured already ({file}): `coderclaw registry remove {}` first",
@@ -139,6 +142,12 @@ pub(crate) fn add(args: AddArgs) -> Result<ExitCode> {
         print_keys(&args.url, &listed);
     }
     if !to_trust.is_empty() {
+        if args.json && args.fingerprints.is_empty() {
+            bail!(
+                "with --json the keys are not shown for confirming: pass each fingerprint you checked with --fingerprint"
+            );
+        }
+        refuse_revoked_here(&security, &to_trust)?;
         confirm(&to_trust, &args.fingerprints)?;
     } else if !args.fingerprints.is_empty() {
         bail!("--fingerprint confirms keys to trust: pass --trust NAMESPACE with it");
@@ -151,6 +160,8 @@ pub(crate) fn add(args: AddArgs) -> Result<ExitCode> {
             entry.namespace_keys.insert(ns.namespace.clone(), admins);
         }
     }
+    // Read now, after the network: an edit made meanwhile is kept.
+    let (text, path) = read_config()?;
     let edited = config_edit::add_registry(&text, &file, &args.name, &entry, args.default)?;
     // Keys first: a registry in config.yaml whose keys failed to go in
     // would look onboarded when it is not.
@@ -162,7 +173,7 @@ pub(crate) fn add(args: AddArgs) -> Result<ExitCode> {
             trusted.push(json!({ "namespace": ns.namespace, "fingerprint": k.fingerprint, "admin": k.admin }));
         }
     }
-    write_config(&path, &edited)?;
+    write_config(&path, &edited).context("the keys above are trusted, but the registry was not added")?;
     if args.json {
         print_json(&json!({
             "name": args.name, "url": args.url, "default": args.default,
@@ -199,6 +210,7 @@ fn print_keys(url: &str, listed: &[NamespaceKeys]) {
         println!("{url} serves no namespace you can read");
     }
     for ns in listed {
+        // Names and keys were checked to be plain text (onboard).
         println!("namespace {}:", ns.namespace);
         if ns.keys.is_empty() {
             println!("  (no keys)");
@@ -212,9 +224,25 @@ fn print_keys(url: &str, listed: &[NamespaceKeys]) {
     }
 }
 
+/// A key revoked in this machine's trust store stays revoked: refused
+/// before anything is written, rather than reported as trusted.
+fn refuse_revoked_here(security: &coderclaw::security::Security, to_trust: &[NamespaceKeys]) -> Result<()> {
+    let trust = security.home().trust_list()?;
+    for k in to_trust.iter().flat_map(NamespaceKeys::active) {
+        if trust.iter().any(|t| t.key_id == k.fingerprint && t.revoked_at.is_some()) {
+            bail!(
+                "key {} was revoked on this machine and stays revoked: nothing was added or trusted (ask your registry's admin why it is still listed)",
+                k.fingerprint
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The user confirmed exactly the keys about to be trusted: by
 /// --fingerprint, or by answering on the terminal.
 fn confirm(to_trust: &[NamespaceKeys], fingerprints: &[String]) -> Result<()> {
+    onboard::check_active(to_trust)?;
     if !fingerprints.is_empty() {
         return onboard::confirm(to_trust, fingerprints)
             .context("nothing was added or trusted: pass the fingerprint of each key you checked, and only those");

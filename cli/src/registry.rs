@@ -436,8 +436,8 @@ pub(crate) fn requests(c: &coderclaw_core::manifest::Capabilities) -> String {
         }
     };
     list("http", c.http.iter().map(ToString::to_string).collect());
-    list("env", c.env.iter().cloned().collect());
-    list("shell", c.shell.iter().cloned().collect());
+    list("env", c.env.iter().map(|e| crate::output::shown(e, 128)).collect());
+    list("shell", c.shell.iter().map(|p| crate::output::shown(p, 256)).collect());
     list("skills", c.skills.iter().map(ToString::to_string).collect());
     if c.session_memory {
         parts.push("session memory".into());
@@ -453,13 +453,16 @@ fn print_hits(hits: &[SearchHit], json: bool) -> Result<ExitCode> {
     } else {
         for h in hits {
             let latest = h.latest.as_ref().map_or("(all yanked)".to_owned(), ToString::to_string);
-            println!("{:<32} {latest:<10} {:<6} {}", h.id, h.kind.as_str(), h.description);
+            let (id, about) = (crate::output::shown(&h.id, 128), crate::output::shown(&h.description, 200));
+            println!("{id:<32} {latest:<10} {:<6} {about}", h.kind.as_str());
             if let Some(c) = &h.capabilities {
                 let dangerous = if h.dangerous { "  DANGEROUS" } else { "" };
                 println!("    requests: {}{dangerous}", requests(c));
             }
         }
-        println!("before installing: coderclaw skill info ID --registry NAME shows a skill's input and signer");
+        println!(
+            "capabilities as the registry lists them: `coderclaw skill info ID` verifies the signature and shows the input schema"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

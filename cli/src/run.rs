@@ -275,7 +275,8 @@ fn run_and_print(
         });
         print_json(&report)?;
     } else {
-        print_json(&parsed)?;
+        // The skill's output exactly as it returned it.
+        println!("{}", serde_json::to_string_pretty(&parsed)?);
         if let Some(v) = &verdict {
             eprintln!("error: {}", v.message);
         }

@@ -735,6 +735,8 @@ fn a_registry_is_added_its_keys_confirmed_by_fingerprint_and_used_by_default() {
     };
     // Without a confirmed fingerprint nothing is trusted or written.
     refused(&add(&["--trust", "team"]), "--fingerprint");
+    refused(&add(&["--trust", "team", "--json"]), "pass each fingerprint you checked with --fingerprint");
+    refused(&add(&["--trust", "Bad\u{1b}[2J"]), "not a namespace name");
     refused(&add(&["--trust", "team", "--fingerprint", "0123456789abcdef"]), "does not match any fingerprint given");
     let both = [fingerprint.as_str(), "0123456789abcdef"];
     refused(&add(&["--trust", "team", "--fingerprint", both[0], "--fingerprint", both[1]]), "matches no active key");
@@ -762,7 +764,14 @@ fn a_registry_is_added_its_keys_confirmed_by_fingerprint_and_used_by_default() {
         "{found}"
     );
     let info = ok(&dev.run(&["skill", "info", "team/word-count"]));
-    assert!(info.contains("registry:  team-registry") && info.contains("signer trusted by you: yes"), "{info}");
+    assert!(
+        info.contains("registry:  team-registry") && info.contains("signature: verified against your trust store"),
+        "{info}"
+    );
+    // Someone who trusts nobody sees the registry's claim labelled as such.
+    let stranger = Cli::new();
+    let claim = ok(&stranger.run(&["skill", "info", "team/word-count", "--registry", &registry.url]));
+    assert!(claim.contains("signature: NOT verified") && claim.contains("registry's claim"), "{claim}");
     assert!(info.contains("max_files") && info.contains("fs      workspace (read)"), "{info}");
     assert!(installed(&dev).is_empty(), "info installs nothing");
 
@@ -795,6 +804,25 @@ fn a_registry_is_added_its_keys_confirmed_by_fingerprint_and_used_by_default() {
     assert_eq!(written, "# mine: keep this\nsecurity:\n  requireAuth: false  # for now\n");
     refused(&dev.run(&["skill", "search", "echo"]), "pass --registry");
     refused(&dev.run(&["registry", "remove", "team-registry"]), "no registry named `team-registry`");
+}
+
+/// A key revoked on this machine is not trusted again by adding a registry
+/// that still lists it.
+#[test]
+fn a_key_revoked_here_stays_revoked_when_a_registry_lists_it() {
+    let registry = Registry::start();
+    let publisher = Publisher::new();
+    registry.namespace("team", &publisher.public);
+    let dev = Cli::new();
+    ok(&dev.run(&["trust", "add", "team", &publisher.public]));
+    let listed: Value = serde_json::from_str(&ok(&dev.run(&["trust", "list", "--json"]))).unwrap();
+    let id = listed[0]["key_id"].as_str().unwrap().to_owned();
+    ok(&dev.run(&["trust", "revoke", &id]));
+    let out = dev.run(&["registry", "add", "r", &registry.url, "--trust", "team", "--fingerprint", &id]);
+    refused(&out, "was revoked on this machine and stays revoked");
+    assert!(!dev.home.path().join("config.yaml").exists(), "nothing was added");
+    let listed: Value = serde_json::from_str(&ok(&dev.run(&["trust", "list", "--json"]))).unwrap();
+    assert!(listed[0]["revoked_at"].is_u64(), "{listed}");
 }
 
 /// A registry that lists a key under another key's fingerprint is refused

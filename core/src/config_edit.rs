@@ -40,7 +40,10 @@ pub fn add_registry(
     let mut lines = to_lines(text);
     let start = match block(&lines, REGISTRIES)? {
         Some(start) => {
-            lines[start] = format!("{REGISTRIES}:");
+            // `registries: {}` becomes a block; a comment on the line stays.
+            if top_level_value(&lines[start], REGISTRIES) == Some("{}") {
+                lines[start] = format!("{REGISTRIES}:");
+            }
             start
         }
         None => {

@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 
 /// Mismatches reported per input at most.
 const MAX_MISMATCHES: usize = 8;
+/// Characters of a mismatch's path and of its message kept at most: an
+/// input with thousands of unexpected keys makes one very long message.
+const MAX_TEXT_CHARS: usize = 200;
 /// Compiled schemas a [`SchemaCache`] keeps at most (then it starts over).
 const MAX_CACHED: usize = 256;
 
@@ -21,7 +24,8 @@ pub struct Mismatch {
     /// The schema keyword that refused it (`type`, `required`, `minimum`…).
     pub keyword: String,
     /// What is wrong, with the input's own values masked out (inputs may
-    /// carry secrets, and this text reaches logs and task records).
+    /// carry secrets, and this text reaches logs and task records); key
+    /// names may appear. Path and message are cut at 200 characters.
     pub message: String,
 }
 
@@ -76,24 +80,88 @@ impl InputSchema {
             .iter_errors(input)
             .take(MAX_MISMATCHES)
             .map(|e| Mismatch {
-                path: e.instance_path().to_string(),
+                path: bounded(&e.instance_path().to_string()),
                 keyword: e.kind().keyword().to_owned(),
-                message: e.masked().to_string(),
+                message: bounded(&e.masked().to_string()),
             })
             .collect();
         if found.is_empty() { Ok(()) } else { Err(InputMismatch(found)) }
     }
 
-    /// Checks input text: text that is not JSON fails at the input itself.
+    /// Checks input text: text that is not JSON fails at the input itself,
+    /// and so does an object with a key twice (the check would see one of
+    /// the values, and a guest's parser might take the other).
     pub fn check_text(&self, input: &str) -> Result<(), InputMismatch> {
-        match serde_json::from_str::<Value>(input) {
-            Ok(v) => self.check(&v),
-            Err(e) => Err(InputMismatch(vec![Mismatch {
-                path: String::new(),
-                keyword: "json".into(),
-                message: format!("not JSON ({e})"),
-            }])),
+        let at_input = |message: String| {
+            InputMismatch(vec![Mismatch { path: String::new(), keyword: "json".into(), message: bounded(&message) }])
+        };
+        let value = serde_json::from_str::<Value>(input).map_err(|e| at_input(format!("not JSON ({e})")))?;
+        let mut de = serde_json::Deserializer::from_str(input);
+        serde::de::Deserializer::deserialize_any(&mut de, NoDuplicateKeys)
+            .map_err(|e| at_input(format!("not accepted ({e})")))?;
+        self.check(&value)
+    }
+}
+
+/// At most [`MAX_TEXT_CHARS`] characters of `s`, marked when cut.
+fn bounded(s: &str) -> String {
+    match s.char_indices().nth(MAX_TEXT_CHARS) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+/// Walks a JSON document and fails on an object with a key twice.
+struct NoDuplicateKeys;
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("an object has the same key twice"));
+            }
+            map.next_value_seed(NoDuplicateKeys)?;
         }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
@@ -167,10 +235,27 @@ mod tests {
     }
 
     #[test]
-    fn hostile_inputs_report_a_bounded_number_of_mismatches() {
+    fn hostile_inputs_report_a_bounded_number_of_bounded_mismatches() {
         let many: serde_json::Map<String, Value> = (0..10_000).map(|i| (format!("k{i}"), json!(i))).collect();
         let e = schema().check(&Value::Object(many)).unwrap_err();
         assert!(e.0.len() <= MAX_MISMATCHES, "{}", e.0.len());
+        assert!(e.to_string().chars().count() < MAX_MISMATCHES * (2 * MAX_TEXT_CHARS + 64), "{}", e.to_string().len());
+        let deep_key = "k".repeat(10_000);
+        let e = schema().check(&json!({"path": ".", "max_files": {deep_key.clone(): 1}})).unwrap_err();
+        assert!(
+            e.0.iter().all(
+                |m| m.path.chars().count() <= MAX_TEXT_CHARS + 1 && m.message.chars().count() <= MAX_TEXT_CHARS + 1
+            )
+        );
+    }
+
+    #[test]
+    fn an_object_with_a_key_twice_is_refused_whichever_value_would_pass() {
+        let e = schema().check_text(r#"{"path": 5, "path": "."}"#).unwrap_err();
+        assert!(e.to_string().contains("the same key twice"), "{e}");
+        let e = schema().check_text(r#"{"path": ".", "max_files": 1, "x": {"a": 1, "a": 2}}"#).unwrap_err();
+        assert!(e.to_string().contains("the same key twice"), "{e}");
+        assert!(schema().check_text(r#"{"path": ".", "max_files": 1}"#).is_ok());
     }
 
     #[test]

@@ -405,7 +405,8 @@ pub fn skill_verdict(output: &serde_json::Value) -> Option<TaskFailure> {
     if output.get(VERDICT_FIELD) != Some(&serde_json::Value::Bool(true)) {
         return None;
     }
-    let summary = output.get("summary").and_then(serde_json::Value::as_str).map(|s| truncate_chars(s, 500));
+    // The skill's own text: no control characters reach a terminal or a log.
+    let summary = output.get("summary").and_then(serde_json::Value::as_str).and_then(|s| printable(s, 500));
     let findings = output.get("findings").and_then(serde_json::Value::as_array).map(Vec::len);
     let message = match (summary, findings) {
         (Some(s), _) => format!("the skill reported failure: {s}"),
@@ -414,14 +415,6 @@ pub fn skill_verdict(output: &serde_json::Value) -> Option<TaskFailure> {
         (None, None) => "the skill reported failure".to_owned(),
     };
     Some(TaskFailure::new(FailureCode::SkillVerdict, message))
-}
-
-/// At most `max` characters of `s`, marked when cut.
-fn truncate_chars(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
 }
 
 /// The stable set of task failure kinds (`error.code` in every transport).

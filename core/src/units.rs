@@ -78,10 +78,14 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Unix milliseconds as an ISO 8601 / RFC 3339 UTC timestamp,
 /// `2026-12-07T06:10:00.123Z`.
-pub fn format_iso8601(ms: u64) -> String {
+pub fn format_iso8601(ms: u64) -> Option<String> {
+    // Four-digit years only (up to 9999-12-31): anything later is not a time.
+    if ms >= 253_402_300_800_000 {
+        return None;
+    }
     let human = format_utc(ms);
     // `YYYY-MM-DD HH:MM:SSZ` -> `YYYY-MM-DDTHH:MM:SS.mmmZ`
-    format!("{}T{}.{:03}Z", &human[..10], &human[11..19], ms % 1000)
+    Some(format!("{}T{}.{:03}Z", &human[..10], &human[11..19], ms % 1000))
 }
 
 /// Unix milliseconds as a UTC date and time, `2026-12-07 06:10:00Z`.

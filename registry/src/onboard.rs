@@ -14,6 +14,8 @@ use serde::Serialize;
 
 /// Namespaces looked at when discovering what a registry serves.
 const MAX_NAMESPACES: usize = 64;
+/// Keys of one namespace taken at most.
+const MAX_KEYS: usize = 256;
 
 /// One key a namespace publishes.
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +82,12 @@ pub enum OnboardError {
 /// to carry its own key id.
 pub async fn namespace_keys(client: &RegistryClient, namespace: &str) -> Result<NamespaceKeys, OnboardError> {
     let listed = client.keys(namespace).await?;
+    if listed.len() > MAX_KEYS {
+        return Err(OnboardError::BadKey {
+            namespace: namespace.to_owned(),
+            reason: format!("it lists {} keys (at most {MAX_KEYS} are looked at)", listed.len()),
+        });
+    }
     let mut keys = Vec::with_capacity(listed.len());
     for k in listed {
         let bad = |reason: String| OnboardError::BadKey { namespace: namespace.to_owned(), reason };
@@ -102,8 +110,12 @@ pub async fn namespace_keys(client: &RegistryClient, namespace: &str) -> Result<
 /// at most [`MAX_NAMESPACES`], sorted.
 pub async fn served_namespaces(client: &RegistryClient) -> Result<Vec<String>, OnboardError> {
     let hits = client.search("", None, None).await?;
-    let mut namespaces: Vec<String> =
-        hits.iter().filter_map(|h| h.id.split_once('/').map(|(ns, _)| ns.to_owned())).collect();
+    // Only ids that parse: a namespace name is then plain text, safe to print.
+    let mut namespaces: Vec<String> = hits
+        .iter()
+        .filter_map(|h| coderclaw_core::manifest::SkillId::parse(&h.id).ok())
+        .map(|id| id.namespace().to_owned())
+        .collect();
     namespaces.sort();
     namespaces.dedup();
     namespaces.truncate(MAX_NAMESPACES);
@@ -116,14 +128,20 @@ fn names(fingerprint: &str, key: &OfferedKey) -> bool {
     f.eq_ignore_ascii_case(&key.fingerprint) || f == key.public_key
 }
 
+/// `Ok` when every namespace of `namespaces` has a key that is not revoked.
+pub fn check_active(namespaces: &[NamespaceKeys]) -> Result<(), OnboardError> {
+    match namespaces.iter().find(|ns| ns.active().next().is_none()) {
+        Some(ns) => Err(OnboardError::NoKeys(ns.namespace.clone())),
+        None => Ok(()),
+    }
+}
+
 /// `Ok` when every active key of `namespaces` is named by one of
 /// `fingerprints` and every fingerprint names one of those keys: the user
 /// confirmed exactly the keys about to be trusted.
 pub fn confirm(namespaces: &[NamespaceKeys], fingerprints: &[String]) -> Result<(), OnboardError> {
+    check_active(namespaces)?;
     for ns in namespaces {
-        if ns.active().next().is_none() {
-            return Err(OnboardError::NoKeys(ns.namespace.clone()));
-        }
         if let Some(k) = ns.active().find(|k| !fingerprints.iter().any(|f| names(f, k))) {
             return Err(OnboardError::Unconfirmed {
                 namespace: ns.namespace.clone(),

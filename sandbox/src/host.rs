@@ -457,6 +457,25 @@ fn check_header(name: &str, bytes: &[u8]) -> Result<(), Error> {
 /// reasons.
 pub(crate) type Authorize = dyn Fn(&Caller<'_>) -> Result<Grant, String> + Send + Sync;
 
+/// Inputs up to this size are checked on the caller's thread; larger ones
+/// on the blocking pool, within the run's time limit.
+const INLINE_CHECK_BYTES: usize = 64 << 10;
+
+/// [`check_input`], bounded by the run's `timeout`: a large input against
+/// a schema of many patterns is a CPU cost the submitter chooses.
+async fn checked_in_time(skill: &Skill, input: &str, timeout: Duration) -> Result<(), Error> {
+    if skill.input_schema.is_none() || input.len() <= INLINE_CHECK_BYTES {
+        return check_input(skill, input);
+    }
+    let (owned, text) = (skill.clone(), input.to_owned());
+    let check = tokio::task::spawn_blocking(move || check_input(&owned, &text));
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(Error::Setup(format!("checking the input: {e}"))),
+        Err(_) => Err(Error::Timeout { name: skill.name.to_string(), timeout }),
+    }
+}
+
 /// Refuses `input` unless it matches `skill`'s signed input schema: the
 /// guest never sees an input its publisher declared it does not take.
 fn check_input(skill: &Skill, input: &str) -> Result<(), Error> {
@@ -498,7 +517,6 @@ impl HostInner {
     ) -> Result<String, Error> {
         let span = tracing::info_span!("run", skill = %skill.name, depth);
         async move {
-            check_input(&skill, &input)?;
             let limits = *grant.limits();
             if limits.memory_bytes > self.opts.engine.max_memory_bytes {
                 return Err(Error::AboveHostMaximum {
@@ -508,6 +526,7 @@ impl HostInner {
                 });
             }
             let timeout = limits.timeout.min(timeout);
+            checked_in_time(&skill, &input, timeout).await?;
             let wasi = wasi_ctx(&grant)?;
             let ctx = Arc::new(RunContext {
                 name: skill.name.clone(),

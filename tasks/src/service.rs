@@ -499,7 +499,16 @@ impl TaskService {
     }
 
     /// Health and load (any authenticated session).
-    pub fn status(&self, _who: &Subject) -> RuntimeStatus {
-        self.engine.status()
+    pub fn status(&self, who: &Subject) -> RuntimeStatus {
+        let mut status = self.engine.status();
+        // Which file is broken, and how, is for those who may read the
+        // configuration; the others learn that one is.
+        let may_read = self.security.policy().is_ok_and(|p| p.roles.allows(&who.roles, Permission::ConfigRead));
+        if !may_read && !status.policy_warnings.is_empty() {
+            let n = status.policy_warnings.len();
+            status.policy_warnings =
+                vec![format!("{n} policy file(s) are invalid; their last good version is in force (ask an admin)")];
+        }
+        status
     }
 }

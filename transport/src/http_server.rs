@@ -93,6 +93,25 @@ pub struct AccessRecord {
     pub peer: SocketAddr,
 }
 
+/// At most the first two segments of `path` (each at most 32 characters,
+/// plain text), `/…` marking the rest.
+fn unauthenticated_route(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut route: String = segments
+        .iter()
+        .take(2)
+        .map(|s| {
+            let clean: String =
+                s.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).take(32).collect();
+            format!("/{clean}")
+        })
+        .collect();
+    if segments.len() > 2 {
+        route.push_str("/…");
+    }
+    if route.is_empty() { "/".to_owned() } else { route }
+}
+
 /// `path` with every segment that is an id (a UUID, or a long run of hex
 /// digits) replaced by `{id}`.
 pub fn route_template(path: &str) -> String {
@@ -204,9 +223,15 @@ async fn handle(
         Err(e) => error_response(&e),
     };
     if let Some(AccessLog(log)) = &config.access_log {
+        // Before authentication the path is anyone's text: its first two
+        // segments only.
+        let route = match &user {
+            Some(_) => route_template(&path),
+            None => unauthenticated_route(&path),
+        };
         log(&AccessRecord {
             method,
-            route: route_template(&path),
+            route,
             status: response.status().as_u16(),
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
             user,
@@ -438,5 +463,8 @@ mod tests {
         assert_eq!(route_template("/v1/tasks/0b9ea3ee-86a1-4a8f-9d0b-7a3f3f3f3f3f/events"), "/v1/tasks/{id}/events");
         assert_eq!(route_template("/v1/status"), "/v1/status");
         assert_eq!(route_template("/v1/workspaces/deadbeefdeadbeefdeadbeef"), "/v1/workspaces/{id}");
+        assert_eq!(super::unauthenticated_route("/v1/tasks/secret-ish-text/x"), "/v1/tasks/…");
+        assert_eq!(super::unauthenticated_route("/\u{1b}[2J/v1"), "/2J/v1");
+        assert_eq!(super::unauthenticated_route("/"), "/");
     }
 }

@@ -59,6 +59,8 @@ impl Host for RunState {
                 SkillError::Denied(m) => WitSkillError::Denied(m),
                 SkillError::Failed(m) => WitSkillError::Failed(m),
             }),
+            // The agent gave the skill an input its schema refuses.
+            Err(refused @ Error::InputRefused { .. }) => Err(WitSkillError::InvalidInput(refused.to_string())),
             Err(other) => Err(WitSkillError::Failed(other.to_string())),
         }
     }

@@ -150,6 +150,20 @@ fn run(input: Input) -> Result<Report, SkillError> {
     Ok(report)
 }
 
+/// `path` as a URI reference (RFC 3986): unreserved characters and `/`
+/// kept, everything else percent-encoded, as SARIF's `uri` requires.
+fn uri(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The findings as a SARIF 2.1.0 log: one run, one rule per pattern, one
 /// result per finding (file relative to the scanned workspace, 1-based line).
 fn sarif(findings: &[Finding]) -> Value {
@@ -175,7 +189,7 @@ fn sarif(findings: &[Finding]) -> Value {
                 "message": { "text": format!("Possible {} committed: {}", f.rule, f.redacted) },
                 "locations": [{
                     "physicalLocation": {
-                        "artifactLocation": { "uri": f.file.trim_start_matches("./") },
+                        "artifactLocation": { "uri": uri(f.file.trim_start_matches("./")) },
                         "region": { "startLine": f.line },
                     }
                 }],
