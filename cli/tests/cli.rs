@@ -85,6 +85,29 @@ fn a_failure_verdict_fails_the_task_and_the_command_and_keeps_the_findings() {
         (Some("creds.env"), Some(1))
     );
     assert!(!sarif.to_string().contains("ghp_0123456789"), "the secret is redacted in SARIF too");
+    // Valid against the official SARIF 2.1.0 schema, by a validator this
+    // project did not write (and the same validator refuses a broken log).
+    let python = python_venv("sarif-venv", &["jsonschema==4.23.0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("scan.sarif"), dir.path().join("bad.sarif"));
+    std::fs::write(&good, sarif.to_string()).unwrap();
+    let mut broken = sarif.clone();
+    broken["runs"][0]["results"][0]["level"] = json!("fatal");
+    std::fs::write(&bad, broken.to_string()).unwrap();
+    let validate = |file: &Path| {
+        let script = "import json, sys, jsonschema\n\
+            schema = json.load(open(sys.argv[1]))\n\
+            log = json.load(open(sys.argv[2]))\n\
+            errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(log))\n\
+            print('\\n'.join(e.message for e in errors))\n\
+            sys.exit(1 if errors else 0)\n";
+        Command::new(&python).args(["-c", script]).arg(sarif_schema()).arg(file).output().unwrap()
+    };
+    let out = validate(&good);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    let out = validate(&bad);
+    assert_eq!(out.status.code(), Some(1), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("'fatal' is not one of"), "{}", text(&out.stdout));
     let out = submit(r#"{"fail_on_findings": false}"#);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

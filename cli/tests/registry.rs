@@ -122,6 +122,15 @@ impl Publisher {
         })
     }
 
+    /// Signs `text` as the team's organisation policy and publishes it.
+    fn publish_policy(&self, registry: &Registry, text: &str, token: &str) {
+        let policy = self.pkgs.path().join("org.yaml");
+        std::fs::write(&policy, text).unwrap();
+        let file = p(&policy);
+        let args = ["registry", "policy", "publish", "team", "--file", file, "--key", "team-key"];
+        ok(&self.cli.run(&[&args[..], &["--registry", &registry.url, "--token", token]].concat()));
+    }
+
     fn publish(&self, registry: &Registry, pkg: &Path, token: &str) -> std::process::Output {
         self.cli.run(&["skill", "publish", p(pkg), "--registry", &registry.url, "--token", token, "--json"])
     }
@@ -480,22 +489,11 @@ fn organisation_policy_from_the_registry_is_verified_cached_and_enforced() {
         |id: &str| dev.run(&["skill", "install", id, "--registry", "team-registry", "--workspace", p(ws.path())]);
     ok(&install("team/echo"));
 
-    let policy = publisher.pkgs.path().join("org.yaml");
-    std::fs::write(&policy, "organizationPolicy:\n  requiredSkills: [word-count]\n  deniedSkills: [echo]\n").unwrap();
-    ok(&publisher.cli.run(&[
-        "registry",
-        "policy",
-        "publish",
-        "team",
-        "--file",
-        p(&policy),
-        "--key",
-        "team-key",
-        "--registry",
-        &registry.url,
-        "--token",
+    publisher.publish_policy(
+        &registry,
+        "organizationPolicy:\n  requiredSkills: [word-count]\n  deniedSkills: [echo]\n",
         &token,
-    ]));
+    );
     ok(&dev.run(&["registry", "sync", "--registry", "team-registry"]));
 
     // Denied: neither run, nor installed (by id or from the lockfile).
@@ -778,21 +776,7 @@ fn a_registry_is_added_its_keys_confirmed_by_fingerprint_and_used_by_default() {
     // No --registry anywhere: the default serves.
     let ws = workspace();
     ok(&dev.run(&["skill", "install", "team/echo", "--workspace", p(ws.path())]));
-    let policy = publisher.pkgs.path().join("org.yaml");
-    std::fs::write(&policy, "organizationPolicy:\n  requiredSkills: [word-count, team/echo]\n").unwrap();
-    let publish_policy = [
-        "registry",
-        "policy",
-        "publish",
-        "team",
-        "--file",
-        p(&policy),
-        "--key",
-        "team-key",
-        "--registry",
-        &registry.url,
-    ];
-    ok(&publisher.cli.run(&[&publish_policy[..], &["--token", &token]].concat()));
+    publisher.publish_policy(&registry, "organizationPolicy:\n  requiredSkills: [word-count, team/echo]\n", &token);
     let out = ok(&dev.run(&["skill", "install", "--required", "--workspace", p(ws.path())]));
     assert!(out.contains("team/word-count"), "{out}");
     assert_eq!(installed(&dev).len(), 2, "echo was there; word-count came: {:?}", installed(&dev));

@@ -173,6 +173,39 @@ pub(crate) fn login(cli: &Cli) -> String {
 /// A Python virtual environment under the target directory named `name`
 /// with `packages` from PyPI, made once and reused by later runs (and by
 /// one test at a time); its interpreter.
+/// The official SARIF 2.1.0 JSON schema, as Microsoft's SARIF Multitool
+/// ships it (npm `@microsoft/sarif-multitool-linux`), fetched once into
+/// the target directory.
+pub(crate) fn sarif_schema() -> std::path::PathBuf {
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sarif-schema");
+    let schema = dir.join("package/sarif-2.1.0.json");
+    if schema.is_file() {
+        return schema;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let package = "@microsoft/sarif-multitool-linux@5.7.0";
+    let out = Command::new("npm")
+        .args(["pack", package, "--silent", "--pack-destination"])
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("npm cannot run ({e}): this test needs npm (apt install npm)"));
+    assert!(out.status.success(), "npm pack {package}: {}", text(&out.stderr));
+    let tarball = dir.join(text(&out.stdout).trim());
+    let out = Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&dir)
+        .arg("package/sarif-2.1.0.json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unpacking the schema: {}", text(&out.stderr));
+    let _ = std::fs::remove_file(&tarball);
+    schema
+}
+
 pub(crate) fn python_venv(name: &str, packages: &[&str]) -> std::path::PathBuf {
     static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = MAKING.lock().unwrap_or_else(|p| p.into_inner());

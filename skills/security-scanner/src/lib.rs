@@ -150,6 +150,17 @@ fn run(input: Input) -> Result<Report, SkillError> {
     Ok(report)
 }
 
+/// `github-token` as `GithubToken`: SARIF wants a rule's name readable and
+/// different from its id.
+fn pascal_case(id: &str) -> String {
+    id.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
 /// `path` as a URI reference (RFC 3986): unreserved characters and `/`
 /// kept, everything else percent-encoded, as SARIF's `uri` requires.
 fn uri(path: &str) -> String {
@@ -172,7 +183,7 @@ fn sarif(findings: &[Finding]) -> Value {
         .map(|(id, _)| {
             json!({
                 "id": id,
-                "name": id,
+                "name": pascal_case(id),
                 "shortDescription": { "text": format!("Possible committed secret ({id})") },
                 "defaultConfiguration": { "level": "error" },
             })
