@@ -60,13 +60,9 @@ fn changes(before: &Result<Arc<PolicySet>, String>, after: &Result<Arc<PolicySet
         }
         (Ok(a), Ok(b)) => {
             let mut lines = sources(b, Some(a));
-            let names = |s: &PolicySet, f: fn(&PolicySet) -> BTreeSet<String>| f(s);
             let roles = |s: &PolicySet| s.config.roles.keys().cloned().collect::<BTreeSet<_>>();
             let registries = |s: &PolicySet| s.config.registries.keys().cloned().collect::<BTreeSet<_>>();
-            for (what, old, new) in [
-                ("roles", names(a, roles), names(b, roles)),
-                ("registries", names(a, registries), names(b, registries)),
-            ] {
+            for (what, old, new) in [("roles", roles(a), roles(b)), ("registries", registries(a), registries(b))] {
                 let added: Vec<&String> = new.difference(&old).collect();
                 let removed: Vec<&String> = old.difference(&new).collect();
                 if !added.is_empty() || !removed.is_empty() {

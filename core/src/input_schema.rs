@@ -95,10 +95,10 @@ impl InputSchema {
         let at_input = |message: String| {
             InputMismatch(vec![Mismatch { path: String::new(), keyword: "json".into(), message: bounded(&message) }])
         };
-        let value = serde_json::from_str::<Value>(input).map_err(|e| at_input(format!("not JSON ({e})")))?;
         let mut de = serde_json::Deserializer::from_str(input);
-        serde::de::Deserializer::deserialize_any(&mut de, NoDuplicateKeys)
-            .map_err(|e| at_input(format!("not accepted ({e})")))?;
+        let value = serde::de::DeserializeSeed::deserialize(NoDuplicateKeys, &mut de)
+            .and_then(|v| de.end().map(|()| v))
+            .map_err(|e| at_input(format!("not JSON ({e})")))?;
         self.check(&value)
     }
 }
@@ -111,56 +111,63 @@ fn bounded(s: &str) -> String {
     }
 }
 
-/// Walks a JSON document and fails on an object with a key twice.
+/// Parses a JSON document in one pass, failing on an object with a key
+/// twice (`serde_json::Value` alone would keep the last one silently).
 struct NoDuplicateKeys;
 
 impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
-    type Value = ();
+    type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
     }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(NoDuplicateKeys)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key) {
+            let value = map.next_value_seed(NoDuplicateKeys)?;
+            if object.insert(key, value).is_some() {
                 return Err(serde::de::Error::custom("an object has the same key twice"));
             }
-            map.next_value_seed(NoDuplicateKeys)?;
         }
-        Ok(())
+        Ok(Value::Object(object))
     }
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys {
-    type Value = ();
+    type Value = Value;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
@@ -175,7 +182,12 @@ pub struct SchemaCache {
 impl SchemaCache {
     /// `schema` compiled, or why it does not compile.
     pub fn get(&self, schema: &Value) -> Arc<Result<InputSchema, String>> {
-        let key = schema.to_string();
+        self.get_keyed(schema.to_string(), schema)
+    }
+
+    /// [`SchemaCache::get`] remembered under `key`, which must determine
+    /// `schema` (a signed package's digest does): a hit serialises nothing.
+    pub fn get_keyed(&self, key: String, schema: &Value) -> Arc<Result<InputSchema, String>> {
         if let Some(v) = self.lock().get(&key) {
             return v.clone();
         }
@@ -256,6 +268,10 @@ mod tests {
         let e = schema().check_text(r#"{"path": ".", "max_files": 1, "x": {"a": 1, "a": 2}}"#).unwrap_err();
         assert!(e.to_string().contains("the same key twice"), "{e}");
         assert!(schema().check_text(r#"{"path": ".", "max_files": 1}"#).is_ok());
+        assert!(schema().check_text(r#"{"path": "."} trailing"#).is_err(), "one document only");
+        assert!(
+            schema().check_text(r#"[{"path": "."}, 1.5, null, true, -3]"#).unwrap_err().to_string().contains("type")
+        );
     }
 
     #[test]

@@ -278,7 +278,10 @@ impl Host {
     /// package, not kept with the compiled code: two packages may share a
     /// component and differ in their schemas.
     fn with_schema_of(&self, skill: Skill, package: &VerifiedPackage) -> Skill {
-        Skill { input_schema: Some(self.inner.schemas.get(&package.manifest().input_schema)), ..skill }
+        // Keyed by the package digest, which covers the manifest: the
+        // schema is not serialised again for every run.
+        let schema = self.inner.schemas.get_keyed(package.digest().to_hex(), &package.manifest().input_schema);
+        Skill { input_schema: Some(schema), ..skill }
     }
 
     fn in_memory(&self, name: &str, digest: &Digest) -> Option<Skill> {

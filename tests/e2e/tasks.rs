@@ -380,6 +380,8 @@ async fn inputs_that_fail_the_signed_schema_never_reach_the_guest<T: Transport>(
         (json!({"n": 1, "surprise": true}), "the input", "additionalProperties"),
         (json!({}), "the input", "required"),
         (json!([1]), "the input", "type"),
+        // Over 64 KiB: checked on the blocking pool, within the time limit.
+        (json!({"n": 0, "pad": "x".repeat(100_000)}), "/n", "minimum"),
     ] {
         let task = rt.submit_task(TaskSubmitRequest::skill("team/strict-echo", input.clone())).await.unwrap();
         let done = rt.wait(&task.id, |_| {}).await.unwrap();
